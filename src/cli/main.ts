@@ -1,0 +1,1 @@
+export async function main(a: string[]) { console.log("hi", a); return 0; }
