@@ -1,1 +1,45 @@
-export async function main(a: string[]) { console.log("hi", a); return 0; }
+// The `skiff` command: one entry, one subcommand per module.
+import { version } from "../version.ts";
+import { UsageError } from "./args.ts";
+import { serveCommand } from "./serve.ts";
+
+const commands: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
+  serve: { summary: "run the pull-through registry mirror", run: serveCommand },
+};
+
+const help = `Usage: skiff <command> [options]
+
+skiff ${version}: an OCI registry mirror that verifies and caches what it serves.
+
+Commands:
+${Object.entries(commands)
+  .map(([name, c]) => `  ${name.padEnd(12)}${c.summary}`)
+  .join("\n")}
+
+Run 'skiff <command> --help' for a command's options.`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    console.log(help);
+    return name === undefined ? 2 : 0;
+  }
+  if (name === "--version") {
+    console.log(version);
+    return 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`skiff: unknown command ${JSON.stringify(name)} (see 'skiff --help')\n`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`skiff ${name}: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}

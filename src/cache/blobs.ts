@@ -1,0 +1,167 @@
+// The verified blob cache. A miss is fetched from the upstream once per (repository, digest) however
+// many clients ask, hashed while it streams into the store, and published only when the bytes match
+// the digest. The first client is served live with the final bytes held back until that check
+// passes; on a mismatch its response is aborted so it sees an error, never a clean end.
+import type { HasherFactory } from "../hash/hasher.ts";
+import { OciError } from "../http/errors.ts";
+import type { Metrics } from "../http/metrics.ts";
+import type { Digest } from "../oci/reference.ts";
+import type { Upstream } from "../oci/upstream.ts";
+import type { ContentStore } from "../store/store.ts";
+import { blobKey, blobLinkKey } from "./keys.ts";
+import { upstreamError } from "./upstream-errors.ts";
+
+export interface BlobInfo {
+  size: number;
+}
+
+export interface BlobFetch {
+  /** Size announced by the upstream, when it sent Content-Length. */
+  size: number | null;
+  /** Live body for the client that started the fetch; null for clients that joined it. */
+  live: ReadableStream<Uint8Array> | null;
+  /** Resolves with the size once the verified blob is published; rejects when nothing was. */
+  done: Promise<number>;
+}
+
+export interface BlobCacheDeps {
+  store: ContentStore;
+  upstream: Upstream;
+  hasher: HasherFactory;
+  metrics: Metrics;
+  log?: (message: string) => void;
+}
+
+// Chunks queued for a slow live client before the fetch waits for it; bounds memory per fetch.
+const LIVE_QUEUE_CHUNKS = 16;
+// A live client that takes no data for this long is dropped so it can't stall the shared fetch.
+const STALLED_CLIENT_MS = 60_000;
+
+export class BlobCache {
+  readonly #deps: BlobCacheDeps;
+  readonly #inflight = new Map<string, Promise<BlobFetch>>();
+
+  constructor(deps: BlobCacheDeps) {
+    this.#deps = deps;
+  }
+
+  /**
+   * The cached blob's size when `name` is entitled to it, else null. A blob cached through another
+   * repository is shown to `name` only after the upstream confirms `name` has it too.
+   */
+  async cached(name: string, digest: Digest): Promise<BlobInfo | null> {
+    const { store } = this.#deps;
+    const info = await store.stat(blobKey(digest));
+    if (!info) return null;
+    if (await store.stat(blobLinkKey(name, digest))) return info;
+    await this.upstreamHead(name, digest); // throws unless the upstream has it under this name
+    await this.#link(name, digest);
+    return info;
+  }
+
+  /** Asks the upstream for the blob's size without downloading it. */
+  async upstreamHead(name: string, digest: Digest): Promise<BlobInfo> {
+    const res = await this.#deps.upstream.request(name, `blobs/${digest.value}`, { method: "HEAD" });
+    if (!res.ok) throw await upstreamError(res, "blob", `blob ${digest.value} in ${name}`);
+    await res.body?.cancel();
+    const size = parseLength(res.headers.get("content-length"));
+    if (size === null) throw new OciError("UNAVAILABLE", `upstream sent no valid Content-Length for blob ${digest.value}`);
+    return { size };
+  }
+
+  /** Starts the upstream fetch of a missing blob, or joins the one already running. */
+  fetch(name: string, digest: Digest, live: boolean): Promise<BlobFetch> {
+    const key = `${name}@${digest.value}`;
+    const running = this.#inflight.get(key);
+    if (running) return running.then((f) => ({ size: f.size, live: null, done: f.done }));
+    const started = this.#start(name, digest, live);
+    this.#inflight.set(key, started);
+    const forget = () => this.#inflight.delete(key);
+    started.then((f) => f.done.then(forget, forget), forget);
+    return started;
+  }
+
+  async #start(name: string, digest: Digest, live: boolean): Promise<BlobFetch> {
+    const { store, upstream, hasher, metrics } = this.#deps;
+    const res = await upstream.request(name, `blobs/${digest.value}`);
+    if (res.status !== 200 || !res.body) {
+      if (res.ok) await res.body?.cancel();
+      throw res.ok
+        ? new OciError("UNAVAILABLE", `upstream answered HTTP ${res.status} to a full blob request`)
+        : await upstreamError(res, "blob", `blob ${digest.value} in ${name}`);
+    }
+    const size = parseLength(res.headers.get("content-length"));
+    const upload = await store.put(blobKey(digest));
+    const pipe = live ? new TransformStream<Uint8Array, Uint8Array>(undefined, undefined, { highWaterMark: LIVE_QUEUE_CHUNKS }) : null;
+    const writer = pipe?.writable.getWriter() ?? null;
+    let clientGone = !writer;
+
+    // Sends a chunk to the live client; a client that went away stops receiving, the fetch goes on.
+    const send = async (chunk: Uint8Array) => {
+      if (clientGone) return;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const stalled = new Promise<"stalled">((resolve) => (timer = setTimeout(resolve, STALLED_CLIENT_MS, "stalled")));
+      try {
+        if ((await Promise.race([writer!.ready, stalled])) === "stalled") {
+          clientGone = true;
+          writer!.abort(new Error("client stalled")).catch(() => {});
+          return;
+        }
+        writer!.write(chunk).catch(() => {});
+      } catch {
+        clientGone = true;
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+
+    const reader = res.body.getReader();
+    const done = (async () => {
+      const h = hasher(digest.algorithm);
+      let held: Uint8Array | null = null;
+      let total = 0;
+      try {
+        for (;;) {
+          const { done: end, value } = await reader.read();
+          if (end) break;
+          total += value.byteLength;
+          if (size !== null && total > size) throw new OciError("UNAVAILABLE", `upstream sent more than the ${size} bytes it announced for ${digest.value}`);
+          h.update(value);
+          await upload.write(value);
+          metrics.inc("skiff_upstream_bytes_total", {}, value.byteLength);
+          if (held) await send(held);
+          held = value;
+        }
+        if (size !== null && total !== size) throw new OciError("UNAVAILABLE", `upstream sent ${total} of ${size} bytes for ${digest.value}`);
+        if (h.hex() !== digest.hex) {
+          metrics.inc("skiff_verification_failures_total", { kind: "blob" });
+          throw new OciError("UNAVAILABLE", `upstream blob bytes do not match digest ${digest.value}`);
+        }
+        await upload.commit();
+        await this.#link(name, digest);
+        if (held) await send(held);
+        if (!clientGone) await writer!.close().catch(() => {});
+        return total;
+      } catch (err) {
+        await upload.cancel();
+        reader.cancel().catch(() => {});
+        writer?.abort(err).catch(() => {});
+        this.#deps.log?.(`blob ${digest.value} (${name}) not cached: ${(err as Error).message}`);
+        throw err instanceof OciError ? err : new OciError("UNAVAILABLE", `upstream transfer of ${digest.value} failed: ${(err as Error).message}`);
+      }
+    })();
+    done.catch(() => {}); // failures reach whoever awaits; never an unhandled rejection
+    return { size, live: pipe?.readable ?? null, done };
+  }
+
+  async #link(name: string, digest: Digest): Promise<void> {
+    const upload = await this.#deps.store.put(blobLinkKey(name, digest));
+    await upload.commit();
+  }
+}
+
+function parseLength(value: string | null): number | null {
+  if (value === null || !/^\d{1,16}$/.test(value.trim())) return null;
+  const n = Number(value.trim());
+  return Number.isSafeInteger(n) ? n : null;
+}

@@ -1,0 +1,25 @@
+// Incremental hashing behind one small interface. crypto.subtle.digest needs the whole buffer, so
+// streaming verification of multi-gigabyte blobs uses an incremental hasher chosen per runtime.
+
+export type HashAlgorithm = "sha256" | "sha512";
+
+export interface Hasher {
+  update(data: Uint8Array): void;
+  /** Lowercase hex of the digest; the hasher must not be used afterwards. */
+  hex(): string;
+}
+
+export type HasherFactory = (algorithm: HashAlgorithm) => Hasher;
+
+export function toHex(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) out += b.toString(16).padStart(2, "0");
+  return out;
+}
+
+/** Hashes a whole buffer with the given factory (manifests, small objects). */
+export function hashBytes(factory: HasherFactory, algorithm: HashAlgorithm, data: Uint8Array): string {
+  const h = factory(algorithm);
+  h.update(data);
+  return h.hex();
+}

@@ -1,0 +1,58 @@
+// Prometheus text exposition of a handful of counters. Kept in-process and dependency-free so it
+// works the same on every runtime.
+
+type Labels = Record<string, string>;
+
+interface Counter {
+  help: string;
+  values: Map<string, { labels: Labels; value: number }>;
+}
+
+export class Metrics {
+  readonly #counters = new Map<string, Counter>();
+
+  constructor(definitions: Record<string, string>) {
+    for (const [name, help] of Object.entries(definitions)) this.#counters.set(name, { help, values: new Map() });
+  }
+
+  inc(name: string, labels: Labels = {}, by = 1): void {
+    const counter = this.#counters.get(name);
+    if (!counter) throw new Error(`unknown metric ${name}`);
+    const key = JSON.stringify(labels);
+    const entry = counter.values.get(key);
+    if (entry) entry.value += by;
+    else counter.values.set(key, { labels, value: by });
+  }
+
+  get(name: string, labels: Labels = {}): number {
+    return this.#counters.get(name)?.values.get(JSON.stringify(labels))?.value ?? 0;
+  }
+
+  render(): string {
+    const lines: string[] = [];
+    for (const [name, counter] of this.#counters) {
+      lines.push(`# HELP ${name} ${counter.help}`, `# TYPE ${name} counter`);
+      if (counter.values.size === 0) lines.push(`${name} 0`);
+      for (const { labels, value } of counter.values.values()) lines.push(`${name}${formatLabels(labels)} ${value}`);
+    }
+    return lines.join("\n") + "\n";
+  }
+}
+
+function formatLabels(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/["\\\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`))}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+export function createMetrics(): Metrics {
+  return new Metrics({
+    skiff_http_requests_total: "HTTP requests answered, by route kind, method and status.",
+    skiff_served_bytes_total: "Body bytes sent to clients, by route kind.",
+    skiff_cache_hits_total: "Requests answered from the verified cache, by kind.",
+    skiff_cache_misses_total: "Requests that needed the upstream, by kind.",
+    skiff_upstream_requests_total: "Requests sent to the upstream registry (tokens and redirects included), by status.",
+    skiff_upstream_bytes_total: "Body bytes received from the upstream registry.",
+    skiff_verification_failures_total: "Upstream objects whose bytes did not match their digest.",
+    skiff_stale_served_total: "Tag answers served stale because the upstream was unreachable or failing.",
+  });
+}

@@ -1,0 +1,180 @@
+// The OCI distribution pull API (`/v2/…`) of the mirror: manifests, blobs and tag lists, answered
+// from the verified cache or pulled through from the upstream.
+import { Hono, type Context } from "hono";
+import type { BlobCache } from "../cache/blobs.ts";
+import { blobKey } from "../cache/keys.ts";
+import type { Manifest, ManifestCache } from "../cache/manifests.ts";
+import { upstreamError } from "../cache/upstream-errors.ts";
+import { isDigestLike, isValidRepositoryName, isValidTag, parseDigest, splitRegistryPath, type Digest } from "../oci/reference.ts";
+import type { Upstream } from "../oci/upstream.ts";
+import type { ContentStore } from "../store/store.ts";
+import { OciError } from "./errors.ts";
+import type { Metrics } from "./metrics.ts";
+import { serveRanged, type Served } from "./ranged.ts";
+
+export interface RegistryDeps {
+  store: ContentStore;
+  upstream: Upstream;
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  metrics: Metrics;
+  /** Registry names accepted in containerd's `?ns=` besides the upstream's own host. */
+  registryAliases: string[];
+  /** Whether shared caches (CDNs) may keep answers: true only for anonymous, public upstreams. */
+  publicContent: boolean;
+  /** Maps a client's repository name to the upstream's (e.g. Docker Hub's `library/` for single names). */
+  upstreamName: (name: string) => string;
+}
+
+const IMMUTABLE = "max-age=31536000, immutable";
+
+export function registryRoutes(deps: RegistryDeps): Hono {
+  const app = new Hono();
+  const cacheScope = deps.publicContent ? "public" : "private";
+
+  app.get("/", (c) => apiVersionResponse(c.req.method));
+
+  app.all("/*", async (c) => {
+    const method = c.req.method;
+    if (method !== "GET" && method !== "HEAD") {
+      throw new OciError("UNSUPPORTED", `${method} is not supported: skiff is a read-only pull-through mirror`, { headers: { Allow: "GET, HEAD" } });
+    }
+    const route = splitRegistryPath(c.req.path.replace(/^\/v2\//, ""));
+    if (!route) throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
+    if (!isValidRepositoryName(route.name)) throw new OciError("NAME_INVALID", `invalid repository name: ${JSON.stringify(route.name.slice(0, 300))}`);
+    checkNamespace(c.req.query("ns"), deps);
+    const name = deps.upstreamName(route.name);
+
+    if (route.kind === "manifests") return manifestRoute(c, name, route.rest);
+    if (route.kind === "blobs") return blobRoute(c, name, route.rest);
+    if (route.rest !== "list") throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
+    return tagsRoute(c, name);
+  });
+
+  async function manifestRoute(c: Context, name: string, reference: string): Promise<Response> {
+    const accept = c.req.header("accept") ?? null;
+    const head = c.req.method === "HEAD";
+    let manifest: Manifest;
+    let immutable = false;
+    if (isDigestLike(reference)) {
+      manifest = await deps.manifests.byDigest(name, requireDigest(reference), accept);
+      immutable = true;
+    } else {
+      if (!isValidTag(reference)) throw new OciError("TAG_INVALID", `invalid tag: ${JSON.stringify(reference.slice(0, 200))}`);
+      manifest = await deps.manifests.byTag(name, reference, accept, head);
+    }
+    deps.metrics.inc(manifest.hit ? "skiff_cache_hits_total" : "skiff_cache_misses_total", { kind: "manifest" });
+    const headers = new Headers({
+      "Content-Type": manifest.mediaType,
+      "Content-Length": String(manifest.size),
+      "Docker-Content-Digest": manifest.digest.value,
+      ETag: `"${manifest.digest.value}"`,
+      "Cache-Control": immutable ? `${cacheScope}, ${IMMUTABLE}` : "no-cache",
+    });
+    if (manifest.stale) headers.set("Warning", '110 skiff "Response is Stale"');
+    if (head || !manifest.bytes) return new Response(null, { status: 200, headers });
+    countServed("manifest", manifest.size);
+    return new Response(manifest.bytes, { status: 200, headers });
+  }
+
+  async function blobRoute(c: Context, name: string, reference: string): Promise<Response> {
+    const digest = requireDigest(reference);
+    const request = c.req.raw;
+    const cached = await deps.blobs.cached(name, digest);
+    if (cached) {
+      deps.metrics.inc("skiff_cache_hits_total", { kind: "blob" });
+      return counted(await serveStoredBlob(request, digest, cached.size));
+    }
+    deps.metrics.inc("skiff_cache_misses_total", { kind: "blob" });
+    if (request.method === "HEAD") {
+      const { size } = await deps.blobs.upstreamHead(name, digest);
+      return new Response(null, { status: 200, headers: blobHeaders(digest, size) });
+    }
+    // A range (or a conditional answer) can only be cut from verified bytes, so such a miss
+    // waits for the whole blob; a plain GET is streamed live while it is verified.
+    const conditional = request.headers.has("range") || request.headers.has("if-none-match");
+    const fetch = await deps.blobs.fetch(name, digest, !conditional);
+    if (fetch.live) {
+      countServed("blob", fetch.size ?? 0);
+      return new Response(fetch.live, { status: 200, headers: blobHeaders(digest, fetch.size) });
+    }
+    const size = await fetch.done;
+    return counted(await serveStoredBlob(request, digest, size));
+  }
+
+  async function tagsRoute(c: Context, name: string): Promise<Response> {
+    const params = new URLSearchParams();
+    const n = c.req.query("n");
+    const last = c.req.query("last");
+    if (n !== undefined) {
+      if (!/^\d{1,6}$/.test(n)) throw new OciError("UNSUPPORTED", "n must be a non-negative integer", { status: 400 });
+      params.set("n", n);
+    }
+    if (last !== undefined) params.set("last", last);
+    const res = await deps.upstream.request(name, "tags/list", { query: params.toString() });
+    if (!res.ok) throw await upstreamError(res, "tags", `repository ${name}`);
+    const body = await res.arrayBuffer();
+    deps.metrics.inc("skiff_upstream_bytes_total", {}, body.byteLength);
+    const headers = new Headers({ "Content-Type": "application/json", "Content-Length": String(body.byteLength), "Cache-Control": "no-cache" });
+    const link = res.headers.get("link");
+    if (link) headers.set("Link", link);
+    if (c.req.method !== "HEAD") countServed("tags", body.byteLength);
+    return new Response(c.req.method === "HEAD" ? null : body, { status: 200, headers });
+  }
+
+  function blobHeaders(digest: Digest, size: number | null): Headers {
+    const headers = new Headers({
+      "Content-Type": "application/octet-stream",
+      "Docker-Content-Digest": digest.value,
+      ETag: `"${digest.value}"`,
+      "Accept-Ranges": "bytes",
+      "Cache-Control": `${cacheScope}, ${IMMUTABLE}`,
+    });
+    if (size !== null) headers.set("Content-Length", String(size));
+    return headers;
+  }
+
+  function serveStoredBlob(request: Request, digest: Digest, size: number): Promise<Served> {
+    return serveRanged(request, {
+      size,
+      etag: `"${digest.value}"`,
+      contentType: "application/octet-stream",
+      headers: { "Docker-Content-Digest": digest.value, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
+      read: async (span) => {
+        const body = await deps.store.get(blobKey(digest), span);
+        if (!body) throw new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+        return body;
+      },
+    });
+  }
+
+  function counted(served: Served): Response {
+    countServed("blob", served.bytes);
+    return served.response;
+  }
+
+  function countServed(kind: string, bytes: number): void {
+    if (bytes > 0) deps.metrics.inc("skiff_served_bytes_total", { kind }, bytes);
+  }
+
+  return app;
+}
+
+export function apiVersionResponse(method: string): Response {
+  const headers = { "Content-Type": "application/json", "Docker-Distribution-API-Version": "registry/2.0", "Content-Length": "2" };
+  return new Response(method === "HEAD" ? null : "{}", { status: 200, headers });
+}
+
+function requireDigest(reference: string): Digest {
+  const digest = parseDigest(reference);
+  if (!digest) throw new OciError("DIGEST_INVALID", `invalid or unsupported digest: ${JSON.stringify(reference.slice(0, 200))}`);
+  return digest;
+}
+
+/** containerd's mirror query names the registry it wants; anything but ours is refused, never contacted. */
+function checkNamespace(ns: string | undefined, deps: RegistryDeps): void {
+  if (ns === undefined) return;
+  const wanted = ns.toLowerCase();
+  if (wanted === deps.upstream.host.toLowerCase() || deps.registryAliases.some((a) => a.toLowerCase() === wanted)) return;
+  throw new OciError("NAME_UNKNOWN", `registry ${JSON.stringify(ns.slice(0, 200))} is not served by this mirror`);
+}

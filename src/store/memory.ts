@@ -1,0 +1,67 @@
+// In-memory store for tests and ephemeral deployments.
+import { assertValidKey, type ContentStore, type Upload } from "./store.ts";
+
+export class MemoryStore implements ContentStore {
+  readonly #objects = new Map<string, Uint8Array>();
+
+  async stat(key: string) {
+    assertValidKey(key);
+    const obj = this.#objects.get(key);
+    return obj ? { size: obj.byteLength } : null;
+  }
+
+  async get(key: string, span?: { offset: number; length: number }) {
+    assertValidKey(key);
+    const obj = this.#objects.get(key);
+    if (!obj) return null;
+    const bytes = span ? obj.subarray(span.offset, span.offset + span.length) : obj;
+    return new ReadableStream<Uint8Array>({
+      start(controller) {
+        if (bytes.byteLength > 0) controller.enqueue(bytes.slice());
+        controller.close();
+      },
+    });
+  }
+
+  async put(key: string): Promise<Upload> {
+    assertValidKey(key);
+    const parts: Uint8Array[] = [];
+    let state: "open" | "done" = "open";
+    return {
+      write: async (chunk) => {
+        if (state !== "open") throw new Error("upload already finished");
+        parts.push(chunk.slice());
+      },
+      commit: async () => {
+        if (state !== "open") throw new Error("upload already finished");
+        state = "done";
+        const total = parts.reduce((n, p) => n + p.byteLength, 0);
+        const obj = new Uint8Array(total);
+        let at = 0;
+        for (const p of parts) {
+          obj.set(p, at);
+          at += p.byteLength;
+        }
+        this.#objects.set(key, obj);
+      },
+      cancel: async () => {
+        state = "done";
+        parts.length = 0;
+      },
+    };
+  }
+
+  async delete(key: string) {
+    assertValidKey(key);
+    this.#objects.delete(key);
+  }
+
+  /** Number of stored objects (tests use it to prove nothing was published). */
+  get size() {
+    return this.#objects.size;
+  }
+
+  keys(): string[] {
+    return [...this.#objects.keys()];
+  }
+}

@@ -1,0 +1,93 @@
+// The content store: where verified blobs, manifests and cache records live. Modelled on the
+// Distribution registry's storage drivers: a small key/value interface, streamed both ways, and a
+// put that becomes visible only on commit, so a reader never sees half an object.
+
+export interface ObjectInfo {
+  size: number;
+}
+
+export interface ByteSpan {
+  offset: number;
+  length: number;
+}
+
+/** A pending write. Nothing is visible under the key until commit() resolves. */
+export interface Upload {
+  write(chunk: Uint8Array): Promise<void>;
+  /** Publishes the object atomically (replacing any previous one). */
+  commit(): Promise<void>;
+  /** Discards everything written; safe to call more than once or after a failed commit. */
+  cancel(): Promise<void>;
+}
+
+export interface ContentStore {
+  stat(key: string): Promise<ObjectInfo | null>;
+  /** The object's bytes, or the span of them; null when absent. */
+  get(key: string, span?: ByteSpan): Promise<ReadableStream<Uint8Array> | null>;
+  put(key: string): Promise<Upload>;
+  delete(key: string): Promise<void>;
+}
+
+// Keys are built only from validated names, tags and digests; this check is the last line of
+// defence against a key escaping the store (path traversal on the filesystem backend).
+const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
+
+export function assertValidKey(key: string): void {
+  if (key.length === 0 || key.length > 1024) throw new Error(`invalid store key length: ${key.length}`);
+  for (const seg of key.split("/")) {
+    if (!SEGMENT.test(seg)) throw new Error(`invalid store key: ${JSON.stringify(key)}`);
+  }
+}
+
+export async function readAll(stream: ReadableStream<Uint8Array>, limit = Infinity): Promise<Uint8Array<ArrayBuffer>> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const reader = stream.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel();
+      throw new Error(`object larger than ${limit} bytes`);
+    }
+    parts.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
+export async function getBytes(store: ContentStore, key: string, limit?: number): Promise<Uint8Array<ArrayBuffer> | null> {
+  const stream = await store.get(key);
+  return stream ? readAll(stream, limit) : null;
+}
+
+export async function putBytes(store: ContentStore, key: string, data: Uint8Array): Promise<void> {
+  const upload = await store.put(key);
+  try {
+    await upload.write(data);
+    await upload.commit();
+  } catch (err) {
+    await upload.cancel();
+    throw err;
+  }
+}
+
+export async function getJson<T>(store: ContentStore, key: string): Promise<T | null> {
+  const bytes = await getBytes(store, key, 1 << 20);
+  if (!bytes) return null;
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes)) as T;
+  } catch {
+    return null; // a record we cannot read is treated as absent, never trusted
+  }
+}
+
+export function putJson(store: ContentStore, key: string, value: unknown): Promise<void> {
+  return putBytes(store, key, new TextEncoder().encode(JSON.stringify(value)));
+}

@@ -1,0 +1,202 @@
+// The skiff proxy under test, as a child process: `node bin/skiff.js serve …` (needs `npm run build`).
+// Parses the `skiff listening on http://HOST:PORT` line, and reads memory use and /metrics.
+import { existsSync, openSync, closeSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
+import { tempDir } from "./workdir.ts";
+import { childEnv, hasExited, spawnService, stopChild } from "./processes.ts";
+
+export const REPO_ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "..", "..", "..");
+export const SKIFF_BIN = join(REPO_ROOT, "bin", "skiff.js");
+
+export interface SkiffOptions {
+  upstream: string;
+  /** Store directory; a fresh temp dir by default. */
+  dataDir?: string;
+  tagTtl?: number;
+  upstreamUser?: string;
+  upstreamPassword?: string;
+  allowHosts?: string[];
+  registryAliases?: string[];
+  extraArgs?: string[];
+  env?: Record<string, string>;
+  startTimeoutMs?: number;
+}
+
+const LISTENING = /^skiff listening on (http:\/\/\S+?)\/?$/;
+
+export class Skiff {
+  readonly dataDir: string;
+  readonly logPath: string;
+  readonly url: string;
+  private readonly child: ChildProcess;
+
+  private constructor(child: ChildProcess, url: string, dataDir: string, logPath: string) {
+    this.child = child;
+    this.url = url;
+    this.dataDir = dataDir;
+    this.logPath = logPath;
+  }
+
+  static async start(o: SkiffOptions): Promise<Skiff> {
+    if (!existsSync(join(REPO_ROOT, "dist", "src", "cli", "main.js"))) {
+      throw new Error("skiff is not built: run `npm run build` (test/run.sh does)");
+    }
+    const dir = tempDir("skiff");
+    const dataDir = o.dataDir ?? join(dir, "data");
+    const logPath = join(dir, "skiff.log");
+    const args = [SKIFF_BIN, "serve", "--upstream", o.upstream, "--host", "127.0.0.1", "--port", "0", "--data", dataDir];
+    if (o.tagTtl !== undefined) args.push("--tag-ttl", String(o.tagTtl));
+    if (o.upstreamUser !== undefined) args.push("--upstream-user", o.upstreamUser);
+    if (o.upstreamPassword !== undefined) args.push("--upstream-password", o.upstreamPassword);
+    for (const h of o.allowHosts ?? []) args.push("--allow-host", h);
+    for (const a of o.registryAliases ?? []) args.push("--registry-alias", a);
+    args.push(...(o.extraArgs ?? []));
+
+    const err = openSync(logPath, "a");
+    let child: ChildProcess;
+    try {
+      child = spawnService(process.execPath, args, {
+        cwd: REPO_ROOT,
+        stdio: ["ignore", "pipe", err],
+        env: childEnv(o.env),
+      });
+    } finally {
+      closeSync(err);
+    }
+    const log = () => {
+      try {
+        return readFileSync(logPath, "utf8").slice(-3000);
+      } catch {
+        return "";
+      }
+    };
+    const url = await new Promise<string>((resolveUrl, reject) => {
+      let buf = "";
+      const timer = setTimeout(() => {
+        reject(new Error(`skiff printed no listening line within ${o.startTimeoutMs ?? 20_000} ms; stdout: ${buf}\nstderr: ${log()}`));
+      }, o.startTimeoutMs ?? 20_000);
+      const onData = (d: string) => {
+        buf += d;
+        for (const line of buf.split("\n")) {
+          const m = LISTENING.exec(line.trim());
+          if (m !== null) {
+            clearTimeout(timer);
+            child.stdout?.off("data", onData);
+            child.stdout?.resume(); // keep draining later output
+            resolveUrl(m[1]!);
+            return;
+          }
+        }
+        if (buf.length > 100_000) buf = buf.slice(-10_000);
+      };
+      child.stdout?.setEncoding("utf8").on("data", onData);
+      child.once("exit", (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`skiff exited (code ${code}, signal ${signal}) before listening; stdout: ${buf}\nstderr: ${log()}`));
+      });
+      child.once("error", (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    }).catch(async (e: unknown) => {
+      await stopChild(child, 2_000);
+      throw e;
+    });
+    return new Skiff(child, url, dataDir, logPath);
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  get hostPort(): string {
+    return new URL(this.url).host;
+  }
+
+  get running(): boolean {
+    return !hasExited(this.child);
+  }
+
+  /** skiff's stderr so far. */
+  log(): string {
+    try {
+      return readFileSync(this.logPath, "utf8");
+    } catch {
+      return "";
+    }
+  }
+
+  async stop(): Promise<void> {
+    await stopChild(this.child);
+  }
+
+  /** Peak resident set size (VmHWM from /proc/PID/status), in bytes. */
+  vmHWMBytes(): number {
+    return procStatusKb(this.pid, "VmHWM") * 1024;
+  }
+
+  /** Current resident set size (VmRSS), in bytes. */
+  vmRSSBytes(): number {
+    return procStatusKb(this.pid, "VmRSS") * 1024;
+  }
+
+  /** GET /metrics (raw text). */
+  async metricsText(): Promise<string> {
+    const res = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`GET /metrics: ${res.status} ${text.slice(0, 500)}`);
+    return text;
+  }
+
+  /** GET /metrics, each metric name → its value summed over all label sets. */
+  async metrics(): Promise<Map<string, number>> {
+    return sumMetrics(parseMetrics(await this.metricsText()));
+  }
+
+  /** One metric, summed over label sets (0 when absent). */
+  async metric(name: string): Promise<number> {
+    return (await this.metrics()).get(name) ?? 0;
+  }
+}
+
+export function procStatusKb(pid: number, field: string): number {
+  const text = readFileSync(`/proc/${pid}/status`, "utf8");
+  const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, "m").exec(text);
+  if (m === null) throw new Error(`no ${field} in /proc/${pid}/status`);
+  return Number(m[1]);
+}
+
+export interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parse Prometheus text exposition format (comments skipped; timestamps ignored). */
+export function parseMetrics(text: string): Sample[] {
+  const samples: Sample[] = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$/.exec(line);
+    if (m === null) continue;
+    const labels: Record<string, string> = {};
+    const body = m[3] ?? "";
+    const re = /([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"/g;
+    for (let lm = re.exec(body); lm !== null; lm = re.exec(body)) {
+      labels[lm[1]!] = lm[2]!.replace(/\\n/g, "\n").replace(/\\"/g, '"').replace(/\\\\/g, "\\");
+    }
+    const v = m[4]!;
+    const value = v === "+Inf" ? Infinity : v === "-Inf" ? -Infinity : Number(v);
+    samples.push({ name: m[1]!, labels, value });
+  }
+  return samples;
+}
+
+export function sumMetrics(samples: Sample[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const s of samples) out.set(s.name, (out.get(s.name) ?? 0) + s.value);
+  return out;
+}
