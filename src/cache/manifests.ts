@@ -93,7 +93,8 @@ export class ManifestCache {
         const res = await this.#deps.upstream.request(name, `manifests/${tag}`, { method: "HEAD", headers });
         if (res.status >= 500) throw await upstreamError(res, "manifest", what);
         if (!res.ok && res.status !== 405) {
-          await this.#deps.store.delete(key);
+          // A rate limit says nothing about the tag: keep the record so a later outage can still serve it stale.
+          if (res.status !== 429) await this.#deps.store.delete(key);
           throw await upstreamError(res, "manifest", what);
         }
         await res.body?.cancel();
@@ -115,7 +116,7 @@ export class ManifestCache {
       }
       const res = await this.#deps.upstream.request(name, `manifests/${tag}`, { headers });
       if (res.status >= 500) throw await upstreamError(res, "manifest", what);
-      if (!res.ok) await this.#deps.store.delete(key);
+      if (!res.ok && res.status !== 429) await this.#deps.store.delete(key);
       const manifest = await this.#store(name, what, res, null);
       await this.#record(key, manifest);
       return manifest;
