@@ -50,7 +50,11 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     ...skiff,
     url: `http://${host}:${address.port}`,
     close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Stop accepting, let requests in flight finish, and drop idle keep-alive connections now
+      // rather than after their timeout.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      (server as import("node:http").Server).closeIdleConnections?.();
+      await closed;
       await dispatcher.close();
     },
   };

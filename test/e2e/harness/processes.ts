@@ -27,15 +27,7 @@ export function spawnService(command: string, args: string[], options: SpawnOpti
   child.once("error", () => tracked.delete(child));
   if (!exitHookInstalled) {
     exitHookInstalled = true;
-    process.once("exit", () => {
-      for (const c of tracked) {
-        try {
-          c.kill("SIGKILL");
-        } catch {
-          /* already gone */
-        }
-      }
-    });
+    process.once("exit", killAllChildrenSync);
   }
   return child;
 }
@@ -54,6 +46,22 @@ export async function stopChild(child: ChildProcess, graceMs = 10_000): Promise<
   if ((await Promise.race([exited, timer])) === "timeout" && !hasExited(child)) {
     child.kill("SIGKILL");
     await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000).unref())]);
+  }
+}
+
+/** How many tracked children are still running. */
+export function runningChildren(): number {
+  return tracked.size;
+}
+
+/** SIGKILL every tracked child at once (for exit and signal handlers, which cannot wait). */
+export function killAllChildrenSync(): void {
+  for (const c of tracked) {
+    try {
+      c.kill("SIGKILL");
+    } catch {
+      /* already gone */
+    }
   }
 }
 

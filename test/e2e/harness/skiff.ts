@@ -8,7 +8,8 @@ import { tempDir } from "./workdir.ts";
 import { childEnv, hasExited, spawnService, stopChild } from "./processes.ts";
 
 export const REPO_ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "..", "..", "..");
-export const SKIFF_BIN = join(REPO_ROOT, "bin", "skiff.js");
+/** The CLI entry to run; SKIFF_E2E_BIN points the suites at another build of the same CLI. */
+export const SKIFF_BIN = process.env.SKIFF_E2E_BIN ?? join(REPO_ROOT, "bin", "skiff.js");
 
 export interface SkiffOptions {
   upstream: string;
@@ -40,7 +41,7 @@ export class Skiff {
   }
 
   static async start(o: SkiffOptions): Promise<Skiff> {
-    if (!existsSync(join(REPO_ROOT, "dist", "src", "cli", "main.js"))) {
+    if (process.env.SKIFF_E2E_BIN === undefined && !existsSync(join(REPO_ROOT, "dist", "src", "cli", "main.js"))) {
       throw new Error("skiff is not built: run `npm run build` (test/run.sh does)");
     }
     const dir = tempDir("skiff");

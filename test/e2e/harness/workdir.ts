@@ -59,6 +59,16 @@ export async function unmountAllUnder(dir: string): Promise<void> {
   }
 }
 
+/** Whether a run directory exists (work not yet cleaned up). */
+export function hasRunDir(): boolean {
+  return root !== undefined;
+}
+
+/** Remove the run directory synchronously (for exit and signal handlers). */
+export function removeWorkdirSync(): void {
+  removeSync();
+}
+
 function removeSync(): void {
   if (root === undefined) return;
   const dir = root;

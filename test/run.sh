@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The project's test command (`npm test`): installs what the tests need on a fresh Debian machine,
+# builds, runs every vitest suite, and ends with one plain line "N passed, N failed[, N skipped]".
+# Extra arguments are passed to vitest (e.g. `npm test -- test/e2e/ranges.test.ts`).
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+# System tools the end-to-end tests drive: a real registry, real clients, FUSE, openssl, curl.
+need=()
+for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl; do
+  command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "run.sh: missing ${need[*]}: installing Debian packages" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "run.sh: not root; install docker-registry skopeo containerd fuse3 openssl curl first" >&2
+    exit 1
+  fi
+  apt-get update -q || exit 1
+  apt-get install -y -q \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    docker-registry skopeo containerd fuse3 openssl curl || exit 1
+  # The packages start system services; the tests run their own private instances.
+  for svc in docker-registry containerd; do
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+  done
+fi
+
+if [ ! -d node_modules ]; then
+  npm install --no-audit --no-fund || exit 1
+fi
+
+npm run build || exit 1
+
+results=.test-results/vitest.json
+mkdir -p .test-results
+rm -f "$results"
+npx --no-install vitest run --reporter=default --reporter=json --outputFile="$results" "$@"
+vitest_status=$?
+
+node - "$results" "$vitest_status" <<'NODE'
+const fs = require("node:fs");
+const [file, status] = process.argv.slice(2);
+let r;
+try {
+  r = JSON.parse(fs.readFileSync(file, "utf8"));
+} catch (e) {
+  console.log(`run.sh: no test results in ${file} (vitest exit status ${status})`);
+  console.log("0 passed, 1 failed");
+  process.exit(1);
+}
+const passed = r.numPassedTests ?? 0;
+const failed = r.numFailedTests ?? 0;
+const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+// A file that failed without a failing test (load error, failing beforeAll/afterAll: its tests are
+// reported as skipped) counts as one failure.
+const brokenSuites = (r.testResults ?? []).filter(
+  (s) => s.status === "failed" && !(s.assertionResults ?? []).some((a) => a.status === "failed"),
+).length;
+for (const s of r.testResults ?? []) {
+  if (s.status === "failed" && !(s.assertionResults ?? []).some((a) => a.status === "failed")) {
+    console.log(`run.sh: ${s.name}: ${String(s.message ?? "failed outside its tests").split("\n")[0]}`);
+  }
+}
+const totalFailed = failed + brokenSuites;
+if (Number(status) !== 0 && totalFailed === 0) console.log(`run.sh: vitest exited with status ${status} (errors outside tests)`);
+if (passed + totalFailed === 0) console.log("run.sh: no test ran");
+console.log(`${passed} passed, ${totalFailed} failed${skipped > 0 ? `, ${skipped} skipped` : ""}`);
+if (totalFailed > 0 || passed === 0 || Number(status) !== 0) process.exit(1);
+NODE
