@@ -6,7 +6,8 @@ import { OciError } from "../http/errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { UpstreamUnreachable, type Upstream } from "../oci/upstream.ts";
-import { getBytes, getJson, putBytes, putJson, readAll, type ContentStore } from "../store/store.ts";
+import { getBytes, getJson, putBytes, putJson, type ContentStore } from "../store/store.ts";
+import { readAll } from "../util/streams.ts";
 import { manifestKey, manifestLinkKey, manifestMetaKey, tagKey } from "./keys.ts";
 import { upstreamError } from "./upstream-errors.ts";
 

@@ -1,5 +1,6 @@
 // Turns an upstream failure into the OCI error a client of the mirror should see.
 import { OciError, type ErrorCode } from "../http/errors.ts";
+import { readPrefix } from "../util/streams.ts";
 
 export type ObjectKind = "blob" | "manifest" | "tags";
 
@@ -28,7 +29,8 @@ export async function upstreamError(res: Response, kind: ObjectKind, what: strin
 
 async function upstreamMessage(res: Response): Promise<string> {
   try {
-    const text = (await res.text()).slice(0, 4096);
+    if (!res.body) return "";
+    const text = new TextDecoder().decode(await readPrefix(res.body, 4096));
     const parsed = JSON.parse(text) as { errors?: { message?: unknown }[] };
     const msg = parsed.errors?.[0]?.message;
     return typeof msg === "string" ? msg.slice(0, 200) : "";

@@ -8,6 +8,7 @@ import { upstreamError } from "../cache/upstream-errors.ts";
 import { isDigestLike, isValidRepositoryName, isValidTag, parseDigest, splitRegistryPath, type Digest } from "../oci/reference.ts";
 import type { Upstream } from "../oci/upstream.ts";
 import type { ContentStore } from "../store/store.ts";
+import { readAll } from "../util/streams.ts";
 import { OciError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { serveRanged, type Served } from "./ranged.ts";
@@ -27,6 +28,8 @@ export interface RegistryDeps {
 }
 
 const IMMUTABLE = "max-age=31536000, immutable";
+// Tag lists are relayed whole; a repository with 100,000 tags still fits.
+const MAX_TAG_LIST_BYTES = 16 * 1024 * 1024;
 
 export function registryRoutes(deps: RegistryDeps): Hono {
   const app = new Hono();
@@ -113,7 +116,12 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     if (last !== undefined) params.set("last", last);
     const res = await deps.upstream.request(name, "tags/list", { query: params.toString() });
     if (!res.ok) throw await upstreamError(res, "tags", `repository ${name}`);
-    const body = await res.arrayBuffer();
+    let body: Uint8Array<ArrayBuffer>;
+    try {
+      body = await readAll(res.body!, MAX_TAG_LIST_BYTES);
+    } catch (err) {
+      throw new OciError("UNAVAILABLE", `could not read the tag list of ${name} from upstream: ${(err as Error).message}`);
+    }
     deps.metrics.inc("skiff_upstream_bytes_total", {}, body.byteLength);
     const headers = new Headers({ "Content-Type": "application/json", "Content-Length": String(body.byteLength), "Cache-Control": "no-cache" });
     const link = res.headers.get("link");

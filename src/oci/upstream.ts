@@ -3,6 +3,7 @@
 // hosts are ever contacted and credentials never leave the registry's own origin.
 import { bearerChallenge, parseChallenges } from "./challenge.ts";
 import { OciError } from "../http/errors.ts";
+import { readAll } from "../util/streams.ts";
 
 export interface Credentials {
   username: string;
@@ -46,6 +47,7 @@ const MAX_REDIRECTS = 5;
 // Tokens are refreshed a little before they expire so a request never races the expiry.
 const TOKEN_EXPIRY_MARGIN_MS = 10_000;
 const DEFAULT_TOKEN_LIFETIME_S = 60;
+const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
 
 export class Upstream {
   readonly origin: URL;
@@ -163,7 +165,7 @@ export class Upstream {
     }
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
     try {
-      body = (await res.json()) as typeof body;
+      body = JSON.parse(new TextDecoder().decode(await readAll(res.body!, MAX_TOKEN_RESPONSE_BYTES))) as typeof body;
     } catch {
       throw new OciError("UNAVAILABLE", "upstream token service answered with invalid JSON");
     }

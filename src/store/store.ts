@@ -2,6 +2,8 @@
 // Distribution registry's storage drivers: a small key/value interface, streamed both ways, and a
 // put that becomes visible only on commit, so a reader never sees half an object.
 
+import { readAll } from "../util/streams.ts";
+
 export interface ObjectInfo {
   size: number;
 }
@@ -37,29 +39,6 @@ export function assertValidKey(key: string): void {
   for (const seg of key.split("/")) {
     if (!SEGMENT.test(seg)) throw new Error(`invalid store key: ${JSON.stringify(key)}`);
   }
-}
-
-export async function readAll(stream: ReadableStream<Uint8Array>, limit = Infinity): Promise<Uint8Array<ArrayBuffer>> {
-  const parts: Uint8Array[] = [];
-  let total = 0;
-  const reader = stream.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > limit) {
-      await reader.cancel();
-      throw new Error(`object larger than ${limit} bytes`);
-    }
-    parts.push(value);
-  }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }
 
 export async function getBytes(store: ContentStore, key: string, limit?: number): Promise<Uint8Array<ArrayBuffer> | null> {

@@ -1,0 +1,41 @@
+// Reading bounded amounts of a web stream: every body read whole goes through one of these, so a
+// hostile or broken peer can't make the process buffer without limit.
+
+export async function readAll(stream: ReadableStream<Uint8Array>, limit = Infinity): Promise<Uint8Array<ArrayBuffer>> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const reader = stream.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel();
+      throw new Error(`object larger than ${limit} bytes`);
+    }
+    parts.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
+
+/** The first `limit` bytes of a stream (the rest is cancelled): for bodies only worth a glance. */
+export async function readPrefix(stream: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array<ArrayBuffer>> {
+  const reader = stream.getReader();
+  const out = new Uint8Array(limit);
+  let at = 0;
+  while (at < limit) {
+    const { done, value } = await reader.read();
+    if (done) return out.slice(0, at);
+    const take = Math.min(value.byteLength, limit - at);
+    out.set(value.subarray(0, take), at);
+    at += take;
+  }
+  await reader.cancel();
+  return out;
+}
