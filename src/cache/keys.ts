@@ -13,3 +13,12 @@ export const manifestMetaKey = (d: Digest) => `${manifestKey(d)}.meta`;
 export const blobLinkKey = (name: string, d: Digest) => `repositories/${name}/_blobs/${d.algorithm}/${d.hex}`;
 export const manifestLinkKey = (name: string, d: Digest) => `repositories/${name}/_manifests/${d.algorithm}/${d.hex}`;
 export const tagKey = (name: string, tag: string, acceptKey: string) => `repositories/${name}/_tags/${tag}/${acceptKey}`;
+
+// Converted layers and images. The segment `params` names everything the bytes depend on besides
+// the source (format version, chunk size, codec), so a change of any of them is a new key.
+const convertedLayer = (layer: Digest, params: string) => `converted/layers/${layer.algorithm}/${layer.hex.slice(0, 2)}/${layer.hex}/${params}`;
+export const layerDataKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/data`;
+export const layerBootstrapKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/bootstrap`;
+/** `platform` is `os/arch[/variant]`; it becomes one segment with `-` between its parts. */
+export const imageBootstrapKey = (manifest: Digest, params: string, platform: string) =>
+  `converted/images/${manifest.algorithm}/${manifest.hex.slice(0, 2)}/${manifest.hex}/${params}/${platform.replaceAll("/", "-")}`;

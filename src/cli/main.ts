@@ -1,10 +1,16 @@
 // The `skiff` command: one entry, one subcommand per module.
 import { version } from "../version.ts";
 import { UsageError } from "./args.ts";
+import { convertCommand } from "./convert.ts";
+import { extractCommand } from "./extract.ts";
+import { inspectCommand } from "./inspect.ts";
 import { serveCommand } from "./serve.ts";
 
 const commands: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   serve: { summary: "run the pull-through registry mirror", run: serveCommand },
+  convert: { summary: "convert an image from an OCI layout into skiff's chunked format", run: convertCommand },
+  inspect: { summary: "show a converted image's bootstrap: summary and file listing", run: inspectCommand },
+  extract: { summary: "write a converted image's root filesystem into a directory, verifying every chunk", run: extractCommand },
 };
 
 const help = `Usage: skiff <command> [options]

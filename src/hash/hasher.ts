@@ -17,6 +17,13 @@ export function toHex(bytes: Uint8Array): string {
   return out;
 }
 
+export function fromHex(hex: string): Uint8Array {
+  if (!/^(?:[0-9a-f]{2})*$/.test(hex)) throw new Error("invalid hex");
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}
+
 /** Hashes a whole buffer with the given factory (manifests, small objects). */
 export function hashBytes(factory: HasherFactory, algorithm: HashAlgorithm, data: Uint8Array): string {
   const h = factory(algorithm);

@@ -1,0 +1,223 @@
+// Conversion benchmarks: `npm run bench:convert [-- --write]`.
+//  1. A ≥ 100 MB gzip layer: `skiff convert` (codec none and deflate-raw) against
+//     `gzip -dc | sha256sum` on the same file, wall time and peak RSS, median of 3 runs.
+//  2. Peak RSS converting a 1 GiB layer.
+//  3. A layer of 100,000 small files: bootstrap size against the raw bytes, and decode time.
+// Everything is generated here, deterministically, under the OS temp directory and removed after.
+import { execFileSync, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { machine, replaceSection } from "./report.mjs";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const skiff = join(root, "bin", "skiff.js");
+const work = mkdtempSync(join(tmpdir(), "skiff-bench-convert-"));
+const RUNS = 3;
+
+/** Deterministic bytes: SHA-256 in counter mode, seeded. */
+function* pseudoRandom(seed, total) {
+  let counter = 0;
+  let left = total;
+  while (left > 0) {
+    const block = Buffer.alloc(Math.min(left, 1 << 16));
+    for (let at = 0; at < block.length; at += 32) {
+      createHash("sha256").update(`${seed}:${counter++}`).digest().copy(block, at);
+    }
+    left -= block.length;
+    yield block;
+  }
+}
+
+/** Text-like, compressible bytes (repeated words with varying numbers). */
+function textLike(seed, size) {
+  const words = ["lorem", "ipsum", "def", "return", "import", "class", "self", "value", "{", "}", "\n", "    "];
+  const parts = [];
+  let n = 0;
+  let i = seed;
+  while (n < size) {
+    const w = `${words[i % words.length]}${i % 7 === 0 ? i % 1000 : ""} `;
+    parts.push(w);
+    n += w.length;
+    i = (i * 1103515245 + 12345) % 2147483648;
+  }
+  return Buffer.from(parts.join("").slice(0, size));
+}
+
+/** A directory of mixed files: about half random (incompressible), half text. */
+function makeTree(dir, totalBytes, seed) {
+  mkdirSync(dir, { recursive: true });
+  let written = 0;
+  let k = 0;
+  while (written < totalBytes) {
+    const size = 1024 + ((k * 7919 + seed) % (4 << 20));
+    const sub = join(dir, `d${k % 37}`);
+    mkdirSync(sub, { recursive: true });
+    const fd = openSync(join(sub, `f${k}`), "w");
+    if (k % 2 === 0) for (const b of pseudoRandom(`${seed}/${k}`, size)) writeSync(fd, b);
+    else writeSync(fd, textLike(k + seed, size));
+    closeSync(fd);
+    written += size;
+    k++;
+  }
+  return { files: k, bytes: written };
+}
+
+function sha256File(path) {
+  return createHash("sha256").update(readFileSync(path)).digest("hex");
+}
+
+/** Writes an OCI image layout holding one image with one layer, tagged `bench`. */
+function layoutWithLayer(layoutDir, layerPath, mediaType) {
+  const blobs = join(layoutDir, "blobs", "sha256");
+  mkdirSync(blobs, { recursive: true });
+  const layerHex = execFileSync("sha256sum", [layerPath]).toString().split(" ")[0];
+  execFileSync("mv", [layerPath, join(blobs, layerHex)]);
+  const put = (obj) => {
+    const bytes = Buffer.from(JSON.stringify(obj));
+    const hex = createHash("sha256").update(bytes).digest("hex");
+    writeFileSync(join(blobs, hex), bytes);
+    return { digest: `sha256:${hex}`, size: bytes.length };
+  };
+  const config = put({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} });
+  const manifest = put({
+    schemaVersion: 2,
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config },
+    layers: [{ mediaType, digest: `sha256:${layerHex}`, size: statSync(join(blobs, layerHex)).size }],
+  });
+  writeFileSync(join(layoutDir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
+  writeFileSync(
+    join(layoutDir, "index.json"),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }],
+    }),
+  );
+  return join(blobs, layerHex);
+}
+
+/** Runs a shell command under GNU time: wall seconds and peak RSS in KiB. */
+function timed(command) {
+  const r = spawnSync("/usr/bin/time", ["-f", "%e %M", "bash", "-c", `${command} >/dev/null`], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`failed: ${command}\n${r.stderr}`);
+  const [wall, rss] = r.stderr.trim().split("\n").pop().split(" ").map(Number);
+  return { wall, rssKiB: rss };
+}
+
+function median(values) {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function measure(command, before = () => {}) {
+  const runs = [];
+  for (let i = 0; i < RUNS; i++) {
+    before();
+    runs.push(timed(command));
+  }
+  return { wall: median(runs.map((r) => r.wall)), rssKiB: median(runs.map((r) => r.rssKiB)) };
+}
+
+const mib = (kib) => (kib / 1024).toFixed(0);
+const out = [];
+
+try {
+  // 1. A ≥ 100 MB gzip layer.
+  const tree = join(work, "tree");
+  const t = makeTree(tree, 200 << 20, 1);
+  const gz = join(work, "layer.tar.gz");
+  execFileSync("bash", ["-c", `tar -C ${tree} --sort=name --mtime=@0 --owner=0 --group=0 -cf - . | gzip -6 > ${gz}`]);
+  rmSync(tree, { recursive: true });
+  const layout = join(work, "layout");
+  const layer = layoutWithLayer(layout, gz, "application/vnd.oci.image.layer.v1.tar+gzip");
+  const size = statSync(layer).size;
+  const outDir = join(work, "out");
+  const fresh = () => rmSync(outDir, { recursive: true, force: true });
+  const reference = measure(`gzip -dc ${layer} | sha256sum`);
+  const none = measure(`node ${skiff} convert ${layout}:bench --out ${outDir} --codec none`, fresh);
+  const deflate = measure(`node ${skiff} convert ${layout}:bench --out ${outDir} --codec deflate-raw`, fresh);
+  out.push(
+    `### Converting a ${(size / 1e6).toFixed(0)} MB gzip layer (${t.files} files, ${(t.bytes / 1e6).toFixed(0)} MB of content, half incompressible)`,
+    "",
+    "| command | wall time (median of 3) | peak RSS | ratio to gzip -dc \\| sha256sum |",
+    "|---|---|---|---|",
+    `| \`gzip -dc layer \\| sha256sum\` | ${reference.wall.toFixed(2)} s | ${mib(reference.rssKiB)} MiB | 1.00× |`,
+    `| \`skiff convert --codec none\` | ${none.wall.toFixed(2)} s | ${mib(none.rssKiB)} MiB | ${(none.wall / reference.wall).toFixed(2)}× |`,
+    `| \`skiff convert --codec deflate-raw\` | ${deflate.wall.toFixed(2)} s | ${mib(deflate.rssKiB)} MiB | ${(deflate.wall / reference.wall).toFixed(2)}× |`,
+    "",
+    "Goal: `--codec none` within 1.5× of `gzip -dc | sha256sum`.",
+    "",
+  );
+  rmSync(layout, { recursive: true });
+  fresh();
+
+  // 2. Peak RSS on a 1 GiB layer.
+  const bigTree = join(work, "big");
+  mkdirSync(bigTree);
+  for (let i = 0; i < 4; i++) {
+    const fd = openSync(join(bigTree, `part${i}`), "w");
+    for (const b of pseudoRandom(`big/${i}`, 256 << 20)) writeSync(fd, b);
+    closeSync(fd);
+  }
+  const bigTar = join(work, "big.tar");
+  execFileSync("tar", ["-C", bigTree, "--sort=name", "--mtime=@0", "-cf", bigTar, "."]);
+  rmSync(bigTree, { recursive: true });
+  const bigLayout = join(work, "big-layout");
+  const bigLayer = layoutWithLayer(bigLayout, bigTar, "application/vnd.oci.image.layer.v1.tar");
+  const big = measure(`node ${skiff} convert ${bigLayout}:bench --out ${outDir}`, fresh);
+  out.push(
+    `### Peak RSS converting a ${(statSync(bigLayer).size / 2 ** 30).toFixed(2)} GiB layer`,
+    "",
+    "| command | wall time | peak RSS |",
+    "|---|---|---|",
+    `| \`skiff convert --codec none\` | ${big.wall.toFixed(2)} s | ${mib(big.rssKiB)} MiB |`,
+    "",
+    "Goal: at most 100 MiB.",
+    "",
+  );
+  rmSync(bigLayout, { recursive: true });
+  fresh();
+
+  // 3. 100,000 small files.
+  const smallTree = join(work, "small");
+  let raw = 0;
+  for (let k = 0; k < 100_000; k++) {
+    const dir = join(smallTree, `pkg${k % 1000}`, `mod${k % 7}`);
+    if (k < 7000) mkdirSync(dir, { recursive: true });
+    const size = 1024 + ((k * 2654435761) % (19 * 1024));
+    writeFileSync(join(dir, `file_${k}.py`), textLike(k, size));
+    raw += size;
+  }
+  const smallTar = join(work, "small.tar");
+  execFileSync("tar", ["-C", smallTree, "--sort=name", "--mtime=@0", "-cf", smallTar, "."]);
+  rmSync(smallTree, { recursive: true });
+  const smallLayout = join(work, "small-layout");
+  layoutWithLayer(smallLayout, smallTar, "application/vnd.oci.image.layer.v1.tar");
+  fresh();
+  execFileSync("node", [skiff, "convert", `${smallLayout}:bench`, "--out", outDir]);
+  const image = JSON.parse(readFileSync(join(outDir, "image.json"), "utf8"));
+  const bootstrapPath = join(outDir, image.bootstrap);
+  const bootstrapSize = statSync(bootstrapPath).size;
+  const decode = execFileSync("node", [join(root, "bench", "decode-time.mjs"), bootstrapPath], { encoding: "utf8" }).trim();
+  out.push(
+    "### A layer of 100,000 small files",
+    "",
+    `Files of 1–20 KiB of text (${(raw / 1e6).toFixed(0)} MB in all) in 7,000 directories.`,
+    "",
+    "| bootstrap size | share of the raw bytes | bytes per file | decode + validate (median of 20) |",
+    "|---|---|---|---|",
+    `| ${(bootstrapSize / 1e6).toFixed(2)} MB | ${((bootstrapSize / raw) * 100).toFixed(2)} % | ${(bootstrapSize / 100_000).toFixed(0)} | ${decode} |`,
+    "",
+    "Goals: at most 2 % of the raw size; decode within 50 ms.",
+    "",
+  );
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+
+const section = [`Measured on ${machine()}.`, "", "Command: `npm run bench:convert -- --write`", "", ...out].join("\n");
+console.log(section);
+if (process.argv.includes("--write")) replaceSection(join(root, "docs", "benchmarks.md"), "convert", "Converting layers", section);

@@ -1,0 +1,22 @@
+// Shared by the benchmark scripts: a description of the machine, and the rewrite of one marked
+// section of docs/benchmarks.md so each script owns its part of the page.
+import { cpus, totalmem } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+
+export function machine() {
+  const cpu = cpus()[0]?.model?.trim() ?? "unknown CPU";
+  const date = new Date().toISOString().slice(0, 10);
+  return `${cpu}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${date}`;
+}
+
+/** Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`, appending it if absent. */
+export function replaceSection(file, name, title, body) {
+  const start = `<!-- bench:${name} -->`;
+  const end = `<!-- /bench:${name} -->`;
+  const block = `${start}\n## ${title}\n\n${body.trim()}\n${end}`;
+  let page = existsSync(file) ? readFileSync(file, "utf8") : "# Benchmarks\n\nEvery table says where, when and with which command it was measured.\n";
+  const a = page.indexOf(start);
+  const b = page.indexOf(end);
+  page = a >= 0 && b > a ? page.slice(0, a) + block + page.slice(b + end.length) : `${page.trimEnd()}\n\n${block}\n`;
+  writeFileSync(file, page);
+}

@@ -1,0 +1,61 @@
+// The per-chunk codec of converted data. Every chunk is compressed on its own so any one can be
+// fetched by Range and decoded alone.
+//
+// Encoding must give the same bytes on every runtime (data blobs are content-addressed and a layer
+// converts to the same blob on Node, Deno and Workers), so it is fflate at a fixed level rather than
+// CompressionStream, whose output depends on the platform's zlib. Level 1: see docs/benchmarks.md.
+import { deflateSync, inflateSync } from "fflate";
+
+export type ChunkCodec = "none" | "deflate-raw";
+
+export const CHUNK_CODECS: readonly ChunkCodec[] = ["none", "deflate-raw"];
+
+/** The deflate level used for every chunk; changing it changes every converted blob. */
+export const DEFLATE_LEVEL = 1;
+
+/** Chunks are at most 16 MiB; a larger size claimed by a bootstrap is refused before allocating. */
+const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
+
+const IDS: Record<ChunkCodec, number> = { none: 0, "deflate-raw": 1 };
+
+export function codecId(c: ChunkCodec): number {
+  return IDS[c];
+}
+
+export function codecFromId(id: number): ChunkCodec | null {
+  return CHUNK_CODECS.find((c) => IDS[c] === id) ?? null;
+}
+
+/** "none" returns `data` itself; deflate-raw returns new bytes. */
+export function encodeChunk(codec: ChunkCodec, data: Uint8Array): Uint8Array {
+  if (codec === "none") return data;
+  return deflateSync(data, { level: DEFLATE_LEVEL });
+}
+
+/**
+ * fflate's inflateSync, not DecompressionStream("deflate-raw"): per chunk it is faster at every
+ * size measured (the stream's per-call setup dominates small chunks) and it is the same code on
+ * every runtime. Async so a runtime could swap in a native decoder without changing callers.
+ */
+export async function decodeChunk(codec: ChunkCodec, stored: Uint8Array, expectedSize: number): Promise<Uint8Array> {
+  if (!Number.isSafeInteger(expectedSize) || expectedSize < 0 || expectedSize > MAX_CHUNK_SIZE) {
+    throw new RangeError(`chunk size ${expectedSize} is outside 0..${MAX_CHUNK_SIZE}`);
+  }
+  if (codec === "none") {
+    if (stored.length !== expectedSize) throw new Error(`stored chunk is ${stored.length} bytes, expected ${expectedSize}`);
+    return stored;
+  }
+  // One spare byte: fflate stops writing at the end of a given buffer, so an over-long chunk
+  // shows up as a full buffer rather than being cut silently to the expected size.
+  let out: Uint8Array;
+  try {
+    out = inflateSync(stored, { out: new Uint8Array(expectedSize + 1) });
+  } catch (err) {
+    throw new Error(`deflate-raw chunk is corrupt: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (out.length !== expectedSize) {
+    const actual = out.length > expectedSize ? `more than ${expectedSize}` : String(out.length);
+    throw new Error(`deflate-raw chunk decodes to ${actual} bytes, expected ${expectedSize}`);
+  }
+  return out;
+}

@@ -1,0 +1,28 @@
+// What a conversion's output depends on besides its source: together they name the result.
+import { DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT } from "../format/layout.ts";
+import type { ChunkCodec } from "./codec.ts";
+
+export interface ConvertParams {
+  /** log2 of the chunk size: 16 (64 KiB) to 24 (16 MiB). */
+  chunkShift: number;
+  codec: ChunkCodec;
+}
+
+export const DEFAULT_PARAMS: ConvertParams = { chunkShift: DEFAULT_CHUNK_SHIFT, codec: "none" };
+
+/** A store key segment such as `v1-c20-none`. */
+export function paramsId(p: ConvertParams): string {
+  return `v${FORMAT_VERSION}-c${p.chunkShift}-${p.codec}`;
+}
+
+/** Parses a chunk size such as `1m`, `64k`, `4194304`; it must be a power of two in range. */
+export function parseChunkSize(text: string): number {
+  const m = /^(\d+)\s*([kKmM]?)(?:i?[bB])?$/.exec(text.trim());
+  if (!m) throw new Error(`invalid chunk size ${JSON.stringify(text)}`);
+  const bytes = Number(m[1]) * (m[2]?.toLowerCase() === "k" ? 1024 : m[2]?.toLowerCase() === "m" ? 1024 * 1024 : 1);
+  const shift = Math.log2(bytes);
+  if (!Number.isInteger(shift) || shift < MIN_CHUNK_SHIFT || shift > MAX_CHUNK_SHIFT) {
+    throw new Error(`chunk size must be a power of two from 64 KiB to 16 MiB, got ${JSON.stringify(text)}`);
+  }
+  return shift;
+}

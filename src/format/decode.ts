@@ -1,0 +1,416 @@
+// Reads format version 1 bytes in place. `Bootstrap.decode` validates everything once — sizes,
+// every offset and length, names, the tree's shape, chunk bounds — so that a bootstrap from an
+// untrusted proxy can never make a reader index outside its buffer or loop; after that, lookups are
+// plain array reads and binary searches.
+import * as L from "./layout.ts";
+import { compareNames, type BlobRef, type BootstrapModel, type ChunkRecord, type FsNode, type NodeType } from "./model.ts";
+
+export class BootstrapError extends Error {
+  constructor(message: string) {
+    super(`invalid bootstrap: ${message}`);
+    this.name = "BootstrapError";
+  }
+}
+
+export interface Inode {
+  index: number;
+  type: NodeType;
+  /** Full st_mode: type bits and permission bits. */
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  mtime: number;
+  mtimeNsec: number;
+  flags: number;
+  devMajor: number;
+  devMinor: number;
+}
+
+export interface DirEntry {
+  name: string;
+  inode: number;
+}
+
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+export class Bootstrap {
+  readonly bytes: Uint8Array;
+  readonly kind: "layer" | "image";
+  readonly codec: number;
+  readonly chunkShift: number;
+  readonly platform: string;
+  readonly inodeCount: number;
+  readonly chunkCount: number;
+  readonly blobCount: number;
+  readonly #view: DataView;
+  readonly #at: L.SectionOffsets;
+  readonly #counts: L.Counts;
+  // Index of each inode's first xattr record (xattrs are sorted by inode), -1 when none.
+  readonly #xattrStart: Int32Array;
+
+  private constructor(bytes: Uint8Array) {
+    if (bytes.length < L.HEADER_SIZE) throw new BootstrapError(`${bytes.length} bytes is shorter than the header`);
+    for (let i = 0; i < L.MAGIC.length; i++) if (bytes[i] !== L.MAGIC[i]) throw new BootstrapError("bad magic");
+    this.bytes = bytes;
+    this.#view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const version = this.#view.getUint16(L.H.version, true);
+    if (version !== L.FORMAT_VERSION) throw new BootstrapError(`unsupported format version ${version}`);
+    const kind = bytes[L.H.kind];
+    if (kind !== L.KIND_LAYER && kind !== L.KIND_IMAGE) throw new BootstrapError(`unknown kind ${kind}`);
+    this.kind = kind === L.KIND_LAYER ? "layer" : "image";
+    this.codec = bytes[L.H.codec]!;
+    this.chunkShift = bytes[L.H.chunkShift]!;
+    if (this.chunkShift < L.MIN_CHUNK_SHIFT || this.chunkShift > L.MAX_CHUNK_SHIFT) throw new BootstrapError(`chunk size 2^${this.chunkShift} out of range`);
+    const u = (o: number) => this.#view.getUint32(o, true);
+    this.#counts = {
+      blobCount: u(L.H.blobCount),
+      inodeCount: u(L.H.inodeCount),
+      direntCount: u(L.H.direntCount),
+      chunkCount: u(L.H.chunkCount),
+      chunkRefCount: u(L.H.chunkRefCount),
+      xattrCount: u(L.H.xattrCount),
+      stringsSize: u(L.H.stringsSize),
+    };
+    this.#at = L.sectionOffsets(this.#counts);
+    if (this.#at.end !== bytes.length) throw new BootstrapError(`size ${bytes.length} does not match the ${this.#at.end} bytes its header describes`);
+    this.inodeCount = this.#counts.inodeCount;
+    this.chunkCount = this.#counts.chunkCount;
+    this.blobCount = this.#counts.blobCount;
+    this.platform = this.#string(u(L.H.platformOffset), u(L.H.platformLength), "platform");
+    this.#xattrStart = new Int32Array(this.inodeCount).fill(-1);
+    this.#validate();
+  }
+
+  static decode(bytes: Uint8Array): Bootstrap {
+    return new Bootstrap(bytes);
+  }
+
+  get chunkSize(): number {
+    return 2 ** this.chunkShift;
+  }
+
+  #u32(o: number): number {
+    return this.#view.getUint32(o, true);
+  }
+
+  #u64(o: number): number {
+    const v = this.#view.getBigUint64(o, true);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BootstrapError(`value at byte ${o} too large`);
+    return Number(v);
+  }
+
+  #stringBytes(offset: number, length: number, what: string): Uint8Array {
+    if (offset + length > this.#counts.stringsSize) throw new BootstrapError(`${what} points outside the string table`);
+    const start = this.#at.strings + offset;
+    return this.bytes.subarray(start, start + length);
+  }
+
+  #string(offset: number, length: number, what: string): string {
+    try {
+      return decoder.decode(this.#stringBytes(offset, length, what));
+    } catch (err) {
+      if (err instanceof BootstrapError) throw err;
+      throw new BootstrapError(`${what} is not UTF-8`);
+    }
+  }
+
+  /** One pass over every record; afterwards all accessors are safe. */
+  #validate(): void {
+    const c = this.#counts;
+    if (c.inodeCount === 0) throw new BootstrapError("no root inode");
+    for (let i = 0; i < c.blobCount; i++) this.blob(i);
+
+    const chunkLimit = this.chunkSize;
+    const blobSizes = Array.from({ length: c.blobCount }, (_, i) => this.blob(i).storedSize);
+    for (let i = 0; i < c.chunkCount; i++) {
+      const ch = this.chunk(i);
+      if (ch.blob >= c.blobCount) throw new BootstrapError(`chunk ${i} names blob ${ch.blob} of ${c.blobCount}`);
+      if (ch.size === 0 || ch.size > chunkLimit) throw new BootstrapError(`chunk ${i} has size ${ch.size}`);
+      if (ch.storedOffset + ch.storedSize > blobSizes[ch.blob]!) throw new BootstrapError(`chunk ${i} lies outside its blob`);
+      if (!ch.compressed && ch.storedSize !== ch.size) throw new BootstrapError(`uncompressed chunk ${i} has stored size ${ch.storedSize} != ${ch.size}`);
+    }
+
+    // The tree: every inode but the root is reached through a directory entry; directories exactly
+    // once (no cycles, no directory hardlinks), and each non-directory as often as its link count.
+    const seen = new Uint32Array(c.inodeCount);
+    const root = this.inode(0);
+    if (root.type !== "dir") throw new BootstrapError("the root is not a directory");
+    let direntsUsed = 0;
+    for (let i = 0; i < c.inodeCount; i++) {
+      const ino = this.inode(i);
+      const [a, b] = this.#ab(i);
+      if (ino.type === "dir") {
+        if (a !== direntsUsed) throw new BootstrapError(`directory ${i} entries are not in inode order`);
+        if (a + b > c.direntCount) throw new BootstrapError(`directory ${i} entries out of range`);
+        direntsUsed += b;
+        let prev: Uint8Array | null = null;
+        for (let k = a; k < a + b; k++) {
+          const d = this.#at.dirents + k * L.DIRENT_RECORD_SIZE;
+          const name = this.#stringBytes(this.#u32(d), this.#view.getUint16(d + 4, true), `entry ${k} name`);
+          validateName(name, k);
+          if (prev && compareNames(prev, name) >= 0) throw new BootstrapError(`directory ${i} entries are not sorted and unique`);
+          prev = name;
+          const target = this.#u32(d + 8);
+          if (target === 0 || target >= c.inodeCount) throw new BootstrapError(`entry ${k} points at inode ${target}`);
+          // Depth-first numbering: an entry's first name always comes from a lower-numbered directory.
+          if (seen[target] === 0 && target <= i) throw new BootstrapError(`entry ${k} points backwards at inode ${target}`);
+          seen[target]!++;
+        }
+      } else if (ino.type === "file") {
+        if (a + b > c.chunkRefCount) throw new BootstrapError(`file ${i} chunks out of range`);
+        let total = 0;
+        for (let k = a; k < a + b; k++) {
+          const ref = this.#u32(this.#at.chunkRefs + k * L.CHUNK_REF_SIZE);
+          if (ref >= c.chunkCount) throw new BootstrapError(`file ${i} names chunk ${ref} of ${c.chunkCount}`);
+          const size = this.chunk(ref).size;
+          if (k < a + b - 1 && size !== chunkLimit) throw new BootstrapError(`file ${i} has a short chunk before its last`);
+          total += size;
+        }
+        if (total !== ino.size) throw new BootstrapError(`file ${i} size ${ino.size} != its chunks' ${total}`);
+      } else if (ino.type === "symlink" || ino.type === "hardlink-ref") {
+        if (b !== ino.size || b === 0 || b > L.PATH_MAX) throw new BootstrapError(`link ${i} has a bad target length`);
+        this.#string(a, b, `link ${i} target`);
+      }
+    }
+    if (direntsUsed !== c.direntCount) throw new BootstrapError("unused directory entries");
+    for (let i = 1; i < c.inodeCount; i++) {
+      const ino = this.inode(i);
+      if (seen[i] === 0) throw new BootstrapError(`inode ${i} is unreachable`);
+      if (ino.type === "dir" ? seen[i] !== 1 : seen[i] !== ino.nlink) throw new BootstrapError(`inode ${i} has ${seen[i]} names but link count ${ino.nlink}`);
+    }
+
+    let prevInode = -1;
+    for (let k = 0; k < c.xattrCount; k++) {
+      const x = this.#at.xattrs + k * L.XATTR_RECORD_SIZE;
+      const inode = this.#u32(x);
+      if (inode >= c.inodeCount || inode < prevInode) throw new BootstrapError(`xattr ${k} is out of order`);
+      if (inode !== prevInode) this.#xattrStart[inode] = k;
+      prevInode = inode;
+      this.#string(this.#u32(x + 4), this.#view.getUint16(x + 8, true), `xattr ${k} name`);
+      this.#stringBytes(this.#u32(x + 12), this.#u32(x + 16), `xattr ${k} value`);
+    }
+  }
+
+  #ab(i: number): [number, number] {
+    const o = this.#at.inodes + i * L.INODE_RECORD_SIZE;
+    return [this.#u32(o + 40), this.#u32(o + 44)];
+  }
+
+  blob(i: number): BlobRef {
+    if (i < 0 || i >= this.#counts.blobCount) throw new RangeError(`no blob ${i}`);
+    const o = this.#at.blobs + i * L.BLOB_RECORD_SIZE;
+    return {
+      dataDigest: this.bytes.slice(o, o + 32),
+      storedSize: this.#u64(o + 32),
+      layerDigest: this.#string(this.#u32(o + 40), this.#u32(o + 44), `blob ${i} layer digest`),
+    };
+  }
+
+  inode(i: number): Inode {
+    if (i < 0 || i >= this.#counts.inodeCount) throw new RangeError(`no inode ${i}`);
+    const o = this.#at.inodes + i * L.INODE_RECORD_SIZE;
+    const mode = this.#u32(o);
+    const flags = this.#u32(o + 36);
+    if (flags & ~L.KNOWN_FLAGS) throw new BootstrapError(`inode ${i} has unknown flags ${flags}`);
+    if (this.kind === "image" && flags !== 0) throw new BootstrapError(`image inode ${i} has layer flags`);
+    const type = nodeType(mode, flags);
+    if (!type) throw new BootstrapError(`inode ${i} has file type bits ${(mode & L.S_IFMT).toString(8)}`);
+    const dev = type === "char" || type === "block";
+    return {
+      index: i,
+      type,
+      mode,
+      uid: this.#u32(o + 4),
+      gid: this.#u32(o + 8),
+      nlink: this.#u32(o + 12),
+      size: this.#u64(o + 16),
+      mtime: Number(this.#view.getBigInt64(o + 24, true)),
+      mtimeNsec: this.#u32(o + 32),
+      flags,
+      devMajor: dev ? this.#u32(o + 40) : 0,
+      devMinor: dev ? this.#u32(o + 44) : 0,
+    };
+  }
+
+  chunk(i: number): ChunkRecord {
+    if (i < 0 || i >= this.#counts.chunkCount) throw new RangeError(`no chunk ${i}`);
+    const o = this.#at.chunks + i * L.CHUNK_RECORD_SIZE;
+    return {
+      digest: this.bytes.slice(o, o + 32),
+      blob: this.#u32(o + 32),
+      compressed: (this.#u32(o + 36) & L.CHUNK_COMPRESSED) !== 0,
+      storedOffset: this.#u64(o + 40),
+      storedSize: this.#u32(o + 48),
+      size: this.#u32(o + 52),
+      uncompressedOffset: this.#u64(o + 56),
+    };
+  }
+
+  /** Chunk-table indexes of a regular file's chunks; chunk k covers file bytes [k·chunkSize, …). */
+  chunkIndexes(inode: number): number[] {
+    if (this.inode(inode).type !== "file") return [];
+    const [a, b] = this.#ab(inode);
+    const out: number[] = [];
+    for (let k = a; k < a + b; k++) out.push(this.#u32(this.#at.chunkRefs + k * L.CHUNK_REF_SIZE));
+    return out;
+  }
+
+  chunks(inode: number): ChunkRecord[] {
+    return this.chunkIndexes(inode).map((i) => this.chunk(i));
+  }
+
+  readlink(inode: number): string {
+    const ino = this.inode(inode);
+    if (ino.type !== "symlink" && ino.type !== "hardlink-ref") throw new Error(`inode ${inode} is not a link`);
+    const [a, b] = this.#ab(inode);
+    return this.#string(a, b, "link target");
+  }
+
+  xattrs(inode: number): Map<string, Uint8Array> {
+    const out = new Map<string, Uint8Array>();
+    let k = this.#xattrStart[inode] ?? -1;
+    if (k < 0) return out;
+    for (; k < this.#counts.xattrCount; k++) {
+      const x = this.#at.xattrs + k * L.XATTR_RECORD_SIZE;
+      if (this.#u32(x) !== inode) break;
+      const key = this.#string(this.#u32(x + 4), this.#view.getUint16(x + 8, true), "xattr name");
+      out.set(key, this.#stringBytes(this.#u32(x + 12), this.#u32(x + 16), "xattr value").slice());
+    }
+    return out;
+  }
+
+  /** Entries of a directory in name order (without `.` and `..`). */
+  readdir(dir: number): DirEntry[] {
+    if (this.inode(dir).type !== "dir") throw new Error(`inode ${dir} is not a directory`);
+    const [a, b] = this.#ab(dir);
+    const out: DirEntry[] = [];
+    for (let k = a; k < a + b; k++) out.push(this.#dirent(k));
+    return out;
+  }
+
+  #dirent(k: number): DirEntry {
+    const d = this.#at.dirents + k * L.DIRENT_RECORD_SIZE;
+    return { name: this.#string(this.#u32(d), this.#view.getUint16(d + 4, true), "name"), inode: this.#u32(d + 8) };
+  }
+
+  /** Binary search for one name in a directory. */
+  child(dir: number, name: string): number | null {
+    if (this.inode(dir).type !== "dir") return null;
+    const want = new TextEncoder().encode(name);
+    const [a, b] = this.#ab(dir);
+    let lo = a;
+    let hi = a + b - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const d = this.#at.dirents + mid * L.DIRENT_RECORD_SIZE;
+      const cmp = compareNames(this.#stringBytes(this.#u32(d), this.#view.getUint16(d + 4, true), "name"), want);
+      if (cmp === 0) return this.#u32(d + 8);
+      if (cmp < 0) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return null;
+  }
+
+  /** The inode at a path (`/a/b`, `a/b`; symlinks are not followed), or null. */
+  lookup(path: string): number | null {
+    let inode = 0;
+    for (const part of path.split("/")) {
+      if (part === "" || part === ".") continue;
+      const next = this.child(inode, part);
+      if (next === null) return null;
+      inode = next;
+    }
+    return inode;
+  }
+
+  /** Every entry depth-first in name order, each hardlinked name included; the root is "/". */
+  *walk(): Generator<{ path: string; inode: number }> {
+    const stack: { path: string; inode: number }[] = [{ path: "/", inode: 0 }];
+    while (stack.length) {
+      const entry = stack.pop()!;
+      yield entry;
+      if (this.inode(entry.inode).type !== "dir") continue;
+      const children = this.readdir(entry.inode);
+      for (let k = children.length - 1; k >= 0; k--) {
+        const ch = children[k]!;
+        stack.push({ path: entry.path === "/" ? `/${ch.name}` : `${entry.path}/${ch.name}`, inode: ch.inode });
+      }
+    }
+  }
+
+  /** Rebuilds the in-memory tree (for merging layers into an image). */
+  toModel(): BootstrapModel {
+    const nodes = new Map<number, FsNode>();
+    const build = (i: number): FsNode => {
+      const known = nodes.get(i);
+      if (known) return known;
+      const ino = this.inode(i);
+      const node: FsNode = {
+        type: ino.type,
+        perm: ino.mode & 0o7777,
+        uid: ino.uid,
+        gid: ino.gid,
+        mtime: ino.mtime,
+        mtimeNsec: ino.mtimeNsec,
+        size: ino.size,
+        devMajor: ino.devMajor,
+        devMinor: ino.devMinor,
+        xattrs: this.xattrs(i),
+        chunks: this.chunkIndexes(i),
+      };
+      if (ino.flags & L.FLAG_OPAQUE) node.opaque = true;
+      if (ino.flags & L.FLAG_IMPLICIT) node.implicit = true;
+      if (ino.type === "symlink" || ino.type === "hardlink-ref") node.target = this.readlink(i);
+      nodes.set(i, node);
+      if (ino.type === "dir") {
+        node.children = new Map();
+        for (const e of this.readdir(i)) node.children.set(e.name, build(e.inode));
+      }
+      return node;
+    };
+    const root = build(0);
+    return {
+      kind: this.kind,
+      codec: this.codec,
+      chunkShift: this.chunkShift,
+      platform: this.platform,
+      blobs: Array.from({ length: this.blobCount }, (_, i) => this.blob(i)),
+      chunks: Array.from({ length: this.chunkCount }, (_, i) => this.chunk(i)),
+      root,
+    };
+  }
+}
+
+function nodeType(mode: number, flags: number): NodeType | null {
+  if (flags & L.FLAG_WHITEOUT) return (mode & L.S_IFMT) === L.S_IFCHR ? "whiteout" : null;
+  if (flags & L.FLAG_HARDLINK_REF) return (mode & L.S_IFMT) === L.S_IFREG ? "hardlink-ref" : null;
+  switch (mode & L.S_IFMT) {
+    case L.S_IFREG:
+      return "file";
+    case L.S_IFDIR:
+      return "dir";
+    case L.S_IFLNK:
+      return "symlink";
+    case L.S_IFCHR:
+      return "char";
+    case L.S_IFBLK:
+      return "block";
+    case L.S_IFIFO:
+      return "fifo";
+    default:
+      return null;
+  }
+}
+
+function validateName(name: Uint8Array, k: number): void {
+  if (name.length === 0 || name.length > L.NAME_MAX) throw new BootstrapError(`entry ${k} name has length ${name.length}`);
+  if (name.includes(0x2f) || name.includes(0)) throw new BootstrapError(`entry ${k} name contains '/' or NUL`);
+  if (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) throw new BootstrapError(`entry ${k} is named . or ..`);
+  try {
+    decoder.decode(name);
+  } catch {
+    throw new BootstrapError(`entry ${k} name is not UTF-8`);
+  }
+}
