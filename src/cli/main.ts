@@ -1,16 +1,22 @@
 // The `skiff` command: one entry, one subcommand per module.
 import { version } from "../version.ts";
 import { UsageError } from "./args.ts";
-import { convertCommand } from "./convert.ts";
-import { extractCommand } from "./extract.ts";
-import { inspectCommand } from "./inspect.ts";
-import { serveCommand } from "./serve.ts";
 
+// Commands load on demand, so `skiff convert` does not pay for the HTTP server's modules.
 const commands: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
-  serve: { summary: "run the pull-through registry mirror", run: serveCommand },
-  convert: { summary: "convert an image from an OCI layout into skiff's chunked format", run: convertCommand },
-  inspect: { summary: "show a converted image's bootstrap: summary and file listing", run: inspectCommand },
-  extract: { summary: "write a converted image's root filesystem into a directory, verifying every chunk", run: extractCommand },
+  serve: { summary: "run the pull-through registry mirror", run: async (argv) => (await import("./serve.ts")).serveCommand(argv) },
+  convert: {
+    summary: "convert an image from an OCI layout into skiff's chunked format",
+    run: async (argv) => (await import("./convert.ts")).convertCommand(argv),
+  },
+  inspect: {
+    summary: "show a converted image's bootstrap: summary and file listing",
+    run: async (argv) => (await import("./inspect.ts")).inspectCommand(argv),
+  },
+  extract: {
+    summary: "write a converted image's root filesystem into a directory, verifying every chunk",
+    run: async (argv) => (await import("./extract.ts")).extractCommand(argv),
+  },
 };
 
 const help = `Usage: skiff <command> [options]

@@ -55,6 +55,6 @@ export async function openLayout(reference: string): Promise<ImageSource & { des
     root: () => manifest(rootDigest, chosen.mediaType),
     manifest: (d) => manifest(d),
     // Layers are verified by the converter as they stream.
-    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 1 << 20 })) as ReadableStream<Uint8Array>,
+    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 256 << 10 })) as ReadableStream<Uint8Array>,
   };
 }

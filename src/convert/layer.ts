@@ -129,7 +129,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, write:
     const encoded = params.codec === "none" ? data : encodeChunk(params.codec, data);
     // Incompressible chunks are stored as they are; the chunk record says which.
     const compressed = encoded.byteLength < data.byteLength;
-    const stored = compressed ? encoded : data.slice();
+    const stored = compressed ? encoded : data;
     await write(stored);
     dataHash.update(stored);
     const record: ChunkRecord = { digest: fromHex(hex), blob: 0, compressed, storedOffset, storedSize: stored.byteLength, size: data.byteLength, uncompressedOffset };

@@ -15,6 +15,7 @@ export interface ByteSpan {
 
 /** A pending write. Nothing is visible under the key until commit() resolves. */
 export interface Upload {
+  /** The caller may reuse `chunk` once the promise resolves: a store that keeps it must copy it. */
   write(chunk: Uint8Array): Promise<void>;
   /** Publishes the object atomically (replacing any previous one). */
   commit(): Promise<void>;
