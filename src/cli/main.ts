@@ -52,6 +52,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`skiff ${name}: ${err.message}\n`);
       return 2;
     }
-    throw err;
+    // Bad input (a corrupt layer, a missing file): one line naming the command, exit status 1.
+    process.stderr.write(`skiff ${name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
   }
 }

@@ -67,7 +67,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
 
   // Directories this run created, by path relative to root, with the identity they had then.
   const created = new Map<string, Identity>([["", { dev: rootStat.dev, ino: rootStat.ino }]]);
-  const firstName = new Map<number, string>();
+  const firstName = new Map<number, string[]>();
   const skippedInodes = new Set<number>();
   const dirs: { path: string; inode: number }[] = [];
   const xattrs = new XattrWriter(warn);
@@ -114,7 +114,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
       await setOwner(path, ino, fh);
       await xattrs.apply(path, b.xattrs(inode));
       await fh.chmod(ino.mode & 0o7777);
-      await fh.utimes(ino.mtime, seconds(ino));
+      await fh.utimes(...times(ino));
     } finally {
       await fh.close();
     }
@@ -154,8 +154,9 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
         continue;
       }
       if (first !== undefined) {
-        // Another name of an inode already created here (the decoder guarantees it is no directory).
-        await link(first, path);
+        // Another name of an inode already created here (the decoder guarantees it is no directory);
+        // link(2) would follow a symlink on the way to the first name, so that path is checked too.
+        await link(await checkedPath(first), path);
         stats.hardlinks++;
         continue;
       }
@@ -176,7 +177,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
           await symlink(b.readlink(inode), path);
           await setOwner(path, ino);
           await xattrs.apply(path, b.xattrs(inode));
-          await lutimes(path, ino.mtime, seconds(ino));
+          await lutimes(path, ...times(ino));
           stats.symlinks++;
           break;
         case "char":
@@ -196,7 +197,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
           await setOwner(path, ino);
           await xattrs.apply(path, b.xattrs(inode));
           await chmod(path, ino.mode & 0o7777);
-          await lutimes(path, ino.mtime, seconds(ino));
+          await lutimes(path, ...times(ino));
           if (ino.type === "fifo") stats.fifos++;
           else stats.devices++;
           break;
@@ -207,7 +208,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
           stats.skipped++;
           continue;
       }
-      firstName.set(inode, path);
+      if (ino.type !== "dir" && ino.nlink > 1) firstName.set(inode, parts); // only hardlinks are met again
     }
     opts.onProgress?.(stats);
     if (ino.type !== "dir") continue;
@@ -228,7 +229,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
       await setOwner(path, ino, fh);
       await xattrs.apply(path, b.xattrs(inode));
       await fh.chmod(ino.mode & 0o7777);
-      await fh.utimes(ino.mtime, seconds(ino));
+      await fh.utimes(...times(ino));
     } finally {
       await fh.close();
     }
@@ -236,9 +237,14 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
   return stats;
 }
 
-/** mtime as fractional seconds (what the utimes family takes); atime is set to the same. */
-function seconds(ino: Inode): number {
-  return ino.mtime + ino.mtimeNsec / 1e9;
+/**
+ * [atime, mtime] for the utimes family, both the inode's mtime: fractional seconds, except before
+ * 1970, where Node would take a negative number for "now" and only a Date keeps the time.
+ */
+function times(ino: Inode): [number | Date, number | Date] {
+  const s = ino.mtime + ino.mtimeNsec / 1e9;
+  const t = s < 0 ? new Date(s * 1000) : s;
+  return [t, t];
 }
 
 /** Sets extended attributes with setfattr(1) (Node has no xattr API); warns once when it is missing. */

@@ -7,6 +7,8 @@ import type { TarEntry } from "./tar.ts";
 
 const WHITEOUT_PREFIX = ".wh.";
 const OPAQUE_MARKER = ".wh..wh..opq";
+// Other `.wh..wh.` names are AUFS bookkeeping (e.g. `.wh..wh.plnk/`), never part of the image.
+const AUFS_META_PREFIX = ".wh..wh.";
 
 /** An entry the converter left out, and why; reported, never silently dropped. */
 export interface SkippedEntry {
@@ -65,6 +67,7 @@ export class LayerTree {
       return null;
     }
     const name = parts[parts.length - 1]!;
+    if (parts.some((p, i) => p.startsWith(AUFS_META_PREFIX) && !(p === OPAQUE_MARKER && i === parts.length - 1))) return null;
     if (!isValidName(name)) {
       this.skipped.push({ path: entry.path, reason: "invalid name" });
       return null;

@@ -209,11 +209,19 @@ function decodeName(bytes: Uint8Array, what: string, from: string, at: Place): s
  * A numeric header field: octal digits with optional leading spaces and trailing spaces/NULs, or
  * GNU base-256 (high bit of the first byte set; the next bit is the sign).
  */
-function numeric(block: Uint8Array, start: number, length: number, name: string, at: Place): number {
+function numeric(block: Uint8Array, start: number, length: number, name: string, at: Place, signed = false): number {
   const bytes = block.subarray(start, start + length);
   const first = bytes[0]!;
   if (first & 0x80) {
-    if (first & 0x40) fail(`negative base-256 ${name}`, at);
+    if (first & 0x40) {
+      // Only times may be negative (before 1970): a two's-complement number after the marker bit.
+      if (!signed) fail(`negative base-256 ${name}`, at);
+      let value = BigInt(first & 0x7f);
+      for (let i = 1; i < bytes.byteLength; i++) value = (value << 8n) | BigInt(bytes[i]!);
+      const signedValue = value - (1n << BigInt(7 + 8 * (bytes.byteLength - 1)));
+      if (signedValue < BigInt(Number.MIN_SAFE_INTEGER)) fail(`base-256 ${name} too small`, at);
+      return Number(signedValue);
+    }
     let value = first & 0x3f;
     for (let i = 1; i < bytes.byteLength; i++) {
       value = value * 256 + bytes[i]!;
@@ -311,17 +319,19 @@ function parsePax(data: Uint8Array, at: Place): PaxRecords {
   return records;
 }
 
-/** A PAX decimal: digits, optionally with a fraction (mtime); negative values are refused. */
+/** A PAX decimal: digits; mtime may also be negative (before 1970) and have a fraction. */
 function paxNumber(records: PaxRecords, key: string, at: Place): { int: number; nsec: number } | undefined {
   const raw = records.get(key);
   if (raw === undefined || raw.byteLength === 0) return undefined;
   const text = utf8Lenient.decode(raw);
-  const m = /^(\d+)(?:\.(\d*))?$/.exec(text);
-  if (!m || (m[2] !== undefined && key !== "mtime")) fail(`invalid PAX ${key} ${JSON.stringify(text)}`, at);
-  const int = Number(m[1]);
-  if (!Number.isSafeInteger(int)) fail(`PAX ${key} ${text} is too large`, at);
-  const nsec = m[2] ? Number(m[2].slice(0, 9).padEnd(9, "0")) : 0;
-  return { int, nsec };
+  const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(text);
+  if (!m || ((m[1] || m[3] !== undefined) && key !== "mtime")) fail(`invalid PAX ${key} ${JSON.stringify(text)}`, at);
+  const whole = Number(m[2]);
+  if (!Number.isSafeInteger(whole)) fail(`PAX ${key} ${text} is too large`, at);
+  const fraction = m[3] ? Number(m[3].slice(0, 9).padEnd(9, "0")) : 0;
+  // -1.5 s is 2 s before the epoch plus 0.5 s: seconds round down, nanoseconds count up.
+  if (m[1] && fraction > 0) return { int: -whole - 1, nsec: 1_000_000_000 - fraction };
+  return { int: m[1] ? -whole : whole, nsec: fraction };
 }
 
 /** A PAX string value (path, linkpath, …): never containing NUL. Names are strict UTF-8 (`what` set). */
@@ -533,7 +543,7 @@ function buildEntry(
   if ((type === "symlink" || type === "hardlink") && linkName === "") fail(`${type} without a target`, at);
 
   const size = paxNumber(pax, "size", at)?.int ?? headerSize;
-  const mtime = paxNumber(pax, "mtime", at) ?? { int: numeric(block, 136, 12, "mtime", at), nsec: 0 };
+  const mtime = paxNumber(pax, "mtime", at) ?? { int: numeric(block, 136, 12, "mtime", at, true), nsec: 0 };
   const hasOwnerNames = format !== "v7";
   const isDevice = type === "char" || type === "block";
   const entry: TarEntry = {

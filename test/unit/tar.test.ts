@@ -333,7 +333,7 @@ describe("archives written by GNU tar", () => {
 // Hand-assembled archives for the edge cases.
 
 describe("hand-built headers", () => {
-  it("reads base-256 size, uid, gid and mtime; rejects negative base-256 numbers", async () => {
+  it("reads base-256 size, uid, gid and mtime; negative only for mtime (before 1970)", async () => {
     const body = randomBytes(1000);
     const archive = concat(
       entry({ name: "b256", size: base256(1000n, 12), uid: base256(5_000_000_000n, 8), gid: base256(7n, 8), mtime: base256(1_700_000_001n, 12) }, body),
@@ -342,7 +342,9 @@ describe("hand-built headers", () => {
     const [e] = await readEveryWay(archive);
     expect(e).toMatchObject({ size: 1000, uid: 5_000_000_000, gid: 7, mtime: 1_700_000_001 });
     expect(e!.body.equals(body)).toBe(true);
-    await expectTarError(collect(streamOf(concat(entry({ name: "neg", mtime: base256(5n, 12, true) }), END))), /negative base-256 mtime.*"neg"/);
+    const [old] = await readEveryWay(concat(entry({ name: "old", mtime: base256(86_400n, 12, true) }), END));
+    expect(old).toMatchObject({ mtime: -86_400, mtimeNsec: 0 });
+    await expectTarError(collect(streamOf(concat(entry({ name: "neg", uid: base256(5n, 8, true) }), END))), /negative base-256 uid.*"neg"/);
   });
 
   it("accepts octal fields padded with spaces and NULs, and rejects junk in them", async () => {
@@ -373,6 +375,14 @@ describe("hand-built headers", () => {
     expect(e).toMatchObject({ path: "huge", size: 1000 });
     expect(e!.body.equals(body)).toBe(true);
     expect(after).toMatchObject({ path: "after", size: 1 });
+  });
+
+  it("reads negative PAX mtimes (before 1970) and refuses negative PAX ids", async () => {
+    const archive = concat(pax([["mtime", "-1.25"]]), entry({ name: "old" }, "x"), pax([["mtime", "-86400"]]), entry({ name: "older" }, "y"), END);
+    const [old, older] = await readEveryWay(archive);
+    expect(old).toMatchObject({ mtime: -2, mtimeNsec: 750_000_000 });
+    expect(older).toMatchObject({ mtime: -86_400, mtimeNsec: 0 });
+    await expectTarError(collect(streamOf(concat(pax([["uid", "-1"]]), entry({ name: "u" }), END))), /invalid PAX uid/);
   });
 
   it("applies PAX path, linkpath, mtime fraction, uid/gid and owner names to the next entry only", async () => {

@@ -1,0 +1,65 @@
+// How one layer's tar entries become its tree: lexical paths, whiteouts, hardlinks, refusals.
+import { describe, expect, it } from "vitest";
+import { LayerTree, pathComponents } from "../../src/convert/layer-tree.ts";
+import type { TarEntry } from "../../src/convert/tar.ts";
+
+function entry(path: string, type: TarEntry["type"] = "file", extra: Partial<TarEntry> = {}): TarEntry {
+  return { path, type, mode: 0o644, uid: 0, gid: 0, uname: "", gname: "", size: 0, mtime: 0, mtimeNsec: 0, linkName: "", devMajor: 0, devMinor: 0, xattrs: new Map(), ...extra };
+}
+
+function build(entries: TarEntry[]): LayerTree {
+  const tree = new LayerTree();
+  for (const e of entries) tree.add(e);
+  return tree;
+}
+
+const at = (tree: LayerTree, path: string) => {
+  let node = tree.root;
+  for (const p of path.split("/")) node = node.children!.get(p)!;
+  return node;
+};
+
+describe("layer tree", () => {
+  it("splits paths lexically and refuses any that climb out", () => {
+    expect(pathComponents("./a//b/")).toEqual(["a", "b"]);
+    expect(pathComponents("/abs/x")).toEqual(["abs", "x"]);
+    expect(pathComponents("a/../../x")).toBeNull();
+  });
+
+  it("leaves out entries with .. and entries placed through a symlink, and reports both", () => {
+    const tree = build([entry("../evil"), entry("link", "symlink", { linkName: "/etc" }), entry("link/passwd"), entry("ok")]);
+    expect([...tree.root.children!.keys()].sort()).toEqual(["link", "ok"]);
+    expect(tree.skipped.map((s) => s.path)).toEqual(["../evil", "link/passwd"]);
+  });
+
+  it("turns .wh.NAME into a whiteout and .wh..wh..opq into an opaque directory", () => {
+    const tree = build([entry("etc/", "dir"), entry("etc/.wh.passwd"), entry("var/.wh..wh..opq")]);
+    expect(at(tree, "etc/passwd").type).toBe("whiteout");
+    expect(at(tree, "var").opaque).toBe(true);
+    expect(at(tree, "var").implicit).toBe(true);
+  });
+
+  it("makes a directory that the same layer also whites out opaque instead of deleting it", () => {
+    const tree = build([entry("d/", "dir"), entry("d/keep"), entry(".wh.d")]);
+    expect(at(tree, "d").type).toBe("dir");
+    expect(at(tree, "d").opaque).toBe(true);
+    expect(at(tree, "d/keep").type).toBe("file");
+  });
+
+  it("drops AUFS bookkeeping entries entirely", () => {
+    const tree = build([entry(".wh..wh.plnk/", "dir"), entry(".wh..wh.plnk/123.456"), entry(".wh..wh.aufs"), entry("real")]);
+    expect([...tree.root.children!.keys()]).toEqual(["real"]);
+    expect(tree.skipped).toEqual([]);
+  });
+
+  it("shares one node between a file and its hardlink, and keeps links to lower layers as references", () => {
+    const tree = build([entry("a"), entry("b", "hardlink", { linkName: "a" }), entry("c", "hardlink", { linkName: "/usr/lower" })]);
+    expect(at(tree, "b")).toBe(at(tree, "a"));
+    expect(at(tree, "c")).toMatchObject({ type: "hardlink-ref", target: "usr/lower" });
+  });
+
+  it("describes the root from a ./ entry", () => {
+    const tree = build([entry("./", "dir", { mode: 0o700, uid: 5 })]);
+    expect(tree.root).toMatchObject({ perm: 0o700, uid: 5, implicit: false });
+  });
+});

@@ -1,0 +1,218 @@
+// Merging layer bootstraps into an image: the whiteout rules of the OCI image spec and OverlayFS,
+// hardlinks within and across layers, and directory metadata. Each layer is built from tar-like
+// entries with LayerTree, encoded as a layer bootstrap and decoded again, as the converter does.
+import { createHash } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { LayerTree } from "../../src/convert/layer-tree.ts";
+import { mergeLayers } from "../../src/convert/merge.ts";
+import type { TarEntry } from "../../src/convert/tar.ts";
+import { Bootstrap, encodeBootstrap } from "../../src/format/index.ts";
+import type { ChunkRecord } from "../../src/format/model.ts";
+
+const sha = (s: string) => new Uint8Array(createHash("sha256").update(s).digest());
+
+type Spec = Partial<TarEntry> & { path: string; type?: TarEntry["type"]; content?: string };
+
+function entry(s: Spec): TarEntry {
+  const type = s.type ?? "file";
+  return {
+    type,
+    mode: type === "dir" ? 0o755 : 0o644,
+    uid: 0,
+    gid: 0,
+    uname: "",
+    gname: "",
+    size: s.content?.length ?? 0,
+    mtime: 1_000,
+    mtimeNsec: 0,
+    linkName: "",
+    devMajor: 0,
+    devMinor: 0,
+    xattrs: new Map(),
+    ...s,
+  };
+}
+
+/** A layer bootstrap; each file's content becomes one chunk in the layer's single blob. */
+function layer(n: number, specs: Spec[]): Bootstrap {
+  const tree = new LayerTree();
+  const chunks: ChunkRecord[] = [];
+  let offset = 0;
+  for (const s of specs) {
+    const node = tree.add(entry(s));
+    const content = s.content ?? "";
+    if (node && content.length) {
+      chunks.push({ digest: sha(content), blob: 0, compressed: false, storedOffset: offset, storedSize: content.length, size: content.length, uncompressedOffset: offset });
+      node.chunks = [chunks.length - 1];
+      node.size = content.length;
+      offset += content.length;
+    }
+  }
+  expect(tree.skipped).toEqual([]);
+  const bytes = encodeBootstrap({
+    kind: "layer",
+    codec: 0,
+    chunkShift: 16,
+    platform: "",
+    blobs: [{ dataDigest: sha(`blob ${n}`), storedSize: offset, layerDigest: `sha256:${String(n).repeat(64)}` }],
+    chunks,
+    root: tree.root,
+  });
+  return Bootstrap.decode(bytes);
+}
+
+function merge(...layers: Spec[][]) {
+  const { model, skipped } = mergeLayers(
+    layers.map((specs, i) => layer(i, specs)),
+    "linux/amd64",
+  );
+  return { image: Bootstrap.decode(encodeBootstrap(model)), skipped };
+}
+
+const paths = (b: Bootstrap) => [...b.walk()].map((e) => e.path);
+const inodeAt = (b: Bootstrap, p: string) => b.inode(b.lookup(p) ?? -1);
+/** The content of a one-chunk file, recognised by its chunk digest among the candidates. */
+function contentOf(b: Bootstrap, p: string, candidates: string[]): string | undefined {
+  const [c] = b.chunks(b.lookup(p)!);
+  if (!c) return "";
+  return candidates.find((s) => Buffer.from(sha(s)).equals(c.digest));
+}
+
+describe("merging layers", () => {
+  it("deletes a file with .wh.NAME and leaves its siblings", () => {
+    const { image } = merge(
+      [{ path: "etc/", type: "dir" }, { path: "etc/a", content: "a" }, { path: "etc/b", content: "b" }],
+      [{ path: "etc/.wh.a" }],
+    );
+    expect(paths(image)).toEqual(["/", "/etc", "/etc/b"]);
+  });
+
+  it("deletes a whole directory with .wh.NAME", () => {
+    const { image } = merge(
+      [{ path: "opt/", type: "dir" }, { path: "opt/app/", type: "dir" }, { path: "opt/app/bin/", type: "dir" }, { path: "opt/app/bin/run", content: "run" }, { path: "opt/keep", content: "k" }],
+      [{ path: "opt/.wh.app" }],
+    );
+    expect(paths(image)).toEqual(["/", "/opt", "/opt/keep"]);
+  });
+
+  it("deletes a name only in lower layers: the whiting-out layer's own entry stays", () => {
+    const { image } = merge([{ path: "x", content: "old" }], [{ path: "x", content: "new" }, { path: ".wh.x" }]);
+    expect(contentOf(image, "/x", ["old", "new"])).toBe("new");
+  });
+
+  it("hides lower children of an opaque directory but keeps the layer's own", () => {
+    const { image } = merge(
+      [{ path: "var/", type: "dir" }, { path: "var/lib/", type: "dir" }, { path: "var/lib/old", content: "o" }, { path: "var/lib/sub/", type: "dir" }, { path: "var/other", content: "x" }],
+      [{ path: "var/lib/", type: "dir", mode: 0o700 }, { path: "var/lib/.wh..wh..opq" }, { path: "var/lib/new", content: "n" }],
+    );
+    expect(paths(image)).toEqual(["/", "/var", "/var/lib", "/var/lib/new", "/var/other"]);
+    expect(inodeAt(image, "/var/lib").mode & 0o7777).toBe(0o700);
+  });
+
+  it("replaces a file by a directory and a directory by a file", () => {
+    const { image } = merge(
+      [{ path: "f", content: "file" }, { path: "d/", type: "dir" }, { path: "d/inner", content: "i" }],
+      [{ path: "f/", type: "dir", mode: 0o750 }, { path: "f/child", content: "c" }, { path: "d", content: "now a file" }],
+    );
+    expect(paths(image)).toEqual(["/", "/d", "/f", "/f/child"]);
+    expect(inodeAt(image, "/f")).toMatchObject({ type: "dir", mode: 0o040750 });
+    expect(inodeAt(image, "/d")).toMatchObject({ type: "file", size: 10 });
+    expect(contentOf(image, "/d", ["now a file"])).toBe("now a file");
+  });
+
+  it("replaces a file by a symlink and keeps chunks pointing at their own layer's blob", () => {
+    const { image } = merge([{ path: "a", content: "lower" }, { path: "b", content: "bb" }], [{ path: "a", type: "symlink", linkName: "b" }, { path: "c", content: "upper" }]);
+    expect(inodeAt(image, "/a").type).toBe("symlink");
+    expect(image.readlink(image.lookup("/a")!)).toBe("b");
+    expect(image.chunks(image.lookup("/b")!)[0]!.blob).toBe(0);
+    const c = image.chunks(image.lookup("/c")!)[0]!;
+    expect(c.blob).toBe(1);
+    expect(c.storedOffset).toBe(0); // the offset within layer 1's blob, untouched by the merge
+    expect(image.blobCount).toBe(2);
+    expect(image.blob(1).layerDigest).toBe(`sha256:${"1".repeat(64)}`);
+    expect(image.chunkCount).toBe(3); // chunk tables concatenated
+  });
+
+  it("keeps a hardlink within a layer as one inode", () => {
+    const { image } = merge([{ path: "bin/", type: "dir" }, { path: "bin/gzip", content: "gz", mode: 0o755 }, { path: "bin/gunzip", type: "hardlink", linkName: "bin/gzip" }]);
+    const ino = image.lookup("/bin/gzip");
+    expect(image.lookup("/bin/gunzip")).toBe(ino);
+    expect(image.inode(ino!)).toMatchObject({ nlink: 2, mode: 0o100755 });
+  });
+
+  it("resolves a hardlink to a lower layer's file (hardlink-ref) to that file's inode", () => {
+    const lower = layer(0, [{ path: "usr/", type: "dir" }, { path: "usr/lib.so", content: "lib" }]);
+    const upper = layer(1, [{ path: "alias.so", type: "hardlink", linkName: "./usr/lib.so" }]);
+    expect(upper.inode(upper.lookup("/alias.so")!).type).toBe("hardlink-ref");
+    const { model, skipped } = mergeLayers([lower, upper], "linux/amd64");
+    const image = Bootstrap.decode(encodeBootstrap(model));
+    expect(skipped).toEqual([]);
+    expect(image.lookup("/alias.so")).toBe(image.lookup("/usr/lib.so"));
+    expect(inodeAt(image, "/alias.so")).toMatchObject({ type: "file", nlink: 2, size: 3 });
+    expect(image.chunks(image.lookup("/alias.so")!)[0]!.blob).toBe(0);
+  });
+
+  it("reports a hardlink-ref whose target no lower layer has, and leaves it out", () => {
+    const { image, skipped } = merge([{ path: "a", content: "a" }], [{ path: "l", type: "hardlink", linkName: "missing" }]);
+    expect(paths(image)).toEqual(["/", "/a"]);
+    expect(skipped).toEqual([{ path: "/l", reason: expect.stringContaining("missing") }]);
+  });
+
+  it("keeps a hardlinked file's content when its other name is whited out later; nlink drops", () => {
+    const { image } = merge(
+      [{ path: "data", content: "payload" }, { path: "copy", type: "hardlink", linkName: "data" }],
+      [{ path: ".wh.data" }],
+    );
+    expect(paths(image)).toEqual(["/", "/copy"]);
+    expect(inodeAt(image, "/copy")).toMatchObject({ type: "file", nlink: 1, size: 7 });
+    expect(contentOf(image, "/copy", ["payload"])).toBe("payload");
+  });
+
+  it("drops a hardlink-ref whose target was whited out in an earlier layer", () => {
+    const { image, skipped } = merge([{ path: "t", content: "t" }], [{ path: ".wh.t" }], [{ path: "l", type: "hardlink", linkName: "t" }]);
+    expect(paths(image)).toEqual(["/"]);
+    expect(skipped).toHaveLength(1);
+  });
+
+  it("updates a directory's metadata from an upper layer without losing its children", () => {
+    const { image } = merge(
+      [{ path: "srv/", type: "dir", mode: 0o755, uid: 0, mtime: 1 }, { path: "srv/a", content: "a" }],
+      [{ path: "srv/", type: "dir", mode: 0o2770, uid: 33, gid: 33, mtime: 2 }, { path: "srv/b", content: "b" }],
+    );
+    expect(paths(image)).toEqual(["/", "/srv", "/srv/a", "/srv/b"]);
+    expect(inodeAt(image, "/srv")).toMatchObject({ mode: 0o042770, uid: 33, gid: 33, mtime: 2 });
+  });
+
+  it("creates implicit parents with default attributes and keeps existing ones' attributes", () => {
+    const { image } = merge(
+      [{ path: "home/", type: "dir", mode: 0o700, uid: 1000, gid: 1000, mtime: 9 }],
+      [{ path: "home/user/.profile", content: "p" }, { path: "a/b/c", content: "c" }],
+    );
+    expect(paths(image)).toEqual(["/", "/a", "/a/b", "/a/b/c", "/home", "/home/user", "/home/user/.profile"]);
+    expect(inodeAt(image, "/home")).toMatchObject({ mode: 0o040700, uid: 1000, gid: 1000, mtime: 9 });
+    expect(inodeAt(image, "/a/b")).toMatchObject({ type: "dir", mode: 0o040755, uid: 0, gid: 0 });
+    expect(inodeAt(image, "/home/user")).toMatchObject({ type: "dir", mode: 0o040755 });
+  });
+
+  it("takes the root's metadata from a layer's ./ entry", () => {
+    const { image } = merge([{ path: "./", type: "dir", mode: 0o750, mtime: 77 }, { path: "f", content: "f" }]);
+    expect(image.inode(0)).toMatchObject({ mode: 0o040750, mtime: 77 });
+  });
+
+  it("hides a whited-out directory recreated in the same layer: only the new contents show", () => {
+    const { image } = merge(
+      [{ path: "cfg/", type: "dir" }, { path: "cfg/old", content: "o" }],
+      [{ path: ".wh.cfg" }, { path: "cfg/", type: "dir" }, { path: "cfg/new", content: "n" }],
+    );
+    expect(paths(image)).toEqual(["/", "/cfg", "/cfg/new"]);
+  });
+
+  it("refuses layers converted with different parameters", () => {
+    const a = layer(0, [{ path: "a", content: "a" }]);
+    const m = a.toModel();
+    m.chunkShift = 20;
+    const b = Bootstrap.decode(encodeBootstrap(m));
+    expect(() => mergeLayers([a, b], "linux/amd64")).toThrow(/different parameters/);
+    expect(() => mergeLayers([], "linux/amd64")).toThrow(/at least one layer/);
+  });
+});
