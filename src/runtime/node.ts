@@ -7,6 +7,7 @@ import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
 import type { Credentials } from "../oci/upstream.ts";
 import { FsStore } from "../store/fs.ts";
+import { useNodeGunzip } from "./node-gunzip.ts";
 
 export interface NodeServerOptions {
   upstream: string;
@@ -26,6 +27,7 @@ export interface RunningServer extends SkiffApp {
 }
 
 export async function startNodeServer(opts: NodeServerOptions): Promise<RunningServer> {
+  useNodeGunzip();
   const store = await new FsStore(opts.dataDir).init();
   // bodyTimeout is the longest silence between two chunks, not a limit on a whole (large) blob.
   const dispatcher = new Agent({ connections: 64, headersTimeout: 30_000, bodyTimeout: 60_000, connectTimeout: 10_000 });
