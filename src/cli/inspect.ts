@@ -34,7 +34,7 @@ export async function inspectCommand(argv: string[]): Promise<number> {
       if (inode === null) throw new Error(`no entry ${JSON.stringify(values.path)} in the image`);
       start = { path: normalisePath(values.path), inode };
     }
-    const entries = walkFrom(bootstrap, start.path, start.inode);
+    const entries = bootstrap.walk(start);
     if (values.json) console.log(JSON.stringify({ ...header(bootstrap), entries: [...entries].map((e) => jsonEntry(bootstrap, e)) }, null, 2));
     else printText(bootstrap, entries, values.path === undefined);
     return 0;
@@ -49,20 +49,6 @@ interface Entry {
   inode: number;
 }
 
-/** Depth-first in name order, like Bootstrap.walk(), from any inode. */
-function* walkFrom(b: Bootstrap, path: string, inode: number): Generator<Entry> {
-  const stack: Entry[] = [{ path, inode }];
-  while (stack.length) {
-    const e = stack.pop()!;
-    yield e;
-    if (b.inode(e.inode).type !== "dir") continue;
-    const children = b.readdir(e.inode);
-    for (let k = children.length - 1; k >= 0; k--) {
-      const c = children[k]!;
-      stack.push({ path: e.path === "/" ? `/${c.name}` : `${e.path}/${c.name}`, inode: c.inode });
-    }
-  }
-}
 
 function normalisePath(p: string): string {
   const parts = p.split("/").filter((x) => x !== "" && x !== ".");

@@ -111,13 +111,18 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
         stats.chunks++;
         opts.onProgress?.(stats);
       }
-      await setOwner(path, ino, fh);
-      await xattrs.apply(path, b.xattrs(inode));
-      await fh.chmod(ino.mode & 0o7777);
-      await fh.utimes(...times(ino));
+      await applyMetadata(path, inode, ino, fh);
     } finally {
       await fh.close();
     }
+  };
+
+  /** Owner first (chown clears setuid/setgid and capabilities), then xattrs, mode and times. */
+  const applyMetadata = async (path: string, inode: number, ino: Inode, fh: FileHandle) => {
+    await setOwner(path, ino, fh);
+    await xattrs.apply(path, b.xattrs(inode));
+    await fh.chmod(ino.mode & 0o7777);
+    await fh.utimes(...times(ino));
   };
 
   const readChunk = async (record: ChunkRecord, k: number, display: string): Promise<Uint8Array> => {
@@ -226,10 +231,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
     const ino = b.inode(inode);
     const fh = await open(path, DIR_FLAGS);
     try {
-      await setOwner(path, ino, fh);
-      await xattrs.apply(path, b.xattrs(inode));
-      await fh.chmod(ino.mode & 0o7777);
-      await fh.utimes(...times(ino));
+      await applyMetadata(path, inode, ino, fh);
     } finally {
       await fh.close();
     }

@@ -326,8 +326,8 @@ export class Bootstrap {
   }
 
   /** Every entry depth-first in name order, each hardlinked name included; the root is "/". */
-  *walk(): Generator<{ path: string; inode: number }> {
-    const stack: { path: string; inode: number }[] = [{ path: "/", inode: 0 }];
+  *walk(from: { path: string; inode: number } = { path: "/", inode: 0 }): Generator<{ path: string; inode: number }> {
+    const stack = [from];
     while (stack.length) {
       const entry = stack.pop()!;
       yield entry;
