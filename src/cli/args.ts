@@ -19,3 +19,12 @@ export function integerFlag(value: string | undefined, name: string, fallback: n
   if (n < min || n > max) throw new UsageError(`--${name} must be between ${min} and ${max}, got ${n}`);
   return n;
 }
+
+/** A byte size such as `8g`, `500m`, `64k` or `1048576`. */
+export function sizeFlag(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const m = /^(\d+)([kmgt]?)i?b?$/i.exec(value.trim());
+  if (!m) throw new UsageError(`--${name} must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
+  const scale = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
+  return Number(m[1]) * scale;
+}

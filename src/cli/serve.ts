@@ -1,6 +1,6 @@
 // `skiff serve`: the pull-through registry proxy on Node.
 import { startNodeServer } from "../runtime/node.ts";
-import { integerFlag, parseFlags, UsageError } from "./args.ts";
+import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 
 export const serveHelp = `Usage: skiff serve [options]
 
@@ -19,6 +19,10 @@ Options:
                             repeatable; *.example.com matches subdomains on the default port
   --registry-alias NAME     registry name accepted in containerd's ?ns= besides the upstream host;
                             repeatable
+  --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default 8g)
+  --convert-wait SECONDS    how long a bootstrap request waits for a conversion before the
+                            answer 202 + Retry-After (default 30)
+  --platform OS/ARCH        platform of bootstraps whose request names none (default linux/amd64)
   -h, --help                show this help
 
 When ready it prints one line: skiff listening on http://HOST:PORT`;
@@ -34,6 +38,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
     "upstream-password": { type: "string" },
     "allow-host": { type: "string", multiple: true },
     "registry-alias": { type: "string", multiple: true },
+    "max-layer-size": { type: "string" },
+    "convert-wait": { type: "string" },
+    platform: { type: "string" },
   });
   if (values.help) {
     console.log(serveHelp);
@@ -61,6 +68,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
     port: integerFlag(values.port, "port", 8080, 0, 65535),
     dataDir: values.data ?? "./data",
     tagTtlSeconds: integerFlag(values["tag-ttl"], "tag-ttl", 60),
+    maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
+    convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
+    defaultPlatform: values.platform,
     log,
   });
   console.log(`skiff listening on ${server.url}`);

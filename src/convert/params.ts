@@ -1,6 +1,6 @@
 // What a conversion's output depends on besides its source: together they name the result.
 import { DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT } from "../format/layout.ts";
-import type { ChunkCodec } from "./codec.ts";
+import { CHUNK_CODECS, type ChunkCodec } from "./codec.ts";
 
 export interface ConvertParams {
   /** log2 of the chunk size: 16 (64 KiB) to 24 (16 MiB). */
@@ -25,4 +25,14 @@ export function parseChunkSize(text: string): number {
     throw new Error(`chunk size must be a power of two from 64 KiB to 16 MiB, got ${JSON.stringify(text)}`);
   }
   return shift;
+}
+
+/** The inverse of paramsId for the current format version; null for anything else. */
+export function parseParamsId(id: string): ConvertParams | null {
+  const m = /^v(\d+)-c(\d+)-([a-z0-9-]+)$/.exec(id);
+  if (!m || Number(m[1]) !== FORMAT_VERSION) return null;
+  const chunkShift = Number(m[2]);
+  const codec = CHUNK_CODECS.find((c) => c === m[3]);
+  if (!codec || chunkShift < MIN_CHUNK_SHIFT || chunkShift > MAX_CHUNK_SHIFT) return null;
+  return { chunkShift, codec };
 }

@@ -10,6 +10,9 @@ import { errorResponse, OciError, toOciError } from "./errors.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
 import { apiVersionResponse, registryRoutes } from "./registry.ts";
 import { upstreamPreset } from "../oci/presets.ts";
+import { Conversions } from "../lazy/conversions.ts";
+import { LayerIndex } from "../lazy/layer-index.ts";
+import { lazyHandler } from "./lazy.ts";
 
 export interface AppOptions {
   upstream: UpstreamOptions;
@@ -19,6 +22,12 @@ export interface AppOptions {
   tagTtlSeconds?: number;
   /** Registry names accepted in `?ns=` besides the upstream's host (e.g. `docker.io`). */
   registryAliases?: string[];
+  /** Layers larger than this are not converted (default 8 GiB). */
+  maxLayerBytes?: number;
+  /** How long a bootstrap request waits for a conversion before answering 202 (default 30 s). */
+  convertWaitSeconds?: number;
+  /** Platform of bootstraps when the request names none (default linux/amd64). */
+  defaultPlatform?: string;
   log?: (message: string) => void;
   now?: () => number;
 }
@@ -40,11 +49,25 @@ export function createApp(opts: AppOptions): SkiffApp {
   const { store, hasher, log } = opts;
   const blobs = new BlobCache({ store, upstream, hasher, metrics, log });
   const manifests = new ManifestCache({ store, upstream, hasher, metrics, tagTtlMs: (opts.tagTtlSeconds ?? 60) * 1000, now: opts.now });
+  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, log, now: opts.now });
+  const publicContent = !opts.upstream.credentials;
+  const lazy = lazyHandler({
+    store,
+    hasher,
+    metrics,
+    blobs,
+    manifests,
+    conversions,
+    layers: new LayerIndex(store),
+    publicContent,
+    convertWaitMs: (opts.convertWaitSeconds ?? 30) * 1000,
+    defaultPlatform: opts.defaultPlatform ?? "linux/amd64",
+  });
 
   const app = new Hono();
   app.use(async (c, next) => {
     await next();
-    const kind = c.req.path.startsWith("/v2/") ? (/\/(manifests|blobs|tags)\//.exec(c.req.path)?.[1] ?? "base") : "other";
+    const kind = c.req.path.startsWith("/v2/") ? (/\/(manifests|blobs|tags|_skiff)\//.exec(c.req.path)?.[1]?.replace("_skiff", "lazy") ?? "base") : "other";
     metrics.inc("skiff_http_requests_total", { kind, method: c.req.method, status: String(c.res.status) });
     c.res.headers.set("Docker-Distribution-API-Version", "registry/2.0");
   });
@@ -61,8 +84,9 @@ export function createApp(opts: AppOptions): SkiffApp {
       manifests,
       metrics,
       registryAliases: [...(preset?.aliases ?? []), ...(opts.registryAliases ?? [])],
-      publicContent: !opts.upstream.credentials,
+      publicContent,
       upstreamName: preset?.upstreamName ?? ((name) => name),
+      lazy,
     }),
   );
 

@@ -54,5 +54,10 @@ export function createMetrics(): Metrics {
     skiff_upstream_bytes_total: "Body bytes received from the upstream registry.",
     skiff_verification_failures_total: "Upstream objects whose bytes did not match their digest.",
     skiff_stale_served_total: "Tag answers served stale because the upstream was unreachable or failing.",
+    skiff_conversions_started_total: "Layer conversions started.",
+    skiff_conversions_finished_total: "Layer conversions published.",
+    skiff_conversions_failed_total: "Layer conversions that failed and published nothing.",
+    skiff_conversion_seconds_total: "Seconds spent in layer conversions that finished.",
+    skiff_chunk_bytes_served_total: "Converted bytes served, by route (data, chunks).",
   });
 }

@@ -25,7 +25,11 @@ export interface RegistryDeps {
   publicContent: boolean;
   /** Maps a client's repository name to the upstream's (e.g. Docker Hub's `library/` for single names). */
   upstreamName: (name: string) => string;
+  /** The `_skiff` extension (src/http/lazy.ts), given the upstream name and the path after `_skiff/`. */
+  lazy?: (c: Context, name: string, rest: string) => Promise<Response>;
 }
+
+const LAZY_SEGMENT = "/_skiff/";
 
 const IMMUTABLE = "max-age=31536000, immutable";
 // Tag lists are relayed whole; a repository with 100,000 tags still fits.
@@ -42,7 +46,16 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     if (method !== "GET" && method !== "HEAD") {
       throw new OciError("UNSUPPORTED", `${method} is not supported: skiff is a read-only pull-through mirror`, { headers: { Allow: "GET, HEAD" } });
     }
-    const route = splitRegistryPath(c.req.path.replace(/^\/v2\//, ""));
+    const path = c.req.path.replace(/^\/v2\//, "");
+    // Repository names never have a component starting with `_`, so the first `/_skiff/` ends the name.
+    const lazyAt = path.indexOf(LAZY_SEGMENT);
+    if (lazyAt > 0 && deps.lazy) {
+      const lazyName = path.slice(0, lazyAt);
+      if (!isValidRepositoryName(lazyName)) throw new OciError("NAME_INVALID", `invalid repository name: ${JSON.stringify(lazyName.slice(0, 300))}`);
+      checkNamespace(c.req.query("ns"), deps);
+      return deps.lazy(c, deps.upstreamName(lazyName), path.slice(lazyAt + LAZY_SEGMENT.length));
+    }
+    const route = splitRegistryPath(path);
     if (!route) throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
     if (!isValidRepositoryName(route.name)) throw new OciError("NAME_INVALID", `invalid repository name: ${JSON.stringify(route.name.slice(0, 300))}`);
     checkNamespace(c.req.query("ns"), deps);

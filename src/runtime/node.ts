@@ -18,6 +18,9 @@ export interface NodeServerOptions {
   port: number;
   dataDir: string;
   tagTtlSeconds: number;
+  maxLayerBytes?: number;
+  convertWaitSeconds?: number;
+  defaultPlatform?: string;
   log?: (message: string) => void;
 }
 
@@ -38,6 +41,9 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     store,
     hasher: nodeHasher,
     tagTtlSeconds: opts.tagTtlSeconds,
+    maxLayerBytes: opts.maxLayerBytes,
+    convertWaitSeconds: opts.convertWaitSeconds,
+    defaultPlatform: opts.defaultPlatform,
     registryAliases: opts.registryAliases,
     log: opts.log,
   });

@@ -1,0 +1,180 @@
+// The lazy API, a registry extension under each repository (`/v2/<name>/_skiff/…`, the `_`-prefixed
+// namespace the distribution spec leaves to extensions), so every access rule that applies to the
+// repository applies here too:
+//   GET /v2/<name>/_skiff/bootstrap/<tag|digest>[?platform=&chunk-size=&codec=]   image bootstrap
+//   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/data                      data blob, by range
+//   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/chunks/<sha256 hex>.<form> one chunk
+import type { Context } from "hono";
+import type { BlobCache } from "../cache/blobs.ts";
+import type { Manifest, ManifestCache } from "../cache/manifests.ts";
+import { MANIFEST_MEDIA_TYPES } from "../cache/manifests.ts";
+import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertParams } from "../convert/params.ts";
+import { CHUNK_CODECS } from "../convert/codec.ts";
+import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
+import type { Conversions, ImageBootstrap } from "../lazy/conversions.ts";
+import type { LayerIndex } from "../lazy/layer-index.ts";
+import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/reference.ts";
+import type { ContentStore } from "../store/store.ts";
+import { OciError } from "./errors.ts";
+import type { Metrics } from "./metrics.ts";
+import { serveRanged } from "./ranged.ts";
+
+export const BOOTSTRAP_MEDIA_TYPE = "application/vnd.skiff.bootstrap.v1";
+
+export interface LazyDeps {
+  store: ContentStore;
+  hasher: HasherFactory;
+  metrics: Metrics;
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  conversions: Conversions;
+  layers: LayerIndex;
+  publicContent: boolean;
+  /** How long a bootstrap request waits for a running conversion before answering 202. */
+  convertWaitMs: number;
+  defaultPlatform: string;
+}
+
+const IMMUTABLE = "max-age=31536000, immutable";
+const RETRY_AFTER_S = 5;
+
+export function lazyHandler(deps: LazyDeps) {
+  const cacheScope = deps.publicContent ? "public" : "private";
+
+  return async function handle(c: Context, name: string, rest: string): Promise<Response> {
+    const parts = rest.split("/");
+    if (parts[0] === "bootstrap" && parts.length === 2) return bootstrap(c, name, parts[1]!);
+    if (parts[0] === "layers" && parts.length === 4 && parts[3] === "data") return data(c, name, parts[1]!, parts[2]!);
+    if (parts[0] === "layers" && parts.length === 5 && parts[3] === "chunks") return chunk(c, name, parts[1]!, parts[2]!, parts[4]!);
+    throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
+  };
+
+  async function bootstrap(c: Context, name: string, reference: string): Promise<Response> {
+    const params = requestedParams(c);
+    const platform = c.req.query("platform") ?? deps.defaultPlatform;
+    const accept = MANIFEST_MEDIA_TYPES.join(", ");
+    let root: Manifest;
+    const byDigest = isDigestLike(reference);
+    if (byDigest) {
+      const digest = parseDigest(reference);
+      if (!digest) throw new OciError("DIGEST_INVALID", `invalid digest ${JSON.stringify(reference.slice(0, 200))}`);
+      root = await deps.manifests.byDigest(name, digest, accept);
+    } else {
+      if (!isValidTag(reference)) throw new OciError("TAG_INVALID", `invalid tag ${JSON.stringify(reference.slice(0, 200))}`);
+      root = await deps.manifests.byTag(name, reference, accept, false);
+    }
+
+    const converting = deps.conversions.image(name, root, platform, params);
+    converting.catch(() => {}); // a request that stopped waiting must not leave an unhandled rejection
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = await Promise.race([converting, new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)))]).finally(() =>
+      clearTimeout(timer),
+    );
+    if (waited === null) {
+      const body = JSON.stringify({ status: "converting", retryAfter: RETRY_AFTER_S });
+      return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });
+    }
+    return serveBootstrap(c, waited, params, byDigest);
+  }
+
+  function serveBootstrap(c: Context, image: ImageBootstrap, params: ConvertParams, immutable: boolean): Promise<Response> {
+    const bytes = image.bootstrap.bytes;
+    const digest = `sha256:${hashBytes(deps.hasher, "sha256", bytes)}`;
+    return serveRanged(c.req.raw, {
+      size: bytes.byteLength,
+      etag: `"${digest}"`,
+      contentType: BOOTSTRAP_MEDIA_TYPE,
+      headers: {
+        "Docker-Content-Digest": digest,
+        "Skiff-Manifest-Digest": image.manifestDigest.value,
+        "Skiff-Platform": image.platform,
+        "Skiff-Params": paramsId(params),
+        "Cache-Control": immutable ? `${cacheScope}, ${IMMUTABLE}` : "no-cache",
+      },
+      read: async (span) => bytesStream(span ? bytes.subarray(span.offset, span.offset + span.length) : bytes),
+    }).then((served) => served.response);
+  }
+
+  async function data(c: Context, name: string, layerRef: string, paramsRef: string): Promise<Response> {
+    const layer = await convertedLayer(name, layerRef, paramsRef);
+    const served = await serveRanged(c.req.raw, {
+      size: layer.dataSize,
+      etag: `"sha256:${layer.dataDigest}"`,
+      contentType: "application/octet-stream",
+      headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
+      read: (span) => readStored(layer.dataKey, span ?? { offset: 0, length: layer.dataSize }),
+    });
+    deps.metrics.inc("skiff_chunk_bytes_served_total", { route: "data" }, served.bytes);
+    return served.response;
+  }
+
+  async function chunk(c: Context, name: string, layerRef: string, paramsRef: string, file: string): Promise<Response> {
+    const m = /^([0-9a-f]{64})\.([a-z0-9-]+)$/.exec(file);
+    if (!m || !CHUNK_CODECS.some((codec) => codec === m[2])) throw new OciError("DIGEST_INVALID", `invalid chunk name ${JSON.stringify(file.slice(0, 200))} (want <sha256 hex>.<codec>)`);
+    const layer = await convertedLayer(name, layerRef, paramsRef);
+    const record = layer.chunk(m[1]!);
+    // The form in the URL must be the one stored: a chunk kept raw in a deflate layer is `.none`.
+    const form = record?.compressed ? parseParamsId(paramsRef)!.codec : "none";
+    if (!record || form !== m[2]) throw new OciError("BLOB_UNKNOWN", `no chunk ${file} in layer ${layerRef}`);
+    const served = await serveRanged(c.req.raw, {
+      size: record.storedSize,
+      etag: `"${file}"`,
+      contentType: "application/octet-stream",
+      headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
+      read: (span) => readStored(layer.dataKey, { offset: record.storedOffset + (span?.offset ?? 0), length: span?.length ?? record.storedSize }),
+    });
+    deps.metrics.inc("skiff_chunk_bytes_served_total", { route: "chunks" }, served.bytes);
+    return served.response;
+  }
+
+  /** A published conversion of a layer the repository is entitled to. */
+  async function convertedLayer(name: string, layerRef: string, paramsRef: string) {
+    const layer = parseDigest(layerRef);
+    if (!layer) throw new OciError("DIGEST_INVALID", `invalid layer digest ${JSON.stringify(layerRef.slice(0, 200))}`);
+    if (!parseParamsId(paramsRef)) throw new OciError("NAME_UNKNOWN", `unknown conversion parameters ${JSON.stringify(paramsRef.slice(0, 100))}`, { status: 404 });
+    await entitled(name, layer);
+    const index = await deps.layers.get(layer, paramsRef);
+    if (!index) throw new OciError("BLOB_UNKNOWN", `layer ${layer.value} has not been converted with ${paramsRef}: request the image's bootstrap first`);
+    return index;
+  }
+
+  /** Converted data is shown only to repositories that may see the layer it came from. */
+  async function entitled(name: string, layer: Digest): Promise<void> {
+    if (!(await deps.blobs.cached(name, layer))) throw new OciError("BLOB_UNKNOWN", `layer ${layer.value} is not known in ${name}`);
+  }
+
+  async function readStored(key: string, span: { offset: number; length: number }): Promise<ReadableStream<Uint8Array>> {
+    const body = await deps.store.get(key, span);
+    if (!body) throw new OciError("BLOB_UNKNOWN", "converted data vanished from the store");
+    return body;
+  }
+}
+
+/** Conversion parameters from the query: `chunk-size` (e.g. 1m) and `codec`. */
+function requestedParams(c: Context): ConvertParams {
+  const params = { ...DEFAULT_PARAMS };
+  const size = c.req.query("chunk-size");
+  if (size !== undefined) {
+    try {
+      params.chunkShift = parseChunkSize(size);
+    } catch (err) {
+      throw new OciError("UNSUPPORTED", (err as Error).message, { status: 400 });
+    }
+  }
+  const codec = c.req.query("codec");
+  if (codec !== undefined) {
+    const known = CHUNK_CODECS.find((k) => k === codec);
+    if (!known) throw new OciError("UNSUPPORTED", `unknown codec ${JSON.stringify(codec.slice(0, 50))}`, { status: 400 });
+    params.codec = known;
+  }
+  return params;
+}
+
+function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      if (bytes.byteLength) controller.enqueue(bytes);
+      controller.close();
+    },
+  });
+}

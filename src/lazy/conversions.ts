@@ -1,0 +1,143 @@
+// Conversions on the proxy: each layer converted once per process however many requests want it
+// (single flight per layer digest and parameters), image bootstraps merged once per manifest,
+// platform and parameters, and everything published in the store so restarts reuse it. A failed
+// conversion publishes nothing and leaves nothing behind: the next request simply tries again.
+import type { BlobCache } from "../cache/blobs.ts";
+import { blobKey, imageBootstrapKey } from "../cache/keys.ts";
+import type { Manifest, ManifestCache } from "../cache/manifests.ts";
+import { Bootstrap } from "../format/decode.ts";
+import type { HasherFactory } from "../hash/hasher.ts";
+import { OciError } from "../http/errors.ts";
+import type { Metrics } from "../http/metrics.ts";
+import { convertImage, ImageError, resolveImage, type ImageSource } from "../convert/image.ts";
+import { convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
+import { LayerFormatError } from "../convert/decompress.ts";
+import { TarError } from "../convert/tar.ts";
+import { paramsId, type ConvertParams } from "../convert/params.ts";
+import type { Digest } from "../oci/reference.ts";
+import { getBytes, type ContentStore } from "../store/store.ts";
+
+export interface ConversionsDeps {
+  store: ContentStore;
+  hasher: HasherFactory;
+  metrics: Metrics;
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  /** Layers larger than this (compressed) are refused before anything is fetched. */
+  maxLayerBytes: number;
+  log?: (message: string) => void;
+  now?: () => number;
+}
+
+export interface ImageBootstrap {
+  bootstrap: Bootstrap;
+  manifestDigest: Digest;
+  platform: string;
+}
+
+export class Conversions {
+  readonly #deps: ConversionsDeps;
+  readonly #layers = new Map<string, Promise<ConvertedLayer>>();
+  readonly #images = new Map<string, Promise<ImageBootstrap>>();
+
+  constructor(deps: ConversionsDeps) {
+    this.#deps = deps;
+  }
+
+  /** The bootstrap of `name` at `root` (a manifest or index) for a platform, converting as needed. */
+  image(name: string, root: Manifest, platform: string, params: ConvertParams): Promise<ImageBootstrap> {
+    const key = `${root.digest.value}\n${platform}\n${paramsId(params)}`;
+    let pending = this.#images.get(key);
+    if (!pending) {
+      pending = this.#image(name, root, platform, params).finally(() => this.#images.delete(key));
+      this.#images.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #image(name: string, root: Manifest, platform: string, params: ConvertParams): Promise<ImageBootstrap> {
+    const source = this.#source(name, root);
+    const image = await resolveImage(source, platform).catch(rethrowAsOci);
+    const stored = await getBytes(this.#deps.store, imageBootstrapKey(image.manifestDigest, paramsId(params), image.platform));
+    if (stored) return { bootstrap: Bootstrap.decode(stored), manifestDigest: image.manifestDigest, platform: image.platform };
+    const converted = await convertImage(source, {
+      store: this.#deps.store,
+      hasher: this.#deps.hasher,
+      params,
+      platform,
+      layerConverter: (layer, opts) => this.#layer(layer, opts),
+    }).catch(rethrowAsOci);
+    return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform };
+  }
+
+  /** One conversion per layer and parameters at a time in this process. */
+  #layer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+    const key = `${layer.digest.value}\n${paramsId(opts.params)}`;
+    let pending = this.#layers.get(key);
+    if (!pending) {
+      pending = this.#convertLayer(layer, opts).finally(() => this.#layers.delete(key));
+      this.#layers.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+    const { metrics, maxLayerBytes } = this.#deps;
+    if (layer.size !== undefined && layer.size > maxLayerBytes) {
+      throw new OciError("SIZE_INVALID", `layer ${layer.digest.value} is ${layer.size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
+    }
+    const now = this.#deps.now ?? Date.now;
+    const started = now();
+    let began = false;
+    try {
+      const result = await convertLayer(
+        {
+          ...layer,
+          open: async () => {
+            began = true;
+            metrics.inc("skiff_conversions_started_total");
+            return layer.open();
+          },
+        },
+        opts,
+      );
+      if (began) {
+        metrics.inc("skiff_conversions_finished_total");
+        metrics.inc("skiff_conversion_seconds_total", {}, (now() - started) / 1000);
+      }
+      return result;
+    } catch (err) {
+      if (began) metrics.inc("skiff_conversions_failed_total");
+      this.#deps.log?.(`conversion of layer ${layer.digest.value} failed: ${(err as Error).message}`);
+      throw err;
+    }
+  }
+
+  /** The image as the converter sees it, read through the verified caches under `name`. */
+  #source(name: string, root: Manifest): ImageSource {
+    const { manifests, blobs, store } = this.#deps;
+    const asFetched = (m: Manifest) => ({ digest: m.digest, mediaType: m.mediaType, bytes: m.bytes ?? new Uint8Array() });
+    return {
+      root: async () => asFetched(root.bytes ? root : await manifests.byDigest(name, root.digest, null)),
+      manifest: async (digest) => asFetched(await manifests.byDigest(name, digest, null)),
+      blob: async (digest) => {
+        // The layer is pulled into the verified cache first, so conversion reads verified bytes
+        // and a later pull of the same layer is a cache hit.
+        if (!(await blobs.cached(name, digest))) await (await blobs.fetch(name, digest, false)).done;
+        const body = await store.get(blobKey(digest));
+        if (!body) throw new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+        return body;
+      },
+    };
+  }
+}
+
+/** Conversion failures as the OCI errors a client sees. */
+function rethrowAsOci(err: unknown): never {
+  if (err instanceof OciError) throw err;
+  if (err instanceof LayerDigestError) throw new OciError("UNAVAILABLE", (err as Error).message);
+  if (err instanceof LayerFormatError || err instanceof TarError || err instanceof ImageError) {
+    throw new OciError("MANIFEST_INVALID", `cannot convert this image: ${(err as Error).message}`, { status: 422 });
+  }
+  throw err;
+}

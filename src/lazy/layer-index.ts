@@ -1,0 +1,61 @@
+// Finds a converted layer's chunks by digest, for the content-addressed chunk URLs. Decoded layer
+// bootstraps are kept in a small LRU since chunk requests for one layer come in bursts.
+import { layerBootstrapKey, layerDataKey } from "../cache/keys.ts";
+import { Bootstrap } from "../format/decode.ts";
+import type { ChunkRecord } from "../format/model.ts";
+import { toHex } from "../hash/hasher.ts";
+import type { Digest } from "../oci/reference.ts";
+import { getBytes, type ContentStore } from "../store/store.ts";
+
+export interface ConvertedLayerIndex {
+  bootstrap: Bootstrap;
+  dataKey: string;
+  /** sha256 hex of the data blob, its strong validator. */
+  dataDigest: string;
+  dataSize: number;
+  chunk(hex: string): ChunkRecord | null;
+}
+
+export class LayerIndex {
+  readonly #store: ContentStore;
+  readonly #capacity: number;
+  readonly #entries = new Map<string, ConvertedLayerIndex>();
+
+  constructor(store: ContentStore, capacity = 32) {
+    this.#store = store;
+    this.#capacity = capacity;
+  }
+
+  /** The published conversion of a layer, or null when there is none (yet). */
+  async get(layer: Digest, params: string): Promise<ConvertedLayerIndex | null> {
+    const key = `${layer.value}/${params}`;
+    const hit = this.#entries.get(key);
+    if (hit) {
+      this.#entries.delete(key); // re-insert: most recently used last
+      this.#entries.set(key, hit);
+      return hit;
+    }
+    const bytes = await getBytes(this.#store, layerBootstrapKey(layer, params));
+    if (!bytes) return null;
+    const bootstrap = Bootstrap.decode(bytes);
+    const blob = bootstrap.blob(0);
+    let byHex: Map<string, number> | null = null;
+    const entry: ConvertedLayerIndex = {
+      bootstrap,
+      dataKey: layerDataKey(layer, params),
+      dataDigest: toHex(blob.dataDigest),
+      dataSize: blob.storedSize,
+      chunk: (hex) => {
+        if (!byHex) {
+          byHex = new Map();
+          for (let i = 0; i < bootstrap.chunkCount; i++) byHex.set(toHex(bootstrap.chunk(i).digest), i);
+        }
+        const i = byHex.get(hex);
+        return i === undefined ? null : bootstrap.chunk(i);
+      },
+    };
+    this.#entries.set(key, entry);
+    if (this.#entries.size > this.#capacity) this.#entries.delete(this.#entries.keys().next().value!);
+    return entry;
+  }
+}
