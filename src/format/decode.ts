@@ -116,80 +116,123 @@ export class Bootstrap {
     }
   }
 
-  /** One pass over every record; afterwards all accessors are safe. */
+  /**
+   * One pass over every record; afterwards all accessors are safe. It reads fields in place and
+   * allocates nothing per record: a bootstrap of 100,000 files validates in milliseconds.
+   */
   #validate(): void {
     const c = this.#counts;
+    const view = this.#view;
+    const bytes = this.bytes;
+    const at = this.#at;
+    const u32 = (o: number) => view.getUint32(o, true);
+    // u64 fields as two halves: no BigInt on the hot path; past 2^53 is refused.
+    const u64 = (o: number) => {
+      const hi = view.getUint32(o + 4, true);
+      if (hi >= 0x200000) throw new BootstrapError(`value at byte ${o} too large`);
+      return hi * 0x100000000 + view.getUint32(o, true);
+    };
+    const stringsEnd = c.stringsSize;
+    const checkString = (offset: number, length: number, what: string) => {
+      if (offset + length > stringsEnd) throw new BootstrapError(`${what} points outside the string table`);
+    };
     if (c.inodeCount === 0) throw new BootstrapError("no root inode");
-    for (let i = 0; i < c.blobCount; i++) this.blob(i);
+    const blobSizes: number[] = [];
+    for (let i = 0; i < c.blobCount; i++) blobSizes.push(this.blob(i).storedSize);
 
     const chunkLimit = this.chunkSize;
-    const blobSizes = Array.from({ length: c.blobCount }, (_, i) => this.blob(i).storedSize);
+    const chunkSizes = new Uint32Array(c.chunkCount);
     for (let i = 0; i < c.chunkCount; i++) {
-      const ch = this.chunk(i);
-      if (ch.blob >= c.blobCount) throw new BootstrapError(`chunk ${i} names blob ${ch.blob} of ${c.blobCount}`);
-      if (ch.size === 0 || ch.size > chunkLimit) throw new BootstrapError(`chunk ${i} has size ${ch.size}`);
-      if (ch.storedOffset + ch.storedSize > blobSizes[ch.blob]!) throw new BootstrapError(`chunk ${i} lies outside its blob`);
-      if (!ch.compressed && ch.storedSize !== ch.size) throw new BootstrapError(`uncompressed chunk ${i} has stored size ${ch.storedSize} != ${ch.size}`);
+      const o = at.chunks + i * L.CHUNK_RECORD_SIZE;
+      const blob = u32(o + 32);
+      const compressed = (u32(o + 36) & L.CHUNK_COMPRESSED) !== 0;
+      const storedOffset = u64(o + 40);
+      const storedSize = u32(o + 48);
+      const size = u32(o + 52);
+      u64(o + 56);
+      if (blob >= c.blobCount) throw new BootstrapError(`chunk ${i} names blob ${blob} of ${c.blobCount}`);
+      if (size === 0 || size > chunkLimit) throw new BootstrapError(`chunk ${i} has size ${size}`);
+      if (storedOffset + storedSize > blobSizes[blob]!) throw new BootstrapError(`chunk ${i} lies outside its blob`);
+      if (!compressed && storedSize !== size) throw new BootstrapError(`uncompressed chunk ${i} has stored size ${storedSize} != ${size}`);
+      chunkSizes[i] = size;
     }
 
     // The tree: every inode but the root is reached through a directory entry; directories exactly
     // once (no cycles, no directory hardlinks), and each non-directory as often as its link count.
     const seen = new Uint32Array(c.inodeCount);
-    const root = this.inode(0);
-    if (root.type !== "dir") throw new BootstrapError("the root is not a directory");
+    const types: NodeType[] = new Array(c.inodeCount);
+    const nlinks = new Uint32Array(c.inodeCount);
     let direntsUsed = 0;
     for (let i = 0; i < c.inodeCount; i++) {
-      const ino = this.inode(i);
-      const [a, b] = this.#ab(i);
-      if (ino.type === "dir") {
+      const o = at.inodes + i * L.INODE_RECORD_SIZE;
+      const mode = u32(o);
+      const flags = u32(o + 36);
+      if (flags & ~L.KNOWN_FLAGS) throw new BootstrapError(`inode ${i} has unknown flags ${flags}`);
+      if (this.kind === "image" && flags !== 0) throw new BootstrapError(`image inode ${i} has layer flags`);
+      const type = nodeType(mode, flags);
+      if (!type) throw new BootstrapError(`inode ${i} has file type bits ${(mode & L.S_IFMT).toString(8)}`);
+      if (i === 0 && type !== "dir") throw new BootstrapError("the root is not a directory");
+      types[i] = type;
+      nlinks[i] = u32(o + 12);
+      const size = u64(o + 16);
+      const a = u32(o + 40);
+      const b = u32(o + 44);
+      if (type === "dir") {
         if (a !== direntsUsed) throw new BootstrapError(`directory ${i} entries are not in inode order`);
         if (a + b > c.direntCount) throw new BootstrapError(`directory ${i} entries out of range`);
         direntsUsed += b;
-        let prev: Uint8Array | null = null;
+        let prevStart = -1;
+        let prevLength = 0;
         for (let k = a; k < a + b; k++) {
-          const d = this.#at.dirents + k * L.DIRENT_RECORD_SIZE;
-          const name = this.#stringBytes(this.#u32(d), this.#view.getUint16(d + 4, true), `entry ${k} name`);
-          validateName(name, k);
-          if (prev && compareNames(prev, name) >= 0) throw new BootstrapError(`directory ${i} entries are not sorted and unique`);
-          prev = name;
-          const target = this.#u32(d + 8);
+          const d = at.dirents + k * L.DIRENT_RECORD_SIZE;
+          const nameOffset = u32(d);
+          const nameLength = view.getUint16(d + 4, true);
+          checkString(nameOffset, nameLength, `entry ${k} name`);
+          const nameStart = at.strings + nameOffset;
+          validateName(bytes, nameStart, nameLength, k);
+          if (prevStart >= 0 && compareSpans(bytes, prevStart, prevLength, nameStart, nameLength) >= 0) {
+            throw new BootstrapError(`directory ${i} entries are not sorted and unique`);
+          }
+          prevStart = nameStart;
+          prevLength = nameLength;
+          const target = u32(d + 8);
           if (target === 0 || target >= c.inodeCount) throw new BootstrapError(`entry ${k} points at inode ${target}`);
           // Depth-first numbering: an entry's first name always comes from a lower-numbered directory.
           if (seen[target] === 0 && target <= i) throw new BootstrapError(`entry ${k} points backwards at inode ${target}`);
           seen[target]!++;
         }
-      } else if (ino.type === "file") {
+      } else if (type === "file") {
         if (a + b > c.chunkRefCount) throw new BootstrapError(`file ${i} chunks out of range`);
         let total = 0;
         for (let k = a; k < a + b; k++) {
-          const ref = this.#u32(this.#at.chunkRefs + k * L.CHUNK_REF_SIZE);
+          const ref = u32(at.chunkRefs + k * L.CHUNK_REF_SIZE);
           if (ref >= c.chunkCount) throw new BootstrapError(`file ${i} names chunk ${ref} of ${c.chunkCount}`);
-          const size = this.chunk(ref).size;
-          if (k < a + b - 1 && size !== chunkLimit) throw new BootstrapError(`file ${i} has a short chunk before its last`);
-          total += size;
+          const chunkSize = chunkSizes[ref]!;
+          if (k < a + b - 1 && chunkSize !== chunkLimit) throw new BootstrapError(`file ${i} has a short chunk before its last`);
+          total += chunkSize;
         }
-        if (total !== ino.size) throw new BootstrapError(`file ${i} size ${ino.size} != its chunks' ${total}`);
-      } else if (ino.type === "symlink" || ino.type === "hardlink-ref") {
-        if (b !== ino.size || b === 0 || b > L.PATH_MAX) throw new BootstrapError(`link ${i} has a bad target length`);
-        this.#string(a, b, `link ${i} target`);
+        if (total !== size) throw new BootstrapError(`file ${i} size ${size} != its chunks' ${total}`);
+      } else if (type === "symlink" || type === "hardlink-ref") {
+        if (b !== size || b === 0 || b > L.PATH_MAX) throw new BootstrapError(`link ${i} has a bad target length`);
+        checkString(a, b, `link ${i} target`);
+        if (!isUtf8(bytes, at.strings + a, b)) throw new BootstrapError(`link ${i} target is not UTF-8`);
       }
     }
     if (direntsUsed !== c.direntCount) throw new BootstrapError("unused directory entries");
     for (let i = 1; i < c.inodeCount; i++) {
-      const ino = this.inode(i);
       if (seen[i] === 0) throw new BootstrapError(`inode ${i} is unreachable`);
-      if (ino.type === "dir" ? seen[i] !== 1 : seen[i] !== ino.nlink) throw new BootstrapError(`inode ${i} has ${seen[i]} names but link count ${ino.nlink}`);
+      if (types[i] === "dir" ? seen[i] !== 1 : seen[i] !== nlinks[i]) throw new BootstrapError(`inode ${i} has ${seen[i]} names but link count ${nlinks[i]}`);
     }
 
     let prevInode = -1;
     for (let k = 0; k < c.xattrCount; k++) {
-      const x = this.#at.xattrs + k * L.XATTR_RECORD_SIZE;
-      const inode = this.#u32(x);
+      const x = at.xattrs + k * L.XATTR_RECORD_SIZE;
+      const inode = u32(x);
       if (inode >= c.inodeCount || inode < prevInode) throw new BootstrapError(`xattr ${k} is out of order`);
       if (inode !== prevInode) this.#xattrStart[inode] = k;
       prevInode = inode;
-      this.#string(this.#u32(x + 4), this.#view.getUint16(x + 8, true), `xattr ${k} name`);
-      this.#stringBytes(this.#u32(x + 12), this.#u32(x + 16), `xattr ${k} value`);
+      this.#string(u32(x + 4), view.getUint16(x + 8, true), `xattr ${k} name`);
+      checkString(u32(x + 12), u32(x + 16), `xattr ${k} value`);
     }
   }
 
@@ -404,13 +447,47 @@ function nodeType(mode: number, flags: number): NodeType | null {
   }
 }
 
-function validateName(name: Uint8Array, k: number): void {
-  if (name.length === 0 || name.length > L.NAME_MAX) throw new BootstrapError(`entry ${k} name has length ${name.length}`);
-  if (name.includes(0x2f) || name.includes(0)) throw new BootstrapError(`entry ${k} name contains '/' or NUL`);
-  if (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) throw new BootstrapError(`entry ${k} is named . or ..`);
-  try {
-    decoder.decode(name);
-  } catch {
-    throw new BootstrapError(`entry ${k} name is not UTF-8`);
+function validateName(bytes: Uint8Array, start: number, length: number, k: number): void {
+  if (length === 0 || length > L.NAME_MAX) throw new BootstrapError(`entry ${k} name has length ${length}`);
+  for (let i = start; i < start + length; i++) {
+    if (bytes[i] === 0x2f || bytes[i] === 0) throw new BootstrapError(`entry ${k} name contains '/' or NUL`);
   }
+  if (bytes[start] === 0x2e && (length === 1 || (length === 2 && bytes[start + 1] === 0x2e))) throw new BootstrapError(`entry ${k} is named . or ..`);
+  if (!isUtf8(bytes, start, length)) throw new BootstrapError(`entry ${k} name is not UTF-8`);
+}
+
+/** Byte order of two spans of one buffer, as compareNames orders names. */
+function compareSpans(bytes: Uint8Array, a: number, aLength: number, b: number, bLength: number): number {
+  const n = Math.min(aLength, bLength);
+  for (let i = 0; i < n; i++) if (bytes[a + i] !== bytes[b + i]) return bytes[a + i]! - bytes[b + i]!;
+  return aLength - bLength;
+}
+
+/** Well-formed UTF-8 (no overlongs, surrogates or values past U+10FFFF), checked without decoding. */
+function isUtf8(bytes: Uint8Array, start: number, length: number): boolean {
+  const end = start + length;
+  let i = start;
+  while (i < end) {
+    const b0 = bytes[i]!;
+    if (b0 < 0x80) {
+      i++;
+      continue;
+    }
+    let need: number;
+    let min: number;
+    if (b0 >= 0xc2 && b0 <= 0xdf) [need, min] = [1, 0x80];
+    else if (b0 >= 0xe0 && b0 <= 0xef) [need, min] = [2, 0x800];
+    else if (b0 >= 0xf0 && b0 <= 0xf4) [need, min] = [3, 0x10000];
+    else return false;
+    if (i + need >= end) return false;
+    let cp = b0 & (0x3f >> need);
+    for (let k = 1; k <= need; k++) {
+      const b = bytes[i + k]!;
+      if ((b & 0xc0) !== 0x80) return false;
+      cp = (cp << 6) | (b & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += need + 1;
+  }
+  return true;
 }
