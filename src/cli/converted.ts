@@ -147,7 +147,7 @@ async function openFromProxy(text: string, opts: ProxyRequest): Promise<Converte
       let res: Response;
       let body: Uint8Array;
       try {
-        res = await fetch(url, { signal, redirect: "error" });
+        res = await fetch(url, { signal });
         if (res.status === 202) {
           await res.body?.cancel();
           const wait = Math.min(retryAfterMs(res.headers.get("retry-after")), deadline - Date.now());

@@ -1,33 +1,55 @@
 // `skiff inspect`: what an image (or layer) bootstrap holds — a summary and an `ls -l`-like
 // listing, or everything as one JSON document for scripts and tests.
-import { codecFromId } from "../convert/codec.ts";
+import { CHUNK_CODECS, codecFromId } from "../convert/codec.ts";
+import { parsePlatform } from "../convert/image.ts";
+import { parseChunkSize } from "../convert/params.ts";
 import type { Bootstrap, Inode } from "../format/decode.ts";
 import { FORMAT_VERSION } from "../format/layout.ts";
 import { toHex } from "../hash/hasher.ts";
-import { parseFlags, UsageError } from "./args.ts";
-import { openConverted } from "./converted.ts";
+import { integerFlag, parseFlags, UsageError } from "./args.ts";
+import { isProxyUrl, openConverted, type ProxyRequest } from "./converted.ts";
 import { formatBytes } from "./progress.ts";
 
-export const inspectHelp = `Usage: skiff inspect DIR|BOOTSTRAP [options]
+export const inspectHelp = `Usage: skiff inspect DIR|BOOTSTRAP|PROXY-URL [options]
 
 Shows what a bootstrap holds: a summary (kind, platform, chunk size, codec, counts, the data blobs
 and the layers they come from) and a listing of the file tree like 'ls -l'. DIR is a directory
-written by 'skiff convert'; a bootstrap file can be given directly.
+written by 'skiff convert'; a bootstrap file can be given directly. PROXY-URL names an image on a
+skiff proxy, http://HOST:PORT/NAME:TAG or http://HOST:PORT/NAME@DIGEST: its bootstrap is fetched
+from the proxy's lazy API (converted there on first request), checked against its digest and shown.
 
 Options:
-  --json        print one JSON document with the header and every entry (chunks, xattrs, …)
-  --path PATH   only this entry and, for a directory, everything below it
-  -h, --help    show this help`;
+  --json              print one JSON document with the header and every entry (chunks, xattrs, …)
+  --path PATH         only this entry and, for a directory, everything below it
+  -h, --help          show this help
+
+With a PROXY-URL only:
+  --platform OS/ARCH  platform to pick from a multi-platform image (default: the proxy's --platform)
+  --chunk-size SIZE   chunk size, a power of two from 64k to 16m (default 1m)
+  --codec CODEC       per-chunk codec: ${CHUNK_CODECS.join(" or ")} (default none)
+  --timeout SECONDS   how long to wait while the proxy converts the image (default 300)`;
 
 export async function inspectCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(argv, { json: { type: "boolean" }, path: { type: "string" } }, true);
+  const { values, positionals } = parseFlags(
+    argv,
+    {
+      json: { type: "boolean" },
+      path: { type: "string" },
+      platform: { type: "string" },
+      "chunk-size": { type: "string" },
+      codec: { type: "string" },
+      timeout: { type: "string" },
+    },
+    true,
+  );
   if (values.help) {
     console.log(inspectHelp);
     return 0;
   }
-  if (positionals.length !== 1) throw new UsageError("expected one DIR or bootstrap file (see --help)");
+  if (positionals.length !== 1) throw new UsageError("expected one DIR, bootstrap file or proxy URL (see --help)");
+  const proxy = proxyRequest(values, isProxyUrl(positionals[0]!));
   try {
-    const { bootstrap } = await openConverted(positionals[0]!);
+    const { bootstrap } = await openConverted(positionals[0]!, { proxy });
     let start = { path: "/", inode: 0 };
     if (values.path !== undefined) {
       const inode = bootstrap.lookup(values.path);
@@ -49,6 +71,37 @@ interface Entry {
   inode: number;
 }
 
+/** The proxy-only flags, checked here so a mistake is a usage error before anything is fetched. */
+function proxyRequest(values: { platform?: string; "chunk-size"?: string; codec?: string; timeout?: string }, isUrl: boolean): ProxyRequest {
+  const given = (["platform", "chunk-size", "codec", "timeout"] as const).filter((k) => values[k] !== undefined);
+  if (!isUrl) {
+    if (given.length) throw new UsageError(`--${given[0]} applies only to a proxy URL (http://HOST:PORT/NAME:TAG)`);
+    return {};
+  }
+  if (values.platform !== undefined) {
+    try {
+      parsePlatform(values.platform);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
+  if (values["chunk-size"] !== undefined) {
+    try {
+      parseChunkSize(values["chunk-size"]);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
+  if (values.codec !== undefined && !CHUNK_CODECS.some((c) => c === values.codec)) {
+    throw new UsageError(`unknown codec ${JSON.stringify(values.codec)} (${CHUNK_CODECS.join(", ")})`);
+  }
+  return {
+    platform: values.platform,
+    chunkSize: values["chunk-size"]?.trim(),
+    codec: values.codec,
+    timeoutMs: integerFlag(values.timeout, "timeout", 300, 1, 86_400) * 1000,
+  };
+}
 
 function normalisePath(p: string): string {
   const parts = p.split("/").filter((x) => x !== "" && x !== ".");

@@ -55,6 +55,7 @@ export async function openLayout(reference: string): Promise<ImageSource & { des
     root: () => manifest(rootDigest, chosen.mediaType),
     manifest: (d) => manifest(d),
     // Layers are verified by the converter as they stream.
-    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 256 << 10 })) as ReadableStream<Uint8Array>,
+    // A small chunk-count queue: toWeb would otherwise take the byte highWaterMark as a count.
+    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 256 << 10 }), { strategy: { highWaterMark: 4 } }) as ReadableStream<Uint8Array>,
   };
 }

@@ -1,13 +1,36 @@
 // Node's zlib as the layer gunzip: about 3× the portable decoder, and it inflates on a worker
 // thread while the main thread hashes (docs/benchmarks.md). It stays as strict as the portable
 // one: every input byte must belong to a gzip member, so trailing bytes are an error.
-import { Duplex } from "node:stream";
+import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { setGunzipFactory, type GunzipFactory } from "../convert/decompress.ts";
 
 export const nodeGunzip: GunzipFactory = () => {
   const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-  const native = Duplex.toWeb(gunzip) as unknown as ReadableWritablePair<Uint8Array<ArrayBuffer>, Uint8Array>;
+  // Node's toWeb adapters take a byte stream's highWaterMark (16 KiB) as a count of chunks, so a
+  // fast source would queue the whole compressed layer. Both sides here wait for zlib instead.
+  const native = {
+    readable: Readable.toWeb(gunzip, { strategy: { highWaterMark: 4 } }) as unknown as ReadableStream<Uint8Array<ArrayBuffer>>,
+    writable: new WritableStream<Uint8Array>(
+      {
+        write: (chunk) =>
+          new Promise<void>((resolve, reject) => {
+            if (gunzip.write(chunk)) return resolve();
+            const done = (err?: Error) => {
+              gunzip.off("drain", done);
+              gunzip.off("error", done);
+              if (err) reject(err);
+              else resolve();
+            };
+            gunzip.once("drain", done);
+            gunzip.once("error", done);
+          }),
+        close: () => new Promise<void>((resolve) => gunzip.end(resolve)),
+        abort: (reason) => void gunzip.destroy(reason instanceof Error ? reason : new Error(String(reason))),
+      },
+      { highWaterMark: 1 },
+    ),
+  };
   let fed = 0;
   const count = new TransformStream<Uint8Array, Uint8Array>({
     transform(chunk, controller) {
