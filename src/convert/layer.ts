@@ -11,7 +11,7 @@ import { fromHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { codecId, encodeChunk } from "./codec.ts";
-import { decompressLayer } from "./decompress.ts";
+import { compressionForMediaType, decompressLayer, LayerFormatError } from "./decompress.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "./params.ts";
 import { readTar } from "./tar.ts";
@@ -64,6 +64,8 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   const id = paramsId(opts.params);
   const bootstrapKey = layerBootstrapKey(layer.digest, id);
   const dataKey = layerDataKey(layer.digest, id);
+  // Refused before anything is downloaded.
+  if (compressionForMediaType(layer.mediaType) === null) throw new LayerFormatError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`);
   const existing = await getBytes(opts.store, bootstrapKey);
   if (existing) return { bootstrap: Bootstrap.decode(existing), bootstrapKey, dataKey, converted: false };
 

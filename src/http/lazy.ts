@@ -10,6 +10,7 @@ import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { MANIFEST_MEDIA_TYPES } from "../cache/manifests.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertParams } from "../convert/params.ts";
 import { CHUNK_CODECS } from "../convert/codec.ts";
+import { parsePlatform } from "../convert/image.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import type { Conversions, ImageBootstrap } from "../lazy/conversions.ts";
 import type { LayerIndex } from "../lazy/layer-index.ts";
@@ -52,6 +53,11 @@ export function lazyHandler(deps: LazyDeps) {
   async function bootstrap(c: Context, name: string, reference: string): Promise<Response> {
     const params = requestedParams(c);
     const platform = c.req.query("platform") ?? deps.defaultPlatform;
+    try {
+      parsePlatform(platform);
+    } catch (err) {
+      throw new OciError("UNSUPPORTED", (err as Error).message, { status: 400 });
+    }
     const accept = MANIFEST_MEDIA_TYPES.join(", ");
     let root: Manifest;
     const byDigest = isDigestLike(reference);
@@ -64,12 +70,17 @@ export function lazyHandler(deps: LazyDeps) {
       root = await deps.manifests.byTag(name, reference, accept, false);
     }
 
-    const converting = deps.conversions.image(name, root, platform, params);
-    converting.catch(() => {}); // a request that stopped waiting must not leave an unhandled rejection
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const waited = await Promise.race([converting, new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)))]).finally(() =>
-      clearTimeout(timer),
-    );
+    const job = deps.conversions.image(name, root, platform, params);
+    job.result.catch(() => {}); // a request that stopped waiting must not leave an unhandled rejection
+    // A stored bootstrap is answered as soon as it is read; the wait (and the 202 after it) only
+    // applies once layers actually have to be converted.
+    let waited = await Promise.race([job.result, job.converting.then(() => null)]);
+    if (waited === null) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      waited = await Promise.race([job.result, new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)))]).finally(() =>
+        clearTimeout(timer),
+      );
+    }
     if (waited === null) {
       const body = JSON.stringify({ status: "converting", retryAfter: RETRY_AFTER_S });
       return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });

@@ -35,37 +35,56 @@ export interface ImageBootstrap {
   platform: string;
 }
 
+/** An image bootstrap being found or made, shared by every request that wants it meanwhile. */
+export interface ImageJob {
+  result: Promise<ImageBootstrap>;
+  /**
+   * Resolves when the bootstrap was not stored and layers are being converted and merged: only
+   * then is there anything for a request to wait for. Never resolves for a stored bootstrap.
+   */
+  converting: Promise<void>;
+}
+
 export class Conversions {
   readonly #deps: ConversionsDeps;
   readonly #layers = new Map<string, Promise<ConvertedLayer>>();
-  readonly #images = new Map<string, Promise<ImageBootstrap>>();
+  readonly #images = new Map<string, ImageJob>();
 
   constructor(deps: ConversionsDeps) {
     this.#deps = deps;
   }
 
   /** The bootstrap of `name` at `root` (a manifest or index) for a platform, converting as needed. */
-  image(name: string, root: Manifest, platform: string, params: ConvertParams): Promise<ImageBootstrap> {
+  image(name: string, root: Manifest, platform: string, params: ConvertParams): ImageJob {
     const key = `${root.digest.value}\n${platform}\n${paramsId(params)}`;
-    let pending = this.#images.get(key);
-    if (!pending) {
-      pending = this.#image(name, root, platform, params).finally(() => this.#images.delete(key));
-      this.#images.set(key, pending);
+    let job = this.#images.get(key);
+    if (!job) {
+      let startConverting!: () => void;
+      const converting = new Promise<void>((resolve) => (startConverting = resolve));
+      const result = this.#image(name, root, platform, params, startConverting).finally(() => this.#images.delete(key));
+      job = { result, converting };
+      this.#images.set(key, job);
     }
-    return pending;
+    return job;
   }
 
-  async #image(name: string, root: Manifest, platform: string, params: ConvertParams): Promise<ImageBootstrap> {
+  async #image(name: string, root: Manifest, platform: string, params: ConvertParams, startConverting: () => void): Promise<ImageBootstrap> {
     const source = this.#source(name, root);
     const image = await resolveImage(source, platform).catch(rethrowAsOci);
     const stored = await getBytes(this.#deps.store, imageBootstrapKey(image.manifestDigest, paramsId(params), image.platform));
     if (stored) return { bootstrap: Bootstrap.decode(stored), manifestDigest: image.manifestDigest, platform: image.platform };
+    startConverting();
     const converted = await convertImage(source, {
       store: this.#deps.store,
       hasher: this.#deps.hasher,
       params,
       platform,
-      layerConverter: (layer, opts) => this.#layer(layer, opts),
+      layerConverter: async (layer, opts) => {
+        // A conversion made for another repository (or still running for one) is shared only
+        // once this repository is confirmed to have the layer too.
+        if (!(await this.#deps.blobs.cached(name, layer.digest))) await this.#deps.blobs.upstreamHead(name, layer.digest);
+        return this.#layer(layer, opts);
+      },
     }).catch(rethrowAsOci);
     return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform };
   }
