@@ -37,8 +37,8 @@ async function waitFor(url, timeoutMs = 20_000) {
   throw new Error(`${url} did not come up`);
 }
 
-function start(command, args) {
-  const child = spawn(command, args, { stdio: ["ignore", "ignore", "inherit"] });
+function start(command, args, stderr = "inherit") {
+  const child = spawn(command, args, { stdio: ["ignore", "ignore", stderr] });
   children.push(child);
   return child;
 }
@@ -91,7 +91,7 @@ function writeLayout(dir, layers) {
 
 async function startSkiff(upstream, data) {
   const port = await freePort();
-  const child = start("node", [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"]);
+  const child = start("node", [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"], "ignore");
   await waitFor(`http://127.0.0.1:${port}/v2/`);
   return { child, url: `http://127.0.0.1:${port}` };
 }
@@ -106,7 +106,7 @@ async function timeBootstrap(url) {
 
 const out = [];
 try {
-  const layers = [gzipLayer("base", 60), gzipLayer("deps", 40), gzipLayer("app", 20)];
+  const layers = [gzipLayer("base", 120), gzipLayer("deps", 60), gzipLayer("app", 40)];
   const total = layers.reduce((n, l) => n + l.length, 0);
   const layout = join(work, "layout");
   writeLayout(layout, layers);
@@ -114,7 +114,7 @@ try {
   const regPort = await freePort();
   const regConfig = join(work, "registry.yml");
   writeFileSync(regConfig, `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${join(work, "registry")}\nhttp:\n  addr: 127.0.0.1:${regPort}\n`);
-  start("docker-registry", ["serve", regConfig]);
+  start("docker-registry", ["serve", regConfig], "ignore");
   await waitFor(`http://127.0.0.1:${regPort}/v2/`);
   execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://127.0.0.1:${regPort}/bench/app:bench`]);
 
