@@ -64,15 +64,7 @@ export class Bootstrap {
     this.chunkShift = bytes[L.H.chunkShift]!;
     if (this.chunkShift < L.MIN_CHUNK_SHIFT || this.chunkShift > L.MAX_CHUNK_SHIFT) throw new BootstrapError(`chunk size 2^${this.chunkShift} out of range`);
     const u = (o: number) => this.#view.getUint32(o, true);
-    this.#counts = {
-      blobCount: u(L.H.blobCount),
-      inodeCount: u(L.H.inodeCount),
-      direntCount: u(L.H.direntCount),
-      chunkCount: u(L.H.chunkCount),
-      chunkRefCount: u(L.H.chunkRefCount),
-      xattrCount: u(L.H.xattrCount),
-      stringsSize: u(L.H.stringsSize),
-    };
+    this.#counts = L.readCounts(this.#view);
     this.#at = L.sectionOffsets(this.#counts);
     if (this.#at.end !== bytes.length) throw new BootstrapError(`size ${bytes.length} does not match the ${this.#at.end} bytes its header describes`);
     this.inodeCount = this.#counts.inodeCount;

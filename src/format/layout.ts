@@ -89,6 +89,20 @@ export interface Counts {
   stringsSize: number;
 }
 
+/** The record counts a header announces. */
+export function readCounts(header: DataView): Counts {
+  const u32 = (o: number) => header.getUint32(o, true);
+  return {
+    blobCount: u32(H.blobCount),
+    inodeCount: u32(H.inodeCount),
+    direntCount: u32(H.direntCount),
+    chunkCount: u32(H.chunkCount),
+    chunkRefCount: u32(H.chunkRefCount),
+    xattrCount: u32(H.xattrCount),
+    stringsSize: u32(H.stringsSize),
+  };
+}
+
 /** Where each section starts, given the counts in the header; `end` is the exact total size. */
 export function sectionOffsets(c: Counts): SectionOffsets {
   const blobs = HEADER_SIZE;

@@ -159,15 +159,7 @@ describe("hostile layers", () => {
     const b = Bootstrap.decode(original);
     const view = new DataView(original.buffer, original.byteOffset, original.byteLength);
     const u32 = (o: number) => view.getUint32(o, true);
-    const counts: L.Counts = {
-      blobCount: u32(L.H.blobCount),
-      inodeCount: u32(L.H.inodeCount),
-      direntCount: u32(L.H.direntCount),
-      chunkCount: u32(L.H.chunkCount),
-      chunkRefCount: u32(L.H.chunkRefCount),
-      xattrCount: u32(L.H.xattrCount),
-      stringsSize: u32(L.H.stringsSize),
-    };
+    const counts = L.readCounts(view);
     const at = L.sectionOffsets(counts);
     const rootEntries = b.readdir(0);
     const okDirent = at.dirents + (u32(at.inodes + 40) + rootEntries.findIndex((e) => e.name === "ok")) * L.DIRENT_RECORD_SIZE;

@@ -1,21 +1,13 @@
 // The decoder checks names and link targets are well-formed UTF-8 in place, without decoding.
 import { describe, expect, it } from "vitest";
 import { Bootstrap, BootstrapError, encodeBootstrap, baseNode, newDir, type FsNode } from "../../src/format/index.ts";
-import { sectionOffsets, H } from "../../src/format/layout.ts";
+import { readCounts, sectionOffsets } from "../../src/format/layout.ts";
 
 /** A one-entry image whose entry name is `name`; returns the bytes and where the name is stored. */
 function withName(name: string, node: FsNode = baseNode("fifo", 0o644)) {
   const bytes = encodeBootstrap({ kind: "image", codec: 0, chunkShift: 20, platform: "", blobs: [], chunks: [], root: newDir({ children: new Map([[name, node]]) }) });
   const view = new DataView(bytes.buffer);
-  const counts = {
-    blobCount: view.getUint32(H.blobCount, true),
-    inodeCount: view.getUint32(H.inodeCount, true),
-    direntCount: view.getUint32(H.direntCount, true),
-    chunkCount: view.getUint32(H.chunkCount, true),
-    chunkRefCount: view.getUint32(H.chunkRefCount, true),
-    xattrCount: view.getUint32(H.xattrCount, true),
-    stringsSize: view.getUint32(H.stringsSize, true),
-  };
+  const counts = readCounts(view);
   const at = sectionOffsets(counts);
   const nameAt = at.strings + view.getUint32(at.dirents, true);
   return { bytes, nameAt };

@@ -219,15 +219,7 @@ describe("bootstrap round trip", () => {
 function layoutOf(bytes: Uint8Array) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const u32 = (o: number) => view.getUint32(o, true);
-  const counts: L.Counts = {
-    blobCount: u32(L.H.blobCount),
-    inodeCount: u32(L.H.inodeCount),
-    direntCount: u32(L.H.direntCount),
-    chunkCount: u32(L.H.chunkCount),
-    chunkRefCount: u32(L.H.chunkRefCount),
-    xattrCount: u32(L.H.xattrCount),
-    stringsSize: u32(L.H.stringsSize),
-  };
+  const counts = L.readCounts(view);
   const at = L.sectionOffsets(counts);
   const b = Bootstrap.decode(bytes);
   const inode = (path: string) => at.inodes + b.lookup(path)! * L.INODE_RECORD_SIZE;
