@@ -1,0 +1,12 @@
+// What the FUSE filesystem needs from below: the bytes of a regular file of the mounted image.
+// Implementations: the lazy reader (chunk cache + fetches from the proxy) and, for tests and
+// local use, a reader over a `skiff convert` output directory.
+
+export interface FileReader {
+  /**
+   * Up to `length` bytes of regular file `inode` from `offset` (fewer only at end of file).
+   * Rejects (the mount answers EIO) when the bytes can't be had or don't verify; never hangs past
+   * the reader's timeout.
+   */
+  read(inode: number, offset: number, length: number): Promise<Uint8Array>;
+}
