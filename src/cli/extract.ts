@@ -1,11 +1,11 @@
 // `skiff extract`: materialises the root filesystem of a converted image from its store, verifying
 // every chunk — what a node would see after mounting the image, as plain files.
 import { mkdir, readdir, stat } from "node:fs/promises";
-import { readAll } from "../util/streams.ts";
 import { parseFlags, UsageError } from "./args.ts";
 import { openConverted } from "./converted.ts";
 import { materialize, type MaterializeStats } from "./materialize.ts";
 import { bar, formatBytes, Progress } from "./progress.ts";
+import { storeReadStored } from "./stored-chunks.ts";
 
 export const extractHelp = `Usage: skiff extract DIR DEST
 
@@ -43,12 +43,7 @@ export async function extractCommand(argv: string[]): Promise<number> {
       stats = await materialize({
         bootstrap,
         dest,
-        readStored: async (blob, offset, size) => {
-          const key = image!.layers[blob]!.data;
-          const stream = await store!.get(key, { offset, length: size });
-          if (!stream) throw new Error(`${dir} has no data blob ${key}`);
-          return readAll(stream, size);
-        },
+        readStored: storeReadStored(dir, image!, store!),
         warn: (message) => {
           warnings++;
           progress.done();

@@ -5,20 +5,18 @@
 // O_EXCL|O_NOFOLLOW, symlinks are created but never followed, and hardlinks only point at files
 // created here.
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { access, link, lchown, lstat, lutimes, mkdir, open, realpath, symlink, chmod, type FileHandle } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
-import { codecFromId, decodeChunk } from "../convert/codec.ts";
+import { codecFromId } from "../convert/codec.ts";
 import type { Bootstrap, Inode } from "../format/decode.ts";
-import { isValidName, type ChunkRecord } from "../format/model.ts";
-import { toHex } from "../hash/hasher.ts";
+import { isValidName } from "../format/model.ts";
+import { readVerifiedChunk, type ReadStored } from "./stored-chunks.ts";
 
 const run = promisify(execFile);
 
-/** Reads `size` stored bytes at `offset` of blob `blob` (an index into the bootstrap's blob table). */
-export type ReadStored = (blob: number, offset: number, size: number) => Promise<Uint8Array>;
+export { ChunkMismatchError, type ReadStored } from "./stored-chunks.ts";
 
 export interface MaterializeStats {
   entries: number;
@@ -43,9 +41,6 @@ export interface MaterializeOptions {
   warn: (message: string) => void;
   onProgress?: (stats: MaterializeStats) => void;
 }
-
-/** A chunk whose bytes are not what the bootstrap says: the data is corrupt or was tampered with. */
-export class ChunkMismatchError extends Error {}
 
 const FILE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
@@ -105,7 +100,7 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
     try {
       const records = b.chunks(inode);
       for (const [k, record] of records.entries()) {
-        const data = await readChunk(record, k, display);
+        const data = await readVerifiedChunk(opts.readStored, codec, record, `${display}: chunk ${k}`);
         for (let at = 0; at < data.byteLength; ) at += (await fh.write(data, at, data.byteLength - at)).bytesWritten;
         stats.bytes += data.byteLength;
         stats.chunks++;
@@ -123,24 +118,6 @@ export async function materialize(opts: MaterializeOptions): Promise<Materialize
     await xattrs.apply(path, b.xattrs(inode));
     await fh.chmod(ino.mode & 0o7777);
     await fh.utimes(...times(ino));
-  };
-
-  const readChunk = async (record: ChunkRecord, k: number, display: string): Promise<Uint8Array> => {
-    const stored = await opts.readStored(record.blob, record.storedOffset, record.storedSize);
-    if (stored.byteLength !== record.storedSize) throw new ChunkMismatchError(`${display}: chunk ${k} is truncated in its data blob`);
-    let data: Uint8Array;
-    if (record.compressed) {
-      try {
-        data = await decodeChunk(codec, stored, record.size);
-      } catch (err) {
-        throw new ChunkMismatchError(`${display}: chunk ${k} (sha256:${toHex(record.digest)}) does not decode: ${(err as Error).message}`);
-      }
-    } else data = stored;
-    const digest = createHash("sha256").update(data).digest();
-    if (data.byteLength !== record.size || !digest.equals(record.digest)) {
-      throw new ChunkMismatchError(`${display}: chunk ${k} does not match its digest sha256:${toHex(record.digest)}`);
-    }
-    return data;
   };
 
   const stack: { parts: string[]; inode: number }[] = [{ parts: [], inode: 0 }];

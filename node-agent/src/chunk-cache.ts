@@ -1,0 +1,162 @@
+// The node's chunk cache: one directory shared by every image, one file per chunk named by the
+// sha256 of its uncompressed bytes. Bytes are verified on the way in and again on the way out, and
+// written to a temp file then renamed, so a crash mid-write leaves either nothing or a stray temp
+// file (removed at open) — never a half-written chunk under its real name.
+import { randomBytes } from "node:crypto";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { HEX_DIGEST, sha256Hex } from "./sha256-hex.ts";
+
+const TEMP_PREFIX = ".tmp-";
+
+export interface ChunkCacheOptions {
+  /** Evict least recently used chunks once the cache holds more than this many bytes. */
+  maxBytes?: number;
+}
+
+export interface ChunkCacheStats {
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  /** Files that failed verification on read and were deleted. */
+  corrupt: number;
+}
+
+export class ChunkCache {
+  readonly dir: string;
+  readonly maxBytes: number;
+  // Insertion order is recency order: a touched entry is deleted and re-inserted at the end.
+  readonly #sizes = new Map<string, number>();
+  #bytes = 0;
+  #hits = 0;
+  #misses = 0;
+  #evictions = 0;
+  #corrupt = 0;
+
+  private constructor(dir: string, maxBytes: number) {
+    this.dir = dir;
+    this.maxBytes = maxBytes;
+  }
+
+  /** Opens (creating) the directory, drops leftover temp files, and indexes the chunks in it, oldest first. */
+  static async open(dir: string, options: ChunkCacheOptions = {}): Promise<ChunkCache> {
+    const maxBytes = options.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    if (!(maxBytes > 0)) throw new RangeError(`cache size limit must be positive, got ${maxBytes}`);
+    await mkdir(dir, { recursive: true });
+    const cache = new ChunkCache(dir, maxBytes);
+    const found: { hex: string; size: number; used: number }[] = [];
+    for (const name of await readdir(dir)) {
+      const path = join(dir, name);
+      if (name.startsWith(TEMP_PREFIX)) {
+        await rm(path, { force: true });
+        continue;
+      }
+      if (!HEX_DIGEST.test(name)) continue;
+      const st = await stat(path).catch(() => null);
+      if (st?.isFile()) found.push({ hex: name, size: st.size, used: Math.max(st.atimeMs, st.mtimeMs) });
+    }
+    found.sort((a, b) => a.used - b.used);
+    for (const f of found) cache.#add(f.hex, f.size);
+    await cache.#evict();
+    return cache;
+  }
+
+  has(hex: string): boolean {
+    return this.#sizes.has(hex);
+  }
+
+  /** The chunk's bytes, verified; null when absent or when the file no longer matches its name (then it is deleted). */
+  async get(hex: string): Promise<Uint8Array | null> {
+    if (!HEX_DIGEST.test(hex) || !this.#sizes.has(hex)) {
+      this.#misses++;
+      return null;
+    }
+    let bytes: Uint8Array;
+    try {
+      const buf = await readFile(this.#path(hex));
+      bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    } catch {
+      this.#remove(hex);
+      this.#misses++;
+      return null;
+    }
+    if (sha256Hex(bytes) !== hex) {
+      this.#corrupt++;
+      this.#misses++;
+      this.#remove(hex);
+      await rm(this.#path(hex), { force: true });
+      return null;
+    }
+    this.#touch(hex);
+    this.#hits++;
+    return bytes;
+  }
+
+  /** Stores verified bytes under their digest; rejects bytes that are not what `hex` names. */
+  async put(hex: string, bytes: Uint8Array): Promise<void> {
+    if (!HEX_DIGEST.test(hex)) throw new Error(`not a sha256 hex digest: ${JSON.stringify(hex)}`);
+    if (sha256Hex(bytes) !== hex) throw new Error(`chunk bytes do not match digest ${hex}`);
+    if (this.#sizes.has(hex)) {
+      this.#touch(hex);
+      return;
+    }
+    const temp = join(this.dir, `${TEMP_PREFIX}${hex.slice(0, 16)}-${randomBytes(6).toString("hex")}`);
+    try {
+      await writeFile(temp, bytes);
+      await rename(temp, this.#path(hex));
+    } catch (err) {
+      await rm(temp, { force: true });
+      throw err;
+    }
+    if (!this.#sizes.has(hex)) this.#add(hex, bytes.length);
+    await this.#evict();
+  }
+
+  get stats(): ChunkCacheStats {
+    return {
+      entries: this.#sizes.size,
+      bytes: this.#bytes,
+      maxBytes: this.maxBytes,
+      hits: this.#hits,
+      misses: this.#misses,
+      evictions: this.#evictions,
+      corrupt: this.#corrupt,
+    };
+  }
+
+  #path(hex: string): string {
+    return join(this.dir, hex);
+  }
+
+  #add(hex: string, size: number): void {
+    this.#sizes.set(hex, size);
+    this.#bytes += size;
+  }
+
+  #remove(hex: string): void {
+    const size = this.#sizes.get(hex);
+    if (size === undefined) return;
+    this.#sizes.delete(hex);
+    this.#bytes -= size;
+  }
+
+  #touch(hex: string): void {
+    const size = this.#sizes.get(hex);
+    if (size === undefined) return;
+    this.#sizes.delete(hex);
+    this.#sizes.set(hex, size);
+  }
+
+  async #evict(): Promise<void> {
+    // Bounded by the number of entries: each pass removes the oldest one.
+    while (this.#bytes > this.maxBytes && this.#sizes.size > 0) {
+      const oldest = this.#sizes.keys().next().value as string;
+      this.#remove(oldest);
+      this.#evictions++;
+      await rm(this.#path(oldest), { force: true });
+    }
+  }
+}

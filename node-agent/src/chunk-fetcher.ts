@@ -1,0 +1,190 @@
+// Fetches chunks from the proxy's lazy API: missing chunks are grouped into merged Range requests
+// on each layer's data blob, every chunk is decoded and checked against its sha256 before anyone
+// sees it, concurrent requests for one chunk share one fetch, and nothing outlives the timeout.
+import { Agent, fetch as undiciFetch } from "undici";
+import { decodeChunk } from "../../src/convert/codec.ts";
+import { parseParamsId } from "../../src/convert/params.ts";
+import type { ChunkRecord } from "../../src/format/model.ts";
+import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
+import { fetchRange, message, TransientError, type FetchLike } from "./range-request.ts";
+import { sha256Hex, toHex } from "./sha256-hex.ts";
+
+export interface ChunkFetcherOptions {
+  /** Base URL of the skiff proxy, e.g. `http://127.0.0.1:8080`. */
+  proxy: string;
+  /** Repository name, e.g. `library/alpine`. */
+  name: string;
+  /** Conversion parameters (`Skiff-Params`), e.g. `v1-c20-none`. */
+  params: string;
+  /** A fetch, retries included, rejects once this much time has passed. */
+  timeoutMs: number;
+  fetchImpl?: FetchLike;
+  /** Largest merged request; default 16 chunks. */
+  maxRangeBytes?: number;
+}
+
+export interface WantedChunk {
+  record: ChunkRecord;
+  layerDigest: string;
+}
+
+export interface ChunkFetcherStats {
+  /** Body bytes of accepted range responses. */
+  bytesFetched: number;
+  chunksFetched: number;
+  /** HTTP requests sent, retries included. */
+  requests: number;
+  /** Failed attempts: network errors, bad responses, chunks that did not verify. */
+  errors: number;
+}
+
+const BACKOFF_FIRST_MS = 100;
+const BACKOFF_MAX_MS = 2_000;
+
+export class ChunkFetcher {
+  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0 };
+  readonly #base: string;
+  readonly #paramsSegment: string;
+  readonly #timeoutMs: number;
+  readonly #codec: "none" | "deflate-raw";
+  readonly #maxGap: number;
+  readonly #maxRangeBytes: number;
+  readonly #fetch: FetchLike;
+  readonly #agent: Agent | undefined;
+  readonly #inflight = new Map<string, Promise<Uint8Array>>();
+
+  constructor(o: ChunkFetcherOptions) {
+    const params = parseParamsId(o.params);
+    if (!params) throw new Error(`unknown conversion parameters ${JSON.stringify(o.params)}`);
+    if (!(o.timeoutMs > 0)) throw new RangeError(`timeout must be positive, got ${o.timeoutMs}`);
+    this.#codec = params.codec;
+    this.#maxGap = mergeGap(params.chunkShift);
+    this.#maxRangeBytes = o.maxRangeBytes ?? 16 * 2 ** params.chunkShift;
+    this.#timeoutMs = o.timeoutMs;
+    this.#base = `${o.proxy.replace(/\/+$/, "")}/v2/${o.name}/_skiff/layers`;
+    this.#paramsSegment = o.params;
+    if (o.fetchImpl) {
+      this.#fetch = o.fetchImpl;
+    } else {
+      const agent = new Agent({ keepAliveTimeout: 30_000, connections: 8 });
+      this.#agent = agent;
+      this.#fetch = (url, init) => undiciFetch(url, { ...init, dispatcher: agent }) as unknown as Promise<Response>;
+    }
+  }
+
+  /** Verified, uncompressed bytes of each wanted chunk, by digest hex. Rejects if any one can't be had. */
+  async fetchChunks(wanted: WantedChunk[]): Promise<Map<string, Uint8Array>> {
+    const pending = new Map<string, Promise<Uint8Array>>();
+    const toFetch: { hex: string; record: ChunkRecord; layerDigest: string }[] = [];
+    for (const w of wanted) {
+      const hex = toHex(w.record.digest);
+      if (pending.has(hex)) continue;
+      const shared = this.#inflight.get(hex);
+      if (shared) {
+        pending.set(hex, shared);
+      } else {
+        toFetch.push({ hex, record: w.record, layerDigest: w.layerDigest });
+      }
+    }
+    if (toFetch.length > 0) {
+      for (const [hex, p] of this.#start(toFetch)) pending.set(hex, p);
+    }
+    const out = new Map<string, Uint8Array>();
+    const results = await Promise.allSettled([...pending].map(async ([hex, p]) => out.set(hex, await p)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+    return out;
+  }
+
+  /** Closes the keep-alive connections. */
+  async close(): Promise<void> {
+    await this.#agent?.close();
+  }
+
+  /** Registers one promise per chunk in the single-flight map, then runs the merged requests. */
+  #start(toFetch: { hex: string; record: ChunkRecord; layerDigest: string }[]): Map<string, Promise<Uint8Array>> {
+    const settle = new Map<string, { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void }>();
+    const promises = new Map<string, Promise<Uint8Array>>();
+    for (const c of toFetch) {
+      const p = new Promise<Uint8Array>((resolve, reject) => settle.set(c.hex, { resolve, reject }));
+      p.catch(() => undefined); // a joiner may never await it; the error reaches callers through fetchChunks
+      const done = () => this.#inflight.delete(c.hex);
+      p.then(done, done);
+      this.#inflight.set(c.hex, p);
+      promises.set(c.hex, p);
+    }
+    const controller = new AbortController();
+    const timer = setTimeout(
+      () => controller.abort(new Error(`chunk fetch from ${this.#base} timed out after ${this.#timeoutMs} ms`)),
+      this.#timeoutMs,
+    );
+    const ranges = planRanges(toFetch, this.#maxGap, this.#maxRangeBytes);
+    void Promise.allSettled(
+      ranges.map(async (range) => {
+        try {
+          const chunks = await this.#fetchRange(range, controller.signal);
+          for (const [hex, bytes] of chunks) settle.get(hex)!.resolve(bytes);
+        } catch (err) {
+          const error = controller.signal.aborted ? controller.signal.reason : err;
+          for (const c of range.chunks) settle.get(c.hex)!.reject(error);
+        }
+      }),
+    ).finally(() => clearTimeout(timer));
+    return promises;
+  }
+
+  /** One merged range, retried with backoff on transient failures until the signal aborts. */
+  async #fetchRange(range: PlannedRange, signal: AbortSignal): Promise<Map<string, Uint8Array>> {
+    const url = `${this.#base}/${range.layerDigest}/${this.#paramsSegment}/data`;
+    // Bounded twice: by the timeout, and by an attempt count for a zero-latency failure loop.
+    for (let attempt = 0; ; attempt++) {
+      signal.throwIfAborted();
+      this.stats.requests++;
+      try {
+        const body = await fetchRange(this.#fetch, url, range.start, range.end, signal);
+        const chunks = await this.#verify(range, body, url);
+        this.stats.bytesFetched += body.length;
+        this.stats.chunksFetched += chunks.size;
+        return chunks;
+      } catch (err) {
+        this.stats.errors++;
+        if (signal.aborted || !(err instanceof TransientError) || attempt >= 50) throw err;
+        await sleep(Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt), signal);
+      }
+    }
+  }
+
+  async #verify(range: PlannedRange, body: Uint8Array, url: string): Promise<Map<string, Uint8Array>> {
+    const out = new Map<string, Uint8Array>();
+    for (const { hex, record } of range.chunks) {
+      const from = record.storedOffset - range.start;
+      const stored = body.subarray(from, from + record.storedSize);
+      let data: Uint8Array;
+      try {
+        data = await decodeChunk(record.compressed ? this.#codec : "none", stored, record.size);
+      } catch (err) {
+        throw new Error(`chunk ${hex} from ${url}: ${message(err)}`);
+      }
+      if (sha256Hex(data) !== hex) throw new Error(`chunk ${hex} from ${url} does not match its digest`);
+      // A copy, so a cached chunk does not pin the whole merged response in memory.
+      out.set(hex, data.buffer === body.buffer ? data.slice() : data);
+    }
+    return out;
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+export { TransientError, type FetchLike };

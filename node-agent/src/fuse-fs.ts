@@ -1,0 +1,195 @@
+// The read-only FUSE filesystem of one image: the tree, attributes, link targets and xattrs come
+// from the bootstrap, file bytes only through a FileReader. fuse-native's API is path based
+// (libfuse 2 high level), so every op resolves its path with the bootstrap's lookup, cached.
+//
+// Every callback here runs on the JS thread of the process serving the mount: nothing in this
+// process may touch the mountpoint synchronously, or the kernel waits for a callback that can't run.
+import { constants as fsConstants } from "node:fs";
+import { constants } from "node:os";
+import Fuse, { type FuseOps } from "fuse-native";
+import type { Bootstrap } from "../../src/format/decode.ts";
+import { statfsOf, statOf } from "./fuse-attrs.ts";
+import type { FileReader } from "./file-reader.ts";
+
+export interface MountOptions {
+  bootstrap: Bootstrap;
+  reader: FileReader;
+  /** An existing, empty directory. */
+  mountpoint: string;
+  /** libfuse's debug output on stderr. */
+  debug?: boolean;
+  /** Let users other than the mounting one in (needs user_allow_other unless root); default true. */
+  allowOther?: boolean;
+  /** A read the reader hasn't answered after this long fails with EIO; default 60 s. */
+  readTimeoutMs?: number;
+}
+
+export interface MountedImage {
+  readonly mountpoint: string;
+  unmount(): Promise<void>;
+}
+
+const E = constants.errno;
+// The image never changes: the kernel may cache attributes, names and pages for as long as it likes.
+const CACHE_SECONDS = 86_400;
+const DEFAULT_READ_TIMEOUT_MS = 60_000;
+// Paths remembered (positive and negative lookups) before the cache starts over.
+const PATH_CACHE_LIMIT = 100_000;
+const MAX_HANDLE = 0x7fff_ffff;
+// Linux's mask of the access mode bits in open(2) flags (Node doesn't export it).
+const O_ACCMODE = 3;
+
+/**
+ * fuse-native has no switch for `ro` and `use_ino`; they are appended to the option string it builds.
+ * `use_ino` makes libfuse report our st_ino, so hardlinks share an inode number.
+ */
+class ImageFuse extends Fuse {
+  protected override _fuseOptions(): string {
+    const base = super._fuseOptions();
+    return base ? `${base},ro,use_ino` : "-oro,use_ino";
+  }
+}
+
+export async function mountImage(opts: MountOptions): Promise<MountedImage> {
+  const fuse = new ImageFuse(opts.mountpoint, imageOps(opts), {
+    debug: opts.debug ?? false,
+    allowOther: opts.allowOther ?? true,
+    defaultPermissions: true,
+    kernelCache: true,
+    attrTimeout: CACHE_SECONDS,
+    entryTimeout: CACHE_SECONDS,
+    fsname: "skiff",
+    subtype: "skiff",
+    // fuse-native's own watchdog (ETIMEDOUT) only as a backstop behind the read timeout below.
+    timeout: (opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS) + 5_000,
+  });
+  await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+  let unmounted: Promise<void> | undefined;
+  return {
+    mountpoint: fuse.mnt,
+    unmount: () => (unmounted ??= new Promise<void>((resolve, reject) => fuse.unmount((err) => (err ? reject(err) : resolve())))),
+  };
+}
+
+function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_MS }: MountOptions): FuseOps {
+  const paths = new Map<string, number | null>();
+  const resolve = (path: string): number | null => {
+    let inode = paths.get(path);
+    if (inode === undefined) {
+      inode = b.lookup(path);
+      if (inode !== null && !isVisible(b, inode)) inode = null;
+      if (paths.size >= PATH_CACHE_LIMIT) paths.clear();
+      paths.set(path, inode);
+    }
+    return inode;
+  };
+  // Open files by handle, so read() needs no path lookup.
+  const handles = new Map<number, number>();
+  let nextHandle = 1;
+  let statfs: ReturnType<typeof statfsOf> | undefined;
+  const rofs = (...args: unknown[]) => (args[args.length - 1] as (code: number) => void)(-E.EROFS);
+
+  return {
+    getattr(path, cb) {
+      const inode = resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      cb(0, statOf(b, inode));
+    },
+    fgetattr(path, fd, cb) {
+      const inode = handles.get(fd) ?? resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      cb(0, statOf(b, inode));
+    },
+    readdir(path, cb) {
+      const inode = resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      if (b.inode(inode).type !== "dir") return cb(-E.ENOTDIR);
+      // libfuse's high-level readdir lists only what it is given.
+      const names = [".", ".."];
+      for (const entry of b.readdir(inode)) if (isVisible(b, entry.inode)) names.push(entry.name);
+      cb(0, names);
+    },
+    readlink(path, cb) {
+      const inode = resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      if (b.inode(inode).type !== "symlink") return cb(-E.EINVAL);
+      cb(0, b.readlink(inode));
+    },
+    open(path, flags, cb) {
+      const inode = resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      const { O_RDONLY, O_TRUNC, O_CREAT } = fsConstants;
+      if ((flags & O_ACCMODE) !== O_RDONLY || (flags & (O_TRUNC | O_CREAT)) !== 0) return cb(-E.EROFS);
+      if (b.inode(inode).type !== "file") return cb(-E.EACCES);
+      if (handles.size >= MAX_HANDLE) return cb(-E.ENFILE);
+      while (handles.has(nextHandle)) nextHandle = nextHandle >= MAX_HANDLE ? 1 : nextHandle + 1;
+      const fd = nextHandle;
+      handles.set(fd, inode);
+      nextHandle = fd >= MAX_HANDLE ? 1 : fd + 1;
+      cb(0, fd);
+    },
+    read(path, fd, buf, len, pos, cb) {
+      const inode = handles.get(fd) ?? resolve(path);
+      if (inode === null) return cb(-E.EBADF);
+      withTimeout(reader.read(inode, pos, len), readTimeoutMs).then(
+        (data) => {
+          const n = Math.min(len, data.byteLength);
+          buf.set(data.subarray(0, n));
+          cb(n);
+        },
+        () => cb(-E.EIO),
+      );
+    },
+    release(_path, fd, cb) {
+      handles.delete(fd);
+      cb(0);
+    },
+    statfs(_path, cb) {
+      cb(0, (statfs ??= statfsOf(b)));
+    },
+    getxattr(path, name, _position, cb) {
+      const inode = resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      const value = b.xattrs(inode).get(name);
+      if (value === undefined) return cb(-E.ENODATA);
+      cb(0, Buffer.from(value));
+    },
+    listxattr(path, cb) {
+      const inode = resolve(path);
+      if (inode === null) return cb(-E.ENOENT);
+      cb(0, [...b.xattrs(inode).keys()]);
+    },
+    // The mount is `ro`, so the kernel refuses most writes itself; these answer whatever gets through.
+    write: rofs,
+    create: rofs,
+    truncate: rofs,
+    ftruncate: rofs,
+    utimens: rofs,
+    chown: rofs,
+    chmod: rofs,
+    mknod: rofs,
+    setxattr: rofs,
+    removexattr: rofs,
+    unlink: rofs,
+    rename: rofs,
+    link: rofs,
+    symlink: rofs,
+    mkdir: rofs,
+    rmdir: rofs,
+  };
+}
+
+/** Whiteouts and hardlink references belong in layer bootstraps only: an image shows none. */
+function isVisible(b: Bootstrap, inode: number): boolean {
+  const type = b.inode(inode).type;
+  return type !== "whiteout" && type !== "hardlink-ref";
+}
+
+/** `promise`, or a rejection once `ms` have passed: a stuck reader must not hang the kernel's request. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`read timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

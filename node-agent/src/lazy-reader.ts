@@ -1,0 +1,124 @@
+// The FileReader of a lazy mount: a file's bytes come from the node's chunk cache, and the chunks
+// not there yet from the proxy, fetched together and cached on the way. A file read sequentially
+// also gets its next chunks fetched in the background, so a streaming reader rarely waits.
+import type { Bootstrap } from "../../src/format/decode.ts";
+import type { ChunkCache } from "./chunk-cache.ts";
+import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
+import type { FileReader } from "./file-reader.ts";
+import { toHex } from "./sha256-hex.ts";
+
+export interface LazyReaderOptions {
+  /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
+  readaheadChunks?: number;
+}
+
+export interface LazyReaderStats {
+  /** Chunks served from the cache. */
+  cacheHits: number;
+  /** Bytes returned by read(). */
+  bytesRead: number;
+}
+
+// How many files' read positions are remembered for readahead; the map is cleared past this.
+const MAX_TRACKED_FILES = 1024;
+
+export class LazyReader implements FileReader {
+  readonly stats: LazyReaderStats = { cacheHits: 0, bytesRead: 0 };
+  readonly #bootstrap: Bootstrap;
+  readonly #cache: ChunkCache;
+  readonly #fetcher: ChunkFetcher;
+  readonly #readahead: number;
+  /** Where the last read of each file ended. */
+  readonly #lastEnd = new Map<number, number>();
+  /** Readahead in progress, by file: at most one batch per file. */
+  readonly #ahead = new Map<number, Promise<void>>();
+
+  constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, options: LazyReaderOptions = {}) {
+    this.#bootstrap = bootstrap;
+    this.#cache = cache;
+    this.#fetcher = fetcher;
+    this.#readahead = Math.max(0, Math.floor(options.readaheadChunks ?? 4));
+  }
+
+  async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
+    const ino = this.#bootstrap.inode(inode);
+    if (ino.type !== "file") throw new Error(`inode ${inode} is not a regular file`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new RangeError(`bad read of inode ${inode}: offset ${offset}, length ${length}`);
+    }
+    const end = Math.min(ino.size, offset + length);
+    if (end <= offset) return new Uint8Array(0);
+
+    const shift = this.#bootstrap.chunkShift;
+    const first = Math.floor(offset / 2 ** shift);
+    const last = Math.floor((end - 1) / 2 ** shift);
+    const indexes = this.#bootstrap.chunkIndexes(inode);
+    const chunks = await this.#load(indexes.slice(first, last + 1), inode);
+
+    const out = new Uint8Array(end - offset);
+    for (let k = first; k <= last; k++) {
+      const data = chunks[k - first]!;
+      const chunkStart = k * 2 ** shift;
+      const from = Math.max(offset, chunkStart);
+      const to = Math.min(end, chunkStart + data.length);
+      // Every chunk but a file's last is exactly one chunk size; the last must reach the end of the read.
+      if (data.length > 2 ** shift || (k < last && data.length !== 2 ** shift) || to < end && k === last) {
+        throw new Error(`inode ${inode}: chunk ${k} is ${data.length} bytes, which does not cover the file`);
+      }
+      out.set(data.subarray(from - chunkStart, to - chunkStart), from - offset);
+    }
+    this.stats.bytesRead += out.length;
+    this.#maybeReadAhead(inode, offset, end, last, indexes);
+    return out;
+  }
+
+  /** Resolves when no readahead is running (for tests and clean shutdown). */
+  async idle(): Promise<void> {
+    for (let i = 0; i < 100 && this.#ahead.size > 0; i++) await Promise.allSettled([...this.#ahead.values()]);
+  }
+
+  /** The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest fetched in one go. */
+  async #load(chunkIndexes: number[], inode: number): Promise<Uint8Array[]> {
+    const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
+    const hexes = records.map((r) => toHex(r.digest));
+    const out = await Promise.all(hexes.map((hex) => this.#cache.get(hex)));
+    const missing: WantedChunk[] = [];
+    for (let i = 0; i < records.length; i++) {
+      if (out[i]) this.stats.cacheHits++;
+      else missing.push({ record: records[i]!, layerDigest: this.#bootstrap.blob(records[i]!.blob).layerDigest });
+    }
+    if (missing.length === 0) return out as Uint8Array[];
+    const fetched = await this.#fetcher.fetchChunks(missing);
+    await this.#store(fetched);
+    return hexes.map((hex, i) => {
+      const bytes = out[i] ?? fetched.get(hex);
+      if (!bytes) throw new Error(`inode ${inode}: chunk ${hex} was not fetched`);
+      return bytes;
+    });
+  }
+
+  /** Caches fetched chunks; a full or failing disk costs a refetch later, never this read. */
+  async #store(chunks: Map<string, Uint8Array>): Promise<void> {
+    await Promise.all([...chunks].map(([hex, bytes]) => this.#cache.put(hex, bytes).catch(() => undefined)));
+  }
+
+  #maybeReadAhead(inode: number, offset: number, end: number, lastChunk: number, indexes: number[]): void {
+    const sequential = offset > 0 && this.#lastEnd.get(inode) === offset;
+    if (this.#lastEnd.size >= MAX_TRACKED_FILES && !this.#lastEnd.has(inode)) this.#lastEnd.clear();
+    this.#lastEnd.set(inode, end);
+    if (!sequential || this.#readahead === 0 || this.#ahead.has(inode)) return;
+    const wanted: WantedChunk[] = [];
+    for (let k = lastChunk + 1; k < indexes.length && k <= lastChunk + this.#readahead; k++) {
+      const record = this.#bootstrap.chunk(indexes[k]!);
+      if (this.#cache.has(toHex(record.digest))) continue;
+      wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+    }
+    if (wanted.length === 0) return;
+    const run = this.#fetcher
+      .fetchChunks(wanted)
+      .then((fetched) => this.#store(fetched))
+      .catch(() => undefined) // counted by the fetcher; the read that needs the chunk will retry
+      .finally(() => this.#ahead.delete(inode));
+    this.#ahead.set(inode, run);
+  }
+}

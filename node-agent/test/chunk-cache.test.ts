@@ -1,0 +1,101 @@
+import { createHash } from "node:crypto";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, test } from "vitest";
+import { ChunkCache } from "../src/chunk-cache.ts";
+
+const hexOf = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
+const dirs: string[] = [];
+const newDir = () => {
+  const d = mkdtempSync(join(tmpdir(), "skiff-cache-"));
+  dirs.push(d);
+  return d;
+};
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe("ChunkCache", () => {
+  test("put then get returns the verified bytes; absent is a miss", async () => {
+    const cache = await ChunkCache.open(newDir());
+    const data = bytes(1000, 1);
+    await cache.put(hexOf(data), data);
+    expect(await cache.get(hexOf(data))).toEqual(data);
+    expect(await cache.get(hexOf(bytes(10, 2)))).toBeNull();
+    expect(cache.stats).toMatchObject({ entries: 1, bytes: 1000, hits: 1, misses: 1 });
+  });
+
+  test("put refuses bytes that are not what the digest names", async () => {
+    const cache = await ChunkCache.open(newDir());
+    await expect(cache.put(hexOf(bytes(10, 1)), bytes(10, 2))).rejects.toThrow(/do not match/);
+    await expect(cache.put("../etc/passwd", bytes(1, 1))).rejects.toThrow(/not a sha256/);
+    expect(cache.stats.entries).toBe(0);
+  });
+
+  test("a corrupted file is a miss and is deleted", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir);
+    const data = bytes(500, 3);
+    const hex = hexOf(data);
+    await cache.put(hex, data);
+    writeFileSync(join(dir, hex), bytes(500, 4));
+    expect(await cache.get(hex)).toBeNull();
+    expect(readdirSync(dir)).toEqual([]);
+    expect(cache.stats).toMatchObject({ entries: 0, bytes: 0, corrupt: 1 });
+  });
+
+  test("reopen indexes existing chunks, drops temp files and verifies truncated leftovers on read", async () => {
+    const dir = newDir();
+    const a = bytes(300, 5);
+    const b = bytes(300, 6);
+    const first = await ChunkCache.open(dir);
+    await first.put(hexOf(a), a);
+    // What a kill -9 can leave: a temp file mid-write, or (on a bad filesystem) a short file under the real name.
+    writeFileSync(join(dir, ".tmp-deadbeef-000000"), a.subarray(0, 100));
+    writeFileSync(join(dir, hexOf(b)), b.subarray(0, 100));
+    const cache = await ChunkCache.open(dir);
+    expect(readdirSync(dir).some((n) => n.startsWith(".tmp-"))).toBe(false);
+    expect(await cache.get(hexOf(a))).toEqual(a);
+    expect(await cache.get(hexOf(b))).toBeNull();
+    expect(readdirSync(dir)).toEqual([hexOf(a)]);
+  });
+
+  test("writes go through a temp file: only complete chunks appear under their names", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir);
+    const data = bytes(4 * 1024 * 1024, 7);
+    const hex = hexOf(data);
+    const put = cache.put(hex, data);
+    const seen: string[] = [];
+    for (let i = 0; i < 50 && !cache.has(hex); i++) {
+      seen.push(...readdirSync(dir));
+      await new Promise((r) => setImmediate(r));
+    }
+    await put;
+    // Whenever the real name was visible it was complete: reading it now verifies.
+    expect(seen.filter((n) => !n.startsWith(".tmp-") && n !== hex)).toEqual([]);
+    const got = await cache.get(hex);
+    expect(got !== null && Buffer.compare(got, data) === 0).toBe(true);
+    expect(readdirSync(dir)).toEqual([hex]);
+  });
+
+  test("LRU eviction keeps the cache under its limit, oldest first, recently read kept", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir, { maxBytes: 3000 });
+    const chunks = [1, 2, 3, 4].map((s) => bytes(1000, s * 10));
+    await cache.put(hexOf(chunks[0]!), chunks[0]!);
+    await cache.put(hexOf(chunks[1]!), chunks[1]!);
+    await cache.put(hexOf(chunks[2]!), chunks[2]!);
+    expect(await cache.get(hexOf(chunks[0]!))).not.toBeNull(); // now 1 is the oldest
+    await cache.put(hexOf(chunks[3]!), chunks[3]!);
+    expect(cache.stats).toMatchObject({ entries: 3, bytes: 3000, evictions: 1 });
+    expect(cache.has(hexOf(chunks[1]!))).toBe(false);
+    expect(readdirSync(dir).sort()).toEqual([0, 2, 3].map((i) => hexOf(chunks[i]!)).sort());
+    // A smaller limit at reopen evicts down to it.
+    const smaller = await ChunkCache.open(dir, { maxBytes: 1500 });
+    expect(smaller.stats).toMatchObject({ entries: 1, bytes: 1000 });
+    expect(readdirSync(dir)).toHaveLength(1);
+  });
+});

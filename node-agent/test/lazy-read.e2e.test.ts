@@ -1,0 +1,125 @@
+// The lazy read path against the real stack: a Distribution registry, skiff in front of it, and
+// the agent's bootstrap client, fetcher, cache and reader. Reads must return the original bytes
+// and ask skiff for exactly the chunks they need, and only once.
+import { gzipSync } from "node:zlib";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { MT, OciLayout, Prng, pushImage, tarArchive, type TarEntry } from "../../test/e2e/harness/images.ts";
+import { Registry } from "../../test/e2e/harness/registry.ts";
+import { diffIdOf, writeImage } from "../../test/e2e/harness/rootfs.ts";
+import { parseMetrics, Skiff } from "../../test/e2e/harness/skiff.ts";
+import { teardown } from "../../test/e2e/harness/teardown.ts";
+import { tempDir } from "../../test/e2e/harness/workdir.ts";
+import { fetchBootstrap, type FetchedBootstrap } from "../src/bootstrap-client.ts";
+import { ChunkCache } from "../src/chunk-cache.ts";
+import { ChunkFetcher } from "../src/chunk-fetcher.ts";
+import { LazyReader } from "../src/lazy-reader.ts";
+
+const K64 = 64 * 1024;
+const prng = new Prng("lazy-read");
+const SMALL = Buffer.from("a small file read lazily\n");
+const BIG = prng.bytes(10 * K64 + 321); // 11 chunks of 64 KiB, random so stored raw
+const TEXT = Buffer.from("compressible line of text, again and again\n".repeat(5000));
+
+let registry: Registry;
+let proxy: Skiff;
+let image: FetchedBootstrap;
+let manifestDigest: string;
+
+/** Lazy requests skiff has answered, and body bytes its data route has sent. */
+async function served(): Promise<{ lazy: number; dataBytes: number }> {
+  const samples = parseMetrics(await proxy.metricsText());
+  const sum = (name: string, labels: Record<string, string>) =>
+    samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
+  return { lazy: sum("skiff_http_requests_total", { kind: "lazy" }), dataBytes: sum("skiff_chunk_bytes_served_total", { route: "data" }) };
+}
+
+async function newReader(cacheDir = tempDir("agent-cache")) {
+  const cache = await ChunkCache.open(cacheDir);
+  const fetcher = new ChunkFetcher({ proxy: proxy.url, name: "e2e/agent", params: image.params, timeoutMs: 10_000 });
+  return { cache, fetcher, reader: new LazyReader(image.bootstrap, cache, fetcher) };
+}
+
+/** Stored bytes of a file's chunks k..l, as one merged range would fetch them. */
+function storedSpan(path: string, k: number, l: number): number {
+  const b = image.bootstrap;
+  const recs = b.chunks(b.lookup(path)!).slice(k, l + 1);
+  return recs.at(-1)!.storedOffset + recs.at(-1)!.storedSize - recs[0]!.storedOffset;
+}
+
+beforeAll(async () => {
+  registry = await Registry.start({ name: "agent-registry" });
+  const layout = new OciLayout(tempDir("agent-layout"));
+  const file = (name: string, data: Uint8Array): TarEntry => ({ name, type: "file", data });
+  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT)]);
+  const written = writeImage(layout, "v1", [{ bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) }]);
+  manifestDigest = written.manifest.digest;
+  await pushImage(layout, "v1", `${registry.hostPort}/e2e/agent:v1`);
+  proxy = await Skiff.start({ upstream: registry.url });
+  image = await fetchBootstrap(proxy.url, "e2e/agent", "v1", { chunkSize: "64k", codec: "deflate-raw", timeoutMs: 60_000 });
+}, 120_000);
+
+afterAll(async () => {
+  await proxy?.stop();
+  await registry?.stop();
+  await teardown();
+});
+
+describe("lazy read path", () => {
+  test("the bootstrap is pinned to the pushed manifest, with the asked parameters", () => {
+    expect(image.manifestDigest).toBe(manifestDigest);
+    expect(image.params).toBe("v1-c16-deflate-raw");
+    expect(image.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+  });
+
+  test("a small file: original bytes, one request for exactly its chunk, then served from the cache", async () => {
+    const { reader, cache, fetcher } = await newReader();
+    const ino = image.bootstrap.lookup("etc/small")!;
+    const before = await served();
+    expect(Buffer.from(await reader.read(ino, 0, 4096))).toEqual(SMALL);
+    const after = await served();
+    expect(after.lazy - before.lazy).toBe(1);
+    expect(after.dataBytes - before.dataBytes).toBe(storedSpan("etc/small", 0, 0));
+    expect(fetcher.stats).toMatchObject({ requests: 1, chunksFetched: 1, errors: 0 });
+
+    expect(Buffer.from(await reader.read(ino, 2, 5))).toEqual(SMALL.subarray(2, 7));
+    expect(await served()).toEqual(after);
+    expect(reader.stats.cacheHits).toBe(1);
+    expect(cache.stats.entries).toBe(1);
+    await fetcher.close();
+  });
+
+  test("a range inside a big file fetches only the chunks it covers, in one merged request", async () => {
+    const { reader, fetcher } = await newReader();
+    const ino = image.bootstrap.lookup("data/big")!;
+    const before = await served();
+    const got = await reader.read(ino, 3 * K64 + 100, 2 * K64);
+    expect(Buffer.compare(got, BIG.subarray(3 * K64 + 100, 5 * K64 + 100))).toBe(0);
+    const after = await served();
+    expect(after.lazy - before.lazy).toBe(1);
+    expect(after.dataBytes - before.dataBytes).toBe(storedSpan("data/big", 3, 5));
+    await fetcher.close();
+  });
+
+  test("compressed chunks decode; a sequential reader gets readahead; a second reader shares the cache", async () => {
+    const cacheDir = tempDir("agent-cache");
+    const first = await newReader(cacheDir);
+    const ino = image.bootstrap.lookup("data/text")!;
+    expect(image.bootstrap.chunks(ino).some((c) => c.compressed)).toBe(true);
+    const parts: Uint8Array[] = [];
+    for (let off = 0; off < TEXT.length; off += K64) {
+      parts.push(await first.reader.read(ino, off, K64));
+      await first.reader.idle();
+    }
+    expect(Buffer.compare(Buffer.concat(parts), TEXT)).toBe(0);
+    expect(first.reader.stats.cacheHits).toBeGreaterThan(0); // readahead landed before the reads
+    await first.fetcher.close();
+
+    const second = await newReader(cacheDir); // a restarted agent on the same cache
+    const before = await served();
+    const all = await second.reader.read(ino, 0, TEXT.length);
+    expect(Buffer.compare(all, TEXT)).toBe(0);
+    expect(await served()).toEqual(before);
+    expect(second.fetcher.stats.requests).toBe(0);
+    await second.fetcher.close();
+  });
+});
