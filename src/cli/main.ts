@@ -14,6 +14,11 @@ const commands: Record<string, { summary: string; run: (argv: string[]) => Promi
     summary: "show a converted image's bootstrap: summary and file listing",
     run: async (argv) => (await import("./inspect.ts")).inspectCommand(argv),
   },
+  mount: {
+    summary: "mount an image from a skiff proxy lazily over FUSE (Node agent)",
+    run: async (argv) => (await import("./mount.ts")).mountCommand(argv),
+  },
+  umount: { summary: "unmount what 'skiff mount' mounted", run: async (argv) => (await import("./mount.ts")).umountCommand(argv) },
   extract: {
     summary: "write a converted image's root filesystem into a directory, verifying every chunk",
     run: async (argv) => (await import("./extract.ts")).extractCommand(argv),

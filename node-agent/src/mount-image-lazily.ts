@@ -1,0 +1,114 @@
+// `skiff mount`: pins an image's bootstrap, mounts it read-only over FUSE with chunks fetched on
+// demand, optionally stacks a writable overlayfs on top, keeps --stats current, and unmounts
+// cleanly (overlay first) on SIGINT/SIGTERM. Everything that touches the mountpoint runs in
+// another process or asynchronously: FUSE requests are served on this process's JS thread.
+import { execFile } from "node:child_process";
+import { mkdir, rename, statfs, writeFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { fetchBootstrap } from "./bootstrap-client.ts";
+import { ChunkCache } from "./chunk-cache.ts";
+import { ChunkFetcher } from "./chunk-fetcher.ts";
+import { mountImage } from "./fuse-fs.ts";
+import { LazyReader } from "./lazy-reader.ts";
+
+const run = promisify(execFile);
+
+export interface LazyMountOptions {
+  proxy: string;
+  name: string;
+  reference: string;
+  mountpoint: string;
+  cacheDir: string;
+  cacheMaxBytes?: number;
+  statsFile?: string;
+  overlayDir?: string;
+  timeoutMs: number;
+  platform?: string;
+  log: (message: string) => void;
+}
+
+export interface LazyMount {
+  manifestDigest: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Clears a mountpoint left behind by a killed agent with a lazy unmount. statfs always reaches
+ * the FUSE daemon (stat may be answered from the kernel's attribute cache); a dead one gives
+ * ECONNABORTED right after it died and ENOTCONN once the connection is torn down.
+ */
+export async function recoverStaleMount(mountpoint: string): Promise<boolean> {
+  try {
+    await statfs(mountpoint);
+    return false;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== "ENOTCONN" && code !== "ECONNABORTED") return false;
+    await run("fusermount", ["-uz", mountpoint]).catch(() => run("umount", ["-l", mountpoint]));
+    return true;
+  }
+}
+
+export async function unmountPath(mountpoint: string): Promise<void> {
+  await run("umount", [mountpoint]).catch(() => run("fusermount", ["-u", mountpoint]));
+}
+
+export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
+  const mountpoint = resolve(o.mountpoint);
+  if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, timeoutMs: o.timeoutMs });
+  const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
+  const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs });
+  const reader = new LazyReader(fetched.bootstrap, cache, fetcher);
+
+  const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
+  await mkdir(lower, { recursive: true });
+  if (o.overlayDir) await recoverStaleMount(lower);
+  const fuse = await mountImage({ bootstrap: fetched.bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
+    await fetcher.close(); // its keep-alive sockets would hold the process open
+    throw new Error(`cannot mount at ${lower}: ${err.message}`);
+  });
+  if (o.overlayDir) {
+    const upper = join(resolve(o.overlayDir), "upper");
+    const work = join(resolve(o.overlayDir), "work");
+    await mkdir(upper, { recursive: true });
+    await mkdir(work, { recursive: true });
+    await mkdir(mountpoint, { recursive: true });
+    try {
+      await run("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${work}`, mountpoint]);
+    } catch (err) {
+      await fuse.unmount();
+      await fetcher.close();
+      throw new Error(`overlay mount failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
+    }
+  }
+
+  const writeStats = async () => {
+    if (!o.statsFile) return;
+    const stats = {
+      bytesFetched: fetcher.stats.bytesFetched,
+      chunksFetched: fetcher.stats.chunksFetched,
+      requests: fetcher.stats.requests,
+      cacheHits: reader.stats.cacheHits,
+      bytesRead: reader.stats.bytesRead,
+      errors: fetcher.stats.errors,
+    };
+    const tmp = `${o.statsFile}.tmp`;
+    await writeFile(tmp, JSON.stringify(stats) + "\n");
+    await rename(tmp, o.statsFile);
+  };
+  await writeStats();
+  const timer = setInterval(() => void writeStats().catch(() => {}), 1000);
+
+  return {
+    manifestDigest: fetched.manifestDigest,
+    stop: async () => {
+      clearInterval(timer);
+      if (o.overlayDir) await unmountPath(mountpoint).catch((err) => o.log(`overlay unmount: ${(err as Error).message}`));
+      await fuse.unmount();
+      await fetcher.close();
+      await writeStats();
+    },
+  };
+}

@@ -1,0 +1,186 @@
+// `skiff mount` end to end: a real registry, skiff, and the agent in its own process (the test
+// process may then touch the mount synchronously without deadlocking the FUSE server).
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { OciLayout, MT, pushImage } from "../../test/e2e/harness/images.ts";
+import { Registry } from "../../test/e2e/harness/registry.ts";
+import { diffIdOf, diffTrees, sh, snapshot, writeImage } from "../../test/e2e/harness/rootfs.ts";
+import { REPO_ROOT, Skiff } from "../../test/e2e/harness/skiff.ts";
+import { teardown } from "../../test/e2e/harness/teardown.ts";
+import { tempDir } from "../../test/e2e/harness/workdir.ts";
+
+let registry: Registry;
+let skiff: Skiff;
+let imageUrl: string;
+let oracle: string;
+const agents: ChildProcess[] = [];
+const mountpoints: string[] = [];
+
+/** Host files a shell needs, copied (not linked) into a staging root. */
+function stageShell(root: string): void {
+  for (const f of ["bin/dash", "lib/x86_64-linux-gnu/libc.so.6", "lib64/ld-linux-x86-64.so.2"]) {
+    mkdirSync(join(root, f, ".."), { recursive: true });
+    copyFileSync(join("/", f), join(root, f));
+    chmodSync(join(root, f), 0o755);
+  }
+  symlinkSync("dash", join(root, "bin", "sh"));
+}
+
+function tarLayer(dir: string): { bytes: Uint8Array; mediaType: string; diffId: string } {
+  const tar = spawnSync("tar", ["-C", dir, "--sort=name", "--numeric-owner", "-cf", "-", "."], { maxBuffer: 1 << 28 }).stdout;
+  return { bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) };
+}
+
+async function mount(args: string[]): Promise<{ agent: ChildProcess; mountpoint: string }> {
+  const mountpoint = tempDir("mnt");
+  mountpoints.push(mountpoint);
+  const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, mountpoint, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  agents.push(agent);
+  let stderr = "";
+  agent.stderr!.on("data", (d) => (stderr += d));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`mount did not come up: ${stderr}`)), 30_000);
+    agent.stdout!.on("data", (d) => {
+      if (String(d).includes("mounted ")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    agent.once("exit", (code) => reject(new Error(`mount exited ${code}: ${stderr}`)));
+  });
+  return { agent, mountpoint };
+}
+
+async function stop(agent: ChildProcess): Promise<void> {
+  if (agent.exitCode !== null || agent.signalCode !== null) return;
+  agent.kill("SIGTERM");
+  await new Promise((r) => agent.once("exit", r));
+}
+
+async function lazyCounters(): Promise<{ requests: number; dataBytes: number }> {
+  const text = await (await fetch(`${skiff.url}/metrics`)).text();
+  let requests = 0;
+  let dataBytes = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("skiff_http_requests_total{") && line.includes('kind="lazy"')) requests += Number(line.split(" ").pop());
+    if (line.startsWith("skiff_chunk_bytes_served_total{")) dataBytes += Number(line.split(" ").pop());
+  }
+  return { requests, dataBytes };
+}
+
+beforeAll(async () => {
+  registry = await Registry.start({ name: "mount-registry" });
+  skiff = await Skiff.start({ upstream: registry.url });
+
+  const base = tempDir("layer1");
+  stageShell(base);
+  mkdirSync(join(base, "etc"));
+  writeFileSync(join(base, "etc", "msg"), "hello from the lazy image\n");
+  writeFileSync(join(base, "etc", "remove-me"), "gone in layer 2\n");
+  mkdirSync(join(base, "data"));
+  writeFileSync(join(base, "data", "big.bin"), randomBytes(3 * 1024 * 1024 + 123));
+  linkSync(join(base, "data", "big.bin"), join(base, "data", "big-link.bin"));
+  writeFileSync(join(base, "bin", "suid"), "#!/bin/sh\n");
+  chmodSync(join(base, "bin", "suid"), 0o4755);
+  const upper = tempDir("layer2");
+  mkdirSync(join(upper, "etc"));
+  writeFileSync(join(upper, "etc", ".wh.remove-me"), "");
+  writeFileSync(join(upper, "etc", "added"), "from layer 2\n");
+
+  const layers = [tarLayer(base), tarLayer(upper)];
+  const layout = new OciLayout(tempDir("mount-layout"));
+  writeImage(layout, "v1", layers);
+  await pushImage(layout, "v1", `${registry.hostPort}/e2e/rootfs:v1`);
+  imageUrl = `${skiff.url}/e2e/rootfs:v1`;
+
+  // The oracle: GNU tar extracting the layers in order, then the whiteout applied.
+  oracle = tempDir("oracle");
+  for (const dir of [base, upper]) sh("bash", ["-c", `tar -C ${dir} -cf - . | tar -C ${oracle} -xpf - --numeric-owner`]);
+  rmSync(join(oracle, "etc", "remove-me"));
+  rmSync(join(oracle, "etc", ".wh.remove-me"));
+}, 180_000);
+
+afterAll(async () => {
+  for (const a of agents) await stop(a).catch(() => {});
+  for (const m of mountpoints) {
+    spawnSync("umount", [m]);
+    spawnSync("fusermount", ["-uz", m]);
+  }
+  await skiff?.stop();
+  await registry?.stop();
+  await teardown();
+});
+
+describe("skiff mount", () => {
+  test("the mounted image equals GNU tar's extraction of its layers, whiteouts applied", async () => {
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-a")]);
+    try {
+      expect(diffTrees(snapshot(oracle), snapshot(mountpoint))).toEqual([]);
+    } finally {
+      await stop(agent);
+    }
+    expect(existsSync(join(mountpoint, "etc"))).toBe(false); // unmounted on SIGTERM
+  });
+
+  test("reading one small file fetches the bootstrap and exactly that file's chunk", async () => {
+    const stats = join(tempDir("stats"), "stats.json");
+    const before = await lazyCounters();
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-b"), "--stats", stats]);
+    try {
+      const afterMount = await lazyCounters();
+      expect(afterMount.requests - before.requests).toBe(1); // the bootstrap
+      expect(readFileSync(join(mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+      const afterRead = await lazyCounters();
+      expect(afterRead.requests - afterMount.requests).toBe(1); // one range of one data blob
+      expect(afterRead.dataBytes - afterMount.dataBytes).toBe("hello from the lazy image\n".length);
+    } finally {
+      await stop(agent);
+    }
+    expect(JSON.parse(readFileSync(stats, "utf8"))).toMatchObject({ chunksFetched: 1, requests: 1, errors: 0 });
+  });
+
+  test("with --overlay a program runs from the lazy rootfs in a chroot and writes into it", async () => {
+    const overlay = tempDir("overlay");
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-c"), "--overlay", overlay]);
+    try {
+      // dash alone: its builtins read, list (a glob) and write.
+      const script = 'while IFS= read -r l; do echo "$l"; done < /etc/msg; echo /etc/*; echo written > /out.txt';
+      const r = spawnSync("chroot", [mountpoint, "/bin/sh", "-c", script], { encoding: "utf8", timeout: 30_000 });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toBe("hello from the lazy image\n/etc/added /etc/msg\n");
+      expect(readFileSync(join(overlay, "upper", "out.txt"), "utf8")).toBe("written\n");
+      expect(existsSync(join(overlay, "lower", "out.txt"))).toBe(false);
+    } finally {
+      await stop(agent);
+    }
+  });
+
+  test("after kill -9 the next mount recovers the mountpoint and reuses the cache", { timeout: 90_000 }, async () => {
+    const cache = tempDir("cache-d");
+    const first = await mount(["--cache", cache]);
+    const big = readFileSync(join(first.mountpoint, "data", "big.bin"));
+    first.agent.kill("SIGKILL");
+    await new Promise((r) => first.agent.once("exit", r));
+
+    const before = await lazyCounters();
+    const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, first.mountpoint, "--cache", cache], { stdio: ["ignore", "pipe", "pipe"] });
+    agents.push(agent);
+    let stderr = "";
+    agent.stderr!.on("data", (d) => (stderr += d));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`second mount did not come up: ${stderr}`)), 30_000);
+      agent.stdout!.on("data", (d) => String(d).includes("mounted ") && (clearTimeout(timer), resolve()));
+    });
+    try {
+      expect(readFileSync(join(first.mountpoint, "data", "big.bin")).equals(big)).toBe(true);
+      const after = await lazyCounters();
+      expect(after.requests - before.requests).toBe(1); // the bootstrap only: every chunk came from the cache
+    } finally {
+      await stop(agent);
+    }
+  });
+});

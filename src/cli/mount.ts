@@ -1,0 +1,82 @@
+// `skiff mount` and `skiff umount`: the node agent's lazy FUSE mount (node-agent/, Node only).
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
+import { InputError, parseProxyReference } from "./converted.ts";
+
+export const mountHelp = `Usage: skiff mount <proxy-url>/<name>[:TAG|@DIGEST] <mountpoint> [options]
+
+Mounts an image served by a skiff proxy read-only over FUSE. Files are fetched chunk by chunk when
+read, verified against their digests and kept in a local cache shared by every image on the node.
+The image is pinned to the manifest digest it had at mount time. Runs until SIGINT/SIGTERM, then
+unmounts (the overlay first).
+
+Options:
+  --cache DIR          chunk cache directory (default ~/.cache/skiff/chunks)
+  --cache-size SIZE    cache size limit, least recently used chunks evicted first (default 10g)
+  --overlay DIR        present a writable overlayfs at the mountpoint: the image as lowerdir
+                       (mounted at DIR/lower), DIR/upper and DIR/work for changes
+  --stats FILE         JSON counters, rewritten every second and at exit
+  --timeout SECONDS    a read that can't be served in this time fails with EIO (default 30)
+  --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
+  -h, --help           show this help
+
+Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;
+
+export const umountHelp = `Usage: skiff umount <mountpoint>
+
+Unmounts what 'skiff mount' mounted there (an overlay or the FUSE mount), lazily if it is stale.`;
+
+export async function mountCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(
+    argv,
+    { cache: { type: "string" }, "cache-size": { type: "string" }, overlay: { type: "string" }, stats: { type: "string" }, timeout: { type: "string" }, platform: { type: "string" } },
+    true,
+  );
+  if (values.help) {
+    console.log(mountHelp);
+    return 0;
+  }
+  if (positionals.length !== 2) throw new UsageError("expected an image URL and a mountpoint (see --help)");
+  let ref;
+  try {
+    ref = parseProxyReference(positionals[0]!);
+  } catch (err) {
+    if (err instanceof InputError) throw new UsageError(err.message);
+    throw err;
+  }
+  const log = (m: string) => process.stderr.write(`skiff mount: ${m}\n`);
+  const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");
+  const mount = await mountLazily({
+    proxy: ref.origin,
+    name: ref.name,
+    reference: ref.reference,
+    mountpoint: positionals[1]!,
+    cacheDir: values.cache ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff", "chunks"),
+    cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 10 * 2 ** 30),
+    statsFile: values.stats,
+    overlayDir: values.overlay,
+    timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
+    platform: values.platform,
+    log,
+  });
+  console.log(`mounted ${ref.name}@${mount.manifestDigest} at ${positionals[1]}`);
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  await mount.stop();
+  return 0;
+}
+
+export async function umountCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, {}, true);
+  if (values.help) {
+    console.log(umountHelp);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError("expected a mountpoint (see --help)");
+  const { recoverStaleMount, unmountPath } = await import("../../node-agent/src/mount-image-lazily.ts");
+  if (!(await recoverStaleMount(positionals[0]!))) await unmountPath(positionals[0]!);
+  return 0;
+}
