@@ -3,12 +3,14 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { OciLayout, MT, pushImage } from "../../test/e2e/harness/images.ts";
 import { Registry } from "../../test/e2e/harness/registry.ts";
 import { diffIdOf, diffTrees, sh, snapshot, writeImage } from "../../test/e2e/harness/rootfs.ts";
+import { freePort } from "../../test/e2e/harness/processes.ts";
 import { REPO_ROOT, Skiff } from "../../test/e2e/harness/skiff.ts";
 import { teardown } from "../../test/e2e/harness/teardown.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
@@ -35,10 +37,10 @@ function tarLayer(dir: string): { bytes: Uint8Array; mediaType: string; diffId: 
   return { bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) };
 }
 
-async function mount(args: string[]): Promise<{ agent: ChildProcess; mountpoint: string }> {
+async function mount(args: string[], url = imageUrl): Promise<{ agent: ChildProcess; mountpoint: string }> {
   const mountpoint = tempDir("mnt");
   mountpoints.push(mountpoint);
-  const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, mountpoint, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", url, mountpoint, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   agents.push(agent);
   let stderr = "";
   agent.stderr!.on("data", (d) => (stderr += d));
@@ -181,6 +183,28 @@ describe("skiff mount", () => {
       expect(after.requests - before.requests).toBe(1); // the bootstrap only: every chunk came from the cache
     } finally {
       await stop(agent);
+    }
+  });
+
+  test("with the proxy gone a read fails with EIO within --timeout, the mount survives, and reads work again once it is back", { timeout: 120_000 }, async () => {
+    const port = await freePort();
+    const data = tempDir("skiff-restart-data");
+    const args = { upstream: registry.url, dataDir: data, extraArgs: ["--port", String(port)] };
+    let proxy = await Skiff.start(args);
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-e"), "--timeout", "3"], `${proxy.url}/e2e/rootfs:v1`);
+    try {
+      await proxy.stop();
+      const started = Date.now();
+      await expect(readFile(join(mountpoint, "data", "big.bin"))).rejects.toMatchObject({ code: "EIO" });
+      expect(Date.now() - started).toBeLessThan(3_000 + 7_000);
+      expect((await stat(join(mountpoint, "etc", "msg"))).size).toBe("hello from the lazy image\n".length); // metadata needs no proxy
+
+      proxy = await Skiff.start(args);
+      expect(await readFile(join(mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+      expect((await readFile(join(mountpoint, "data", "big.bin"))).length).toBe(3 * 1024 * 1024 + 123);
+    } finally {
+      await stop(agent);
+      await proxy.stop();
     }
   });
 });
