@@ -3,7 +3,8 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
+import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -205,6 +206,45 @@ describe("skiff mount", () => {
     } finally {
       await stop(agent);
       await proxy.stop();
+    }
+  });
+
+  test("a proxy answering a corrupted chunk or a 200 instead of a 206 is refused: EIO, nothing cached", { timeout: 120_000 }, async () => {
+    // A relay in front of skiff that spoils data answers on demand.
+    let spoil: "corrupt" | "whole" | null = "corrupt";
+    const relay: Server = createServer(async (req, res) => {
+      const upstream = await fetch(`${skiff.url}${req.url}`, { headers: req.headers.range ? { Range: req.headers.range } : {} });
+      let body = Buffer.from(await upstream.arrayBuffer());
+      let status = upstream.status;
+      const headers: Record<string, string> = {};
+      upstream.headers.forEach((v, k) => (headers[k] = v));
+      if (req.url?.endsWith("/data") && spoil === "corrupt") body[0] = body[0]! ^ 0xff;
+      if (req.url?.endsWith("/data") && spoil === "whole") {
+        const whole = await fetch(`${skiff.url}${req.url}`);
+        body = Buffer.from(await whole.arrayBuffer());
+        status = 200;
+        delete headers["content-range"];
+      }
+      headers["content-length"] = String(body.length);
+      res.writeHead(status, headers);
+      res.end(body);
+    });
+    await new Promise<void>((r) => relay.listen(0, "127.0.0.1", r));
+    const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`;
+    const cache = tempDir("cache-f");
+    const { agent, mountpoint } = await mount(["--cache", cache, "--timeout", "5"], `${relayUrl}/e2e/rootfs:v1`);
+    try {
+      for (const mode of ["corrupt", "whole"] as const) {
+        spoil = mode;
+        await expect(readFile(join(mountpoint, "etc", "msg")), mode).rejects.toMatchObject({ code: "EIO" });
+        expect((await readdir(cache)).filter((f) => !f.startsWith(".")), mode).toEqual([]);
+      }
+      spoil = null;
+      expect(await readFile(join(mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+      expect((await readdir(cache)).filter((f) => !f.startsWith("."))).toHaveLength(1);
+    } finally {
+      await stop(agent);
+      await new Promise((r) => relay.close(r));
     }
   });
 });
