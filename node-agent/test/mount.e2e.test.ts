@@ -89,6 +89,11 @@ beforeAll(async () => {
   linkSync(join(base, "data", "big.bin"), join(base, "data", "big-link.bin"));
   writeFileSync(join(base, "bin", "suid"), "#!/bin/sh\n");
   chmodSync(join(base, "bin", "suid"), 0o4755);
+  mkdirSync(join(base, "dev"));
+  sh("mknod", ["-m", "0620", join(base, "dev", "tty9"), "c", "4", "9"]);
+  sh("mknod", ["-m", "0660", join(base, "dev", "loop7"), "b", "7", "7"]);
+  sh("mkfifo", ["-m", "0600", join(base, "dev", "pipe")]);
+  sh("chown", ["1234:5678", join(base, "etc", "msg")]);
   const upper = tempDir("layer2");
   mkdirSync(join(upper, "etc"));
   writeFileSync(join(upper, "etc", ".wh.remove-me"), "");
