@@ -11,6 +11,7 @@ import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
 import { mountImage } from "./fuse-fs.ts";
 import { LazyReader } from "./lazy-reader.ts";
+import { proxyHttp } from "./proxy-http.ts";
 
 const run = promisify(execFile);
 
@@ -25,6 +26,10 @@ export interface LazyMountOptions {
   overlayDir?: string;
   timeoutMs: number;
   platform?: string;
+  /** Sent with every request to the proxy: `Bearer …` or `Basic …`. */
+  authorization?: string;
+  /** PEM bundle trusted for an https proxy. */
+  ca?: string;
   log: (message: string) => void;
 }
 
@@ -57,16 +62,24 @@ export async function unmountPath(mountpoint: string): Promise<void> {
 export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
-  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, timeoutMs: o.timeoutMs });
+  const http = proxyHttp({ authorization: o.authorization, ca: o.ca });
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, timeoutMs: o.timeoutMs, fetchImpl: http.fetch }).catch(async (err: Error) => {
+    await http.close();
+    throw err;
+  });
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
-  const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs });
+  const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
+  const closeHttp = async () => {
+    await fetcher.close();
+    await http.close(); // its keep-alive sockets would hold the process open
+  };
   const reader = new LazyReader(fetched.bootstrap, cache, fetcher);
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });
   if (o.overlayDir) await recoverStaleMount(lower);
   const fuse = await mountImage({ bootstrap: fetched.bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
-    await fetcher.close(); // its keep-alive sockets would hold the process open
+    await closeHttp();
     throw new Error(`cannot mount at ${lower}: ${err.message}`);
   });
   if (o.overlayDir) {
@@ -79,7 +92,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       await run("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${upper},workdir=${work}`, mountpoint]);
     } catch (err) {
       await fuse.unmount();
-      await fetcher.close();
+      await closeHttp();
       throw new Error(`overlay mount failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
     }
   }
@@ -107,7 +120,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       clearInterval(timer);
       if (o.overlayDir) await unmountPath(mountpoint).catch((err) => o.log(`overlay unmount: ${(err as Error).message}`));
       await fuse.unmount();
-      await fetcher.close();
+      await closeHttp();
       await writeStats();
     },
   };

@@ -252,4 +252,48 @@ describe("skiff mount", () => {
       await new Promise((r) => relay.close(r));
     }
   });
+
+  test("credentials for the proxy go with every request: --token works, none is refused with a one-line error", { timeout: 120_000 }, async () => {
+    const seen: (string | undefined)[] = [];
+    const guard: Server = createServer(async (req, res) => {
+      seen.push(req.headers.authorization);
+      if (req.headers.authorization !== "Bearer s3cret") {
+        res.writeHead(401, { "content-type": "application/json", "www-authenticate": 'Bearer realm="skiff"' });
+        return res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}');
+      }
+      const upstream = await fetch(`${skiff.url}${req.url}`, { headers: req.headers.range ? { Range: req.headers.range } : {} });
+      const body = Buffer.from(await upstream.arrayBuffer());
+      const headers: Record<string, string> = {};
+      upstream.headers.forEach((v, k) => (headers[k] = v));
+      headers["content-length"] = String(body.length);
+      res.writeHead(upstream.status, headers);
+      res.end(body);
+    });
+    await new Promise<void>((r) => guard.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(guard.address() as { port: number }).port}/e2e/rootfs:v1`;
+    try {
+      // Asynchronously: the guard answering it runs in this process.
+      const refused = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+        const child = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", url, tempDir("mnt-refused"), "--cache", tempDir("cache-g"), "--timeout", "5"]);
+        let stderr = "";
+        child.stderr.on("data", (d) => (stderr += d));
+        child.once("exit", (status) => resolve({ status, stderr }));
+      });
+      expect(refused.status).not.toBe(0);
+      expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+      expect(refused.stderr).toMatch(/401|UNAUTHORIZED/);
+
+      seen.length = 0;
+      const { agent, mountpoint } = await mount(["--cache", tempDir("cache-h"), "--token", "s3cret"], url);
+      try {
+        expect(await readFile(join(mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+      } finally {
+        await stop(agent);
+      }
+      expect(seen.length).toBeGreaterThanOrEqual(2); // the bootstrap and a data range
+      expect(new Set(seen)).toEqual(new Set(["Bearer s3cret"]));
+    } finally {
+      await new Promise((r) => guard.close(r));
+    }
+  });
 });

@@ -1,4 +1,5 @@
 // `skiff mount` and `skiff umount`: the node agent's lazy FUSE mount (node-agent/, Node only).
+import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
@@ -19,6 +20,10 @@ Options:
   --stats FILE         JSON counters, rewritten every second and at exit
   --timeout SECONDS    a read that can't be served in this time fails with EIO (default 30)
   --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
+  --token TOKEN        bearer token for the proxy (or $SKIFF_TOKEN)
+  --user USER          user for the proxy (with --password or $SKIFF_PASSWORD)
+  --password PASS      password for the proxy; prefer $SKIFF_PASSWORD (kept out of ps)
+  --ca FILE            PEM bundle to trust for an https proxy
   -h, --help           show this help
 
 Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;
@@ -30,7 +35,8 @@ Unmounts what 'skiff mount' mounted there (an overlay or the FUSE mount), lazily
 export async function mountCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
-    { cache: { type: "string" }, "cache-size": { type: "string" }, overlay: { type: "string" }, stats: { type: "string" }, timeout: { type: "string" }, platform: { type: "string" } },
+    { cache: { type: "string" }, "cache-size": { type: "string" }, overlay: { type: "string" }, stats: { type: "string" }, timeout: { type: "string" }, platform: { type: "string" },
+      token: { type: "string" }, user: { type: "string" }, password: { type: "string" }, ca: { type: "string" } },
     true,
   );
   if (values.help) {
@@ -46,7 +52,20 @@ export async function mountCommand(argv: string[]): Promise<number> {
     throw err;
   }
   const log = (m: string) => process.stderr.write(`skiff mount: ${m}\n`);
+  const token = values.token ?? process.env.SKIFF_TOKEN;
+  const password = values.password ?? process.env.SKIFF_PASSWORD;
+  if (token !== undefined && values.user !== undefined) throw new UsageError("use --token or --user/--password, not both");
+  if (values.user !== undefined && password === undefined) throw new UsageError("--user needs --password or $SKIFF_PASSWORD");
+  let ca: string | undefined;
+  if (values.ca !== undefined) {
+    try {
+      ca = await readFile(values.ca, "utf8");
+    } catch (err) {
+      throw new UsageError(`cannot read --ca ${values.ca}: ${(err as Error).message}`);
+    }
+  }
   const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");
+  const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
   const mount = await mountLazily({
     proxy: ref.origin,
     name: ref.name,
@@ -58,6 +77,8 @@ export async function mountCommand(argv: string[]): Promise<number> {
     overlayDir: values.overlay,
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     platform: values.platform,
+    authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
+    ca,
     log,
   });
   console.log(`mounted ${ref.name}@${mount.manifestDigest} at ${positionals[1]}`);
