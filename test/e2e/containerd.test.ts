@@ -55,7 +55,7 @@ describe("containerd through skiff (hosts.toml mirror)", () => {
     const requestsBefore = await skiff.metric("skiff_http_requests_total");
     const servedBefore = await skiff.metric("skiff_served_bytes_total");
     const upstreamBefore = await skiff.metric("skiff_upstream_requests_total");
-    const logBefore = registry.accessLog().length;
+    const logBefore = await registry.settledRequestCount();
 
     const r = await containerd.pull(ref, { hostsDir });
     expect(r.code, `ctr pull failed:\n${r.stdout}\n${r.stderr}\nskiff log:\n${skiff.log().slice(-3000)}`).toBe(0);
@@ -72,6 +72,7 @@ describe("containerd through skiff (hosts.toml mirror)", () => {
 
     // The registry saw requests only from skiff, never from containerd directly: every request in its
     // access log is one of skiff's upstream requests (a fallback to the server would add more).
+    await registry.settledRequestCount();
     const lines = registry.accessLog().slice(logBefore);
     expect(lines.length).toBeGreaterThan(0);
     const upstreamRequests = (await skiff.metric("skiff_upstream_requests_total")) - upstreamBefore;
@@ -85,10 +86,11 @@ describe("containerd through skiff (hosts.toml mirror)", () => {
     const second = await Containerd.start();
     try {
       const ref = `${registry.hostPort}/e2e/ctr:v1`;
-      const logBefore = registry.accessLog().length;
+      const logBefore = await registry.settledRequestCount();
       const r = await second.pull(ref, { hostsDir });
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
       expect((await second.images()).find((i) => i.ref === ref)?.digest).toBe(image.manifest.digest);
+      await registry.settledRequestCount();
       const blobGets = registry
         .accessLog()
         .slice(logBefore)
@@ -101,11 +103,12 @@ describe("containerd through skiff (hosts.toml mirror)", () => {
 
   test("a multi-platform index pulls through skiff (--all-platforms)", async () => {
     const ref = `${registry.hostPort}/e2e/ctr-multi:latest`;
-    const logBefore = registry.accessLog().length;
+    const logBefore = await registry.settledRequestCount();
     const upstreamBefore = await skiff.metric("skiff_upstream_requests_total");
     const r = await containerd.pull(ref, { hostsDir, allPlatforms: true });
     expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
     expect((await containerd.images()).find((i) => i.ref === ref)?.digest).toBe(index.index.digest);
+    await registry.settledRequestCount();
     const lines = registry.accessLog().slice(logBefore);
     expect(lines.length).toBeGreaterThan(0);
     const upstreamRequests = (await skiff.metric("skiff_upstream_requests_total")) - upstreamBefore;

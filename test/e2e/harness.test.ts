@@ -54,9 +54,9 @@ describe("harness against the registry directly", () => {
   });
 
   test("access log counts requests; stop/start keeps port and storage", async () => {
-    const before = registry.requestCount();
+    const before = await registry.settledRequestCount();
     await fetch(`${registry.url}/v2/harness/app/tags/list`).then((r) => r.arrayBuffer());
-    expect(registry.requestCount()).toBe(before + 1);
+    expect(await registry.settledRequestCount()).toBe(before + 1);
     expect(registry.accessLog().at(-1)?.path).toBe("/v2/harness/app/tags/list");
     await registry.stop();
     await expect(fetch(`${registry.url}/v2/`)).rejects.toThrow();

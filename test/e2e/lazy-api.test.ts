@@ -206,7 +206,7 @@ afterAll(async () => {
 describe("bootstraps", () => {
   test("50 concurrent first requests: one conversion per layer, one upstream GET per layer, identical answers", async () => {
     await withSkiff([], async (fresh) => {
-      const logFrom = registry.accessLog().length;
+      const logFrom = await registry.settledRequestCount();
       const url = bootstrapUrl(fresh, "e2e/app", "v1", "?chunk-size=64k");
       const answers = await Promise.all(Array.from({ length: 50 }, () => get(url)));
       expect(answers.map((a) => a.status)).toEqual(Array(50).fill(200));
@@ -215,6 +215,7 @@ describe("bootstraps", () => {
       const c = await counters(fresh);
       expect(c).toMatchObject({ started: app.layers.length, finished: app.layers.length, failed: 0 });
       expect(c.seconds).toBeGreaterThan(0);
+      await registry.settledRequestCount();
       expect([...blobGets(logFrom, app.layers).values()]).toEqual(app.layers.map(() => 1));
     });
   }, 60_000);
@@ -414,7 +415,7 @@ describe("chunks and data blobs", () => {
     const layer = b.blob(rec.blob).layerDigest;
     const chunk = `chunks/${toHex(rec.digest)}.none`;
     expect((await get(`${layerUrl(proxy, "e2e/app", layer, "v1-c16-none")}/${chunk}`)).status).toBe(200);
-    const logFrom = registry.accessLog().length;
+    const logFrom = await registry.settledRequestCount();
     // A repository the registry does not have, and one it has without this layer.
     for (const repo of ["e2e/elsewhere", "e2e/shared-a"]) {
       for (const path of ["data", chunk]) {
@@ -483,9 +484,10 @@ describe("conversions that fail publish nothing", () => {
   test("an unsupported layer media type: 422, nothing published", async () => {
     const layer = gzLayer([dir("u"), file("u/x", "x\n")]);
     const pushed = await pushRaw("e2e/unknown-type", "v1", [{ bytes: layer.bytes, mediaType: "application/vnd.example.unknown" }]);
-    const logFrom = registry.accessLog().length;
+    const logFrom = await registry.settledRequestCount();
     const err = ociError(await get(bootstrapUrl(proxy, "e2e/unknown-type", "v1")));
     // Refused from the manifest alone: the layer is never downloaded.
+    await registry.settledRequestCount();
     expect([...blobGets(logFrom, pushed.layers).values()]).toEqual([0]);
     expect(err).toMatchObject({ status: 422, code: "MANIFEST_INVALID" });
     expect(err.message).toContain("application/vnd.example.unknown");
@@ -497,10 +499,11 @@ describe("conversions that fail publish nothing", () => {
 describe("limits", () => {
   test("--max-layer-size 1k: 422 SIZE_INVALID before any layer is fetched", async () => {
     await withSkiff(["--max-layer-size", "1k"], async (s) => {
-      const logFrom = registry.accessLog().length;
+      const logFrom = await registry.settledRequestCount();
       const err = ociError(await get(bootstrapUrl(s, "e2e/app", "v1")));
       expect(err).toMatchObject({ status: 422, code: "SIZE_INVALID" });
       expect(err.message).toContain("1024");
+      await registry.settledRequestCount();
       expect([...blobGets(logFrom, app.layers).values()]).toEqual(app.layers.map(() => 0));
       expect(await counters(s)).toMatchObject({ started: 0, failed: 0, finished: 0 });
       expect(convertedPaths(s, app.layers, app.manifest)).toEqual([]);

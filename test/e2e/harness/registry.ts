@@ -198,6 +198,21 @@ export class Registry {
     return this.accessLog().length;
   }
 
+  /**
+   * The request count once the log has stayed unchanged for `quietMs`: the registry writes a line
+   * after it has answered, so a count read right after a response can still miss it.
+   */
+  async settledRequestCount(quietMs = 300, maxMs = 10_000): Promise<number> {
+    let count = this.requestCount();
+    for (const started = Date.now(); Date.now() - started < maxMs; ) {
+      await new Promise((r) => setTimeout(r, quietMs));
+      const now = this.requestCount();
+      if (now === count) return now;
+      count = now;
+    }
+    return count;
+  }
+
   /** The registry's own log (stderr). */
   errorLog(): string {
     try {
