@@ -7,7 +7,8 @@ import { parseParamsId } from "../../src/convert/params.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
 import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
 import { fetchRange, message, TransientError, type FetchLike } from "./range-request.ts";
-import { sha256Hex, toHex } from "./sha256-hex.ts";
+import { toHex } from "../../src/hash/hasher.ts";
+import { sha256Hex } from "./sha256-hex.ts";
 
 export interface ChunkFetcherOptions {
   /** Base URL of the skiff proxy, e.g. `http://127.0.0.1:8080`. */

@@ -5,7 +5,7 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
 import type { FileReader } from "./file-reader.ts";
-import { toHex } from "./sha256-hex.ts";
+import { toHex } from "../../src/hash/hasher.ts";
 
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */

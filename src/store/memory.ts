@@ -1,4 +1,5 @@
 // In-memory store for tests and ephemeral deployments.
+import { concatBytes } from "../util/streams.ts";
 import { assertValidKey, type ContentStore, type Upload } from "./store.ts";
 
 export class MemoryStore implements ContentStore {
@@ -35,14 +36,7 @@ export class MemoryStore implements ContentStore {
       commit: async () => {
         if (state !== "open") throw new Error("upload already finished");
         state = "done";
-        const total = parts.reduce((n, p) => n + p.byteLength, 0);
-        const obj = new Uint8Array(total);
-        let at = 0;
-        for (const p of parts) {
-          obj.set(p, at);
-          at += p.byteLength;
-        }
-        this.#objects.set(key, obj);
+        this.#objects.set(key, concatBytes(parts));
       },
       cancel: async () => {
         state = "done";

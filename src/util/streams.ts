@@ -15,7 +15,12 @@ export async function readAll(stream: ReadableStream<Uint8Array>, limit = Infini
     }
     parts.push(value);
   }
-  const out = new Uint8Array(total);
+  return concatBytes(parts);
+}
+
+/** The parts laid end to end in one new buffer. */
+export function concatBytes(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
   let at = 0;
   for (const p of parts) {
     out.set(p, at);

@@ -2,6 +2,7 @@
 // a tiny node:http listener on loopback that counts connections, and body readers that report
 // (rather than hide) a stream that errors or ends short.
 import { createHash } from "node:crypto";
+import { concatBytes as concat } from "../../src/util/streams.ts";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
@@ -63,15 +64,7 @@ export async function readBody(body: ReadableStream<Uint8Array> | null): Promise
   return { bytes: concat(parts), error, clean: error === undefined };
 }
 
-export function concat(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
-}
+export { concat };
 
 export interface RecordedRequest {
   method: string;

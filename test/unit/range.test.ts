@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { readAll } from "../../src/util/streams.ts";
 import {
   type ByteRange,
   contentRange,
@@ -159,21 +160,7 @@ function reader(chunk = 7, opened: ByteRange[] = []) {
   };
 }
 
-async function collect(body: ReadableStream<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for (const r = body.getReader(); ; ) {
-    const { done, value } = await r.read();
-    if (done) break;
-    parts.push(value);
-  }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
-}
+const collect = (body: ReadableStream<Uint8Array>): Promise<Uint8Array> => readAll(body);
 
 const latin1 = (bytes: Uint8Array) => Array.from(bytes, (b) => String.fromCharCode(b)).join("");
 
