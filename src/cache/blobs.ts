@@ -6,7 +6,7 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../http/errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import type { Digest } from "../oci/reference.ts";
-import type { Upstream } from "../oci/upstream.ts";
+import type { RegistryClient } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { blobKey, blobLinkKey } from "./keys.ts";
 import { upstreamError } from "./upstream-errors.ts";
@@ -26,7 +26,7 @@ export interface BlobFetch {
 
 export interface BlobCacheDeps {
   store: ContentStore;
-  upstream: Upstream;
+  upstream: RegistryClient;
   hasher: HasherFactory;
   metrics: Metrics;
   log?: (message: string) => void;

@@ -1,11 +1,12 @@
 // Manifests: by digest they are immutable and cached forever once verified; by tag the answer is
 // cached per (repository, tag, Accept) and revalidated with the upstream after a TTL. A stale answer
-// is served only when the upstream is unreachable or failing (5xx), never over a 401 or 404.
+// is served only when the upstream is unreachable, failing (5xx) or rate limited, never over a 401 or 404.
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../http/errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
-import { UpstreamUnreachable, type Upstream } from "../oci/upstream.ts";
+import { UpstreamUnreachable } from "../oci/upstream.ts";
+import type { RegistryClient } from "../oci/upstreams.ts";
 import { getBytes, getJson, putBytes, putJson, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
 import { manifestKey, manifestLinkKey, manifestMetaKey, tagKey } from "./keys.ts";
@@ -47,10 +48,11 @@ interface TagRecord {
 
 export interface ManifestCacheDeps {
   store: ContentStore;
-  upstream: Upstream;
+  upstream: RegistryClient;
   hasher: HasherFactory;
   metrics: Metrics;
-  tagTtlMs: number;
+  /** How long a tag answer of a repository is served without asking the upstream again. */
+  tagTtlMs: (repository: string) => number;
   now?: () => number;
 }
 
@@ -85,7 +87,7 @@ export class ManifestCache {
     const record = await getJson<TagRecord>(this.#deps.store, key);
     const recordDigest = record ? parseDigest(record.digest) : null;
     const cached = recordDigest ? await this.#stored(recordDigest) : null;
-    if (record && cached && this.#now() - record.checkedAt < this.#deps.tagTtlMs) return { ...cached, hit: true };
+    if (record && cached && this.#now() - record.checkedAt < this.#deps.tagTtlMs(name)) return { ...cached, hit: true };
 
     const headers: Record<string, string> = accept ? { Accept: accept } : {};
     try {
@@ -94,7 +96,7 @@ export class ManifestCache {
         const res = await this.#deps.upstream.request(name, `manifests/${tag}`, { method: "HEAD", headers });
         if (res.status >= 500) throw await upstreamError(res, "manifest", what);
         if (!res.ok && res.status !== 405) {
-          // A rate limit says nothing about the tag: keep the record so a later outage can still serve it stale.
+          // A rate limit says nothing about the tag: keep the record so it can still be served stale.
           if (res.status !== 429) await this.#deps.store.delete(key);
           throw await upstreamError(res, "manifest", what);
         }
@@ -122,7 +124,8 @@ export class ManifestCache {
       await this.#record(key, manifest);
       return manifest;
     } catch (err) {
-      const failing = err instanceof UpstreamUnreachable || (err instanceof OciError && err.code === "UNAVAILABLE");
+      // An outage or a rate limit is no news about the tag: the last answer is better than none.
+      const failing = err instanceof UpstreamUnreachable || (err instanceof OciError && (err.code === "UNAVAILABLE" || err.code === "TOOMANYREQUESTS"));
       if (failing && cached) {
         this.#deps.metrics.inc("skiff_stale_served_total");
         return { ...cached, stale: true, hit: true };

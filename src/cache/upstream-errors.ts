@@ -16,12 +16,8 @@ export async function upstreamError(res: Response, kind: ObjectKind, what: strin
     case 401:
     case 403:
       return new OciError("DENIED", `upstream denied access to ${what} (HTTP ${res.status})${suffix}`);
-    case 429: {
-      const headers: Record<string, string> = {};
-      const retryAfter = res.headers.get("retry-after");
-      if (retryAfter && /^\d+$/.test(retryAfter.trim())) headers["Retry-After"] = retryAfter.trim();
-      return new OciError("TOOMANYREQUESTS", `upstream rate limit reached for ${what}${suffix}`, { headers });
-    }
+    case 429:
+      return new OciError("TOOMANYREQUESTS", `upstream rate limit reached for ${what}${suffix}`, { headers: rateLimitHeaders(res.headers) });
     default:
       return new OciError("UNAVAILABLE", `upstream answered HTTP ${res.status} for ${what}${suffix}`);
   }
@@ -37,4 +33,32 @@ async function upstreamMessage(res: Response): Promise<string> {
   } catch {
     return "";
   }
+}
+
+const DEFAULT_RETRY_AFTER_S = 60;
+
+/**
+ * What a client of the mirror needs to back off: `Retry-After` in seconds (the upstream's, given as
+ * seconds or a date, else its `RateLimit-Reset`, else a minute), and Docker Hub's `RateLimit-Limit` /
+ * `RateLimit-Remaining` as sent.
+ */
+export function rateLimitHeaders(upstream: Headers, now = Date.now()): Record<string, string> {
+  const headers: Record<string, string> = { "Retry-After": String(retryAfterSeconds(upstream, now)) };
+  for (const name of ["RateLimit-Limit", "RateLimit-Remaining"]) {
+    const value = upstream.get(name);
+    if (value && /^[\w;=., -]{1,100}$/.test(value)) headers[name] = value;
+  }
+  return headers;
+}
+
+function retryAfterSeconds(upstream: Headers, now: number): number {
+  const retryAfter = upstream.get("retry-after")?.trim();
+  if (retryAfter) {
+    if (/^\d{1,9}$/.test(retryAfter)) return Number(retryAfter);
+    const date = Date.parse(retryAfter);
+    if (Number.isFinite(date)) return Math.max(0, Math.ceil((date - now) / 1000));
+  }
+  const reset = upstream.get("ratelimit-reset")?.trim();
+  if (reset && /^\d{1,9}$/.test(reset)) return Number(reset);
+  return DEFAULT_RETRY_AFTER_S;
 }

@@ -1,27 +1,29 @@
 // The one Hono app every runtime serves. Runtime entry files build the store, hasher and fetch for
-// their platform and hand them here; nothing below this line knows which runtime it is on.
+// their platform and hand them here with the resolved configuration; nothing below this line knows
+// which runtime it is on.
 import { Hono } from "hono";
+import { AccessPolicy, TOKEN_PATH } from "../access/policy.ts";
+import { tokenEndpoint } from "../access/token-endpoint.ts";
 import { BlobCache } from "../cache/blobs.ts";
 import { ManifestCache } from "../cache/manifests.ts";
+import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
-import { Upstream, UpstreamUnreachable, type UpstreamOptions } from "../oci/upstream.ts";
-import type { ContentStore } from "../store/store.ts";
-import { errorResponse, OciError, toOciError } from "./errors.ts";
-import { createMetrics, type Metrics } from "./metrics.ts";
-import { apiVersionResponse, registryRoutes } from "./registry.ts";
-import { upstreamPreset } from "../oci/presets.ts";
 import { Conversions } from "../lazy/conversions.ts";
 import { LayerIndex } from "../lazy/layer-index.ts";
+import { Upstream, UpstreamUnreachable, type Credentials } from "../oci/upstream.ts";
+import { Upstreams } from "../oci/upstreams.ts";
+import type { ContentStore } from "../store/store.ts";
+import { errorResponse, OciError, toOciError } from "./errors.ts";
 import { lazyHandler } from "./lazy.ts";
+import { createMetrics, type Metrics } from "./metrics.ts";
+import { apiVersionResponse, registryRoutes } from "./registry.ts";
 
 export interface AppOptions {
-  upstream: UpstreamOptions;
+  config: SkiffConfig;
   store: ContentStore;
   hasher: HasherFactory;
-  /** How long a tag answer is served without asking the upstream again. */
-  tagTtlSeconds?: number;
-  /** Registry names accepted in `?ns=` besides the upstream's host (e.g. `docker.io`). */
-  registryAliases?: string[];
+  /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
+  fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   /** Layers larger than this are not converted (default 8 GiB). */
   maxLayerBytes?: number;
   /** How long a bootstrap request waits for a conversion before answering 202 (default 30 s). */
@@ -35,22 +37,37 @@ export interface AppOptions {
 export interface SkiffApp {
   app: Hono;
   metrics: Metrics;
-  upstream: Upstream;
+  upstreams: Upstreams;
 }
 
 export function createApp(opts: AppOptions): SkiffApp {
+  const { config, store, hasher, log } = opts;
   const metrics = createMetrics();
-  const preset = upstreamPreset(opts.upstream.url);
-  const upstream = new Upstream({
-    ...opts.upstream,
-    allowHosts: [...(preset?.allowHosts ?? []), ...(opts.upstream.allowHosts ?? [])],
-    onExchange: (status) => metrics.inc("skiff_upstream_requests_total", { status: String(status) }),
+  const client = (upstream: UpstreamConfig, credentials: Credentials | undefined) =>
+    new Upstream({
+      url: upstream.url,
+      credentials,
+      allowHosts: upstream.allowHosts,
+      fetch: opts.fetchFor?.(upstream),
+      now: opts.now,
+      onExchange: (status) => {
+        metrics.inc("skiff_upstream_requests_total", { upstream: upstream.prefix, status: String(status) });
+        if (status === 429) metrics.inc("skiff_upstream_rate_limited_total", { upstream: upstream.prefix });
+      },
+    });
+  const upstreams = new Upstreams(config.upstreams, config.defaultUpstream, (u) => client(u, u.credentials));
+  const access = new AccessPolicy(config.access, { hasher, metrics, now: opts.now, clientFor: (route, credentials) => client(route.upstream, credentials) });
+
+  const blobs = new BlobCache({ store, upstream: upstreams, hasher, metrics, log });
+  const manifests = new ManifestCache({
+    store,
+    upstream: upstreams,
+    hasher,
+    metrics,
+    tagTtlMs: (repository) => upstreams.configOf(repository).tagTtlSeconds * 1000,
+    now: opts.now,
   });
-  const { store, hasher, log } = opts;
-  const blobs = new BlobCache({ store, upstream, hasher, metrics, log });
-  const manifests = new ManifestCache({ store, upstream, hasher, metrics, tagTtlMs: (opts.tagTtlSeconds ?? 60) * 1000, now: opts.now });
   const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, log, now: opts.now });
-  const publicContent = !opts.upstream.credentials;
   const lazy = lazyHandler({
     store,
     hasher,
@@ -59,7 +76,6 @@ export function createApp(opts: AppOptions): SkiffApp {
     manifests,
     conversions,
     layers: new LayerIndex(store),
-    publicContent,
     convertWaitMs: (opts.convertWaitSeconds ?? 30) * 1000,
     defaultPlatform: opts.defaultPlatform ?? "linux/amd64",
   });
@@ -73,22 +89,14 @@ export function createApp(opts: AppOptions): SkiffApp {
   });
 
   app.get("/metrics", () => new Response(metrics.render(), { headers: { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" } }));
-  app.get("/v2", (c) => apiVersionResponse(c.req.method));
-  app.get("/v2/", (c) => apiVersionResponse(c.req.method));
-  app.route(
-    "/v2",
-    registryRoutes({
-      store,
-      upstream,
-      blobs,
-      manifests,
-      metrics,
-      registryAliases: [...(preset?.aliases ?? []), ...(opts.registryAliases ?? [])],
-      publicContent,
-      upstreamName: preset?.upstreamName ?? ((name) => name),
-      lazy,
-    }),
-  );
+  app.on(["GET", "POST"], TOKEN_PATH, (c) => tokenEndpoint(c.req.raw, access));
+  const base = async (request: Request) => {
+    await access.authorizeBase(request);
+    return apiVersionResponse(request.method);
+  };
+  app.get("/v2", (c) => base(c.req.raw));
+  app.get("/v2/", (c) => base(c.req.raw));
+  app.route("/v2", registryRoutes({ store, upstreams, access, blobs, manifests, metrics, lazy }));
 
   app.notFound((c) => errorResponse(new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 }), c.req.method));
   app.onError((err, c) => {
@@ -97,5 +105,5 @@ export function createApp(opts: AppOptions): SkiffApp {
     return errorResponse(oci, c.req.method);
   });
 
-  return { app, metrics, upstream };
+  return { app, metrics, upstreams };
 }

@@ -19,6 +19,7 @@ import type { ContentStore } from "../store/store.ts";
 import { OciError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 import { serveRanged } from "./ranged.ts";
+import type { CacheScope } from "./registry.ts";
 
 export const BOOTSTRAP_MEDIA_TYPE = "application/vnd.skiff.bootstrap.v1";
 
@@ -30,7 +31,6 @@ export interface LazyDeps {
   manifests: ManifestCache;
   conversions: Conversions;
   layers: LayerIndex;
-  publicContent: boolean;
   /** How long a bootstrap request waits for a running conversion before answering 202. */
   convertWaitMs: number;
   defaultPlatform: string;
@@ -40,17 +40,15 @@ const IMMUTABLE = "max-age=31536000, immutable";
 const RETRY_AFTER_S = 5;
 
 export function lazyHandler(deps: LazyDeps) {
-  const cacheScope = deps.publicContent ? "public" : "private";
-
-  return async function handle(c: Context, name: string, rest: string): Promise<Response> {
+  return async function handle(c: Context, name: string, rest: string, cacheScope: CacheScope): Promise<Response> {
     const parts = rest.split("/");
-    if (parts[0] === "bootstrap" && parts.length === 2) return bootstrap(c, name, parts[1]!);
-    if (parts[0] === "layers" && parts.length === 4 && parts[3] === "data") return data(c, name, parts[1]!, parts[2]!);
-    if (parts[0] === "layers" && parts.length === 5 && parts[3] === "chunks") return chunk(c, name, parts[1]!, parts[2]!, parts[4]!);
+    if (parts[0] === "bootstrap" && parts.length === 2) return bootstrap(c, name, parts[1]!, cacheScope);
+    if (parts[0] === "layers" && parts.length === 4 && parts[3] === "data") return data(c, name, parts[1]!, parts[2]!, cacheScope);
+    if (parts[0] === "layers" && parts.length === 5 && parts[3] === "chunks") return chunk(c, name, parts[1]!, parts[2]!, parts[4]!, cacheScope);
     throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
   };
 
-  async function bootstrap(c: Context, name: string, reference: string): Promise<Response> {
+  async function bootstrap(c: Context, name: string, reference: string, cacheScope: CacheScope): Promise<Response> {
     const params = requestedParams(c);
     const platform = c.req.query("platform") ?? deps.defaultPlatform;
     try {
@@ -85,10 +83,10 @@ export function lazyHandler(deps: LazyDeps) {
       const body = JSON.stringify({ status: "converting", retryAfter: RETRY_AFTER_S });
       return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });
     }
-    return serveBootstrap(c, waited, params, byDigest);
+    return serveBootstrap(c, waited, params, byDigest, cacheScope);
   }
 
-  function serveBootstrap(c: Context, image: ImageBootstrap, params: ConvertParams, immutable: boolean): Promise<Response> {
+  function serveBootstrap(c: Context, image: ImageBootstrap, params: ConvertParams, immutable: boolean, cacheScope: CacheScope): Promise<Response> {
     const bytes = image.bootstrap.bytes;
     const digest = `sha256:${hashBytes(deps.hasher, "sha256", bytes)}`;
     return serveRanged(c.req.raw, {
@@ -106,7 +104,7 @@ export function lazyHandler(deps: LazyDeps) {
     }).then((served) => served.response);
   }
 
-  async function data(c: Context, name: string, layerRef: string, paramsRef: string): Promise<Response> {
+  async function data(c: Context, name: string, layerRef: string, paramsRef: string, cacheScope: CacheScope): Promise<Response> {
     const layer = await convertedLayer(name, layerRef, paramsRef);
     const served = await serveRanged(c.req.raw, {
       size: layer.dataSize,
@@ -119,7 +117,7 @@ export function lazyHandler(deps: LazyDeps) {
     return served.response;
   }
 
-  async function chunk(c: Context, name: string, layerRef: string, paramsRef: string, file: string): Promise<Response> {
+  async function chunk(c: Context, name: string, layerRef: string, paramsRef: string, file: string, cacheScope: CacheScope): Promise<Response> {
     const m = /^([0-9a-f]{64})\.([a-z0-9-]+)$/.exec(file);
     if (!m || !CHUNK_CODECS.some((codec) => codec === m[2])) throw new OciError("DIGEST_INVALID", `invalid chunk name ${JSON.stringify(file.slice(0, 200))} (want <sha256 hex>.<codec>)`);
     const layer = await convertedLayer(name, layerRef, paramsRef);

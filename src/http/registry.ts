@@ -6,7 +6,8 @@ import { blobKey } from "../cache/keys.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { upstreamError } from "../cache/upstream-errors.ts";
 import { isDigestLike, isValidRepositoryName, isValidTag, parseDigest, splitRegistryPath, type Digest } from "../oci/reference.ts";
-import type { Upstream } from "../oci/upstream.ts";
+import type { Upstreams } from "../oci/upstreams.ts";
+import type { AccessPolicy } from "../access/policy.ts";
 import type { ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
 import { OciError } from "./errors.ts";
@@ -15,19 +16,17 @@ import { serveRanged, type Served } from "./ranged.ts";
 
 export interface RegistryDeps {
   store: ContentStore;
-  upstream: Upstream;
+  upstreams: Upstreams;
+  access: AccessPolicy;
   blobs: BlobCache;
   manifests: ManifestCache;
   metrics: Metrics;
-  /** Registry names accepted in containerd's `?ns=` besides the upstream's own host. */
-  registryAliases: string[];
-  /** Whether shared caches (CDNs) may keep answers: true only for anonymous, public upstreams. */
-  publicContent: boolean;
-  /** Maps a client's repository name to the upstream's (e.g. Docker Hub's `library/` for single names). */
-  upstreamName: (name: string) => string;
-  /** The `_skiff` extension (src/http/lazy.ts), given the upstream name and the path after `_skiff/`. */
-  lazy?: (c: Context, name: string, rest: string) => Promise<Response>;
+  /** The `_skiff` extension (src/http/lazy.ts), given the repository id and the path after `_skiff/`. */
+  lazy?: (c: Context, repository: string, rest: string, cacheScope: CacheScope) => Promise<Response>;
 }
+
+/** `Cache-Control` scope of an answer: `public` only when anyone may have it. */
+export type CacheScope = "public" | "private";
 
 const LAZY_SEGMENT = "/_skiff/";
 
@@ -37,9 +36,6 @@ const MAX_TAG_LIST_BYTES = 16 * 1024 * 1024;
 
 export function registryRoutes(deps: RegistryDeps): Hono {
   const app = new Hono();
-  const cacheScope = deps.publicContent ? "public" : "private";
-
-  app.get("/", (c) => apiVersionResponse(c.req.method));
 
   app.all("/*", async (c) => {
     const method = c.req.method;
@@ -48,26 +44,24 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     }
     const path = c.req.path.replace(/^\/v2\//, "");
     // Repository names never have a component starting with `_`, so the first `/_skiff/` ends the name.
-    const lazyAt = path.indexOf(LAZY_SEGMENT);
-    if (lazyAt > 0 && deps.lazy) {
-      const lazyName = path.slice(0, lazyAt);
-      if (!isValidRepositoryName(lazyName)) throw new OciError("NAME_INVALID", `invalid repository name: ${JSON.stringify(lazyName.slice(0, 300))}`);
-      checkNamespace(c.req.query("ns"), deps);
-      return deps.lazy(c, deps.upstreamName(lazyName), path.slice(lazyAt + LAZY_SEGMENT.length));
-    }
-    const route = splitRegistryPath(path);
+    const lazyAt = deps.lazy ? path.indexOf(LAZY_SEGMENT) : -1;
+    const route = lazyAt > 0 ? { name: path.slice(0, lazyAt), kind: "lazy" as const, rest: path.slice(lazyAt + LAZY_SEGMENT.length) } : splitRegistryPath(path);
     if (!route) throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
     if (!isValidRepositoryName(route.name)) throw new OciError("NAME_INVALID", `invalid repository name: ${JSON.stringify(route.name.slice(0, 300))}`);
-    checkNamespace(c.req.query("ns"), deps);
-    const name = deps.upstreamName(route.name);
+    const target = deps.upstreams.route(route.name, c.req.query("ns"));
+    // Access is decided before any cache is looked at, whatever the route.
+    const grant = await deps.access.authorize(c.req.raw, target);
+    const scope: CacheScope = grant.shareable ? "public" : "private";
+    const repository = target.repository;
 
-    if (route.kind === "manifests") return manifestRoute(c, name, route.rest);
-    if (route.kind === "blobs") return blobRoute(c, name, route.rest);
+    if (route.kind === "lazy") return deps.lazy!(c, repository, route.rest, scope);
+    if (route.kind === "manifests") return manifestRoute(c, repository, route.rest, scope);
+    if (route.kind === "blobs") return blobRoute(c, repository, route.rest, scope);
     if (route.rest !== "list") throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
-    return tagsRoute(c, name);
+    return tagsRoute(c, repository);
   });
 
-  async function manifestRoute(c: Context, name: string, reference: string): Promise<Response> {
+  async function manifestRoute(c: Context, name: string, reference: string, cacheScope: CacheScope): Promise<Response> {
     const accept = c.req.header("accept") ?? null;
     const head = c.req.method === "HEAD";
     let manifest: Manifest;
@@ -93,18 +87,18 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     return new Response(manifest.bytes, { status: 200, headers });
   }
 
-  async function blobRoute(c: Context, name: string, reference: string): Promise<Response> {
+  async function blobRoute(c: Context, name: string, reference: string, cacheScope: CacheScope): Promise<Response> {
     const digest = requireDigest(reference);
     const request = c.req.raw;
     const cached = await deps.blobs.cached(name, digest);
     if (cached) {
       deps.metrics.inc("skiff_cache_hits_total", { kind: "blob" });
-      return counted(await serveStoredBlob(request, digest, cached.size));
+      return counted(await serveStoredBlob(request, digest, cached.size, cacheScope));
     }
     deps.metrics.inc("skiff_cache_misses_total", { kind: "blob" });
     if (request.method === "HEAD") {
       const { size } = await deps.blobs.upstreamHead(name, digest);
-      return new Response(null, { status: 200, headers: blobHeaders(digest, size) });
+      return new Response(null, { status: 200, headers: blobHeaders(digest, size, cacheScope) });
     }
     // A range (or a conditional answer) can only be cut from verified bytes, so such a miss
     // waits for the whole blob; a plain GET is streamed live while it is verified.
@@ -112,10 +106,10 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     const fetch = await deps.blobs.fetch(name, digest, !conditional);
     if (fetch.live) {
       countServed("blob", fetch.size ?? 0);
-      return new Response(fetch.live, { status: 200, headers: blobHeaders(digest, fetch.size) });
+      return new Response(fetch.live, { status: 200, headers: blobHeaders(digest, fetch.size, cacheScope) });
     }
     const size = await fetch.done;
-    return counted(await serveStoredBlob(request, digest, size));
+    return counted(await serveStoredBlob(request, digest, size, cacheScope));
   }
 
   async function tagsRoute(c: Context, name: string): Promise<Response> {
@@ -127,7 +121,7 @@ export function registryRoutes(deps: RegistryDeps): Hono {
       params.set("n", n);
     }
     if (last !== undefined) params.set("last", last);
-    const res = await deps.upstream.request(name, "tags/list", { query: params.toString() });
+    const res = await deps.upstreams.request(name, "tags/list", { query: params.toString() });
     if (!res.ok) throw await upstreamError(res, "tags", `repository ${name}`);
     let body: Uint8Array<ArrayBuffer>;
     try {
@@ -143,7 +137,7 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     return new Response(c.req.method === "HEAD" ? null : body, { status: 200, headers });
   }
 
-  function blobHeaders(digest: Digest, size: number | null): Headers {
+  function blobHeaders(digest: Digest, size: number | null, cacheScope: CacheScope): Headers {
     const headers = new Headers({
       "Content-Type": "application/octet-stream",
       "Docker-Content-Digest": digest.value,
@@ -155,7 +149,7 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     return headers;
   }
 
-  function serveStoredBlob(request: Request, digest: Digest, size: number): Promise<Served> {
+  function serveStoredBlob(request: Request, digest: Digest, size: number, cacheScope: CacheScope): Promise<Served> {
     return serveRanged(request, {
       size,
       etag: `"${digest.value}"`,
@@ -190,12 +184,4 @@ function requireDigest(reference: string): Digest {
   const digest = parseDigest(reference);
   if (!digest) throw new OciError("DIGEST_INVALID", `invalid or unsupported digest: ${JSON.stringify(reference.slice(0, 200))}`);
   return digest;
-}
-
-/** containerd's mirror query names the registry it wants; anything but ours is refused, never contacted. */
-function checkNamespace(ns: string | undefined, deps: RegistryDeps): void {
-  if (ns === undefined) return;
-  const wanted = ns.toLowerCase();
-  if (wanted === deps.upstream.host.toLowerCase() || deps.registryAliases.some((a) => a.toLowerCase() === wanted)) return;
-  throw new OciError("NAME_UNKNOWN", `registry ${JSON.stringify(ns.slice(0, 200))} is not served by this mirror`);
 }

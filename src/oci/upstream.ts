@@ -4,6 +4,7 @@
 import { bearerChallenge, parseChallenges } from "./challenge.ts";
 import { OciError } from "../http/errors.ts";
 import { readAll } from "../util/streams.ts";
+import { rateLimitHeaders } from "../cache/upstream-errors.ts";
 
 export interface Credentials {
   username: string;
@@ -148,7 +149,7 @@ export class Upstream {
       throw new OciError("UNAVAILABLE", `upstream ${this.host} named an invalid token realm`);
     }
     if (!this.isAllowed(url)) {
-      throw new OciError("UNAVAILABLE", `upstream ${this.host} named token realm host ${url.host}, which is not allowed (see --allow-host)`);
+      throw new OciError("UNAVAILABLE", `upstream ${this.host} named token realm host ${url.host}, which is not allowed (add it to the upstream's allowHosts)`);
     }
     if (service) url.searchParams.set("service", service);
     for (const s of scope.split(" ").filter(Boolean)) url.searchParams.append("scope", s);
@@ -158,6 +159,10 @@ export class Upstream {
     if (res.status === 401 || res.status === 403) {
       await res.body?.cancel();
       throw new OciError("DENIED", `upstream token service refused ${this.#opts.credentials ? "the configured credentials" : "anonymous access"} for ${scope}`);
+    }
+    if (res.status === 429) {
+      await res.body?.cancel();
+      throw new OciError("TOOMANYREQUESTS", `upstream token service rate limit reached`, { headers: rateLimitHeaders(res.headers) });
     }
     if (!res.ok) {
       await res.body?.cancel();
@@ -200,7 +205,7 @@ export class Upstream {
         throw new OciError("UNAVAILABLE", `upstream ${this.host} redirected to an invalid location`);
       }
       if (!this.isAllowed(next)) {
-        throw new OciError("UNAVAILABLE", `upstream ${this.host} redirected to ${next.host}, which is not allowed (see --allow-host)`);
+        throw new OciError("UNAVAILABLE", `upstream ${this.host} redirected to ${next.host}, which is not allowed (add it to the upstream's allowHosts)`);
       }
       if (next.origin !== this.origin.origin) delete headers.Authorization;
       current = next;

@@ -5,19 +5,15 @@ import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
-import type { Credentials } from "../oci/upstream.ts";
+import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { FsStore } from "../store/fs.ts";
 import { useNodeGunzip } from "./node-gunzip.ts";
 
 export interface NodeServerOptions {
-  upstream: string;
-  credentials?: Credentials;
-  allowHosts?: string[];
-  registryAliases?: string[];
+  config: SkiffConfig;
   host: string;
   port: number;
   dataDir: string;
-  tagTtlSeconds: number;
   maxLayerBytes?: number;
   convertWaitSeconds?: number;
   defaultPlatform?: string;
@@ -32,19 +28,28 @@ export interface RunningServer extends SkiffApp {
 export async function startNodeServer(opts: NodeServerOptions): Promise<RunningServer> {
   useNodeGunzip();
   const store = await new FsStore(opts.dataDir).init();
-  // bodyTimeout is the longest silence between two chunks, not a limit on a whole (large) blob.
-  const dispatcher = new Agent({ connections: 64, headersTimeout: 30_000, bodyTimeout: 60_000, connectTimeout: 10_000 });
-  const upstreamFetch = ((input: URL, init: RequestInit) => undiciFetch(input, { ...(init as object), dispatcher })) as unknown as typeof fetch;
+  // One connection pool per upstream, trusting its CA bundle when it has one. bodyTimeout is the
+  // longest silence between two chunks, not a limit on a whole (large) blob.
+  const dispatchers = new Map<string, Agent>();
+  const fetchFor = (upstream: UpstreamConfig) => {
+    let dispatcher = dispatchers.get(upstream.prefix);
+    if (!dispatcher) {
+      const connect = upstream.ca ? { ca: upstream.ca, timeout: 10_000 } : { timeout: 10_000 };
+      dispatcher = new Agent({ connections: 64, headersTimeout: 30_000, bodyTimeout: 60_000, connect });
+      dispatchers.set(upstream.prefix, dispatcher);
+    }
+    const pool = dispatcher;
+    return ((input: URL, init: RequestInit) => undiciFetch(input, { ...(init as object), dispatcher: pool })) as unknown as typeof fetch;
+  };
 
   const skiff = createApp({
-    upstream: { url: opts.upstream, credentials: opts.credentials, allowHosts: opts.allowHosts, fetch: upstreamFetch },
+    config: opts.config,
     store,
     hasher: nodeHasher,
-    tagTtlSeconds: opts.tagTtlSeconds,
+    fetchFor,
     maxLayerBytes: opts.maxLayerBytes,
     convertWaitSeconds: opts.convertWaitSeconds,
     defaultPlatform: opts.defaultPlatform,
-    registryAliases: opts.registryAliases,
     log: opts.log,
   });
 
@@ -63,7 +68,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       (server as import("node:http").Server).closeIdleConnections?.();
       await closed;
-      await dispatcher.close();
+      await Promise.all([...dispatchers.values()].map((d) => d.close()));
     },
   };
 }

@@ -47,6 +47,8 @@ async function startSkiff(password: string): Promise<Skiff> {
     upstreamUser: USER,
     upstreamPassword: password,
     allowHosts: [issuer.hostPort],
+    // Serve what these credentials reach to anonymous clients (the default for an upstream with credentials is private).
+    extraArgs: ["--upstream-public"],
   });
   skiffs.push(s);
   return s;

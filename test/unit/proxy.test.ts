@@ -9,6 +9,7 @@ import { Agent, fetch as undiciFetch } from "undici";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
+import { resolveConfig } from "../../src/config/config.ts";
 import { startNodeServer, type RunningServer } from "../../src/runtime/node.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import type { ContentStore } from "../../src/store/store.ts";
@@ -24,10 +25,10 @@ function setup(opts: { store?: ContentStore } = {}) {
   let clock = 1_700_000_000_000;
   const logs: string[] = [];
   const skiff = createApp({
-    upstream: { url: upstream.origin, fetch: upstream.fetch },
+    config: resolveConfig({ upstreams: { up: { url: upstream.origin } } }, { defaultTagTtlSeconds: TTL_S }),
+    fetchFor: () => upstream.fetch,
     store,
     hasher: nodeHasher,
-    tagTtlSeconds: TTL_S,
     now: () => clock,
     log: (m) => logs.push(m),
   });
@@ -315,7 +316,7 @@ describe("repository scoping", () => {
       if (method === "GET") expect((await ociError(denied)).code).toBe("BLOB_UNKNOWN");
     }
     expect(t.upstream.count(`/v2/b/y/blobs/${digest}`, "GET")).toBe(0);
-    expect(t.keys("repositories/b/y/")).toEqual([]);
+    expect(t.keys("repositories/up/b/y/")).toEqual([]);
 
     t.upstream.addBlob(["b/y"], data);
     const before = t.upstream.requests.length;
@@ -324,7 +325,7 @@ describe("repository scoping", () => {
     expect(same(new Uint8Array(await ok.arrayBuffer()), data)).toBe(true);
     // Confirmed by a HEAD, served from the cache, and remembered.
     expect(t.upstream.requests.slice(before).map((r) => `${r.method} ${r.url.pathname}`)).toEqual([`HEAD /v2/b/y/blobs/${digest}`]);
-    expect(t.keys("repositories/b/y/_blobs/")).toHaveLength(1);
+    expect(t.keys("repositories/up/b/y/_blobs/")).toHaveLength(1);
     await (await t.request(`/v2/b/y/blobs/${digest}`)).arrayBuffer();
     expect(t.upstream.requests.length - before).toBe(1);
   });
@@ -337,7 +338,7 @@ describe("repository scoping", () => {
 
     const denied = await t.request(`/v2/b/y/manifests/${digest}`);
     expect(await ociError(denied)).toMatchObject({ status: 404, code: "MANIFEST_UNKNOWN" });
-    expect(t.keys("repositories/b/y/")).toEqual([]);
+    expect(t.keys("repositories/up/b/y/")).toEqual([]);
 
     t.upstream.addManifest("b/y", null, body);
     const before = t.upstream.requests.length;
@@ -346,7 +347,7 @@ describe("repository scoping", () => {
     expect(await ok.text()).toBe(body);
     expect(ok.headers.get("docker-content-digest")).toBe(digest);
     expect(t.upstream.requests.slice(before).map((r) => r.method)).toEqual(["HEAD"]);
-    expect(t.keys("repositories/b/y/_manifests/")).toHaveLength(1);
+    expect(t.keys("repositories/up/b/y/_manifests/")).toHaveLength(1);
   });
 });
 
@@ -421,20 +422,21 @@ describe("manifests", () => {
     expect(t.metric("skiff_stale_served_total")).toBe(2);
   });
 
-  it("does not forget a cached tag because the upstream rate-limited its revalidation", async () => {
+  it("serves a cached tag stale while the upstream rate-limits its revalidation, and keeps it", async () => {
     const { t } = await cachedTag();
     t.advance((TTL_S + 1) * 1000);
     t.upstream.override = (req) => json(429, { errors: [{ code: "TOOMANYREQUESTS", message: "pull limit" }] }, req.method === "HEAD", { "Retry-After": "30" });
     const limited = await t.request("/v2/lib/app/manifests/latest");
-    expect(limited.headers.get("retry-after")).toBe("30");
-    expect(await ociError(limited)).toMatchObject({ status: 429, code: "TOOMANYREQUESTS" });
+    expect(limited.status).toBe(200);
+    expect(await limited.text()).toBe(body1);
+    expect(limited.headers.get("warning")).toMatch(/^110 /);
+    expect(t.metric("skiff_upstream_rate_limited_total", { upstream: "up" })).toBe(1);
     // A rate limit says nothing about the tag: when the upstream then goes down, the copy is still there.
     t.upstream.override = undefined;
     t.upstream.down = true;
     const res = await t.request("/v2/lib/app/manifests/latest");
     expect(res.status).toBe(200);
     expect(await res.text()).toBe(body1);
-    expect(res.headers.get("warning")).toMatch(/^110 /);
   });
 
   it("passes an upstream 404 after the TTL on instead of serving stale", async () => {
@@ -470,6 +472,26 @@ describe("manifests", () => {
     const head = await t.request(`/v2/lib/app/blobs/${digest}`, { method: "HEAD" });
     expect(head.status).toBe(429);
     expect(head.headers.get("retry-after")).toBe("17");
+  });
+
+  it("turns Docker Hub's 429 (no Retry-After, RateLimit headers) and a dated Retry-After into seconds, and counts them", async () => {
+    const t = setup();
+    const hub = { "RateLimit-Limit": "100;w=21600", "RateLimit-Remaining": "0;w=21600", "Docker-RateLimit-Source": "203.0.113.9" };
+    t.upstream.override = (req) => json(429, { errors: [{ code: "TOOMANYREQUESTS", message: "You have reached your pull rate limit." }] }, req.method === "HEAD", hub);
+    const res = await t.request("/v2/lib/app/manifests/latest");
+    expect(await ociError(res)).toMatchObject({ status: 429, code: "TOOMANYREQUESTS" });
+    expect(res.headers.get("retry-after")).toBe("60");
+    expect(res.headers.get("ratelimit-limit")).toBe("100;w=21600");
+    expect(res.headers.get("ratelimit-remaining")).toBe("0;w=21600");
+    expect(res.headers.get("docker-ratelimit-source")).toBeNull();
+
+    const inTwoMinutes = new Date(Date.now() + 120_000).toUTCString();
+    t.upstream.override = (req) => json(429, { errors: [] }, req.method === "HEAD", { "Retry-After": inTwoMinutes });
+    const dated = await t.request(`/v2/lib/app/blobs/${sha256("y")}`);
+    expect(dated.status).toBe(429);
+    expect(Number(dated.headers.get("retry-after"))).toBeGreaterThanOrEqual(118);
+    expect(Number(dated.headers.get("retry-after"))).toBeLessThanOrEqual(120);
+    expect(t.metric("skiff_upstream_rate_limited_total", { upstream: "up" })).toBe(2);
   });
 
   it("refuses a tag whose body does not match the upstream's Docker-Content-Digest and caches nothing", async () => {
@@ -622,7 +644,7 @@ describe("upstream presets and tag lists", () => {
   it("maps single-component names to library/ on Docker Hub and accepts ns=docker.io", async () => {
     const upstream = new FakeRegistry("https://registry-1.docker.io");
     const digest = upstream.addManifest("library/alpine", "3", JSON.stringify({ schemaVersion: 2 }));
-    const skiff = createApp({ upstream: { url: upstream.origin, fetch: upstream.fetch }, store: new MemoryStore(), hasher: nodeHasher });
+    const skiff = createApp({ config: resolveConfig({ upstreams: { "docker.io": {} } }), fetchFor: () => upstream.fetch, store: new MemoryStore(), hasher: nodeHasher });
     const res = await skiff.app.fetch(new Request("http://skiff.test/v2/alpine/manifests/3?ns=docker.io"));
     expect(res.status).toBe(200);
     expect(res.headers.get("docker-content-digest")).toBe(digest);
@@ -667,7 +689,7 @@ describe("metrics", () => {
     const after = await scrape();
     expect(after).toMatch(/^skiff_cache_misses_total\{kind="blob"\} 1$/m);
     expect(after).toMatch(/^skiff_cache_hits_total\{kind="blob"\} 1$/m);
-    expect(after).toMatch(/^skiff_upstream_requests_total\{status="200"\} 1$/m);
+    expect(after).toMatch(/^skiff_upstream_requests_total\{upstream="up",status="200"\} 1$/m);
     expect(after).toMatch(/^skiff_upstream_bytes_total 3000$/m);
     expect(after).toMatch(/^skiff_served_bytes_total\{kind="blob"\} 6000$/m);
     expect(after).toMatch(/^skiff_http_requests_total\{kind="blobs",method="GET",status="200"\} 2$/m);
@@ -688,7 +710,8 @@ describe("over real sockets (startNodeServer)", () => {
     cleanups.push(() => up.close());
     const dataDir = await mkdtemp(join(tmpdir(), "skiff-proxy-"));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
-    const skiff = await startNodeServer({ upstream: up.url, host: "127.0.0.1", port: 0, dataDir, tagTtlSeconds: TTL_S });
+    const config = resolveConfig({ upstreams: { up: { url: up.url } } }, { defaultTagTtlSeconds: TTL_S });
+    const skiff = await startNodeServer({ config, host: "127.0.0.1", port: 0, dataDir });
     cleanups.push(() => skiff.close());
     return { skiff, up, dataDir };
   }
@@ -739,7 +762,7 @@ describe("over real sockets (startNodeServer)", () => {
     await reader.read().catch(() => {});
     // Published when both the blob and the repository's link to it are on disk.
     const dir = join(dataDir, "blobs", "sha256", digest.slice(7, 9));
-    const linkDir = join(dataDir, "repositories", "lib", "app", "_blobs", "sha256");
+    const linkDir = join(dataDir, "repositories", "up", "lib", "app", "_blobs", "sha256");
     const present = async (d: string) => (await readdir(d).catch(() => [])).length > 0;
     for (let i = 0; i < 300 && !((await present(dir)) && (await present(linkDir))); i++) await new Promise((r) => setTimeout(r, 10));
     expect(await readdir(dir)).toEqual([digest.slice(7)]);

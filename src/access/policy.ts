@@ -1,0 +1,121 @@
+// Who may pull what (docs/configuration.md#access-control). Every registry and lazy route asks
+// `authorize` before it looks at any cache, so a private repository's content is only ever served to
+// a client allowed to pull that repository, however it names the content.
+import type { AccessConfig, Principal } from "../config/config.ts";
+import type { HasherFactory } from "../hash/hasher.ts";
+import { OciError } from "../http/errors.ts";
+import type { Metrics } from "../http/metrics.ts";
+import type { Credentials, Upstream } from "../oci/upstream.ts";
+import type { Route } from "../oci/upstreams.ts";
+import { parseAuthorization, secretsEqual, type ClientCredentials } from "./authorization.ts";
+import { PassthroughChecker } from "./passthrough.ts";
+import { TokenSigner } from "./tokens.ts";
+
+export interface Grant {
+  /** Whether shared caches (CDNs) may keep the answer: only when anyone could have it. */
+  shareable: boolean;
+}
+
+export interface AccessDeps {
+  hasher: HasherFactory;
+  metrics: Metrics;
+  clientFor: (route: Route, credentials: Credentials | undefined) => Upstream;
+  now?: () => number;
+}
+
+export const TOKEN_PATH = "/_skiff/token";
+const SERVICE = "skiff";
+
+export class AccessPolicy {
+  readonly config: AccessConfig;
+  readonly signer: TokenSigner;
+  readonly #metrics: Metrics;
+  readonly #passthrough: PassthroughChecker;
+
+  constructor(config: AccessConfig, deps: AccessDeps) {
+    const now = deps.now ?? Date.now;
+    this.config = config;
+    this.signer = new TokenSigner(config.tokenSecret, now);
+    this.#metrics = deps.metrics;
+    this.#passthrough = new PassthroughChecker({ hasher: deps.hasher, clientFor: deps.clientFor, ttlMs: config.decisionTtlSeconds * 1000, now });
+  }
+
+  /** May this request pull from the route's repository? Throws the OCI error to answer otherwise. */
+  async authorize(request: Request, route: Route): Promise<Grant> {
+    try {
+      const grant = await this.#decide(request, route);
+      this.#count("allowed");
+      return grant;
+    } catch (err) {
+      if (err instanceof OciError) this.#count(err.code === "UNAUTHORIZED" ? "unauthorized" : err.code === "DENIED" ? "denied" : "unavailable");
+      throw err;
+    }
+  }
+
+  /** `GET /v2/`: in `credentials` mode it is where clients discover that they must log in. */
+  async authorizeBase(request: Request): Promise<void> {
+    if (this.config.mode !== "credentials") return;
+    const principal = await this.identify(request.headers.get("authorization"));
+    if (!principal || principal === "invalid") throw this.#challenge(request, undefined, principal === "invalid");
+  }
+
+  async #decide(request: Request, route: Route): Promise<Grant> {
+    const { mode } = this.config;
+    if (mode === "open") return { shareable: true };
+    const header = request.headers.get("authorization");
+    if (mode === "credentials") {
+      const principal = await this.identify(header);
+      if (!principal || principal === "invalid") throw this.#challenge(request, route, principal === "invalid");
+      if (!principal.mayPull(route.repository)) throw new OciError("DENIED", `${principal.label} may not pull ${route.repository}`);
+      return { shareable: false };
+    }
+    // passthrough
+    if (route.upstream.public) return { shareable: true };
+    const parsed = parseAuthorization(header);
+    const credentials = parsed && parsed !== "invalid" && parsed.kind === "basic" ? { username: parsed.username, password: parsed.password } : undefined;
+    if (parsed && !credentials) throw passthroughChallenge("send Basic credentials of the upstream registry");
+    if (await this.#passthrough.allowed(route, header ?? "", credentials)) return { shareable: false };
+    if (!credentials) throw passthroughChallenge(`pulling ${route.repository} needs credentials of its registry`);
+    throw new OciError("DENIED", `the upstream registry does not let these credentials pull ${route.repository}`);
+  }
+
+  /** The configured user or token behind an Authorization header: null when there is none. */
+  async identify(header: string | null): Promise<Principal | null | "invalid"> {
+    const parsed = parseAuthorization(header);
+    if (parsed === null) return null;
+    return (parsed !== "invalid" && (await this.#principal(parsed))) || "invalid";
+  }
+
+  /** The user with these Basic credentials, for the token endpoint. */
+  user(username: string, password: string): Principal | null {
+    const user = this.config.users.get(username);
+    return user && secretsEqual(user.secret, password) ? user : null;
+  }
+
+  async #principal(credentials: ClientCredentials): Promise<Principal | null> {
+    if (credentials.kind === "basic") return this.user(credentials.username, credentials.password);
+    // Static tokens are compared each in full so the time taken says nothing about which one nearly matched.
+    let found: Principal | null = null;
+    for (const t of this.config.tokens) if (secretsEqual(t.secret, credentials.token)) found = t;
+    if (found) return found;
+    const claims = await this.signer.verify(credentials.token);
+    return claims ? (this.config.users.get(claims.sub) ?? null) : null;
+  }
+
+  /** A 401 that sends the client to the token endpoint (clients drop an expired token on `invalid_token`). */
+  #challenge(request: Request, route: Route | undefined, invalid: boolean): OciError {
+    const realm = this.config.realm ?? `${new URL(request.url).origin}${TOKEN_PATH}`;
+    const scope = route ? `,scope="repository:${route.repository}:pull"` : "";
+    const error = invalid ? `,error="invalid_token"` : "";
+    const message = invalid ? "invalid or expired credentials" : "authentication required";
+    return new OciError("UNAUTHORIZED", message, { headers: { "WWW-Authenticate": `Bearer realm="${realm}",service="${SERVICE}"${scope}${error}` } });
+  }
+
+  #count(result: string): void {
+    this.#metrics.inc("skiff_access_total", { mode: this.config.mode, result });
+  }
+}
+
+function passthroughChallenge(message: string): OciError {
+  return new OciError("UNAUTHORIZED", message, { headers: { "WWW-Authenticate": `Basic realm="${SERVICE}"` } });
+}
