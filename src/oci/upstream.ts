@@ -91,7 +91,7 @@ export class Upstream {
   async request(name: string, path: string, req: UpstreamRequest = {}): Promise<Response> {
     const url = new URL(`/v2/${name}/${path}${req.query ? `?${req.query}` : ""}`, this.origin);
     const scope = `repository:${name}:pull`;
-    let res = await this.#send(url, req, await this.#authorization(scope, false));
+    let res = await this.#send(url, req, await this.#authorization(scope, false), scope);
     if (res.status !== 401) return res;
 
     const header = res.headers.get("www-authenticate");
@@ -99,14 +99,14 @@ export class Upstream {
     if (bearer) {
       await res.body?.cancel();
       this.#scheme = { kind: "bearer", realm: bearer.realm, service: bearer.service };
-      const token = await this.#token(bearer.realm, bearer.service, bearer.scope ?? scope, true);
-      return this.#send(url, req, `Bearer ${token}`);
+      const token = await this.#token(bearer.realm, bearer.service, bearer.scope ?? scope, true, true);
+      return this.#send(url, req, `Bearer ${token}`, scope);
     }
     const basic = header ? parseChallenges(header).some((c) => c.scheme === "basic") : false;
     if (basic && this.#opts.credentials && this.#scheme?.kind !== "basic") {
       await res.body?.cancel();
       this.#scheme = { kind: "basic" };
-      return this.#send(url, req, this.#basic());
+      return this.#send(url, req, this.#basic(), scope);
     }
     return res;
   }
@@ -119,18 +119,21 @@ export class Upstream {
   async #authorization(scope: string, refresh: boolean): Promise<string | undefined> {
     const scheme = this.#scheme;
     if (scheme?.kind === "basic") return this.#opts.credentials ? this.#basic() : undefined;
-    if (scheme?.kind === "bearer") return `Bearer ${await this.#token(scheme.realm, scheme.service, scope, refresh)}`;
+    if (scheme?.kind === "bearer") return `Bearer ${await this.#token(scheme.realm, scheme.service, scope, refresh, true)}`;
     return undefined;
   }
 
-  /** A token for the scope, from the cache unless `refresh`; concurrent callers share one request. */
-  async #token(realm: string, service: string | undefined, scope: string, refresh: boolean): Promise<string> {
-    const key = `${realm}\n${service ?? ""}\n${scope}`;
+  /**
+   * A token for the scope, from the cache unless `refresh`; concurrent callers share one request.
+   * The configured credentials go only to the registry's own token service (`withCredentials`).
+   */
+  async #token(realm: string, service: string | undefined, scope: string, refresh: boolean, withCredentials: boolean): Promise<string> {
+    const key = `${realm}\n${service ?? ""}\n${scope}\n${withCredentials}`;
     const cached = this.#tokens.get(key);
     if (!refresh && cached && cached.expiresAt > this.#now()) return cached.token;
     let pending = this.#pendingTokens.get(key);
     if (!pending) {
-      pending = this.#fetchToken(realm, service, scope)
+      pending = this.#fetchToken(realm, service, scope, withCredentials)
         .then((t) => {
           this.#tokens.set(key, t);
           return t.token;
@@ -141,7 +144,7 @@ export class Upstream {
     return pending;
   }
 
-  async #fetchToken(realm: string, service: string | undefined, scope: string): Promise<CachedToken> {
+  async #fetchToken(realm: string, service: string | undefined, scope: string, withCredentials: boolean): Promise<CachedToken> {
     let url: URL;
     try {
       url = new URL(realm);
@@ -154,11 +157,12 @@ export class Upstream {
     if (service) url.searchParams.set("service", service);
     for (const s of scope.split(" ").filter(Boolean)) url.searchParams.append("scope", s);
     const headers: Record<string, string> = { Accept: "application/json" };
-    if (this.#opts.credentials) headers.Authorization = this.#basic();
+    const credentials = withCredentials ? this.#opts.credentials : undefined;
+    if (credentials) headers.Authorization = this.#basic();
     const res = await this.#exchange(url, { method: "GET", headers });
     if (res.status === 401 || res.status === 403) {
       await res.body?.cancel();
-      throw new OciError("DENIED", `upstream token service refused ${this.#opts.credentials ? "the configured credentials" : "anonymous access"} for ${scope}`);
+      throw new OciError("DENIED", `upstream token service refused ${credentials ? "the configured credentials" : "anonymous access"} for ${scope}`);
     }
     if (res.status === 429) {
       await res.body?.cancel();
@@ -183,8 +187,12 @@ export class Upstream {
     return { token, expiresAt: start + lifetime * 1000 - Math.min(TOKEN_EXPIRY_MARGIN_MS, (lifetime * 1000) / 2) };
   }
 
-  /** One request with redirects followed by hand; Authorization is dropped on leaving the origin. */
-  async #send(url: URL, req: UpstreamRequest, authorization: string | undefined): Promise<Response> {
+  /**
+   * One request with redirects followed by hand; Authorization is dropped on leaving the origin. A
+   * host redirected to that asks for its own bearer token (registry.k8s.io sends clients on to
+   * Artifact Registry) gets an anonymous one, used for that host only.
+   */
+  async #send(url: URL, req: UpstreamRequest, authorization: string | undefined, scope: string): Promise<Response> {
     const headers: Record<string, string> = {
       ...req.headers,
       "Accept-Encoding": "identity",
@@ -193,7 +201,13 @@ export class Upstream {
     if (authorization) headers.Authorization = authorization;
     let current = url;
     for (let hop = 0; ; hop++) {
-      const res = await this.#exchange(current, { method: req.method ?? "GET", headers });
+      let res = await this.#exchange(current, { method: req.method ?? "GET", headers });
+      const bearer = res.status === 401 && current.origin !== this.origin.origin ? bearerChallenge(res.headers.get("www-authenticate")) : null;
+      if (bearer) {
+        await res.body?.cancel();
+        const token = await this.#token(bearer.realm, bearer.service, bearer.scope ?? scope, false, false);
+        res = await this.#exchange(current, { method: req.method ?? "GET", headers: { ...headers, Authorization: `Bearer ${token}` } });
+      }
       const location = res.headers.get("location");
       if (res.status < 300 || res.status >= 400 || res.status === 304 || !location) return res;
       await res.body?.cancel();

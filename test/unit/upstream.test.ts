@@ -234,6 +234,31 @@ describe("Upstream: redirects", () => {
     expect(storage.requests[0]!.headers["accept-encoding"]).toBe("identity");
   });
 
+  it("fetches an anonymous token for a redirect target that asks for one, and uses it only there", async () => {
+    // registry.k8s.io's shape: the registry redirects to another registry with its own token service.
+    const tokens = await server((req, res) => send(res, 200, JSON.stringify({ token: `t-for-${new URL(req.url!, "http://x").searchParams.get("scope")}` })));
+    const mirror = await server((req, res) => {
+      if (req.headers.authorization !== "Bearer t-for-repository:images/app:pull") {
+        return send(res, 401, "", { "WWW-Authenticate": `Bearer realm="${tokens.url}/token",service="mirror",scope="repository:images/app:pull"` });
+      }
+      send(res, 200, "manifest");
+    });
+    const reg = await server((req, res) => {
+      if (req.headers.authorization !== basic("u", "p")) return send(res, 401, "", { "WWW-Authenticate": 'Basic realm="r"' });
+      send(res, 307, "", { Location: `${mirror.url}/v2/images/app/manifests/v1` });
+    });
+    const up = new Upstream({ url: reg.url, credentials: { username: "u", password: "p" }, allowHosts: [mirror.host, tokens.host] });
+    const res = await up.request("app", "manifests/v1");
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe("manifest");
+    // The registry's own credentials never reach the other host or its token service.
+    expect(tokens.requests.map((r) => r.headers.authorization ?? null)).toEqual([null]);
+    expect(mirror.requests.map((r) => r.headers.authorization ?? null)).toEqual([null, "Bearer t-for-repository:images/app:pull"]);
+    // The token is cached: a second request costs no new token.
+    expect((await up.request("app", "manifests/v1")).status).toBe(200);
+    expect(tokens.requests).toHaveLength(1);
+  });
+
   it("keeps the Authorization header on a redirect within the registry's own origin", async () => {
     const reg = await server((req, res) => {
       if (req.headers.authorization !== basic("u", "p")) return send(res, 401, "", { "WWW-Authenticate": 'Basic realm="r"' });
