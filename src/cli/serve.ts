@@ -148,6 +148,9 @@ function singleUpstreamConfig(values: Record<string, unknown>, env: NodeJS.Proce
   const prefix = preset?.[0] ?? (/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/.test(host) ? host : "upstream");
   const access = (values.access as string | undefined) ?? "open";
   if (access !== "open" && access !== "passthrough") throw new UsageError(`--access must be open or passthrough (credentials mode needs a config file), got ${JSON.stringify(access)}`);
+  if (username !== undefined && access === "open" && !values["upstream-public"]) {
+    throw new UsageError("with upstream credentials the upstream is private: add --upstream-public to serve what they reach to anyone, or --access passthrough");
+  }
   return {
     upstreams: {
       [prefix]: {

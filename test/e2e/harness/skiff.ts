@@ -1,6 +1,6 @@
 // The skiff proxy under test, as a child process: `node bin/skiff.js serve …` (needs `npm run build`).
 // Parses the `skiff listening on http://HOST:PORT` line, and reads memory use and /metrics.
-import { existsSync, openSync, closeSync, readFileSync } from "node:fs";
+import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ChildProcess } from "node:child_process";
@@ -12,7 +12,10 @@ export const REPO_ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "
 export const SKIFF_BIN = process.env.SKIFF_E2E_BIN ?? join(REPO_ROOT, "bin", "skiff.js");
 
 export interface SkiffOptions {
-  upstream: string;
+  /** `--upstream URL`; left out when not given (e.g. with `config`). */
+  upstream?: string;
+  /** A config document (docs/configuration.md), written to `config.json` in skiff's temp dir and passed as `--config`. */
+  config?: object;
   /** Store directory; a fresh temp dir by default. */
   dataDir?: string;
   tagTtl?: number;
@@ -47,7 +50,13 @@ export class Skiff {
     const dir = tempDir("skiff");
     const dataDir = o.dataDir ?? join(dir, "data");
     const logPath = join(dir, "skiff.log");
-    const args = [SKIFF_BIN, "serve", "--upstream", o.upstream, "--host", "127.0.0.1", "--port", "0", "--data", dataDir];
+    const args = [SKIFF_BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--data", dataDir];
+    if (o.upstream !== undefined) args.push("--upstream", o.upstream);
+    if (o.config !== undefined) {
+      const configPath = join(dir, "config.json");
+      writeFileSync(configPath, JSON.stringify(o.config, null, 2));
+      args.push("--config", configPath);
+    }
     if (o.tagTtl !== undefined) args.push("--tag-ttl", String(o.tagTtl));
     if (o.upstreamUser !== undefined) args.push("--upstream-user", o.upstreamUser);
     if (o.upstreamPassword !== undefined) args.push("--upstream-password", o.upstreamPassword);

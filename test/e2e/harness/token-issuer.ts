@@ -1,6 +1,9 @@
 // A Docker-registry token server for tests (node:http on 127.0.0.1). It checks HTTP Basic
 // credentials and issues ES256 JWTs carrying an `x5c` header with a self-signed certificate; the same
 // certificate is the registry's `rootcertbundle`, so Distribution 2.8 accepts the tokens.
+// By default a valid user gets every scope it asks for; an optional ACL limits users to named
+// repositories the way Distribution's token servers do: a scope for any other repository comes back
+// with no actions, so the registry answers 401 insufficient_scope.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createPrivateKey, randomUUID, sign, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -17,6 +20,12 @@ export interface TokenIssuerOptions {
   issuer: string;
   /** Token lifetime in seconds (default 300). */
   expiresIn?: number;
+  /**
+   * username → repository names the user may access (exact names, or `prefix/*` for every name
+   * below `prefix/`). Users not listed get every scope they ask for; a listed user's `repository`
+   * scopes for other names are granted with no actions.
+   */
+  acl?: Record<string, string[]>;
 }
 
 export interface AccessEntry {
@@ -31,6 +40,10 @@ export interface TokenRequestRecord {
   user: string | undefined;
   granted: boolean;
   scopes: string[];
+  /** The access the issued token carries (after the ACL), when one was issued. */
+  access?: AccessEntry[];
+  /** The issued token, when one was issued (lets a test check it never shows up elsewhere). */
+  token?: string;
 }
 
 const b64url = (buf: Buffer | string) => Buffer.from(buf).toString("base64url");
@@ -154,6 +167,14 @@ export class TokenIssuer {
     return { token: `${signingInput}.${b64url(signature)}`, expiresIn, issuedAt: new Date(now * 1000).toISOString() };
   }
 
+  /** Whether the ACL lets `user` have `entry` (always, for users the ACL does not list). */
+  allows(user: string, entry: AccessEntry): boolean {
+    const allowed = this.options.acl?.[user];
+    if (allowed === undefined) return true;
+    if (entry.type !== "repository") return false;
+    return allowed.some((n) => (n.endsWith("/*") ? entry.name.startsWith(n.slice(0, -1)) : entry.name === n));
+  }
+
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", this.url);
     const chunks: Buffer[] = [];
@@ -208,9 +229,14 @@ export class TokenIssuer {
         .end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}');
       return;
     }
-    const access = scopes.map(parseScope).filter((a): a is AccessEntry => a !== undefined);
+    const access = scopes
+      .map(parseScope)
+      .filter((a): a is AccessEntry => a !== undefined)
+      .map((a) => (this.allows(user!, a) ? a : { ...a, actions: [] }));
     const { token, expiresIn, issuedAt } = this.issueToken(user, access);
     record.granted = true;
+    record.access = access;
+    record.token = token;
     res
       .writeHead(200, { "content-type": "application/json" })
       .end(JSON.stringify({ token, access_token: token, expires_in: expiresIn, issued_at: issuedAt }));
