@@ -233,7 +233,8 @@ export class Upstream {
     } catch (err) {
       this.#opts.onExchange?.("error");
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      const reason = cause?.code ?? cause?.message ?? (err as Error).message;
+      // The message says what went wrong ("unable to verify the first certificate"), the code what to search for.
+      const reason = cause?.message && cause.code && !cause.message.includes(cause.code) ? `${cause.message} (${cause.code})` : (cause?.message ?? cause?.code ?? (err as Error).message);
       throw new UpstreamUnreachable(`upstream ${url.host} unreachable: ${reason}`, { cause: err });
     }
     this.#opts.onExchange?.(res.status);

@@ -4,6 +4,7 @@
 import { closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
+import { Agent, fetch as undiciFetch } from "undici";
 import { tempDir } from "./workdir.ts";
 import { freePort, hasExited, spawnService, stopChild, waitFor } from "./processes.ts";
 
@@ -21,10 +22,19 @@ export interface HtpasswdAuthConfig {
   path: string;
 }
 
+/** PEM files for serving https; `ca` is what a client must trust. */
+export interface TlsFiles {
+  certificate: string;
+  key: string;
+  ca: string;
+}
+
 export interface RegistryOptions {
   /** Recognisable name for the temp dir. */
   name?: string;
   auth?: { token: TokenAuthConfig } | { htpasswd: HtpasswdAuthConfig };
+  /** Serve https with these files instead of plain http. */
+  tls?: TlsFiles;
 }
 
 export interface AccessLogLine {
@@ -68,11 +78,13 @@ export class Registry {
   readonly accessLogPath: string;
   readonly errorLogPath: string;
   readonly port: number;
+  readonly tls: TlsFiles | undefined;
   private child: ChildProcess | undefined;
 
-  private constructor(dir: string, port: number) {
+  private constructor(dir: string, port: number, tls: TlsFiles | undefined) {
     this.dir = dir;
     this.port = port;
+    this.tls = tls;
     this.storageDir = join(dir, "storage");
     this.configPath = join(dir, "config.yml");
     this.accessLogPath = join(dir, "access.log");
@@ -83,7 +95,7 @@ export class Registry {
   static async start(options: RegistryOptions = {}): Promise<Registry> {
     const dir = tempDir(options.name ?? "registry");
     const port = await freePort();
-    const reg = new Registry(dir, port);
+    const reg = new Registry(dir, port, options.tls);
     writeFileSync(reg.configPath, reg.config(options));
     writeFileSync(reg.accessLogPath, "");
     await reg.start();
@@ -95,7 +107,7 @@ export class Registry {
   }
 
   get url(): string {
-    return `http://${this.hostPort}`;
+    return `${this.tls ? "https" : "http"}://${this.hostPort}`;
   }
 
   get running(): boolean {
@@ -122,6 +134,7 @@ export class Registry {
       `  addr: ${yamlString(this.hostPort)}`,
       `  secret: ${yamlString(`skiff-e2e-${this.port}`)}`,
     ];
+    if (this.tls) lines.push("  tls:", `    certificate: ${yamlString(this.tls.certificate)}`, `    key: ${yamlString(this.tls.key)}`);
     const auth = options.auth;
     if (auth !== undefined && "token" in auth) {
       lines.push(
@@ -169,7 +182,8 @@ export class Registry {
           if (hasExited(child)) {
             throw new Error(`docker-registry exited (${child.exitCode}): ${this.errorLog().slice(-2000)}`);
           }
-          const res = await fetch(`${this.url}/v2/`, { signal: AbortSignal.timeout(2_000) });
+          const dispatcher = this.tls ? new Agent({ connect: { ca: readFileSync(this.tls.ca, "utf8") } }) : undefined;
+          const res = await undiciFetch(`${this.url}/v2/`, { signal: AbortSignal.timeout(2_000), dispatcher }).finally(() => dispatcher?.close());
           await res.arrayBuffer();
           return res.status === 200 || res.status === 401 ? true : undefined;
         },
