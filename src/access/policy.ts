@@ -52,11 +52,18 @@ export class AccessPolicy {
     }
   }
 
-  /** `GET /v2/`: in `credentials` mode it is where clients discover that they must log in. */
-  async authorizeBase(request: Request): Promise<void> {
-    if (this.config.mode !== "credentials") return;
+  /**
+   * `GET /v2/` is where clients learn how to log in; the answer's extra headers. In `credentials`
+   * mode a client without valid credentials gets the 401 challenge. In `passthrough` mode anyone
+   * gets 200, with a Basic challenge beside it (RFC 9110 allows one on any answer) because
+   * credentials may unlock more: skopeo and docker decide from this answer alone whether to send them.
+   */
+  async authorizeBase(request: Request): Promise<Record<string, string>> {
+    if (this.config.mode === "passthrough") return { "WWW-Authenticate": `Basic realm="${SERVICE}"` };
+    if (this.config.mode !== "credentials") return {};
     const principal = await this.identify(request.headers.get("authorization"));
     if (!principal || principal === "invalid") throw this.#challenge(request, undefined, principal === "invalid");
+    return {};
   }
 
   async #decide(request: Request, route: Route): Promise<Grant> {
@@ -72,9 +79,11 @@ export class AccessPolicy {
     // passthrough
     if (route.upstream.public) return { shareable: true };
     const parsed = parseAuthorization(header);
-    const credentials = parsed && parsed !== "invalid" && parsed.kind === "basic" ? { username: parsed.username, password: parsed.password } : undefined;
-    if (parsed && !credentials) throw passthroughChallenge("send Basic credentials of the upstream registry");
-    if (await this.#passthrough.allowed(route, header ?? "", credentials)) return { shareable: false };
+    // Clients without credentials answer a Basic challenge with an empty user and password: anonymous.
+    const anonymous = parsed === null || (parsed !== "invalid" && parsed.kind === "basic" && parsed.username === "" && parsed.password === "");
+    const credentials = !anonymous && parsed !== "invalid" && parsed.kind === "basic" ? { username: parsed.username, password: parsed.password } : undefined;
+    if (!anonymous && !credentials) throw passthroughChallenge("send Basic credentials of the upstream registry");
+    if (await this.#passthrough.allowed(route, anonymous ? "" : header!, credentials)) return { shareable: false };
     if (!credentials) throw passthroughChallenge(`pulling ${route.repository} needs credentials of its registry`);
     throw new OciError("DENIED", `the upstream registry does not let these credentials pull ${route.repository}`);
   }

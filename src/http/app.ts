@@ -91,8 +91,10 @@ export function createApp(opts: AppOptions): SkiffApp {
   app.get("/metrics", () => new Response(metrics.render(), { headers: { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" } }));
   app.on(["GET", "POST"], TOKEN_PATH, (c) => tokenEndpoint(c.req.raw, access));
   const base = async (request: Request) => {
-    await access.authorizeBase(request);
-    return apiVersionResponse(request.method);
+    const headers = await access.authorizeBase(request);
+    const res = apiVersionResponse(request.method);
+    for (const [name, value] of Object.entries(headers)) res.headers.set(name, value);
+    return res;
   };
   app.get("/v2", (c) => base(c.req.raw));
   app.get("/v2/", (c) => base(c.req.raw));
