@@ -5,6 +5,7 @@
 import { OciError } from "../http/errors.ts";
 import type { AccessPolicy } from "./policy.ts";
 import { parseAuthorization } from "./authorization.ts";
+import { readAll } from "../util/streams.ts";
 
 const MAX_FORM_BYTES = 16 * 1024;
 
@@ -13,9 +14,13 @@ export async function tokenEndpoint(request: Request, policy: AccessPolicy): Pro
   let username: string | undefined;
   let password: string | undefined;
   if (request.method === "POST") {
-    const length = Number(request.headers.get("content-length") ?? "0");
-    if (!(length <= MAX_FORM_BYTES)) throw new OciError("UNSUPPORTED", "token request body too large", { status: 400 });
-    const form = new URLSearchParams(await request.text());
+    let body: Uint8Array;
+    try {
+      body = request.body ? await readAll(request.body, MAX_FORM_BYTES) : new Uint8Array();
+    } catch {
+      throw new OciError("UNSUPPORTED", "token request body too large", { status: 400 });
+    }
+    const form = new URLSearchParams(new TextDecoder().decode(body));
     if (form.get("grant_type") !== "password") return oauthError("unsupported_grant_type", 400);
     username = form.get("username") ?? undefined;
     password = form.get("password") ?? undefined;

@@ -104,7 +104,7 @@ export function resolveConfig(raw: unknown, environment: ConfigEnvironment = {})
     if (closed) {
       throw new ConfigError(
         `upstreams.${closed.prefix}`,
-        `not public (it has credentials), and access mode "open" would serve it to anyone: set "public": true, or access.mode "passthrough" or "credentials"`,
+        `not public${closed.credentials ? " (it has credentials)" : ""}, and access mode "open" would serve it to anyone: set "public": true, or access.mode "passthrough" or "credentials"`,
       );
     }
   }
@@ -130,7 +130,8 @@ function resolveUpstream(prefix: string, raw: unknown, environment: ConfigEnviro
   } catch {
     throw new ConfigError(`${path}.url`, `not a URL: ${JSON.stringify(url)}`);
   }
-  if ((origin.protocol !== "http:" && origin.protocol !== "https:") || origin.pathname !== "/" || origin.search || origin.hash || origin.username || origin.password) {
+  if (origin.username || origin.password) throw new ConfigError(`${path}.url`, "must not hold credentials: put them in credentials");
+  if ((origin.protocol !== "http:" && origin.protocol !== "https:") || origin.pathname !== "/" || origin.search || origin.hash) {
     throw new ConfigError(`${path}.url`, `must be a bare origin like https://host[:port], got ${JSON.stringify(url)}`);
   }
 
@@ -138,7 +139,10 @@ function resolveUpstream(prefix: string, raw: unknown, environment: ConfigEnviro
   const isPublic = optionalBoolean(o, "public", path) ?? !credentials;
   const allowHosts = stringList(o, "allowHosts", path);
   allowHosts.forEach((h, i) => {
-    if (!HOST_ENTRY.test(h)) throw new ConfigError(`${path}.allowHosts[${i}]`, `not a host, host:port or *.domain: ${JSON.stringify(h)}`);
+    const port = /:(\d+)$/.exec(h)?.[1];
+    if (!HOST_ENTRY.test(h) || (port !== undefined && Number(port) > 65535)) {
+      throw new ConfigError(`${path}.allowHosts[${i}]`, `not a host, host:port or *.domain: ${JSON.stringify(h)}`);
+    }
   });
   const caPath = optionalString(o, "ca", path);
   const ca = caPath === undefined ? undefined : readNamedFile(caPath, `${path}.ca`, environment);
@@ -163,17 +167,18 @@ function resolveCredentials(raw: unknown, prefix: string, environment: ConfigEnv
   const path = `upstreams.${prefix}.credentials`;
   const env = environment.env ?? {};
   const envName = upstreamEnvName(prefix);
-  const envUser = env[`${envName}_USERNAME`];
-  const envPassword = env[`${envName}_PASSWORD`];
+  const envUser = env[`${envName}_USERNAME`] || undefined;
+  const envPassword = env[`${envName}_PASSWORD`] || undefined;
   let username: string | undefined;
   let password: string | undefined;
   if (raw !== undefined) {
     const o = object(raw, path);
     allowKeys(o, path, ["username", "password", "passwordEnv", "passwordFile"]);
     username = requiredString(o, "username", path);
-    password = envPassword ?? secret(o, "password", path, environment);
+    // The environment wins, but the file must still be well formed.
+    password = envPassword === undefined ? secret(o, "password", path, environment) : (secretKey(o, "password", path), envPassword);
   }
-  username = envUser || username;
+  username = envUser ?? username;
   password = envPassword ?? password;
   if (username === undefined && password === undefined) return undefined;
   if (username === undefined || password === undefined) {
@@ -213,6 +218,7 @@ function resolveAccess(raw: unknown, environment: ConfigEnvironment): AccessConf
   }
 
   const hasSecret = o.tokenSecret !== undefined || o.tokenSecretEnv !== undefined || o.tokenSecretFile !== undefined;
+  if (hasSecret) secretKey(o, "tokenSecret", path);
   const tokenSecret = env.SKIFF_TOKEN_SECRET || (hasSecret ? secret(o, "tokenSecret", path, environment) : undefined);
   if (tokenSecret !== undefined && new TextEncoder().encode(tokenSecret).byteLength < MIN_TOKEN_SECRET_BYTES) {
     throw new ConfigError(`${path}.tokenSecret`, `must be at least ${MIN_TOKEN_SECRET_BYTES} bytes`);
@@ -242,30 +248,39 @@ function repositories(o: Json, path: string): (repository: string) => boolean {
   return (repository) => patterns.some((p) => p.test(repository));
 }
 
-/** Exactly one of `base`, `baseEnv` (a variable's name) and `baseFile` (a path). */
-function secret(o: Json, base: string, path: string, environment: ConfigEnvironment): string {
+/** Which one of `base`, `baseEnv` (a variable's name) and `baseFile` (a path) is given: exactly one. */
+function secretKey(o: Json, base: string, path: string): string {
   const given = [base, `${base}Env`, `${base}File`].filter((k) => o[k] !== undefined);
   if (given.length !== 1) throw new ConfigError(path, `give exactly one of ${base}, ${base}Env, ${base}File`);
   const key = given[0]!;
-  const value = o[key];
-  if (typeof value !== "string" || value === "") throw new ConfigError(`${path}.${key}`, "must be a non-empty string");
+  if (typeof o[key] !== "string" || o[key] === "") throw new ConfigError(`${path}.${key}`, "must be a non-empty string");
+  return key;
+}
+
+// A secret pasted where a variable name or a path belongs must not end up in an error message, so
+// these messages name a variable only when it looks like one, and never a secret file's path.
+function secret(o: Json, base: string, path: string, environment: ConfigEnvironment): string {
+  const key = secretKey(o, base, path);
+  const value = o[key] as string;
   if (key === base) return value;
   if (key.endsWith("Env")) {
     const fromEnv = environment.env?.[value];
-    if (!fromEnv) throw new ConfigError(`${path}.${key}`, `environment variable ${value} is not set`);
+    const name = /^[A-Za-z_][A-Za-z0-9_]{0,100}$/.test(value) ? `environment variable ${value}` : "the environment variable it names";
+    if (!fromEnv) throw new ConfigError(`${path}.${key}`, `${name} is not set`);
     return fromEnv;
   }
-  const text = readNamedFile(value, `${path}.${key}`, environment).replace(/\r?\n$/, "");
-  if (text === "") throw new ConfigError(`${path}.${key}`, `file ${value} is empty`);
+  const text = readNamedFile(value, `${path}.${key}`, environment, false).replace(/\r?\n$/, "");
+  if (text === "") throw new ConfigError(`${path}.${key}`, "the file is empty");
   return text;
 }
 
-function readNamedFile(file: string, path: string, environment: ConfigEnvironment): string {
+function readNamedFile(file: string, path: string, environment: ConfigEnvironment, showPath = true): string {
   if (!environment.readFile) throw new ConfigError(path, "files can't be read on this runtime: use the environment form");
   try {
     return environment.readFile(file);
   } catch (err) {
-    throw new ConfigError(path, `can't read ${file}: ${(err as { code?: string }).code ?? (err as Error).message}`);
+    const what = showPath ? file : "the file it names";
+    throw new ConfigError(path, `can't read ${what}: ${(err as { code?: string }).code ?? "read failed"}`);
   }
 }
 
