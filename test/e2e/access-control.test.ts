@@ -462,7 +462,7 @@ describe("the setup (no skiff involved)", () => {
   });
 });
 
-describe("one skiff, two registries: skopeo by prefix, containerd through ?ns= (credentials mode)", () => {
+describe("one skiff, two registries: skopeo by prefix, containerd by prefix and through ?ns= (credentials mode)", () => {
   let s: Skiff;
   let containerd: Containerd;
   let hostsDir: string;
@@ -531,6 +531,13 @@ describe("one skiff, two registries: skopeo by prefix, containerd through ?ns= (
       expect(await directRequests(registry, from)).toEqual([]);
     }
   }, 360_000);
+
+  test("ctr --user by prefix, straight at skiff: priv/team-a/app has the pushed digest", async () => {
+    const ref = `${s.hostPort}/priv/team-a/app:v1`;
+    const r = await containerd.ctr(["image", "pull", "--snapshotter", containerd.snapshotter, "--plain-http", "--user", `${CI_A.user}:${CI_A.password}`, ref], { timeoutMs: 180_000 });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect((await containerd.images()).find((i) => i.ref === ref)?.digest).toBe(teamA.manifest.digest);
+  }, 200_000);
 
   test("ctr --user ci-a cannot pull team-b/app (through skiff or around it)", async () => {
     const ref = `${priv.hostPort}/team-b/app:v1`;
