@@ -2,7 +2,7 @@
 // `deno task serve`): the flags, the config file or single-upstream flags, the environment.
 import { readFileSync } from "node:fs";
 import { ConfigError, resolveConfig, type SkiffConfig } from "../config/config.ts";
-import { presetForUrl } from "../config/presets.ts";
+import { singleUpstreamConfig } from "../config/single.ts";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 
 export const serveHelp = `Usage: skiff serve [--config FILE | --upstream URL ...] [options]
@@ -86,7 +86,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     if (mixed) throw new UsageError(`--${mixed} can't be combined with --config: describe the upstream in the config file`);
     raw = readConfigFile(configFile);
   } else {
-    raw = singleUpstreamConfig(values, env);
+    raw = singleUpstreamFromFlags(values, env);
   }
   let config: SkiffConfig;
   try {
@@ -122,39 +122,31 @@ function readConfigFile(path: string): unknown {
 }
 
 /** The config the single-upstream flags describe: one upstream, which is also the default. */
-function singleUpstreamConfig(values: Record<string, unknown>, env: Record<string, string | undefined>): unknown {
+function singleUpstreamFromFlags(values: Record<string, unknown>, env: Record<string, string | undefined>): unknown {
   const url = (values.upstream as string | undefined) ?? env.SKIFF_UPSTREAM ?? "https://registry-1.docker.io";
-  let host: string;
   try {
     const u = new URL(url);
     if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error();
-    host = u.hostname;
   } catch {
     throw new UsageError(`--upstream must be an http(s) URL, got ${JSON.stringify(url)}`);
   }
   const username = (values["upstream-user"] as string | undefined) ?? env.SKIFF_UPSTREAM_USER;
   const password = (values["upstream-password"] as string | undefined) ?? env.SKIFF_UPSTREAM_PASSWORD;
   if ((username === undefined) !== (password === undefined)) throw new UsageError("--upstream-user and --upstream-password go together");
-  const preset = presetForUrl(url);
-  const prefix = preset?.[0] ?? (/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/.test(host) ? host : "upstream");
   const access = (values.access as string | undefined) ?? "open";
   if (access !== "open" && access !== "passthrough") throw new UsageError(`--access must be open or passthrough (credentials mode needs a config file), got ${JSON.stringify(access)}`);
   if (username !== undefined && access === "open" && !values["upstream-public"]) {
     throw new UsageError("with upstream credentials the upstream is private: add --upstream-public to serve what they reach to anyone, or --access passthrough");
   }
-  return {
-    upstreams: {
-      [prefix]: {
-        url: url.replace(/\/+$/, ""),
-        ...(username !== undefined ? { credentials: { username, password } } : {}),
-        ...(values["upstream-public"] ? { public: true } : {}),
-        ...(values["upstream-ca"] !== undefined ? { ca: values["upstream-ca"] } : {}),
-        allowHosts: values["allow-host"] ?? [],
-        namespaces: values["registry-alias"] ?? [],
-      },
-    },
-    access: { mode: access },
-  };
+  return singleUpstreamConfig({
+    url,
+    credentials: username !== undefined ? { username, password: password! } : undefined,
+    public: values["upstream-public"] ? true : undefined,
+    ca: values["upstream-ca"] as string | undefined,
+    allowHosts: values["allow-host"] as string[] | undefined,
+    namespaces: values["registry-alias"] as string[] | undefined,
+    access,
+  });
 }
 
 /** The resolved setup in a few lines, for the log and `--check`; no secret is printed. */

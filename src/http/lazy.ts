@@ -80,6 +80,7 @@ export function lazyHandler(deps: LazyDeps) {
       );
     }
     if (waited === null) {
+      keepRunning(c, job.result);
       const body = JSON.stringify({ status: "converting", retryAfter: RETRY_AFTER_S });
       return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });
     }
@@ -157,6 +158,20 @@ export function lazyHandler(deps: LazyDeps) {
     if (!body) throw new OciError("BLOB_UNKNOWN", "converted data vanished from the store");
     return body;
   }
+}
+
+/**
+ * The conversion goes on after the 202: on Workers the invocation is kept alive for it (for a limited
+ * time); runtimes without an execution context keep running promises anyway.
+ */
+function keepRunning(c: Context, work: Promise<unknown>): void {
+  let ctx: { waitUntil(p: Promise<unknown>): void } | undefined;
+  try {
+    ctx = c.executionCtx;
+  } catch {
+    return;
+  }
+  ctx.waitUntil(work.catch(() => {}));
 }
 
 /** Conversion parameters from the query: `chunk-size` (e.g. 1m) and `codec`. */
