@@ -1,0 +1,88 @@
+// Cloudflare Workers entry: the shared app over an R2 bucket, configured from the Worker's vars and
+// secrets (docs/deploy.md). One app per isolate, built on its first request; node:crypto hashing
+// through the nodejs_compat flag (faster than crypto.DigestStream here, docs/benchmarks.md), and
+// at most 6 upstream responses open at once, the platform's limit per invocation.
+import type { ExecutionContext } from "hono";
+import { resolveConfig, type SkiffConfig } from "../config/config.ts";
+import { singleUpstreamConfig } from "../config/single.ts";
+import { nodeHasher } from "../hash/node.ts";
+import { createApp, type SkiffApp } from "../http/app.ts";
+import { errorResponse, OciError } from "../http/errors.ts";
+import { R2Store, type R2BucketLike } from "../store/r2.ts";
+import { limitConnections } from "../util/connection-limit.ts";
+import { useNodeGunzip } from "./node-gunzip.ts";
+
+export interface WorkerEnv {
+  STORE: R2BucketLike;
+  /** A whole config document (docs/configuration.md) as JSON text. */
+  SKIFF_CONFIG?: string;
+  /** Or one upstream: its origin, and optionally credentials (as secrets) and access mode. */
+  UPSTREAM?: string;
+  UPSTREAM_USER?: string;
+  UPSTREAM_PASSWORD?: string;
+  UPSTREAM_PUBLIC?: string;
+  ACCESS_MODE?: string;
+  ALLOW_HOSTS?: string;
+  TAG_TTL?: string;
+  MAX_LAYER_SIZE?: string;
+  CONVERT_WAIT?: string;
+  PLATFORM?: string;
+  [name: string]: unknown;
+}
+
+const MAX_CONNECTIONS = 6;
+
+let built: { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } | undefined;
+
+export default {
+  fetch(request: Request, env: WorkerEnv, ctx: ExecutionContext): Response | Promise<Response> {
+    if (built?.env !== env) built = build(env);
+    if ("error" in built) return errorResponse(new OciError("UNKNOWN", `skiff is misconfigured: ${built.error}`), request.method);
+    return built.app.app.fetch(request, env, ctx);
+  },
+};
+
+function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } {
+  try {
+    useNodeGunzip();
+    const config = workerConfig(env);
+    const upstreamFetch = limitConnections((input, init) => fetch(input, init), MAX_CONNECTIONS);
+    const app = createApp({
+      config,
+      store: new R2Store(env.STORE),
+      hasher: nodeHasher,
+      fetchFor: () => upstreamFetch,
+      maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, 8 * 2 ** 30),
+      convertWaitSeconds: env.CONVERT_WAIT ? Number(env.CONVERT_WAIT) : 25,
+      defaultPlatform: env.PLATFORM,
+      log: (message) => console.log(message),
+    });
+    return { env, app };
+  } catch (err) {
+    console.error(`skiff config: ${(err as Error).message}`);
+    return { env, error: (err as Error).message };
+  }
+}
+
+function workerConfig(env: WorkerEnv): SkiffConfig {
+  const strings: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) if (typeof value === "string") strings[name] = value;
+  const tagTtl = env.TAG_TTL ? Number(env.TAG_TTL) : undefined;
+  if (env.SKIFF_CONFIG) return resolveConfig(JSON.parse(env.SKIFF_CONFIG), { env: strings, defaultTagTtlSeconds: tagTtl });
+  if (!env.UPSTREAM) throw new Error("set the UPSTREAM var (or SKIFF_CONFIG)");
+  const raw = singleUpstreamConfig({
+    url: env.UPSTREAM,
+    credentials: env.UPSTREAM_USER && env.UPSTREAM_PASSWORD ? { username: env.UPSTREAM_USER, password: env.UPSTREAM_PASSWORD } : undefined,
+    public: env.UPSTREAM_PUBLIC === "true" ? true : undefined,
+    allowHosts: env.ALLOW_HOSTS?.split(",").map((h) => h.trim()).filter(Boolean),
+    access: env.ACCESS_MODE === "passthrough" ? "passthrough" : "open",
+  });
+  return resolveConfig(raw, { env: strings, defaultTagTtlSeconds: tagTtl });
+}
+
+function sizeVar(value: string | undefined, fallback: number): number {
+  if (!value) return fallback;
+  const m = /^(\d+)([kmgt]?)$/i.exec(value.trim());
+  if (!m) throw new Error(`MAX_LAYER_SIZE must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
+  return Number(m[1]) * { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
+}

@@ -1,0 +1,107 @@
+// skiff's Worker entry in workerd, through `wrangler dev` with a local R2 bucket persisted in a temp
+// dir: the same wrangler.toml a deployment uses, the upstream given as a var.
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ChildProcess } from "node:child_process";
+import { REPO_ROOT } from "./skiff.ts";
+import { tempDir } from "./workdir.ts";
+import { childEnv, freePort, hasExited, spawnService, waitFor } from "./processes.ts";
+
+export interface WorkerOptions {
+  upstream?: string;
+  /** Extra vars (`NAME: value`), e.g. SKIFF_CONFIG or CONVERT_WAIT. */
+  vars?: Record<string, string>;
+  /** Where the local R2 bucket lives; a fresh temp dir by default. */
+  persistDir?: string;
+}
+
+const WRANGLER = join(REPO_ROOT, "node_modules", ".bin", "wrangler");
+
+export class WorkerSkiff {
+  readonly url: string;
+  readonly persistDir: string;
+  readonly logPath: string;
+  private readonly child: ChildProcess;
+
+  private constructor(child: ChildProcess, url: string, persistDir: string, logPath: string) {
+    this.child = child;
+    this.url = url;
+    this.persistDir = persistDir;
+    this.logPath = logPath;
+  }
+
+  static async start(o: WorkerOptions = {}): Promise<WorkerSkiff> {
+    const dir = tempDir("worker");
+    const persistDir = o.persistDir ?? join(dir, "state");
+    const logPath = join(dir, "wrangler.log");
+    const port = await freePort();
+    const inspector = await freePort();
+    const vars = { ...(o.upstream ? { UPSTREAM: o.upstream } : {}), ...o.vars };
+    const args = ["dev", "--config", join(REPO_ROOT, "wrangler.toml"), "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector)];
+    args.push("--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "log");
+    for (const [name, value] of Object.entries(vars)) args.push("--var", `${name}:${value}`);
+    const out = openSync(logPath, "a");
+    let child: ChildProcess;
+    try {
+      // Its own process group, so stopping it also stops the workerd it runs.
+      child = spawnService(WRANGLER, args, { cwd: dir, stdio: ["ignore", out, out], detached: true, env: childEnv({ WRANGLER_SEND_METRICS: "false", CI: "true" }) });
+    } finally {
+      closeSync(out);
+    }
+    const url = `http://127.0.0.1:${port}`;
+    const w = new WorkerSkiff(child, url, persistDir, logPath);
+    try {
+      await waitFor(
+        `wrangler dev on ${url}`,
+        async () => {
+          if (hasExited(child)) throw new Error(`wrangler exited (${child.exitCode}): ${w.log().slice(-3000)}`);
+          const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(2_000) }).catch(() => null);
+          await res?.arrayBuffer();
+          return res && res.status < 500 ? true : undefined;
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
+    } catch (err) {
+      await w.stop();
+      throw err;
+    }
+    return w;
+  }
+
+  get hostPort(): string {
+    return new URL(this.url).host;
+  }
+
+  log(): string {
+    try {
+      return readFileSync(this.logPath, "utf8");
+    } catch {
+      return "";
+    }
+  }
+
+  async metricsText(): Promise<string> {
+    const res = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    return res.text();
+  }
+
+  async stop(): Promise<void> {
+    if (hasExited(this.child)) return;
+    const exited = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
+    const group = -this.child.pid!;
+    try {
+      process.kill(group, "SIGTERM");
+    } catch {
+      return;
+    }
+    const timeout = new Promise<"timeout">((resolve) => setTimeout(resolve, 10_000, "timeout").unref());
+    if ((await Promise.race([exited, timeout])) === "timeout") {
+      try {
+        process.kill(group, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+      await exited;
+    }
+  }
+}

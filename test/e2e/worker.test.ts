@@ -1,0 +1,100 @@
+// The Worker entry in workerd (wrangler dev, local R2) in front of a real Distribution registry:
+// skopeo and ctr pull through it, a cold blob is verified into R2 and served from there, and the lazy
+// API gives the same bootstrap and chunks as the Node proxy.
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { Registry } from "./harness/registry.ts";
+import { Skiff } from "./harness/skiff.ts";
+import { WorkerSkiff } from "./harness/worker.ts";
+import { Containerd, writeMirrorHostsToml } from "./harness/containerd.ts";
+import { OciLayout, buildImage, pushImage, type ImageInfo } from "./harness/images.ts";
+import { skopeoCopy } from "./harness/skopeo.ts";
+import { compareTrees } from "./harness/files.ts";
+import { transfer } from "./harness/http.ts";
+import { tempDir } from "./harness/workdir.ts";
+import { teardown } from "./harness/teardown.ts";
+
+let registry: Registry;
+let worker: WorkerSkiff;
+let image: ImageInfo;
+
+beforeAll(async () => {
+  registry = await Registry.start({ name: "worker-registry" });
+  const layout = new OciLayout(tempDir("worker-layout"));
+  // Layers bigger than one R2 part (8 MiB), so blobs go through multipart uploads.
+  image = buildImage(layout, { tag: "v1", seed: "worker", layers: 3, filesPerLayer: 3, fileSize: 4 * 1024 * 1024 });
+  await pushImage(layout, "v1", `${registry.hostPort}/e2e/app:v1`);
+  worker = await WorkerSkiff.start({ upstream: registry.url });
+}, 180_000);
+
+afterAll(async () => {
+  await worker?.stop();
+  await registry?.stop();
+  await teardown();
+});
+
+describe("skiff in workerd with R2", () => {
+  test("skopeo through the Worker is byte-identical to a direct copy, and a second pull needs no upstream blob", async () => {
+    const direct = tempDir("worker-direct");
+    await skopeoCopy(`docker://${registry.hostPort}/e2e/app:v1`, `dir:${direct}`);
+    for (const round of [1, 2]) {
+      const via = tempDir(`worker-via-${round}`);
+      const before = await registry.settledRequestCount();
+      const t0 = Date.now();
+      await skopeoCopy(`docker://${worker.hostPort}/e2e/app:v1`, `dir:${via}`, { timeoutMs: 180_000 });
+      console.log(`worker pull round ${round}: ${Date.now() - t0} ms`);
+      const diff = compareTrees(direct, via);
+      expect(diff.different).toEqual([]);
+      expect(diff.onlyInA).toEqual([]);
+      expect(diff.same.length).toBe(image.layers.length + 3);
+      const blobGets = registry.accessLog().slice(before).filter((l) => l.method === "GET" && l.path.includes("/blobs/"));
+      if (round === 2) expect(blobGets).toEqual([]);
+    }
+  }, 300_000);
+
+  test("ranges of a cached blob come from R2", async () => {
+    const layer = image.layers[1]!;
+    const end = Math.min(layer.size - 1, 9_000_000);
+    const res = await transfer(`${worker.url}/v2/e2e/app/blobs/${layer.digest}`, { headers: { Range: `bytes=100-${end}` } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get("content-range")).toBe(`bytes 100-${end}/${layer.size}`);
+    expect(res.body.equals(image.layout.readBlob(layer.digest).subarray(100, end + 1))).toBe(true);
+  });
+
+  test("ctr pulls through the Worker as a hosts.toml mirror", async () => {
+    const containerd = await Containerd.start();
+    try {
+      const hostsDir = tempDir("worker-hosts");
+      writeMirrorHostsToml(hostsDir, registry.hostPort, worker.url);
+      const ref = `${registry.hostPort}/e2e/app:v1`;
+      const r = await containerd.pull(ref, { hostsDir });
+      expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+      expect((await containerd.images()).find((i) => i.ref === ref)?.digest).toBe(image.manifest.digest);
+    } finally {
+      await containerd.stop();
+    }
+  }, 300_000);
+
+  test("the lazy API: bootstrap, a data range and a chunk are byte-identical to the Node proxy's", async () => {
+    const node = await Skiff.start({ upstream: registry.url });
+    try {
+      const path = `/v2/e2e/app/_skiff/bootstrap/${image.manifest.digest}`;
+      const fromWorker = await transfer(`${worker.url}${path}`, {}, 120_000);
+      const fromNode = await transfer(`${node.url}${path}`, {}, 120_000);
+      expect(fromWorker.status, fromWorker.body.toString("utf8").slice(0, 500)).toBe(200);
+      expect(fromNode.status).toBe(200);
+      expect(fromWorker.body.equals(fromNode.body)).toBe(true);
+      expect(fromWorker.headers.get("docker-content-digest")).toBe(fromNode.headers.get("docker-content-digest"));
+
+      const layer = image.layers[0]!.digest;
+      const params = fromNode.headers.get("skiff-params")!;
+      const data = `/v2/e2e/app/_skiff/layers/${layer}/${params}/data`;
+      const range = { Range: "bytes=1000-2099999" };
+      const a = await transfer(`${worker.url}${data}`, { headers: range });
+      const b = await transfer(`${node.url}${data}`, { headers: range });
+      expect(a.status).toBe(206);
+      expect(a.body.equals(b.body)).toBe(true);
+    } finally {
+      await node.stop();
+    }
+  }, 300_000);
+});
