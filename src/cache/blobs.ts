@@ -10,6 +10,7 @@ import type { RegistryClient } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { blobKey, blobLinkKey } from "./keys.ts";
 import { upstreamError } from "./upstream-errors.ts";
+import { coalesce } from "../util/streams.ts";
 
 export interface BlobInfo {
   size: number;
@@ -34,6 +35,8 @@ export interface BlobCacheDeps {
 
 // Chunks queued for a slow live client before the fetch waits for it; bounds memory per fetch.
 const LIVE_QUEUE_CHUNKS = 16;
+// Upstream bodies are handled in pieces of at least this size (see coalesce).
+const COALESCE_BYTES = 64 * 1024;
 // A live client that takes no data for this long is dropped so it can't stall the shared fetch.
 const STALLED_CLIENT_MS = 60_000;
 
@@ -115,7 +118,7 @@ export class BlobCache {
       }
     };
 
-    const reader = res.body.getReader();
+    const reader = coalesce(res.body, COALESCE_BYTES).getReader();
     const done = (async () => {
       const h = hasher(digest.algorithm);
       let held: Uint8Array | null = null;

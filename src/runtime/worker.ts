@@ -57,6 +57,7 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
       defaultPlatform: env.PLATFORM,
       log: (message) => console.log(message),
     });
+    console.log(`skiff ready: upstreams ${config.upstreams.map((u) => `${u.prefix}=${u.url}`).join(" ")}, access ${config.access.mode}`);
     return { env, app };
   } catch (err) {
     console.error(`skiff config: ${(err as Error).message}`);

@@ -1,6 +1,6 @@
 // skiff's Worker entry in workerd, through `wrangler dev` with a local R2 bucket persisted in a temp
 // dir: the same wrangler.toml a deployment uses, the upstream given as a var.
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { REPO_ROOT } from "./skiff.ts";
@@ -78,6 +78,24 @@ export class WorkerSkiff {
     } catch {
       return "";
     }
+  }
+
+  /** Peak resident set size of the workerd process serving the Worker (VmHWM), in bytes. */
+  workerdVmHWMBytes(): number {
+    const group = this.child.pid!;
+    for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+        // Fields after the command name: state, ppid, pgrp.
+        const pgrp = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+        if (pgrp !== group || !readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("workerd")) continue;
+        const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+        if (m) return Number(m[1]) * 1024;
+      } catch {
+        // the process went away meanwhile
+      }
+    }
+    throw new Error("no workerd process found in wrangler's process group");
   }
 
   async metricsText(): Promise<string> {

@@ -1,0 +1,41 @@
+import { describe, expect, it } from "vitest";
+import { coalesce, readAll } from "../../src/util/streams.ts";
+
+function pieces(sizes: number[]): ReadableStream<Uint8Array> {
+  let i = 0;
+  let n = 0;
+  return new ReadableStream({
+    pull(c) {
+      const size = sizes[i++];
+      if (size === undefined) return c.close();
+      c.enqueue(Uint8Array.from({ length: size }, () => n++ & 0xff));
+    },
+  });
+}
+
+describe("coalesce", () => {
+  it("gathers small pieces into pieces of at least min bytes, keeping every byte in order", async () => {
+    const sizes = [4096, 4096, 100, 70_000, 1, 1, 4096];
+    const out: number[] = [];
+    const reader = coalesce(pieces(sizes), 8192).getReader();
+    const all: Uint8Array[] = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      out.push(value.byteLength);
+      all.push(value);
+    }
+    expect(out).toEqual([8192, 70_100, 4098]);
+    const expected = await readAll(pieces(sizes));
+    expect(Buffer.concat(all).equals(Buffer.from(expected))).toBe(true);
+  });
+
+  it("passes cancellation on to the source", async () => {
+    let cancelled: unknown;
+    const source = new ReadableStream<Uint8Array>({ pull: (c) => c.enqueue(new Uint8Array(10)), cancel: (r) => void (cancelled = r) });
+    const reader = coalesce(source, 100).getReader();
+    await reader.read();
+    await reader.cancel("stop");
+    expect(cancelled).toBe("stop");
+  });
+});
