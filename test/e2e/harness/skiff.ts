@@ -1,5 +1,6 @@
-// The skiff proxy under test, as a child process: `node bin/skiff.js serve …` (needs `npm run build`).
-// Parses the `skiff listening on http://HOST:PORT` line, and reads memory use and /metrics.
+// The skiff proxy under test, as a child process: `node bin/skiff.js serve …` (needs `npm run build`),
+// or on Deno the command of deno.json's `serve` task. Parses the `skiff listening on http://HOST:PORT`
+// line, and reads memory use and /metrics.
 import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,6 +11,31 @@ import { childEnv, hasExited, spawnService, stopChild } from "./processes.ts";
 export const REPO_ROOT = resolve(fileURLToPath(new URL(".", import.meta.url)), "..", "..", "..");
 /** The CLI entry to run; SKIFF_E2E_BIN points the suites at another build of the same CLI. */
 export const SKIFF_BIN = process.env.SKIFF_E2E_BIN ?? join(REPO_ROOT, "bin", "skiff.js");
+/** The Deno binary the npm devDependency installs. */
+export const DENO_BIN = join(REPO_ROOT, "node_modules", ".bin", "deno");
+
+export type SkiffRuntime = "node" | "deno";
+
+/** The runtime a Skiff starts on when its options name none: $SKIFF_E2E_RUNTIME, else node. */
+export function defaultRuntime(): SkiffRuntime {
+  const r = process.env.SKIFF_E2E_RUNTIME ?? "node";
+  if (r !== "node" && r !== "deno") throw new Error(`SKIFF_E2E_RUNTIME must be node or deno, got ${JSON.stringify(r)}`);
+  return r;
+}
+
+/**
+ * deno.json's `serve` task as argv, run directly rather than through `deno task` (which would put
+ * a task runner between us and the server): the tests use the task's permissions, and the child's
+ * PID is the server's, whose memory vmHWMBytes() reads.
+ */
+export function denoServeCommand(): string[] {
+  const task = (JSON.parse(readFileSync(join(REPO_ROOT, "deno.json"), "utf8")) as { tasks?: Record<string, string> }).tasks?.serve;
+  const words = task?.trim().split(/\s+/) ?? [];
+  if (!words[0]?.endsWith("deno") || words[1] !== "run" || words.at(-1) !== "serve") {
+    throw new Error(`deno.json's serve task is not "…deno run … serve": ${JSON.stringify(task)}`);
+  }
+  return [DENO_BIN, ...words.slice(1)];
+}
 
 export interface SkiffOptions {
   /** `--upstream URL`; left out when not given (e.g. with `config`). */
@@ -26,6 +52,8 @@ export interface SkiffOptions {
   extraArgs?: string[];
   env?: Record<string, string>;
   startTimeoutMs?: number;
+  /** Runtime of the server (default: defaultRuntime()). */
+  runtime?: SkiffRuntime;
 }
 
 const LISTENING = /^skiff listening on (http:\/\/\S+?)\/?$/;
@@ -34,23 +62,28 @@ export class Skiff {
   readonly dataDir: string;
   readonly logPath: string;
   readonly url: string;
+  readonly runtime: SkiffRuntime;
   private readonly child: ChildProcess;
 
-  private constructor(child: ChildProcess, url: string, dataDir: string, logPath: string) {
+  private constructor(child: ChildProcess, url: string, dataDir: string, logPath: string, runtime: SkiffRuntime) {
     this.child = child;
     this.url = url;
     this.dataDir = dataDir;
     this.logPath = logPath;
+    this.runtime = runtime;
   }
 
   static async start(o: SkiffOptions): Promise<Skiff> {
-    if (process.env.SKIFF_E2E_BIN === undefined && !existsSync(join(REPO_ROOT, "dist", "src", "cli", "main.js"))) {
+    const runtime = o.runtime ?? defaultRuntime();
+    if (runtime === "node" && process.env.SKIFF_E2E_BIN === undefined && !existsSync(join(REPO_ROOT, "dist", "src", "cli", "main.js"))) {
       throw new Error("skiff is not built: run `npm run build` (test/run.sh does)");
     }
+    if (runtime === "deno" && !existsSync(DENO_BIN)) throw new Error(`no Deno at ${DENO_BIN}: run \`npm install\` (deno is a devDependency)`);
     const dir = tempDir("skiff");
     const dataDir = o.dataDir ?? join(dir, "data");
     const logPath = join(dir, "skiff.log");
-    const args = [SKIFF_BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--data", dataDir];
+    const [command, ...serve] = runtime === "deno" ? denoServeCommand() : [process.execPath, SKIFF_BIN, "serve"];
+    const args = [...serve, "--host", "127.0.0.1", "--port", "0", "--data", dataDir];
     if (o.upstream !== undefined) args.push("--upstream", o.upstream);
     if (o.config !== undefined) {
       const configPath = join(dir, "config.json");
@@ -67,10 +100,11 @@ export class Skiff {
     const err = openSync(logPath, "a");
     let child: ChildProcess;
     try {
-      child = spawnService(process.execPath, args, {
+      child = spawnService(command!, args, {
         cwd: REPO_ROOT,
         stdio: ["ignore", "pipe", err],
-        env: childEnv(o.env),
+        // Deno: no update check (nothing but loopback), no colour codes in the log.
+        env: childEnv({ ...(runtime === "deno" ? { DENO_NO_UPDATE_CHECKS: "1", NO_COLOR: "1" } : {}), ...o.env }),
       });
     } finally {
       closeSync(err);
@@ -114,7 +148,7 @@ export class Skiff {
       await stopChild(child, 2_000);
       throw e;
     });
-    return new Skiff(child, url, dataDir, logPath);
+    return new Skiff(child, url, dataDir, logPath, runtime);
   }
 
   get pid(): number {
@@ -127,6 +161,11 @@ export class Skiff {
 
   get running(): boolean {
     return !hasExited(this.child);
+  }
+
+  /** Exit status once it has exited by itself (null while running, or when a signal killed it). */
+  get exitCode(): number | null {
+    return this.child.exitCode;
   }
 
   /** skiff's stderr so far. */

@@ -48,6 +48,17 @@ export class WorkerSkiff {
     } finally {
       closeSync(out);
     }
+    // wrangler runs its CLI and workerd as further processes: if the test process dies without
+    // stop(), the whole group goes with it.
+    const killGroup = () => {
+      try {
+        process.kill(-child.pid!, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    };
+    process.once("exit", killGroup);
+    child.once("exit", () => process.off("exit", killGroup));
     const url = `http://127.0.0.1:${port}`;
     const w = new WorkerSkiff(child, url, persistDir, logPath);
     try {
