@@ -46,9 +46,11 @@ export async function readPrefix(stream: ReadableStream<Uint8Array>, limit: numb
 }
 
 /**
- * Reads `stream` in pieces of at least `min` bytes (the last may be smaller). Some runtimes hand
- * out network bodies in 4 KiB pieces (workerd), and every piece costs a hash update, a store write
- * and a client write: gathering them first makes that cost per 64 KiB instead.
+ * Reads `stream` in pieces of at least `min` bytes (the last may be smaller), each a fresh copy the
+ * reader owns. Some runtimes hand out network bodies in 4 KiB pieces (workerd), and every piece costs
+ * a hash update, a store write and a client write: gathering them makes that cost per 64 KiB. The
+ * copy means a piece held back or queued for a slow client can't change under it, whatever the
+ * runtime does with the buffers it read into.
  */
 export function coalesce(stream: ReadableStream<Uint8Array>, min: number): ReadableStream<Uint8Array> {
   const reader = stream.getReader();
@@ -63,7 +65,7 @@ export function coalesce(stream: ReadableStream<Uint8Array>, min: number): Reada
         size += value.byteLength;
       }
       if (size === 0) return controller.close();
-      controller.enqueue(parts.length === 1 ? parts[0]! : concatBytes(parts));
+      controller.enqueue(concatBytes(parts));
     },
     cancel: (reason) => reader.cancel(reason),
   });

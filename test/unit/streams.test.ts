@@ -30,6 +30,26 @@ describe("coalesce", () => {
     expect(Buffer.concat(all).equals(Buffer.from(expected))).toBe(true);
   });
 
+  it("hands out copies, so a source that reuses its buffer can't change a piece already read", async () => {
+    const shared = new Uint8Array(1000);
+    let n = 0;
+    const source = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (n === 5) return c.close();
+        shared.fill(++n);
+        c.enqueue(shared);
+      },
+    });
+    const reader = coalesce(source, 1).getReader();
+    const got: Uint8Array[] = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      got.push(value);
+    }
+    expect(got.map((p) => p[0])).toEqual([1, 2, 3, 4, 5]);
+  });
+
   it("passes cancellation on to the source", async () => {
     let cancelled: unknown;
     const source = new ReadableStream<Uint8Array>({ pull: (c) => c.enqueue(new Uint8Array(10)), cancel: (r) => void (cancelled = r) });
