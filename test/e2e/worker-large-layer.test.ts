@@ -3,6 +3,12 @@
 // not bounded here: under wrangler dev the same workerd also runs Miniflare's R2 simulator, whose
 // memory is not the Worker's. The Worker's own buffering is bounded by design (R2Store: two parts
 // per upload; test/unit/r2-store.test.ts).
+//
+// Opt-in (SKIFF_E2E_WORKER_LARGE=1): under wrangler dev, Miniflare's local R2 simulator is the
+// bottleneck. Writing the 1 GiB object left about 20,000 open connections from workerd to
+// wrangler's Node process and about 4 GB of memory there. One run took 412 s cold and 59 s from R2
+// and passed; another had a small request reset after 16 minutes. That simulator behaviour, not
+// skiff, makes it too slow and fragile for every CI run.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
@@ -17,6 +23,7 @@ import { teardown } from "./harness/teardown.ts";
 const GiB = 1024 * 1024 * 1024;
 const MiB = 1024 * 1024;
 const TWENTY_MINUTES = 1_200_000;
+const enabled = process.env.SKIFF_E2E_WORKER_LARGE === "1";
 
 let registry: Registry;
 let worker: WorkerSkiff;
@@ -24,6 +31,7 @@ let image: ImageInfo;
 const bigDirs: string[] = [];
 
 beforeAll(async () => {
+  if (!enabled) return;
   registry = await Registry.start({ name: "worker-large-registry" });
   bigDirs.push(registry.storageDir);
   const layoutDir = tempDir("worker-large-layout");
@@ -42,7 +50,7 @@ afterAll(async () => {
   await teardown();
 }, 120_000);
 
-describe("large layer through the Worker", () => {
+describe.skipIf(!enabled)("large layer through the Worker", () => {
   test("a ≥ 1 GiB layer pulls through workerd intact, cold and then from R2", async () => {
     const layer = image.layers[0]!;
     expect(layer.size).toBeGreaterThanOrEqual(GiB);
