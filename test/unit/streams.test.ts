@@ -33,13 +33,17 @@ describe("coalesce", () => {
   it("hands out copies, so a source that reuses its buffer can't change a piece already read", async () => {
     const shared = new Uint8Array(1000);
     let n = 0;
-    const source = new ReadableStream<Uint8Array>({
-      pull(c) {
-        if (n === 5) return c.close();
-        shared.fill(++n);
-        c.enqueue(shared);
+    // Pulled only on demand: the buffer is overwritten by the next read, as a reusing reader would.
+    const source = new ReadableStream<Uint8Array>(
+      {
+        pull(c) {
+          if (n === 5) return c.close();
+          shared.fill(++n);
+          c.enqueue(shared);
+        },
       },
-    });
+      { highWaterMark: 0 },
+    );
     const reader = coalesce(source, 1).getReader();
     const got: Uint8Array[] = [];
     for (;;) {
