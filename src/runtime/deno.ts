@@ -8,7 +8,10 @@ import type { UpstreamConfig } from "../config/config.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp } from "../http/app.ts";
 import { FsStore } from "../store/fs.ts";
+import { withTimeouts } from "../util/fetch-timeouts.ts";
 import { useNodeGunzip } from "./node-gunzip.ts";
+
+const UPSTREAM_TIMEOUTS = { headersMs: 30_000, idleMs: 60_000 };
 
 /** `serve ARGS` on Deno.serve; any other command is the Node CLI's, run under Deno. */
 async function run(argv: string[]): Promise<number> {
@@ -40,16 +43,17 @@ async function serve(args: string[]): Promise<number> {
   const store = await new FsStore(opts.dataDir).init();
   // Upstreams with a CA bundle get a client that trusts it (on top of the system roots); the others
   // share the default client.
+  // Deno's fetch has no header or idle timeouts of its own: the same limits as the Node entry's pool.
   const clients = new Map<string, Deno.HttpClient>();
   const fetchFor = (upstream: UpstreamConfig): typeof fetch => {
-    if (!upstream.ca) return fetch;
+    if (!upstream.ca) return withTimeouts(fetch, UPSTREAM_TIMEOUTS);
     let client = clients.get(upstream.prefix);
     if (!client) {
       client = Deno.createHttpClient({ caCerts: [upstream.ca] });
       clients.set(upstream.prefix, client);
     }
     const own = client;
-    return ((input: RequestInfo | URL, init?: RequestInit) => fetch(input, { ...init, client: own })) as typeof fetch;
+    return withTimeouts(((input: RequestInfo | URL, init?: RequestInit) => fetch(input, { ...init, client: own })) as typeof fetch, UPSTREAM_TIMEOUTS);
   };
   const skiff = createApp({
     config: opts.config,

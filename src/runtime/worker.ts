@@ -1,7 +1,8 @@
 // Cloudflare Workers entry: the shared app over an R2 bucket, configured from the Worker's vars and
 // secrets (docs/deploy.md). One app per isolate, built on its first request; node:crypto hashing
-// through the nodejs_compat flag (faster than crypto.DigestStream here, docs/benchmarks.md), and
-// at most 6 upstream responses open at once, the platform's limit per invocation.
+// through the nodejs_compat flag (faster than crypto.DigestStream here, docs/benchmarks.md), at most
+// 6 upstream responses open at once (the platform's limit per invocation), and the Node entry's
+// upstream timeouts.
 import type { ExecutionContext } from "hono";
 import { resolveConfig, type SkiffConfig } from "../config/config.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
@@ -10,6 +11,7 @@ import { createApp, type SkiffApp } from "../http/app.ts";
 import { errorResponse, OciError } from "../http/errors.ts";
 import { R2Store, type R2BucketLike } from "../store/r2.ts";
 import { limitConnections } from "../util/connection-limit.ts";
+import { withTimeouts } from "../util/fetch-timeouts.ts";
 import { useNodeGunzip } from "./node-gunzip.ts";
 
 export interface WorkerEnv {
@@ -46,7 +48,7 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
   try {
     useNodeGunzip();
     const config = workerConfig(env);
-    const upstreamFetch = limitConnections((input, init) => fetch(input, init), MAX_CONNECTIONS);
+    const upstreamFetch = limitConnections(withTimeouts((input, init) => fetch(input, init), { headersMs: 30_000, idleMs: 60_000 }), MAX_CONNECTIONS);
     const app = createApp({
       config,
       store: new R2Store(env.STORE),
