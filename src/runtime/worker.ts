@@ -55,7 +55,7 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
       hasher: nodeHasher,
       fetchFor: () => upstreamFetch,
       maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, 8 * 2 ** 30),
-      convertWaitSeconds: env.CONVERT_WAIT ? Number(env.CONVERT_WAIT) : 25,
+      convertWaitSeconds: secondsVar(env.CONVERT_WAIT, "CONVERT_WAIT", 25),
       defaultPlatform: env.PLATFORM,
       log: (message) => console.log(message),
     });
@@ -70,7 +70,10 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
 function workerConfig(env: WorkerEnv): SkiffConfig {
   const strings: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) if (typeof value === "string") strings[name] = value;
-  const tagTtl = env.TAG_TTL ? Number(env.TAG_TTL) : undefined;
+  const tagTtl = env.TAG_TTL ? secondsVar(env.TAG_TTL, "TAG_TTL", 60) : undefined;
+  if (env.ACCESS_MODE && env.ACCESS_MODE !== "open" && env.ACCESS_MODE !== "passthrough") {
+    throw new Error(`ACCESS_MODE must be open or passthrough (credentials mode needs SKIFF_CONFIG), got ${JSON.stringify(env.ACCESS_MODE)}`);
+  }
   if (env.SKIFF_CONFIG) return resolveConfig(JSON.parse(env.SKIFF_CONFIG), { env: strings, defaultTagTtlSeconds: tagTtl });
   if (!env.UPSTREAM) throw new Error("set the UPSTREAM var (or SKIFF_CONFIG)");
   const raw = singleUpstreamConfig({
@@ -81,6 +84,12 @@ function workerConfig(env: WorkerEnv): SkiffConfig {
     access: env.ACCESS_MODE === "passthrough" ? "passthrough" : "open",
   });
   return resolveConfig(raw, { env: strings, defaultTagTtlSeconds: tagTtl });
+}
+
+function secondsVar(value: string | undefined, name: string, fallback: number): number {
+  if (!value) return fallback;
+  if (!/^\d{1,7}$/.test(value.trim())) throw new Error(`${name} must be a whole number of seconds, got ${JSON.stringify(value)}`);
+  return Number(value.trim());
 }
 
 function sizeVar(value: string | undefined, fallback: number): number {
