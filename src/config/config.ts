@@ -3,6 +3,7 @@
 // document field by field, reads the secrets it points at, applies the environment overrides and
 // returns plain values; every mistake is one ConfigError naming the field, never a secret's value.
 import type { Credentials } from "../oci/upstream.ts";
+import { isRepositoryComponent } from "../oci/reference.ts";
 import { PRESETS } from "./presets.ts";
 import { compileRepositoryPattern } from "../access/patterns.ts";
 
@@ -68,7 +69,6 @@ export class ConfigError extends Error {
 
 type Json = Record<string, unknown>;
 
-const PREFIX = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 const HOST_ENTRY = /^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-f:.]+\](:\d{1,5})?$/i;
 const MIN_TOKEN_SECRET_BYTES = 32;
 
@@ -113,7 +113,7 @@ export function resolveConfig(raw: unknown, environment: ConfigEnvironment = {})
 
 function resolveUpstream(prefix: string, raw: unknown, environment: ConfigEnvironment): UpstreamConfig {
   const path = `upstreams.${prefix}`;
-  if (!PREFIX.test(prefix) || prefix.length > 128) {
+  if (!isRepositoryComponent(prefix) || prefix.length > 128) {
     throw new ConfigError(path, "a prefix is one repository-name component: lowercase letters and digits, separated by . _ __ or -");
   }
   const o = object(raw, path);

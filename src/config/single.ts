@@ -1,6 +1,7 @@
 // The config of a mirror with one upstream, for setups without a config file (`skiff serve
 // --upstream URL`, a Worker's UPSTREAM variable): that upstream is also the default, under the
 // preset's name when it is a known registry, else under its host name.
+import { isRepositoryComponent } from "../oci/reference.ts";
 import { presetForUrl } from "./presets.ts";
 
 export interface SingleUpstream {
@@ -14,8 +15,6 @@ export interface SingleUpstream {
   access?: "open" | "passthrough";
 }
 
-const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
-
 /** A config document (for resolveConfig) describing just this upstream. */
 export function singleUpstreamConfig(u: SingleUpstream): unknown {
   const url = u.url.replace(/\/+$/, "");
@@ -25,7 +24,7 @@ export function singleUpstreamConfig(u: SingleUpstream): unknown {
   } catch {
     // resolveConfig names the bad URL.
   }
-  const prefix = presetForUrl(url)?.[0] ?? (COMPONENT.test(host) ? host : "upstream");
+  const prefix = presetForUrl(url)?.[0] ?? (isRepositoryComponent(host) ? host : "upstream");
   return {
     upstreams: {
       [prefix]: {

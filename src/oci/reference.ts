@@ -6,10 +6,16 @@ export const MAX_NAME_LENGTH = 255;
 // One path component: lowercase alphanumerics joined by ".", "_", "__" or a run of "-".
 const COMPONENT = "[a-z0-9]+(?:(?:\\.|_|__|-+)[a-z0-9]+)*";
 const REPOSITORY_NAME = new RegExp(`^${COMPONENT}(?:/${COMPONENT})*$`);
+const ONE_COMPONENT = new RegExp(`^${COMPONENT}$`);
 const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
 
 export function isValidRepositoryName(name: string): boolean {
   return name.length <= MAX_NAME_LENGTH && REPOSITORY_NAME.test(name);
+}
+
+/** One component of a repository name (an upstream prefix, for one). */
+export function isRepositoryComponent(s: string): boolean {
+  return ONE_COMPONENT.test(s);
 }
 
 export function isValidTag(tag: string): boolean {

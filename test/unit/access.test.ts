@@ -5,7 +5,7 @@ import { resolveConfig, type ConfigEnvironment } from "../../src/config/config.t
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import { bytesOf, FakeRegistry, json } from "./fakes.ts";
+import { bytesOf, FakeRegistry, json, dispatchByOrigin } from "./fakes.ts";
 
 const T0 = 1_700_000_000_000;
 const MANIFEST = "application/vnd.oci.image.manifest.v1+json";
@@ -19,12 +19,7 @@ const bearer = (token: string) => `Bearer ${token}`;
 function setup(raw: unknown, environment: ConfigEnvironment = {}) {
   const one = new FakeRegistry("http://one.test");
   const two = new FakeRegistry("http://two.test");
-  const dispatch = ((input: URL | RequestInfo, init?: RequestInit) => {
-    const origin = new URL(input instanceof Request ? input.url : String(input)).origin;
-    const target = [one, two].find((r) => r.origin === origin);
-    if (!target) return Promise.reject(new TypeError(`unexpected host ${origin}`));
-    return target.fetch(input, init);
-  }) as typeof fetch;
+  const dispatch = dispatchByOrigin(one, two);
   let clock = T0;
   const skiff = createApp({ config: resolveConfig(raw, environment), fetchFor: () => dispatch, store: new MemoryStore(), hasher: nodeHasher, now: () => clock });
   const request = (path: string, init?: RequestInit) => skiff.app.fetch(new Request(`http://skiff.test${path}`, init)) as Promise<Response>;

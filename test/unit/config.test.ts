@@ -8,7 +8,7 @@ import { ConfigError, resolveConfig, upstreamEnvName, type ConfigEnvironment, ty
 import { OciError } from "../../src/http/errors.ts";
 import { Upstream } from "../../src/oci/upstream.ts";
 import { Upstreams } from "../../src/oci/upstreams.ts";
-import { FakeRegistry } from "./fakes.ts";
+import { FakeRegistry, dispatchByOrigin } from "./fakes.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "skiff-config-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -541,12 +541,7 @@ describe("resolveConfig: secrets never appear in errors", () => {
 describe("Upstreams router", () => {
   const one = new FakeRegistry("http://one.test");
   const two = new FakeRegistry("http://two.test");
-  const dispatch = ((input: URL | RequestInfo, init?: RequestInit) => {
-    const origin = new URL(input instanceof Request ? input.url : String(input)).origin;
-    const target = [one, two].find((r) => r.origin === origin);
-    if (!target) return Promise.reject(new TypeError(`unexpected host ${origin}`));
-    return target.fetch(input, init);
-  }) as typeof fetch;
+  const dispatch = dispatchByOrigin(one, two);
 
   function router(raw: unknown): Upstreams {
     const c = resolveConfig(raw);

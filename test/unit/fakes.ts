@@ -207,3 +207,13 @@ export async function listen(
       }),
   };
 }
+
+/** One fetch for several fake registries, each answering the requests for its own origin. */
+export function dispatchByOrigin(...registries: FakeRegistry[]): typeof fetch {
+  return ((input: URL | RequestInfo, init?: RequestInit) => {
+    const origin = new URL(input instanceof Request ? input.url : String(input)).origin;
+    const target = registries.find((r) => r.origin === origin);
+    if (!target) return Promise.reject(new TypeError(`unexpected host ${origin}`));
+    return target.fetch(input, init);
+  }) as typeof fetch;
+}
