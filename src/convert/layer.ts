@@ -3,13 +3,19 @@
 // the layer and the parameters (chunks are deduplicated inside the layer only), so a base layer
 // shared by many images is converted once. Nothing is visible until the layer digest has matched:
 // the data blob is committed first and the bootstrap, which is what readers look for, last.
-import { layerBootstrapKey, layerDataKey } from "../cache/keys.ts";
+//
+// Where CPU time per invocation is limited (Workers), the conversion can go in steps: each stops at
+// a chunk boundary once its budget is spent, leaving a checkpoint (./checkpoint.ts) and the data it
+// wrote as a segment; the next replays the layer to that point and goes on; the last joins the
+// segments into the data blob. The result is the same bytes as one pass.
+import { layerBootstrapKey, layerCheckpointKey, layerDataKey, layerSegmentKey } from "../cache/keys.ts";
 import { encodeBootstrap } from "../format/encode.ts";
 import { Bootstrap } from "../format/decode.ts";
-import type { ChunkRecord } from "../format/model.ts";
-import { fromHex, type HasherFactory } from "../hash/hasher.ts";
+import type { BootstrapModel, ChunkRecord } from "../format/model.ts";
+import { fromHex, toHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
+import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from "./checkpoint.ts";
 import { codecId, encodeChunk } from "./codec.ts";
 import { compressionForMediaType, decompressLayer, LayerFormatError } from "./decompress.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
@@ -51,39 +57,139 @@ export interface ConvertedLayer {
 
 export class LayerDigestError extends Error {}
 
+/** How much a step may still do: content bytes to chunk. Shared by the layers of one image job. */
+export interface StepBudget {
+  remaining: number;
+}
+
+/** The step's budget ran out: a checkpoint is stored, and converting again goes on from it. */
+export class ConversionPaused extends Error {
+  constructor(
+    readonly layer: string,
+    /** Chunks cut from the layer so far. */
+    readonly chunks: number,
+    /** Data blob bytes written so far. */
+    readonly storedBytes: number,
+  ) {
+    super(`conversion of layer ${layer} paused after ${chunks} chunks`);
+  }
+}
+
 export interface ConvertLayerOptions {
   store: ContentStore;
   hasher: HasherFactory;
   params: ConvertParams;
   /** Called as compressed bytes are read (for progress). */
   onBytes?: (n: number) => void;
+  /**
+   * Convert in resumable steps: stop at the first chunk boundary after this budget is spent,
+   * throwing ConversionPaused. Without it the layer is converted in one pass.
+   */
+  budget?: StepBudget;
 }
 
 /** Returns the stored conversion of the layer, converting it first if there is none. */
 export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+  const { store } = opts;
   const id = paramsId(opts.params);
   const bootstrapKey = layerBootstrapKey(layer.digest, id);
   const dataKey = layerDataKey(layer.digest, id);
+  const checkpointKey = layerCheckpointKey(layer.digest, id);
   // Refused before anything is downloaded.
   if (compressionForMediaType(layer.mediaType) === null) throw new LayerFormatError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`);
-  const existing = await getBytes(opts.store, bootstrapKey);
+  const existing = await getBytes(store, bootstrapKey);
   if (existing) return { bootstrap: Bootstrap.decode(existing), bootstrapKey, dataKey, converted: false };
 
-  const upload = await opts.store.put(dataKey);
+  const from = opts.budget ? await loadCheckpoint(store, checkpointKey, layer.digest.value, id) : null;
+  // The first step writes at the data key itself, so a layer done in one step is never copied.
+  const segmentKey = (n: number) => (n === 0 ? dataKey : layerSegmentKey(layer.digest, id, n));
+  const segment = from?.segments.length ?? 0;
+  const upload = await store.put(segmentKey(segment));
+  let written = 0;
+  let outcome: Awaited<ReturnType<typeof streamLayer>>;
   try {
-    const { model, stats } = await streamLayer(layer, opts, (bytes) => upload.write(bytes));
+    outcome = await streamLayer(layer, opts, from, async (bytes) => {
+      written += bytes.byteLength;
+      await upload.write(bytes);
+    });
     await upload.commit();
-    const bytes = encodeBootstrap(model);
-    await putBytes(opts.store, bootstrapKey, bytes);
-    return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, stats };
+  } catch (err) {
+    await upload.cancel();
+    // A checkpoint that does not fit the layer is dropped: the next attempt starts over.
+    if (err instanceof CheckpointError) await store.delete(checkpointKey);
+    throw err;
+  }
+
+  if ("paused" in outcome) {
+    const { records, ordinals } = outcome.paused;
+    await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, records, ordinals, segments: [...(from?.segments ?? []), written] }));
+    throw new ConversionPaused(layer.digest.value, ordinals.length, outcome.model.blobs[0]!.storedSize);
+  }
+  const { model, stats } = outcome;
+  if (from) {
+    const segments = [...from.segments, written];
+    model.blobs[0]!.dataDigest = await joinSegments(store, opts.hasher, dataKey, segments.map((size, n) => ({ key: segmentKey(n), size })));
+  }
+  const bytes = encodeBootstrap(model);
+  await putBytes(store, bootstrapKey, bytes);
+  if (opts.budget) {
+    await store.delete(checkpointKey);
+    for (let n = 1; n <= segment; n++) await store.delete(segmentKey(n));
+  }
+  return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, stats };
+}
+
+async function loadCheckpoint(store: ContentStore, key: string, layer: string, params: string): Promise<Checkpoint | null> {
+  const bytes = await getBytes(store, key);
+  if (!bytes) return null;
+  try {
+    const cp = decodeCheckpoint(bytes);
+    if (cp.layer === layer && cp.params === params) return cp;
+  } catch (err) {
+    if (!(err instanceof CheckpointError)) throw err;
+  }
+  await store.delete(key);
+  return null;
+}
+
+/** Writes the segments one after another as the data blob, and returns its sha256. */
+async function joinSegments(store: ContentStore, hasher: HasherFactory, dataKey: string, segments: { key: string; size: number }[]): Promise<Uint8Array> {
+  const hash = hasher("sha256");
+  const upload = await store.put(dataKey);
+  try {
+    for (const { key, size } of segments) {
+      const body = await store.get(key);
+      if (!body) throw new CheckpointError(`conversion segment ${key} is missing`);
+      const reader = body.getReader();
+      let got = 0;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        got += value.byteLength;
+        if (got > size) {
+          await reader.cancel();
+          break;
+        }
+        hash.update(value);
+        await upload.write(value);
+      }
+      if (got !== size) throw new CheckpointError(`conversion segment ${key} has ${got > size ? "more" : got} bytes, not ${size}`);
+    }
+    await upload.commit();
   } catch (err) {
     await upload.cancel();
     throw err;
   }
+  return fromHex(hash.hex());
 }
 
-async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, write: (bytes: Uint8Array) => Promise<void>) {
-  const { hasher, params } = opts;
+type StreamOutcome = { model: BootstrapModel; stats: LayerStats } | { model: BootstrapModel; paused: { records: ChunkRecord[]; ordinals: Uint32Array } };
+
+/** Thrown inside the chunk loop when the step's budget is spent; never leaves streamLayer. */
+class Pause {}
+
+async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array) => Promise<void>): Promise<StreamOutcome> {
+  const { hasher, params, budget } = opts;
   const chunkSize = 2 ** params.chunkShift;
   const stats: LayerStats = { entries: 0, files: 0, bytesIn: 0, bytesContent: 0, bytesStored: 0, chunks: 0, uniqueChunks: 0, bytesDeduplicated: 0, skipped: [] };
 
@@ -112,60 +218,92 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, write:
   });
 
   const dataHash = hasher("sha256");
-  const chunks: ChunkRecord[] = [];
-  const known = new Map<string, number>();
-  let storedOffset = 0;
-  let uncompressedOffset = 0;
+  const chunks: ChunkRecord[] = from ? [...from.records] : [];
+  const known = new Map<string, number>(chunks.map((r, i) => [toHex(r.digest), i]));
+  const last = chunks.at(-1);
+  let storedOffset = last ? last.storedOffset + last.storedSize : 0;
+  let uncompressedOffset = last ? last.uncompressedOffset + last.size : 0;
   const tree = new LayerTree();
+  // Chunks up to the checkpoint are replayed: their records are known, only the tree is rebuilt.
+  const replayed = from?.ordinals ?? new Uint32Array(0);
+  // Every chunk's record index, kept only when the conversion may pause and need a checkpoint.
+  const ordinals: number[] | null = budget ? Array.from(replayed) : null;
+  let ordinal = 0;
+
+  const replayChunk = (data: Uint8Array): number => {
+    const index = replayed[ordinal++]!;
+    const record = chunks[index]!;
+    if (record.size !== data.byteLength) throw new CheckpointError(`chunk ${ordinal - 1} is ${data.byteLength} bytes in the layer, ${record.size} in the checkpoint`);
+    stats.chunks++;
+    if (index === stats.uniqueChunks) {
+      stats.uniqueChunks++;
+      stats.bytesStored += record.storedSize;
+    } else {
+      stats.bytesDeduplicated += data.byteLength;
+    }
+    return index;
+  };
 
   const addChunk = async (data: Uint8Array): Promise<number> => {
+    if (ordinal < replayed.length) return replayChunk(data);
+    ordinal++;
     stats.chunks++;
     const h = hasher("sha256");
     h.update(data);
     const hex = h.hex();
-    const seen = known.get(hex);
-    if (seen !== undefined) {
+    let index = known.get(hex);
+    if (index !== undefined) {
       stats.bytesDeduplicated += data.byteLength;
-      return seen;
+    } else {
+      const encoded = params.codec === "none" ? data : encodeChunk(params.codec, data);
+      // Incompressible chunks are stored as they are; the chunk record says which.
+      const compressed = encoded.byteLength < data.byteLength;
+      const stored = compressed ? encoded : data;
+      await write(stored);
+      dataHash.update(stored);
+      const record: ChunkRecord = { digest: fromHex(hex), blob: 0, compressed, storedOffset, storedSize: stored.byteLength, size: data.byteLength, uncompressedOffset };
+      storedOffset += stored.byteLength;
+      uncompressedOffset += data.byteLength;
+      stats.bytesStored += stored.byteLength;
+      stats.uniqueChunks++;
+      chunks.push(record);
+      index = chunks.length - 1;
+      known.set(hex, index);
     }
-    const encoded = params.codec === "none" ? data : encodeChunk(params.codec, data);
-    // Incompressible chunks are stored as they are; the chunk record says which.
-    const compressed = encoded.byteLength < data.byteLength;
-    const stored = compressed ? encoded : data;
-    await write(stored);
-    dataHash.update(stored);
-    const record: ChunkRecord = { digest: fromHex(hex), blob: 0, compressed, storedOffset, storedSize: stored.byteLength, size: data.byteLength, uncompressedOffset };
-    storedOffset += stored.byteLength;
-    uncompressedOffset += data.byteLength;
-    stats.bytesStored += stored.byteLength;
-    stats.uniqueChunks++;
-    chunks.push(record);
-    known.set(hex, chunks.length - 1);
-    return chunks.length - 1;
+    ordinals?.push(index);
+    if (budget && (budget.remaining -= data.byteLength) <= 0) throw new Pause();
+    return index;
   };
 
   const buffer = new Uint8Array(chunkSize);
-  for await (const entry of readTar(tarInput)) {
-    const node = tree.add(entry);
-    if (!node) continue;
-    stats.files++;
-    let filled = 0;
-    for await (let piece of entry.body()) {
-      while (piece.byteLength > 0) {
-        const take = Math.min(piece.byteLength, chunkSize - filled);
-        buffer.set(piece.subarray(0, take), filled);
-        filled += take;
-        piece = piece.subarray(take);
-        if (filled === chunkSize) {
-          node.chunks.push(await addChunk(buffer));
-          filled = 0;
+  try {
+    for await (const entry of readTar(tarInput)) {
+      const node = tree.add(entry);
+      if (!node) continue;
+      stats.files++;
+      let filled = 0;
+      for await (let piece of entry.body()) {
+        while (piece.byteLength > 0) {
+          const take = Math.min(piece.byteLength, chunkSize - filled);
+          buffer.set(piece.subarray(0, take), filled);
+          filled += take;
+          piece = piece.subarray(take);
+          if (filled === chunkSize) {
+            node.chunks.push(await addChunk(buffer));
+            filled = 0;
+          }
         }
       }
+      if (filled > 0) node.chunks.push(await addChunk(buffer.subarray(0, filled)));
+      node.size = entry.size;
+      stats.bytesContent += entry.size;
     }
-    if (filled > 0) node.chunks.push(await addChunk(buffer.subarray(0, filled)));
-    node.size = entry.size;
-    stats.bytesContent += entry.size;
+  } catch (err) {
+    if (!(err instanceof Pause)) throw err;
+    await decompressed.cancel().catch(() => {});
+    return { model: layerModel(layer, params, storedOffset, new Uint8Array(32), chunks, tree), paused: { records: chunks, ordinals: Uint32Array.from(ordinals!) } };
   }
+  if (ordinal < replayed.length) throw new CheckpointError(`the layer has ${ordinal} chunks, the checkpoint ${replayed.length}`);
   for (;;) {
     const { done } = await decompressed.read();
     if (done) break;
@@ -178,14 +316,18 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, write:
 
   stats.entries = tree.entries;
   stats.skipped = tree.skipped;
-  const model = {
-    kind: "layer" as const,
+  // After a checkpoint, dataHash saw only this step's segment: the caller hashes the joined blob.
+  return { model: layerModel(layer, params, storedOffset, fromHex(dataHash.hex()), chunks, tree), stats };
+}
+
+function layerModel(layer: LayerSource, params: ConvertParams, storedSize: number, dataDigest: Uint8Array, chunks: ChunkRecord[], tree: LayerTree): BootstrapModel {
+  return {
+    kind: "layer",
     codec: codecId(params.codec),
     chunkShift: params.chunkShift,
     platform: "",
-    blobs: [{ dataDigest: fromHex(dataHash.hex()), storedSize: storedOffset, layerDigest: layer.digest.value }],
+    blobs: [{ dataDigest, storedSize, layerDigest: layer.digest.value }],
     chunks,
     root: tree.root,
   };
-  return { model, stats };
 }

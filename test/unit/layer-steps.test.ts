@@ -1,0 +1,177 @@
+// A layer converted in resumable steps (a small budget forces many) must give exactly the bytes of
+// one pass: the same bootstrap, the same data blob, nothing else left in the store.
+import { gzipSync } from "node:zlib";
+import { describe, expect, it } from "vitest";
+import { CheckpointError, decodeCheckpoint, encodeCheckpoint } from "../../src/convert/checkpoint.ts";
+import { ConversionPaused, convertLayer, LayerDigestError, type ConvertLayerOptions, type LayerSource } from "../../src/convert/layer.ts";
+import { paramsId, type ConvertParams } from "../../src/convert/params.ts";
+import { layerBootstrapKey, layerCheckpointKey, layerDataKey } from "../../src/cache/keys.ts";
+import { nodeHasher } from "../../src/hash/node.ts";
+import { parseDigest } from "../../src/oci/reference.ts";
+import { MemoryStore } from "../../src/store/memory.ts";
+import { getBytes, putBytes } from "../../src/store/store.ts";
+import { Prng, sha256, tarArchive, type TarEntry } from "../e2e/harness/images.ts";
+
+const KiB = 1024;
+const CHUNK = 64 * KiB;
+const GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/** Files of many sizes, whole chunks repeated inside and across files, and empty files. */
+function layerBytes(seed: string): Uint8Array {
+  const prng = new Prng(seed);
+  const shared = prng.bytes(3 * CHUNK);
+  const entries: TarEntry[] = [{ name: "d", type: "dir" }];
+  for (let i = 0; i < 24; i++) {
+    const size = [0, 100, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 7][i % 6]!;
+    entries.push({ name: `d/f${i}`, type: "file", data: prng.bytes(size) });
+    if (i % 5 === 0) entries.push({ name: `d/copy${i}`, type: "file", data: Buffer.concat([shared, prng.bytes(i * 37)]) });
+  }
+  entries.push({ name: "tail", type: "file", data: Buffer.concat([shared, shared]) });
+  return gzipSync(tarArchive(entries));
+}
+
+function source(bytes: Uint8Array, digest = sha256(bytes)): LayerSource {
+  return {
+    digest: parseDigest(digest)!,
+    mediaType: GZIP,
+    size: bytes.byteLength,
+    open: async () =>
+      new ReadableStream({
+        // In pieces, as a network body comes.
+        start(controller) {
+          for (let at = 0; at < bytes.byteLength; at += 10_000) controller.enqueue(bytes.slice(at, at + 10_000));
+          controller.close();
+        },
+      }),
+  };
+}
+
+/** Converts step after step with a fresh budget each time; returns how many steps it took. */
+async function convertInSteps(layer: LayerSource, opts: Omit<ConvertLayerOptions, "budget">, stepBytes: number): Promise<number> {
+  for (let step = 1; step <= 1000; step++) {
+    try {
+      await convertLayer(layer, { ...opts, budget: { remaining: stepBytes } });
+      return step;
+    } catch (err) {
+      if (!(err instanceof ConversionPaused)) throw err;
+    }
+  }
+  throw new Error("conversion did not finish in 1000 steps");
+}
+
+async function published(store: MemoryStore, layer: LayerSource, params: ConvertParams) {
+  const id = paramsId(params);
+  return { bootstrap: await getBytes(store, layerBootstrapKey(layer.digest, id)), data: await getBytes(store, layerDataKey(layer.digest, id)) };
+}
+
+describe("conversion in resumable steps", () => {
+  const bytes = layerBytes("steps");
+  const layer = source(bytes);
+
+  for (const params of [
+    { chunkShift: 16, codec: "none" },
+    { chunkShift: 16, codec: "deflate-raw" },
+    { chunkShift: 20, codec: "none" },
+  ] satisfies ConvertParams[]) {
+    it(`gives the same bootstrap and data as one pass (${paramsId(params)})`, async () => {
+      const once = new MemoryStore();
+      await convertLayer(layer, { store: once, hasher: nodeHasher, params });
+      const expected = await published(once, layer, params);
+      expect(expected.bootstrap).not.toBeNull();
+
+      const stepped = new MemoryStore();
+      const steps = await convertInSteps(layer, { store: stepped, hasher: nodeHasher, params }, 2 * CHUNK);
+      expect(steps).toBeGreaterThan(params.chunkShift === 16 ? 10 : 2);
+      const got = await published(stepped, layer, params);
+      expect(Buffer.from(got.bootstrap!).equals(Buffer.from(expected.bootstrap!))).toBe(true);
+      expect(Buffer.from(got.data!).equals(Buffer.from(expected.data!))).toBe(true);
+      // Checkpoint, segments and lease are gone: only what one pass leaves.
+      expect(stepped.keys().sort()).toEqual(once.keys().sort());
+    });
+  }
+
+  it("a budget larger than the layer converts in one step without a checkpoint", async () => {
+    const store = new MemoryStore();
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    expect(await convertInSteps(layer, { store, hasher: nodeHasher, params }, 1 << 30)).toBe(1);
+    expect(store.keys()).toHaveLength(2);
+  });
+
+  it("every step makes progress, however small the budget", async () => {
+    const store = new MemoryStore();
+    const params: ConvertParams = { chunkShift: 20, codec: "none" };
+    const steps = await convertInSteps(layer, { store, hasher: nodeHasher, params }, 1);
+    const once = new MemoryStore();
+    await convertLayer(layer, { store: once, hasher: nodeHasher, params });
+    const chunks = (await import("../../src/format/decode.ts")).Bootstrap.decode((await published(once, layer, params)).bootstrap!).chunkCount;
+    // One new chunk per step (duplicates included), and one more to find the end.
+    expect(steps).toBeGreaterThan(chunks);
+    expect(Buffer.from((await published(store, layer, params)).data!).equals(Buffer.from((await published(once, layer, params)).data!))).toBe(true);
+  });
+
+  it("a layer whose bytes do not match its digest publishes nothing, even after steps", async () => {
+    const store = new MemoryStore();
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    const lying = source(bytes, sha256(new Uint8Array([1])));
+    await expect(convertInSteps(lying, { store, hasher: nodeHasher, params }, 4 * CHUNK)).rejects.toThrow(LayerDigestError);
+    expect(await getBytes(store, layerBootstrapKey(lying.digest, paramsId(params)))).toBeNull();
+  });
+
+  it("a damaged checkpoint is dropped and the conversion starts over to the same result", async () => {
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    const id = paramsId(params);
+    const store = new MemoryStore();
+    const opts = { store, hasher: nodeHasher, params };
+    for (let i = 0; i < 3; i++) await expect(convertLayer(layer, { ...opts, budget: { remaining: 2 * CHUNK } })).rejects.toThrow(ConversionPaused);
+    const key = layerCheckpointKey(layer.digest, id);
+    const cp = decodeCheckpoint((await getBytes(store, key))!);
+    // Claims a chunk size the layer does not have: the replay notices.
+    cp.records[0]!.size -= 1;
+    cp.records.slice(1).forEach((r) => (r.uncompressedOffset -= 1));
+    await putBytes(store, key, encodeCheckpoint(cp));
+    await expect(convertLayer(layer, { ...opts, budget: { remaining: 2 * CHUNK } })).rejects.toThrow(CheckpointError);
+    expect(await getBytes(store, key)).toBeNull();
+    await convertInSteps(layer, opts, 2 * CHUNK);
+
+    const once = new MemoryStore();
+    await convertLayer(layer, { store: once, hasher: nodeHasher, params });
+    expect(Buffer.from((await published(store, layer, params)).data!).equals(Buffer.from((await published(once, layer, params)).data!))).toBe(true);
+  });
+
+  it("an unreadable checkpoint is ignored", async () => {
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    const store = new MemoryStore();
+    await putBytes(store, layerCheckpointKey(layer.digest, paramsId(params)), new TextEncoder().encode("not a checkpoint"));
+    await convertInSteps(layer, { store, hasher: nodeHasher, params }, 8 * CHUNK);
+    expect(await getBytes(store, layerCheckpointKey(layer.digest, paramsId(params)))).toBeNull();
+    expect((await published(store, layer, params)).bootstrap).not.toBeNull();
+  });
+});
+
+describe("checkpoint encoding", () => {
+  const record = (i: number, size = 10) => ({ digest: new Uint8Array(32).fill(i), blob: 0, compressed: i % 2 === 1, storedOffset: i * 8, storedSize: 8, size, uncompressedOffset: i * size });
+  const valid = { layer: `sha256:${"a".repeat(64)}`, params: "v1-c16-none", records: [record(0), record(1)], ordinals: Uint32Array.from([0, 0, 1, 0]), segments: [10, 6] };
+
+  it("round-trips", () => {
+    const back = decodeCheckpoint(encodeCheckpoint(valid));
+    expect(back.layer).toBe(valid.layer);
+    expect(back.params).toBe(valid.params);
+    expect(back.records).toEqual(valid.records);
+    expect([...back.ordinals]).toEqual([...valid.ordinals]);
+    expect(back.segments).toEqual(valid.segments);
+  });
+
+  it.each([
+    ["bad magic", (b: Uint8Array) => (b[0] = 0)],
+    ["truncated", (b: Uint8Array) => b.subarray(0, b.length - 1)],
+    ["ordinal naming a record before it exists", () => encodeCheckpoint({ ...valid, ordinals: Uint32Array.from([1, 0]) })],
+    ["a record no chunk uses", () => encodeCheckpoint({ ...valid, ordinals: Uint32Array.from([0, 0]) })],
+    ["segments not adding up", () => encodeCheckpoint({ ...valid, segments: [10] })],
+    ["records out of place", () => encodeCheckpoint({ ...valid, records: [record(0), { ...record(1), storedOffset: 9 }] })],
+  ])("refuses %s", (_, damage) => {
+    let bytes = encodeCheckpoint(valid);
+    const changed = damage(bytes);
+    if (changed instanceof Uint8Array) bytes = changed;
+    expect(() => decodeCheckpoint(bytes)).toThrow(CheckpointError);
+  });
+});
