@@ -19,10 +19,10 @@ export const tagKey = (name: string, tag: string, acceptKey: string) => `reposit
 const convertedLayer = (layer: Digest, params: string) => `converted/layers/${layer.algorithm}/${layer.hex.slice(0, 2)}/${layer.hex}/${params}`;
 export const layerDataKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/data`;
 export const layerBootstrapKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/bootstrap`;
-// A conversion in steps: where it stopped, the data written by each step after the first (the
-// first writes at the data key itself), and who is converting.
+// A conversion in steps: where it stopped, the data written by each step after the first (named by
+// the chunk ordinal it began at; the first writes at the data key itself), and who is converting.
 export const layerCheckpointKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/steps/checkpoint`;
-export const layerSegmentKey = (layer: Digest, params: string, n: number) => `${convertedLayer(layer, params)}/steps/segment-${n}`;
+export const layerSegmentKey = (layer: Digest, params: string, fromChunk: number) => `${convertedLayer(layer, params)}/steps/segment-${fromChunk}`;
 export const layerLeaseKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/steps/lease`;
 /** `platform` is `os/arch[/variant]`; it becomes one segment with `-` between its parts. */
 export const imageBootstrapKey = (manifest: Digest, params: string, platform: string) =>

@@ -1,5 +1,6 @@
 // Small helpers shared by the subcommands: flag parsing with one-line errors, and help output.
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parseSize } from "../util/size.ts";
 
 /** A mistake in how the command was called: printed as one line, exit status 2. */
 export class UsageError extends Error {}
@@ -23,8 +24,7 @@ export function integerFlag(value: string | undefined, name: string, fallback: n
 /** A byte size such as `8g`, `500m`, `64k` or `1048576`. */
 export function sizeFlag(value: string | undefined, name: string, fallback: number): number {
   if (value === undefined) return fallback;
-  const m = /^(\d+)([kmgt]?)i?b?$/i.exec(value.trim());
-  if (!m) throw new UsageError(`--${name} must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
-  const scale = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
-  return Number(m[1]) * scale;
+  const bytes = parseSize(value);
+  if (bytes === null) throw new UsageError(`--${name} must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
+  return bytes;
 }

@@ -37,6 +37,8 @@ Options:
   --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default 8g)
   --convert-wait SECONDS    how long a bootstrap request waits for a conversion before the
                             answer 202 + Retry-After (default 30)
+  --convert-step SIZE       convert at most SIZE of layer content per bootstrap request; the
+                            conversion goes on at the next request (default: no limit)
   --platform OS/ARCH        platform of bootstraps whose request names none (default linux/amd64)
   -h, --help                show this help
 
@@ -53,6 +55,7 @@ export interface ServeOptions {
   dataDir: string;
   maxLayerBytes: number;
   convertWaitSeconds: number;
+  convertStepBytes?: number;
   defaultPlatform?: string;
 }
 
@@ -75,6 +78,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     "tag-ttl": { type: "string" },
     "max-layer-size": { type: "string" },
     "convert-wait": { type: "string" },
+    "convert-step": { type: "string" },
     platform: { type: "string" },
   });
   if (values.help) return null;
@@ -103,8 +107,15 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     dataDir: values.data ?? "./data",
     maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
     convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
+    convertStepBytes: values["convert-step"] === undefined ? undefined : positiveSize(values["convert-step"], "convert-step"),
     defaultPlatform: values.platform,
   };
+}
+
+function positiveSize(value: string, name: string): number {
+  const bytes = sizeFlag(value, name, 0);
+  if (bytes === 0) throw new UsageError(`--${name} must be more than 0`);
+  return bytes;
 }
 
 function readConfigFile(path: string): unknown {

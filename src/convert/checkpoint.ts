@@ -18,8 +18,14 @@ export interface Checkpoint {
   records: ChunkRecord[];
   /** For each chunk cut so far (its ordinal), the index of its record. */
   ordinals: Uint32Array;
-  /** Sizes of the data segments committed so far; together they are the data blob's first bytes. */
-  segments: number[];
+  /** The data segments committed so far, one per step; together they are the data blob's first bytes. */
+  segments: Segment[];
+}
+
+/** What one step stored: from the chunk ordinal where it began, `size` bytes. */
+export interface Segment {
+  from: number;
+  size: number;
 }
 
 const MAGIC = [0x53, 0x4b, 0x43, 0x4b]; // "SKCK"
@@ -74,7 +80,11 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
   if (typeof header.layer !== "string" || typeof header.params !== "string") fail("no layer or params");
   const nRecords = count(header.records);
   const nOrdinals = count(header.ordinals);
-  const segments = Array.isArray(header.segments) ? header.segments.map(count) : fail("no segments");
+  const segments: Segment[] = Array.isArray(header.segments) ? header.segments.map((s: { from?: unknown; size?: unknown }) => ({ from: count(s?.from), size: count(s?.size) })) : fail("no segments");
+  // Every step cuts at least one chunk, so steps begin at increasing ordinals, the first at 0.
+  segments.forEach((s, i) => {
+    if (i === 0 ? s.from !== 0 : s.from <= segments[i - 1]!.from || s.from >= nOrdinals) fail("segments out of order");
+  });
   if (bytes.byteLength !== 12 + headerLength + nRecords * RECORD_BYTES + nOrdinals * 4) fail("wrong length");
 
   const records: ChunkRecord[] = [];
@@ -97,7 +107,7 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
     uncompressedEnd += r.size;
     records.push(r);
   }
-  if (segments.reduce((a, b) => a + b, 0) !== storedEnd) fail("segments do not add up to the stored chunks");
+  if (segments.reduce((sum, s) => sum + s.size, 0) !== storedEnd) fail("segments do not add up to the stored chunks");
   // A record first appears at the ordinal where it was stored, so every ordinal names a record
   // already stored or the next one.
   const ordinals = new Uint32Array(nOrdinals);

@@ -7,7 +7,7 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
-import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "./layer.ts";
+import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
 import type { SkippedEntry } from "./layer-tree.ts";
 import { mergeLayers } from "./merge.ts";
 import { paramsId, type ConvertParams } from "./params.ts";
@@ -90,6 +90,8 @@ export interface ConvertImageOptions {
   /** Called before each layer with its index, and as compressed bytes are read. */
   onLayer?: (index: number, layer: ResolvedImage["layers"][number]) => void;
   onBytes?: (n: number) => void;
+  /** Convert in resumable steps; shared by the layers (see ConvertLayerOptions). */
+  budget?: StepBudget;
   /** Converts (or finds) one layer; the proxy passes a single-flight wrapper around convertLayer. */
   layerConverter?: (layer: LayerSource, opts: ConvertLayerOptions) => Promise<ConvertedLayer>;
 }

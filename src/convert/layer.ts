@@ -86,6 +86,8 @@ export interface ConvertLayerOptions {
    * throwing ConversionPaused. Without it the layer is converted in one pass.
    */
   budget?: StepBudget;
+  /** Called before anything is committed; throws to abandon the conversion (a lost lease). */
+  guard?: () => Promise<void>;
 }
 
 /** Returns the stored conversion of the layer, converting it first if there is none. */
@@ -102,16 +104,18 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
 
   const from = opts.budget ? await loadCheckpoint(store, checkpointKey, layer.digest.value, id) : null;
   // The first step writes at the data key itself, so a layer done in one step is never copied.
-  const segmentKey = (n: number) => (n === 0 ? dataKey : layerSegmentKey(layer.digest, id, n));
-  const segment = from?.segments.length ?? 0;
-  const upload = await store.put(segmentKey(segment));
-  let written = 0;
+  // The others are named by the chunk they begin at: two steps that raced from one checkpoint wrote
+  // the same bytes under one name, or differ in size, which joining notices.
+  const segmentKey = (fromChunk: number) => (fromChunk === 0 ? dataKey : layerSegmentKey(layer.digest, id, fromChunk));
+  const segment = { from: from?.ordinals.length ?? 0, size: 0 };
+  const upload = await store.put(segmentKey(segment.from));
   let outcome: Awaited<ReturnType<typeof streamLayer>>;
   try {
     outcome = await streamLayer(layer, opts, from, async (bytes) => {
-      written += bytes.byteLength;
+      segment.size += bytes.byteLength;
       await upload.write(bytes);
     });
+    await opts.guard?.();
     await upload.commit();
   } catch (err) {
     await upload.cancel();
@@ -120,21 +124,20 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     throw err;
   }
 
+  const segments = [...(from?.segments ?? []), segment];
   if ("paused" in outcome) {
     const { records, ordinals } = outcome.paused;
-    await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, records, ordinals, segments: [...(from?.segments ?? []), written] }));
+    await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, records, ordinals, segments }));
     throw new ConversionPaused(layer.digest.value, ordinals.length, outcome.model.blobs[0]!.storedSize);
   }
   const { model, stats } = outcome;
-  if (from) {
-    const segments = [...from.segments, written];
-    model.blobs[0]!.dataDigest = await joinSegments(store, opts.hasher, dataKey, segments.map((size, n) => ({ key: segmentKey(n), size })));
-  }
+  if (from) model.blobs[0]!.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size })));
   const bytes = encodeBootstrap(model);
+  await opts.guard?.();
   await putBytes(store, bootstrapKey, bytes);
   if (opts.budget) {
     await store.delete(checkpointKey);
-    for (let n = 1; n <= segment; n++) await store.delete(segmentKey(n));
+    for (const s of segments.slice(1)) await store.delete(segmentKey(s.from));
   }
   return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, stats };
 }
@@ -153,8 +156,8 @@ async function loadCheckpoint(store: ContentStore, key: string, layer: string, p
 }
 
 /** Writes the segments one after another as the data blob, and returns its sha256. */
-async function joinSegments(store: ContentStore, hasher: HasherFactory, dataKey: string, segments: { key: string; size: number }[]): Promise<Uint8Array> {
-  const hash = hasher("sha256");
+async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, dataKey: string, segments: { key: string; size: number }[]): Promise<Uint8Array> {
+  const hash = opts.hasher("sha256");
   const upload = await store.put(dataKey);
   try {
     for (const { key, size } of segments) {
@@ -175,6 +178,7 @@ async function joinSegments(store: ContentStore, hasher: HasherFactory, dataKey:
       }
       if (got !== size) throw new CheckpointError(`conversion segment ${key} has ${got > size ? "more" : got} bytes, not ${size}`);
     }
+    await opts.guard?.();
     await upload.commit();
   } catch (err) {
     await upload.cancel();

@@ -28,6 +28,8 @@ export interface AppOptions {
   maxLayerBytes?: number;
   /** How long a bootstrap request waits for a conversion before answering 202 (default 30 s). */
   convertWaitSeconds?: number;
+  /** Layer content one request converts before the conversion pauses until the next (default: no limit). */
+  convertStepBytes?: number;
   /** Platform of bootstraps when the request names none (default linux/amd64). */
   defaultPlatform?: string;
   log?: (message: string) => void;
@@ -67,7 +69,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     tagTtlMs: (repository) => upstreams.configOf(repository).tagTtlSeconds * 1000,
     now: opts.now,
   });
-  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const lazy = lazyHandler({
     store,
     hasher,

@@ -12,7 +12,7 @@ import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertPa
 import { CHUNK_CODECS } from "../convert/codec.ts";
 import { parsePlatform } from "../convert/image.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
-import type { Conversions, ImageBootstrap } from "../lazy/conversions.ts";
+import { ConversionPending, type Conversions, type ImageBootstrap } from "../lazy/conversions.ts";
 import type { LayerIndex } from "../lazy/layer-index.ts";
 import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/reference.ts";
 import type { ContentStore } from "../store/store.ts";
@@ -70,21 +70,32 @@ export function lazyHandler(deps: LazyDeps) {
 
     const job = deps.conversions.image(name, root, platform, params);
     job.result.catch(() => {}); // a request that stopped waiting must not leave an unhandled rejection
-    // A stored bootstrap is answered as soon as it is read; the wait (and the 202 after it) only
-    // applies once layers actually have to be converted.
-    let waited = await Promise.race([job.result, job.converting.then(() => null)]);
-    if (waited === null) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      waited = await Promise.race([job.result, new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)))]).finally(() =>
-        clearTimeout(timer),
-      );
+    let waited: ImageBootstrap | null;
+    try {
+      // A stored bootstrap is answered as soon as it is read; the wait (and the 202 after it) only
+      // applies once layers actually have to be converted.
+      waited = await Promise.race([job.result, job.converting.then(() => null)]);
+      if (waited === null) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        waited = await Promise.race([job.result, new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)))]).finally(() =>
+          clearTimeout(timer),
+        );
+      }
+    } catch (err) {
+      // This request's step is done, or another process converts: the next request goes on.
+      if (err instanceof ConversionPending) return converting();
+      throw err;
     }
     if (waited === null) {
       keepRunning(c, job.result);
-      const body = JSON.stringify({ status: "converting", retryAfter: RETRY_AFTER_S });
-      return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });
+      return converting();
     }
     return serveBootstrap(c, waited, params, byDigest, cacheScope);
+  }
+
+  function converting(): Response {
+    const body = JSON.stringify({ status: "converting", retryAfter: RETRY_AFTER_S });
+    return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });
   }
 
   function serveBootstrap(c: Context, image: ImageBootstrap, params: ConvertParams, immutable: boolean, cacheScope: CacheScope): Promise<Response> {

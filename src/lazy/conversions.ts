@@ -2,20 +2,25 @@
 // (single flight per layer digest and parameters), image bootstraps merged once per manifest,
 // platform and parameters, and everything published in the store so restarts reuse it. A failed
 // conversion publishes nothing and leaves nothing behind: the next request simply tries again.
+// With a step budget (Workers, where CPU time per invocation is limited) each request converts at
+// most that much and the conversion goes on at the next request; a lease in the store keeps other
+// processes sharing it from converting the same layer meanwhile.
 import type { BlobCache } from "../cache/blobs.ts";
-import { blobKey, imageBootstrapKey } from "../cache/keys.ts";
+import { blobKey, imageBootstrapKey, layerBootstrapKey, layerLeaseKey } from "../cache/keys.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../http/errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import { convertImage, ImageError, resolveImage, type ImageSource } from "../convert/image.ts";
-import { convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
+import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
+import { CheckpointError } from "../convert/checkpoint.ts";
 import { LayerFormatError } from "../convert/decompress.ts";
 import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../convert/params.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, type ContentStore } from "../store/store.ts";
+import { Lease, LeaseLost } from "./lease.ts";
 
 export interface ConversionsDeps {
   store: ContentStore;
@@ -25,9 +30,18 @@ export interface ConversionsDeps {
   manifests: ManifestCache;
   /** Layers larger than this (compressed) are refused before anything is fetched. */
   maxLayerBytes: number;
+  /** Convert in steps of this many content bytes per request (one pass when absent). */
+  stepBytes?: number;
+  /** How long another process waits before taking over a layer whose converter went silent. */
+  leaseMs?: number;
   log?: (message: string) => void;
   now?: () => number;
 }
+
+/** The bootstrap is not ready yet: a step ended, or another process is converting. Answered with 202. */
+export class ConversionPending extends Error {}
+
+const DEFAULT_LEASE_MS = 120_000;
 
 export interface ImageBootstrap {
   bootstrap: Bootstrap;
@@ -79,6 +93,8 @@ export class Conversions {
       hasher: this.#deps.hasher,
       params,
       platform,
+      // One budget for the whole request, however many layers it reaches.
+      budget: this.#deps.stepBytes ? { remaining: this.#deps.stepBytes } : undefined,
       layerConverter: async (layer, opts) => {
         // A conversion made for another repository (or still running for one) is shared only
         // once this repository is confirmed to have the layer too.
@@ -101,11 +117,16 @@ export class Conversions {
   }
 
   async #convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
-    const { metrics, maxLayerBytes } = this.#deps;
+    const { metrics, maxLayerBytes, store } = this.#deps;
     if (layer.size !== undefined && layer.size > maxLayerBytes) {
       throw new OciError("SIZE_INVALID", `layer ${layer.digest.value} is ${layer.size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
     }
     const now = this.#deps.now ?? Date.now;
+    let lease: Lease | null = null;
+    if (opts.budget && !(await store.stat(layerBootstrapKey(layer.digest, paramsId(opts.params))))) {
+      lease = await Lease.acquire(store, layerLeaseKey(layer.digest, paramsId(opts.params)), { ttlMs: this.#deps.leaseMs ?? DEFAULT_LEASE_MS, now });
+      if (!lease) throw new ConversionPending(`layer ${layer.digest.value} is being converted by another instance`);
+    }
     const started = now();
     let began = false;
     try {
@@ -118,7 +139,7 @@ export class Conversions {
             return layer.open();
           },
         },
-        opts,
+        { ...opts, guard: lease ? () => lease.confirm() : undefined },
       );
       if (began) {
         metrics.inc("skiff_conversions_finished_total");
@@ -126,9 +147,15 @@ export class Conversions {
       }
       return result;
     } catch (err) {
+      if (err instanceof ConversionPaused || err instanceof LeaseLost) {
+        if (began) metrics.inc("skiff_conversion_steps_total");
+        throw new ConversionPending(err.message);
+      }
       if (began) metrics.inc("skiff_conversions_failed_total");
       this.#deps.log?.(`conversion of layer ${layer.digest.value} failed: ${(err as Error).message}`);
       throw err;
+    } finally {
+      await lease?.release();
     }
   }
 
@@ -153,7 +180,8 @@ export class Conversions {
 
 /** Conversion failures as the OCI errors a client sees. */
 function rethrowAsOci(err: unknown): never {
-  if (err instanceof OciError) throw err;
+  if (err instanceof OciError || err instanceof ConversionPending) throw err;
+  if (err instanceof CheckpointError) throw new OciError("UNAVAILABLE", `conversion state was damaged and has been reset; retry: ${err.message}`);
   if (err instanceof LayerDigestError) throw new OciError("UNAVAILABLE", (err as Error).message);
   if (err instanceof LayerFormatError || err instanceof TarError || err instanceof ImageError) {
     throw new OciError("MANIFEST_INVALID", `cannot convert this image: ${(err as Error).message}`, { status: 422 });

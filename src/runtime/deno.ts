@@ -62,6 +62,7 @@ async function serve(args: string[]): Promise<number> {
     fetchFor,
     maxLayerBytes: opts.maxLayerBytes,
     convertWaitSeconds: opts.convertWaitSeconds,
+    convertStepBytes: opts.convertStepBytes,
     defaultPlatform: opts.defaultPlatform,
     log,
   });

@@ -16,6 +16,7 @@ export interface NodeServerOptions {
   dataDir: string;
   maxLayerBytes?: number;
   convertWaitSeconds?: number;
+  convertStepBytes?: number;
   defaultPlatform?: string;
   log?: (message: string) => void;
 }
@@ -49,6 +50,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     fetchFor,
     maxLayerBytes: opts.maxLayerBytes,
     convertWaitSeconds: opts.convertWaitSeconds,
+    convertStepBytes: opts.convertStepBytes,
     defaultPlatform: opts.defaultPlatform,
     log: opts.log,
   });

@@ -1,8 +1,8 @@
 // Cloudflare Workers entry: the shared app over an R2 bucket, configured from the Worker's vars and
 // secrets (docs/deploy.md). One app per isolate, built on its first request; node:crypto hashing
 // through the nodejs_compat flag (faster than crypto.DigestStream here, docs/benchmarks.md), at most
-// 6 upstream responses open at once (the platform's limit per invocation), and the Node entry's
-// upstream timeouts.
+// 6 upstream responses open at once (the platform's limit per invocation), the Node entry's
+// upstream timeouts, and layer conversion in resumable steps (CPU time per invocation is limited).
 import type { ExecutionContext } from "hono";
 import { resolveConfig, type SkiffConfig } from "../config/config.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
@@ -12,6 +12,7 @@ import { errorResponse, OciError } from "../http/errors.ts";
 import { R2Store, type R2BucketLike } from "../store/r2.ts";
 import { limitConnections } from "../util/connection-limit.ts";
 import { withTimeouts } from "../util/fetch-timeouts.ts";
+import { parseSize } from "../util/size.ts";
 import { useNodeGunzip } from "./node-gunzip.ts";
 
 export interface WorkerEnv {
@@ -28,11 +29,15 @@ export interface WorkerEnv {
   TAG_TTL?: string;
   MAX_LAYER_SIZE?: string;
   CONVERT_WAIT?: string;
+  /** Layer content converted per request before the conversion pauses until the next one. */
+  CONVERT_STEP?: string;
   PLATFORM?: string;
   [name: string]: unknown;
 }
 
 const MAX_CONNECTIONS = 6;
+// About 2 s of CPU time without chunk compression, 20 s with deflate-raw (docs/deploy.md).
+const DEFAULT_CONVERT_STEP = 512 * 2 ** 20;
 
 let built: { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } | undefined;
 
@@ -54,7 +59,8 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
       store: new R2Store(env.STORE),
       hasher: nodeHasher,
       fetchFor: () => upstreamFetch,
-      maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, 8 * 2 ** 30),
+      maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, "MAX_LAYER_SIZE", 8 * 2 ** 30),
+      convertStepBytes: sizeVar(env.CONVERT_STEP, "CONVERT_STEP", DEFAULT_CONVERT_STEP),
       convertWaitSeconds: secondsVar(env.CONVERT_WAIT, "CONVERT_WAIT", 25),
       defaultPlatform: env.PLATFORM,
       log: (message) => console.log(message),
@@ -92,9 +98,9 @@ function secondsVar(value: string | undefined, name: string, fallback: number): 
   return Number(value.trim());
 }
 
-function sizeVar(value: string | undefined, fallback: number): number {
+function sizeVar(value: string | undefined, name: string, fallback: number): number {
   if (!value) return fallback;
-  const m = /^(\d+)([kmgt]?)$/i.exec(value.trim());
-  if (!m) throw new Error(`MAX_LAYER_SIZE must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
-  return Number(m[1]) * { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
+  const bytes = parseSize(value);
+  if (bytes === null || bytes === 0) throw new Error(`${name} must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
+  return bytes;
 }

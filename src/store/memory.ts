@@ -1,9 +1,12 @@
 // In-memory store for tests and ephemeral deployments.
 import { concatBytes } from "../util/streams.ts";
-import { assertValidKey, type ContentStore, type Upload } from "./store.ts";
+import { assertValidKey, type ContentStore, type Upload, type Versioned } from "./store.ts";
 
 export class MemoryStore implements ContentStore {
   readonly #objects = new Map<string, Uint8Array>();
+  /** Versions for compare-and-swap: every write of a key gets a new one. */
+  readonly #versions = new Map<string, string>();
+  #writes = 0;
 
   async stat(key: string) {
     assertValidKey(key);
@@ -36,7 +39,7 @@ export class MemoryStore implements ContentStore {
       commit: async () => {
         if (state !== "open") throw new Error("upload already finished");
         state = "done";
-        this.#objects.set(key, concatBytes(parts));
+        this.#set(key, concatBytes(parts));
       },
       cancel: async () => {
         state = "done";
@@ -48,6 +51,26 @@ export class MemoryStore implements ContentStore {
   async delete(key: string) {
     assertValidKey(key);
     this.#objects.delete(key);
+    this.#versions.delete(key);
+  }
+
+  async getVersioned(key: string): Promise<Versioned | null> {
+    assertValidKey(key);
+    const obj = this.#objects.get(key);
+    return obj ? { bytes: obj.slice(), version: this.#versions.get(key)! } : null;
+  }
+
+  async putIfVersion(key: string, bytes: Uint8Array, expected: string | null): Promise<string | null> {
+    assertValidKey(key);
+    if ((this.#versions.get(key) ?? null) !== expected) return null;
+    return this.#set(key, bytes.slice());
+  }
+
+  #set(key: string, bytes: Uint8Array): string {
+    const version = String(++this.#writes);
+    this.#objects.set(key, bytes);
+    this.#versions.set(key, version);
+    return version;
   }
 
   /** Number of stored objects (tests use it to prove nothing was published). */

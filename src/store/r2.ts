@@ -2,16 +2,18 @@
 // multipart upload: parts go up while the caller streams (and hashes), complete() publishes the
 // object in commit() and abort() discards it. An isolate has 128 MB for all its requests, so an
 // upload holds at most one part being filled and one part in flight, never the whole object.
-import { assertValidKey, type ByteSpan, type ContentStore, type ObjectInfo, type Upload } from "./store.ts";
+import { assertValidKey, type ByteSpan, type ContentStore, type ObjectInfo, type Upload, type Versioned } from "./store.ts";
 
 // The subset of the Workers R2 API used here (names and shapes as in @cloudflare/workers-types),
 // declared structurally so the core needs no Cloudflare dependency.
 export interface R2ObjectLike {
   readonly size: number;
+  readonly etag: string;
 }
 
 export interface R2ObjectBodyLike extends R2ObjectLike {
   readonly body: ReadableStream<Uint8Array>;
+  arrayBuffer(): Promise<ArrayBuffer>;
 }
 
 export interface R2UploadedPartLike {
@@ -30,7 +32,8 @@ export interface R2MultipartUploadLike {
 export interface R2BucketLike {
   head(key: string): Promise<R2ObjectLike | null>;
   get(key: string, options?: { range?: { offset: number; length: number } }): Promise<R2ObjectBodyLike | null>;
-  put(key: string, value: Uint8Array): Promise<unknown>;
+  /** With `onlyIf`, null when the condition failed. */
+  put(key: string, value: Uint8Array, options?: { onlyIf?: { etagMatches?: string; etagDoesNotMatch?: string } }): Promise<R2ObjectLike | null>;
   delete(keys: string | string[]): Promise<void>;
   createMultipartUpload(key: string): Promise<R2MultipartUploadLike>;
 }
@@ -91,6 +94,20 @@ export class R2Store implements ContentStore {
   async delete(key: string): Promise<void> {
     assertValidKey(key);
     await this.#bucket.delete(key);
+  }
+
+  // R2's conditional writes are the compare-and-swap: the etag is the version, and
+  // `etagDoesNotMatch: "*"` means "only if there is no such object".
+  async getVersioned(key: string): Promise<Versioned | null> {
+    assertValidKey(key);
+    const obj = await this.#bucket.get(key);
+    return obj ? { bytes: new Uint8Array(await obj.arrayBuffer()), version: obj.etag } : null;
+  }
+
+  async putIfVersion(key: string, bytes: Uint8Array, expected: string | null): Promise<string | null> {
+    assertValidKey(key);
+    const written = await this.#bucket.put(key, bytes, { onlyIf: expected === null ? { etagDoesNotMatch: "*" } : { etagMatches: expected } });
+    return written?.etag ?? null;
   }
 }
 

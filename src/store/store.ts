@@ -23,12 +23,25 @@ export interface Upload {
   cancel(): Promise<void>;
 }
 
+/** A small object and the version a conditional write must name to replace it. */
+export interface Versioned {
+  bytes: Uint8Array;
+  version: string;
+}
+
 export interface ContentStore {
   stat(key: string): Promise<ObjectInfo | null>;
   /** The object's bytes, or the span of them; null when absent. */
   get(key: string, span?: ByteSpan): Promise<ReadableStream<Uint8Array> | null>;
   put(key: string): Promise<Upload>;
   delete(key: string): Promise<void>;
+  /**
+   * Compare-and-swap on small records (conversion leases), offered by stores that several processes
+   * share (R2). A store that one process owns leaves both out: single flight in the process suffices.
+   */
+  getVersioned?(key: string): Promise<Versioned | null>;
+  /** Writes `bytes` only if the object's version is still `expected` (null: only if there is none); the new version, or null when it was not. */
+  putIfVersion?(key: string, bytes: Uint8Array, expected: string | null): Promise<string | null>;
 }
 
 // Keys are built only from validated names, tags and digests; this check is the last line of

@@ -150,7 +150,7 @@ describe("conversion in resumable steps", () => {
 
 describe("checkpoint encoding", () => {
   const record = (i: number, size = 10) => ({ digest: new Uint8Array(32).fill(i), blob: 0, compressed: i % 2 === 1, storedOffset: i * 8, storedSize: 8, size, uncompressedOffset: i * size });
-  const valid = { layer: `sha256:${"a".repeat(64)}`, params: "v1-c16-none", records: [record(0), record(1)], ordinals: Uint32Array.from([0, 0, 1, 0]), segments: [10, 6] };
+  const valid = { layer: `sha256:${"a".repeat(64)}`, params: "v1-c16-none", records: [record(0), record(1)], ordinals: Uint32Array.from([0, 0, 1, 0]), segments: [{ from: 0, size: 10 }, { from: 2, size: 6 }] };
 
   it("round-trips", () => {
     const back = decodeCheckpoint(encodeCheckpoint(valid));
@@ -166,7 +166,8 @@ describe("checkpoint encoding", () => {
     ["truncated", (b: Uint8Array) => b.subarray(0, b.length - 1)],
     ["ordinal naming a record before it exists", () => encodeCheckpoint({ ...valid, ordinals: Uint32Array.from([1, 0]) })],
     ["a record no chunk uses", () => encodeCheckpoint({ ...valid, ordinals: Uint32Array.from([0, 0]) })],
-    ["segments not adding up", () => encodeCheckpoint({ ...valid, segments: [10] })],
+    ["segments not adding up", () => encodeCheckpoint({ ...valid, segments: [{ from: 0, size: 10 }] })],
+    ["segments out of order", () => encodeCheckpoint({ ...valid, segments: [{ from: 0, size: 10 }, { from: 0, size: 6 }] })],
     ["records out of place", () => encodeCheckpoint({ ...valid, records: [record(0), { ...record(1), storedOffset: 9 }] })],
   ])("refuses %s", (_, damage) => {
     let bytes = encodeCheckpoint(valid);

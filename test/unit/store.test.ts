@@ -196,6 +196,37 @@ describe.each(BACKENDS)("%s contract", (_name, make) => {
   });
 });
 
+// Stores shared by several processes offer compare-and-swap, which conversion leases rely on.
+describe.each(BACKENDS.filter(([name]) => name !== "FsStore"))("%s compare-and-swap", (_name, make) => {
+  it("creates only when absent, replaces only the version it names, and sees plain writes as new versions", async () => {
+    const { store } = await make();
+    const first = await store.putIfVersion!("locks/a", enc("one"), null);
+    expect(first).toEqual(expect.any(String));
+    expect(await store.putIfVersion!("locks/a", enc("again"), null)).toBeNull();
+    const got = await store.getVersioned!("locks/a");
+    expect(got && dec(got.bytes)).toBe("one");
+    expect(got?.version).toBe(first);
+
+    const second = await store.putIfVersion!("locks/a", enc("two"), first);
+    expect(second).toEqual(expect.any(String));
+    expect(second).not.toBe(first);
+    expect(await store.putIfVersion!("locks/a", enc("stale"), first)).toBeNull();
+    expect(await read(store, "locks/a")).toBe("two");
+
+    await putBytes(store, "locks/a", enc("three"));
+    expect(await store.putIfVersion!("locks/a", enc("stale"), second)).toBeNull();
+    await store.delete("locks/a");
+    expect(await store.getVersioned!("locks/a")).toBeNull();
+    expect(await store.putIfVersion!("locks/a", enc("four"), null)).toEqual(expect.any(String));
+  });
+
+  it("lets exactly one of many racing creators win", async () => {
+    const { store } = await make();
+    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => store.putIfVersion!("locks/b", enc(`w${i}`), null)));
+    expect(results.filter((r) => r !== null)).toHaveLength(1);
+  });
+});
+
 describe("FsStore on disk", () => {
   it("writes the object under root/key and only there", async () => {
     const root = await tempRoot();
