@@ -4,7 +4,7 @@
 // once, failures that publish nothing and leave no lock behind, the proxy's limits (layer size,
 // convert wait), repository scoping, and `skiff inspect` of a proxy URL.
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -533,6 +533,32 @@ describe("limits", () => {
       expect((await get(bootstrapUrl(s, "e2e/big", pushed.manifest))).status).toBe(200);
     });
   }, 120_000);
+
+  test("--convert-step: every request converts one step and answers 202, and the end result is `skiff convert`'s", async () => {
+    await withSkiff(["--convert-step", "128k"], async (s) => {
+      for (const c of CONVERSIONS) {
+        let accepted = 0;
+        let last = await get(bootstrapUrl(s, "e2e/app", "v1", c.query));
+        for (let i = 0; i < 300 && last.status === 202; i++) {
+          expect(last.headers.get("retry-after")).toBe("5");
+          accepted++;
+          last = await get(bootstrapUrl(s, "e2e/app", "v1", c.query));
+        }
+        expect(last.status, last.body.toString().slice(0, 500)).toBe(200);
+        expect(last.body.equals(local.get(c.query)!.bootstrap)).toBe(true);
+        // The image holds well over 128 KiB of content per layer in 64 KiB or 1 MiB chunks.
+        expect(accepted).toBeGreaterThanOrEqual(3);
+      }
+      const m = await s.metrics();
+      const paused = m.get("skiff_conversion_steps_total") ?? 0;
+      expect(paused).toBeGreaterThanOrEqual(9);
+      expect(m.get("skiff_conversions_started_total")).toBe((m.get("skiff_conversions_finished_total") ?? 0) + paused);
+      // Checkpoints and segments are gone once the layers are published (the filesystem store
+      // leaves empty directories behind, as for every deleted key).
+      expect(convertedPaths(s, app.layers, app.manifest).filter((p) => p.includes("/steps/") && statSync(p).isFile())).toEqual([]);
+      expect(leftovers(s)).toEqual([]);
+    });
+  }, 300_000);
 });
 
 describe("skiff inspect of a proxy URL", () => {

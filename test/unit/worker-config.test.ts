@@ -20,6 +20,8 @@ describe("Worker config from vars", () => {
     [{ UPSTREAM: "http://r.example", ACCESS_MODE: "bogus" }, /ACCESS_MODE must be open or passthrough/],
     [{ UPSTREAM: "http://r.example", CONVERT_WAIT: "soon" }, /CONVERT_WAIT must be a whole number/],
     [{ UPSTREAM: "http://r.example", MAX_LAYER_SIZE: "lots" }, /MAX_LAYER_SIZE must be a size/],
+    [{ UPSTREAM: "http://r.example", CONVERT_STEP: "0" }, /CONVERT_STEP must be a size/],
+    [{ UPSTREAM: "http://r.example", CONVERT_STEP: "-5m" }, /CONVERT_STEP must be a size/],
     [{ SKIFF_CONFIG: '{"upstreams": {}}' }, /upstreams: name at least one upstream/],
     [{ UPSTREAM: "http://r.example", UPSTREAM_USER: "u", UPSTREAM_PASSWORD: "secret-pass-1" }, /not public/],
   ])("answers 500 naming the mistake for %j", async (vars, message) => {
