@@ -128,7 +128,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   if ("paused" in outcome) {
     const { records, ordinals } = outcome.paused;
     await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, records, ordinals, segments }));
-    throw new ConversionPaused(layer.digest.value, ordinals.length, outcome.model.blobs[0]!.storedSize);
+    throw new ConversionPaused(layer.digest.value, ordinals.length, segments.reduce((sum, s) => sum + s.size, 0));
   }
   const { model, stats } = outcome;
   if (from) model.blobs[0]!.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size })));
@@ -187,7 +187,7 @@ async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, data
   return fromHex(hash.hex());
 }
 
-type StreamOutcome = { model: BootstrapModel; stats: LayerStats } | { model: BootstrapModel; paused: { records: ChunkRecord[]; ordinals: Uint32Array } };
+type StreamOutcome = { model: BootstrapModel; stats: LayerStats } | { paused: { records: ChunkRecord[]; ordinals: Uint32Array } };
 
 /** Thrown inside the chunk loop when the step's budget is spent; never leaves streamLayer. */
 class Pause {}
@@ -305,7 +305,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   } catch (err) {
     if (!(err instanceof Pause)) throw err;
     await decompressed.cancel().catch(() => {});
-    return { model: layerModel(layer, params, storedOffset, new Uint8Array(32), chunks, tree), paused: { records: chunks, ordinals: Uint32Array.from(ordinals!) } };
+    return { paused: { records: chunks, ordinals: Uint32Array.from(ordinals!) } };
   }
   if (ordinal < replayed.length) throw new CheckpointError(`the layer has ${ordinal} chunks, the checkpoint ${replayed.length}`);
   for (;;) {
@@ -321,17 +321,14 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   stats.entries = tree.entries;
   stats.skipped = tree.skipped;
   // After a checkpoint, dataHash saw only this step's segment: the caller hashes the joined blob.
-  return { model: layerModel(layer, params, storedOffset, fromHex(dataHash.hex()), chunks, tree), stats };
-}
-
-function layerModel(layer: LayerSource, params: ConvertParams, storedSize: number, dataDigest: Uint8Array, chunks: ChunkRecord[], tree: LayerTree): BootstrapModel {
-  return {
+  const model: BootstrapModel = {
     kind: "layer",
     codec: codecId(params.codec),
     chunkShift: params.chunkShift,
     platform: "",
-    blobs: [{ dataDigest, storedSize, layerDigest: layer.digest.value }],
+    blobs: [{ dataDigest: fromHex(dataHash.hex()), storedSize: storedOffset, layerDigest: layer.digest.value }],
     chunks,
     root: tree.root,
   };
+  return { model, stats };
 }
