@@ -8,9 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 # System tools the tests drive: a real registry, real clients, FUSE, openssl, curl, and for the
-# converter's tests zstd (fixtures), setfattr (xattrs) and python3 (hand-made tar members).
+# converter's tests zstd (fixtures), setfattr (xattrs) and python3 (hand-made tar members); nginx as
+# a reference server for `skiff check-ranges`.
 need=()
-for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl zstd setfattr python3; do
+for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl zstd setfattr python3 nginx; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 # fuse-native's binary links libfuse 2 (libfuse.so.2), which fuse3 doesn't provide.
@@ -18,15 +19,15 @@ ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || need+=(libfuse.so.2)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "run.sh: missing ${need[*]}: installing Debian packages" >&2
   if [ "$(id -u)" -ne 0 ]; then
-    echo "run.sh: not root; install docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 first" >&2
+    echo "run.sh: not root; install docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 nginx first" >&2
     exit 1
   fi
   apt-get update -q || exit 1
   apt-get install -y -q \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 || exit 1
+    docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 nginx || exit 1
   # The packages start system services; the tests run their own private instances.
-  for svc in docker-registry containerd; do
+  for svc in docker-registry containerd nginx; do
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
   done
 fi

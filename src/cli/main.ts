@@ -23,6 +23,7 @@ const commands: Record<string, { summary: string; run: (argv: string[]) => Promi
     summary: "write a converted image's root filesystem into a directory, verifying every chunk",
     run: async (argv) => (await import("./extract.ts")).extractCommand(argv),
   },
+  "check-ranges": { summary: "probe a blob URL for HTTP Range correctness (RFC 9110)", run: async (argv) => (await import("./check-ranges.ts")).checkRangesCommand(argv) },
 };
 
 const help = `Usage: skiff <command> [options]
@@ -31,7 +32,7 @@ skiff ${version}: an OCI registry mirror that verifies and caches what it serves
 
 Commands:
 ${Object.entries(commands)
-  .map(([name, c]) => `  ${name.padEnd(12)}${c.summary}`)
+  .map(([name, c]) => `  ${name.padEnd(14)}${c.summary}`)
   .join("\n")}
 
 Run 'skiff <command> --help' for a command's options.`;
