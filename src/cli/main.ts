@@ -24,6 +24,7 @@ const commands: Record<string, { summary: string; run: (argv: string[]) => Promi
     run: async (argv) => (await import("./extract.ts")).extractCommand(argv),
   },
   "check-ranges": { summary: "probe a blob URL for HTTP Range correctness (RFC 9110)", run: async (argv) => (await import("./check-ranges.ts")).checkRangesCommand(argv) },
+  bench: { summary: "load-test a running registry: 'bench ranges' checks every range answer", run: async (argv) => (await import("./bench.ts")).benchCommand(argv) },
 };
 
 const help = `Usage: skiff <command> [options]
