@@ -1,6 +1,7 @@
-// The Worker entry in workerd (wrangler dev, local R2) in front of a real Distribution registry:
-// skopeo and ctr pull through it, a cold blob is verified into R2 and served from there, and the lazy
-// API gives the same bootstrap and chunks as the Node proxy.
+// The Worker entry in workerd (the deployment bundle in Miniflare, local R2) in front of a real
+// Distribution registry: skopeo and ctr pull through it, a cold blob is verified into R2 and served
+// from there, and the lazy API gives the same bootstrap and chunks as the Node proxy, also when a
+// small CONVERT_STEP makes every layer take many requests.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
@@ -97,4 +98,38 @@ describe("skiff in workerd with R2", () => {
       await node.stop();
     }
   }, 300_000);
+
+  test("a conversion forced through many steps (CONVERT_STEP=1m) gives the Node proxy's bootstrap and data blobs", async () => {
+    const stepped = await WorkerSkiff.start({ upstream: registry.url, vars: { CONVERT_STEP: "1m" } });
+    const node = await Skiff.start({ upstream: registry.url });
+    try {
+      const path = `/v2/e2e/app/_skiff/bootstrap/${image.manifest.digest}`;
+      let accepted = 0;
+      let res = await transfer(`${stepped.url}${path}`, {}, 120_000);
+      // Several MiB per layer at 1 MiB per step: several requests per layer, each answered 202.
+      for (let i = 0; i < 200 && res.status === 202; i++) {
+        accepted++;
+        res = await transfer(`${stepped.url}${path}`, {}, 120_000);
+      }
+      expect(res.status, res.body.toString("utf8").slice(0, 500)).toBe(200);
+      expect(accepted).toBeGreaterThanOrEqual(3 * image.layers.length);
+      const fromNode = await transfer(`${node.url}${path}`, {}, 120_000);
+      expect(res.body.equals(fromNode.body)).toBe(true);
+
+      const params = fromNode.headers.get("skiff-params")!;
+      for (const layer of image.layers) {
+        const data = `/v2/e2e/app/_skiff/layers/${layer.digest}/${params}/data`;
+        const a = await transfer(`${stepped.url}${data}`, {}, 120_000);
+        const b = await transfer(`${node.url}${data}`, {}, 120_000);
+        expect(a.status).toBe(200);
+        expect(a.body.equals(b.body)).toBe(true);
+        expect(a.headers.get("etag")).toBe(b.headers.get("etag"));
+      }
+      const steps = /^skiff_conversion_steps_total (\d+)/m.exec(await stepped.metricsText());
+      console.log(`worker conversion in steps: ${accepted} answers 202, ${steps?.[1]} steps paused`);
+    } finally {
+      await node.stop();
+      await stepped.stop();
+    }
+  }, 600_000);
 });

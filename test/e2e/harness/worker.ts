@@ -1,11 +1,14 @@
-// skiff's Worker entry in workerd, through `wrangler dev` with a local R2 bucket persisted in a temp
-// dir: the same wrangler.toml a deployment uses, the upstream given as a var.
-import { closeSync, openSync, readdirSync, readFileSync } from "node:fs";
+// skiff's Worker entry in workerd with a local R2 bucket persisted in a temp dir. wrangler bundles it
+// as for a deployment (`wrangler deploy --dry-run`), and worker-runner.mjs runs the bundle through
+// Miniflare in a child Node process with wrangler.toml's compatibility settings and bindings, the
+// upstream given as a var. Not `wrangler dev`: its inspector proxy sends wrangler's Node process one
+// loopback request per chunk the Worker fetches, which made large pulls crawl and fail.
+import { closeSync, existsSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { REPO_ROOT } from "./skiff.ts";
 import { tempDir } from "./workdir.ts";
-import { childEnv, freePort, hasExited, spawnService, waitFor } from "./processes.ts";
+import { childEnv, freePort, hasExited, runOk, spawnService, waitFor } from "./processes.ts";
 
 export interface WorkerOptions {
   upstream?: string;
@@ -16,6 +19,23 @@ export interface WorkerOptions {
 }
 
 const WRANGLER = join(REPO_ROOT, "node_modules", ".bin", "wrangler");
+const CONFIG = join(REPO_ROOT, "wrangler.toml");
+const RUNNER = join(REPO_ROOT, "test", "e2e", "harness", "worker-runner.mjs");
+// Offline and quiet: no metrics, and no banner (whose update check would reach the npm registry).
+const WRANGLER_ENV = { WRANGLER_SEND_METRICS: "false", WRANGLER_HIDE_BANNER: "true", CI: "true" };
+
+let bundled: string | undefined;
+
+/** The Worker bundled from wrangler.toml's main, once while the run directory holds it. */
+async function bundle(): Promise<string> {
+  if (bundled && existsSync(bundled)) return bundled;
+  const outDir = tempDir("worker-bundle");
+  await runOk(WRANGLER, ["deploy", "--dry-run", "--config", CONFIG, "--outdir", outDir], { cwd: outDir, env: childEnv(WRANGLER_ENV), timeoutMs: 120_000 });
+  const scripts = readdirSync(outDir).filter((f) => f.endsWith(".js"));
+  if (scripts.length !== 1) throw new Error(`expected one bundled script from wrangler, found: ${scripts.join(", ") || "none"}`);
+  bundled = join(outDir, scripts[0]!);
+  return bundled;
+}
 
 export class WorkerSkiff {
   readonly url: string;
@@ -31,25 +51,23 @@ export class WorkerSkiff {
   }
 
   static async start(o: WorkerOptions = {}): Promise<WorkerSkiff> {
+    const script = await bundle();
     const dir = tempDir("worker");
     const persistDir = o.persistDir ?? join(dir, "state");
-    const logPath = join(dir, "wrangler.log");
+    const logPath = join(dir, "worker.log");
     const port = await freePort();
-    const inspector = await freePort();
+    // Strings, as `wrangler dev --var NAME:value` gives them; they replace wrangler.toml's [vars].
     const vars = { ...(o.upstream ? { UPSTREAM: o.upstream } : {}), ...o.vars };
-    const args = ["dev", "--config", join(REPO_ROOT, "wrangler.toml"), "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(inspector)];
-    args.push("--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "log");
-    for (const [name, value] of Object.entries(vars)) args.push("--var", `${name}:${value}`);
+    const spec = { config: CONFIG, script, port, persistDir, vars };
     const out = openSync(logPath, "a");
     let child: ChildProcess;
     try {
       // Its own process group, so stopping it also stops the workerd it runs.
-      child = spawnService(WRANGLER, args, { cwd: dir, stdio: ["ignore", out, out], detached: true, env: childEnv({ WRANGLER_SEND_METRICS: "false", CI: "true" }) });
+      child = spawnService(process.execPath, [RUNNER, JSON.stringify(spec)], { cwd: dir, stdio: ["ignore", out, out], detached: true, env: childEnv(WRANGLER_ENV) });
     } finally {
       closeSync(out);
     }
-    // wrangler runs its CLI and workerd as further processes: if the test process dies without
-    // stop(), the whole group goes with it.
+    // If the test process dies without stop(), the runner's whole group (workerd too) goes with it.
     const killGroup = () => {
       try {
         process.kill(-child.pid!, "SIGKILL");
@@ -63,9 +81,9 @@ export class WorkerSkiff {
     const w = new WorkerSkiff(child, url, persistDir, logPath);
     try {
       await waitFor(
-        `wrangler dev on ${url}`,
+        `the Worker on ${url}`,
         async () => {
-          if (hasExited(child)) throw new Error(`wrangler exited (${child.exitCode}): ${w.log().slice(-3000)}`);
+          if (hasExited(child)) throw new Error(`the Worker's runner exited (${child.exitCode}): ${w.log().slice(-3000)}`);
           const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(2_000) }).catch(() => null);
           await res?.arrayBuffer();
           return res && res.status < 500 ? true : undefined;
@@ -106,7 +124,7 @@ export class WorkerSkiff {
         // the process went away meanwhile
       }
     }
-    throw new Error("no workerd process found in wrangler's process group");
+    throw new Error("no workerd process found in the runner's process group");
   }
 
   async metricsText(): Promise<string> {
