@@ -40,9 +40,15 @@ const COALESCE_BYTES = 64 * 1024;
 // A live client that takes no data for this long is dropped so it can't stall the shared fetch.
 const STALLED_CLIENT_MS = 60_000;
 
+// Entitlements remembered in memory: cached blobs are immutable and links are never taken back, so
+// a hit costs no store lookups (two per request otherwise, on the hot path of range serving).
+const REMEMBERED = 20_000;
+
 export class BlobCache {
   readonly #deps: BlobCacheDeps;
   readonly #inflight = new Map<string, Promise<BlobFetch>>();
+  /** `name@digest` → size, least recently used first. */
+  readonly #entitled = new Map<string, BlobInfo>();
 
   constructor(deps: BlobCacheDeps) {
     this.#deps = deps;
@@ -53,13 +59,28 @@ export class BlobCache {
    * repository is shown to `name` only after the upstream confirms `name` has it too.
    */
   async cached(name: string, digest: Digest): Promise<BlobInfo | null> {
+    const key = `${name}@${digest.value}`;
+    const known = this.#entitled.get(key);
+    if (known) {
+      this.#entitled.delete(key);
+      this.#entitled.set(key, known);
+      return known;
+    }
     const { store } = this.#deps;
     const info = await store.stat(blobKey(digest));
     if (!info) return null;
-    if (await store.stat(blobLinkKey(name, digest))) return info;
-    await this.upstreamHead(name, digest); // throws unless the upstream has it under this name
-    await this.#link(name, digest);
+    if (!(await store.stat(blobLinkKey(name, digest)))) {
+      await this.upstreamHead(name, digest); // throws unless the upstream has it under this name
+      await this.#link(name, digest);
+    }
+    this.#entitled.set(key, { size: info.size });
+    if (this.#entitled.size > REMEMBERED) this.#entitled.delete(this.#entitled.keys().next().value!);
     return info;
+  }
+
+  /** The blob is gone from the store (removed behind the proxy's back): stop answering from memory. */
+  forget(digest: Digest): void {
+    for (const key of this.#entitled.keys()) if (key.endsWith(`@${digest.value}`)) this.#entitled.delete(key);
   }
 
   /** Asks the upstream for the blob's size without downloading it. */

@@ -18,7 +18,7 @@ import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/refer
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { serveRanged } from "./ranged.ts";
+import { serveRanged, storedRegion } from "./ranged.ts";
 import type { CacheScope } from "./registry.ts";
 
 export const BOOTSTRAP_MEDIA_TYPE = "application/vnd.skiff.bootstrap.v1";
@@ -123,7 +123,7 @@ export function lazyHandler(deps: LazyDeps) {
       etag: `"sha256:${layer.dataDigest}"`,
       contentType: "application/octet-stream",
       headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
-      read: (span) => readStored(layer.dataKey, span ?? { offset: 0, length: layer.dataSize }),
+      ...storedRegion(deps.store, layer.dataKey, { offset: 0, length: layer.dataSize }, vanished),
     });
     deps.metrics.inc("skiff_chunk_bytes_served_total", { route: "data" }, served.bytes);
     return served.response;
@@ -142,7 +142,7 @@ export function lazyHandler(deps: LazyDeps) {
       etag: `"${file}"`,
       contentType: "application/octet-stream",
       headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
-      read: (span) => readStored(layer.dataKey, { offset: record.storedOffset + (span?.offset ?? 0), length: span?.length ?? record.storedSize }),
+      ...storedRegion(deps.store, layer.dataKey, { offset: record.storedOffset, length: record.storedSize }, vanished),
     });
     deps.metrics.inc("skiff_chunk_bytes_served_total", { route: "chunks" }, served.bytes);
     return served.response;
@@ -164,12 +164,9 @@ export function lazyHandler(deps: LazyDeps) {
     if (!(await deps.blobs.cached(name, layer))) throw new OciError("BLOB_UNKNOWN", `layer ${layer.value} is not known in ${name}`);
   }
 
-  async function readStored(key: string, span: { offset: number; length: number }): Promise<ReadableStream<Uint8Array>> {
-    const body = await deps.store.get(key, span);
-    if (!body) throw new OciError("BLOB_UNKNOWN", "converted data vanished from the store");
-    return body;
-  }
 }
+
+const vanished = () => new OciError("BLOB_UNKNOWN", "converted data vanished from the store");
 
 /**
  * The conversion goes on after the 202: on Workers the invocation is kept alive for it (for a limited

@@ -12,7 +12,7 @@ import type { ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
 import { OciError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { serveRanged, type Served } from "./ranged.ts";
+import { serveRanged, storedRegion, type Served } from "./ranged.ts";
 
 export interface RegistryDeps {
   store: ContentStore;
@@ -155,11 +155,10 @@ export function registryRoutes(deps: RegistryDeps): Hono {
       etag: `"${digest.value}"`,
       contentType: "application/octet-stream",
       headers: { "Docker-Content-Digest": digest.value, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
-      read: async (span) => {
-        const body = await deps.store.get(blobKey(digest), span);
-        if (!body) throw new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
-        return body;
-      },
+      ...storedRegion(deps.store, blobKey(digest), { offset: 0, length: size }, () => {
+        deps.blobs.forget(digest);
+        return new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+      }),
     });
   }
 

@@ -1,7 +1,11 @@
 // Filesystem store: one file per key under a root directory. Writes go to a temporary file in the
-// same filesystem and are renamed into place on commit, which is atomic on POSIX.
-import { mkdir, open, rename, rm, stat, unlink, type FileHandle } from "node:fs/promises";
+// same filesystem and are renamed into place on commit, which is atomic on POSIX. Read handles are
+// kept open between reads (./read-handles.ts); this process's own writes and deletes retire them,
+// so the store is for one process, as the other single-process parts of the proxy assume.
+import { readSync } from "node:fs";
+import { mkdir, open, rename, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { ReadHandles, type ReadHandle } from "./read-handles.ts";
 import { assertValidKey, type ByteSpan, type ContentStore, type Upload } from "./store.ts";
 
 const READ_SIZE = 256 * 1024;
@@ -9,6 +13,7 @@ const READ_SIZE = 256 * 1024;
 export class FsStore implements ContentStore {
   readonly root: string;
   readonly #tmp: string;
+  readonly #handles = new ReadHandles();
 
   constructor(root: string) {
     this.root = root;
@@ -38,14 +43,14 @@ export class FsStore implements ContentStore {
   }
 
   async get(key: string, span?: ByteSpan): Promise<ReadableStream<Uint8Array> | null> {
-    let fh: FileHandle;
+    let handle: ReadHandle;
     try {
-      fh = await open(this.#path(key), "r");
+      handle = await this.#handles.acquire(this.#path(key));
     } catch (err) {
       if (isNotFound(err)) return null;
       throw err;
     }
-    const size = (await fh.stat()).size;
+    const { fh, size } = handle;
     let position = span ? span.offset : 0;
     const end = span ? Math.min(size, span.offset + span.length) : size;
     return new ReadableStream<Uint8Array>({
@@ -54,24 +59,48 @@ export class FsStore implements ContentStore {
         try {
           const want = Math.min(READ_SIZE, end - position);
           if (want <= 0) {
-            await fh.close();
+            handle.release();
             controller.close();
             return;
           }
           const buf = new Uint8Array(want);
-          const { bytesRead } = await fh.read(buf, 0, want, position);
+          const bytesRead = readSync(fh.fd, buf, 0, want, position);
           if (bytesRead === 0) throw new Error(`store object ${key} shorter than expected`);
           position += bytesRead;
           controller.enqueue(buf.subarray(0, bytesRead));
         } catch (err) {
-          await fh.close().catch(() => {});
+          handle.release();
           controller.error(err);
         }
       },
-      async cancel() {
-        await fh.close().catch(() => {});
+      cancel() {
+        handle.release();
       },
     });
+  }
+
+  // A blocking read of a few hundred KiB from the page cache costs less than a hop through the
+  // thread pool and back, as nginx's default of blocking reads assumes too.
+  async readSpan(key: string, span: ByteSpan): Promise<Uint8Array<ArrayBuffer> | null> {
+    let handle: ReadHandle;
+    try {
+      handle = await this.#handles.acquire(this.#path(key));
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+    try {
+      const length = Math.max(0, Math.min(span.length, handle.size - span.offset));
+      const buf = new Uint8Array(length);
+      for (let at = 0; at < length; ) {
+        const n = readSync(handle.fh.fd, buf, at, length - at, span.offset + at);
+        if (n === 0) throw new Error(`store object ${key} shorter than expected`);
+        at += n;
+      }
+      return buf;
+    } finally {
+      handle.release();
+    }
   }
 
   async put(key: string): Promise<Upload> {
@@ -101,6 +130,7 @@ export class FsStore implements ContentStore {
           await fh.close();
           await mkdir(dirname(finalPath), { recursive: true });
           await rename(tmpPath, finalPath);
+          this.#handles.forget(finalPath);
           finished = true;
         } catch (err) {
           await discard();
@@ -112,7 +142,9 @@ export class FsStore implements ContentStore {
   }
 
   async delete(key: string) {
-    await rm(this.#path(key), { force: true });
+    const path = this.#path(key);
+    await rm(path, { force: true });
+    this.#handles.forget(path);
   }
 }
 

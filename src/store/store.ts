@@ -36,6 +36,11 @@ export interface ContentStore {
   put(key: string): Promise<Upload>;
   delete(key: string): Promise<void>;
   /**
+   * A span's bytes at once, where the store can read them faster than through a stream (small range
+   * answers: no stream per request). Clamped at the end like get; null when absent.
+   */
+  readSpan?(key: string, span: ByteSpan): Promise<Uint8Array<ArrayBuffer> | null>;
+  /**
    * Compare-and-swap on small records (conversion leases), offered by stores that several processes
    * share (R2). A store that one process owns leaves both out: single flight in the process suffices.
    */

@@ -164,6 +164,24 @@ describe("blobs: fetching, single flight and ranges", () => {
     expect(t.upstream.requests[0]!.headers.get("accept-encoding")).toBe("identity");
   });
 
+  it("a cached blob removed from the store behind the proxy's back is fetched again, not remembered", async () => {
+    const t = setup();
+    const data = bytesOf(20_000, 4);
+    const digest = t.upstream.addBlob(["lib/app"], data);
+    await (await t.request(`/v2/lib/app/blobs/${digest}`)).arrayBuffer();
+    const ranged = await t.request(`/v2/lib/app/blobs/${digest}`, { headers: { Range: "bytes=0-9" } });
+    expect(ranged.status).toBe(206);
+    await ranged.arrayBuffer();
+    await t.store.delete(t.keys("blobs/")[0]!);
+    const gone = await t.request(`/v2/lib/app/blobs/${digest}`, { headers: { Range: "bytes=0-9" } });
+    expect(gone.status).toBe(404);
+    expect((await ociError(gone)).code).toBe("BLOB_UNKNOWN");
+    const refetched = await t.request(`/v2/lib/app/blobs/${digest}`, { headers: { Range: "bytes=10-19" } });
+    expect(refetched.status).toBe(206);
+    expect(same(new Uint8Array(await refetched.arrayBuffer()), data.subarray(10, 20))).toBe(true);
+    expect(t.upstream.count("/blobs/", "GET")).toBe(2);
+  });
+
   it("serves 50 concurrent GETs of one uncached blob from exactly one upstream GET", async () => {
     const t = setup();
     const data = bytesOf(200_000, 8);

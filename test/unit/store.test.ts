@@ -252,6 +252,25 @@ describe("FsStore on disk", () => {
     expect(await read(second, "kept/object")).toBe("committed");
   });
 
+  it("reads spans at once (readSpan) as get does, and never from a handle on a replaced or deleted object", async () => {
+    const store = await new FsStore(await tempRoot()).init();
+    await putBytes(store, "obj/a", enc("0123456789"));
+    expect(dec((await store.readSpan("obj/a", { offset: 2, length: 3 }))!)).toBe("234");
+    expect(dec((await store.readSpan("obj/a", { offset: 8, length: 100 }))!)).toBe("89");
+    expect((await store.readSpan("obj/a", { offset: 20, length: 5 }))!.byteLength).toBe(0);
+    expect(await store.readSpan("obj/missing", { offset: 0, length: 1 })).toBeNull();
+    // A reader mid-stream keeps its bytes while the object is replaced under it.
+    const reading = (await store.get("obj/a"))!.getReader();
+    await putBytes(store, "obj/a", enc("replaced!"));
+    expect(dec((await store.readSpan("obj/a", { offset: 0, length: 100 }))!)).toBe("replaced!");
+    expect(await read(store, "obj/a")).toBe("replaced!");
+    expect(dec((await reading.read()).value!)).toBe("0123456789");
+    await reading.cancel();
+    await store.delete("obj/a");
+    expect(await store.readSpan("obj/a", { offset: 0, length: 1 })).toBeNull();
+    expect(await store.get("obj/a")).toBeNull();
+  });
+
   it("lets two uploads of one key race; the last commit wins and no temporary remains", async () => {
     const store = await new FsStore(await tempRoot()).init();
     const a = await store.put("race/key");

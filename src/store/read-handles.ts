@@ -1,0 +1,95 @@
+// Open file handles for reading, kept between reads: a range request for a cached blob would
+// otherwise pay open + fstat + close on top of its one read, each a hop through libuv's thread pool.
+// A handle is shared by concurrent readers and closed once it is both evicted (least recently used
+// beyond the limit, or its path replaced or deleted by this process) and no longer read.
+import { open, type FileHandle } from "node:fs/promises";
+
+export interface ReadHandle {
+  readonly fh: FileHandle;
+  readonly size: number;
+  /** Every acquire is matched by exactly one release. */
+  release(): void;
+}
+
+interface Entry {
+  fh: FileHandle;
+  size: number;
+  readers: number;
+  /** No longer handed out: closed when its last reader releases it. */
+  retired: boolean;
+}
+
+export class ReadHandles {
+  readonly #limit: number;
+  readonly #open = new Map<string, Promise<Entry>>();
+
+  constructor(limit = 256) {
+    this.#limit = limit;
+  }
+
+  /** A handle on the file at `path` as it is now; rejects with ENOENT when there is none. */
+  async acquire(path: string): Promise<ReadHandle> {
+    let pending = this.#open.get(path);
+    if (pending) {
+      this.#open.delete(path); // re-inserted below: most recently used last
+    } else {
+      pending = openEntry(path);
+      pending.catch(() => this.#open.get(path) === pending && this.#open.delete(path));
+    }
+    this.#open.set(path, pending);
+    this.#evictBeyondLimit();
+    const entry = await pending;
+    entry.readers++;
+    let released = false;
+    return {
+      fh: entry.fh,
+      size: entry.size,
+      release: () => {
+        if (released) return;
+        released = true;
+        entry.readers--;
+        closeIfIdle(entry);
+      },
+    };
+  }
+
+  /** The file at `path` was replaced or deleted: readers from now on open it afresh. */
+  forget(path: string): void {
+    const pending = this.#open.get(path);
+    if (!pending) return;
+    this.#open.delete(path);
+    retire(pending);
+  }
+
+  #evictBeyondLimit(): void {
+    while (this.#open.size > this.#limit) {
+      const [oldest, pending] = this.#open.entries().next().value!;
+      this.#open.delete(oldest);
+      retire(pending);
+    }
+  }
+}
+
+async function openEntry(path: string): Promise<Entry> {
+  const fh = await open(path, "r");
+  try {
+    return { fh, size: (await fh.stat()).size, readers: 0, retired: false };
+  } catch (err) {
+    await fh.close().catch(() => {});
+    throw err;
+  }
+}
+
+function retire(pending: Promise<Entry>): void {
+  pending.then(
+    (entry) => {
+      entry.retired = true;
+      closeIfIdle(entry);
+    },
+    () => {},
+  );
+}
+
+function closeIfIdle(entry: Entry): void {
+  if (entry.retired && entry.readers === 0) void entry.fh.close().catch(() => {});
+}
