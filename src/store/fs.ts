@@ -43,13 +43,8 @@ export class FsStore implements ContentStore {
   }
 
   async get(key: string, span?: ByteSpan): Promise<ReadableStream<Uint8Array> | null> {
-    let handle: ReadHandle;
-    try {
-      handle = await this.#handles.acquire(this.#path(key));
-    } catch (err) {
-      if (isNotFound(err)) return null;
-      throw err;
-    }
+    const handle = await this.#acquire(key);
+    if (!handle) return null;
     const { fh, size } = handle;
     let position = span ? span.offset : 0;
     const end = span ? Math.min(size, span.offset + span.length) : size;
@@ -82,13 +77,8 @@ export class FsStore implements ContentStore {
   // A blocking read of a few hundred KiB from the page cache costs less than a hop through the
   // thread pool and back, as nginx's default of blocking reads assumes too.
   async readSpan(key: string, span: ByteSpan): Promise<Uint8Array<ArrayBuffer> | null> {
-    let handle: ReadHandle;
-    try {
-      handle = await this.#handles.acquire(this.#path(key));
-    } catch (err) {
-      if (isNotFound(err)) return null;
-      throw err;
-    }
+    const handle = await this.#acquire(key);
+    if (!handle) return null;
     try {
       const length = Math.max(0, Math.min(span.length, handle.size - span.offset));
       const buf = new Uint8Array(length);
@@ -100,6 +90,15 @@ export class FsStore implements ContentStore {
       return buf;
     } finally {
       handle.release();
+    }
+  }
+
+  async #acquire(key: string): Promise<ReadHandle | null> {
+    try {
+      return await this.#handles.acquire(this.#path(key));
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
     }
   }
 
