@@ -45,7 +45,7 @@ export class FsStore implements ContentStore {
   async get(key: string, span?: ByteSpan): Promise<ReadableStream<Uint8Array> | null> {
     const handle = await this.#acquire(key);
     if (!handle) return null;
-    const { fh, size } = handle;
+    const { fd, size } = handle;
     let position = span ? span.offset : 0;
     const end = span ? Math.min(size, span.offset + span.length) : size;
     return new ReadableStream<Uint8Array>({
@@ -59,7 +59,7 @@ export class FsStore implements ContentStore {
             return;
           }
           const buf = new Uint8Array(want);
-          const bytesRead = readSync(fh.fd, buf, 0, want, position);
+          const bytesRead = readSync(fd, buf, 0, want, position);
           if (bytesRead === 0) throw new Error(`store object ${key} shorter than expected`);
           position += bytesRead;
           controller.enqueue(buf.subarray(0, bytesRead));
@@ -83,7 +83,7 @@ export class FsStore implements ContentStore {
       const length = Math.max(0, Math.min(span.length, handle.size - span.offset));
       const buf = new Uint8Array(length);
       for (let at = 0; at < length; ) {
-        const n = readSync(handle.fh.fd, buf, at, length - at, span.offset + at);
+        const n = readSync(handle.fd, buf, at, length - at, span.offset + at);
         if (n === 0) throw new Error(`store object ${key} shorter than expected`);
         at += n;
       }

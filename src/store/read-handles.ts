@@ -1,18 +1,25 @@
 // Open file handles for reading, kept between reads: a range request for a cached blob would
 // otherwise pay open + fstat + close on top of its one read, each a hop through libuv's thread pool.
 // A handle is shared by concurrent readers and closed once it is both evicted (least recently used
-// beyond the limit, or its path replaced or deleted by this process) and no longer read.
-import { open, type FileHandle } from "node:fs/promises";
+// beyond the limit, or its path replaced or deleted by this process) and no longer read. Plain
+// descriptors, not FileHandle objects: a store dropped with handles open (a CLI command's) must not
+// leave Node closing them on garbage collection, which it warns about on stderr.
+import { close, fstat, open } from "node:fs";
+import { promisify } from "node:util";
+
+const openFd = promisify(open);
+const fstatFd = promisify(fstat);
+const closeFd = promisify(close);
 
 export interface ReadHandle {
-  readonly fh: FileHandle;
+  readonly fd: number;
   readonly size: number;
   /** Every acquire is matched by exactly one release. */
   release(): void;
 }
 
 interface Entry {
-  fh: FileHandle;
+  fd: number;
   size: number;
   readers: number;
   /** No longer handed out: closed when its last reader releases it. */
@@ -42,7 +49,7 @@ export class ReadHandles {
     entry.readers++;
     let released = false;
     return {
-      fh: entry.fh,
+      fd: entry.fd,
       size: entry.size,
       release: () => {
         if (released) return;
@@ -71,11 +78,11 @@ export class ReadHandles {
 }
 
 async function openEntry(path: string): Promise<Entry> {
-  const fh = await open(path, "r");
+  const fd = await openFd(path, "r");
   try {
-    return { fh, size: (await fh.stat()).size, readers: 0, retired: false };
+    return { fd, size: (await fstatFd(fd)).size, readers: 0, retired: false };
   } catch (err) {
-    await fh.close().catch(() => {});
+    await closeFd(fd).catch(() => {});
     throw err;
   }
 }
@@ -91,5 +98,5 @@ function retire(pending: Promise<Entry>): void {
 }
 
 function closeIfIdle(entry: Entry): void {
-  if (entry.retired && entry.readers === 0) void entry.fh.close().catch(() => {});
+  if (entry.retired && entry.readers === 0) void closeFd(entry.fd).catch(() => {});
 }
