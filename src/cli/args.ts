@@ -28,3 +28,11 @@ export function sizeFlag(value: string | undefined, name: string, fallback: numb
   if (bytes === null) throw new UsageError(`--${name} must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
   return bytes;
 }
+
+/** A `--header 'Name: value'` flag: a valid field name (RFC 9110 token) and its value. */
+export function headerFlag(text: string): [string, string] {
+  const i = text.indexOf(":");
+  const name = text.slice(0, i).trim();
+  if (i < 1 || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) throw new UsageError(`--header must be 'Name: value', got ${JSON.stringify(text)}`);
+  return [name, text.slice(i + 1).trim()];
+}

@@ -2,7 +2,7 @@
 // Range requests and checks every answer (engine in src/bench/ranges.ts).
 import { readFile } from "node:fs/promises";
 import { ERROR_KINDS, loadReference, parsePatternFile, probeSize, runRangeBench, type Pattern, type RangeBenchResult, type SizeSpec } from "../bench/ranges.ts";
-import { integerFlag, parseFlags, UsageError } from "./args.ts";
+import { headerFlag, integerFlag, parseFlags, UsageError } from "./args.ts";
 import { parseSize } from "../util/size.ts";
 import { formatBytes, Progress } from "./progress.ts";
 
@@ -65,11 +65,9 @@ export function parseSizeSpec(text: string): SizeSpec {
 }
 
 function parseHeader(text: string): [string, string] {
-  const i = text.indexOf(":");
-  const name = text.slice(0, i).trim();
-  if (i < 1 || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) throw new UsageError(`--header must be 'Name: value', got ${JSON.stringify(text)}`);
-  if (name.toLowerCase() === "range") throw new UsageError("--header cannot set Range: the benchmark chooses it");
-  return [name, text.slice(i + 1).trim()];
+  const header = headerFlag(text);
+  if (header[0].toLowerCase() === "range") throw new UsageError("--header cannot set Range: the benchmark chooses it");
+  return header;
 }
 
 async function rangesCommand(argv: string[]): Promise<number> {

@@ -8,7 +8,7 @@ import { nodeHasher } from "../hash/node.ts";
 import { CASES, CheckError, checkRanges, type RangeReport } from "../ranges/check.ts";
 import { memoryStore, type BodyStore } from "../ranges/store.ts";
 import { withTimeouts } from "../util/fetch-timeouts.ts";
-import { integerFlag, parseFlags, UsageError } from "./args.ts";
+import { headerFlag, integerFlag, parseFlags, UsageError } from "./args.ts";
 
 export const checkRangesHelp = `Usage: skiff check-ranges URL [options]
 
@@ -48,11 +48,7 @@ export async function checkRangesCommand(argv: string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError("expected one URL (see --help)");
   const url = positionals[0]!;
   if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) throw new UsageError(`not an http(s) URL: ${JSON.stringify(url)}`);
-  const headers = (values.header ?? []).map((h): [string, string] => {
-    const i = h.indexOf(":");
-    if (i <= 0) throw new UsageError(`--header must be 'Name: value', got ${JSON.stringify(h)}`);
-    return [h.slice(0, i).trim(), h.slice(i + 1).trim()];
-  });
+  const headers = (values.header ?? []).map(headerFlag);
   if (values.digest !== undefined && !/^sha256:[0-9a-f]{64}$/.test(values.digest)) throw new UsageError(`--digest must be sha256:<64 hex>, got ${JSON.stringify(values.digest)}`);
   const ms = integerFlag(values.timeout, "timeout", 30, 1, 86_400) * 1000;
 

@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { ConfigError, resolveConfig, type SkiffConfig } from "../config/config.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
+import type { ServeSettings } from "../http/app.ts";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 
 export const serveHelp = `Usage: skiff serve [--config FILE | --upstream URL ...] [options]
@@ -53,10 +54,7 @@ export interface ServeOptions {
   host: string;
   port: number;
   dataDir: string;
-  maxLayerBytes: number;
-  convertWaitSeconds: number;
-  convertStepBytes?: number;
-  defaultPlatform?: string;
+  app: ServeSettings;
 }
 
 /** The options the arguments and environment describe, or null when they ask for help. */
@@ -105,10 +103,12 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     host: values.host ?? "0.0.0.0",
     port: integerFlag(values.port, "port", 8080, 0, 65535),
     dataDir: values.data ?? "./data",
-    maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
-    convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
-    convertStepBytes: values["convert-step"] === undefined ? undefined : positiveSize(values["convert-step"], "convert-step"),
-    defaultPlatform: values.platform,
+    app: {
+      maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
+      convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
+      convertStepBytes: values["convert-step"] === undefined ? undefined : positiveSize(values["convert-step"], "convert-step"),
+      defaultPlatform: values.platform,
+    },
   };
 }
 

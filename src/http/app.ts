@@ -36,6 +36,9 @@ export interface AppOptions {
   now?: () => number;
 }
 
+/** The app's settings that `serve`'s flags set, the same on every runtime entry. */
+export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "convertWaitSeconds" | "convertStepBytes" | "defaultPlatform">;
+
 export interface SkiffApp {
   app: Hono;
   metrics: Metrics;

@@ -122,9 +122,10 @@ export class Conversions {
       throw new OciError("SIZE_INVALID", `layer ${layer.digest.value} is ${layer.size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
     }
     const now = this.#deps.now ?? Date.now;
+    const id = paramsId(opts.params);
     let lease: Lease | null = null;
-    if (opts.budget && !(await store.stat(layerBootstrapKey(layer.digest, paramsId(opts.params))))) {
-      lease = await Lease.acquire(store, layerLeaseKey(layer.digest, paramsId(opts.params)), { ttlMs: this.#deps.leaseMs ?? DEFAULT_LEASE_MS, now });
+    if (opts.budget && !(await store.stat(layerBootstrapKey(layer.digest, id)))) {
+      lease = await Lease.acquire(store, layerLeaseKey(layer.digest, id), { ttlMs: this.#deps.leaseMs ?? DEFAULT_LEASE_MS, now });
       if (!lease) throw new ConversionPending(`layer ${layer.digest.value} is being converted by another instance`);
     }
     const started = now();

@@ -7,6 +7,7 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { nobleHasher } from "../hash/noble.ts";
 import { byterangesBoundary, parseByteranges } from "./multipart.ts";
 import { memoryStore, type BodyStore } from "./store.ts";
+import { concatBytes } from "../util/streams.ts";
 
 export type Kind = "mandatory" | "advisory";
 export type Result = "PASS" | "WARN" | "FAIL";
@@ -522,11 +523,5 @@ async function readCapped(res: Response, cap: number): Promise<{ bytes: Uint8Arr
     }
     await reader.cancel().catch(() => undefined);
   }
-  const bytes = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    bytes.set(c, at);
-    at += c.length;
-  }
-  return { bytes, over, error };
+  return { bytes: concatBytes(chunks), over, error };
 }

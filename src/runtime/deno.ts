@@ -60,10 +60,7 @@ async function serve(args: string[]): Promise<number> {
     store,
     hasher: nodeHasher,
     fetchFor,
-    maxLayerBytes: opts.maxLayerBytes,
-    convertWaitSeconds: opts.convertWaitSeconds,
-    convertStepBytes: opts.convertStepBytes,
-    defaultPlatform: opts.defaultPlatform,
+    ...opts.app,
     log,
   });
 

@@ -4,7 +4,7 @@ import { serve } from "@hono/node-server";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import { nodeHasher } from "../hash/node.ts";
-import { createApp, type SkiffApp } from "../http/app.ts";
+import { createApp, type ServeSettings, type SkiffApp } from "../http/app.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { FsStore } from "../store/fs.ts";
 import { useNodeGunzip } from "./node-gunzip.ts";
@@ -14,10 +14,7 @@ export interface NodeServerOptions {
   host: string;
   port: number;
   dataDir: string;
-  maxLayerBytes?: number;
-  convertWaitSeconds?: number;
-  convertStepBytes?: number;
-  defaultPlatform?: string;
+  app?: ServeSettings;
   log?: (message: string) => void;
 }
 
@@ -48,10 +45,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     store,
     hasher: nodeHasher,
     fetchFor,
-    maxLayerBytes: opts.maxLayerBytes,
-    convertWaitSeconds: opts.convertWaitSeconds,
-    convertStepBytes: opts.convertStepBytes,
-    defaultPlatform: opts.defaultPlatform,
+    ...opts.app,
     log: opts.log,
   });
 
