@@ -23,6 +23,12 @@ export interface AccessDeps {
   now?: () => number;
 }
 
+/** What the access decision reads of a request: its URL (for the challenge's realm) and its headers. */
+export interface RequestHead {
+  url: string;
+  headers: { get(name: string): string | null };
+}
+
 export const TOKEN_PATH = "/_skiff/token";
 const SERVICE = "skiff";
 
@@ -30,6 +36,7 @@ export class AccessPolicy {
   readonly config: AccessConfig;
   readonly signer: TokenSigner;
   readonly #metrics: Metrics;
+  readonly #countAllowed: () => void;
   readonly #passthrough: PassthroughChecker;
 
   constructor(config: AccessConfig, deps: AccessDeps) {
@@ -37,36 +44,28 @@ export class AccessPolicy {
     this.config = config;
     this.signer = new TokenSigner(config.tokenSecret, now);
     this.#metrics = deps.metrics;
+    this.#countAllowed = deps.metrics.counter("skiff_access_total", { mode: config.mode, result: "allowed" });
     this.#passthrough = new PassthroughChecker({ hasher: deps.hasher, clientFor: deps.clientFor, ttlMs: config.decisionTtlSeconds * 1000, now });
   }
 
   /** May this request pull from the route's repository? Throws the OCI error to answer otherwise. */
-  async authorize(request: Request, route: Route): Promise<Grant> {
+  async authorize(request: RequestHead, route: Route): Promise<Grant> {
     try {
-      const grant = await this.#decide(request, route);
-      this.#count("allowed");
+      const grant = await this.decide(request, route);
+      this.record();
       return grant;
     } catch (err) {
-      if (err instanceof OciError) this.#count(err.code === "UNAUTHORIZED" ? "unauthorized" : err.code === "DENIED" ? "denied" : "unavailable");
+      this.record(err);
       throw err;
     }
   }
 
   /**
-   * `GET /v2/` is where clients learn how to log in; the answer's extra headers. In `credentials`
-   * mode a client without valid credentials gets the 401 challenge. In `passthrough` mode anyone
-   * gets 200, with a Basic challenge beside it (RFC 9110 allows one on any answer) because
-   * credentials may unlock more: skopeo and docker decide from this answer alone whether to send them.
+   * `authorize` in two halves, for a caller that may still hand the request on to `authorize`:
+   * `decide` counts nothing, and `record` counts the decision once it is answered: no argument for
+   * a grant, else what `decide` threw.
    */
-  async authorizeBase(request: Request): Promise<Record<string, string>> {
-    if (this.config.mode === "passthrough") return { "WWW-Authenticate": `Basic realm="${SERVICE}"` };
-    if (this.config.mode !== "credentials") return {};
-    const principal = await this.identify(request.headers.get("authorization"));
-    if (!principal || principal === "invalid") throw this.#challenge(request, undefined, principal === "invalid");
-    return {};
-  }
-
-  async #decide(request: Request, route: Route): Promise<Grant> {
+  async decide(request: RequestHead, route: Route): Promise<Grant> {
     const { mode } = this.config;
     if (mode === "open") return { shareable: true };
     const header = request.headers.get("authorization");
@@ -86,6 +85,25 @@ export class AccessPolicy {
     if (await this.#passthrough.allowed(route, anonymous ? "" : header!, credentials)) return { shareable: false };
     if (!credentials) throw passthroughChallenge(`pulling ${route.repository} needs credentials of its registry`);
     throw new OciError("DENIED", `the upstream registry does not let these credentials pull ${route.repository}`);
+  }
+
+  record(refusal?: unknown): void {
+    if (refusal === undefined) this.#countAllowed();
+    else if (refusal instanceof OciError) this.#count(refusal.code === "UNAUTHORIZED" ? "unauthorized" : refusal.code === "DENIED" ? "denied" : "unavailable");
+  }
+
+  /**
+   * `GET /v2/` is where clients learn how to log in; the answer's extra headers. In `credentials`
+   * mode a client without valid credentials gets the 401 challenge. In `passthrough` mode anyone
+   * gets 200, with a Basic challenge beside it (RFC 9110 allows one on any answer) because
+   * credentials may unlock more: skopeo and docker decide from this answer alone whether to send them.
+   */
+  async authorizeBase(request: RequestHead): Promise<Record<string, string>> {
+    if (this.config.mode === "passthrough") return { "WWW-Authenticate": `Basic realm="${SERVICE}"` };
+    if (this.config.mode !== "credentials") return {};
+    const principal = await this.identify(request.headers.get("authorization"));
+    if (!principal || principal === "invalid") throw this.#challenge(request, undefined, principal === "invalid");
+    return {};
   }
 
   /** The configured user or token behind an Authorization header: null when there is none. */
@@ -112,7 +130,7 @@ export class AccessPolicy {
   }
 
   /** A 401 that sends the client to the token endpoint (clients drop an expired token on `invalid_token`). */
-  #challenge(request: Request, route: Route | undefined, invalid: boolean): OciError {
+  #challenge(request: RequestHead, route: Route | undefined, invalid: boolean): OciError {
     const realm = this.config.realm ?? `${new URL(request.url).origin}${TOKEN_PATH}`;
     const scope = route ? `,scope="repository:${route.repository}:pull"` : "";
     const error = invalid ? `,error="invalid_token"` : "";

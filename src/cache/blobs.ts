@@ -59,13 +59,9 @@ export class BlobCache {
    * repository is shown to `name` only after the upstream confirms `name` has it too.
    */
   async cached(name: string, digest: Digest): Promise<BlobInfo | null> {
+    const known = this.remembered(name, digest);
+    if (known) return known;
     const key = `${name}@${digest.value}`;
-    const known = this.#entitled.get(key);
-    if (known) {
-      this.#entitled.delete(key);
-      this.#entitled.set(key, known);
-      return known;
-    }
     const { store } = this.#deps;
     const info = await store.stat(blobKey(digest));
     if (!info) return null;
@@ -76,6 +72,16 @@ export class BlobCache {
     this.#entitled.set(key, { size: info.size });
     if (this.#entitled.size > REMEMBERED) this.#entitled.delete(this.#entitled.keys().next().value!);
     return info;
+  }
+
+  /** `cached` without touching the store or the upstream: the answer when it is in memory, else null. */
+  remembered(name: string, digest: Digest): BlobInfo | null {
+    const key = `${name}@${digest.value}`;
+    const known = this.#entitled.get(key);
+    if (!known) return null;
+    this.#entitled.delete(key);
+    this.#entitled.set(key, known);
+    return known;
   }
 
   /** The blob is gone from the store (removed behind the proxy's back): stop answering from memory. */

@@ -16,6 +16,7 @@ import type { ContentStore } from "../store/store.ts";
 import { errorResponse, OciError, toOciError } from "./errors.ts";
 import { lazyHandler } from "./lazy.ts";
 import { createMetrics, type Metrics } from "./metrics.ts";
+import { rangeShortcut, type RangeShortcut } from "./range-shortcut.ts";
 import { apiVersionResponse, registryRoutes } from "./registry.ts";
 
 export interface AppOptions {
@@ -41,6 +42,8 @@ export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "convertWaitSecon
 
 export interface SkiffApp {
   app: Hono;
+  /** Answers a cached blob's single ranges as `app` would, for an entry that can write plain answers. */
+  shortcut: RangeShortcut;
   metrics: Metrics;
   upstreams: Upstreams;
 }
@@ -112,5 +115,5 @@ export function createApp(opts: AppOptions): SkiffApp {
     return errorResponse(oci, c.req.method);
   });
 
-  return { app, metrics, upstreams };
+  return { app, shortcut: rangeShortcut({ store, upstreams, access, blobs, metrics }), metrics, upstreams };
 }

@@ -42,12 +42,16 @@ export function errorBody(code: ErrorCode, message: string, detail?: unknown): s
   return JSON.stringify({ errors: [{ code, message, ...(detail === undefined ? {} : { detail }) }] });
 }
 
+/** The answer to an OCI error as plain parts, for a caller that writes it without a Response. */
+export function errorAnswer(err: OciError, method = "GET"): { status: number; headers: Record<string, string>; body: Uint8Array<ArrayBuffer> | null } {
+  const body = new TextEncoder().encode(errorBody(err.code, err.message, err.detail));
+  const headers = { ...err.headers, "Content-Type": "application/json; charset=utf-8", "Content-Length": String(body.byteLength) };
+  return { status: err.status, headers, body: method === "HEAD" ? null : body };
+}
+
 export function errorResponse(err: OciError, method = "GET"): Response {
-  const body = errorBody(err.code, err.message, err.detail);
-  const headers = new Headers(err.headers);
-  headers.set("Content-Type", "application/json; charset=utf-8");
-  headers.set("Content-Length", String(new TextEncoder().encode(body).byteLength));
-  return new Response(method === "HEAD" ? null : body, { status: err.status, headers });
+  const { status, headers, body } = errorAnswer(err, method);
+  return new Response(body, { status, headers });
 }
 
 /** Maps anything thrown to an OCI error; unexpected failures become UNKNOWN without internals. */

@@ -19,7 +19,7 @@ export interface RangedSource {
 
 // Single ranges up to this size go out as one buffer when the source can read them so: most range
 // requests of lazy clients, and the response needs no stream machinery.
-const SMALL_BODY = 1 << 20;
+export const SMALL_BODY = 1 << 20;
 
 export interface Served {
   response: Response;
@@ -49,12 +49,9 @@ export async function serveRanged(request: Request, src: RangedSource, maxRanges
   if (wanted.kind === "ranges" && wanted.ranges.length === 1) {
     const r = wanted.ranges[0]!;
     const length = r.end - r.start + 1;
-    headers.set("Content-Type", src.contentType);
-    headers.set("Content-Range", contentRange(r, src.size));
-    headers.set("Content-Length", String(length));
     const span = { offset: r.start, length };
     const body = length <= SMALL_BODY && src.readBytes ? await src.readBytes(span) : await src.read(span);
-    return { response: new Response(body, { status: 206, headers }), bytes: length };
+    return { response: new Response(body, { status: 206, headers: singleRangeHeaders(src, r) }), bytes: length };
   }
 
   if (wanted.kind === "ranges") {
@@ -69,6 +66,18 @@ export async function serveRanged(request: Request, src: RangedSource, maxRanges
   headers.set("Content-Length", String(src.size));
   if (head) return { response: new Response(null, { status: 200, headers }), bytes: 0 };
   return { response: new Response(await src.read(), { status: 200, headers }), bytes: src.size };
+}
+
+/** The headers of a 206 answer with the one range `r` of `src`. */
+export function singleRangeHeaders(src: Pick<RangedSource, "size" | "etag" | "contentType" | "headers">, r: ByteRange): Record<string, string> {
+  return {
+    ...src.headers,
+    ETag: src.etag,
+    "Accept-Ranges": "bytes",
+    "Content-Type": src.contentType,
+    "Content-Range": contentRange(r, src.size),
+    "Content-Length": String(r.end - r.start + 1),
+  };
 }
 
 /** If-None-Match: `*` or a list of entity tags, compared weakly (RFC 9110 §13.1.2). */

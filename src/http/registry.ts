@@ -12,7 +12,7 @@ import type { ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
 import { OciError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
-import { serveRanged, storedRegion, type Served } from "./ranged.ts";
+import { serveRanged, storedRegion, type RangedSource, type Served } from "./ranged.ts";
 
 export interface RegistryDeps {
   store: ContentStore;
@@ -150,16 +150,7 @@ export function registryRoutes(deps: RegistryDeps): Hono {
   }
 
   function serveStoredBlob(request: Request, digest: Digest, size: number, cacheScope: CacheScope): Promise<Served> {
-    return serveRanged(request, {
-      size,
-      etag: `"${digest.value}"`,
-      contentType: "application/octet-stream",
-      headers: { "Docker-Content-Digest": digest.value, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
-      ...storedRegion(deps.store, blobKey(digest), { offset: 0, length: size }, () => {
-        deps.blobs.forget(digest);
-        return new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
-      }),
-    });
+    return serveRanged(request, storedBlob(deps, digest, size, cacheScope));
   }
 
   function counted(served: Served): Response {
@@ -172,6 +163,20 @@ export function registryRoutes(deps: RegistryDeps): Hono {
   }
 
   return app;
+}
+
+/** A cached blob as the blob route serves it. */
+export function storedBlob(deps: Pick<RegistryDeps, "store" | "blobs">, digest: Digest, size: number, cacheScope: CacheScope): RangedSource {
+  return {
+    size,
+    etag: `"${digest.value}"`,
+    contentType: "application/octet-stream",
+    headers: { "Docker-Content-Digest": digest.value, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
+    ...storedRegion(deps.store, blobKey(digest), { offset: 0, length: size }, () => {
+      deps.blobs.forget(digest);
+      return new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+    }),
+  };
 }
 
 export function apiVersionResponse(method: string): Response {

@@ -1,10 +1,12 @@
 // Node entry: the shared app on @hono/node-server, a filesystem store, node:crypto hashing and an
 // undici connection pool for the upstream.
-import { serve } from "@hono/node-server";
+import { getRequestListener } from "@hono/node-server";
+import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type ServeSettings, type SkiffApp } from "../http/app.ts";
+import type { ShortcutRequest } from "../http/range-shortcut.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { FsStore } from "../store/fs.ts";
 import { useNodeGunzip } from "./node-gunzip.ts";
@@ -49,9 +51,19 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     log: opts.log,
   });
 
-  const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
-    const s = serve({ fetch: skiff.app.fetch, port: opts.port, hostname: opts.host }, () => resolve(s));
-    s.once("error", reject);
+  // Cached blob ranges are offered to the shortcut first; everything else, and whatever it
+  // declines, goes to the app through @hono/node-server.
+  const toApp = getRequestListener(skiff.app.fetch);
+  const server = createServer(async (req, res) => {
+    const request = req.headers.host ? shortcutRequest(req) : undefined;
+    const answer = request && (await skiff.shortcut(request).catch(() => undefined));
+    if (!answer) return toApp(req, res);
+    res.writeHead(answer.status, answer.headers);
+    res.end(answer.body, answer.written);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port, opts.host, () => resolve());
   });
   const address = server.address() as AddressInfo;
   const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -62,9 +74,32 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
       // Stop accepting, let requests in flight finish, and drop idle keep-alive connections now
       // rather than after their timeout.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      (server as import("node:http").Server).closeIdleConnections?.();
+      server.closeIdleConnections();
       await closed;
       await Promise.all([...dispatchers.values()].map((d) => d.close()));
+    },
+  };
+}
+
+/**
+ * The shortcut's view of a request. Node joins repeated fields with ", " as web Headers do, except
+ * the few it keeps only the first of; of those the shortcut reads Authorization, so a request that
+ * repeats it is left to the app.
+ */
+function shortcutRequest(req: IncomingMessage): ShortcutRequest | undefined {
+  const fields = req.headers;
+  if (fields.authorization !== undefined && req.rawHeaders.filter((name, i) => i % 2 === 0 && name.toLowerCase() === "authorization").length > 1) return undefined;
+  return {
+    method: req.method ?? "",
+    target: req.url ?? "",
+    get url() {
+      return `http://${fields.host}${req.url}`;
+    },
+    headers: {
+      get(name: string): string | null {
+        const value = fields[name];
+        return value === undefined ? null : Array.isArray(value) ? value.join(", ") : value;
+      },
     },
   };
 }

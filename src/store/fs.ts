@@ -76,12 +76,13 @@ export class FsStore implements ContentStore {
 
   // A blocking read of a few hundred KiB from the page cache costs less than a hop through the
   // thread pool and back, as nginx's default of blocking reads assumes too.
-  async readSpan(key: string, span: ByteSpan): Promise<Uint8Array<ArrayBuffer> | null> {
+  async readSpan(key: string, span: ByteSpan, into?: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer> | null> {
+    if (into && into.byteLength < span.length) throw new RangeError(`a ${into.byteLength}-byte buffer can't hold ${span.length} bytes`);
     const handle = await this.#acquire(key);
     if (!handle) return null;
     try {
       const length = Math.max(0, Math.min(span.length, handle.size - span.offset));
-      const buf = new Uint8Array(length);
+      const buf = into ? into.subarray(0, length) : Buffer.allocUnsafe(length); // every byte is read over below
       for (let at = 0; at < length; ) {
         const n = readSync(handle.fd, buf, at, length - at, span.offset + at);
         if (n === 0) throw new Error(`store object ${key} shorter than expected`);

@@ -37,9 +37,10 @@ export interface ContentStore {
   delete(key: string): Promise<void>;
   /**
    * A span's bytes at once, where the store can read them faster than through a stream (small range
-   * answers: no stream per request). Clamped at the end like get; null when absent.
+   * answers: no stream per request). Clamped at the end like get; null when absent. Read into
+   * `into` (at least `span.length` bytes) when given: the answer is then a view of it.
    */
-  readSpan?(key: string, span: ByteSpan): Promise<Uint8Array<ArrayBuffer> | null>;
+  readSpan?(key: string, span: ByteSpan, into?: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer> | null>;
   /**
    * Compare-and-swap on small records (conversion leases), offered by stores that several processes
    * share (R2). A store that one process owns leaves both out: single flight in the process suffices.
