@@ -90,6 +90,15 @@ http {
   return { ...server, base };
 }
 
+/** A bare node:http server answering ranges of `file` (bench/node-ceiling.mjs): Node's own ceiling. */
+export async function startNodeCeiling(file) {
+  const port = await freePort();
+  const server = pinned(process.execPath, [join(root, "bench", "node-ceiling.mjs"), file, String(port)]);
+  const base = `http://127.0.0.1:${port}`;
+  await waitUrl(base, server.child);
+  return { ...server, base };
+}
+
 /** A Distribution registry with filesystem storage and no access log (it would cost it time). */
 export async function startRegistry(dir) {
   const port = await freePort();

@@ -1,4 +1,4 @@
-// Range serving, side by side: `npm run bench:serving [-- --write] [-- --seconds 4] [-- --runtimes node,deno,workerd]`.
+// Range serving, side by side: `npm run bench:serving [-- --write] [-- --seconds 4] [-- --rounds 3] [-- --runtimes node,deno,workerd]`.
 // One cached 128 MiB random blob, random single ranges of 4 KiB / 64 KiB / 1 MiB at 1 / 16 / 64
 // connections, served by nginx (the file), the Distribution registry (the blob) and skiff (the same
 // blob through skiff, cached before measuring) on Node, Deno and workerd. Servers run on CPU 1, the
@@ -12,16 +12,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { machine, replaceSection } from "./report.mjs";
-import { pushBlob, requireTools, root, runSkiffBench, runWrk, startNginx, startRegistry, startSkiff, writeWrkScript } from "./servers.mjs";
+import { pushBlob, requireTools, root, runSkiffBench, runWrk, startNginx, startNodeCeiling, startRegistry, startSkiff, writeWrkScript } from "./servers.mjs";
 
 const { values } = parseArgs({
   options: {
     write: { type: "boolean", default: false },
     seconds: { type: "string", default: "4" },
+    rounds: { type: "string", default: "3" },
     runtimes: { type: "string", default: "node,deno,workerd" },
   },
 });
 const SECONDS = Number(values.seconds);
+const ROUNDS = Number(values.rounds);
 const RUNTIMES = values.runtimes.split(",");
 const SIZE = 128 * 2 ** 20;
 const RANGES = [
@@ -50,10 +52,13 @@ try {
 
   const nginx = await startNginx(dir, www);
   servers.push(nginx);
+  const ceiling = await startNodeCeiling(join(www, "blob"));
+  servers.push(ceiling);
   const registry = await startRegistry(dir);
   servers.push(registry);
   const targets = [
     ["nginx", `${nginx.base}/blob`],
+    ["node:http", `${ceiling.base}/blob`],
     ["Distribution", await pushBlob(registry.base, "bench/blob", blob, digest)],
   ];
   for (const runtime of RUNTIMES) {
@@ -67,13 +72,22 @@ try {
     targets.push([`skiff ${runtime}`, url]);
   }
 
+  // JIT and page cache warm before the first measured cell.
+  for (const [, url] of targets) runWrk(script, url, { size: SIZE, length: 65536, connections: 16, seconds: 1 });
+
   // cells[range][connections][server] = { wrk, bench? }
   const cells = {};
   for (const [label, length] of RANGES) {
     for (const connections of CONNECTIONS) {
       const cell = ((cells[label] ??= {})[connections] = {});
+      // wrk against every server in turn, ROUNDS times, so that noise on the machine hits all alike;
+      // each figure is the median of the rounds.
+      const rounds = Object.fromEntries(targets.map(([server]) => [server, []]));
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const [server, url] of targets) rounds[server].push(runWrk(script, url, { size: SIZE, length, connections, seconds: SECONDS }));
+      }
       for (const [server, url] of targets) {
-        const w = runWrk(script, url, { size: SIZE, length, connections, seconds: SECONDS });
+        const w = { rps: median(rounds[server].map((r) => r.rps)), p99: median(rounds[server].map((r) => r.p99)) };
         const b = server === "nginx" || server.startsWith("skiff") ? runSkiffBench(url, { sizeFlag: label, connections, seconds: SECONDS }) : undefined;
         if (b && b.errors > 0) throw new Error(`${server}: skiff bench ranges counted ${b.errors} bad answers: ${JSON.stringify(b.errorsByKind)}`);
         cell[server] = { wrk: w, bench: b };
@@ -84,9 +98,10 @@ try {
 
   const skiffs = targets.map(([s]) => s).filter((s) => s.startsWith("skiff"));
   const fmt = (n) => (n >= 100 ? n.toFixed(0) : n.toFixed(1));
+  const onNode = skiffs.includes("skiff node");
   const wrkTable = [
-    `| range | conn | ${targets.map(([s]) => `${s} req/s (p99 ms)`).join(" | ")} | ${skiffs.map((s) => `${s} ÷ Distribution`).join(" | ")} | ${skiffs.map((s) => `${s} ÷ nginx (p99 ×)`).join(" | ")} |`,
-    `|---|---:|${targets.map(() => "---:").join("|")}|${skiffs.map(() => "---:").join("|")}|${skiffs.map(() => "---:").join("|")}|`,
+    `| range | conn | ${targets.map(([s]) => `${s} req/s (p99 ms)`).join(" | ")} | ${skiffs.map((s) => `${s} ÷ Distribution`).join(" | ")} | ${skiffs.map((s) => `${s} ÷ nginx (p99 ×)`).join(" | ")} |${onNode ? " skiff node ÷ node:http |" : ""}`,
+    `|---|---:|${targets.map(() => "---:").join("|")}|${skiffs.map(() => "---:").join("|")}|${skiffs.map(() => "---:").join("|")}|${onNode ? "---:|" : ""}`,
   ];
   const benchTable = [
     `| range | conn | ${["nginx", ...skiffs].map((s) => `${s} req/s (p99 ms)`).join(" | ")} | client-bound? |`,
@@ -100,7 +115,9 @@ try {
       wrkTable.push(
         `| ${label} | ${c} | ${targets.map(([s]) => `${fmt(cell[s].wrk.rps)} (${cell[s].wrk.p99.toFixed(2)})`).join(" | ")} | ${skiffs
           .map((s) => `${(cell[s].wrk.rps / d.rps).toFixed(1)}×`)
-          .join(" | ")} | ${skiffs.map((s) => `${(cell[s].wrk.rps / n.rps).toFixed(2)} (${(cell[s].wrk.p99 / n.p99).toFixed(1)}×)`).join(" | ")} |`,
+          .join(" | ")} | ${skiffs.map((s) => `${(cell[s].wrk.rps / n.rps).toFixed(2)} (${(cell[s].wrk.p99 / n.p99).toFixed(1)}×)`).join(" | ")} |${
+          onNode ? ` ${(cell["skiff node"].wrk.rps / cell["node:http"].wrk.rps).toFixed(2)} |` : ""
+        }`,
       );
       const clientBound = cell.nginx.bench.rps < 0.8 * n.rps;
       benchTable.push(
@@ -110,13 +127,15 @@ try {
       );
     }
   }
-  const body = `Machine: ${machine()}. Command: \`npm run bench:serving -- --write\` (${SECONDS} s per cell).
+  const body = `Machine: ${machine()}. Command: \`npm run bench:serving -- --write\` (wrk: median of ${ROUNDS} rounds of ${SECONDS} s per cell and server, servers taking turns; \`skiff bench\`: one run of ${SECONDS} s).
 
 A ${SIZE / 2 ** 20} MiB random blob; random single ranges; servers on CPU 1, load generators on CPU 0
 (taskset). nginx 1 worker serving the file; Distribution (Debian \`docker-registry\`) serving it as a
 blob from its filesystem storage; skiff serving the same blob from its cache (pulled through once
 before measuring): Node and Deno with the filesystem store, workerd with local R2 (Miniflare, the
-deployment bundle). Goals for skiff: ≥ 10× Distribution and ≥ 0.5× nginx requests/s, p99 ≤ 2× nginx's.
+deployment bundle). node:http is Node's own ceiling on this machine: a bare server
+(bench/node-ceiling.mjs) answering ranges of the file with a blocking read and nothing else. Goals
+for skiff: ≥ 10× Distribution and ≥ 0.5× nginx requests/s, p99 ≤ 2× nginx's.
 
 wrk (one thread, a Lua script setting a random \`Range\` per request):
 
@@ -131,4 +150,10 @@ ${benchTable.join("\n")}`;
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "serving", "Range serving: skiff, Distribution and nginx", body);
 } finally {
   await stopAll();
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
