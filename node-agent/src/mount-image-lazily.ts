@@ -30,6 +30,8 @@ export interface LazyMountOptions {
   authorization?: string;
   /** PEM bundle trusted for an https proxy. */
   ca?: string;
+  /** An HTTP proxy (a dfdaemon peer, say) that every request to the skiff proxy goes through. */
+  httpProxy?: string;
   log: (message: string) => void;
 }
 
@@ -62,7 +64,7 @@ export async function unmountPath(mountpoint: string): Promise<void> {
 export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
-  const http = proxyHttp({ authorization: o.authorization, ca: o.ca });
+  const http = proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
   const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, timeoutMs: o.timeoutMs, fetchImpl: http.fetch }).catch(async (err: Error) => {
     await http.close();
     throw err;

@@ -1,6 +1,7 @@
 // One HTTP client for everything the agent asks the proxy: a keep-alive undici pool, an optional
-// CA bundle for a proxy behind TLS with a private CA, and the credentials on every request.
-import { Agent, fetch as undiciFetch } from "undici";
+// CA bundle for a proxy behind TLS with a private CA, the credentials on every request, and
+// optionally an HTTP proxy (a Dragonfly dfdaemon peer, say) that every request goes through.
+import { Agent, ProxyAgent, fetch as undiciFetch, type Dispatcher } from "undici";
 import type { FetchLike } from "./range-request.ts";
 
 export interface ProxyHttpOptions {
@@ -8,10 +9,18 @@ export interface ProxyHttpOptions {
   authorization?: string;
   /** PEM certificates trusted for an https proxy, in addition to none other. */
   ca?: string;
+  /**
+   * An HTTP proxy for every request. A plain-http skiff URL is asked in absolute form, so the
+   * proxy sees (and can cache or share) each chunk request; an https one is tunnelled (CONNECT).
+   */
+  httpProxy?: string;
 }
 
 export function proxyHttp(o: ProxyHttpOptions): { fetch: FetchLike; close(): Promise<void> } {
-  const agent = new Agent({ keepAliveTimeout: 30_000, connections: 8, ...(o.ca ? { connect: { ca: o.ca } } : {}) });
+  const pool = { keepAliveTimeout: 30_000, connections: 8 };
+  const agent: Dispatcher = o.httpProxy
+    ? new ProxyAgent({ uri: o.httpProxy, proxyTunnel: false, ...pool, ...(o.ca ? { requestTls: { ca: o.ca } } : {}) })
+    : new Agent({ ...pool, ...(o.ca ? { connect: { ca: o.ca } } : {}) });
   const fetch: FetchLike = (url, init) =>
     undiciFetch(url, { ...init, headers: o.authorization ? { ...init.headers, authorization: o.authorization } : init.headers, dispatcher: agent }) as unknown as Promise<Response>;
   return { fetch, close: () => agent.close() };

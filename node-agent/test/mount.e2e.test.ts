@@ -4,7 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { readdir, readFile, stat } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
+import { createServer, request as httpRequest, type Server } from "node:http";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -295,5 +295,52 @@ describe("skiff mount", () => {
     } finally {
       await new Promise((r) => guard.close(r));
     }
+  });
+
+  test("with --http-proxy every request goes through that proxy in absolute form, and none around it", { timeout: 120_000 }, async () => {
+    // A forward proxy as a dfdaemon peer is one: it gets `GET http://host/path` and fetches it.
+    const forwarded: string[] = [];
+    const relay: Server = createServer((req, res) => {
+      forwarded.push(req.url ?? "");
+      if (!req.url?.startsWith("http://")) {
+        res.writeHead(400).end("absolute-form requests only");
+        return;
+      }
+      const onward = httpRequest(req.url, { method: req.method, headers: req.headers }, (answer) => {
+        res.writeHead(answer.statusCode!, answer.headers);
+        answer.pipe(res);
+      });
+      onward.on("error", () => res.destroy());
+      req.pipe(onward);
+    });
+    await new Promise<void>((r) => relay.listen(0, "127.0.0.1", r));
+    const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`;
+    try {
+      const before = await lazyCounters();
+      const { agent, mountpoint } = await mount(["--cache", tempDir("cache-i"), "--http-proxy", relayUrl]);
+      try {
+        // Asynchronously: the relay answering it runs in this process.
+        expect(await readFile(join(mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+        expect((await readFile(join(mountpoint, "data", "big.bin"))).equals(readFileSync(join(oracle, "data", "big.bin")))).toBe(true);
+      } finally {
+        await stop(agent);
+      }
+      const after = await lazyCounters();
+      const lazy = forwarded.filter((u) => u.includes("/_skiff/"));
+      expect(forwarded.every((u) => u.startsWith(`${skiff.url}/v2/`))).toBe(true);
+      expect(lazy.some((u) => u.includes("/_skiff/bootstrap/"))).toBe(true);
+      expect(lazy.some((u) => u.endsWith("/data"))).toBe(true);
+      // Every lazy request skiff answered meanwhile came through the relay.
+      expect(after.requests - before.requests).toBe(lazy.length);
+    } finally {
+      await new Promise((r) => relay.close(r));
+    }
+  });
+
+  test("--http-proxy that is not an http(s) URL is refused with a one-line error", () => {
+    const r = spawnSync("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, tempDir("mnt-bad-proxy"), "--http-proxy", "socks://x"], { encoding: "utf8" });
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(/--http-proxy/);
   });
 });

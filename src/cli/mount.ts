@@ -24,6 +24,8 @@ Options:
   --user USER          user for the proxy (with --password or $SKIFF_PASSWORD)
   --password PASS      password for the proxy; prefer $SKIFF_PASSWORD (kept out of ps)
   --ca FILE            PEM bundle to trust for an https proxy
+  --http-proxy URL     send every request to the proxy through this HTTP proxy, e.g. a Dragonfly
+                       dfdaemon peer, so that nodes share chunks peer to peer
   -h, --help           show this help
 
 Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;
@@ -36,7 +38,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
     { cache: { type: "string" }, "cache-size": { type: "string" }, overlay: { type: "string" }, stats: { type: "string" }, timeout: { type: "string" }, platform: { type: "string" },
-      token: { type: "string" }, user: { type: "string" }, password: { type: "string" }, ca: { type: "string" } },
+      token: { type: "string" }, user: { type: "string" }, password: { type: "string" }, ca: { type: "string" }, "http-proxy": { type: "string" } },
     true,
   );
   if (values.help) {
@@ -64,6 +66,8 @@ export async function mountCommand(argv: string[]): Promise<number> {
       throw new UsageError(`cannot read --ca ${values.ca}: ${(err as Error).message}`);
     }
   }
+  const httpProxy = values["http-proxy"];
+  if (httpProxy !== undefined && !/^https?:\/\/[^\s/?#]+\/?$/.test(httpProxy)) throw new UsageError(`--http-proxy must be http(s)://HOST:PORT, got ${JSON.stringify(httpProxy)}`);
   const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");
   const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
   const mount = await mountLazily({
@@ -79,6 +83,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
     platform: values.platform,
     authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
     ca,
+    httpProxy,
     log,
   });
   console.log(`mounted ${ref.name}@${mount.manifestDigest} at ${positionals[1]}`);
