@@ -10,6 +10,8 @@ import { toHex } from "../../src/hash/hasher.ts";
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
   readaheadChunks?: number;
+  /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
+  onChunkRead?: (chunkIndex: number) => void;
 }
 
 export interface LazyReaderStats {
@@ -32,12 +34,23 @@ export class LazyReader implements FileReader {
   readonly #lastEnd = new Map<number, number>();
   /** Readahead in progress, by file: at most one batch per file. */
   readonly #ahead = new Map<number, Promise<void>>();
+  readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
+  /** Reads and readaheads waiting on the proxy, and who waits for there to be none. */
+  #waiting = 0;
+  #idleWaiters: (() => void)[] = [];
 
   constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, options: LazyReaderOptions = {}) {
     this.#bootstrap = bootstrap;
     this.#cache = cache;
     this.#fetcher = fetcher;
     this.#readahead = Math.max(0, Math.floor(options.readaheadChunks ?? 4));
+    this.#onChunkRead = options.onChunkRead;
+  }
+
+  /** Resolves when no read (or readahead) is waiting on the proxy: background work goes after. */
+  foregroundIdle(): Promise<void> {
+    if (this.#waiting === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
   async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
@@ -53,6 +66,7 @@ export class LazyReader implements FileReader {
     const first = Math.floor(offset / 2 ** shift);
     const last = Math.floor((end - 1) / 2 ** shift);
     const indexes = this.#bootstrap.chunkIndexes(inode);
+    if (this.#onChunkRead) for (let k = first; k <= last; k++) this.#onChunkRead(indexes[k]!);
     const chunks = await this.#load(indexes.slice(first, last + 1), inode);
 
     const out = new Uint8Array(end - offset);
@@ -88,13 +102,24 @@ export class LazyReader implements FileReader {
       else missing.push({ record: records[i]!, layerDigest: this.#bootstrap.blob(records[i]!.blob).layerDigest });
     }
     if (missing.length === 0) return out as Uint8Array[];
-    const fetched = await this.#fetcher.fetchChunks(missing);
-    await this.#store(fetched);
+    const fetched = await this.#fetch(missing);
     return hexes.map((hex, i) => {
       const bytes = out[i] ?? fetched.get(hex);
       if (!bytes) throw new Error(`inode ${inode}: chunk ${hex} was not fetched`);
       return bytes;
     });
+  }
+
+  /** Fetches chunks and caches them, counted as waiting until they are in the cache. */
+  async #fetch(wanted: WantedChunk[]): Promise<Map<string, Uint8Array>> {
+    this.#waiting++;
+    try {
+      const fetched = await this.#fetcher.fetchChunks(wanted);
+      await this.#store(fetched);
+      return fetched;
+    } finally {
+      if (--this.#waiting === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
+    }
   }
 
   /** Caches fetched chunks; a full or failing disk costs a refetch later, never this read. */
@@ -114,9 +139,8 @@ export class LazyReader implements FileReader {
       wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
     }
     if (wanted.length === 0) return;
-    const run = this.#fetcher
-      .fetchChunks(wanted)
-      .then((fetched) => this.#store(fetched))
+    const run = this.#fetch(wanted)
+      .then(() => undefined)
       .catch(() => undefined) // counted by the fetcher; the read that needs the chunk will retry
       .finally(() => this.#ahead.delete(inode));
     this.#ahead.set(inode, run);

@@ -1,6 +1,7 @@
 // `skiff mount`: pins an image's bootstrap, mounts it read-only over FUSE with chunks fetched on
-// demand, optionally stacks a writable overlayfs on top, keeps --stats current, and unmounts
-// cleanly (overlay first) on SIGINT/SIGTERM. Everything that touches the mountpoint runs in
+// demand, optionally stacks a writable overlayfs on top, prefetches in the background and records
+// what reads need (prefetch lists), keeps --stats current, and unmounts cleanly (overlay first) on
+// SIGINT/SIGTERM. Everything that touches the mountpoint runs in
 // another process or asynchronously: FUSE requests are served on this process's JS thread.
 import { execFile } from "node:child_process";
 import { mkdir, rename, statfs, writeFile } from "node:fs/promises";
@@ -11,6 +12,8 @@ import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
 import { mountImage } from "./fuse-fs.ts";
 import { LazyReader } from "./lazy-reader.ts";
+import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
+import { Prefetcher } from "./prefetcher.ts";
 import { proxyHttp } from "./proxy-http.ts";
 
 const run = promisify(execFile);
@@ -32,6 +35,12 @@ export interface LazyMountOptions {
   ca?: string;
   /** An HTTP proxy (a dfdaemon peer, say) that every request to the skiff proxy goes through. */
   httpProxy?: string;
+  /** Background prefetch, in this order: `all` (every chunk) or the path of a prefetch list. */
+  prefetch?: string[];
+  /** Limit on prefetched bytes per second. */
+  prefetchBytesPerSecond?: number;
+  /** Write the chunks reads need, in first-read order, to this prefetch list. */
+  recordFile?: string;
   log: (message: string) => void;
 }
 
@@ -75,12 +84,31 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
     await fetcher.close();
     await http.close(); // its keep-alive sockets would hold the process open
   };
-  const reader = new LazyReader(fetched.bootstrap, cache, fetcher);
+  const bootstrap = fetched.bootstrap;
+  let recorder: PrefetchRecorder | undefined;
+  const phases: number[][] = [];
+  try {
+    if (o.recordFile) recorder = await PrefetchRecorder.create(o.recordFile, bootstrap);
+    for (const source of o.prefetch ?? []) {
+      if (source === "all") {
+        phases.push(allChunks(bootstrap));
+        continue;
+      }
+      const list = await readPrefetchList(source, bootstrap);
+      if (list.unknown > 0) o.log(`${list.unknown} chunks of ${source} are not in this image`);
+      phases.push(list.chunks);
+    }
+  } catch (err) {
+    await closeHttp();
+    throw err;
+  }
+  const reader = new LazyReader(bootstrap, cache, fetcher, { onChunkRead: recorder && ((i) => recorder.saw(i)) });
+  const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: () => reader.foregroundIdle() }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });
   if (o.overlayDir) await recoverStaleMount(lower);
-  const fuse = await mountImage({ bootstrap: fetched.bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
+  const fuse = await mountImage({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
     await closeHttp();
     throw new Error(`cannot mount at ${lower}: ${err.message}`);
   });
@@ -108,21 +136,30 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       cacheHits: reader.stats.cacheHits,
       bytesRead: reader.stats.bytesRead,
       errors: fetcher.stats.errors,
+      ...(prefetcher && { prefetchedChunks: prefetcher.stats.chunks, prefetchedBytes: prefetcher.stats.bytes, prefetchDone: prefetcher.stats.done }),
+      ...(recorder && { recordedChunks: recorder.count }),
     };
     const tmp = `${o.statsFile}.tmp`;
     await writeFile(tmp, JSON.stringify(stats) + "\n");
     await rename(tmp, o.statsFile);
   };
   await writeStats();
-  const timer = setInterval(() => void writeStats().catch(() => {}), 1000);
+  prefetcher?.start();
+  const timer = setInterval(() => {
+    void writeStats().catch(() => {});
+    void recorder?.flush().catch((err: Error) => o.log(`prefetch list: ${err.message}`));
+  }, 1000);
 
   return {
     manifestDigest: fetched.manifestDigest,
     stop: async () => {
       clearInterval(timer);
       if (o.overlayDir) await unmountPath(mountpoint).catch((err) => o.log(`overlay unmount: ${(err as Error).message}`));
+      const prefetchStopped = prefetcher?.stop();
       await fuse.unmount();
-      await closeHttp();
+      await closeHttp(); // ends prefetch requests in flight
+      await prefetchStopped;
+      await recorder?.flush().catch((err: Error) => o.log(`prefetch list: ${err.message}`));
       await writeStats();
     },
   };

@@ -23,7 +23,8 @@ export function proxyHttp(o: ProxyHttpOptions): { fetch: FetchLike; close(): Pro
     : new Agent({ ...pool, ...(o.ca ? { connect: { ca: o.ca } } : {}) });
   const fetch: FetchLike = (url, init) =>
     undiciFetch(url, { ...init, headers: o.authorization ? { ...init.headers, authorization: o.authorization } : init.headers, dispatcher: agent }) as unknown as Promise<Response>;
-  return { fetch, close: () => agent.close() };
+  // Closing ends requests still in flight (background prefetch) rather than waiting them out.
+  return { fetch, close: () => agent.destroy() };
 }
 
 export function basicAuthorization(user: string, password: string): string {

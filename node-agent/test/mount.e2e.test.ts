@@ -14,6 +14,8 @@ import { diffIdOf, diffTrees, sh, snapshot, writeImage } from "../../test/e2e/ha
 import { freePort } from "../../test/e2e/harness/processes.ts";
 import { REPO_ROOT, Skiff } from "../../test/e2e/harness/skiff.ts";
 import { teardown } from "../../test/e2e/harness/teardown.ts";
+import { toHex } from "../../src/hash/hasher.ts";
+import { fetchBootstrap } from "../src/bootstrap-client.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
 
 let registry: Registry;
@@ -335,6 +337,145 @@ describe("skiff mount", () => {
     } finally {
       await new Promise((r) => relay.close(r));
     }
+  });
+
+  /** A relay in front of skiff that logs each data range request and can hold some back. */
+  async function dataRelay(hold: (n: number) => boolean = () => false) {
+    const requests: { url: string; start: number; end: number }[] = [];
+    const held: (() => void)[] = [];
+    const server: Server = createServer((req, res) => {
+      const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
+      const forward = () => {
+        const onward = httpRequest(`${skiff.url}${req.url}`, { headers: { ...req.headers, host: new URL(skiff.url).host } }, (answer) => {
+          res.writeHead(answer.statusCode!, answer.headers);
+          answer.pipe(res);
+        });
+        onward.on("error", () => res.destroy());
+        onward.end();
+      };
+      if (!req.url?.endsWith("/data") || !range) return forward();
+      requests.push({ url: req.url, start: Number(range[1]), end: Number(range[2]) });
+      if (hold(requests.length)) held.push(forward);
+      else forward();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    return {
+      url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+      requests,
+      held,
+      close: () => new Promise((r) => server.close(r)),
+    };
+  }
+
+  async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 30_000): Promise<void> {
+    for (const deadline = Date.now() + ms; !(await ok()); ) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  const statsOf = (file: string) => JSON.parse(readFileSync(file, "utf8")) as Record<string, number | boolean>;
+
+  test("--prefetch all never makes a read wait behind prefetch requests, and then fetches everything", { timeout: 120_000 }, async () => {
+    let reading = false;
+    // Every prefetch request sent before the read is held back until the read is done.
+    const relay = await dataRelay(() => !reading);
+    const stats = join(tempDir("stats"), "stats.json");
+    try {
+      const { agent, mountpoint } = await mount(["--cache", tempDir("cache-p"), "--prefetch", "all", "--stats", stats], `${relay.url}/e2e/rootfs:v1`);
+      try {
+        await until("prefetch requests to be held", () => relay.held.length === 2); // its two workers, both stuck
+        reading = true;
+        const read = readFile(join(mountpoint, "etc", "added"), "utf8"); // a layer-2 chunk, not in the held batches
+        const late = new Promise((_, reject) => setTimeout(() => reject(new Error("the read waited behind prefetch")), 15_000));
+        expect(await Promise.race([read, late])).toBe("from layer 2\n");
+        expect(relay.held).toHaveLength(2); // still held: the read did not need them
+
+        for (const release of relay.held.splice(0)) release();
+        await until("prefetch to finish", () => statsOf(stats).prefetchDone === true);
+        const sent = relay.requests.length;
+        expect((await readFile(join(mountpoint, "data", "big.bin"))).equals(readFileSync(join(oracle, "data", "big.bin")))).toBe(true);
+        expect(relay.requests.length).toBe(sent); // all of it was prefetched
+      } finally {
+        await stop(agent);
+      }
+      expect(statsOf(stats)).toMatchObject({ prefetchDone: true, errors: 0 });
+      expect(statsOf(stats).prefetchedChunks).toBeGreaterThan(3);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  test("--record writes the chunks reads need in order; --prefetch LIST --prefetch all fetches those before any other", { timeout: 120_000 }, async () => {
+    const list = join(tempDir("list"), "app.prefetch");
+    const recording = await mount(["--cache", tempDir("cache-r"), "--record", list]);
+    try {
+      expect(readFileSync(join(recording.mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+      const big = readFileSync(join(recording.mountpoint, "data", "big.bin"));
+      expect(big.subarray(0, 100)).toHaveLength(100);
+    } finally {
+      await stop(recording.agent);
+    }
+    const lines = readFileSync(list, "utf8").trim().split("\n");
+    expect(lines[0]).toBe("# skiff prefetch list v1");
+    const recorded = lines.slice(1);
+    expect(recorded.every((l) => /^[0-9a-f]{64}$/.test(l))).toBe(true);
+
+    // Which chunks each data range covers, from the image's own bootstrap.
+    const { bootstrap } = await fetchBootstrap(skiff.url, "e2e/rootfs", "v1", { timeoutMs: 30_000 });
+    const chunks = Array.from({ length: bootstrap.chunkCount }, (_, i) => bootstrap.chunk(i));
+    const msg = bootstrap.chunks(bootstrap.lookup("/etc/msg")!)[0]!;
+    expect(recorded[0]).toBe(toHex(msg.digest)); // read first
+    expect(recorded).toHaveLength(1 + bootstrap.chunks(bootstrap.lookup("/data/big.bin")!).length);
+    const covered = (r: { url: string; start: number; end: number }) =>
+      chunks.filter((c) => r.url.includes(bootstrap.blob(c.blob).layerDigest) && c.storedOffset >= r.start && c.storedOffset + c.storedSize - 1 <= r.end).map((c) => toHex(c.digest));
+
+    const relay = await dataRelay();
+    const stats = join(tempDir("stats"), "stats.json");
+    try {
+      const replay = await mount(["--cache", tempDir("cache-s"), "--prefetch", list, "--prefetch", "all", "--stats", stats], `${relay.url}/e2e/rootfs:v1`);
+      try {
+        await until("prefetch to finish", () => statsOf(stats).prefetchDone === true);
+      } finally {
+        await stop(replay.agent);
+      }
+      const wanted = new Set(recorded);
+      const firstOther = relay.requests.findIndex((r) => covered(r).some((hex) => !wanted.has(hex)));
+      const lastWanted = relay.requests.findLastIndex((r) => covered(r).some((hex) => wanted.has(hex)));
+      expect(firstOther).toBeGreaterThan(lastWanted);
+      expect(new Set(relay.requests.slice(0, firstOther).flatMap(covered))).toEqual(wanted);
+      expect(new Set(relay.requests.flatMap(covered))).toEqual(new Set(chunks.map((c) => toHex(c.digest))));
+    } finally {
+      await relay.close();
+    }
+  });
+
+  test("skiff record runs a command in a chroot over the lazy image and writes what it read as a prefetch list", { timeout: 120_000 }, async () => {
+    const list = join(tempDir("list"), "sh.prefetch");
+    const script = 'while IFS= read -r l; do echo "$l"; done < /etc/msg; exit 3';
+    const r = spawnSync("node", [join(REPO_ROOT, "bin", "skiff.js"), "record", imageUrl, "--output", list, "--cache", tempDir("cache-u"), "--", "/bin/sh", "-c", script], { encoding: "utf8", timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(3); // the command's own status
+    expect(r.stdout).toBe("hello from the lazy image\n");
+    const { bootstrap } = await fetchBootstrap(skiff.url, "e2e/rootfs", "v1", { timeoutMs: 30_000 });
+    const hexOf = (path: string) => bootstrap.chunks(bootstrap.lookup(path)!).map((c) => toHex(c.digest));
+    const recorded = readFileSync(list, "utf8").trim().split("\n");
+    expect(recorded[0]).toBe("# skiff prefetch list v1");
+    // The shell and its loader were read before the file the script reads.
+    const msgAt = recorded.indexOf(hexOf("/etc/msg")[0]!);
+    for (const path of ["/bin/dash", "/lib64/ld-linux-x86-64.so.2"]) {
+      const at = recorded.indexOf(hexOf(path)[0]!);
+      expect(at, path).toBeGreaterThan(0);
+      expect(at, path).toBeLessThan(msgAt);
+    }
+  });
+
+  test("a prefetch list that is not one is refused with a one-line error", () => {
+    const bad = join(tempDir("list"), "not-a-list");
+    writeFileSync(bad, "hello\n");
+    const r = spawnSync("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, tempDir("mnt-bad-list"), "--cache", tempDir("cache-t"), "--prefetch", bad], { encoding: "utf8" });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(/not a skiff prefetch list/);
   });
 
   test("--http-proxy that is not an http(s) URL is refused with a one-line error", () => {

@@ -18,6 +18,10 @@ const commands: Record<string, { summary: string; run: (argv: string[]) => Promi
     summary: "mount an image from a skiff proxy lazily over FUSE (Node agent)",
     run: async (argv) => (await import("./mount.ts")).mountCommand(argv),
   },
+  record: {
+    summary: "run a command over a lazy mount and write the chunks it read as a prefetch list",
+    run: async (argv) => (await import("./record.ts")).recordCommand(argv),
+  },
   umount: { summary: "unmount what 'skiff mount' mounted", run: async (argv) => (await import("./mount.ts")).umountCommand(argv) },
   extract: {
     summary: "write a converted image's root filesystem into a directory, verifying every chunk",

@@ -26,6 +26,12 @@ Options:
   --ca FILE            PEM bundle to trust for an https proxy
   --http-proxy URL     send every request to the proxy through this HTTP proxy, e.g. a Dragonfly
                        dfdaemon peer, so that nodes share chunks peer to peer
+  --prefetch all|FILE  after mounting, fetch chunks in the background: every chunk (all) or those
+                       of a prefetch list (FILE, see --record); repeat to chain, e.g.
+                       --prefetch FILE --prefetch all (the list's chunks all come first).
+                       Reads always go first
+  --prefetch-rate SIZE limit prefetch to SIZE bytes per second, e.g. 20m (default: no limit)
+  --record FILE        write the chunks reads need, in the order first needed, as a prefetch list
   -h, --help           show this help
 
 Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;
@@ -34,26 +40,32 @@ export const umountHelp = `Usage: skiff umount <mountpoint>
 
 Unmounts what 'skiff mount' mounted there (an overlay or the FUSE mount), lazily if it is stale.`;
 
-export async function mountCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(
-    argv,
-    { cache: { type: "string" }, "cache-size": { type: "string" }, overlay: { type: "string" }, stats: { type: "string" }, timeout: { type: "string" }, platform: { type: "string" },
-      token: { type: "string" }, user: { type: "string" }, password: { type: "string" }, ca: { type: "string" }, "http-proxy": { type: "string" } },
-    true,
-  );
-  if (values.help) {
-    console.log(mountHelp);
-    return 0;
-  }
-  if (positionals.length !== 2) throw new UsageError("expected an image URL and a mountpoint (see --help)");
+/** The flags `skiff mount` and `skiff record` share: where chunks are cached, how the proxy is reached, prefetch. */
+export const agentFlags = {
+  cache: { type: "string" },
+  "cache-size": { type: "string" },
+  timeout: { type: "string" },
+  platform: { type: "string" },
+  token: { type: "string" },
+  user: { type: "string" },
+  password: { type: "string" },
+  ca: { type: "string" },
+  "http-proxy": { type: "string" },
+  prefetch: { type: "string", multiple: true },
+  "prefetch-rate": { type: "string" },
+} as const;
+
+type AgentFlagValues = { [K in keyof typeof agentFlags]?: (typeof agentFlags)[K] extends { multiple: true } ? string[] : string };
+
+/** What the shared flags and the image URL ask of the agent, checked. */
+export async function agentMountOptions(image: string, values: AgentFlagValues) {
   let ref;
   try {
-    ref = parseProxyReference(positionals[0]!);
+    ref = parseProxyReference(image);
   } catch (err) {
     if (err instanceof InputError) throw new UsageError(err.message);
     throw err;
   }
-  const log = (m: string) => process.stderr.write(`skiff mount: ${m}\n`);
   const token = values.token ?? process.env.SKIFF_TOKEN;
   const password = values.password ?? process.env.SKIFF_PASSWORD;
   if (token !== undefined && values.user !== undefined) throw new UsageError("use --token or --user/--password, not both");
@@ -68,24 +80,38 @@ export async function mountCommand(argv: string[]): Promise<number> {
   }
   const httpProxy = values["http-proxy"];
   if (httpProxy !== undefined && !/^https?:\/\/[^\s/?#]+\/?$/.test(httpProxy)) throw new UsageError(`--http-proxy must be http(s)://HOST:PORT, got ${JSON.stringify(httpProxy)}`);
-  const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");
+  for (const source of values.prefetch ?? []) if (source === "") throw new UsageError("--prefetch needs all or a file");
+  const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
+  if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
   const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
-  const mount = await mountLazily({
+  return {
+    ref,
     proxy: ref.origin,
     name: ref.name,
     reference: ref.reference,
-    mountpoint: positionals[1]!,
     cacheDir: values.cache ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff", "chunks"),
     cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 10 * 2 ** 30),
-    statsFile: values.stats,
-    overlayDir: values.overlay,
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     platform: values.platform,
     authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
     ca,
     httpProxy,
-    log,
-  });
+    prefetch: values.prefetch,
+    prefetchBytesPerSecond: prefetchRate,
+  };
+}
+
+export async function mountCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, { ...agentFlags, overlay: { type: "string" }, stats: { type: "string" }, record: { type: "string" } }, true);
+  if (values.help) {
+    console.log(mountHelp);
+    return 0;
+  }
+  if (positionals.length !== 2) throw new UsageError("expected an image URL and a mountpoint (see --help)");
+  const { ref, ...options } = await agentMountOptions(positionals[0]!, values);
+  const log = (m: string) => process.stderr.write(`skiff mount: ${m}\n`);
+  const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");
+  const mount = await mountLazily({ ...options, mountpoint: positionals[1]!, statsFile: values.stats, overlayDir: values.overlay, recordFile: values.record, log });
   console.log(`mounted ${ref.name}@${mount.manifestDigest} at ${positionals[1]}`);
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
