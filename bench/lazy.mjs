@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
+import { writeLayout } from "./oci-layout.mjs";
 import { machine, replaceSection } from "./report.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -64,32 +65,6 @@ function gzipLayer(seed, megabytes) {
   const tar = execFileSync("tar", ["-C", dir, "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "-cf", "-", "."], { maxBuffer: 1 << 30 });
   rmSync(dir, { recursive: true });
   return gzipSync(tar, { level: 1 });
-}
-
-function writeLayout(dir, layers) {
-  const blobs = join(dir, "blobs", "sha256");
-  mkdirSync(blobs, { recursive: true });
-  const put = (bytes) => {
-    const hex = createHash("sha256").update(bytes).digest("hex");
-    writeFileSync(join(blobs, hex), bytes);
-    return { digest: `sha256:${hex}`, size: bytes.length };
-  };
-  const config = put(Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} })));
-  const manifest = put(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: "application/vnd.oci.image.manifest.v1+json",
-        config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config },
-        layers: layers.map((l) => ({ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", ...put(l) })),
-      }),
-    ),
-  );
-  writeFileSync(join(dir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
-  writeFileSync(
-    join(dir, "index.json"),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }] }),
-  );
 }
 
 async function startSkiff(upstream, data) {

@@ -38,6 +38,8 @@ export class LazyReader implements FileReader {
   /** Reads and readaheads waiting on the proxy, and who waits for there to be none. */
   #waiting = 0;
   #idleWaiters: (() => void)[] = [];
+  /** When the last wait on the proxy ended. */
+  #quietSince = 0;
 
   constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, options: LazyReaderOptions = {}) {
     this.#bootstrap = bootstrap;
@@ -47,10 +49,17 @@ export class LazyReader implements FileReader {
     this.#onChunkRead = options.onChunkRead;
   }
 
-  /** Resolves when no read (or readahead) is waiting on the proxy: background work goes after. */
-  foregroundIdle(): Promise<void> {
-    if (this.#waiting === 0) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  /**
+   * Resolves when no read (or readahead) has waited on the proxy for `quietMs`: background work
+   * goes after. With 0, as soon as none is waiting.
+   */
+  async foregroundIdle(quietMs = 0): Promise<void> {
+    for (;;) {
+      if (this.#waiting > 0) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+      const left = this.#quietSince + quietMs - Date.now();
+      if (left <= 0) return;
+      await new Promise((resolve) => setTimeout(resolve, left));
+    }
   }
 
   async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
@@ -118,7 +127,10 @@ export class LazyReader implements FileReader {
       await this.#store(fetched);
       return fetched;
     } finally {
-      if (--this.#waiting === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
+      if (--this.#waiting === 0) {
+        this.#quietSince = Date.now();
+        for (const resolve of this.#idleWaiters.splice(0)) resolve();
+      }
     }
   }
 

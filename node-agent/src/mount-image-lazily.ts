@@ -13,10 +13,14 @@ import { ChunkFetcher } from "./chunk-fetcher.ts";
 import { mountImage } from "./fuse-fs.ts";
 import { LazyReader } from "./lazy-reader.ts";
 import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
-import { Prefetcher } from "./prefetcher.ts";
+import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
 import { proxyHttp } from "./proxy-http.ts";
 
 const run = promisify(execFile);
+
+// `--prefetch all` waits for reads to pause this long: fetching everything at once would compete
+// with them for the link and the agent's thread. A list runs ahead of the reads instead.
+const ALL_AFTER_QUIET_MS = 250;
 
 export interface LazyMountOptions {
   proxy: string;
@@ -86,24 +90,24 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   };
   const bootstrap = fetched.bootstrap;
   let recorder: PrefetchRecorder | undefined;
-  const phases: number[][] = [];
+  const phases: PrefetchPhase[] = [];
   try {
     if (o.recordFile) recorder = await PrefetchRecorder.create(o.recordFile, bootstrap);
     for (const source of o.prefetch ?? []) {
       if (source === "all") {
-        phases.push(allChunks(bootstrap));
+        phases.push({ chunks: allChunks(bootstrap), quietMs: ALL_AFTER_QUIET_MS });
         continue;
       }
       const list = await readPrefetchList(source, bootstrap);
       if (list.unknown > 0) o.log(`${list.unknown} chunks of ${source} are not in this image`);
-      phases.push(list.chunks);
+      phases.push({ chunks: list.chunks, quietMs: 0 });
     }
   } catch (err) {
     await closeHttp();
     throw err;
   }
   const reader = new LazyReader(bootstrap, cache, fetcher, { onChunkRead: recorder && ((i) => recorder.saw(i)) });
-  const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: () => reader.foregroundIdle() }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
+  const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });

@@ -29,9 +29,19 @@ export interface PrefetchStats {
   done: boolean;
 }
 
-/** What the prefetcher must let go first: resolves when no read is waiting on the proxy. */
+/** What the prefetcher must let go first: resolves when no read has waited on the proxy for `quietMs`. */
 export interface Foreground {
-  idle(): Promise<void>;
+  idle(quietMs: number): Promise<void>;
+}
+
+/**
+ * Chunk-table indexes, most wanted first, and how long reads must have paused before a batch
+ * starts: 0 for a list meant to run ahead of the reads, longer for fetching everything, which on
+ * a fast link would otherwise take the agent's thread (hashing, writing the cache) from the reads.
+ */
+export interface PrefetchPhase {
+  chunks: number[];
+  quietMs: number;
 }
 
 // A proxy that fails this many batches in a row is down for now; reads will say so themselves.
@@ -43,8 +53,9 @@ export class Prefetcher {
   readonly #cache: ChunkCache;
   readonly #fetcher: ChunkFetcher;
   readonly #foreground: Foreground;
-  readonly #phases: number[][];
+  readonly #phases: PrefetchPhase[];
   #order: number[] = [];
+  #quietMs = 0;
   readonly #concurrency: number;
   readonly #batchBytes: number;
   readonly #rate: number | undefined;
@@ -58,11 +69,8 @@ export class Prefetcher {
   #wake: (() => void) | undefined;
   #running: Promise<void> | undefined;
 
-  /**
-   * `phases`: lists of chunk-table indexes, most wanted first. A phase's chunks are all fetched
-   * before the next phase starts (a replayed list before `all`); repeats are fetched once.
-   */
-  constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, foreground: Foreground, phases: number[][], options: PrefetcherOptions = {}) {
+  /** A phase's chunks are all fetched before the next phase starts (a replayed list before `all`); repeats are fetched once. */
+  constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, foreground: Foreground, phases: PrefetchPhase[], options: PrefetcherOptions = {}) {
     this.#bootstrap = bootstrap;
     this.#cache = cache;
     this.#fetcher = fetcher;
@@ -82,7 +90,8 @@ export class Prefetcher {
     const began = Date.now();
     for (const phase of this.#phases) {
       if (this.#stopped) break;
-      this.#order = phase;
+      this.#order = phase.chunks;
+      this.#quietMs = phase.quietMs;
       this.#cursor = 0;
       await Promise.all(Array.from({ length: this.#concurrency }, () => this.#worker(began)));
     }
@@ -98,7 +107,7 @@ export class Prefetcher {
 
   async #worker(began: number): Promise<void> {
     while (!this.#stopped) {
-      await this.#foreground.idle();
+      await this.#foreground.idle(this.#quietMs);
       if (this.#stopped) return;
       const batch = this.#nextBatch();
       if (batch.length === 0) return;
@@ -108,7 +117,7 @@ export class Prefetcher {
         this.#reserved += bytes;
         await this.#sleepUntil(began + ((this.#reserved - bytes) / this.#rate) * 1000);
         if (this.#stopped) return;
-        await this.#foreground.idle(); // a read may have come in while this one waited
+        await this.#foreground.idle(this.#quietMs); // a read may have come in while this one waited
       }
       try {
         const fetched = await this.#fetcher.fetchChunks(batch);

@@ -43,6 +43,7 @@ function fakeFetcher(fail = false) {
 
 const always = { idle: () => Promise.resolve() };
 const all = Array.from({ length: CHUNKS }, (_, i) => i);
+const phase = (chunks: number[], quietMs = 0) => ({ chunks, quietMs });
 
 describe("Prefetcher", () => {
   test("starts nothing while a read waits on the proxy, then fetches and caches every chunk once", async () => {
@@ -50,7 +51,7 @@ describe("Prefetcher", () => {
     const { batches, fetcher } = fakeFetcher();
     let readDone!: () => void;
     const reading = new Promise<void>((r) => (readDone = r));
-    const p = new Prefetcher(image(), cache, fetcher, { idle: () => reading }, [all, all], { batchBytes: 28 });
+    const p = new Prefetcher(image(), cache, fetcher, { idle: () => reading }, [phase(all), phase(all)], { batchBytes: 28 });
     p.start();
     await new Promise((r) => setTimeout(r, 50));
     expect(batches).toHaveLength(0);
@@ -63,15 +64,18 @@ describe("Prefetcher", () => {
     expect(batches.every((b) => b.chunks.length <= 2)).toBe(true);
   });
 
-  test("phases run in turn, and --prefetch-rate spaces the batches out", async () => {
+  test("phases run in turn, each with its own pause in the reads, and --prefetch-rate spaces the batches out", async () => {
     const cache = await ChunkCache.open(tempDir("prefetch-cache"));
     const { batches, fetcher } = fakeFetcher();
     // 14 bytes per batch at 140 bytes/s: a batch every 100 ms at the most.
-    const p = new Prefetcher(image(), cache, fetcher, always, [[4, 1], all], { batchBytes: 14, bytesPerSecond: 140, concurrency: 2 });
+    const quiets = new Set<number>();
+    const foreground = { idle: (quietMs: number) => (quiets.add(quietMs), Promise.resolve()) };
+    const p = new Prefetcher(image(), cache, fetcher, foreground, [phase([4, 1]), phase(all, 250)], { batchBytes: 14, bytesPerSecond: 140, concurrency: 2 });
     p.start();
     for (let i = 0; i < 200 && !p.stats.done; i++) await new Promise((r) => setTimeout(r, 20));
     expect(p.stats).toMatchObject({ done: true, chunks: CHUNKS, failed: 0 });
     expect(batches.slice(0, 2).flatMap((b) => b.chunks).sort()).toEqual([1, 4]);
+    expect(quiets).toEqual(new Set([0, 250])); // each phase asks for its own pause in the reads
     expect(batches.at(-1)!.at - batches[0]!.at).toBeGreaterThanOrEqual((CHUNKS - 1) * 100 - 5);
   });
 
@@ -79,7 +83,7 @@ describe("Prefetcher", () => {
     const cache = await ChunkCache.open(tempDir("prefetch-cache"));
     const { batches, fetcher } = fakeFetcher(true);
     const logs: string[] = [];
-    const p = new Prefetcher(image(), cache, fetcher, always, [all], { batchBytes: 14, concurrency: 1, log: (m) => logs.push(m) });
+    const p = new Prefetcher(image(), cache, fetcher, always, [phase(all)], { batchBytes: 14, concurrency: 1, log: (m) => logs.push(m) });
     p.start();
     for (let i = 0; i < 200 && !p.stats.done; i++) await new Promise((r) => setTimeout(r, 10));
     expect(p.stats).toMatchObject({ done: true, chunks: 0, failed: 3 });

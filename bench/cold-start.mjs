@@ -1,0 +1,184 @@
+// Cold start of a program from a lazily mounted image: `npm run bench:cold-start [-- --write]`.
+// A Debian image with python3 and numpy (debootstrap from Debian's archive, built once and kept in
+// the bench cache) is pushed to a Distribution registry with skopeo; skiff serves it. For each link
+// (loopback, and 100 Mbit/s with 20 ms RTT through bench/link-relay.mjs) and each case, a fresh
+// `skiff mount --overlay` on an empty chunk cache runs the workload in a chroot, and the time from
+// starting the mount to the workload's output is measured, with the bytes the agent fetched.
+// Cases: cold edge (a fresh skiff store: pull and conversion included), warm edge with prefetch
+// off, `--prefetch all`, and a replayed prefetch list (recorded by `skiff record` first). The bytes
+// the workload touches are the chunks in that list. Needs root (FUSE, chroot), debootstrap,
+// docker-registry and skopeo.
+//   node bench/cold-start.mjs [--write] [--rounds 3]
+import { execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { gzipSync } from "node:zlib";
+import { startLinkRelay } from "./link-relay.mjs";
+import { writeLayout } from "./oci-layout.mjs";
+import { machine, replaceSection } from "./report.mjs";
+import { freePort, requireTools, root, startRegistry, waitUrl } from "./servers.mjs";
+
+const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
+const ROUNDS = Number(values.rounds);
+const PACKAGES = "python3,python3-numpy";
+const WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
+const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way
+requireTools("debootstrap", "docker-registry", "skopeo", "chroot");
+if (process.getuid?.() !== 0) throw new Error("bench:cold-start needs root (FUSE mounts, chroot)");
+
+const cacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
+const work = mkdtempSync(join(tmpdir(), "skiff-bench-cold-"));
+const cleanups = [];
+process.once("SIGINT", () => void finish().then(() => process.exit(130)));
+
+/** The image's one layer (gzip) and its diff id, built with debootstrap once and kept. */
+function debianLayer() {
+  const layerFile = join(cacheDir, "debian-python3.tar.gz");
+  const tarFile = join(cacheDir, "debian-python3.tar");
+  if (!existsSync(layerFile)) {
+    mkdirSync(cacheDir, { recursive: true });
+    const rootfs = join(work, "rootfs");
+    console.error(`building the image with debootstrap (${PACKAGES}); kept in ${cacheDir}`);
+    execFileSync("debootstrap", ["--variant=minbase", `--include=${PACKAGES}`, "stable", rootfs, "http://deb.debian.org/debian"], { stdio: ["ignore", "ignore", "inherit"] });
+    execFileSync("tar", ["-C", rootfs, "--sort=name", "--numeric-owner", "--xattrs", "-cf", tarFile, "."]);
+    execFileSync("sh", ["-c", `gzip -6 -c ${tarFile} > ${layerFile}.tmp && mv ${layerFile}.tmp ${layerFile}`]);
+    rmSync(rootfs, { recursive: true, force: true });
+  }
+  const tar = readFileSync(tarFile);
+  return { gz: readFileSync(layerFile), tarBytes: tar.length, diffId: `sha256:${createHash("sha256").update(tar).digest("hex")}` };
+}
+
+function serve(upstream, data) {
+  return (async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"], { stdio: ["ignore", "ignore", "inherit"] });
+    await waitUrl(`http://127.0.0.1:${port}/v2/`, child);
+    const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
+    cleanups.push(stop);
+    return { url: `http://127.0.0.1:${port}`, port, stop };
+  })();
+}
+
+/** Mounts the image, runs the workload in a chroot; seconds from mount start to its output, and the agent's stats. */
+async function coldStart(imageUrl, extra) {
+  const dir = mkdtempSync(join(work, "run-"));
+  const mnt = join(dir, "mnt");
+  const stats = join(dir, "stats.json");
+  const t0 = performance.now();
+  const agent = spawn(process.execPath, [join(root, "bin", "skiff.js"), "mount", imageUrl, mnt, "--cache", join(dir, "cache"), "--overlay", join(dir, "overlay"), "--stats", stats, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    await new Promise((resolve, reject) => {
+      agent.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
+      agent.once("exit", (code) => reject(new Error(`skiff mount exited ${code}`)));
+    });
+    const out = await new Promise((resolve, reject) => {
+      const run = spawn("chroot", [mnt, ...WORKLOAD], { stdio: ["ignore", "pipe", "inherit"] });
+      let text = "";
+      run.stdout.on("data", (d) => (text += d));
+      run.once("exit", (code) => (code === 0 ? resolve(text) : reject(new Error(`workload exited ${code}`))));
+    });
+    const seconds = (performance.now() - t0) / 1000;
+    if (!out.startsWith("ready")) throw new Error(`workload said ${JSON.stringify(out)}`);
+    return { seconds, agent, stats };
+  } catch (err) {
+    agent.kill("SIGTERM");
+    throw err;
+  }
+}
+
+async function finishMount({ agent, stats }) {
+  agent.kill("SIGTERM");
+  await new Promise((r) => (agent.exitCode !== null ? r() : agent.once("exit", r)));
+  return JSON.parse(readFileSync(stats, "utf8"));
+}
+
+async function finish() {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+  rmSync(work, { recursive: true, force: true });
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+try {
+  const layer = debianLayer();
+  const layout = join(work, "layout");
+  writeLayout(layout, [layer.gz], [layer.diffId]);
+  const registry = await startRegistry(work);
+  cleanups.push(registry.stop);
+  execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
+
+  // The warm edge: converted once before any measured run.
+  const edge = await serve(registry.base, join(work, "edge"));
+  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1`);
+  await warmed.arrayBuffer();
+  if (warmed.status !== 200) throw new Error(`bootstrap answered ${warmed.status}`);
+
+  // The prefetch list, and the bytes the workload touches: the chunks it read.
+  const list = join(work, "py.prefetch");
+  execFileSync(process.execPath, [join(root, "bin", "skiff.js"), "record", `${edge.url}/bench/py:1`, "--output", list, "--cache", join(work, "record-cache"), "--", ...WORKLOAD], { stdio: ["ignore", "ignore", "inherit"] });
+  const { Bootstrap } = await import(join(root, "dist", "src", "format", "decode.js"));
+  const bootstrap = Bootstrap.decode(new Uint8Array(await (await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1`)).arrayBuffer()));
+  const sizeOf = new Map(Array.from({ length: bootstrap.chunkCount }, (_, i) => bootstrap.chunk(i)).map((c) => [Buffer.from(c.digest).toString("hex"), c.size]));
+  const touched = readFileSync(list, "utf8").trim().split("\n").slice(1).reduce((n, hex) => n + (sizeOf.get(hex) ?? 0), 0);
+
+  const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: edge.port }, ...SLOW });
+  cleanups.push(() => relay.close());
+  const links = [
+    ["loopback", edge.url],
+    ["100 Mbit/s, 20 ms RTT", `http://127.0.0.1:${relay.port}`],
+  ];
+  const cases = [
+    ["cold edge", "off", []],
+    ["warm edge", "off", []],
+    ["warm edge", "all", ["--prefetch", "all"]],
+    ["warm edge", "replayed list", ["--prefetch", list, "--prefetch", "all"]],
+  ];
+  const rows = [];
+  for (const [link, base] of links) {
+    for (const [edgeState, prefetch, flags] of cases) {
+      const runs = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        let url = `${base}/bench/py:1`;
+        let fresh;
+        let coldRelay;
+        if (edgeState === "cold edge") {
+          fresh = await serve(registry.base, mkdtempSync(join(work, "cold-edge-")));
+          coldRelay = base === edge.url ? undefined : await startLinkRelay({ target: { host: "127.0.0.1", port: fresh.port }, ...SLOW });
+          url = `${coldRelay ? `http://127.0.0.1:${coldRelay.port}` : fresh.url}/bench/py:1`;
+        }
+        const run = await coldStart(url, flags);
+        const stats = await finishMount(run);
+        await coldRelay?.close();
+        await fresh?.stop();
+        runs.push({ seconds: run.seconds, fetched: stats.bytesFetched, requests: stats.requests });
+        console.error(`${link}, ${edgeState}, prefetch ${prefetch}: ${run.seconds.toFixed(2)} s, ${(stats.bytesFetched / 1e6).toFixed(1)} MB in ${stats.requests} requests`);
+      }
+      rows.push({ link, edgeState, prefetch, seconds: median(runs.map((r) => r.seconds)), fetched: median(runs.map((r) => r.fetched)), requests: median(runs.map((r) => r.requests)) });
+    }
+  }
+
+  const table = [
+    "| link | edge | prefetch | mount start to output (s) | fetched by the agent (MB) | requests | fetched ÷ touched |",
+    "|---|---|---|---:|---:|---:|---:|",
+    ...rows.map((r) => `| ${r.link} | ${r.edgeState} | ${r.prefetch} | ${r.seconds.toFixed(2)} | ${(r.fetched / 1e6).toFixed(1)} | ${r.requests} | ${(r.fetched / touched).toFixed(2)} |`),
+  ];
+  const body = `Machine: ${machine()}. Command: \`npm run bench:cold-start -- --write\` (median of ${ROUNDS} runs per row).
+
+The image: Debian stable (debootstrap minbase) with ${PACKAGES.replaceAll(",", ", ")}, one gzip layer of
+${(layer.gz.length / 1e6).toFixed(0)} MB (${(layer.tarBytes / 1e6).toFixed(0)} MB uncompressed), in a Distribution registry on loopback with
+skiff in front. The workload: \`${WORKLOAD.join(" ")}\` in a chroot over \`skiff mount --overlay\`, on
+an empty chunk cache every run; time from starting the mount to the workload's output. It touches
+${(touched / 1e6).toFixed(1)} MB: the chunks of the prefetch list \`skiff record\` wrote for it. Cold edge: a
+fresh skiff store (pull from the registry and conversion included); warm edge: converted before.
+The slow link is bench/link-relay.mjs between the agent and skiff. "All" keeps fetching after the
+output; its "fetched" is what had arrived by the time the mount was stopped.
+
+${table.join("\n")}`;
+  console.log(body);
+  if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "cold-start", "Cold start from a lazy mount", body);
+} finally {
+  await finish();
+}
