@@ -35,10 +35,10 @@ export class LazyReader implements FileReader {
   /** Readahead in progress, by file: at most one batch per file. */
   readonly #ahead = new Map<number, Promise<void>>();
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
-  /** Reads and readaheads waiting on the proxy, and who waits for there to be none. */
-  #waiting = 0;
+  /** Reads, and readaheads waiting on the proxy, in progress; and who waits for there to be none. */
+  #busy = 0;
   #idleWaiters: (() => void)[] = [];
-  /** When the last wait on the proxy ended. */
+  /** When the last of them ended. */
   #quietSince = 0;
 
   constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, options: LazyReaderOptions = {}) {
@@ -50,12 +50,12 @@ export class LazyReader implements FileReader {
   }
 
   /**
-   * Resolves when no read (or readahead) has waited on the proxy for `quietMs`: background work
-   * goes after. With 0, as soon as none is waiting.
+   * Resolves once no read (or readahead) has been in progress for `quietMs`: background work goes
+   * after. With 0, as soon as none is. Reads served from the cache count too: they need this thread.
    */
   async foregroundIdle(quietMs = 0): Promise<void> {
     for (;;) {
-      if (this.#waiting > 0) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+      if (this.#busy > 0) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
       const left = this.#quietSince + quietMs - Date.now();
       if (left <= 0) return;
       await new Promise((resolve) => setTimeout(resolve, left));
@@ -63,6 +63,15 @@ export class LazyReader implements FileReader {
   }
 
   async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
+    this.#busy++;
+    try {
+      return await this.#read(inode, offset, length);
+    } finally {
+      this.#done();
+    }
+  }
+
+  async #read(inode: number, offset: number, length: number): Promise<Uint8Array> {
     const ino = this.#bootstrap.inode(inode);
     if (ino.type !== "file") throw new Error(`inode ${inode} is not a regular file`);
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
@@ -121,17 +130,20 @@ export class LazyReader implements FileReader {
 
   /** Fetches chunks and caches them, counted as waiting until they are in the cache. */
   async #fetch(wanted: WantedChunk[]): Promise<Map<string, Uint8Array>> {
-    this.#waiting++;
+    this.#busy++;
     try {
       const fetched = await this.#fetcher.fetchChunks(wanted);
       await this.#store(fetched);
       return fetched;
     } finally {
-      if (--this.#waiting === 0) {
-        this.#quietSince = Date.now();
-        for (const resolve of this.#idleWaiters.splice(0)) resolve();
-      }
+      this.#done();
     }
+  }
+
+  #done(): void {
+    if (--this.#busy > 0) return;
+    this.#quietSince = Date.now();
+    for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
   /** Caches fetched chunks; a full or failing disk costs a refetch later, never this read. */
