@@ -169,12 +169,13 @@ try {
 
 The image: Debian stable (debootstrap minbase) with ${PACKAGES.replaceAll(",", ", ")}, one gzip layer of
 ${(layer.gz.length / 1e6).toFixed(0)} MB (${(layer.tarBytes / 1e6).toFixed(0)} MB uncompressed), in a Distribution registry on loopback with
-skiff in front. The workload: \`${WORKLOAD.join(" ")}\` in a chroot over \`skiff mount --overlay\`, on
+skiff in front. The workload: \`${WORKLOAD.slice(0, 2).join(" ")} "${WORKLOAD[2]}"\` in a chroot over \`skiff mount --overlay\`, on
 an empty chunk cache every run; time from starting the mount to the workload's output. It touches
 ${(touched / 1e6).toFixed(1)} MB: the chunks of the prefetch list \`skiff record\` wrote for it. Cold edge: a
 fresh skiff store (pull from the registry and conversion included); warm edge: converted before.
 The slow link is bench/link-relay.mjs between the agent and skiff. "All" keeps fetching after the
-output; its "fetched" is what had arrived by the time the mount was stopped.
+output; its "fetched" is what had arrived by the time the mount was stopped. Not in this table
+yet: a full \`ctr image pull\` + unpack and the stargz snapshotter on the same image.
 
 ${table.join("\n")}`;
   console.log(body);
