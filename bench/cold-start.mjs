@@ -6,8 +6,9 @@
 // starting the mount to the workload's output is measured, with the bytes the agent fetched.
 // Cases: cold edge (a fresh skiff store: pull and conversion included), warm edge with prefetch
 // off, `--prefetch all`, and a replayed prefetch list (recorded by `skiff record` first). The bytes
-// the workload touches are the chunks in that list. Needs root (FUSE, chroot), debootstrap,
-// docker-registry and skopeo.
+// the workload touches are the chunks in that list. Then warm reads: the largest file and a walk of
+// the tree through a fully prefetched mount, against the same tree on local disk. Needs root (FUSE,
+// chroot, dropping the page cache), debootstrap, docker-registry and skopeo.
 //   node bench/cold-start.mjs [--write] [--rounds 3]
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -48,7 +49,7 @@ function debianLayer() {
     rmSync(rootfs, { recursive: true, force: true });
   }
   const tar = readFileSync(tarFile);
-  return { gz: readFileSync(layerFile), tarBytes: tar.length, diffId: `sha256:${createHash("sha256").update(tar).digest("hex")}` };
+  return { gz: readFileSync(layerFile), tarFile, tarBytes: tar.length, diffId: `sha256:${createHash("sha256").update(tar).digest("hex")}` };
 }
 
 function serve(upstream, data) {
@@ -98,6 +99,47 @@ async function finishMount({ agent, stats }) {
 async function finish() {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
   rmSync(work, { recursive: true, force: true });
+}
+
+/** Warm reads: the largest file and a walk of the tree, through a fully prefetched mount and on local disk. */
+async function warmReads(edgeUrl, tarFile) {
+  const local = join(work, "local-root");
+  mkdirSync(local);
+  execFileSync("tar", ["-C", local, "--numeric-owner", "-xf", tarFile]);
+  const [size, path] = execFileSync("sh", ["-c", `find ${local} -type f -printf '%s %P\\n' | sort -n | tail -1`], { encoding: "utf8" }).trim().split(" ");
+  const dir = mkdtempSync(join(work, "warm-"));
+  const mnt = join(dir, "mnt");
+  const stats = join(dir, "stats.json");
+  const agent = spawn(process.execPath, [join(root, "bin", "skiff.js"), "mount", `${edgeUrl}/bench/py:1`, mnt, "--cache", join(dir, "cache"), "--stats", stats, "--prefetch", "all"], { stdio: ["ignore", "pipe", "inherit"] });
+  cleanups.push(() => finishMount({ agent, stats }));
+  await new Promise((resolve, reject) => {
+    agent.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
+    agent.once("exit", (code) => reject(new Error(`skiff mount exited ${code}`)));
+  });
+  for (let i = 0; i < 600 && !(existsSync(stats) && JSON.parse(readFileSync(stats, "utf8")).prefetchDone); i++) await new Promise((r) => setTimeout(r, 500));
+  if (!JSON.parse(readFileSync(stats, "utf8")).prefetchDone) throw new Error("prefetch did not finish in 300 s");
+
+  // Timed in a child process: this one serves nothing, but the mount must not be read from here synchronously.
+  const timed = (script) => {
+    execFileSync("sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]);
+    const t = performance.now();
+    execFileSync("sh", ["-c", script], { stdio: "ignore" });
+    return (performance.now() - t) / 1000;
+  };
+  const rounds = (script) => median(Array.from({ length: ROUNDS }, () => timed(script)));
+  const readOf = (base) => rounds(`cat '${join(base, path)}' > /dev/null`);
+  const findOf = (base) => rounds(`find '${base}' -printf '%s %m %u\\n' > /dev/null`);
+  const entries = Number(execFileSync("sh", ["-c", `find '${local}' | wc -l`], { encoding: "utf8" }).trim());
+  const result = {
+    fileBytes: Number(size),
+    mountMBps: Number(size) / 1e6 / readOf(mnt),
+    localMBps: Number(size) / 1e6 / readOf(local),
+    mountFindS: findOf(mnt),
+    localFindS: findOf(local),
+    entries,
+  };
+  console.error(`warm reads: ${JSON.stringify(result)}`);
+  return result;
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
@@ -160,6 +202,8 @@ try {
     }
   }
 
+  const reads = await warmReads(edge.url, layer.tarFile);
+
   const table = [
     "| link | edge | prefetch | mount start to output (s) | fetched by the agent (MB) | requests | fetched ÷ touched |",
     "|---|---|---|---:|---:|---:|---:|",
@@ -177,7 +221,16 @@ The slow link is bench/link-relay.mjs between the agent and skiff. "All" keeps f
 output; its "fetched" is what had arrived by the time the mount was stopped. Not in this table
 yet: a full \`ctr image pull\` + unpack and the stargz snapshotter on the same image.
 
-${table.join("\n")}`;
+${table.join("\n")}
+
+Reading the image once it is all in the node's chunk cache (\`--prefetch all\`, waited out), against
+the same tree extracted on local disk; the kernel's caches dropped before each run (median of
+${ROUNDS}):
+
+| | through the mount | local disk | mount ÷ local |
+|---|---:|---:|---:|
+| sequential read of the largest file (${(reads.fileBytes / 1e6).toFixed(0)} MB) | ${reads.mountMBps.toFixed(0)} MB/s | ${reads.localMBps.toFixed(0)} MB/s | ${(reads.mountMBps / reads.localMBps).toFixed(2)} |
+| \`find\` + \`stat\` of every entry (${reads.entries} entries) | ${reads.mountFindS.toFixed(2)} s | ${reads.localFindS.toFixed(2)} s | ${(reads.mountFindS / reads.localFindS).toFixed(2)} |`;
   console.log(body);
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "cold-start", "Cold start from a lazy mount", body);
 } finally {
