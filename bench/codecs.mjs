@@ -15,7 +15,7 @@ import { sha256 as nobleSha256 } from "@noble/hashes/sha2.js";
 import { deflateSync, Gunzip, inflateSync } from "fflate";
 import { decodeChunk, DEFLATE_LEVEL, encodeChunk } from "../dist/src/convert/codec.js";
 import { decompressLayer, setGunzipFactory } from "../dist/src/convert/decompress.js";
-import { replaceSection } from "./report.mjs";
+import { median, replaceSection } from "./report.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const DOC = path.join(ROOT, "docs/benchmarks.md");
@@ -71,11 +71,6 @@ function have(tool) {
 }
 
 // ---- measuring -------------------------------------------------------------------------------------
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
 
 /**
  * Times each variant once to warm up, then REPS rounds of all variants in turn (so a load spike

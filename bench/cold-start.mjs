@@ -19,7 +19,7 @@ import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import { startLinkRelay } from "./link-relay.mjs";
 import { writeLayout } from "./oci-layout.mjs";
-import { machine, replaceSection } from "./report.mjs";
+import { machine, median, replaceSection } from "./report.mjs";
 import { freePort, requireTools, root, startRegistry, waitUrl } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
@@ -142,7 +142,6 @@ async function warmReads(edgeUrl, tarFile) {
   return result;
 }
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
 try {
   const layer = debianLayer();

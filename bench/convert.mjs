@@ -10,7 +10,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, stat
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { machine, replaceSection } from "./report.mjs";
+import { machine, median, replaceSection } from "./report.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const skiff = join(root, "bin", "skiff.js");
@@ -102,11 +102,6 @@ function timed(command) {
   if (r.status !== 0) throw new Error(`failed: ${command}\n${r.stderr}`);
   const [wall, rss] = r.stderr.trim().split("\n").pop().split(" ").map(Number);
   return { wall, rssKiB: rss };
-}
-
-function median(values) {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
 }
 
 function measure(command, before = () => {}) {

@@ -9,6 +9,7 @@ import { randomFillSync } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { median } from "./report.mjs";
 import { requireTools, runSkiffBench, runWrk, startNginx, writeWrkScript } from "./servers.mjs";
 
 const { values } = parseArgs({
@@ -46,7 +47,6 @@ process.once("SIGINT", () => stop().then(() => process.exit(130)));
 try {
   const wrk = (size, c) => runWrk(script, url, { size: BLOB_SIZE, length: bytes(size), connections: c, seconds: SECONDS }).rps;
   const skiff = (size, c) => runSkiffBench(url, { sizeFlag: size, connections: c, seconds: SECONDS }).rps;
-  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   console.log(`| range | connections | wrk req/s | skiff bench req/s | ratio |\n| --- | ---: | ---: | ---: | ---: |`);
   for (const size of SIZES) {
     for (const c of CONCURRENCY) {

@@ -9,6 +9,12 @@ export function machine() {
   return `${cpu}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${date}`;
 }
 
+/** The middle value; of an even count, the upper of the two middle ones (always a measured run). */
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[sorted.length >> 1];
+}
+
 /** Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`, appending it if absent. */
 export function replaceSection(file, name, title, body) {
   const start = `<!-- bench:${name} -->`;

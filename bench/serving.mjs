@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { machine, replaceSection } from "./report.mjs";
+import { machine, median, replaceSection } from "./report.mjs";
 import { pushBlob, requireTools, root, runSkiffBench, runWrk, startNginx, startNodeCeiling, startRegistry, startSkiff, writeWrkScript } from "./servers.mjs";
 
 const { values } = parseArgs({
@@ -150,10 +150,4 @@ ${benchTable.join("\n")}`;
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "serving", "Range serving: skiff, Distribution and nginx", body);
 } finally {
   await stopAll();
-}
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }

@@ -8,7 +8,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { machine, replaceSection } from "./report.mjs";
+import { machine, median, replaceSection } from "./report.mjs";
 
 const root = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const ROUNDS = 5;
@@ -52,7 +52,6 @@ try {
   if (!ready) throw new Error("wrangler dev did not start");
   const runs = [];
   for (let i = 0; i < ROUNDS; i++) runs.push(await (await fetch(`http://127.0.0.1:${port}/`)).json());
-  const median = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const mbps = (ms) => ((256 * 2 ** 20) / 1e6 / (ms / 1000)).toFixed(0);
   const node = median(runs.map((r) => r.node));
   const ds = median(runs.map((r) => r.digestStream));

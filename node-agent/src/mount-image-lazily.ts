@@ -1,8 +1,8 @@
 // `skiff mount`: pins an image's bootstrap, mounts it read-only over FUSE with chunks fetched on
 // demand, optionally stacks a writable overlayfs on top, prefetches in the background and records
 // what reads need (prefetch lists), keeps --stats current, and unmounts cleanly (overlay first) on
-// SIGINT/SIGTERM. Everything that touches the mountpoint runs in
-// another process or asynchronously: FUSE requests are served on this process's JS thread.
+// SIGINT/SIGTERM. Everything that touches the mountpoint runs in another process or
+// asynchronously: FUSE requests are served on this process's JS thread.
 import { execFile } from "node:child_process";
 import { mkdir, rename, statfs, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";

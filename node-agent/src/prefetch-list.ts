@@ -8,6 +8,7 @@
 import { appendFile, readFile, writeFile } from "node:fs/promises";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import { toHex } from "../../src/hash/hasher.ts";
+import { HEX_DIGEST } from "./sha256-hex.ts";
 
 const HEADER = "# skiff prefetch list v1";
 
@@ -28,7 +29,7 @@ export function chunksOfList(text: string, bootstrap: Bootstrap, source: string)
   let unknown = 0;
   lines.forEach((line, n) => {
     if (line === "" || line.startsWith("#")) return;
-    if (!/^[0-9a-f]{64}$/.test(line)) throw new Error(`${source} line ${n + 1}: not a sha256 hex digest: ${JSON.stringify(line.slice(0, 80))}`);
+    if (!HEX_DIGEST.test(line)) throw new Error(`${source} line ${n + 1}: not a sha256 hex digest: ${JSON.stringify(line.slice(0, 80))}`);
     const index = byDigest.get(line);
     if (index === undefined) unknown++;
     else chunks.push(index);

@@ -66,7 +66,8 @@ export class Prefetcher {
   #reserved = 0;
   #failedInARow = 0;
   #stopped = false;
-  #wake: (() => void) | undefined;
+  /** Wakes each worker sleeping out the rate cap (on stop). */
+  readonly #sleepers = new Set<() => void>();
   #running: Promise<void> | undefined;
 
   /** A phase's chunks are all fetched before the next phase starts (a replayed list before `all`); repeats are fetched once. */
@@ -101,7 +102,7 @@ export class Prefetcher {
   /** Starts no more batches; resolves once those in flight have settled. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#wake?.();
+    for (const wake of this.#sleepers) wake();
     await this.#running;
   }
 
@@ -159,16 +160,13 @@ export class Prefetcher {
     const ms = when - Date.now();
     if (ms <= 0 || this.#stopped) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      const previous = this.#wake;
-      function done() {
+      const done = () => {
         clearTimeout(timer);
+        this.#sleepers.delete(done);
         resolve();
-      }
-      this.#wake = () => {
-        previous?.();
-        done();
       };
+      const timer = setTimeout(done, ms);
+      this.#sleepers.add(done);
     });
   }
 }
