@@ -5,6 +5,7 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
 import type { FileReader } from "./file-reader.ts";
+import { RecentChunks } from "./recent-chunks.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 
 export interface LazyReaderOptions {
@@ -23,6 +24,10 @@ export interface LazyReaderStats {
 
 // How many files' read positions are remembered for readahead; the map is cleared past this.
 const MAX_TRACKED_FILES = 1024;
+// Verified chunks kept in memory for the reads that follow (see recent-chunks.ts).
+const RECENT_CHUNK_BYTES = 16 * 1024 * 1024;
+// Chunks a sequential reader's next reads need, read from the node's cache into memory ahead.
+const DISK_READAHEAD_CHUNKS = 2;
 
 export class LazyReader implements FileReader {
   readonly stats: LazyReaderStats = { cacheHits: 0, bytesRead: 0 };
@@ -35,6 +40,7 @@ export class LazyReader implements FileReader {
   /** Readahead in progress, by file: at most one batch per file. */
   readonly #ahead = new Map<number, Promise<void>>();
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
+  readonly #recent = new RecentChunks(RECENT_CHUNK_BYTES);
   /** Reads, and readaheads waiting on the proxy, in progress; and who waits for there to be none. */
   #busy = 0;
   #idleWaiters: (() => void)[] = [];
@@ -113,7 +119,7 @@ export class LazyReader implements FileReader {
   async #load(chunkIndexes: number[], inode: number): Promise<Uint8Array[]> {
     const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
     const hexes = records.map((r) => toHex(r.digest));
-    const out = await Promise.all(hexes.map((hex) => this.#cache.get(hex)));
+    const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#cache.get(hex))));
     const missing: WantedChunk[] = [];
     for (let i = 0; i < records.length; i++) {
       if (out[i]) this.stats.cacheHits++;
@@ -134,6 +140,7 @@ export class LazyReader implements FileReader {
     try {
       const fetched = await this.#fetcher.fetchChunks(wanted);
       await this.#store(fetched);
+      for (const [hex, bytes] of fetched) this.#recent.put(hex, bytes);
       return fetched;
     } finally {
       this.#done();
@@ -155,14 +162,16 @@ export class LazyReader implements FileReader {
     const sequential = offset > 0 && this.#lastEnd.get(inode) === offset;
     if (this.#lastEnd.size >= MAX_TRACKED_FILES && !this.#lastEnd.has(inode)) this.#lastEnd.clear();
     this.#lastEnd.set(inode, end);
-    if (!sequential || this.#readahead === 0 || this.#ahead.has(inode)) return;
+    if (!sequential || this.#readahead === 0) return;
     const wanted: WantedChunk[] = [];
     for (let k = lastChunk + 1; k < indexes.length && k <= lastChunk + this.#readahead; k++) {
       const record = this.#bootstrap.chunk(indexes[k]!);
-      if (this.#cache.has(toHex(record.digest))) continue;
-      wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+      const hex = toHex(record.digest);
+      if (!this.#cache.has(hex)) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+      // Cached ones are read from disk ahead too: a cold chunk file costs a few ms the reader would wait.
+      else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) void this.#recent.get(hex, () => this.#cache.get(hex).catch(() => null));
     }
-    if (wanted.length === 0) return;
+    if (wanted.length === 0 || this.#ahead.has(inode)) return;
     const run = this.#fetch(wanted)
       .then(() => undefined)
       .catch(() => undefined) // counted by the fetcher; the read that needs the chunk will retry

@@ -6,10 +6,10 @@ import { readVerifiedChunk, storeReadStored, type ReadStored } from "../../src/c
 import { codecFromId, type ChunkCodec } from "../../src/convert/codec.ts";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import type { FileReader } from "./file-reader.ts";
+import { RecentChunks } from "./recent-chunks.ts";
 
-// A FUSE read is 128 KiB at most while a chunk is 64 KiB to 16 MiB: keep a few verified chunks so a
-// sequential read doesn't decode and hash the same chunk again for every request.
-const CACHED_CHUNKS = 8;
+// Decoded, verified chunks kept in memory for the reads that follow (see recent-chunks.ts).
+const RECENT_CHUNK_BYTES = 16 * 1024 * 1024;
 // Per-file chunk offsets, kept for the files read most recently.
 const CACHED_FILES = 64;
 
@@ -22,7 +22,7 @@ interface FileChunks {
 export class LocalReader implements FileReader {
   readonly #codec: ChunkCodec;
   readonly #files = new Map<number, FileChunks>();
-  readonly #chunks = new Map<string, Promise<Uint8Array>>();
+  readonly #recent = new RecentChunks(RECENT_CHUNK_BYTES);
 
   constructor(
     readonly bootstrap: Bootstrap,
@@ -81,16 +81,10 @@ export class LocalReader implements FileReader {
     return file;
   }
 
-  #chunk(record: FileChunks["records"][number], what: string): Promise<Uint8Array> {
+  async #chunk(record: FileChunks["records"][number], what: string): Promise<Uint8Array> {
     const key = Buffer.from(record.digest).toString("hex");
-    let data = this.#chunks.get(key);
-    if (data === undefined) {
-      data = readVerifiedChunk(this.readStored, this.#codec, record, what);
-      // A failed read is not remembered: the next read tries again.
-      data.catch(() => this.#chunks.get(key) === data && this.#chunks.delete(key));
-      remember(this.#chunks, key, data, CACHED_CHUNKS);
-    }
-    return data;
+    // A failed read is not remembered: the next read tries again.
+    return (await this.#recent.get(key, () => readVerifiedChunk(this.readStored, this.#codec, record, what)))!;
   }
 }
 

@@ -122,4 +122,24 @@ describe("lazy read path", () => {
     expect(second.fetcher.stats.requests).toBe(0);
     await second.fetcher.close();
   });
+
+  test("a sequential reader on a warm cache reads each chunk file once, not once per read", async () => {
+    const cacheDir = tempDir("agent-cache");
+    const warm = await newReader(cacheDir);
+    const ino = image.bootstrap.lookup("data/big")!;
+    expect(Buffer.compare(await warm.reader.read(ino, 0, BIG.length), BIG)).toBe(0);
+    await warm.fetcher.close();
+
+    const { cache, fetcher, reader } = await newReader(cacheDir); // a restarted agent: nothing in memory
+    const piece = K64 / 4; // smaller than a chunk, as FUSE reads of a big chunk are
+    const parts: Uint8Array[] = [];
+    for (let off = 0; off < BIG.length; off += piece) {
+      parts.push(await reader.read(ino, off, piece));
+      await reader.idle();
+    }
+    expect(Buffer.compare(Buffer.concat(parts), BIG)).toBe(0);
+    expect(cache.stats.hits).toBe(image.bootstrap.chunks(ino).length);
+    expect(fetcher.stats.requests).toBe(0);
+    await fetcher.close();
+  });
 });
