@@ -33,6 +33,9 @@ export interface LazyMountOptions {
   overlayDir?: string;
   timeoutMs: number;
   platform?: string;
+  /** Conversion parameters asked of the proxy (`codec`, `chunk-size` query values); the proxy's defaults when absent. */
+  codec?: string;
+  chunkSize?: string;
   /** Sent with every request to the proxy: `Bearer …` or `Basic …`. */
   authorization?: string;
   /** PEM bundle trusted for an https proxy. */
@@ -78,7 +81,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
   const http = proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
-  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, timeoutMs: o.timeoutMs, fetchImpl: http.fetch }).catch(async (err: Error) => {
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, fetchImpl: http.fetch }).catch(async (err: Error) => {
     await http.close();
     throw err;
   });
@@ -134,6 +137,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const writeStats = async () => {
     if (!o.statsFile) return;
     const stats = {
+      params: fetched.params,
       bytesFetched: fetcher.stats.bytesFetched,
       chunksFetched: fetcher.stats.chunksFetched,
       requests: fetcher.stats.requests,

@@ -136,6 +136,23 @@ describe("skiff mount", () => {
     expect(existsSync(join(mountpoint, "etc"))).toBe(false); // unmounted on SIGTERM
   });
 
+  test("--codec and --chunk-size pick the conversion: the tree is the same, the stats name the params", async () => {
+    const stats = join(tempDir("stats"), "stats.json");
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-codec"), "--stats", stats, "--codec", "deflate-raw", "--chunk-size", "64k"]);
+    try {
+      expect(diffTrees(snapshot(oracle), snapshot(mountpoint))).toEqual([]);
+    } finally {
+      await stop(agent);
+    }
+    expect(JSON.parse(readFileSync(stats, "utf8"))).toMatchObject({ params: "v1-c16-deflate-raw", errors: 0 });
+    for (const [flag, value] of [["--codec", "zstd"], ["--chunk-size", "3k"]]) {
+      const r = spawnSync("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, tempDir("mnt-bad-codec"), flag!, value!], { encoding: "utf8" });
+      expect(r.status, flag).toBe(2);
+      expect(r.stderr.trim().split("\n"), flag).toHaveLength(1);
+      expect(r.stderr, flag).toMatch(flag === "--codec" ? /--codec must be one of none, deflate-raw/ : /chunk size must be a power of two/);
+    }
+  });
+
   test("reading one small file fetches the bootstrap and exactly that file's chunk", async () => {
     const stats = join(tempDir("stats"), "stats.json");
     const before = await lazyCounters();

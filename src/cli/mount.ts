@@ -4,6 +4,8 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 import { InputError, parseProxyReference } from "./converted.ts";
+import { CHUNK_CODECS } from "../convert/codec.ts";
+import { parseChunkSize } from "../convert/params.ts";
 
 export const mountHelp = `Usage: skiff mount <proxy-url>/<name>[:TAG|@DIGEST] <mountpoint> [options]
 
@@ -20,6 +22,10 @@ Options:
   --stats FILE         JSON counters, rewritten every second and at exit
   --timeout SECONDS    a read that can't be served in this time fails with EIO (default 30)
   --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
+  --codec none|deflate-raw
+                       how chunks travel and are stored at the edge; deflate-raw sends fewer bytes
+                       over a slow link (default: the proxy's, none)
+  --chunk-size SIZE    chunk size of the conversion, 64k to 16m (default: the proxy's, 1m)
   --token TOKEN        bearer token for the proxy (or $SKIFF_TOKEN)
   --user USER          user for the proxy (with --password or $SKIFF_PASSWORD)
   --password PASS      password for the proxy; prefer $SKIFF_PASSWORD (kept out of ps)
@@ -46,6 +52,8 @@ export const agentFlags = {
   "cache-size": { type: "string" },
   timeout: { type: "string" },
   platform: { type: "string" },
+  codec: { type: "string" },
+  "chunk-size": { type: "string" },
   token: { type: "string" },
   user: { type: "string" },
   password: { type: "string" },
@@ -78,6 +86,14 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
       throw new UsageError(`cannot read --ca ${values.ca}: ${(err as Error).message}`);
     }
   }
+  if (values.codec !== undefined && !CHUNK_CODECS.some((c) => c === values.codec)) throw new UsageError(`--codec must be one of ${CHUNK_CODECS.join(", ")}, got ${JSON.stringify(values.codec)}`);
+  if (values["chunk-size"] !== undefined) {
+    try {
+      parseChunkSize(values["chunk-size"]);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
   const httpProxy = values["http-proxy"];
   if (httpProxy !== undefined && !/^https?:\/\/[^\s/?#]+\/?$/.test(httpProxy)) throw new UsageError(`--http-proxy must be http(s)://HOST:PORT, got ${JSON.stringify(httpProxy)}`);
   for (const source of values.prefetch ?? []) if (source === "") throw new UsageError("--prefetch needs all or a file");
@@ -93,6 +109,8 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 10 * 2 ** 30),
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     platform: values.platform,
+    codec: values.codec,
+    chunkSize: values["chunk-size"],
     authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
     ca,
     httpProxy,

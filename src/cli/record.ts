@@ -16,9 +16,11 @@ the command's status; the list is written either way.
 
 Options:
   --output FILE        where to write the prefetch list (required)
-  --cache DIR, --cache-size SIZE, --timeout SECONDS, --platform OS/ARCH, --token TOKEN,
-  --user USER, --password PASS, --ca FILE, --http-proxy URL, --prefetch all|FILE, --prefetch-rate SIZE
-                       as for 'skiff mount'
+  --cache DIR, --cache-size SIZE, --timeout SECONDS, --platform OS/ARCH, --codec CODEC,
+  --chunk-size SIZE, --token TOKEN, --user USER, --password PASS, --ca FILE, --http-proxy URL,
+  --prefetch all|FILE, --prefetch-rate SIZE
+                       as for 'skiff mount'. Chunks are named by their bytes, so a list serves
+                       mounts of any codec but only of the same --chunk-size
   -h, --help           show this help
 
 Example: skiff record http://127.0.0.1:8080/library/python:3.12 --output python.prefetch -- python3 -c 'print(1)'`;
