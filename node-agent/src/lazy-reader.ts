@@ -5,12 +5,18 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
 import type { FileReader } from "./file-reader.ts";
+import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
   readaheadChunks?: number;
+  /**
+   * After a read misses, fetch up to this many stored bytes of the chunks that follow the missed
+   * one in its layer's data blob, in the background (`--prefetch-nearby`). Default 0: off.
+   */
+  nearbyBytes?: number;
   /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
   onChunkRead?: (chunkIndex: number) => void;
 }
@@ -41,6 +47,10 @@ export class LazyReader implements FileReader {
   readonly #ahead = new Map<number, Promise<void>>();
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
   readonly #recent = new RecentChunks(RECENT_CHUNK_BYTES);
+  readonly #nearbyBytes: number;
+  #storedOrder: { order: number[]; position: Int32Array } | undefined;
+  /** Nearby fetches in progress. */
+  readonly #nearby = new Set<Promise<void>>();
   /** Reads, and readaheads waiting on the proxy, in progress; and who waits for there to be none. */
   #busy = 0;
   #idleWaiters: (() => void)[] = [];
@@ -53,6 +63,7 @@ export class LazyReader implements FileReader {
     this.#fetcher = fetcher;
     this.#readahead = Math.max(0, Math.floor(options.readaheadChunks ?? 4));
     this.#onChunkRead = options.onChunkRead;
+    this.#nearbyBytes = Math.max(0, options.nearbyBytes ?? 0);
   }
 
   /**
@@ -110,9 +121,9 @@ export class LazyReader implements FileReader {
     return out;
   }
 
-  /** Resolves when no readahead is running (for tests and clean shutdown). */
+  /** Resolves when no readahead or nearby fetch is running (for tests and clean shutdown). */
   async idle(): Promise<void> {
-    for (let i = 0; i < 100 && this.#ahead.size > 0; i++) await Promise.allSettled([...this.#ahead.values()]);
+    for (let i = 0; i < 100 && this.#ahead.size + this.#nearby.size > 0; i++) await Promise.allSettled([...this.#ahead.values(), ...this.#nearby]);
   }
 
   /** The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest fetched in one go. */
@@ -126,6 +137,7 @@ export class LazyReader implements FileReader {
       else missing.push({ record: records[i]!, layerDigest: this.#bootstrap.blob(records[i]!.blob).layerDigest });
     }
     if (missing.length === 0) return out as Uint8Array[];
+    this.#fetchNearby(chunkIndexes[chunkIndexes.length - 1]!);
     const fetched = await this.#fetch(missing);
     return hexes.map((hex, i) => {
       const bytes = out[i] ?? fetched.get(hex);
@@ -145,6 +157,33 @@ export class LazyReader implements FileReader {
     } finally {
       this.#done();
     }
+  }
+
+  /**
+   * The chunks stored right after a missed one in its layer's data blob, fetched in the background:
+   * they belong to the files next to it in the layer (the rest of a package), which a program that
+   * opened one is likely to open next, and each read that finds them cached saves a round trip.
+   */
+  #fetchNearby(chunkIndex: number): void {
+    if (this.#nearbyBytes <= 0) return;
+    this.#storedOrder ??= storedOrder(this.#bootstrap);
+    const { order, position } = this.#storedOrder;
+    const blob = this.#bootstrap.chunk(chunkIndex).blob;
+    const wanted: WantedChunk[] = [];
+    let bytes = 0;
+    for (let p = position[chunkIndex]! + 1; p < order.length; p++) {
+      const record = this.#bootstrap.chunk(order[p]!);
+      if (record.blob !== blob || this.#cache.has(toHex(record.digest))) break;
+      bytes += record.storedSize;
+      if (bytes > this.#nearbyBytes) break;
+      wanted.push({ record, layerDigest: this.#bootstrap.blob(blob).layerDigest });
+    }
+    if (wanted.length === 0) return;
+    const run: Promise<void> = this.#fetch(wanted)
+      .then(() => undefined)
+      .catch(() => undefined) // a read that needs one of them fetches it itself
+      .finally(() => this.#nearby.delete(run));
+    this.#nearby.add(run);
   }
 
   #done(): void {
@@ -178,4 +217,12 @@ export class LazyReader implements FileReader {
       .finally(() => this.#ahead.delete(inode));
     this.#ahead.set(inode, run);
   }
+}
+
+/** Chunk-table indexes in data-blob order, and each index's place in that order. */
+function storedOrder(bootstrap: Bootstrap): { order: number[]; position: Int32Array } {
+  const order = allChunks(bootstrap);
+  const position = new Int32Array(bootstrap.chunkCount);
+  order.forEach((index, p) => (position[index] = p));
+  return { order, position };
 }

@@ -46,6 +46,8 @@ export interface LazyMountOptions {
   prefetch?: string[];
   /** Limit on prefetched bytes per second. */
   prefetchBytesPerSecond?: number;
+  /** Stored bytes after a missed chunk fetched with it in the background (0: off). */
+  nearbyBytes?: number;
   /** Write the chunks reads need, in first-read order, to this prefetch list. */
   recordFile?: string;
   log: (message: string) => void;
@@ -109,7 +111,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
     await closeHttp();
     throw err;
   }
-  const reader = new LazyReader(bootstrap, cache, fetcher, { onChunkRead: recorder && ((i) => recorder.saw(i)) });
+  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, onChunkRead: recorder && ((i) => recorder.saw(i)) });
   const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;

@@ -12,7 +12,7 @@ import { tempDir } from "../../test/e2e/harness/workdir.ts";
 import { fetchBootstrap, type FetchedBootstrap } from "../src/bootstrap-client.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 import { ChunkFetcher } from "../src/chunk-fetcher.ts";
-import { LazyReader } from "../src/lazy-reader.ts";
+import { LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";
 
 const K64 = 64 * 1024;
 const prng = new Prng("lazy-read");
@@ -33,10 +33,10 @@ async function served(): Promise<{ lazy: number; dataBytes: number }> {
   return { lazy: sum("skiff_http_requests_total", { kind: "lazy" }), dataBytes: sum("skiff_chunk_bytes_served_total", { route: "data" }) };
 }
 
-async function newReader(cacheDir = tempDir("agent-cache")) {
+async function newReader(cacheDir = tempDir("agent-cache"), options: LazyReaderOptions = {}) {
   const cache = await ChunkCache.open(cacheDir);
   const fetcher = new ChunkFetcher({ proxy: proxy.url, name: "e2e/agent", params: image.params, timeoutMs: 10_000 });
-  return { cache, fetcher, reader: new LazyReader(image.bootstrap, cache, fetcher) };
+  return { cache, fetcher, reader: new LazyReader(image.bootstrap, cache, fetcher, options) };
 }
 
 /** Stored bytes of a file's chunks k..l, as one merged range would fetch them. */
@@ -121,6 +121,29 @@ describe("lazy read path", () => {
     expect(await served()).toEqual(before);
     expect(second.fetcher.stats.requests).toBe(0);
     await second.fetcher.close();
+  });
+
+  test("with nearbyBytes a miss also fetches, in the background, the chunks stored after it up to that many bytes", async () => {
+    const { cache, fetcher, reader } = await newReader(tempDir("agent-cache"), { nearbyBytes: 2 * K64 + 100 });
+    const b = image.bootstrap;
+    // etc/small is stored first; data/big's chunks (random bytes, stored raw, 64 KiB each) follow it.
+    expect(Buffer.compare(await reader.read(b.lookup("etc/small")!, 0, 100), SMALL)).toBe(0);
+    await reader.idle();
+    const big = b.chunks(b.lookup("data/big")!).map((c) => Buffer.from(c.digest).toString("hex"));
+    expect(big.map((hex) => cache.has(hex))).toEqual(big.map((_, k) => k < 2));
+    expect(fetcher.stats.requests).toBe(2); // the small file's chunk, then its two neighbours in one range
+
+    // Nearby fetches stop at the first chunk already cached: chunk 5 brings 6 and 7; then 4 brings nothing more.
+    const bigIno = b.lookup("data/big")!;
+    await reader.read(bigIno, 5 * K64, 10);
+    await reader.idle();
+    expect(big.map((hex) => cache.has(hex))).toEqual(big.map((_, k) => k < 2 || (k >= 5 && k <= 7)));
+    const requests = fetcher.stats.requests;
+    await reader.read(bigIno, 4 * K64, 10);
+    await reader.idle();
+    expect(fetcher.stats.requests).toBe(requests + 1);
+    expect(big.map((hex) => cache.has(hex))).toEqual(big.map((_, k) => k < 2 || (k >= 4 && k <= 7)));
+    await fetcher.close();
   });
 
   test("a sequential reader on a warm cache reads each chunk file once, not once per read", async () => {

@@ -37,6 +37,10 @@ Options:
                        --prefetch FILE --prefetch all (the list's chunks all come first).
                        Reads always go first
   --prefetch-rate SIZE limit prefetch to SIZE bytes per second, e.g. 20m (default: no limit)
+  --prefetch-nearby SIZE
+                       when a read has to fetch, also fetch up to SIZE (e.g. 256k) of the chunks
+                       stored after it in the layer, the files next to it, in the background
+                       (default 0: off)
   --record FILE        write the chunks reads need, in the order first needed, as a prefetch list
   -h, --help           show this help
 
@@ -45,6 +49,9 @@ Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --ove
 export const umountHelp = `Usage: skiff umount <mountpoint>
 
 Unmounts what 'skiff mount' mounted there (an overlay or the FUSE mount), lazily if it is stale.`;
+
+// Nearby fetches compete with the reads for the link: past a few MiB they only slow them.
+const MAX_NEARBY_BYTES = 16 * 2 ** 20;
 
 /** The flags `skiff mount` and `skiff record` share: where chunks are cached, how the proxy is reached, prefetch. */
 export const agentFlags = {
@@ -61,6 +68,7 @@ export const agentFlags = {
   "http-proxy": { type: "string" },
   prefetch: { type: "string", multiple: true },
   "prefetch-rate": { type: "string" },
+  "prefetch-nearby": { type: "string" },
 } as const;
 
 type AgentFlagValues = { [K in keyof typeof agentFlags]?: (typeof agentFlags)[K] extends { multiple: true } ? string[] : string };
@@ -99,6 +107,8 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
   for (const source of values.prefetch ?? []) if (source === "") throw new UsageError("--prefetch needs all or a file");
   const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
   if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
+  const nearbyBytes = sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
+  if (nearbyBytes > MAX_NEARBY_BYTES) throw new UsageError("--prefetch-nearby is at most 16m (--prefetch all fetches everything)");
   const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
   return {
     ref,
@@ -116,6 +126,7 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     httpProxy,
     prefetch: values.prefetch,
     prefetchBytesPerSecond: prefetchRate,
+    nearbyBytes,
   };
 }
 
