@@ -9,6 +9,7 @@ import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
 import { fetchRange, message, TransientError, type FetchLike } from "./range-request.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { sha256Hex } from "./sha256-hex.ts";
+import { zlibInflateRaw } from "./zlib-inflate.ts";
 
 export interface ChunkFetcherOptions {
   /** Base URL of the skiff proxy, e.g. `http://127.0.0.1:8080`. */
@@ -162,7 +163,7 @@ export class ChunkFetcher {
       const stored = body.subarray(from, from + record.storedSize);
       let data: Uint8Array;
       try {
-        data = await decodeChunk(record.compressed ? this.#codec : "none", stored, record.size);
+        data = await decodeChunk(record.compressed ? this.#codec : "none", stored, record.size, zlibInflateRaw);
       } catch (err) {
         throw new Error(`chunk ${hex} from ${url}: ${message(err)}`);
       }

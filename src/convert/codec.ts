@@ -38,11 +38,24 @@ export function encodeChunk(codec: ChunkCodec, data: Uint8Array): Uint8Array {
 }
 
 /**
+ * Inflates one deflate-raw chunk whose size should be `expectedSize`; it may return more bytes (or
+ * throw) for a chunk that decodes to more, so that an over-long chunk is never cut to size silently.
+ */
+export type InflateRaw = (stored: Uint8Array, expectedSize: number) => Uint8Array;
+
+/**
  * fflate's inflateSync rather than DecompressionStream("deflate-raw"): one chunk at a time it was
  * as fast or faster at 64 KiB to 4 MiB on Node, and steadier under load (docs/benchmarks.md).
- * Async so a runtime-specific decoder could take its place without changing callers.
+ * One spare byte: fflate stops writing at the end of a given buffer, so an over-long chunk shows
+ * up as a full buffer.
  */
-export async function decodeChunk(codec: ChunkCodec, stored: Uint8Array, expectedSize: number): Promise<Uint8Array> {
+export const fflateInflateRaw: InflateRaw = (stored, expectedSize) => inflateSync(stored, { out: new Uint8Array(expectedSize + 1) });
+
+/**
+ * The chunk's uncompressed bytes, checked against its expected size. `inflate` lets a runtime put a
+ * faster decoder in (the Node agent uses node:zlib); async so an asynchronous one could too.
+ */
+export async function decodeChunk(codec: ChunkCodec, stored: Uint8Array, expectedSize: number, inflate: InflateRaw = fflateInflateRaw): Promise<Uint8Array> {
   if (!Number.isSafeInteger(expectedSize) || expectedSize < 0 || expectedSize > MAX_CHUNK_SIZE) {
     throw new RangeError(`chunk size ${expectedSize} is outside 0..${MAX_CHUNK_SIZE}`);
   }
@@ -50,11 +63,9 @@ export async function decodeChunk(codec: ChunkCodec, stored: Uint8Array, expecte
     if (stored.length !== expectedSize) throw new Error(`stored chunk is ${stored.length} bytes, expected ${expectedSize}`);
     return stored;
   }
-  // One spare byte: fflate stops writing at the end of a given buffer, so an over-long chunk
-  // shows up as a full buffer rather than being cut silently to the expected size.
   let out: Uint8Array;
   try {
-    out = inflateSync(stored, { out: new Uint8Array(expectedSize + 1) });
+    out = inflate(stored, expectedSize);
   } catch (err) {
     throw new Error(`deflate-raw chunk is corrupt: ${err instanceof Error ? err.message : String(err)}`);
   }

@@ -1,7 +1,8 @@
 import { createHash, randomBytes } from "node:crypto";
 import zlib from "node:zlib";
 import { describe, expect, it } from "vitest";
-import { CHUNK_CODECS, codecFromId, codecId, decodeChunk, encodeChunk, type ChunkCodec } from "../../src/convert/codec.ts";
+import { CHUNK_CODECS, codecFromId, codecId, decodeChunk, encodeChunk, fflateInflateRaw, type ChunkCodec } from "../../src/convert/codec.ts";
+import { zlibInflateRaw } from "../../node-agent/src/zlib-inflate.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
@@ -30,7 +31,10 @@ describe("codec ids", () => {
   });
 });
 
-describe("encodeChunk / decodeChunk", () => {
+describe.each([
+  ["fflate", fflateInflateRaw],
+  ["node:zlib (the agent's)", zlibInflateRaw],
+] as const)("encodeChunk / decodeChunk with %s inflating", (_inflater, inflate) => {
   const samples: [string, Uint8Array][] = [
     ["empty", new Uint8Array(0)],
     ["one byte", new Uint8Array([42])],
@@ -45,7 +49,7 @@ describe("encodeChunk / decodeChunk", () => {
     "%s round-trips %s",
     async (codec: ChunkCodec, _name, data) => {
       const stored = encodeChunk(codec, data);
-      const decoded = await decodeChunk(codec, stored, data.length);
+      const decoded = await decodeChunk(codec, stored, data.length, inflate);
       expect(decoded.length).toBe(data.length);
       expect(sha256(decoded)).toBe(sha256(data));
     },
@@ -56,7 +60,7 @@ describe("encodeChunk / decodeChunk", () => {
     expect(sha256(zlib.inflateRawSync(encodeChunk("deflate-raw", data)))).toBe(sha256(data));
     for (const level of [0, 9]) {
       const foreign = new Uint8Array(zlib.deflateRawSync(data, { level }));
-      expect(sha256(await decodeChunk("deflate-raw", foreign, data.length))).toBe(sha256(data));
+      expect(sha256(await decodeChunk("deflate-raw", foreign, data.length, inflate))).toBe(sha256(data));
     }
   });
 
@@ -81,27 +85,27 @@ describe("encodeChunk / decodeChunk", () => {
   it("rejects a chunk that decodes to a different length than expected", async () => {
     for (const data of [fixedInput(1000), fixedInput(512 * 1024)]) {
       const stored = encodeChunk("deflate-raw", data);
-      await expect(decodeChunk("deflate-raw", stored, data.length - 1)).rejects.toThrow(
+      await expect(decodeChunk("deflate-raw", stored, data.length - 1, inflate)).rejects.toThrow(
         `deflate-raw chunk decodes to more than ${data.length - 1} bytes, expected ${data.length - 1}`,
       );
-      await expect(decodeChunk("deflate-raw", stored, data.length + 1)).rejects.toThrow(
+      await expect(decodeChunk("deflate-raw", stored, data.length + 1, inflate)).rejects.toThrow(
         `deflate-raw chunk decodes to ${data.length} bytes, expected ${data.length + 1}`,
       );
     }
-    await expect(decodeChunk("none", fixedInput(10), 11)).rejects.toThrow("stored chunk is 10 bytes, expected 11");
+    await expect(decodeChunk("none", fixedInput(10), 11, inflate)).rejects.toThrow("stored chunk is 10 bytes, expected 11");
   });
 
   it("rejects corrupt and truncated deflate data", async () => {
     for (const size of [1000, 512 * 1024]) {
       const stored = encodeChunk("deflate-raw", fixedInput(size));
-      await expect(decodeChunk("deflate-raw", stored.subarray(0, stored.length >> 1), size)).rejects.toThrow(/^deflate-raw chunk/);
-      await expect(decodeChunk("deflate-raw", new Uint8Array([0xff, 0xff, 0xff, 0xff]), size)).rejects.toThrow(/^deflate-raw chunk is corrupt: /);
+      await expect(decodeChunk("deflate-raw", stored.subarray(0, stored.length >> 1), size, inflate)).rejects.toThrow(/^deflate-raw chunk/);
+      await expect(decodeChunk("deflate-raw", new Uint8Array([0xff, 0xff, 0xff, 0xff]), size, inflate)).rejects.toThrow(/^deflate-raw chunk is corrupt: /);
     }
   });
 
   it("refuses an expected size outside 0..16 MiB before allocating", async () => {
     for (const size of [-1, 1.5, 16 * 1024 * 1024 + 1, Number.MAX_SAFE_INTEGER]) {
-      await expect(decodeChunk("deflate-raw", new Uint8Array([3, 0]), size)).rejects.toThrow(RangeError);
+      await expect(decodeChunk("deflate-raw", new Uint8Array([3, 0]), size, inflate)).rejects.toThrow(RangeError);
     }
   });
 });
