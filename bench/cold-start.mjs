@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import { startLinkRelay } from "./link-relay.mjs";
+import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, startContainerd } from "./containerd.mjs";
 import { writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
 import { freePort, requireTools, root, startRegistry, waitUrl } from "./servers.mjs";
@@ -27,7 +28,8 @@ const ROUNDS = Number(values.rounds);
 const PACKAGES = "python3,python3-numpy";
 const WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
 const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way
-requireTools("debootstrap", "docker-registry", "skopeo", "chroot");
+const NEARBY = "256k"; // --prefetch-nearby: the best of 128k, 256k, 512k and 1m on the slow link
+requireTools("debootstrap", "docker-registry", "skopeo", "chroot", "containerd", "ctr", "ctr-remote", "go", "unpigz");
 if (process.getuid?.() !== 0) throw new Error("bench:cold-start needs root (FUSE mounts, chroot)");
 
 const cacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
@@ -130,18 +132,73 @@ async function warmReads(edgeUrl, tarFile) {
   const readOf = (base) => rounds(`cat '${join(base, path)}' > /dev/null`);
   const findOf = (base) => rounds(`find '${base}' -printf '%s %m %u\\n' > /dev/null`);
   const entries = Number(execFileSync("sh", ["-c", `find '${local}' | wc -l`], { encoding: "utf8" }).trim());
+  const ceiling = await fuseCeiling(Number(size), entries);
   const result = {
     fileBytes: Number(size),
     mountMBps: Number(size) / 1e6 / readOf(mnt),
     localMBps: Number(size) / 1e6 / readOf(local),
+    ceilingMBps: Number(size) / 1e6 / rounds(`cat '${join(ceiling.mnt, "file")}' > /dev/null`),
     mountFindS: findOf(mnt),
     localFindS: findOf(local),
+    ceilingFindS: findOf(join(ceiling.mnt, "tree")),
     entries,
   };
+  await ceiling.stop();
   console.error(`warm reads: ${JSON.stringify(result)}`);
   return result;
 }
 
+/**
+ * The same workload after `ctr image pull` (fetch, unpack into overlayfs) and after the stargz
+ * snapshotter's lazy pull of an eStargz copy, each through the same links, on a fresh containerd
+ * (and stargz root) every run: { link, client, seconds, pullSeconds }[] medians.
+ */
+async function containerdBaselines(registryBase) {
+  const stargz = await buildStargzSnapshotter(cacheDir);
+  const host = new URL(registryBase).host;
+  const prep = await startContainerd(work);
+  try {
+    const { seconds } = await prepareEstargz(prep, `${host}/bench/py:1`, `${host}/bench/py:esgz`);
+    console.error(`eStargz copy converted and pushed in ${seconds.toFixed(0)} s`);
+  } finally {
+    await prep.stop();
+  }
+  const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: Number(new URL(registryBase).port) }, ...SLOW });
+  cleanups.push(() => relay.close());
+  const rows = [];
+  for (const [link, via] of [["loopback", host], ["100 Mbit/s, 20 ms RTT", `127.0.0.1:${relay.port}`]]) {
+    for (const [client, tag, pull] of [["containerd pull + unpack", "1", pullAndRun], ["stargz snapshotter, eStargz", "esgz", lazyPullAndRun]]) {
+      const runs = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        const containerd = await startContainerd(work, pull === lazyPullAndRun ? { stargzBinary: stargz } : {});
+        try {
+          runs.push(await pull(containerd, `${via}/bench/py:${tag}`, WORKLOAD, { expect: "ready" }));
+        } finally {
+          await containerd.stop();
+        }
+        const r = runs.at(-1);
+        console.error(`${link}, ${client}: ${r.seconds.toFixed(2)} s (pull ${r.pullSeconds.toFixed(2)} s, workload ${r.runSeconds.toFixed(2)} s)`);
+      }
+      rows.push({ link, client, seconds: median(runs.map((r) => r.seconds)), pullSeconds: median(runs.map((r) => r.pullSeconds)) });
+    }
+  }
+  return rows;
+}
+
+const containerdVersion = () => execFileSync("containerd", ["--version"], { encoding: "utf8" }).trim().split(/\s+/)[2];
+
+/** bench/fuse-ceiling.mjs mounted: fuse-native with handlers that do nothing, a file and a tree of this size. */
+async function fuseCeiling(fileBytes, entries) {
+  const mnt = mkdtempSync(join(work, "ceiling-"));
+  const child = spawn(process.execPath, [join(root, "bench", "fuse-ceiling.mjs"), mnt, "--file-bytes", String(fileBytes), "--entries", String(entries)], { stdio: ["ignore", "pipe", "inherit"] });
+  const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
+  cleanups.push(stop);
+  await new Promise((resolve, reject) => {
+    child.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
+    child.once("exit", (code) => reject(new Error(`fuse-ceiling exited ${code}`)));
+  });
+  return { mnt, stop };
+}
 
 try {
   const layer = debianLayer();
@@ -151,11 +208,13 @@ try {
   cleanups.push(registry.stop);
   execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
 
-  // The warm edge: converted once before any measured run.
+  // The warm edge: converted once for each codec before any measured run.
   const edge = await serve(registry.base, join(work, "edge"));
-  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1`);
-  await warmed.arrayBuffer();
-  if (warmed.status !== 200) throw new Error(`bootstrap answered ${warmed.status}`);
+  for (const codec of ["none", "deflate-raw"]) {
+    const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?codec=${codec}`);
+    await warmed.arrayBuffer();
+    if (warmed.status !== 200) throw new Error(`bootstrap (${codec}) answered ${warmed.status}`);
+  }
 
   // The prefetch list, and the bytes the workload touches: the chunks it read.
   const list = join(work, "py.prefetch");
@@ -171,15 +230,19 @@ try {
     ["loopback", edge.url],
     ["100 Mbit/s, 20 ms RTT", `http://127.0.0.1:${relay.port}`],
   ];
+  const deflate = ["--codec", "deflate-raw"];
   const cases = [
-    ["cold edge", "off", []],
-    ["warm edge", "off", []],
-    ["warm edge", "all", ["--prefetch", "all"]],
-    ["warm edge", "replayed list", ["--prefetch", list, "--prefetch", "all"]],
+    ["cold edge", "none", "off", []],
+    ["warm edge", "none", "off", []],
+    ["warm edge", "none", "all", ["--prefetch", "all"]],
+    ["warm edge", "none", "replayed list", ["--prefetch", list, "--prefetch", "all"]],
+    ["warm edge", "deflate-raw", "off", deflate],
+    ["warm edge", "deflate-raw", `nearby ${NEARBY}`, [...deflate, "--prefetch-nearby", NEARBY]],
+    ["warm edge", "deflate-raw", "replayed list", [...deflate, "--prefetch", list, "--prefetch", "all"]],
   ];
   const rows = [];
   for (const [link, base] of links) {
-    for (const [edgeState, prefetch, flags] of cases) {
+    for (const [edgeState, codec, prefetch, flags] of cases) {
       const runs = [];
       for (let round = 0; round < ROUNDS; round++) {
         let url = `${base}/bench/py:1`;
@@ -195,19 +258,30 @@ try {
         await coldRelay?.close();
         await fresh?.stop();
         runs.push({ seconds: run.seconds, fetched: stats.bytesFetched, requests: stats.requests });
-        console.error(`${link}, ${edgeState}, prefetch ${prefetch}: ${run.seconds.toFixed(2)} s, ${(stats.bytesFetched / 1e6).toFixed(1)} MB in ${stats.requests} requests`);
+        console.error(`${link}, ${edgeState}, ${codec}, prefetch ${prefetch}: ${run.seconds.toFixed(2)} s, ${(stats.bytesFetched / 1e6).toFixed(1)} MB in ${stats.requests} requests`);
       }
-      rows.push({ link, edgeState, prefetch, seconds: median(runs.map((r) => r.seconds)), fetched: median(runs.map((r) => r.fetched)), requests: median(runs.map((r) => r.requests)) });
+      rows.push({ link, edgeState, codec, prefetch, seconds: median(runs.map((r) => r.seconds)), fetched: median(runs.map((r) => r.fetched)), requests: median(runs.map((r) => r.requests)) });
     }
   }
 
+  const baselines = await containerdBaselines(registry.base);
   const reads = await warmReads(edge.url, layer.tarFile);
 
   const table = [
-    "| link | edge | prefetch | mount start to output (s) | fetched by the agent (MB) | requests | fetched ÷ touched |",
-    "|---|---|---|---:|---:|---:|---:|",
-    ...rows.map((r) => `| ${r.link} | ${r.edgeState} | ${r.prefetch} | ${r.seconds.toFixed(2)} | ${(r.fetched / 1e6).toFixed(1)} | ${r.requests} | ${(r.fetched / touched).toFixed(2)} |`),
+    "| link | edge | codec | prefetch | mount start to output (s) | fetched by the agent (MB) | requests | fetched ÷ touched |",
+    "|---|---|---|---|---:|---:|---:|---:|",
+    ...rows.map((r) => `| ${r.link} | ${r.edgeState} | ${r.codec} | ${r.prefetch} | ${r.seconds.toFixed(2)} | ${(r.fetched / 1e6).toFixed(1)} | ${r.requests} | ${(r.fetched / touched).toFixed(2)} |`),
   ];
+  // Each link: the baselines, then skiff's warm-edge rows, as multiples of the baselines' times.
+  const versus = ["| link | start | to output (s) | × faster than pull + unpack | × faster than stargz |", "|---|---|---:|---:|---:|"];
+  for (const link of links.map(([name]) => name)) {
+    const full = baselines.find((b) => b.link === link && b.client.startsWith("containerd"));
+    const lazy = baselines.find((b) => b.link === link && b.client.startsWith("stargz"));
+    const line = (name, seconds) => `| ${link} | ${name} | ${seconds.toFixed(2)} | ${(full.seconds / seconds).toFixed(1)} | ${(lazy.seconds / seconds).toFixed(1)} |`;
+    versus.push(line(`containerd: \`ctr image pull\` (${full.pullSeconds.toFixed(1)} s) + run`, full.seconds));
+    versus.push(line(`stargz snapshotter: \`ctr-remote image rpull\` of the eStargz copy + run`, lazy.seconds));
+    for (const r of rows.filter((r) => r.link === link && r.edgeState === "warm edge")) versus.push(line(`skiff mount, ${r.codec}, prefetch ${r.prefetch}`, r.seconds));
+  }
   const body = `Machine: ${machine()}. Command: \`npm run bench:cold-start -- --write\` (median of ${ROUNDS} runs per row).
 
 The image: Debian stable (debootstrap minbase) with ${PACKAGES.replaceAll(",", ", ")}, one gzip layer of
@@ -217,19 +291,36 @@ an empty chunk cache every run; time from starting the mount to the workload's o
 ${(touched / 1e6).toFixed(1)} MB: the chunks of the prefetch list \`skiff record\` wrote for it. Cold edge: a
 fresh skiff store (pull from the registry and conversion included); warm edge: converted before.
 The slow link is bench/link-relay.mjs between the agent and skiff. "All" keeps fetching after the
-output; its "fetched" is what had arrived by the time the mount was stopped. Not in this table
-yet: a full \`ctr image pull\` + unpack and the stargz snapshotter on the same image.
+output; its "fetched" is what had arrived by the time the mount was stopped. "Fetched" is bytes on
+the wire: with deflate-raw they are compressed, while "touched" counts the chunks uncompressed.
+"Nearby" is \`--prefetch-nearby ${NEARBY}\`; a replayed list is \`--prefetch LIST --prefetch all\`.
 
 ${table.join("\n")}
+
+The same workload started the ways containerd starts it, in the same run and through the same links
+(here the relay sits between containerd and the registry), on a fresh containerd every run: a full
+\`ctr image pull\` (containerd ${containerdVersion()}, unpacking with unpigz into overlayfs), and the
+stargz snapshotter (Debian's stargz-snapshotter library, served by bench/stargz/main.go with the
+library's defaults: on-demand fetches and a background fetch of each layer) lazily pulling an
+eStargz copy made by \`ctr-remote image convert --estargz\` (no prefetch landmark: no workload was
+run to make it). Each time runs from the start of the pull to the workload's exit, the workload in
+a chroot on a snapshot of the image's rootfs. skiff's rows are the warm-edge rows above.
+
+${versus.join("\n")}
 
 Reading the image once it is all in the node's chunk cache (\`--prefetch all\`, waited out), against
 the same tree extracted on local disk; the kernel's caches dropped before each run (median of
 ${ROUNDS}):
 
-| | through the mount | local disk | mount ÷ local |
-|---|---:|---:|---:|
-| sequential read of the largest file (${(reads.fileBytes / 1e6).toFixed(0)} MB) | ${reads.mountMBps.toFixed(0)} MB/s | ${reads.localMBps.toFixed(0)} MB/s | ${(reads.mountMBps / reads.localMBps).toFixed(2)} |
-| \`find\` + \`stat\` of every entry (${reads.entries} entries) | ${reads.mountFindS.toFixed(2)} s | ${reads.localFindS.toFixed(2)} s | ${(reads.mountFindS / reads.localFindS).toFixed(2)} |`;
+| | through the mount | local disk | mount ÷ local | fuse-native doing nothing |
+|---|---:|---:|---:|---:|
+| sequential read of the largest file (${(reads.fileBytes / 1e6).toFixed(0)} MB) | ${reads.mountMBps.toFixed(0)} MB/s | ${reads.localMBps.toFixed(0)} MB/s | ${(reads.mountMBps / reads.localMBps).toFixed(2)} | ${reads.ceilingMBps.toFixed(0)} MB/s |
+| \`find\` + \`stat\` of every entry (${reads.entries} entries) | ${reads.mountFindS.toFixed(2)} s | ${reads.localFindS.toFixed(2)} s | ${(reads.mountFindS / reads.localFindS).toFixed(2)} | ${reads.ceilingFindS.toFixed(2)} s |
+
+The last column is bench/fuse-ceiling.mjs: a FUSE filesystem on the same binding whose handlers
+answer at once (a file of the same size, a tree of about as many entries). It is the most any
+filesystem served by fuse-native reaches here: libfuse 2 asks for at most 128 KiB per read, and
+every request crosses from libfuse's thread to the JS thread and back.`;
   console.log(body);
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "cold-start", "Cold start from a lazy mount", body);
 } finally {
