@@ -1,7 +1,6 @@
 // Fetches chunks from the proxy's lazy API: missing chunks are grouped into merged Range requests
 // on each layer's data blob, every chunk is decoded and checked against its sha256 before anyone
 // sees it, concurrent requests for one chunk share one fetch, and nothing outlives the timeout.
-import { Agent, fetch as undiciFetch } from "undici";
 import { decodeChunk } from "../../src/convert/codec.ts";
 import { parseParamsId } from "../../src/convert/params.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
@@ -20,6 +19,7 @@ export interface ChunkFetcherOptions {
   params: string;
   /** A fetch, retries included, rejects once this much time has passed. */
   timeoutMs: number;
+  /** How requests are sent (the mount's one client, see proxy-http.ts); default: the global fetch. */
   fetchImpl?: FetchLike;
   /** Largest merged request; default 16 chunks. */
   maxRangeBytes?: number;
@@ -52,7 +52,6 @@ export class ChunkFetcher {
   readonly #maxGap: number;
   readonly #maxRangeBytes: number;
   readonly #fetch: FetchLike;
-  readonly #agent: Agent | undefined;
   readonly #inflight = new Map<string, Promise<Uint8Array>>();
 
   constructor(o: ChunkFetcherOptions) {
@@ -65,13 +64,7 @@ export class ChunkFetcher {
     this.#timeoutMs = o.timeoutMs;
     this.#base = `${o.proxy.replace(/\/+$/, "")}/v2/${o.name}/_skiff/layers`;
     this.#paramsSegment = o.params;
-    if (o.fetchImpl) {
-      this.#fetch = o.fetchImpl;
-    } else {
-      const agent = new Agent({ keepAliveTimeout: 30_000, connections: 8 });
-      this.#agent = agent;
-      this.#fetch = (url, init) => undiciFetch(url, { ...init, dispatcher: agent }) as unknown as Promise<Response>;
-    }
+    this.#fetch = o.fetchImpl ?? ((url, init) => fetch(url, init));
   }
 
   /** Verified, uncompressed bytes of each wanted chunk, by digest hex. Rejects if any one can't be had. */
@@ -96,11 +89,6 @@ export class ChunkFetcher {
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
     return out;
-  }
-
-  /** Closes the keep-alive connections. */
-  async close(): Promise<void> {
-    await this.#agent?.close();
   }
 
   /** Registers one promise per chunk in the single-flight map, then runs the merged requests. */

@@ -82,17 +82,14 @@ export async function unmountPath(mountpoint: string): Promise<void> {
 export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
-  const http = proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
+  const http = await proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
   const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, fetchImpl: http.fetch }).catch(async (err: Error) => {
     await http.close();
     throw err;
   });
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
   const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
-  const closeHttp = async () => {
-    await fetcher.close();
-    await http.close(); // its keep-alive sockets would hold the process open
-  };
+  const closeHttp = () => http.close(); // its keep-alive sockets would hold the process open
   const bootstrap = fetched.bootstrap;
   let recorder: PrefetchRecorder | undefined;
   const phases: PrefetchPhase[] = [];

@@ -1,7 +1,8 @@
-// One HTTP client for everything the agent asks the proxy: a keep-alive undici pool, an optional
-// CA bundle for a proxy behind TLS with a private CA, the credentials on every request, and
-// optionally an HTTP proxy (a Dragonfly dfdaemon peer, say) that every request goes through.
-import { Agent, ProxyAgent, fetch as undiciFetch, type Dispatcher } from "undici";
+// One HTTP client for everything the agent asks the proxy: keep-alive connections, the credentials
+// on every request, and when asked an extra CA bundle (a proxy behind TLS with a private CA) or an
+// HTTP proxy (a Dragonfly dfdaemon peer, say) that every request goes through. Those two need
+// undici's own agents; without them Node's global fetch does, and the agent starts about 0.1 s
+// sooner for not loading the undici package (a mount is on a container's critical path).
 import type { FetchLike } from "./range-request.ts";
 
 export interface ProxyHttpOptions {
@@ -16,15 +17,19 @@ export interface ProxyHttpOptions {
   httpProxy?: string;
 }
 
-export function proxyHttp(o: ProxyHttpOptions): { fetch: FetchLike; close(): Promise<void> } {
+export async function proxyHttp(o: ProxyHttpOptions): Promise<{ fetch: FetchLike; close(): Promise<void> }> {
+  const withCredentials = (init: Parameters<FetchLike>[1]) => (o.authorization ? { ...init, headers: { ...init.headers, authorization: o.authorization } } : init);
+  if (!o.httpProxy && !o.ca) {
+    return { fetch: (url, init) => fetch(url, withCredentials(init)), close: async () => {} };
+  }
+  const { Agent, ProxyAgent, fetch: undiciFetch } = await import("undici");
   const pool = { keepAliveTimeout: 30_000, connections: 8 };
-  const agent: Dispatcher = o.httpProxy
+  const agent = o.httpProxy
     ? new ProxyAgent({ uri: o.httpProxy, proxyTunnel: false, ...pool, ...(o.ca ? { requestTls: { ca: o.ca } } : {}) })
-    : new Agent({ ...pool, ...(o.ca ? { connect: { ca: o.ca } } : {}) });
-  const fetch: FetchLike = (url, init) =>
-    undiciFetch(url, { ...init, headers: o.authorization ? { ...init.headers, authorization: o.authorization } : init.headers, dispatcher: agent }) as unknown as Promise<Response>;
+    : new Agent({ ...pool, connect: { ca: o.ca } });
+  const fetchVia: FetchLike = (url, init) => undiciFetch(url, { ...withCredentials(init), dispatcher: agent }) as unknown as Promise<Response>;
   // Closing ends requests still in flight (background prefetch) rather than waiting them out.
-  return { fetch, close: () => agent.destroy() };
+  return { fetch: fetchVia, close: () => agent.destroy() };
 }
 
 export function basicAuthorization(user: string, password: string): string {

@@ -113,14 +113,6 @@ beforeEach(() => {
 
 const fetcher = (timeoutMs = 5_000) => new ChunkFetcher({ proxy, name: "test/app", params: PARAMS, timeoutMs });
 
-async function withFetcher<T>(f: ChunkFetcher, run: (f: ChunkFetcher) => Promise<T>): Promise<T> {
-  try {
-    return await run(f);
-  } finally {
-    await f.close();
-  }
-}
-
 describe("ChunkFetcher", () => {
   test("the blob has both stored forms", () => {
     expect(records.some((r) => r.compressed)).toBe(true);
@@ -128,16 +120,15 @@ describe("ChunkFetcher", () => {
   });
 
   test("adjacent and near chunks merge into one request; a far one gets its own; bytes verified and decoded", async () => {
-    await withFetcher(fetcher(), async (f) => {
-      const got = await f.fetchChunks(want(0, 1, 2, 3, 4, 5));
-      // 0–3 (gap 100 ≤ 512) in one request, 4–5 (after a 4 KiB gap) in another.
-      expect(requests).toHaveLength(2);
-      const s = (i: number) => records[i]!.storedOffset;
-      const e = (i: number) => records[i]!.storedOffset + records[i]!.storedSize - 1;
-      expect(requests.map((r) => r.split(" ")[1]).sort()).toEqual([`bytes=${s(0)}-${e(3)}`, `bytes=${s(4)}-${e(5)}`].sort());
-      for (let i = 0; i < 6; i++) expect(Buffer.compare(got.get(hexOf(datas[i]!))!, datas[i]!)).toBe(0);
-      expect(f.stats).toEqual({ bytesFetched: e(3) - s(0) + 1 + e(5) - s(4) + 1, chunksFetched: 6, requests: 2, errors: 0 });
-    });
+    const f = fetcher();
+    const got = await f.fetchChunks(want(0, 1, 2, 3, 4, 5));
+    // 0–3 (gap 100 ≤ 512) in one request, 4–5 (after a 4 KiB gap) in another.
+    expect(requests).toHaveLength(2);
+    const s = (i: number) => records[i]!.storedOffset;
+    const e = (i: number) => records[i]!.storedOffset + records[i]!.storedSize - 1;
+    expect(requests.map((r) => r.split(" ")[1]).sort()).toEqual([`bytes=${s(0)}-${e(3)}`, `bytes=${s(4)}-${e(5)}`].sort());
+    for (let i = 0; i < 6; i++) expect(Buffer.compare(got.get(hexOf(datas[i]!))!, datas[i]!)).toBe(0);
+    expect(f.stats).toEqual({ bytesFetched: e(3) - s(0) + 1 + e(5) - s(4) + 1, chunksFetched: 6, requests: 2, errors: 0 });
   });
 
   test.each([
@@ -148,65 +139,58 @@ describe("ChunkFetcher", () => {
     ["corrupt", /does not match its digest|corrupt|decodes to/],
   ] as const)("a %s answer is rejected", async (m, error) => {
     mode = m;
-    await withFetcher(fetcher(), async (f) => {
-      await expect(f.fetchChunks(want(1))).rejects.toThrow(error);
-      expect(requests).toHaveLength(1); // not a transient failure: no retry
-      expect(f.stats.chunksFetched).toBe(0);
-      expect(f.stats.errors).toBe(1);
-      mode = "ok";
-      const got = await f.fetchChunks(want(1)); // nothing of the bad answer was kept
-      expect(Buffer.compare(got.get(hexOf(datas[1]!))!, datas[1]!)).toBe(0);
-    });
+    const f = fetcher();
+    await expect(f.fetchChunks(want(1))).rejects.toThrow(error);
+    expect(requests).toHaveLength(1); // not a transient failure: no retry
+    expect(f.stats.chunksFetched).toBe(0);
+    expect(f.stats.errors).toBe(1);
+    mode = "ok";
+    const got = await f.fetchChunks(want(1)); // nothing of the bad answer was kept
+    expect(Buffer.compare(got.get(hexOf(datas[1]!))!, datas[1]!)).toBe(0);
   });
 
   test("a corrupted compressed chunk is rejected too", async () => {
     mode = "corrupt";
-    await withFetcher(fetcher(), async (f) => {
-      await expect(f.fetchChunks(want(0))).rejects.toThrow();
-      expect(f.stats.chunksFetched).toBe(0);
-    });
+    const f = fetcher();
+    await expect(f.fetchChunks(want(0))).rejects.toThrow();
+    expect(f.stats.chunksFetched).toBe(0);
   });
 
   test("retries after a 503", async () => {
     mode = "503-once";
-    await withFetcher(fetcher(), async (f) => {
-      const got = await f.fetchChunks(want(2));
-      expect(Buffer.compare(got.get(hexOf(datas[2]!))!, datas[2]!)).toBe(0);
-      expect(requests).toHaveLength(2);
-      expect(f.stats).toMatchObject({ requests: 2, errors: 1, chunksFetched: 1 });
-    });
+    const f = fetcher();
+    const got = await f.fetchChunks(want(2));
+    expect(Buffer.compare(got.get(hexOf(datas[2]!))!, datas[2]!)).toBe(0);
+    expect(requests).toHaveLength(2);
+    expect(f.stats).toMatchObject({ requests: 2, errors: 1, chunksFetched: 1 });
   });
 
   test("a stalled server: rejection within the timeout, in-flight request aborted", async () => {
     mode = "stall";
-    await withFetcher(fetcher(500), async (f) => {
-      const t0 = Date.now();
-      await expect(f.fetchChunks(want(0, 4))).rejects.toThrow(/timed out after 500 ms/);
-      const took = Date.now() - t0;
-      expect(took).toBeGreaterThanOrEqual(450);
-      expect(took).toBeLessThan(1_500);
-    });
+    const f = fetcher(500);
+    const t0 = Date.now();
+    await expect(f.fetchChunks(want(0, 4))).rejects.toThrow(/timed out after 500 ms/);
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(450);
+    expect(took).toBeLessThan(1_500);
   });
 
   test("an unreachable proxy: rejection within the timeout after retries", async () => {
-    const dead = new ChunkFetcher({ proxy: "http://127.0.0.1:1", name: "test/app", params: PARAMS, timeoutMs: 700 });
-    await withFetcher(dead, async (f) => {
-      const t0 = Date.now();
-      await expect(f.fetchChunks(want(0))).rejects.toThrow(/timed out/);
-      expect(Date.now() - t0).toBeLessThan(1_700);
-      expect(f.stats.requests).toBeGreaterThan(1);
-    });
+    const f = new ChunkFetcher({ proxy: "http://127.0.0.1:1", name: "test/app", params: PARAMS, timeoutMs: 700 });
+    const t0 = Date.now();
+    await expect(f.fetchChunks(want(0))).rejects.toThrow(/timed out/);
+    expect(Date.now() - t0).toBeLessThan(1_700);
+    expect(f.stats.requests).toBeGreaterThan(1);
   });
 
   test("single flight: 10 concurrent fetches of one chunk make one request", async () => {
     delayMs = 50;
-    await withFetcher(fetcher(), async (f) => {
-      const all = await Promise.all(Array.from({ length: 10 }, () => f.fetchChunks(want(3))));
-      expect(requests).toHaveLength(1);
-      for (const got of all) expect(Buffer.compare(got.get(hexOf(datas[3]!))!, datas[3]!)).toBe(0);
-      // Once settled, a later fetch asks again (the cache, not the fetcher, keeps chunks).
-      await f.fetchChunks(want(3));
-      expect(requests).toHaveLength(2);
-    });
+    const f = fetcher();
+    const all = await Promise.all(Array.from({ length: 10 }, () => f.fetchChunks(want(3))));
+    expect(requests).toHaveLength(1);
+    for (const got of all) expect(Buffer.compare(got.get(hexOf(datas[3]!))!, datas[3]!)).toBe(0);
+    // Once settled, a later fetch asks again (the cache, not the fetcher, keeps chunks).
+    await f.fetchChunks(want(3));
+    expect(requests).toHaveLength(2);
   });
 });

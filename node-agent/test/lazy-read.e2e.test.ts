@@ -85,11 +85,10 @@ describe("lazy read path", () => {
     expect(await served()).toEqual(after);
     expect(reader.stats.cacheHits).toBe(1);
     expect(cache.stats.entries).toBe(1);
-    await fetcher.close();
   });
 
   test("a range inside a big file fetches only the chunks it covers, in one merged request", async () => {
-    const { reader, fetcher } = await newReader();
+    const { reader } = await newReader();
     const ino = image.bootstrap.lookup("data/big")!;
     const before = await served();
     const got = await reader.read(ino, 3 * K64 + 100, 2 * K64);
@@ -97,7 +96,6 @@ describe("lazy read path", () => {
     const after = await served();
     expect(after.lazy - before.lazy).toBe(1);
     expect(after.dataBytes - before.dataBytes).toBe(storedSpan("data/big", 3, 5));
-    await fetcher.close();
   });
 
   test("compressed chunks decode; a sequential reader gets readahead; a second reader shares the cache", async () => {
@@ -112,7 +110,6 @@ describe("lazy read path", () => {
     }
     expect(Buffer.compare(Buffer.concat(parts), TEXT)).toBe(0);
     expect(first.reader.stats.cacheHits).toBeGreaterThan(0); // readahead landed before the reads
-    await first.fetcher.close();
 
     const second = await newReader(cacheDir); // a restarted agent on the same cache
     const before = await served();
@@ -120,7 +117,6 @@ describe("lazy read path", () => {
     expect(Buffer.compare(all, TEXT)).toBe(0);
     expect(await served()).toEqual(before);
     expect(second.fetcher.stats.requests).toBe(0);
-    await second.fetcher.close();
   });
 
   test("with nearbyBytes a miss also fetches, in the background, the chunks stored after it up to that many bytes", async () => {
@@ -143,7 +139,6 @@ describe("lazy read path", () => {
     await reader.idle();
     expect(fetcher.stats.requests).toBe(requests + 1);
     expect(big.map((hex) => cache.has(hex))).toEqual(big.map((_, k) => k < 2 || (k >= 4 && k <= 7)));
-    await fetcher.close();
   });
 
   test("a sequential reader on a warm cache reads each chunk file once, not once per read", async () => {
@@ -151,7 +146,6 @@ describe("lazy read path", () => {
     const warm = await newReader(cacheDir);
     const ino = image.bootstrap.lookup("data/big")!;
     expect(Buffer.compare(await warm.reader.read(ino, 0, BIG.length), BIG)).toBe(0);
-    await warm.fetcher.close();
 
     const { cache, fetcher, reader } = await newReader(cacheDir); // a restarted agent: nothing in memory
     const piece = K64 / 4; // smaller than a chunk, as FUSE reads of a big chunk are
@@ -163,6 +157,5 @@ describe("lazy read path", () => {
     expect(Buffer.compare(Buffer.concat(parts), BIG)).toBe(0);
     expect(cache.stats.hits).toBe(image.bootstrap.chunks(ino).length);
     expect(fetcher.stats.requests).toBe(0);
-    await fetcher.close();
   });
 });
