@@ -5,10 +5,14 @@
 // `skiff mount --overlay` on an empty chunk cache runs the workload in a chroot, and the time from
 // starting the mount to the workload's output is measured, with the bytes the agent fetched.
 // Cases: cold edge (a fresh skiff store: pull and conversion included), warm edge with prefetch
-// off, `--prefetch all`, and a replayed prefetch list (recorded by `skiff record` first). The bytes
-// the workload touches are the chunks in that list. Then warm reads: the largest file and a walk of
-// the tree through a fully prefetched mount, against the same tree on local disk. Needs root (FUSE,
-// chroot, dropping the page cache), debootstrap, docker-registry and skopeo.
+// off, `--prefetch all` and a replayed prefetch list (recorded by `skiff record` first), and with
+// deflated chunks: off, `--prefetch-nearby` and the list. The bytes the workload touches are the
+// chunks in that list. The same workload after `ctr image pull` and after the stargz snapshotter's
+// lazy pull of an eStargz copy (bench/containerd.mjs), through the same links. Then warm reads: the
+// largest file and a walk of the tree through a fully prefetched mount, against the same tree on
+// local disk and fuse-native's own ceiling (bench/fuse-ceiling.mjs). Needs root (FUSE, chroot,
+// dropping the page cache) and Debian's debootstrap, docker-registry, skopeo, containerd, pigz,
+// stargz-snapshotter, golang-go and golang-github-containerd-stargz-snapshotter-dev.
 //   node bench/cold-start.mjs [--write] [--rounds 3]
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -318,9 +322,10 @@ ${ROUNDS}):
 | \`find\` + \`stat\` of every entry (${reads.entries} entries) | ${reads.mountFindS.toFixed(2)} s | ${reads.localFindS.toFixed(2)} s | ${(reads.mountFindS / reads.localFindS).toFixed(2)} | ${reads.ceilingFindS.toFixed(2)} s |
 
 The last column is bench/fuse-ceiling.mjs: a FUSE filesystem on the same binding whose handlers
-answer at once (a file of the same size, a tree of about as many entries). It is the most any
-filesystem served by fuse-native reaches here: libfuse 2 asks for at most 128 KiB per read, and
-every request crosses from libfuse's thread to the JS thread and back.`;
+answer at once, with a file of the same size and a tree of about as many entries (flat: 100 per
+directory, so its walk is only a rough match for the image's). It shows what the binding costs by
+itself: libfuse 2 asks for at most 128 KiB per read, and every request crosses from libfuse's thread
+to the JS thread and back.`;
   console.log(body);
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "cold-start", "Cold start from a lazy mount", body);
 } finally {
