@@ -1,11 +1,12 @@
 // Node entry: the shared app on @hono/node-server, a filesystem store, node:crypto hashing and an
 // undici connection pool for the upstream.
 import { getRequestListener } from "@hono/node-server";
-import { createServer, type IncomingMessage } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type ServeSettings, type SkiffApp } from "../http/app.ts";
+import { errorAnswer, OciError } from "../http/errors.ts";
 import type { ShortcutRequest } from "../http/range-shortcut.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { FsStore } from "../store/fs.ts";
@@ -55,11 +56,12 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
   // declines, goes to the app through @hono/node-server.
   const toApp = getRequestListener(skiff.app.fetch);
   const server = createServer(async (req, res) => {
+    if (req.rawHeaders.length > 2 * MAX_HEADER_FIELDS) return void answer(res, TOO_MANY_FIELDS);
     const request = req.headers.host ? shortcutRequest(req) : undefined;
-    const answer = request && (await skiff.shortcut(request).catch(() => undefined));
-    if (!answer) return toApp(req, res);
-    res.writeHead(answer.status, answer.headers);
-    res.end(answer.body, answer.written);
+    const shortcut = request && (await skiff.shortcut(request).catch(() => undefined));
+    if (!shortcut) return toApp(req, res);
+    res.writeHead(shortcut.status, shortcut.headers);
+    res.end(shortcut.body, shortcut.written);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -79,6 +81,19 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
       await Promise.all([...dispatchers.values()].map((d) => d.close()));
     },
   };
+}
+
+/**
+ * Past this many header fields a request is refused. Node fills `req.headers` with the first 1000
+ * only and drops the rest without a word, so a request could mean one thing to the shortcut and
+ * another to the app; no registry client sends more than a few dozen.
+ */
+const MAX_HEADER_FIELDS = 500;
+const TOO_MANY_FIELDS = errorAnswer(new OciError("UNSUPPORTED", `more than ${MAX_HEADER_FIELDS} header fields`, { status: 431 }));
+
+function answer(res: ServerResponse, a: ReturnType<typeof errorAnswer>): void {
+  res.writeHead(a.status, a.headers);
+  res.end(a.body);
 }
 
 /**

@@ -3,7 +3,7 @@
 // (rather than hide) a stream that errors or ends short.
 import { createHash } from "node:crypto";
 import { concatBytes as concat } from "../../src/util/streams.ts";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
 export function sha256(data: Uint8Array | string): string {
@@ -216,4 +216,27 @@ export function dispatchByOrigin(...registries: FakeRegistry[]): typeof fetch {
     if (!target) return Promise.reject(new TypeError(`unexpected host ${origin}`));
     return target.fetch(input, init);
   }) as typeof fetch;
+}
+
+/** A FakeRegistry served over node:http on loopback, for tests that need a real upstream socket. */
+export function serveFakeRegistry(registry: FakeRegistry): Promise<Listener> {
+  return listen(async (req, res) => {
+    const answer = await registry.fetch(new URL(req.url ?? "/", registry.origin), { method: req.method });
+    res.writeHead(answer.status, Object.fromEntries(answer.headers));
+    res.end(Buffer.from(await answer.arrayBuffer()));
+  });
+}
+
+/** One GET with header fields exactly as given (repeats kept, Node's own checks bypassed), on its own connection. */
+export function rawGet(url: string, headers: string[]): Promise<{ status: number; headers: IncomingMessage["headers"]; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { headers: ["Host", new URL(url).host, ...headers], agent: false }, (res) => {
+      const parts: Buffer[] = [];
+      res.on("data", (d: Buffer) => parts.push(d));
+      res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts) }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
 }

@@ -1,7 +1,6 @@
 // The Node entry's shortcut for single ranges of cached blobs (src/http/range-shortcut.ts) must answer
 // exactly what the app answers, count exactly what the app counts, and leave everything else to
 // the app without counting anything.
-import { request as httpRequest } from "node:http";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,7 +12,7 @@ import type { PlainAnswer } from "../../src/http/range-shortcut.ts";
 import { startNodeServer } from "../../src/runtime/node.ts";
 import { FsStore } from "../../src/store/fs.ts";
 import { BufferPool } from "../../src/util/buffer-pool.ts";
-import { bytesOf, FakeRegistry, listen } from "./fakes.ts";
+import { bytesOf, FakeRegistry, rawGet, serveFakeRegistry } from "./fakes.ts";
 
 const TOKEN_SECRET = "0123456789abcdef0123456789abcdef";
 const basic = (username: string, password: string) => `Basic ${Buffer.from(`${username}:${password}`).toString("base64")}`;
@@ -147,28 +146,11 @@ describe("range shortcut", () => {
 
 describe("the Node entry with the shortcut", () => {
   /** A raw HTTP/1.1 exchange, so that repeated fields reach the server as sent. */
-  function rawGet(url: string, headers: string[]): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
-    return new Promise((resolve, reject) => {
-      const req = httpRequest(url, { headers: ["Host", new URL(url).host, ...headers], agent: false }, (res) => {
-        const parts: Buffer[] = [];
-        res.on("data", (d: Buffer) => parts.push(d));
-        res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts) }));
-        res.on("error", reject);
-      });
-      req.on("error", reject);
-      req.end();
-    });
-  }
-
   it("writes the shortcut's answers on the wire as the app's, and leaves a repeated Authorization to the app", async () => {
     const blob = bytesOf(200_000, 9);
     const upstream = new FakeRegistry();
     const digest = upstream.addBlob(["team/app"], blob);
-    const up = await listen(async (req, res) => {
-      const answer = await upstream.fetch(new URL(req.url ?? "/", upstream.origin), { method: req.method });
-      res.writeHead(answer.status, Object.fromEntries(answer.headers));
-      res.end(Buffer.from(await answer.arrayBuffer()));
-    });
+    const up = await serveFakeRegistry(upstream);
     cleanups.push(() => up.close());
     const dataDir = await mkdtemp(join(tmpdir(), "skiff-shortcut-"));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
