@@ -36,6 +36,8 @@ Options:
   --tag-ttl SECONDS         how long a tag answer is served before asking upstream again, for
                             upstreams that set no tagTtl (default 60)
   --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default 8g)
+  --max-expanded-size SIZE  largest a layer may expand to when converted; a decompression bomb
+                            is refused once past it (default 64g)
   --convert-wait SECONDS    how long a bootstrap request waits for a conversion before the
                             answer 202 + Retry-After (default 30)
   --convert-step SIZE       convert at most SIZE of layer content per bootstrap request; the
@@ -75,6 +77,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     data: { type: "string" },
     "tag-ttl": { type: "string" },
     "max-layer-size": { type: "string" },
+    "max-expanded-size": { type: "string" },
     "convert-wait": { type: "string" },
     "convert-step": { type: "string" },
     platform: { type: "string" },
@@ -105,6 +108,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     dataDir: values.data ?? "./data",
     app: {
       maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
+      maxExpandedBytes: positiveSize(values["max-expanded-size"] ?? "64g", "max-expanded-size"),
       convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
       convertStepBytes: values["convert-step"] === undefined ? undefined : positiveSize(values["convert-step"], "convert-step"),
       defaultPlatform: values.platform,

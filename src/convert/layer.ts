@@ -88,7 +88,16 @@ export interface ConvertLayerOptions {
   budget?: StepBudget;
   /** Called before anything is committed; throws to abandon the conversion (a lost lease). */
   guard?: () => Promise<void>;
+  /** Refuse a layer whose uncompressed tar grows past this many bytes (default 64 GiB). */
+  maxExpandedBytes?: number;
 }
+
+/**
+ * gzip expands up to about 1,000 times, so a layer under any sensible size limit could still
+ * expand to terabytes, and converting costs time in the expanded size (about 2.5 s per GiB on one
+ * core, docs/reliability.md). Real layers expand a few times: 64 GiB leaves room for the largest.
+ */
+export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
 
 /** Returns the stored conversion of the layer, converting it first if there is none. */
 export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
@@ -211,13 +220,21 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     }),
   );
   const decompressed = decompressLayer(tapped, layer.mediaType).getReader();
+  const maxExpanded = opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES;
+  let expanded = 0;
   // The tar reader stops at the end-of-archive marker; whatever follows (padding, the gzip
   // trailer) must still be read so the digest covers every byte. So it gets a view it can't cancel.
   const tarInput = new ReadableStream<Uint8Array>({
     async pull(controller) {
       const { done, value } = await decompressed.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
+      if (done) return controller.close();
+      expanded += value.byteLength;
+      // Converting costs time in the expanded size: a decompression bomb stops here, not at its end.
+      if (expanded > maxExpanded) {
+        void decompressed.cancel().catch(() => {});
+        throw new LayerFormatError(`layer ${layer.digest.value} expands past ${maxExpanded} bytes, this converter's limit`);
+      }
+      controller.enqueue(value);
     },
   });
 

@@ -27,6 +27,8 @@ export interface AppOptions {
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   /** Layers larger than this are not converted (default 8 GiB). */
   maxLayerBytes?: number;
+  /** Layers that expand past this are refused while converting (default 64 GiB). */
+  maxExpandedBytes?: number;
   /** How long a bootstrap request waits for a conversion before answering 202 (default 30 s). */
   convertWaitSeconds?: number;
   /** Layer content one request converts before the conversion pauses until the next (default: no limit). */
@@ -38,7 +40,7 @@ export interface AppOptions {
 }
 
 /** The app's settings that `serve`'s flags set, the same on every runtime entry. */
-export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "convertWaitSeconds" | "convertStepBytes" | "defaultPlatform">;
+export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "maxExpandedBytes" | "convertWaitSeconds" | "convertStepBytes" | "defaultPlatform">;
 
 export interface SkiffApp {
   app: Hono;
@@ -75,7 +77,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     tagTtlMs: (repository) => upstreams.configOf(repository).tagTtlSeconds * 1000,
     now: opts.now,
   });
-  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const lazy = lazyHandler({
     store,
     hasher,

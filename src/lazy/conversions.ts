@@ -30,6 +30,8 @@ export interface ConversionsDeps {
   manifests: ManifestCache;
   /** Layers larger than this (compressed) are refused before anything is fetched. */
   maxLayerBytes: number;
+  /** Layers that expand past this many bytes are refused as they do (default: the converter's). */
+  maxExpandedBytes?: number;
   /** Convert in steps of this many content bytes per request (one pass when absent). */
   stepBytes?: number;
   /** How long another process waits before taking over a layer whose converter went silent. */
@@ -140,7 +142,7 @@ export class Conversions {
             return layer.open();
           },
         },
-        { ...opts, guard: lease ? () => lease.confirm() : undefined },
+        { ...opts, maxExpandedBytes: this.#deps.maxExpandedBytes, guard: lease ? () => lease.confirm() : undefined },
       );
       if (began) {
         metrics.inc("skiff_conversions_finished_total");

@@ -28,6 +28,7 @@ export interface WorkerEnv {
   ALLOW_HOSTS?: string;
   TAG_TTL?: string;
   MAX_LAYER_SIZE?: string;
+  MAX_EXPANDED_SIZE?: string;
   CONVERT_WAIT?: string;
   /** Layer content converted per request before the conversion pauses until the next one. */
   CONVERT_STEP?: string;
@@ -60,6 +61,7 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
       hasher: nodeHasher,
       fetchFor: () => upstreamFetch,
       maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, "MAX_LAYER_SIZE", 8 * 2 ** 30),
+      maxExpandedBytes: sizeVar(env.MAX_EXPANDED_SIZE, "MAX_EXPANDED_SIZE", 64 * 2 ** 30),
       convertStepBytes: sizeVar(env.CONVERT_STEP, "CONVERT_STEP", DEFAULT_CONVERT_STEP),
       convertWaitSeconds: secondsVar(env.CONVERT_WAIT, "CONVERT_WAIT", 25),
       defaultPlatform: env.PLATFORM,

@@ -7,6 +7,7 @@ import { ConversionPaused, convertLayer, LayerDigestError, type ConvertLayerOpti
 import { paramsId, type ConvertParams } from "../../src/convert/params.ts";
 import { layerBootstrapKey, layerCheckpointKey, layerDataKey } from "../../src/cache/keys.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
+import { LayerFormatError } from "../../src/convert/decompress.ts";
 import { parseDigest } from "../../src/oci/reference.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { getBytes, putBytes } from "../../src/store/store.ts";
@@ -115,6 +116,27 @@ describe("conversion in resumable steps", () => {
     const lying = source(bytes, sha256(new Uint8Array([1])));
     await expect(convertInSteps(lying, { store, hasher: nodeHasher, params }, 4 * CHUNK)).rejects.toThrow(LayerDigestError);
     expect(await getBytes(store, layerBootstrapKey(lying.digest, paramsId(params)))).toBeNull();
+  });
+
+  it("a decompression bomb is refused once it expands past the limit, in one pass or in steps, and publishes nothing", async () => {
+    // 8 MiB of zeros in one file: about 8 KiB of gzip.
+    const bomb = source(gzipSync(tarArchive([{ name: "zeros", type: "file", data: new Uint8Array(8 * 2 ** 20) }])));
+    expect(bomb.size).toBeLessThan(64 * KiB);
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    for (const stepBytes of [undefined, 512 * KiB]) {
+      const store = new MemoryStore();
+      const opts = { store, hasher: nodeHasher, params, maxExpandedBytes: 2 * 2 ** 20 };
+      const converting = stepBytes === undefined ? convertLayer(bomb, opts) : convertInSteps(bomb, opts, stepBytes);
+      await expect(converting).rejects.toThrow(/expands past 2097152 bytes/);
+      await expect(converting).rejects.toBeInstanceOf(LayerFormatError);
+      expect(await getBytes(store, layerBootstrapKey(bomb.digest, paramsId(params)))).toBeNull();
+      // In one pass nothing is written; in steps, earlier steps' segments stay behind unpublished,
+      // as after any failed stepped conversion (no bootstrap names them).
+      if (stepBytes === undefined) expect(store.keys()).toEqual([]);
+    }
+    // Under the limit the same layer converts.
+    const converted = await convertLayer(bomb, { store: new MemoryStore(), hasher: nodeHasher, params, maxExpandedBytes: 16 * 2 ** 20 });
+    expect(converted.bootstrap.chunkCount).toBe(1);
   });
 
   it("a damaged checkpoint is dropped and the conversion starts over to the same result", async () => {
