@@ -220,6 +220,23 @@ describe("bootstraps", () => {
     });
   }, 60_000);
 
+  test("500 concurrent clients on an uncached image: one upstream GET and one conversion per layer, every answer right", async () => {
+    // Bootstraps (which convert) and plain blob pulls of the same layers, all at once on a fresh proxy.
+    await withSkiff([], async (fresh) => {
+      const logFrom = await registry.settledRequestCount();
+      const url = bootstrapUrl(fresh, "e2e/app", "v1", "?chunk-size=64k");
+      const layer = app.layers[0]!;
+      const asked = Array.from({ length: 500 }, (_, i) => (i % 2 === 0 ? get(url) : get(`${fresh.url}/v2/e2e/app/blobs/${layer}`)));
+      const answers = await Promise.all(asked);
+      expect(answers.map((a) => a.status)).toEqual(Array(500).fill(200));
+      const want = local.get("?chunk-size=64k")!.bootstrap;
+      answers.forEach((a, i) => expect(i % 2 === 0 ? a.body.equals(want) : sha256(a.body) === layer, `answer ${i}`).toBe(true));
+      expect(await counters(fresh)).toMatchObject({ started: app.layers.length, finished: app.layers.length, failed: 0 });
+      await registry.settledRequestCount();
+      expect([...blobGets(logFrom, app.layers).values()]).toEqual(app.layers.map(() => 1));
+    });
+  }, 120_000);
+
   test("a bootstrap through the proxy is byte-identical to `skiff convert` of the same layout (64k, default, deflate-raw)", async () => {
     for (const c of CONVERSIONS) {
       const want = local.get(c.query)!.bootstrap;
