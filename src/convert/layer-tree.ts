@@ -16,6 +16,13 @@ export interface SkippedEntry {
   reason: string;
 }
 
+/**
+ * Entries nested deeper than this are left out. A tar path may be a megabyte long (PAX), and the
+ * tree is encoded, merged and walked recursively: 20,000 levels overflowed the stack. Linux's
+ * PATH_MAX (4096 bytes) allows at most 2048 levels anyway, and real images stay far below.
+ */
+export const MAX_DEPTH = 1024;
+
 /** Splits an archive path into components: `./a//b/` → [a, b]; null when it climbs out (`..`). */
 export function pathComponents(path: string): string[] | null {
   const parts: string[] = [];
@@ -59,6 +66,10 @@ export class LayerTree {
     const parts = pathComponents(entry.path);
     if (parts === null) {
       this.skipped.push({ path: entry.path, reason: "path leaves the root (..)" });
+      return null;
+    }
+    if (parts.length > MAX_DEPTH) {
+      this.skipped.push({ path: `${entry.path.slice(0, 200)}…`, reason: `deeper than ${MAX_DEPTH} directories` });
       return null;
     }
     if (parts.length === 0) {

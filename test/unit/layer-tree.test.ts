@@ -1,7 +1,13 @@
 // How one layer's tar entries become its tree: lexical paths, whiteouts, hardlinks, refusals.
 import { describe, expect, it } from "vitest";
-import { LayerTree, pathComponents } from "../../src/convert/layer-tree.ts";
+import { gzipSync } from "node:zlib";
+import { convertLayer } from "../../src/convert/layer.ts";
+import { LayerTree, MAX_DEPTH, pathComponents } from "../../src/convert/layer-tree.ts";
 import type { TarEntry } from "../../src/convert/tar.ts";
+import { nodeHasher } from "../../src/hash/node.ts";
+import { parseDigest } from "../../src/oci/reference.ts";
+import { MemoryStore } from "../../src/store/memory.ts";
+import { sha256, tarHeader } from "../e2e/harness/images.ts";
 
 function entry(path: string, type: TarEntry["type"] = "file", extra: Partial<TarEntry> = {}): TarEntry {
   return { path, type, mode: 0o644, uid: 0, gid: 0, uname: "", gname: "", size: 0, mtime: 0, mtimeNsec: 0, linkName: "", devMajor: 0, devMinor: 0, xattrs: new Map(), ...extra };
@@ -61,5 +67,34 @@ describe("layer tree", () => {
   it("describes the root from a ./ entry", () => {
     const tree = build([entry("./", "dir", { mode: 0o700, uid: 5 })]);
     expect(tree.root).toMatchObject({ perm: 0o700, uid: 5, implicit: false });
+  });
+});
+
+describe("hostile depth", () => {
+  /** A file whose path comes in a PAX record, so it may be as long as the reader allows (1 MiB). */
+  function paxFile(path: string, data: string): Buffer[] {
+    const line = (n: number) => `${n} path=${path}\n`; // the length counts its own digits
+    let n = path.length + 8;
+    while (Buffer.byteLength(line(n)) !== n) n++;
+    const record = line(n);
+    const pad = (n: number) => Buffer.alloc((512 - (n % 512)) % 512);
+    const pax = tarHeader({ name: "pax", type: "file", size: record.length });
+    pax.write("x", 156); // typeflag: PAX extended header for the next entry
+    let sum = 0;
+    pax.write("        ", 148);
+    for (const b of pax) sum += b;
+    pax.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+    return [pax, Buffer.from(record), pad(record.length), tarHeader({ name: "f", type: "file", data: Buffer.from(data) }), Buffer.from(data), pad(data.length)];
+  }
+
+  it(`leaves out entries nested deeper than ${MAX_DEPTH} directories; 20,000 levels convert instead of overflowing the stack`, async () => {
+    const tree = build([entry(`${"d/".repeat(MAX_DEPTH - 1)}ok`), entry(`${"d/".repeat(MAX_DEPTH)}too-deep`)]);
+    expect(tree.skipped.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
+
+    const gz = gzipSync(Buffer.concat([...paxFile(`${"a/".repeat(20_000)}deep`, "deep\n"), ...paxFile("top", "top\n"), Buffer.alloc(1024)]));
+    const layer = { digest: parseDigest(sha256(gz))!, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", size: gz.length, open: async () => new Blob([gz]).stream() };
+    const converted = await convertLayer(layer, { store: new MemoryStore(), hasher: nodeHasher, params: { chunkShift: 16, codec: "none" } });
+    expect([...converted.bootstrap.walk()].map((e) => e.path)).toEqual(["/", "/top"]);
+    expect(converted.stats?.skipped.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
   });
 });
