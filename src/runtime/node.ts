@@ -1,7 +1,7 @@
 // Node entry: the shared app on @hono/node-server, a filesystem store, node:crypto hashing and an
 // undici connection pool for the upstream.
 import { getRequestListener } from "@hono/node-server";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import { nodeHasher } from "../hash/node.ts";
@@ -56,7 +56,10 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
   // declines, goes to the app through @hono/node-server.
   const toApp = getRequestListener(skiff.app.fetch);
   const server = createServer(async (req, res) => {
-    if (req.rawHeaders.length > 2 * MAX_HEADER_FIELDS) return void answer(res, TOO_MANY_FIELDS);
+    if (req.rawHeaders.length > 2 * MAX_HEADER_FIELDS) {
+      res.writeHead(TOO_MANY_FIELDS.status, TOO_MANY_FIELDS.headers);
+      return void res.end(TOO_MANY_FIELDS.body);
+    }
     const request = req.headers.host ? shortcutRequest(req) : undefined;
     const shortcut = request && (await skiff.shortcut(request).catch(() => undefined));
     if (!shortcut) return toApp(req, res);
@@ -90,11 +93,6 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
  */
 const MAX_HEADER_FIELDS = 500;
 const TOO_MANY_FIELDS = errorAnswer(new OciError("UNSUPPORTED", `more than ${MAX_HEADER_FIELDS} header fields`, { status: 431 }));
-
-function answer(res: ServerResponse, a: ReturnType<typeof errorAnswer>): void {
-  res.writeHead(a.status, a.headers);
-  res.end(a.body);
-}
 
 /**
  * The shortcut's view of a request. Node joins repeated fields with ", " as web Headers do, except
