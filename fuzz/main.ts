@@ -34,8 +34,10 @@ const total = Number(values.inputs);
 const seed = Number(values.seed);
 const only = values.only === undefined ? undefined : Number(values.only);
 const hangMs = Number(values["hang-ms"]);
-const workers = Math.max(1, Number(values.workers));
-if (!(total > 0) || !Number.isSafeInteger(seed) || (only !== undefined && !(only >= 0)) || !(hangMs > 0)) fail("bad option value (see --help)");
+const workers = Number(values.workers);
+if (!(total > 0) || !Number.isSafeInteger(seed) || (only !== undefined && !(Number.isSafeInteger(only) && only >= 0)) || !(hangMs > 0) || !Number.isInteger(workers) || workers < 1) {
+  fail("bad option value (see --help)");
+}
 const perTarget = Math.ceil(total / names.length);
 
 interface Outcome {
