@@ -10,6 +10,10 @@ import { parseAuthorization } from "../src/access/authorization.ts";
 import { parseChallenges } from "../src/oci/challenge.ts";
 import { parseDigest, parseImageReference } from "../src/oci/reference.ts";
 import { readTar, TarError } from "../src/convert/tar.ts";
+import { convertLayer } from "../src/convert/layer.ts";
+import { nodeHasher } from "../src/hash/node.ts";
+import { MemoryStore } from "../src/store/memory.ts";
+import { createHash } from "node:crypto";
 import { text, type Seeds } from "./seeds.ts";
 
 export interface Target {
@@ -87,6 +91,22 @@ export const TARGETS: Target[] = [
     seeds: (s) => s.gzips,
     run: (input) => readAllEntries(decompressLayer(stream(input), "application/vnd.oci.image.layer.v1.tar+gzip")),
     refusals: [LayerFormatError, TarError],
+  },
+  {
+    // The whole conversion of an uncompressed layer: tar, tree, bootstrap encoding, then a walk of
+    // the result. The reader alone does not build the tree (a 20,000-level path broke only that).
+    name: "conversion",
+    maxLength: 1 << 20,
+    seeds: (s) => s.tars,
+    run: async (input) => {
+      const digest = parseDigest(`sha256:${createHash("sha256").update(input).digest("hex")}`)!;
+      const layer = { digest, mediaType: "application/vnd.oci.image.layer.v1.tar", size: input.length, open: async () => stream(input) };
+      const converted = await convertLayer(layer, { store: new MemoryStore(), hasher: nodeHasher, params: { chunkShift: 16, codec: "none" } });
+      let n = 0;
+      for (const { inode } of converted.bootstrap.walk()) n += converted.bootstrap.chunks(inode).length;
+      return n;
+    },
+    refusals: [TarError, LayerFormatError],
   },
   {
     name: "bootstrap",
