@@ -17,6 +17,7 @@ import { teardown } from "../../test/e2e/harness/teardown.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { fetchBootstrap } from "../src/bootstrap-client.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
+import { startLinkRelay } from "../../bench/link-relay.mjs";
 
 let registry: Registry;
 let skiff: Skiff;
@@ -40,9 +41,9 @@ function tarLayer(dir: string): { bytes: Uint8Array; mediaType: string; diffId: 
   return { bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) };
 }
 
-async function mount(args: string[], url = imageUrl): Promise<{ agent: ChildProcess; mountpoint: string }> {
-  const mountpoint = tempDir("mnt");
-  mountpoints.push(mountpoint);
+async function mount(args: string[], url = imageUrl, at?: string): Promise<{ agent: ChildProcess; mountpoint: string }> {
+  const mountpoint = at ?? tempDir("mnt");
+  if (at === undefined) mountpoints.push(mountpoint);
   const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", url, mountpoint, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   agents.push(agent);
   let stderr = "";
@@ -209,6 +210,42 @@ describe("skiff mount", () => {
     } finally {
       await stop(agent);
     }
+  });
+
+  test("kill -9 during fetches, 100 times: after each remount on that cache every read returns the image's bytes", { timeout: 900_000 }, async () => {
+    // A 50 Mbit/s link, so that the 3 MiB file takes about half a second and the kill lands while
+    // chunks are arriving and being written to the cache.
+    const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: Number(new URL(skiff.url).port) }, latencyMs: 1, rateBitsPerSecond: 50e6 });
+    const url = `http://127.0.0.1:${relay.port}/e2e/rootfs:v1`;
+    const want = readFileSync(join(oracle, "data", "big.bin"));
+    let cutMidRead = 0;
+    try {
+      for (let i = 0; i < 100; i++) {
+        const cache = tempDir("cache-kill");
+        const first = await mount(["--cache", cache], url);
+        const reading = readFile(join(first.mountpoint, "data", "big.bin")).then(
+          (got) => (got.equals(want) ? "whole" : "WRONG BYTES"),
+          () => "cut",
+        );
+        await new Promise((r) => setTimeout(r, 20 + ((i * 37) % 400)));
+        first.agent.kill("SIGKILL");
+        await new Promise((r) => (first.agent.exitCode !== null || first.agent.signalCode !== null ? r(null) : first.agent.once("exit", r)));
+        const outcome = await reading;
+        expect(outcome, `round ${i}`).not.toBe("WRONG BYTES");
+        if (outcome === "cut") cutMidRead++;
+
+        const again = await mount(["--cache", cache], url, first.mountpoint); // recovers the dead mountpoint
+        try {
+          expect((await readFile(join(again.mountpoint, "data", "big.bin"))).equals(want), `round ${i}`).toBe(true);
+          expect(await readFile(join(again.mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+        } finally {
+          await stop(again.agent);
+        }
+      }
+    } finally {
+      await relay.close();
+    }
+    expect(cutMidRead).toBeGreaterThan(50); // most kills did land mid-read
   });
 
   test("with the proxy gone a read fails with EIO within --timeout, the mount survives, and reads work again once it is back", { timeout: 120_000 }, async () => {
