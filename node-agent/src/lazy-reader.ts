@@ -30,8 +30,6 @@ export interface LazyReaderStats {
 
 // How many files' read positions are remembered for readahead; the map is cleared past this.
 const MAX_TRACKED_FILES = 1024;
-// Verified chunks kept in memory for the reads that follow (see recent-chunks.ts).
-const RECENT_CHUNK_BYTES = 16 * 1024 * 1024;
 // Chunks a sequential reader's next reads need, read from the node's cache into memory ahead.
 const DISK_READAHEAD_CHUNKS = 2;
 
@@ -46,7 +44,7 @@ export class LazyReader implements FileReader {
   /** Readahead in progress, by file: at most one batch per file. */
   readonly #ahead = new Map<number, Promise<void>>();
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
-  readonly #recent = new RecentChunks(RECENT_CHUNK_BYTES);
+  readonly #recent = new RecentChunks();
   readonly #nearbyBytes: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
   /** Nearby fetches in progress. */

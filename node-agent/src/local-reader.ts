@@ -8,8 +8,6 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { FileReader } from "./file-reader.ts";
 import { RecentChunks } from "./recent-chunks.ts";
 
-// Decoded, verified chunks kept in memory for the reads that follow (see recent-chunks.ts).
-const RECENT_CHUNK_BYTES = 16 * 1024 * 1024;
 // Per-file chunk offsets, kept for the files read most recently.
 const CACHED_FILES = 64;
 
@@ -22,7 +20,7 @@ interface FileChunks {
 export class LocalReader implements FileReader {
   readonly #codec: ChunkCodec;
   readonly #files = new Map<number, FileChunks>();
-  readonly #recent = new RecentChunks(RECENT_CHUNK_BYTES);
+  readonly #recent = new RecentChunks();
 
   constructor(
     readonly bootstrap: Bootstrap,

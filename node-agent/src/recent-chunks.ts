@@ -8,8 +8,8 @@ export class RecentChunks {
   readonly #entries = new Map<string, { bytes: Promise<Uint8Array | null>; size: number }>();
   #bytes = 0;
 
-  /** Keeps up to `maxBytes` of chunks (always at least the last one). */
-  constructor(maxBytes: number) {
+  /** Keeps up to `maxBytes` of chunks (always at least the last one); 16 MiB by default. */
+  constructor(maxBytes = 16 * 1024 * 1024) {
     this.#maxBytes = maxBytes;
   }
 
