@@ -1,13 +1,14 @@
 // The verified blob cache. A miss is fetched from the upstream once per (repository, digest) however
 // many clients ask, hashed while it streams into the store, and published only when the bytes match
 // the digest. The first client is served live with the final bytes held back until that check
-// passes; on a mismatch its response is aborted so it sees an error, never a clean end.
+// passes; on a mismatch its response is aborted so it sees an error, never a clean end. When the
+// store can't take the blob (a full disk), that client is still served, verified, and nothing is kept.
 import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../http/errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import type { Digest } from "../oci/reference.ts";
 import type { RegistryClient } from "../oci/upstreams.ts";
-import type { ContentStore } from "../store/store.ts";
+import { StoreFullError, type ContentStore, type Upload } from "../store/store.ts";
 import { blobKey, blobLinkKey } from "./keys.ts";
 import { upstreamError } from "./upstream-errors.ts";
 import { coalesce } from "../util/streams.ts";
@@ -121,7 +122,16 @@ export class BlobCache {
         : await upstreamError(res, "blob", `blob ${digest.value} in ${name}`);
     }
     const size = parseLength(res.headers.get("content-length"));
-    const upload = await store.put(blobKey(digest));
+    // A store that refuses the blob fails only the clients waiting for it to be cached.
+    let storeError: unknown = null;
+    const storeFailed = (err: unknown) => {
+      storeError = err instanceof StoreFullError ? err : new OciError("UNKNOWN", `skiff's store could not write blob ${digest.value}`);
+      this.#deps.log?.(`store: ${(err as Error).message}`);
+    };
+    let upload: Upload | null = await store.put(blobKey(digest)).catch((err: unknown) => {
+      storeFailed(err);
+      return null;
+    });
     const pipe = live ? new TransformStream<Uint8Array, Uint8Array>(undefined, undefined, { highWaterMark: LIVE_QUEUE_CHUNKS }) : null;
     const writer = pipe?.writable.getWriter() ?? null;
     let clientGone = !writer;
@@ -157,8 +167,15 @@ export class BlobCache {
           total += value.byteLength;
           if (size !== null && total > size) throw new OciError("UNAVAILABLE", `upstream sent more than the ${size} bytes it announced for ${digest.value}`);
           h.update(value);
-          await upload.write(value);
           metrics.inc("skiff_upstream_bytes_total", {}, value.byteLength);
+          try {
+            await upload?.write(value);
+          } catch (err) {
+            storeFailed(err);
+            await upload!.cancel();
+            upload = null;
+          }
+          if (storeError !== null && clientGone) throw storeError;
           if (held) await send(held);
           held = value;
         }
@@ -167,17 +184,24 @@ export class BlobCache {
           metrics.inc("skiff_verification_failures_total", { kind: "blob" });
           throw new OciError("UNAVAILABLE", `upstream blob bytes do not match digest ${digest.value}`);
         }
-        await upload.commit();
-        await this.#link(name, digest);
+        if (upload !== null) {
+          try {
+            await upload.commit();
+            await this.#link(name, digest);
+          } catch (err) {
+            storeFailed(err);
+          }
+        }
         if (held) await send(held);
         if (!clientGone) await writer!.close().catch(() => {});
+        if (storeError !== null) throw storeError;
         return total;
       } catch (err) {
-        await upload.cancel();
+        await upload?.cancel();
         reader.cancel().catch(() => {});
         writer?.abort(err).catch(() => {});
         this.#deps.log?.(`blob ${digest.value} (${name}) not cached: ${(err as Error).message}`);
-        throw err instanceof OciError ? err : new OciError("UNAVAILABLE", `upstream transfer of ${digest.value} failed: ${(err as Error).message}`);
+        throw asBlobError(err, digest);
       }
     })();
     done.catch(() => {}); // failures reach whoever awaits; never an unhandled rejection
@@ -188,6 +212,13 @@ export class BlobCache {
     const upload = await this.#deps.store.put(blobLinkKey(name, digest));
     await upload.commit();
   }
+}
+
+/** Store failures as the proxy's own, anything else as the upstream's. */
+function asBlobError(err: unknown, digest: Digest): unknown {
+  if (err instanceof OciError || err instanceof StoreFullError) return err;
+  const message = (err as Error).message;
+  return new OciError("UNAVAILABLE", `upstream transfer of ${digest.value} failed: ${message}`);
 }
 
 function parseLength(value: string | null): number | null {

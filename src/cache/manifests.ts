@@ -1,13 +1,14 @@
 // Manifests: by digest they are immutable and cached forever once verified; by tag the answer is
 // cached per (repository, tag, Accept) and revalidated with the upstream after a TTL. A stale answer
 // is served only when the upstream is unreachable, failing (5xx) or rate limited, never over a 401 or 404.
+// A full store only stops caching: the manifest in hand is verified and served all the same.
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../http/errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { UpstreamUnreachable } from "../oci/upstream.ts";
 import type { RegistryClient } from "../oci/upstreams.ts";
-import { getBytes, getJson, putBytes, putJson, type ContentStore } from "../store/store.ts";
+import { getBytes, getJson, putBytes, putJson, StoreFullError, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
 import { manifestKey, manifestLinkKey, manifestMetaKey, tagKey } from "./keys.ts";
 import { upstreamError } from "./upstream-errors.ts";
@@ -54,6 +55,7 @@ export interface ManifestCacheDeps {
   /** How long a tag answer of a repository is served without asking the upstream again. */
   tagTtlMs: (repository: string) => number;
   now?: () => number;
+  log?: (message: string) => void;
 }
 
 export class ManifestCache {
@@ -156,10 +158,12 @@ export class ManifestCache {
       throw new OciError("UNAVAILABLE", `upstream ${what} does not match its digest`);
     }
     const meta: ManifestMeta = { mediaType, size: bytes.byteLength };
-    // Metadata first: the manifest itself becomes visible last, complete with its type.
-    await putJson(this.#deps.store, manifestMetaKey(digest), meta);
-    await putBytes(this.#deps.store, manifestKey(digest), bytes);
-    await this.#link(name, digest);
+    await this.#keep(async () => {
+      // Metadata first: the manifest itself becomes visible last, complete with its type.
+      await putJson(this.#deps.store, manifestMetaKey(digest), meta);
+      await putBytes(this.#deps.store, manifestKey(digest), bytes);
+      await this.#link(name, digest);
+    });
     return { digest, ...meta, bytes, hit: false };
   }
 
@@ -173,12 +177,24 @@ export class ManifestCache {
 
   #record(key: string, m: { digest: Digest; mediaType: string; size: number }): Promise<void> {
     const record: TagRecord = { digest: m.digest.value, mediaType: m.mediaType, size: m.size, checkedAt: this.#now() };
-    return putJson(this.#deps.store, key, record);
+    return this.#keep(() => putJson(this.#deps.store, key, record));
   }
 
-  async #link(name: string, digest: Digest): Promise<void> {
-    const upload = await this.#deps.store.put(manifestLinkKey(name, digest));
-    await upload.commit();
+  #link(name: string, digest: Digest): Promise<void> {
+    return this.#keep(async () => {
+      const upload = await this.#deps.store.put(manifestLinkKey(name, digest));
+      await upload.commit();
+    });
+  }
+
+  /** Stores something worth keeping; a full store is logged and the answer goes out uncached. */
+  async #keep(write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+    } catch (err) {
+      if (!(err instanceof StoreFullError)) throw err;
+      this.#deps.log?.(`manifest not cached: ${err.message}`);
+    }
   }
 }
 

@@ -76,6 +76,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     metrics,
     tagTtlMs: (repository) => upstreams.configOf(repository).tagTtlSeconds * 1000,
     now: opts.now,
+    log,
   });
   const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const lazy = lazyHandler({

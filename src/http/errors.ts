@@ -1,5 +1,6 @@
 // OCI distribution-spec error responses: `{"errors":[{"code","message","detail"}]}` with the status
 // the spec (or the Distribution registry, for codes the spec leaves out) pairs with each code.
+import { StoreFullError } from "../store/store.ts";
 
 export const ERROR_STATUS = {
   BLOB_UNKNOWN: 404,
@@ -57,5 +58,7 @@ export function errorResponse(err: OciError, method = "GET"): Response {
 /** Maps anything thrown to an OCI error; unexpected failures become UNKNOWN without internals. */
 export function toOciError(err: unknown): OciError {
   if (err instanceof OciError) return err;
+  // 507 Insufficient Storage: the proxy's own trouble, retryable, and said plainly.
+  if (err instanceof StoreFullError) return new OciError("UNAVAILABLE", err.message, { status: 507 });
   return new OciError("UNKNOWN", "internal error");
 }

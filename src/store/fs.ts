@@ -6,7 +6,7 @@ import { readSync } from "node:fs";
 import { mkdir, open, rename, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ReadHandles, type ReadHandle } from "./read-handles.ts";
-import { assertValidKey, type ByteSpan, type ContentStore, type Upload } from "./store.ts";
+import { assertValidKey, StoreFullError, type ByteSpan, type ContentStore, type Upload } from "./store.ts";
 
 const READ_SIZE = 256 * 1024;
 
@@ -106,7 +106,9 @@ export class FsStore implements ContentStore {
   async put(key: string): Promise<Upload> {
     const finalPath = this.#path(key);
     const tmpPath = join(this.#tmp, `${Date.now().toString(36)}-${crypto.randomUUID()}`);
-    const fh = await open(tmpPath, "wx");
+    const fh = await open(tmpPath, "wx").catch((err: unknown) => {
+      throw asStoreFull(err, key);
+    });
     let finished = false;
     const discard = async () => {
       if (finished) return;
@@ -117,10 +119,13 @@ export class FsStore implements ContentStore {
     return {
       write: async (chunk) => {
         if (finished) throw new Error("upload already finished");
-        let at = 0;
-        while (at < chunk.byteLength) {
-          const { bytesWritten } = await fh.write(chunk, at, chunk.byteLength - at);
-          at += bytesWritten;
+        try {
+          for (let at = 0; at < chunk.byteLength; ) {
+            const { bytesWritten } = await fh.write(chunk, at, chunk.byteLength - at);
+            at += bytesWritten;
+          }
+        } catch (err) {
+          throw asStoreFull(err, key);
         }
       },
       commit: async () => {
@@ -134,7 +139,7 @@ export class FsStore implements ContentStore {
           finished = true;
         } catch (err) {
           await discard();
-          throw err;
+          throw asStoreFull(err, key);
         }
       },
       cancel: discard,
@@ -146,6 +151,12 @@ export class FsStore implements ContentStore {
     await rm(path, { force: true });
     this.#handles.forget(path);
   }
+}
+
+/** A full disk or quota as StoreFullError (whose message names the key, not a path); others as they are. */
+function asStoreFull(err: unknown, key: string): unknown {
+  const code = (err as { code?: string }).code;
+  return code === "ENOSPC" || code === "EDQUOT" ? new StoreFullError(key, code) : err;
 }
 
 function isNotFound(err: unknown): boolean {

@@ -50,6 +50,17 @@ export interface ContentStore {
   putIfVersion?(key: string, bytes: Uint8Array, expected: string | null): Promise<string | null>;
 }
 
+/**
+ * The store has no room left (a full disk, a quota): nothing was written under the key. A mirror
+ * answers it as its own trouble, not the upstream's, and goes on serving what it holds.
+ */
+export class StoreFullError extends Error {
+  constructor(key: string, reason: string) {
+    super(`skiff's store is full (${reason}): could not write ${key}`);
+    this.name = "StoreFullError";
+  }
+}
+
 // Keys are built only from validated names, tags and digests; this check is the last line of
 // defence against a key escaping the store (path traversal on the filesystem backend).
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
