@@ -11,6 +11,8 @@ export interface LinkRelayOptions {
 }
 export interface LinkRelay {
   port: number;
+  /** Drops every open connection (the relay keeps listening). */
+  cut(): void;
   close(): Promise<void>;
 }
 export function startLinkRelay(options: LinkRelayOptions): Promise<LinkRelay>;

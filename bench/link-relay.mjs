@@ -156,6 +156,10 @@ export async function startLinkRelay({ target, latencyMs = 0, rateBitsPerSecond 
   await new Promise((resolve, reject) => server.once("error", reject).listen(port, host, resolve));
   return {
     port: server.address().port,
+    /** Drops every open connection at once, with what is still on the link, as a crashed host would. */
+    cut: () => {
+      for (const s of sockets) s.destroy();
+    },
     close: () =>
       new Promise((resolve) => {
         for (const s of sockets) s.destroy();

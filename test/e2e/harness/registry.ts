@@ -199,6 +199,17 @@ export class Registry {
     this.child = undefined;
   }
 
+  /** `kill -9` the registry, as a crash would: open connections are cut mid-answer. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (child === undefined) return;
+    this.child = undefined;
+    if (hasExited(child)) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill("SIGKILL");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000).unref())]);
+  }
+
   /** Access-log lines so far (parsed; unparsable lines are dropped). */
   accessLog(): AccessLogLine[] {
     return readFileSync(this.accessLogPath, "utf8")
