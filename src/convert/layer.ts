@@ -20,7 +20,7 @@ import { codecId, encodeChunk } from "./codec.ts";
 import { compressionForMediaType, decompressLayer, LayerFormatError } from "./decompress.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "./params.ts";
-import { readTar } from "./tar.ts";
+import { readTar, TarError } from "./tar.ts";
 
 export interface LayerSource {
   digest: Digest;
@@ -128,8 +128,14 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await upload.commit();
   } catch (err) {
     await upload.cancel();
-    // A checkpoint that does not fit the layer is dropped: the next attempt starts over.
-    if (err instanceof CheckpointError) await store.delete(checkpointKey);
+    // A checkpoint that does not fit the layer, or steps over bytes that can never convert (not a
+    // layer, or not the layer its digest names), are dropped with their segments: the next attempt
+    // starts over, and a bad layer leaves nothing behind. Other failures (the upstream, the store)
+    // keep the steps done so far for the next attempt.
+    if (err instanceof CheckpointError || err instanceof LayerFormatError || err instanceof TarError || err instanceof LayerDigestError) {
+      await store.delete(checkpointKey);
+      for (const s of from?.segments ?? []) await store.delete(segmentKey(s.from));
+    }
     throw err;
   }
 
