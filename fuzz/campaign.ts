@@ -72,5 +72,5 @@ export async function runCampaign(target: Target, seeds: Seeds, o: CampaignOptio
 /** Input n of a target's campaign: the seeds themselves first, then mutants. */
 export function inputOf(corpus: Uint8Array[], target: Target, seed: number, n: number): Uint8Array {
   if (n < corpus.length) return corpus[n]!;
-  return mutate(corpus, new Prng(seed * 1_000_003 + n), target.maxLength);
+  return (target.mutate ?? mutate)(corpus, new Prng(seed * 1_000_003 + n), target.maxLength);
 }

@@ -15,6 +15,8 @@ import { nodeHasher } from "../src/hash/node.ts";
 import { MemoryStore } from "../src/store/memory.ts";
 import { createHash } from "node:crypto";
 import { text, type Seeds } from "./seeds.ts";
+import type { mutate } from "./mutate.ts";
+import { mutateJson } from "./mutate-json.ts";
 
 export interface Target {
   name: string;
@@ -24,6 +26,8 @@ export interface Target {
   run(input: Uint8Array): unknown;
   /** The error classes that are this target's refusals (exactly these: a TypeError is not an Error here). */
   refusals: (new (...args: never[]) => Error)[];
+  /** How mutants are made, when bytes are not the way (default: byte mutations). */
+  mutate?: typeof mutate;
 }
 
 const decoder = new TextDecoder(); // lenient, as header bytes decoded by a runtime are
@@ -167,5 +171,6 @@ export const TARGETS: Target[] = [
       ),
     run: (input) => resolveConfig(JSON.parse(asText(input)), { env: { P: "secret", S: "s".repeat(40) }, readFile: () => "from a file" }),
     refusals: [ConfigError, SyntaxError],
+    mutate: mutateJson,
   },
 ];

@@ -47,3 +47,27 @@ describe("the campaign itself", () => {
     expect(again.findings.map((f) => f.input)).toEqual([first.input]);
   });
 });
+
+describe("JSON mutants", () => {
+  const config = () => TARGETS.find((t) => t.name === "config")!;
+
+  test("mostly parse, so the loader behind the parser is what they reach; the same number gives the same mutant", () => {
+    const target = config();
+    const corpus = target.seeds(seeds);
+    const texts = Array.from({ length: 2000 }, (_, i) => new TextDecoder().decode(inputOf(corpus, target, 1, corpus.length + i)));
+    const parsed = texts.filter((t) => {
+      try {
+        JSON.parse(t);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    // One in four is a byte mutant, which mostly breaks the syntax; the rest are documents.
+    expect(parsed.length).toBeGreaterThan(texts.length * 0.6);
+    expect(new Set(texts).size).toBeGreaterThan(texts.length * 0.5);
+    const seedTexts = new Set(corpus.map((s) => new TextDecoder().decode(s)));
+    expect(parsed.filter((t) => seedTexts.has(t)).length).toBeLessThan(texts.length * 0.1);
+    expect(new TextDecoder().decode(inputOf(corpus, target, 1, 1234))).toBe(texts[1234 - corpus.length]);
+  });
+});
