@@ -79,8 +79,9 @@ export class LayerTree {
     }
     const name = parts[parts.length - 1]!;
     if (parts.some((p, i) => p.startsWith(AUFS_META_PREFIX) && !(p === OPAQUE_MARKER && i === parts.length - 1))) return null;
-    if (!isValidName(name)) {
-      this.skipped.push({ path: entry.path, reason: "invalid name" });
+    // Every component, not just the last: a directory implied by the path gets its name from it.
+    if (!parts.every(isValidName)) {
+      this.skipped.push({ path: `${entry.path.slice(0, 1000)}${entry.path.length > 1000 ? "…" : ""}`, reason: "invalid name" });
       return null;
     }
     const parent = this.#parent(parts, entry.path);

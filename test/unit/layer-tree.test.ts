@@ -76,7 +76,7 @@ describe("hostile depth", () => {
     const line = (n: number) => `${n} path=${path}\n`; // the length counts its own digits
     let n = path.length + 8;
     while (Buffer.byteLength(line(n)) !== n) n++;
-    const record = line(n);
+    const record = Buffer.from(line(n));
     const pad = (n: number) => Buffer.alloc((512 - (n % 512)) % 512);
     const pax = tarHeader({ name: "pax", type: "file", size: record.length });
     pax.write("x", 156); // typeflag: PAX extended header for the next entry
@@ -84,7 +84,7 @@ describe("hostile depth", () => {
     pax.write("        ", 148);
     for (const b of pax) sum += b;
     pax.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-    return [pax, Buffer.from(record), pad(record.length), tarHeader({ name: "f", type: "file", data: Buffer.from(data) }), Buffer.from(data), pad(data.length)];
+    return [pax, record, pad(record.length), tarHeader({ name: "f", type: "file", data: Buffer.from(data) }), Buffer.from(data), pad(data.length)];
   }
 
   it(`leaves out entries nested deeper than ${MAX_DEPTH} directories; 20,000 levels convert instead of overflowing the stack`, async () => {
@@ -96,5 +96,16 @@ describe("hostile depth", () => {
     const converted = await convertLayer(layer, { store: new MemoryStore(), hasher: nodeHasher, params: { chunkShift: 16, codec: "none" } });
     expect([...converted.bootstrap.walk()].map((e) => e.path)).toEqual(["/", "/top"]);
     expect(converted.stats?.skipped.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
+  });
+
+  it("leaves out entries with a directory name over 255 bytes; before, the encoder threw a plain Error (an internal error at the proxy)", async () => {
+    // 300 ASCII bytes, and 200 characters that are 400 bytes of UTF-8, as a directory and as a file.
+    const long = ["d".repeat(300), "é".repeat(200)];
+    const paths = [`${long[0]}/f`, `a/${long[1]}/g`, `a/${long[0]}`];
+    const gz = gzipSync(Buffer.concat([...paths.flatMap((p) => paxFile(p, "x\n")), ...paxFile("a/ok", "ok\n"), Buffer.alloc(1024)]));
+    const layer = { digest: parseDigest(sha256(gz))!, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", size: gz.length, open: async () => new Blob([gz]).stream() };
+    const converted = await convertLayer(layer, { store: new MemoryStore(), hasher: nodeHasher, params: { chunkShift: 16, codec: "none" } });
+    expect([...converted.bootstrap.walk()].map((e) => e.path)).toEqual(["/", "/a", "/a/ok"]);
+    expect(converted.stats?.skipped.map((s) => s.reason)).toEqual(["invalid name", "invalid name", "invalid name"]);
   });
 });
