@@ -4,6 +4,7 @@
 import { parseParamsId } from "../../src/convert/params.ts";
 import { codecFromId } from "../../src/convert/codec.ts";
 import { Bootstrap } from "../../src/format/decode.ts";
+import { concatBytes } from "../../src/util/streams.ts";
 import { message, type FetchLike } from "./range-request.ts";
 import { sha256Hex } from "./sha256-hex.ts";
 
@@ -32,6 +33,9 @@ export interface FetchedBootstrap {
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
 const MAX_ATTEMPTS = 1_000;
 const MAX_RETRY_AFTER_MS = 30_000;
+// About 150 bytes a file: 256 MiB is well over a million files, past any real image. A larger or
+// endless body from a broken or malicious proxy is refused as it arrives, not buffered.
+export const MAX_BOOTSTRAP_BYTES = 256 * 2 ** 20;
 
 /** `reference` is a tag, a digest, or `@digest`. */
 export async function fetchBootstrap(proxy: string, name: string, reference: string, options: FetchBootstrapOptions): Promise<FetchedBootstrap> {
@@ -64,7 +68,7 @@ export async function fetchBootstrap(proxy: string, name: string, reference: str
     }
     let body: Uint8Array;
     try {
-      body = new Uint8Array(await res.arrayBuffer());
+      body = await readBody(res, MAX_BOOTSTRAP_BYTES);
     } catch (err) {
       if (signal.aborted) throw timedOut(url, options.timeoutMs);
       throw new Error(`GET ${url}: ${message(err)}`);
@@ -75,6 +79,31 @@ export async function fetchBootstrap(proxy: string, name: string, reference: str
     return checked(url, res.headers, body);
   }
   throw new Error(`GET ${url}: no bootstrap after ${MAX_ATTEMPTS} attempts`);
+}
+
+/** The whole body, refused once its Content-Length or its bytes so far pass `max`. */
+async function readBody(res: Response, max: number): Promise<Uint8Array> {
+  const announced = Number(res.headers.get("content-length"));
+  if (announced > max) {
+    await res.body?.cancel().catch(() => undefined);
+    throw new Error(`a bootstrap of ${announced} bytes is larger than the agent accepts (${max})`);
+  }
+  if (!res.body) return new Uint8Array(0);
+  const reader = res.body.getReader();
+  const parts: Uint8Array[] = [];
+  let length = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      length += value.length;
+      if (length > max) throw new Error(`the bootstrap is larger than the agent accepts (${max} bytes)`);
+      parts.push(value);
+    }
+  } finally {
+    reader.cancel().catch(() => undefined);
+  }
+  return concatBytes(parts);
 }
 
 function checked(url: string, headers: Headers, body: Uint8Array): FetchedBootstrap {

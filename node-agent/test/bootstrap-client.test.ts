@@ -4,7 +4,7 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir } from "../../src/format/model.ts";
-import { fetchBootstrap } from "../src/bootstrap-client.ts";
+import { fetchBootstrap, MAX_BOOTSTRAP_BYTES } from "../src/bootstrap-client.ts";
 
 const BODY = encodeBootstrap({ kind: "image", codec: 0, chunkShift: 20, platform: "linux/amd64", blobs: [], chunks: [], root: newDir() });
 const DIGEST = `sha256:${createHash("sha256").update(BODY).digest("hex")}`;
@@ -12,6 +12,9 @@ const MANIFEST = `sha256:${"cd".repeat(32)}`;
 
 let pending202 = 0;
 let digestHeader = DIGEST;
+/** Bytes of an oversized body to send instead of the bootstrap; announced as its length when `announce`. */
+let oversized: { bytes: number; announce: boolean } | null = null;
+let oversizedSent = 0;
 let seen: string[] = [];
 let server: Server;
 let proxy: string;
@@ -23,6 +26,20 @@ beforeAll(async () => {
       pending202--;
       res.writeHead(202, { "retry-after": "0", "content-type": "application/json" }).end('{"status":"converting","retryAfter":0}');
       return;
+    }
+    if (oversized) {
+      const { bytes, announce } = oversized;
+      res.writeHead(200, { "docker-content-digest": DIGEST, "skiff-manifest-digest": MANIFEST, "skiff-params": "v1-c20-none", ...(announce && { "content-length": bytes }) });
+      const piece = Buffer.alloc(4 * 2 ** 20);
+      const more = () => {
+        while (oversizedSent < bytes && !res.destroyed) {
+          oversizedSent += piece.length;
+          if (!res.write(piece)) return void res.once("drain", more);
+        }
+        res.end();
+      };
+      res.on("error", () => {});
+      return more();
     }
     res
       .writeHead(200, { "docker-content-digest": digestHeader, "skiff-manifest-digest": MANIFEST, "skiff-params": "v1-c20-none", "content-length": BODY.length })
@@ -39,6 +56,8 @@ beforeEach(() => {
   pending202 = 0;
   digestHeader = DIGEST;
   seen = [];
+  oversized = null;
+  oversizedSent = 0;
 });
 
 describe("fetchBootstrap", () => {
@@ -61,5 +80,15 @@ describe("fetchBootstrap", () => {
     const t0 = Date.now();
     await expect(fetchBootstrap(proxy, "e2e/app", "v1", { timeoutMs: 400 })).rejects.toThrow(/no bootstrap within 400 ms/);
     expect(Date.now() - t0).toBeLessThan(1_500);
+  });
+
+  test("a body past the size limit is refused as it arrives, announced or not, without reading the rest", { timeout: 30_000 }, async () => {
+    oversized = { bytes: 4 * MAX_BOOTSTRAP_BYTES, announce: true };
+    await expect(fetchBootstrap(proxy, "e2e/app", "v1", { timeoutMs: 20_000 })).rejects.toThrow(`a bootstrap of ${4 * MAX_BOOTSTRAP_BYTES} bytes is larger than the agent accepts`);
+    expect(oversizedSent).toBeLessThan(MAX_BOOTSTRAP_BYTES);
+    oversized = { bytes: 4 * MAX_BOOTSTRAP_BYTES, announce: false };
+    oversizedSent = 0;
+    await expect(fetchBootstrap(proxy, "e2e/app", "v1", { timeoutMs: 20_000 })).rejects.toThrow(/the bootstrap is larger than the agent accepts/);
+    expect(oversizedSent).toBeLessThan(2 * MAX_BOOTSTRAP_BYTES);
   });
 });

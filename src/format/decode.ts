@@ -34,6 +34,8 @@ export interface DirEntry {
 }
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
+// The OCI descriptor digest grammar (`algorithm:encoded`): no `/`, `.` runs, `%`, `?` or `#`.
+const LAYER_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 export class Bootstrap {
   readonly bytes: Uint8Array;
@@ -130,7 +132,12 @@ export class Bootstrap {
     };
     if (c.inodeCount === 0) throw new BootstrapError("no root inode");
     const blobSizes: number[] = [];
-    for (let i = 0; i < c.blobCount; i++) blobSizes.push(this.blob(i).storedSize);
+    for (let i = 0; i < c.blobCount; i++) {
+      const blob = this.blob(i);
+      // Readers build data blob URLs from it: only a digest may go into that path.
+      if (!LAYER_DIGEST.test(blob.layerDigest)) throw new BootstrapError(`blob ${i} layer digest ${JSON.stringify(blob.layerDigest.slice(0, 80))} is not a digest`);
+      blobSizes.push(blob.storedSize);
+    }
 
     const chunkLimit = this.chunkSize;
     const chunkSizes = new Uint32Array(c.chunkCount);
@@ -146,6 +153,10 @@ export class Bootstrap {
       if (size === 0 || size > chunkLimit) throw new BootstrapError(`chunk ${i} has size ${size}`);
       if (storedOffset + storedSize > blobSizes[blob]!) throw new BootstrapError(`chunk ${i} lies outside its blob`);
       if (!compressed && storedSize !== size) throw new BootstrapError(`uncompressed chunk ${i} has stored size ${storedSize} != ${size}`);
+      // A chunk is stored compressed only when that is smaller; this also bounds what a reader
+      // allocates for its stored bytes by the chunk size.
+      if (compressed && this.codec === 0) throw new BootstrapError(`chunk ${i} is compressed in a bootstrap without a codec`);
+      if (compressed && (storedSize === 0 || storedSize >= size)) throw new BootstrapError(`compressed chunk ${i} has stored size ${storedSize} for ${size} bytes`);
       chunkSizes[i] = size;
     }
 

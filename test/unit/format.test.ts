@@ -350,6 +350,39 @@ describe("bootstrap validation", () => {
     expectRejected((_b, l) => l.view.setUint32(rec(l, 0) + 48, 99, true), /stored size 99 != 100/);
   });
 
+  it("refuses a compressed chunk not smaller than its bytes, or in a bootstrap without a codec", () => {
+    const rec = (l: ReturnType<typeof layoutOf>, i: number) => l.at.chunks + i * L.CHUNK_RECORD_SIZE;
+    const compressed = (l: ReturnType<typeof layoutOf>, i: number) => l.view.setUint32(rec(l, i) + 36, L.CHUNK_COMPRESSED, true);
+    expectRejected((b, l) => void (compressed(l, 0), (b[L.H.codec] = 1)), /compressed chunk 0 has stored size 100 for 100 bytes/);
+    expectRejected((b, l) => {
+      // A 4 GiB stored length inside a blob that claims 1 PiB: only the chunk size bounds it.
+      b[L.H.codec] = 1;
+      compressed(l, 0);
+      l.view.setBigUint64(l.at.blobs + 32, 2n ** 50n, true);
+      l.view.setUint32(rec(l, 0) + 48, 0xfffffff0, true);
+    }, /compressed chunk 0 has stored size 4294967280 for 100 bytes/);
+    expectRejected((b, l) => void (compressed(l, 0), (b[L.H.codec] = 1), l.view.setUint32(rec(l, 0) + 48, 0, true)), /stored size 0 for 100/);
+    expectRejected((_b, l) => {
+      compressed(l, 0);
+      l.view.setUint32(rec(l, 0) + 48, 50, true);
+    }, /chunk 0 is compressed in a bootstrap without a codec/);
+  });
+
+  it("refuses a layer digest that is not a digest: readers put it in a URL path", () => {
+    for (const bad of ["../../../x", "sha256:ab/../../x", "sha256:%2e%2e%2fx", "sha256:ab?x=1", "sha256:ab#x", ""]) {
+      const m = sampleModel();
+      m.blobs[0]!.layerDigest = bad;
+      let error: unknown;
+      try {
+        Bootstrap.decode(encodeBootstrap(m));
+      } catch (err) {
+        error = err;
+      }
+      expect(error, bad).toBeInstanceOf(BootstrapError);
+      expect((error as Error).message, bad).toMatch(/blob 0 layer digest .* is not a digest/);
+    }
+  });
+
   it("refuses unknown type bits, unknown flags, and layer flags in an image", () => {
     expectRejected((_b, l) => l.view.setUint32(l.inode("/bin/su"), 0o140755, true), /file type bits/);
     expectRejected((_b, l) => l.view.setUint32(l.inode("/bin/su") + 36, 1 << 7, true), /unknown flags/);
