@@ -38,6 +38,8 @@ Options:
   --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default 8g)
   --max-expanded-size SIZE  largest a layer may expand to when converted; a decompression bomb
                             is refused once past it (default 64g)
+  --max-layer-entries N     most files a layer may hold to be converted; its tree is kept in
+                            memory, about 1.2 KiB a file (default 1000000)
   --convert-wait SECONDS    how long a bootstrap request waits for a conversion before the
                             answer 202 + Retry-After (default 30)
   --convert-step SIZE       convert at most SIZE of layer content per bootstrap request; the
@@ -78,6 +80,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     "tag-ttl": { type: "string" },
     "max-layer-size": { type: "string" },
     "max-expanded-size": { type: "string" },
+    "max-layer-entries": { type: "string" },
     "convert-wait": { type: "string" },
     "convert-step": { type: "string" },
     platform: { type: "string" },
@@ -109,6 +112,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     app: {
       maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
       maxExpandedBytes: positiveSize(values["max-expanded-size"] ?? "64g", "max-expanded-size"),
+      maxLayerEntries: integerFlag(values["max-layer-entries"], "max-layer-entries", 1_000_000, 1),
       convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
       convertStepBytes: values["convert-step"] === undefined ? undefined : positiveSize(values["convert-step"], "convert-step"),
       defaultPlatform: values.platform,

@@ -90,6 +90,8 @@ export interface ConvertLayerOptions {
   guard?: () => Promise<void>;
   /** Refuse a layer whose uncompressed tar grows past this many bytes (default 64 GiB). */
   maxExpandedBytes?: number;
+  /** Refuse a layer with more tar entries than this (default 1,000,000). */
+  maxEntries?: number;
 }
 
 /**
@@ -98,6 +100,13 @@ export interface ConvertLayerOptions {
  * core, docs/reliability.md). Real layers expand a few times: 64 GiB leaves room for the largest.
  */
 export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
+
+/**
+ * The file tree is held in memory while a layer converts, about 1.2 KiB per entry, and an empty
+ * file costs 512 bytes of tar that gzip shrinks to about 7: a 7 MB layer of a million empty files
+ * takes 1.2 GiB and 35 s (docs/reliability.md). The largest real layers hold a few hundred thousand.
+ */
+export const DEFAULT_MAX_ENTRIES = 1_000_000;
 
 /** Returns the stored conversion of the layer, converting it first if there is none. */
 export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
@@ -303,8 +312,10 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   };
 
   const buffer = new Uint8Array(chunkSize);
+  const maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
   try {
     for await (const entry of readTar(tarInput)) {
+      if (tree.entries >= maxEntries) throw new LayerFormatError(`layer ${layer.digest.value} has more than ${maxEntries} entries, this converter's limit`);
       const node = tree.add(entry);
       if (!node) continue;
       stats.files++;

@@ -29,6 +29,8 @@ export interface AppOptions {
   maxLayerBytes?: number;
   /** Layers that expand past this are refused while converting (default 64 GiB). */
   maxExpandedBytes?: number;
+  /** Layers with more tar entries than this are refused while converting (default 1,000,000). */
+  maxLayerEntries?: number;
   /** How long a bootstrap request waits for a conversion before answering 202 (default 30 s). */
   convertWaitSeconds?: number;
   /** Layer content one request converts before the conversion pauses until the next (default: no limit). */
@@ -40,7 +42,7 @@ export interface AppOptions {
 }
 
 /** The app's settings that `serve`'s flags set, the same on every runtime entry. */
-export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "maxExpandedBytes" | "convertWaitSeconds" | "convertStepBytes" | "defaultPlatform">;
+export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "maxExpandedBytes" | "maxLayerEntries" | "convertWaitSeconds" | "convertStepBytes" | "defaultPlatform">;
 
 export interface SkiffApp {
   app: Hono;
@@ -78,7 +80,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const lazy = lazyHandler({
     store,
     hasher,

@@ -32,6 +32,8 @@ export interface ConversionsDeps {
   maxLayerBytes: number;
   /** Layers that expand past this many bytes are refused as they do (default: the converter's). */
   maxExpandedBytes?: number;
+  /** Layers with more tar entries than this are refused (default: the converter's). */
+  maxLayerEntries?: number;
   /** Convert in steps of this many content bytes per request (one pass when absent). */
   stepBytes?: number;
   /** How long another process waits before taking over a layer whose converter went silent. */
@@ -142,7 +144,7 @@ export class Conversions {
             return layer.open();
           },
         },
-        { ...opts, maxExpandedBytes: this.#deps.maxExpandedBytes, guard: lease ? () => lease.confirm() : undefined },
+        { ...opts, maxExpandedBytes: this.#deps.maxExpandedBytes, maxEntries: this.#deps.maxLayerEntries, guard: lease ? () => lease.confirm() : undefined },
       );
       if (began) {
         metrics.inc("skiff_conversions_finished_total");

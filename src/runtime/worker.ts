@@ -29,6 +29,7 @@ export interface WorkerEnv {
   TAG_TTL?: string;
   MAX_LAYER_SIZE?: string;
   MAX_EXPANDED_SIZE?: string;
+  MAX_LAYER_ENTRIES?: string;
   CONVERT_WAIT?: string;
   /** Layer content converted per request before the conversion pauses until the next one. */
   CONVERT_STEP?: string;
@@ -62,6 +63,7 @@ function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: Worke
       fetchFor: () => upstreamFetch,
       maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, "MAX_LAYER_SIZE", 8 * 2 ** 30),
       maxExpandedBytes: sizeVar(env.MAX_EXPANDED_SIZE, "MAX_EXPANDED_SIZE", 64 * 2 ** 30),
+      maxLayerEntries: countVar(env.MAX_LAYER_ENTRIES, "MAX_LAYER_ENTRIES", 1_000_000),
       convertStepBytes: sizeVar(env.CONVERT_STEP, "CONVERT_STEP", DEFAULT_CONVERT_STEP),
       convertWaitSeconds: secondsVar(env.CONVERT_WAIT, "CONVERT_WAIT", 25),
       defaultPlatform: env.PLATFORM,
@@ -97,6 +99,12 @@ function workerConfig(env: WorkerEnv): SkiffConfig {
 function secondsVar(value: string | undefined, name: string, fallback: number): number {
   if (!value) return fallback;
   if (!/^\d{1,7}$/.test(value.trim())) throw new Error(`${name} must be a whole number of seconds, got ${JSON.stringify(value)}`);
+  return Number(value.trim());
+}
+
+function countVar(value: string | undefined, name: string, fallback: number): number {
+  if (!value) return fallback;
+  if (!/^[1-9]\d{0,9}$/.test(value.trim())) throw new Error(`${name} must be a whole number above 0, got ${JSON.stringify(value)}`);
   return Number(value.trim());
 }
 

@@ -527,6 +527,16 @@ describe("limits", () => {
     });
   });
 
+  test("--max-layer-entries 5: a layer with more files is 422 MANIFEST_INVALID, and nothing is published", async () => {
+    await withSkiff(["--max-layer-entries", "5"], async (s) => {
+      const err = ociError(await get(bootstrapUrl(s, "e2e/app", "v1")));
+      expect(err).toMatchObject({ status: 422, code: "MANIFEST_INVALID" });
+      expect(err.message).toMatch(/has more than 5 entries/);
+      expect(convertedPaths(s, app.layers, app.manifest)).toEqual([]);
+      expect(leftovers(s)).toEqual([]);
+    });
+  });
+
   test("--convert-wait 0: 202 + Retry-After while converting, then 200", async () => {
     const big = gzipSync(tarArchive([dir("big"), file("big/random.bin", prng.bytes(60 * 1024 * 1024))]), { level: 1 });
     const pushed = await pushRaw("e2e/big", "v1", [{ bytes: big, mediaType: MT.layerGzip }]);

@@ -138,6 +138,22 @@ describe("conversion in resumable steps", () => {
     expect(converted.bootstrap.chunkCount).toBe(1);
   });
 
+  it("a layer with more entries than the limit is refused and publishes nothing, in one pass or in steps", async () => {
+    const entries = Array.from({ length: 50 }, (_, i) => ({ name: `f${i}`, type: "file" as const, data: new Uint8Array(i) }));
+    const many = source(gzipSync(tarArchive(entries)));
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    for (const stepBytes of [undefined, 256]) {
+      const store = new MemoryStore();
+      const opts = { store, hasher: nodeHasher, params, maxEntries: 49 };
+      const converting = stepBytes === undefined ? convertLayer(many, opts) : convertInSteps(many, opts, stepBytes);
+      await expect(converting).rejects.toThrow(/has more than 49 entries/);
+      await expect(converting).rejects.toBeInstanceOf(LayerFormatError);
+      expect(store.keys()).toEqual([]);
+    }
+    const converted = await convertLayer(many, { store: new MemoryStore(), hasher: nodeHasher, params, maxEntries: 50 });
+    expect(converted.stats?.entries).toBe(50);
+  });
+
   it("a damaged checkpoint is dropped and the conversion starts over to the same result", async () => {
     const params: ConvertParams = { chunkShift: 16, codec: "none" };
     const id = paramsId(params);
