@@ -12,7 +12,7 @@ import { createApp } from "../../src/http/app.ts";
 import { resolveConfig } from "../../src/config/config.ts";
 import { startNodeServer, type RunningServer } from "../../src/runtime/node.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import type { ContentStore } from "../../src/store/store.ts";
+import { StoreFullError, type ContentStore, type Upload } from "../../src/store/store.ts";
 import { bytesOf, chunkedStream, FakeRegistry, json, listen, readBody, sha256, type Listener } from "./fakes.ts";
 
 const TTL_S = 60;
@@ -318,6 +318,66 @@ describe("blobs: fetching, single flight and ranges", () => {
     expect(res.status).toBe(416);
     expect(res.headers.get("content-range")).toBe("bytes */4096");
     expect((await ociError(res)).code).toBe("RANGE_INVALID");
+  });
+});
+
+/** A store whose writes fail with `error()` once `failing` is set; reads work. */
+class FailingStore extends MemoryStore {
+  failing = false;
+  constructor(private readonly error: (key: string) => Error) {
+    super();
+  }
+  override async put(key: string): Promise<Upload> {
+    const upload = await super.put(key);
+    const fail = () => {
+      if (this.failing) throw this.error(key);
+    };
+    return {
+      write: async (chunk) => (fail(), upload.write(chunk)),
+      commit: async () => (fail(), upload.commit()),
+      cancel: () => upload.cancel(),
+    };
+  }
+}
+
+describe("a store that can't take writes", () => {
+  it("full: manifests and a live pull are served uncached; what needs the stored blob gets 507", async () => {
+    const store = new FailingStore((key) => new StoreFullError(key, "ENOSPC"));
+    const t = setup({ store });
+    const data = bytesOf(200_000, 11);
+    const digest = t.upstream.addBlob(["lib/app"], data);
+    t.upstream.addManifest("lib/app", "v1", JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST, layers: [] }));
+    store.failing = true;
+
+    expect((await t.request("/v2/lib/app/manifests/v1")).status).toBe(200);
+    const live = await t.request(`/v2/lib/app/blobs/${digest}`);
+    expect(live.status).toBe(200);
+    const body = await readBody(live.body);
+    expect(body.clean).toBe(true);
+    expect(same(body.bytes, data)).toBe(true);
+
+    const range = await t.request(`/v2/lib/app/blobs/${digest}`, { headers: { Range: "bytes=0-9" } });
+    expect(await ociError(range)).toMatchObject({ status: 507, code: "UNAVAILABLE", message: expect.stringMatching(/^skiff's store is full \(ENOSPC\): could not write blobs\//) });
+    expect(store.keys()).toEqual([]);
+    expect(t.logs.some((l) => l.includes("manifest not cached: skiff's store is full"))).toBe(true);
+
+    store.failing = false;
+    const cached = await t.request(`/v2/lib/app/blobs/${digest}`, { headers: { Range: "bytes=0-9" } });
+    expect(cached.status).toBe(206);
+    expect(t.keys("blobs/")).toHaveLength(1);
+  });
+
+  it("failing otherwise: the live pull is still served, and the others get 500 UNKNOWN, not the upstream's fault", async () => {
+    const store = new FailingStore(() => Object.assign(new Error("EIO: i/o error, write"), { code: "EIO" }));
+    const t = setup({ store });
+    const data = bytesOf(200_000, 12);
+    const digest = t.upstream.addBlob(["lib/app"], data);
+    store.failing = true;
+    const live = await readBody((await t.request(`/v2/lib/app/blobs/${digest}`)).body);
+    expect(live.clean && same(live.bytes, data)).toBe(true);
+    const range = await t.request(`/v2/lib/app/blobs/${digest}`, { headers: { Range: "bytes=0-9" } });
+    expect(await ociError(range)).toMatchObject({ status: 500, code: "UNKNOWN", message: `skiff's store could not write blob ${digest}` });
+    expect(store.keys()).toEqual([]);
   });
 });
 
