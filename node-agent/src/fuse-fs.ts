@@ -48,6 +48,30 @@ class ImageFuse extends Fuse {
     const base = super._fuseOptions();
     return base ? `${base},ro,use_ino` : "-oro,use_ino";
   }
+
+  // fuse-native copies an xattr value (or the name list) into the caller's buffer even when it does
+  // not fit, and reports the full length, which libfuse turns into EIO. A caller whose buffer is too
+  // small must get ERANGE instead, so that it asks again with a bigger one, as getfattr and Python do.
+  protected override _op_getxattr(signal: (result: number, buf: ArrayBufferLike) => void, path: string, name: string, buf: Buffer, position: number): void {
+    this.ops.getxattr!(path, name, position, (code, value) => {
+      if (code !== 0) return signal(code, buf.buffer);
+      if (!value) return signal(-E.ENODATA, buf.buffer);
+      if (buf.length > 0 && value.length > buf.length) return signal(-E.ERANGE, buf.buffer);
+      value.copy(buf);
+      signal(value.length, buf.buffer);
+    });
+  }
+
+  protected override _op_listxattr(signal: (result: number, buf: ArrayBufferLike) => void, path: string, buf: Buffer): void {
+    this.ops.listxattr!(path, (code, names) => {
+      if (code !== 0 || !names) return signal(code || -E.EIO, buf.buffer);
+      const list = Buffer.from(names.map((n) => `${n}\0`).join(""));
+      if (buf.length === 0) return signal(list.length, buf.buffer);
+      if (list.length > buf.length) return signal(-E.ERANGE, buf.buffer);
+      list.copy(buf);
+      signal(list.length, buf.buffer);
+    });
+  }
 }
 
 export async function mountImage(opts: MountOptions): Promise<MountedImage> {

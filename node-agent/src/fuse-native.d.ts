@@ -98,6 +98,14 @@ declare module "fuse-native" {
     unmount(cb: (err: Error | null) => void): void;
     /** The `-o…` argument handed to libfuse (not documented, but the only way to add options). */
     protected _fuseOptions(): string;
+    /** The ops as given. */
+    protected ops: FuseOps;
+    /**
+     * What libfuse calls for getxattr/listxattr: `buf` is the caller's buffer (length 0 asks for the
+     * size), and `signal(result, buf.buffer)` answers with a length or a negative errno.
+     */
+    protected _op_getxattr(signal: (result: number, buf: ArrayBufferLike) => void, path: string, name: string, buf: Buffer, position: number): void;
+    protected _op_listxattr(signal: (result: number, buf: ArrayBufferLike) => void, path: string, buf: Buffer): void;
     static unmount(mountpoint: string, cb: (err: Error | null) => void): void;
   }
 }

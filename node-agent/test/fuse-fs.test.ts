@@ -73,9 +73,13 @@ function buildLayerSource(src: string): void {
   mkdirSync(join(src, "var/mail"), { recursive: true });
   meta(join(src, "var/mail"), 0o2775, 0, 8);
   file("xattr/file", "with xattrs");
+  file("xattr/many", "with a long xattr value and a long list of names");
   if (hasSetfattr) {
     sh("setfattr", ["-n", "user.mime", "-v", "text/plain", join(src, "xattr/file")]);
     sh("setfattr", ["-n", "user.bin", "-v", "0x0001ff", join(src, "xattr/file")]);
+    // Longer than the 128 and 256 bytes a caller may try first.
+    sh("setfattr", ["-n", "user.long", "-v", "v".repeat(1000), join(src, "xattr/many")]);
+    for (let i = 0; i < 12; i++) sh("setfattr", ["-n", `user.a-rather-long-attribute-name-${i}`, "-v", "x", join(src, "xattr/many")]);
   }
   for (const rel of ["etc/dangling", "usr/bin/sh"]) lutimesSync(join(src, rel), T0, T0);
 }
@@ -215,6 +219,13 @@ describe("the FUSE mount of an image", () => {
     expect(dump.stdout).toContain("user.bin=0x0001ff");
     const missing = await execFileAsync("getfattr", ["-n", "user.none", join(mnt, "xattr/file")]).catch((err: { stderr: string }) => err);
     expect((missing as { stderr: string }).stderr).toMatch(/No such attribute/);
+  });
+
+  it.skipIf(!hasSetfattr)("a value or name list larger than the caller's buffer is ERANGE, so the caller retries bigger (not EIO)", async () => {
+    // CPython's os.getxattr and os.listxattr try a small buffer first and retry on ERANGE only.
+    const script = "import os, sys; p = sys.argv[1]; print(len(os.getxattr(p, 'user.long')), len(os.listxattr(p)))";
+    const { stdout } = await execFileAsync("python3", ["-c", script, join(mnt, "xattr/many")]);
+    expect(stdout.trim()).toBe("1000 13");
   });
 
   it("refuses every write with EROFS", async () => {
