@@ -23,6 +23,7 @@ import { createConnection } from "node:net";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { containerdConfig } from "./containerd-config.mjs";
 
 /** Where Debian's golang-*-dev packages put Go sources (a GOPATH tree). */
 const GOCODE = "/usr/share/gocode/src";
@@ -158,7 +159,6 @@ export async function startContainerd(workDir, { stargzBinary, ns: defaultNs = "
   const address = join(dir, "containerd.sock");
   const stargzSocket = join(dir, "stargz.sock");
   const children = [];
-  const q = JSON.stringify;
 
   const stop = async () => {
     // Image mounts first (their overlays sit on the snapshotters' directories), then the daemons:
@@ -180,33 +180,7 @@ export async function startContainerd(workDir, { stargzBinary, ns: defaultNs = "
         return existsSync(stargzSocket) && (await canConnect(stargzSocket));
       });
     }
-    const config = [
-      "version = 2",
-      `root = ${q(join(dir, "root"))}`,
-      `state = ${q(join(dir, "state"))}`,
-      "disabled_plugins = [",
-      '  "io.containerd.grpc.v1.cri",',
-      '  "io.containerd.snapshotter.v1.btrfs",',
-      '  "io.containerd.snapshotter.v1.zfs",',
-      '  "io.containerd.snapshotter.v1.devmapper",',
-      '  "io.containerd.snapshotter.v1.aufs",',
-      '  "io.containerd.tracing.processor.v1.otlp",',
-      '  "io.containerd.internal.v1.tracing",',
-      "]",
-      "[grpc]",
-      `  address = ${q(address)}`,
-      "[ttrpc]",
-      `  address = ${q(`${address}.ttrpc`)}`,
-      "[debug]",
-      '  address = ""',
-      '  level = "info"',
-      "[metrics]",
-      '  address = ""',
-      '[plugins."io.containerd.internal.v1.opt"]',
-      `  path = ${q(join(dir, "opt"))}`,
-      ...(stargzBinary ? ["[proxy_plugins.stargz]", '  type = "snapshot"', `  address = ${q(stargzSocket)}`] : []),
-      "",
-    ].join("\n");
+    const config = containerdConfig({ dir, address, snapshotters: stargzBinary ? { stargz: stargzSocket } : {} });
     writeFileSync(join(dir, "config.toml"), config);
     const log = openSync(join(dir, "containerd.log"), "a");
     const daemon = spawn("containerd", ["--config", join(dir, "config.toml")], { stdio: ["ignore", log, log] });

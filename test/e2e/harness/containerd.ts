@@ -3,6 +3,7 @@
 import { mkdirSync, openSync, closeSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
+import { containerdConfig } from "../../../bench/containerd-config.mjs";
 import { tempDir, unmountAllUnder } from "./workdir.ts";
 import { hasExited, run, runOk, spawnService, stopChild, waitFor, type RunResult } from "./processes.ts";
 
@@ -57,46 +58,11 @@ export class Containerd {
     return c;
   }
 
-  private config(): string {
-    const q = (s: string) => JSON.stringify(s);
-    return [
-      "version = 2",
-      `root = ${q(this.root)}`,
-      `state = ${q(this.state)}`,
-      "disabled_plugins = [",
-      '  "io.containerd.grpc.v1.cri",',
-      '  "io.containerd.snapshotter.v1.btrfs",',
-      '  "io.containerd.snapshotter.v1.zfs",',
-      '  "io.containerd.snapshotter.v1.devmapper",',
-      '  "io.containerd.snapshotter.v1.aufs",',
-      '  "io.containerd.tracing.processor.v1.otlp",',
-      '  "io.containerd.internal.v1.tracing",',
-      "]",
-      "",
-      "[grpc]",
-      `  address = ${q(this.address)}`,
-      "",
-      "[ttrpc]",
-      `  address = ${q(`${this.address}.ttrpc`)}`,
-      "",
-      "[debug]",
-      '  address = ""',
-      '  level = "info"',
-      "",
-      "[metrics]",
-      '  address = ""',
-      "",
-      '[plugins."io.containerd.internal.v1.opt"]',
-      `  path = ${q(join(this.dir, "opt"))}`,
-      "",
-    ].join("\n");
-  }
-
   private async launch(): Promise<void> {
     mkdirSync(this.root, { recursive: true });
     mkdirSync(this.state, { recursive: true });
     const cfg = join(this.dir, "config.toml");
-    writeFileSync(cfg, this.config());
+    writeFileSync(cfg, containerdConfig({ dir: this.dir, address: this.address }));
     const log = openSync(this.logPath, "a");
     try {
       this.child = spawnService("containerd", ["--config", cfg], { stdio: ["ignore", log, log] });
