@@ -44,12 +44,29 @@ const DEFAULT_CONVERT_STEP = 512 * 2 ** 20;
 let built: { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } | undefined;
 
 export default {
-  fetch(request: Request, env: WorkerEnv, ctx: ExecutionContext): Response | Promise<Response> {
+  async fetch(request: Request, env: WorkerEnv, ctx: ExecutionContext): Promise<Response> {
     if (built?.env !== env) built = build(env);
     if ("error" in built) return errorResponse(new OciError("UNKNOWN", `skiff is misconfigured: ${built.error}`), request.method);
-    return built.app.app.fetch(request, env, ctx);
+    return withFixedLength(await built.app.app.fetch(request, env, ctx));
   },
 };
+
+/** workerd's stream of a known length: it sends Content-Length, and a body that ends short is an error. */
+declare const FixedLengthStream: new (length: number) => TransformStream<Uint8Array, Uint8Array>;
+
+/**
+ * workerd sends a streamed body chunked, dropping the Content-Length the app set, and ends it cleanly
+ * even when the stream fails: a blob cut off upstream (a live pull) would reach the client as a
+ * complete answer (found by test/e2e/worker-upstream-kill.test.ts). Through a FixedLengthStream the
+ * length goes out and a body cut short breaks the connection, as on Node and Deno.
+ */
+function withFixedLength(res: Response): Response {
+  const length = Number(res.headers.get("content-length") ?? NaN);
+  if (res.body === null || !Number.isSafeInteger(length)) return res;
+  const fixed = new FixedLengthStream(length);
+  res.body.pipeTo(fixed.writable).catch(() => {}); // a failed body errors the readable side as well
+  return new Response(fixed.readable, res);
+}
 
 function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } {
   try {

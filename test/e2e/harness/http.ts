@@ -38,6 +38,25 @@ export async function transfer(url: string, init: RequestInit = {}, timeoutMs = 
   return { status: res.status, headers: res.headers, body, contentLength, error, complete };
 }
 
+/**
+ * The error codes of an OCI error answer (`{"errors":[{"code","message"}]}`, each with a message);
+ * throws, quoting the body, when the answer is not one.
+ */
+export function ociErrorCodes(t: Transfer): string[] {
+  const text = t.body.toString("utf8");
+  let doc: { errors?: { code?: unknown; message?: unknown }[] };
+  try {
+    doc = JSON.parse(text) as typeof doc;
+  } catch {
+    throw new Error(`status ${t.status} with a body that is not an OCI error: ${text.slice(0, 300)}`);
+  }
+  const errors = doc.errors ?? [];
+  if (errors.length === 0 || errors.some((e) => typeof e.code !== "string" || typeof e.message !== "string" || e.message === "")) {
+    throw new Error(`status ${t.status} with a malformed OCI error: ${text.slice(0, 300)}`);
+  }
+  return errors.map((e) => e.code as string);
+}
+
 export interface BytePart {
   headers: Record<string, string>;
   start: number;
