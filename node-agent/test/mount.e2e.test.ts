@@ -154,6 +154,31 @@ describe("skiff mount", () => {
     }
   });
 
+  test("with its chunk cache on a full disk every file still reads exactly, and no half-written chunk is left", async () => {
+    // A 512 KiB tmpfs: the 1 MiB chunks of this image can't be kept, small ones only until it fills.
+    const disk = tempDir("cache-disk");
+    const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=512k", "tmpfs", disk], { encoding: "utf8" });
+    expect(mounted.status, mounted.stderr).toBe(0);
+    try {
+      const { agent, mountpoint } = await mount(["--cache", disk]);
+      try {
+        expect(diffTrees(snapshot(oracle), snapshot(mountpoint))).toEqual([]);
+        expect(agent.exitCode).toBeNull();
+      } finally {
+        await stop(agent);
+      }
+      // Whatever is in the cache is a whole chunk under its own digest, and no temporary is left.
+      const left = (await readdir(disk, { recursive: true, withFileTypes: true })).filter((e) => e.isFile());
+      expect(left.length).toBeGreaterThan(0);
+      for (const e of left) {
+        const bytes = await readFile(join(e.parentPath, e.name));
+        expect(toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))), e.name).toBe(e.name);
+      }
+    } finally {
+      spawnSync("umount", ["-l", disk]);
+    }
+  });
+
   test("reading one small file fetches the bootstrap and exactly that file's chunk", async () => {
     const stats = join(tempDir("stats"), "stats.json");
     const before = await lazyCounters();
