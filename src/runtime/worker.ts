@@ -62,7 +62,8 @@ declare const FixedLengthStream: new (length: number) => TransformStream<Uint8Ar
  */
 function withFixedLength(res: Response): Response {
   const length = Number(res.headers.get("content-length") ?? NaN);
-  if (res.body === null || !Number.isSafeInteger(length)) return res;
+  // Outside workerd (the entry called from Node, as the unit tests do) there is none, and no need.
+  if (res.body === null || !Number.isSafeInteger(length) || typeof FixedLengthStream === "undefined") return res;
   const fixed = new FixedLengthStream(length);
   res.body.pipeTo(fixed.writable).catch(() => {}); // a failed body errors the readable side as well
   return new Response(fixed.readable, res);
