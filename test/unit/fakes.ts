@@ -2,6 +2,11 @@
 // a tiny node:http listener on loopback that counts connections, and body readers that report
 // (rather than hide) a stream that errors or ends short.
 import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { resolveConfig } from "../../src/config/config.ts";
+import { startNodeServer, type RunningServer } from "../../src/runtime/node.ts";
 import { concatBytes as concat } from "../../src/util/streams.ts";
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -225,6 +230,29 @@ export function serveFakeRegistry(registry: FakeRegistry): Promise<Listener> {
     res.writeHead(answer.status, Object.fromEntries(answer.headers));
     res.end(Buffer.from(await answer.arrayBuffer()));
   });
+}
+
+/**
+ * The Node entry over a temp store, in front of a FakeRegistry on loopback (upstream `up`) that holds
+ * `blob` in team/app: the server, the blob's URL through it, and a close() that stops and removes all
+ * of it. `access` is the config's access section, when the test needs one.
+ */
+export async function nodeSkiffWithBlob(blob: Uint8Array<ArrayBuffer>, access?: object): Promise<{ server: RunningServer; url: string; close(): Promise<void> }> {
+  const upstream = new FakeRegistry();
+  const digest = upstream.addBlob(["team/app"], blob);
+  const up = await serveFakeRegistry(upstream);
+  const dataDir = await mkdtemp(join(tmpdir(), "skiff-node-"));
+  const config = resolveConfig({ upstreams: { up: { url: up.url } }, ...(access ? { access } : {}) }, {});
+  const skiff = await startNodeServer({ config, host: "127.0.0.1", port: 0, dataDir });
+  return {
+    server: skiff,
+    url: `${skiff.url}/v2/up/team/app/blobs/${digest}`,
+    close: async () => {
+      await skiff.close();
+      await up.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
 }
 
 /** One GET with header fields exactly as given (repeats kept, Node's own checks bypassed), on its own connection. */

@@ -1,28 +1,17 @@
 // Hostile requests against the Node entry (issue 10, hostile input): oversized and repeated header
 // fields, hundreds of ranges, ranges built to multiply the answer. Each is answered at about the cost
 // of an honest request, with a clear status, and the server goes on serving.
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { resolveConfig } from "../../src/config/config.ts";
-import { startNodeServer } from "../../src/runtime/node.ts";
-import { bytesOf, FakeRegistry, rawGet, serveFakeRegistry } from "./fakes.ts";
+import { bytesOf, nodeSkiffWithBlob, rawGet } from "./fakes.ts";
 
 const BLOB = bytesOf(100_000, 5);
 let url: string;
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 
 beforeAll(async () => {
-  const upstream = new FakeRegistry();
-  const digest = upstream.addBlob(["team/app"], BLOB);
-  const up = await serveFakeRegistry(upstream);
-  cleanups.push(() => up.close());
-  const dataDir = await mkdtemp(join(tmpdir(), "skiff-hostile-"));
-  cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
-  const skiff = await startNodeServer({ config: resolveConfig({ upstreams: { up: { url: up.url } } }, {}), host: "127.0.0.1", port: 0, dataDir });
+  const skiff = await nodeSkiffWithBlob(BLOB);
   cleanups.push(() => skiff.close());
-  url = `${skiff.url}/v2/up/team/app/blobs/${digest}`;
+  url = skiff.url;
   expect((await rawGet(url, [])).status).toBe(200); // cached from here on
 });
 

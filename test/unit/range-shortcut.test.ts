@@ -9,10 +9,9 @@ import { resolveConfig } from "../../src/config/config.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
 import type { PlainAnswer } from "../../src/http/range-shortcut.ts";
-import { startNodeServer } from "../../src/runtime/node.ts";
 import { FsStore } from "../../src/store/fs.ts";
 import { BufferPool } from "../../src/util/buffer-pool.ts";
-import { bytesOf, FakeRegistry, rawGet, serveFakeRegistry } from "./fakes.ts";
+import { bytesOf, FakeRegistry, nodeSkiffWithBlob, rawGet } from "./fakes.ts";
 
 const TOKEN_SECRET = "0123456789abcdef0123456789abcdef";
 const basic = (username: string, password: string) => `Basic ${Buffer.from(`${username}:${password}`).toString("base64")}`;
@@ -148,17 +147,9 @@ describe("the Node entry with the shortcut", () => {
   /** A raw HTTP/1.1 exchange, so that repeated fields reach the server as sent. */
   it("writes the shortcut's answers on the wire as the app's, and leaves a repeated Authorization to the app", async () => {
     const blob = bytesOf(200_000, 9);
-    const upstream = new FakeRegistry();
-    const digest = upstream.addBlob(["team/app"], blob);
-    const up = await serveFakeRegistry(upstream);
-    cleanups.push(() => up.close());
-    const dataDir = await mkdtemp(join(tmpdir(), "skiff-shortcut-"));
-    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const access = { mode: "credentials", users: [{ username: "alice", password: "alice-pass", repositories: ["up/*"] }], tokenSecret: TOKEN_SECRET };
-    const config = resolveConfig({ upstreams: { up: { url: up.url } }, access }, {});
-    const skiff = await startNodeServer({ config, host: "127.0.0.1", port: 0, dataDir });
-    cleanups.push(() => skiff.close());
-    const url = `${skiff.url}/v2/up/team/app/blobs/${digest}`;
+    const { server: skiff, url, close } = await nodeSkiffWithBlob(blob, access);
+    cleanups.push(close);
     const alice = basic("alice", "alice-pass");
 
     const whole = await rawGet(url, ["Authorization", alice]);
