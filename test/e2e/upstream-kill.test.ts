@@ -1,10 +1,9 @@
-// The upstream killed mid-transfer, 100 rounds on the Node entry and 20 on Deno's: the real Distribution registry behind a 40 Mbit/s link
-// (bench/link-relay.mjs) is `kill -9`ed at a random moment while skiff streams a layer blob to a client,
-// then again while skiff fetches the layers of an image it converts for a bootstrap. The relay drops
-// its connections at the same moment: otherwise the kernel would still deliver the megabytes the dead
-// process had already written to its socket, which a crashed host would lose. Each round starts a
-// fresh skiff on an empty store, so every round is a cold miss. (worker-upstream-kill.test.ts does
-// the same under workerd.)
+// The upstream killed mid-transfer, 100 rounds on the Node entry and 20 on Deno's: the real
+// Distribution registry behind a 40 Mbit/s link (bench/link-relay.mjs) is `kill -9`ed at a random
+// moment while skiff streams a layer blob to a client, then again while skiff fetches the layers of an
+// image it converts for a bootstrap. The relay drops its connections at the same moment, so the dead
+// process's unsent bytes die with it (Registry.kill). Each round starts a fresh skiff on an empty
+// store, so every round is a cold miss. (worker-upstream-kill.test.ts does the same under workerd.)
 //
 // After each kill, with the registry still down: a cut answer is never a clean one, what skiff stored
 // is complete and correct (every blob hashes to its name, every converted file equals a clean
@@ -42,11 +41,6 @@ let reference: { bootstrap: Buffer; converted: Map<string, string> };
 const upstreamUrl = () => `http://127.0.0.1:${relay.port}`;
 const blobUrl = (s: Skiff) => `${s.url}/v2/${PULL_REPO}/blobs/${blob.digest}`;
 const bootstrapUrl = (s: Skiff) => `${s.url}/v2/${CONVERT_REPO}/_skiff/bootstrap/v1`;
-/** The registry dies, and with it whatever it had sent that has not yet reached skiff. */
-async function crashUpstream(): Promise<void> {
-  await registry.kill();
-  relay.cut();
-}
 
 /** A 5xx OCI error that puts the fault on the upstream (UNAVAILABLE), never "internal error". */
 function expectOciError(t: Transfer, what: string): void {
@@ -103,7 +97,7 @@ describe.each(RUNS)("the upstream killed mid-transfer ($runtime)", ({ runtime, r
         const what = `round ${round}, blob`;
         const pulling = transfer(blobUrl(s), {}, 30_000);
         await sleep(prng.int(400));
-        await crashUpstream();
+        await registry.kill(relay);
         const pulled = await pulling;
         const whole = pulled.status === 200 && pulled.complete;
         if (whole) {
@@ -136,7 +130,7 @@ describe.each(RUNS)("the upstream killed mid-transfer ($runtime)", ({ runtime, r
         const before = await s.metric("skiff_upstream_bytes_total");
         const converting = transfer(bootstrapUrl(s), {}, 30_000);
         await sleep(prng.int(450));
-        await crashUpstream();
+        await registry.kill(relay);
         const converted = await converting;
         const served = converted.status === 200;
         if (served) {

@@ -33,11 +33,6 @@ function expectUpstreamError(t: Transfer, what: string): void {
   expect(ociErrorCodes(t), what).toEqual(["UNAVAILABLE"]);
 }
 
-async function crashUpstream(): Promise<void> {
-  await registry.kill();
-  relay.cut();
-}
-
 /** The bootstrap once the conversion is done: a Worker answers 202 while its steps go on. */
 async function bootstrapOf(i: number): Promise<Transfer> {
   let t = await transfer(`${worker.url}${bootstrapPath(i)}`, {}, 60_000);
@@ -94,7 +89,7 @@ describe("the upstream killed under the Worker", () => {
         const what = `round ${i}, blob`;
         const pulling = transfer(blobUrl(i), {}, 60_000);
         await sleep(prng.int(1200));
-        await crashUpstream();
+        await registry.kill(relay);
         const pulled = await pulling;
         const whole = pulled.status === 200 && pulled.complete;
         if (whole) {
@@ -119,7 +114,7 @@ describe("the upstream killed under the Worker", () => {
         const before = await upstreamBytes();
         const converting = transfer(`${worker.url}${bootstrapPath(i)}`, {}, 60_000);
         await sleep(prng.int(300));
-        await crashUpstream();
+        await registry.kill(relay);
         const converted = await converting;
         if (converted.status === 200) {
           expect(converted.body.equals(bootstrap), `${whatConvert}: the bootstrap`).toBe(true);

@@ -5,6 +5,7 @@ import { closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { Agent, fetch as undiciFetch } from "undici";
+import type { LinkRelay } from "../../../bench/link-relay.mjs";
 import { tempDir } from "./workdir.ts";
 import { freePort, hasExited, spawnService, stopChild, waitFor } from "./processes.ts";
 
@@ -199,15 +200,20 @@ export class Registry {
     this.child = undefined;
   }
 
-  /** `kill -9` the registry, as a crash would: open connections are cut mid-answer. */
-  async kill(): Promise<void> {
+  /**
+   * `kill -9` the registry, as a crash would. The kernel still delivers what the dead process had
+   * written to its sockets (megabytes on loopback), which a crashed host would lose: with the link
+   * relay the registry is reached through, those bytes are dropped at the same instant.
+   */
+  async kill(link?: LinkRelay): Promise<void> {
     const child = this.child;
-    if (child === undefined) return;
     this.child = undefined;
-    if (hasExited(child)) return;
-    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-    child.kill("SIGKILL");
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000).unref())]);
+    if (child !== undefined && !hasExited(child)) {
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      child.kill("SIGKILL");
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000).unref())]);
+    }
+    link?.cut();
   }
 
   /** Access-log lines so far (parsed; unparsable lines are dropped). */
