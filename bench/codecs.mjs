@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import zlib from "node:zlib";
 import { sha256 as nobleSha256 } from "@noble/hashes/sha2.js";
 import { deflateSync, Gunzip, inflateSync } from "fflate";
-import { decodeChunk, DEFLATE_LEVEL, encodeChunk } from "../dist/src/convert/codec.js";
+import { decodeChunk, DEFLATE_LEVEL, encodeChunk } from "../dist/src/format/codec.js";
 import { zlibInflateRaw } from "../dist/node-agent/src/zlib-inflate.js";
 import { decompressLayer, setGunzipFactory } from "../dist/src/convert/decompress.js";
 import { median, replaceSection } from "./report.mjs";

@@ -17,8 +17,8 @@ const { MemoryStore } = await dist("store/memory.js");
 const { nodeHasher } = await dist("hash/node.js");
 const { useNodeGunzip } = await dist("runtime/node-gunzip.js");
 const { parseDigest } = await dist("oci/reference.js");
-const { layerDataKey, layerBootstrapKey } = await dist("cache/keys.js");
-const { paramsId } = await dist("convert/params.js");
+const { layerDataKey, layerBootstrapKey } = await dist("store/keys.js");
+const { paramsId } = await dist("format/params.js");
 const { getBytes } = await dist("store/store.js");
 useNodeGunzip();
 

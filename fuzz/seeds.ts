@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { convertLayer } from "../src/convert/layer.ts";
-import { DEFAULT_PARAMS } from "../src/convert/params.ts";
+import { DEFAULT_PARAMS } from "../src/format/params.ts";
 import { nodeHasher } from "../src/hash/node.ts";
 import { parseDigest } from "../src/oci/reference.ts";
 import { MemoryStore } from "../src/store/memory.ts";

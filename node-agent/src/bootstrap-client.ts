@@ -1,8 +1,8 @@
 // Gets an image's bootstrap from the proxy's lazy API: waits out `202 converting` (bounded by the
 // timeout), checks the body against `Docker-Content-Digest`, and decodes it. The manifest digest it
 // returns is what a mount pins: the bootstrap in hand stays the mount's tree even if the tag moves.
-import { parseParamsId } from "../../src/convert/params.ts";
-import { codecFromId } from "../../src/convert/codec.ts";
+import { parseParamsId } from "../../src/format/params.ts";
+import { codecFromId } from "../../src/format/codec.ts";
 import { Bootstrap } from "../../src/format/decode.ts";
 import { concatBytes } from "../../src/util/streams.ts";
 import { message, type FetchLike } from "./range-request.ts";

@@ -1,8 +1,8 @@
 // Fetches chunks from the proxy's lazy API: missing chunks are grouped into merged Range requests
 // on each layer's data blob, every chunk is decoded and checked against its sha256 before anyone
 // sees it, concurrent requests for one chunk share one fetch, and nothing outlives the timeout.
-import { decodeChunk } from "../../src/convert/codec.ts";
-import { parseParamsId } from "../../src/convert/params.ts";
+import { decodeChunk } from "../../src/format/codec.ts";
+import { parseParamsId } from "../../src/format/params.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
 import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
 import { fetchRange, message, TransientError, type FetchLike } from "./range-request.ts";

@@ -3,7 +3,7 @@
 // already on disk; the lazy reader is the one that fetches from a proxy.
 import { openConverted } from "../../src/cli/converted.ts";
 import { readVerifiedChunk, storeReadStored, type ReadStored } from "../../src/cli/stored-chunks.ts";
-import { codecFromId, type ChunkCodec } from "../../src/convert/codec.ts";
+import { codecFromId, type ChunkCodec } from "../../src/format/codec.ts";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import type { FileReader } from "./file-reader.ts";
 import { RecentChunks } from "./recent-chunks.ts";

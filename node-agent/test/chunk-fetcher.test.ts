@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
-import { encodeChunk } from "../../src/convert/codec.ts";
+import { encodeChunk } from "../../src/format/codec.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
 import { ChunkFetcher, type WantedChunk } from "../src/chunk-fetcher.ts";
 

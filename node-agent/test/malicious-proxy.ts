@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { encodeChunk, type ChunkCodec } from "../../src/convert/codec.ts";
+import { encodeChunk, type ChunkCodec } from "../../src/format/codec.ts";
 import { Bootstrap } from "../../src/format/decode.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import * as L from "../../src/format/layout.ts";

@@ -2,15 +2,15 @@
 // client's own credentials (or none) the way a client would ask: `GET /v2/NAME/tags/list?n=1`,
 // following the upstream's token flow. Answers are kept for a short while per (credentials,
 // repository); only a digest of the credentials is kept, and concurrent askers share one check.
+import type { UpstreamRoute } from "../config/config.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
-import { OciError } from "../http/errors.ts";
+import { OciError } from "../oci/errors.ts";
 import type { Credentials, Upstream } from "../oci/upstream.ts";
-import type { Route } from "../oci/upstreams.ts";
 
 export interface PassthroughDeps {
   hasher: HasherFactory;
   /** A client for the route's upstream that logs in with `credentials` (anonymous when absent). */
-  clientFor: (route: Route, credentials: Credentials | undefined) => Upstream;
+  clientFor: (route: UpstreamRoute, credentials: Credentials | undefined) => Upstream;
   ttlMs: number;
   now: () => number;
 }
@@ -27,7 +27,7 @@ export class PassthroughChecker {
   }
 
   /** True when the upstream lets these credentials pull the route's repository. */
-  async allowed(route: Route, authorization: string, credentials: Credentials | undefined): Promise<boolean> {
+  async allowed(route: UpstreamRoute, authorization: string, credentials: Credentials | undefined): Promise<boolean> {
     const key = `${hashBytes(this.#deps.hasher, "sha256", new TextEncoder().encode(authorization))}\n${route.repository}`;
     const known = this.#decisions.get(key);
     if (known && known.until > this.#deps.now()) return known.allowed;
@@ -44,7 +44,7 @@ export class PassthroughChecker {
     return pending;
   }
 
-  async #check(route: Route, credentials: Credentials | undefined): Promise<boolean> {
+  async #check(route: UpstreamRoute, credentials: Credentials | undefined): Promise<boolean> {
     let res: Response;
     try {
       res = await this.#deps.clientFor(route, credentials).request(route.name, "tags/list", { query: "n=1" });

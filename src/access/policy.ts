@@ -1,12 +1,11 @@
 // Who may pull what (docs/configuration.md#access-control). Every registry and lazy route asks
 // `authorize` before it looks at any cache, so a private repository's content is only ever served to
 // a client allowed to pull that repository, however it names the content.
-import type { AccessConfig, Principal } from "../config/config.ts";
+import type { AccessConfig, Principal, UpstreamRoute } from "../config/config.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
-import { OciError } from "../http/errors.ts";
-import type { Metrics } from "../http/metrics.ts";
+import { OciError } from "../oci/errors.ts";
+import type { Metrics } from "../util/metrics.ts";
 import type { Credentials, Upstream } from "../oci/upstream.ts";
-import type { Route } from "../oci/upstreams.ts";
 import { parseAuthorization, secretsEqual, type ClientCredentials } from "./authorization.ts";
 import { PassthroughChecker } from "./passthrough.ts";
 import { TokenSigner } from "./tokens.ts";
@@ -19,7 +18,7 @@ export interface Grant {
 export interface AccessDeps {
   hasher: HasherFactory;
   metrics: Metrics;
-  clientFor: (route: Route, credentials: Credentials | undefined) => Upstream;
+  clientFor: (route: UpstreamRoute, credentials: Credentials | undefined) => Upstream;
   now?: () => number;
 }
 
@@ -49,7 +48,7 @@ export class AccessPolicy {
   }
 
   /** May this request pull from the route's repository? Throws the OCI error to answer otherwise. */
-  async authorize(request: RequestHead, route: Route): Promise<Grant> {
+  async authorize(request: RequestHead, route: UpstreamRoute): Promise<Grant> {
     try {
       const grant = await this.decide(request, route);
       this.record();
@@ -65,7 +64,7 @@ export class AccessPolicy {
    * `decide` counts nothing, and `record` counts the decision once it is answered: no argument for
    * a grant, else what `decide` threw.
    */
-  async decide(request: RequestHead, route: Route): Promise<Grant> {
+  async decide(request: RequestHead, route: UpstreamRoute): Promise<Grant> {
     const { mode } = this.config;
     if (mode === "open") return { shareable: true };
     const header = request.headers.get("authorization");
@@ -130,7 +129,7 @@ export class AccessPolicy {
   }
 
   /** A 401 that sends the client to the token endpoint (clients drop an expired token on `invalid_token`). */
-  #challenge(request: RequestHead, route: Route | undefined, invalid: boolean): OciError {
+  #challenge(request: RequestHead, route: UpstreamRoute | undefined, invalid: boolean): OciError {
     const realm = this.config.realm ?? `${new URL(request.url).origin}${TOKEN_PATH}`;
     const scope = route ? `,scope="repository:${route.repository}:pull"` : "";
     const error = invalid ? `,error="invalid_token"` : "";

@@ -2,7 +2,7 @@
 // realm: a user's Basic credentials (GET) or an OAuth2 password grant (POST, as containerd sends
 // first) buy a short-lived bearer token. Scopes are not written into the token: what a user may
 // pull is decided at each request.
-import { OciError } from "../http/errors.ts";
+import { OciError } from "../oci/errors.ts";
 import type { AccessPolicy } from "./policy.ts";
 import { parseAuthorization } from "./authorization.ts";
 import { readAll } from "../util/streams.ts";

@@ -4,13 +4,13 @@
 // passes; on a mismatch its response is aborted so it sees an error, never a clean end. When the
 // store can't take the blob (a full disk), that client is still served, verified, and nothing is kept.
 import type { HasherFactory } from "../hash/hasher.ts";
-import { OciError } from "../http/errors.ts";
-import type { Metrics } from "../http/metrics.ts";
+import { OciError } from "../oci/errors.ts";
+import type { Metrics } from "../util/metrics.ts";
 import type { Digest } from "../oci/reference.ts";
 import type { RegistryClient } from "../oci/upstreams.ts";
 import { StoreFullError, type ContentStore, type Upload } from "../store/store.ts";
-import { blobKey, blobLinkKey } from "./keys.ts";
-import { upstreamError } from "./upstream-errors.ts";
+import { blobKey, blobLinkKey } from "../store/keys.ts";
+import { upstreamError } from "../oci/upstream-errors.ts";
 import { coalesce } from "../util/streams.ts";
 
 export interface BlobInfo {

@@ -3,15 +3,15 @@
 // is served only when the upstream is unreachable, failing (5xx) or rate limited, never over a 401 or 404.
 // A full store only stops caching: the manifest in hand is verified and served all the same.
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
-import { OciError } from "../http/errors.ts";
-import type { Metrics } from "../http/metrics.ts";
+import { OciError } from "../oci/errors.ts";
+import type { Metrics } from "../util/metrics.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { UpstreamUnreachable } from "../oci/upstream.ts";
 import type { RegistryClient } from "../oci/upstreams.ts";
 import { getBytes, getJson, putBytes, putJson, StoreFullError, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
-import { manifestKey, manifestLinkKey, manifestMetaKey, tagKey } from "./keys.ts";
-import { upstreamError } from "./upstream-errors.ts";
+import { manifestKey, manifestLinkKey, manifestMetaKey, tagKey } from "../store/keys.ts";
+import { upstreamError } from "../oci/upstream-errors.ts";
 
 // Distribution refuses manifests above 4 MiB; so do we, before reading more.
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;

@@ -4,8 +4,8 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 import { InputError, parseProxyReference } from "./converted.ts";
-import { CHUNK_CODECS } from "../convert/codec.ts";
-import { parseChunkSize } from "../convert/params.ts";
+import { CHUNK_CODECS } from "../format/codec.ts";
+import { parseChunkSize } from "../format/params.ts";
 
 export const mountHelp = `Usage: skiff mount <proxy-url>/<name>[:TAG|@DIGEST] <mountpoint> [options]
 

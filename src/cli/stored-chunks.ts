@@ -2,7 +2,7 @@
 // the bootstrap records before anyone gets its bytes. Shared by `skiff extract` (materialize) and the
 // node agent's LocalReader, so both trust exactly the same bytes.
 import { createHash } from "node:crypto";
-import { decodeChunk, type ChunkCodec } from "../convert/codec.ts";
+import { decodeChunk, type ChunkCodec } from "../format/codec.ts";
 import type { ChunkRecord } from "../format/model.ts";
 import { toHex } from "../hash/hasher.ts";
 import type { FsStore } from "../store/fs.ts";

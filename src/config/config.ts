@@ -3,12 +3,16 @@
 // document field by field, reads the secrets it points at, applies the environment overrides and
 // returns plain values; every mistake is one ConfigError naming the field, never a secret's value.
 import type { Credentials } from "../oci/upstream.ts";
+import type { Route } from "../oci/upstreams.ts";
 import { isRepositoryComponent } from "../oci/reference.ts";
 import { PRESETS } from "./presets.ts";
-import { compileRepositoryPattern } from "../access/patterns.ts";
+import { compileRepositoryPattern } from "./patterns.ts";
 
 export type AccessMode = "open" | "credentials" | "passthrough";
 export const ACCESS_MODES: readonly AccessMode[] = ["open", "credentials", "passthrough"];
+
+/** A client's repository routed to one of the configured upstreams. */
+export type UpstreamRoute = Route<UpstreamConfig>;
 
 export interface UpstreamConfig {
   /** The name component clients put before a repository name, and the first segment of its id. */

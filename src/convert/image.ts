@@ -1,6 +1,6 @@
 // Converts an image: resolve the platform's manifest, convert each layer (or reuse its stored
 // conversion), merge the layer bootstraps and publish the image bootstrap last.
-import { imageBootstrapKey } from "../cache/keys.ts";
+import { imageBootstrapKey } from "../store/keys.ts";
 import { encodeBootstrap } from "../format/encode.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
@@ -10,7 +10,7 @@ import { readAll } from "../util/streams.ts";
 import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
 import type { SkippedEntry } from "./layer-tree.ts";
 import { mergeLayers } from "./merge.ts";
-import { paramsId, type ConvertParams } from "./params.ts";
+import { paramsId, type ConvertParams } from "../format/params.ts";
 
 export interface FetchedManifest {
   digest: Digest;

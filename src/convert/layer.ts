@@ -8,7 +8,7 @@
 // a chunk boundary once its budget is spent, leaving a checkpoint (./checkpoint.ts) and the data it
 // wrote as a segment; the next replays the layer to that point and goes on; the last joins the
 // segments into the data blob. The result is the same bytes as one pass.
-import { layerBootstrapKey, layerCheckpointKey, layerDataKey, layerSegmentKey } from "../cache/keys.ts";
+import { layerBootstrapKey, layerCheckpointKey, layerDataKey, layerSegmentKey } from "../store/keys.ts";
 import { encodeBootstrap } from "../format/encode.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { BootstrapModel, ChunkRecord } from "../format/model.ts";
@@ -16,10 +16,10 @@ import { fromHex, toHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from "./checkpoint.ts";
-import { codecId, encodeChunk } from "./codec.ts";
+import { codecId, encodeChunk } from "../format/codec.ts";
 import { compressionForMediaType, decompressLayer, LayerFormatError } from "./decompress.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
-import { paramsId, type ConvertParams } from "./params.ts";
+import { paramsId, type ConvertParams } from "../format/params.ts";
 import { readTar, TarError } from "./tar.ts";
 
 export interface LayerSource {

@@ -51,7 +51,7 @@ export interface ChunkRecord {
 
 export interface BootstrapModel {
   kind: "layer" | "image";
-  /** Chunk codec id (see src/convert/codec.ts). */
+  /** Chunk codec id (see codec.ts). */
   codec: number;
   chunkShift: number;
   /** `os/arch[/variant]` for image bootstraps, "" for layers. */

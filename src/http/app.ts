@@ -13,9 +13,10 @@ import { LayerIndex } from "../lazy/layer-index.ts";
 import { Upstream, UpstreamUnreachable, type Credentials } from "../oci/upstream.ts";
 import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
-import { errorResponse, OciError, toOciError } from "./errors.ts";
+import { errorResponse, toOciError } from "./errors.ts";
+import { OciError } from "../oci/errors.ts";
 import { lazyHandler } from "./lazy.ts";
-import { createMetrics, type Metrics } from "./metrics.ts";
+import { createMetrics, type Metrics } from "../util/metrics.ts";
 import { rangeShortcut, type RangeShortcut } from "./range-shortcut.ts";
 import { apiVersionResponse, registryRoutes } from "./registry.ts";
 
@@ -49,7 +50,7 @@ export interface SkiffApp {
   /** Answers a cached blob's single ranges as `app` would, for an entry that can write plain answers. */
   shortcut: RangeShortcut;
   metrics: Metrics;
-  upstreams: Upstreams;
+  upstreams: Upstreams<UpstreamConfig>;
 }
 
 export function createApp(opts: AppOptions): SkiffApp {

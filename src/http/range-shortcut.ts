@@ -6,13 +6,15 @@
 // before counting anything, so the app then sees the request as if the shortcut did not exist.
 import type { AccessPolicy, RequestHead } from "../access/policy.ts";
 import type { BlobCache } from "../cache/blobs.ts";
-import { blobKey } from "../cache/keys.ts";
+import { blobKey } from "../store/keys.ts";
 import { isValidRepositoryName, parseDigest, splitRegistryPath, type Digest } from "../oci/reference.ts";
-import type { Route, Upstreams } from "../oci/upstreams.ts";
+import type { UpstreamConfig, UpstreamRoute } from "../config/config.ts";
+import type { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
-import { errorAnswer, OciError } from "./errors.ts";
-import type { Metrics } from "./metrics.ts";
+import { errorAnswer } from "./errors.ts";
+import { OciError } from "../oci/errors.ts";
+import type { Metrics } from "../util/metrics.ts";
 import { contentRange, parseRange } from "./range.ts";
 import { singleRangeHeaders, SMALL_BODY } from "./ranged.ts";
 import { storedBlob, type CacheScope } from "./registry.ts";
@@ -33,7 +35,7 @@ export interface PlainAnswer {
 
 export interface ShortcutDeps {
   store: ContentStore;
-  upstreams: Upstreams;
+  upstreams: Upstreams<UpstreamConfig>;
   access: AccessPolicy;
   blobs: BlobCache;
   metrics: Metrics;
@@ -44,7 +46,7 @@ export type RangeShortcut = (request: ShortcutRequest) => Promise<PlainAnswer | 
 
 /** What a blob URL means, worked out once: lazy clients ask for ranges of the same few blobs. */
 interface BlobTarget {
-  route: Route;
+  route: UpstreamRoute;
   digest: Digest;
   /** The 206 headers but the range's own, by cache scope, made on first use. */
   headers: Partial<Record<CacheScope, Record<string, string>>>;

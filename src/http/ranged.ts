@@ -2,7 +2,7 @@
 // 200, 206 (single range or multipart/byteranges), 304 and 416. Shared by every route that serves
 // content-addressed bytes, so they all answer ranges the same way.
 import type { ContentStore } from "../store/store.ts";
-import { OciError } from "./errors.ts";
+import { OciError } from "../oci/errors.ts";
 import { contentRange, ifRangeAllows, multipartByteranges, parseRange, unsatisfiedRange, type ByteRange } from "./range.ts";
 
 export interface RangedSource {

@@ -2,21 +2,22 @@
 // from the verified cache or pulled through from the upstream.
 import { Hono, type Context } from "hono";
 import type { BlobCache } from "../cache/blobs.ts";
-import { blobKey } from "../cache/keys.ts";
+import { blobKey } from "../store/keys.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
-import { upstreamError } from "../cache/upstream-errors.ts";
+import { upstreamError } from "../oci/upstream-errors.ts";
 import { isDigestLike, isValidRepositoryName, isValidTag, parseDigest, splitRegistryPath, type Digest } from "../oci/reference.ts";
+import type { UpstreamConfig } from "../config/config.ts";
 import type { Upstreams } from "../oci/upstreams.ts";
 import type { AccessPolicy } from "../access/policy.ts";
 import type { ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
-import { OciError } from "./errors.ts";
-import type { Metrics } from "./metrics.ts";
+import { OciError } from "../oci/errors.ts";
+import type { Metrics } from "../util/metrics.ts";
 import { serveRanged, storedRegion, type RangedSource, type Served } from "./ranged.ts";
 
 export interface RegistryDeps {
   store: ContentStore;
-  upstreams: Upstreams;
+  upstreams: Upstreams<UpstreamConfig>;
   access: AccessPolicy;
   blobs: BlobCache;
   manifests: ManifestCache;

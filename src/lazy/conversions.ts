@@ -6,18 +6,18 @@
 // most that much and the conversion goes on at the next request; a lease in the store keeps other
 // processes sharing it from converting the same layer meanwhile.
 import type { BlobCache } from "../cache/blobs.ts";
-import { blobKey, imageBootstrapKey, layerBootstrapKey, layerLeaseKey } from "../cache/keys.ts";
+import { blobKey, imageBootstrapKey, layerBootstrapKey, layerLeaseKey } from "../store/keys.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
-import { OciError } from "../http/errors.ts";
-import type { Metrics } from "../http/metrics.ts";
+import { OciError } from "../oci/errors.ts";
+import type { Metrics } from "../util/metrics.ts";
 import { convertImage, ImageError, resolveImage, type ImageSource } from "../convert/image.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
 import { LayerFormatError } from "../convert/decompress.ts";
 import { TarError } from "../convert/tar.ts";
-import { paramsId, type ConvertParams } from "../convert/params.ts";
+import { paramsId, type ConvertParams } from "../format/params.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, type ContentStore } from "../store/store.ts";
 import { Lease, LeaseLost } from "./lease.ts";

@@ -1,6 +1,6 @@
 // Finds a converted layer's chunks by digest, for the content-addressed chunk URLs. Decoded layer
 // bootstraps are kept in a small LRU since chunk requests for one layer come in bursts.
-import { layerBootstrapKey, layerDataKey } from "../cache/keys.ts";
+import { layerBootstrapKey, layerDataKey } from "../store/keys.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { ChunkRecord } from "../format/model.ts";
 import { toHex } from "../hash/hasher.ts";

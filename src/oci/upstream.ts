@@ -2,9 +2,9 @@
 // scope until they expire), and redirects to blob storage followed by hand so that only allowed
 // hosts are ever contacted and credentials never leave the registry's own origin.
 import { bearerChallenge, parseChallenges } from "./challenge.ts";
-import { OciError } from "../http/errors.ts";
+import { OciError } from "./errors.ts";
 import { readAll } from "../util/streams.ts";
-import { rateLimitHeaders } from "../cache/upstream-errors.ts";
+import { rateLimitHeaders } from "./upstream-errors.ts";
 
 export interface Credentials {
   username: string;

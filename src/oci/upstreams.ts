@@ -2,8 +2,7 @@
 // containerd's `?ns=` first, then a leading prefix, then the default upstream. Inside skiff a
 // repository is known by its id `PREFIX/NAME` (NAME as the upstream spells it), so equal names on
 // two registries never share a cache entry; `request` takes such an id and asks the right upstream.
-import type { UpstreamConfig } from "../config/config.ts";
-import { OciError } from "../http/errors.ts";
+import { OciError } from "./errors.ts";
 import type { Upstream, UpstreamRequest } from "./upstream.ts";
 
 /** What the caches need of an upstream: a request about a repository, named by its id. */
@@ -11,20 +10,30 @@ export interface RegistryClient {
   request(repository: string, path: string, req?: UpstreamRequest): Promise<Response>;
 }
 
-export interface Route {
+/** What routing needs of an upstream's configuration (src/config's UpstreamConfig is one). */
+export interface RoutedUpstream {
+  /** The leading name segment that selects this upstream, and the first segment of its repository ids. */
+  prefix: string;
+  /** Registry names containerd may send as `?ns=` for this upstream. */
+  namespaces: readonly string[];
+  /** The repository name as the upstream spells it, e.g. `library/alpine` for `alpine` on Docker Hub. */
+  upstreamName(clientName: string): string;
+}
+
+export interface Route<C extends RoutedUpstream = RoutedUpstream> {
   /** `PREFIX/NAME`: the key of everything cached for this repository. */
   repository: string;
   /** The repository name as the upstream spells it. */
   name: string;
-  upstream: UpstreamConfig;
+  upstream: C;
 }
 
-export class Upstreams implements RegistryClient {
-  readonly #byPrefix = new Map<string, { config: UpstreamConfig; client: Upstream }>();
-  readonly #byNamespace = new Map<string, UpstreamConfig>();
-  readonly #default: UpstreamConfig | undefined;
+export class Upstreams<C extends RoutedUpstream = RoutedUpstream> implements RegistryClient {
+  readonly #byPrefix = new Map<string, { config: C; client: Upstream }>();
+  readonly #byNamespace = new Map<string, C>();
+  readonly #default: C | undefined;
 
-  constructor(configs: UpstreamConfig[], defaultPrefix: string | undefined, client: (config: UpstreamConfig) => Upstream) {
+  constructor(configs: C[], defaultPrefix: string | undefined, client: (config: C) => Upstream) {
     for (const config of configs) {
       this.#byPrefix.set(config.prefix, { config, client: client(config) });
       for (const ns of config.namespaces) this.#byNamespace.set(ns, config);
@@ -33,7 +42,7 @@ export class Upstreams implements RegistryClient {
   }
 
   /** The upstream and repository a client means by `name` (already checked against the grammar). */
-  route(name: string, ns: string | undefined): Route {
+  route(name: string, ns: string | undefined): Route<C> {
     if (ns !== undefined) {
       const config = this.#byNamespace.get(ns.toLowerCase());
       if (!config) throw new OciError("NAME_UNKNOWN", `registry ${JSON.stringify(ns.slice(0, 200))} is not served by this mirror`);
@@ -48,7 +57,7 @@ export class Upstreams implements RegistryClient {
     return this.#route(this.#default, name);
   }
 
-  #route(config: UpstreamConfig, clientName: string): Route {
+  #route(config: C, clientName: string): Route<C> {
     const name = config.upstreamName(clientName);
     return { repository: `${config.prefix}/${name}`, name, upstream: config };
   }
@@ -61,7 +70,7 @@ export class Upstreams implements RegistryClient {
   }
 
   /** The configuration of the upstream holding a repository id. */
-  configOf(repository: string): UpstreamConfig {
+  configOf(repository: string): C {
     const entry = this.#byPrefix.get(repository.slice(0, repository.indexOf("/")));
     if (!entry) throw new Error(`not a repository id: ${repository}`);
     return entry.config;

@@ -8,7 +8,7 @@ import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { decodeChunk } from "../../src/convert/codec.ts";
+import { decodeChunk } from "../../src/format/codec.ts";
 import { Bootstrap } from "../../src/format/decode.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { listAllPaths } from "./harness/files.ts";

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import zlib from "node:zlib";
 import { describe, expect, it } from "vitest";
-import { CHUNK_CODECS, codecFromId, codecId, decodeChunk, encodeChunk, fflateInflateRaw, type ChunkCodec } from "../../src/convert/codec.ts";
+import { CHUNK_CODECS, codecFromId, codecId, decodeChunk, encodeChunk, fflateInflateRaw, type ChunkCodec } from "../../src/format/codec.ts";
 import { zlibInflateRaw } from "../../node-agent/src/zlib-inflate.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, resolveConfig, upstreamEnvName, type ConfigEnvironment, type SkiffConfig, type UpstreamConfig } from "../../src/config/config.ts";
-import { OciError } from "../../src/http/errors.ts";
+import { OciError } from "../../src/oci/errors.ts";
 import { Upstream } from "../../src/oci/upstream.ts";
 import { Upstreams } from "../../src/oci/upstreams.ts";
 import { FakeRegistry, dispatchByOrigin } from "./fakes.ts";

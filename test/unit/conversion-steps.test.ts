@@ -3,7 +3,7 @@
 // through the lease, and the result is byte for byte the one-pass result.
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
-import { layerCheckpointKey, layerLeaseKey } from "../../src/cache/keys.ts";
+import { layerCheckpointKey, layerLeaseKey } from "../../src/store/keys.ts";
 import { resolveConfig } from "../../src/config/config.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";

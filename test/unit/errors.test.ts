@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { errorBody, errorResponse, OciError, toOciError } from "../../src/http/errors.ts";
+import { errorResponse, toOciError } from "../../src/http/errors.ts";
+import { errorBody, OciError } from "../../src/oci/errors.ts";
 
 describe("errorResponse", () => {
   it("answers the OCI error JSON with the status paired with the code", async () => {

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
-import { OciError } from "../../src/http/errors.ts";
+import { OciError } from "../../src/oci/errors.ts";
 import { Upstream, UpstreamUnreachable, type UpstreamOptions } from "../../src/oci/upstream.ts";
 import { listen, type Listener } from "./fakes.ts";
 

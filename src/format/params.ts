@@ -1,5 +1,5 @@
 // What a conversion's output depends on besides its source: together they name the result.
-import { DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT } from "../format/layout.ts";
+import { DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT } from "./layout.ts";
 import { CHUNK_CODECS, type ChunkCodec } from "./codec.ts";
 
 export interface ConvertParams {

@@ -1,5 +1,5 @@
 // Turns an upstream failure into the OCI error a client of the mirror should see.
-import { OciError, type ErrorCode } from "../http/errors.ts";
+import { OciError, type ErrorCode } from "./errors.ts";
 import { readPrefix } from "../util/streams.ts";
 
 export type ObjectKind = "blob" | "manifest" | "tags";
