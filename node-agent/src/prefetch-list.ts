@@ -23,15 +23,13 @@ export function allChunks(bootstrap: Bootstrap): number[] {
 export function chunksOfList(text: string, bootstrap: Bootstrap, source: string): { chunks: number[]; unknown: number } {
   const lines = text.split("\n").map((l) => l.trim());
   if (lines[0] !== HEADER) throw new Error(`${source} is not a skiff prefetch list (its first line must be "${HEADER}")`);
-  const byDigest = new Map<string, number>();
-  for (let i = bootstrap.chunkCount - 1; i >= 0; i--) byDigest.set(toHex(bootstrap.chunk(i).digest), i);
   const chunks: number[] = [];
   let unknown = 0;
   lines.forEach((line, n) => {
     if (line === "" || line.startsWith("#")) return;
     if (!HEX_DIGEST.test(line)) throw new Error(`${source} line ${n + 1}: not a sha256 hex digest: ${JSON.stringify(line.slice(0, 80))}`);
-    const index = byDigest.get(line);
-    if (index === undefined) unknown++;
+    const index = bootstrap.chunkIndexOf(line);
+    if (index === null) unknown++;
     else chunks.push(index);
   });
   return { chunks, unknown };

@@ -2,6 +2,7 @@
 // every offset and length, names, the tree's shape, chunk bounds — so that a bootstrap from an
 // untrusted proxy can never make a reader index outside its buffer or loop; after that, lookups are
 // plain array reads and binary searches.
+import { toHex } from "../hash/hasher.ts";
 import * as L from "./layout.ts";
 import { compareNames, type BlobRef, type BootstrapModel, type ChunkRecord, type FsNode, type NodeType } from "./model.ts";
 
@@ -51,6 +52,8 @@ export class Bootstrap {
   readonly #counts: L.Counts;
   // Index of each inode's first xattr record (xattrs are sorted by inode), -1 when none.
   readonly #xattrStart: Int32Array;
+  // Chunk-table index by the sha256 hex of the chunk's content; built on first use.
+  #byDigest: Map<string, number> | undefined;
 
   private constructor(bytes: Uint8Array) {
     if (bytes.length < L.HEADER_SIZE) throw new BootstrapError(`${bytes.length} bytes is shorter than the header`);
@@ -292,6 +295,21 @@ export class Bootstrap {
       size: this.#u32(o + 52),
       uncompressedOffset: this.#u64(o + 56),
     };
+  }
+
+  /**
+   * The chunk-table index of the chunk whose content has this sha256 (lowercase hex), or null. A
+   * chunk named twice in the table (an image whose layers share content) answers its lowest index.
+   */
+  chunkIndexOf(hex: string): number | null {
+    if (this.#byDigest === undefined) {
+      this.#byDigest = new Map();
+      for (let i = this.chunkCount - 1; i >= 0; i--) {
+        const o = this.#at.chunks + i * L.CHUNK_RECORD_SIZE;
+        this.#byDigest.set(toHex(this.bytes.subarray(o, o + 32)), i);
+      }
+    }
+    return this.#byDigest.get(hex) ?? null;
   }
 
   /** Chunk-table indexes of a regular file's chunks; chunk k covers file bytes [k·chunkSize, …). */

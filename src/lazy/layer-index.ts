@@ -39,19 +39,14 @@ export class LayerIndex {
     if (!bytes) return null;
     const bootstrap = Bootstrap.decode(bytes);
     const blob = bootstrap.blob(0);
-    let byHex: Map<string, number> | null = null;
     const entry: ConvertedLayerIndex = {
       bootstrap,
       dataKey: layerDataKey(layer, params),
       dataDigest: toHex(blob.dataDigest),
       dataSize: blob.storedSize,
       chunk: (hex) => {
-        if (!byHex) {
-          byHex = new Map();
-          for (let i = 0; i < bootstrap.chunkCount; i++) byHex.set(toHex(bootstrap.chunk(i).digest), i);
-        }
-        const i = byHex.get(hex);
-        return i === undefined ? null : bootstrap.chunk(i);
+        const i = bootstrap.chunkIndexOf(hex);
+        return i === null ? null : bootstrap.chunk(i);
       },
     };
     this.#entries.set(key, entry);

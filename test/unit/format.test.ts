@@ -93,6 +93,17 @@ describe("bootstrap round trip", () => {
     expect(encodeBootstrap(b.toModel())).toEqual(bytes);
   });
 
+  it("finds a chunk by the sha256 hex of its content, the lowest index when named twice", () => {
+    const m = sampleModel();
+    m.chunks.push({ ...m.chunks[2]!, blob: 0 }); // chunk 4: the content of chunk 2 again
+    const b = Bootstrap.decode(encodeBootstrap(m));
+    const hex = (i: number) => Buffer.from(m.chunks[i]!.digest).toString("hex");
+    expect([0, 1, 2, 3].map((i) => b.chunkIndexOf(hex(i)))).toEqual([0, 1, 2, 3]);
+    expect(b.chunkIndexOf(hex(4))).toBe(2);
+    expect(b.chunkIndexOf("00".repeat(32))).toBeNull();
+    expect(b.chunkIndexOf(hex(0).toUpperCase())).toBeNull();
+  });
+
   it("encodes equal trees equally whatever order their children were added in", () => {
     const a = sampleModel();
     const b = sampleModel();
