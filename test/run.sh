@@ -32,7 +32,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   done
 fi
 
-if [ ! -d node_modules ]; then
+# Again when package-lock.json changed since the last install (a pull that added a package).
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm install --no-audit --no-fund || exit 1
 fi
 
