@@ -7,6 +7,7 @@ import type { ChunkRecord } from "../../src/format/model.ts";
 import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
 import { fetchRange, message, TransientError, type FetchLike } from "./range-request.ts";
 import { toHex } from "../../src/hash/hasher.ts";
+import { sleep } from "../../src/util/sleep.ts";
 import { sha256Hex } from "./sha256-hex.ts";
 import { zlibInflateRaw } from "./zlib-inflate.ts";
 
@@ -161,20 +162,6 @@ export class ChunkFetcher {
     }
     return out;
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 export { TransientError, type FetchLike };
