@@ -1,8 +1,7 @@
 // The client side of the lazy API (src/http/lazy.ts, docs/api.md), for `skiff inspect <url>` and the
 // node agent alike: the URLs of a bootstrap, a layer's data blob and a chunk, and fetching an image
 // bootstrap with every check a client owes a proxy it does not trust. Web-standard APIs only.
-import type { ChunkCodec } from "../format/codec.ts";
-import { codecFromId } from "../format/codec.ts";
+import { codecFromId, type ChunkCodec } from "../format/codec.ts";
 import { Bootstrap, BootstrapError } from "../format/decode.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import { parseParamsId } from "../format/params.ts";
