@@ -1,12 +1,15 @@
 // Fetches chunks from the proxy's lazy API: missing chunks are grouped into merged Range requests
 // on each layer's data blob, every chunk is decoded and checked against its sha256 before anyone
 // sees it, concurrent requests for one chunk share one fetch, and nothing outlives the timeout.
+import { layerDataUrl } from "../../src/client/lazy-api.ts";
 import { decodeChunk } from "../../src/format/codec.ts";
 import { parseParamsId } from "../../src/format/params.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
 import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
-import { fetchRange, message, TransientError, type FetchLike } from "./range-request.ts";
+import { fetchRange, TransientError, type FetchLike } from "./range-request.ts";
 import { toHex } from "../../src/hash/hasher.ts";
+import { errorMessage } from "../../src/util/error-message.ts";
+import { sleep } from "../../src/util/sleep.ts";
 import { sha256Hex } from "./sha256-hex.ts";
 import { zlibInflateRaw } from "./zlib-inflate.ts";
 
@@ -45,8 +48,9 @@ const BACKOFF_MAX_MS = 2_000;
 
 export class ChunkFetcher {
   readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0 };
-  readonly #base: string;
-  readonly #paramsSegment: string;
+  readonly #proxy: string;
+  readonly #name: string;
+  readonly #params: string;
   readonly #timeoutMs: number;
   readonly #codec: "none" | "deflate-raw";
   readonly #maxGap: number;
@@ -62,8 +66,9 @@ export class ChunkFetcher {
     this.#maxGap = mergeGap(params.chunkShift);
     this.#maxRangeBytes = o.maxRangeBytes ?? 16 * 2 ** params.chunkShift;
     this.#timeoutMs = o.timeoutMs;
-    this.#base = `${o.proxy.replace(/\/+$/, "")}/v2/${o.name}/_skiff/layers`;
-    this.#paramsSegment = o.params;
+    this.#proxy = o.proxy;
+    this.#name = o.name;
+    this.#params = o.params;
     this.#fetch = o.fetchImpl ?? ((url, init) => fetch(url, init));
   }
 
@@ -105,7 +110,7 @@ export class ChunkFetcher {
     }
     const controller = new AbortController();
     const timer = setTimeout(
-      () => controller.abort(new Error(`chunk fetch from ${this.#base} timed out after ${this.#timeoutMs} ms`)),
+      () => controller.abort(new Error(`chunk fetch from ${this.#proxy} timed out after ${this.#timeoutMs} ms`)),
       this.#timeoutMs,
     );
     const ranges = planRanges(toFetch, this.#maxGap, this.#maxRangeBytes);
@@ -125,7 +130,7 @@ export class ChunkFetcher {
 
   /** One merged range, retried with backoff on transient failures until the signal aborts. */
   async #fetchRange(range: PlannedRange, signal: AbortSignal): Promise<Map<string, Uint8Array>> {
-    const url = `${this.#base}/${range.layerDigest}/${this.#paramsSegment}/data`;
+    const url = layerDataUrl(this.#proxy, this.#name, range.layerDigest, this.#params);
     // Bounded twice: by the timeout, and by an attempt count for a zero-latency failure loop.
     for (let attempt = 0; ; attempt++) {
       signal.throwIfAborted();
@@ -153,7 +158,7 @@ export class ChunkFetcher {
       try {
         data = await decodeChunk(record.compressed ? this.#codec : "none", stored, record.size, zlibInflateRaw);
       } catch (err) {
-        throw new Error(`chunk ${hex} from ${url}: ${message(err)}`);
+        throw new Error(`chunk ${hex} from ${url}: ${errorMessage(err)}`);
       }
       if (sha256Hex(data) !== hex) throw new Error(`chunk ${hex} from ${url} does not match its digest`);
       // A copy, so a cached chunk does not pin the whole merged response in memory.
@@ -161,20 +166,6 @@ export class ChunkFetcher {
     }
     return out;
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 export { TransientError, type FetchLike };

@@ -8,6 +8,7 @@ import type { FileReader } from "./file-reader.ts";
 import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
 import { toHex } from "../../src/hash/hasher.ts";
+import { sleep } from "../../src/util/sleep.ts";
 
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
@@ -73,7 +74,7 @@ export class LazyReader implements FileReader {
       if (this.#busy > 0) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
       const left = this.#quietSince + quietMs - Date.now();
       if (left <= 0) return;
-      await new Promise((resolve) => setTimeout(resolve, left));
+      await sleep(left);
     }
   }
 

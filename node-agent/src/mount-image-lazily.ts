@@ -7,7 +7,7 @@ import { execFile } from "node:child_process";
 import { mkdir, rename, statfs, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { fetchBootstrap } from "./bootstrap-client.ts";
+import { fetchBootstrap } from "../../src/client/lazy-api.ts";
 import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
 import { mountImage } from "./fuse-fs.ts";
@@ -83,7 +83,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
   const http = await proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
-  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, fetchImpl: http.fetch }).catch(async (err: Error) => {
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: http.fetch }).catch(async (err: Error) => {
     await http.close();
     throw err;
   });

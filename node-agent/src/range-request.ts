@@ -2,8 +2,10 @@
 // `Content-Range`, exactly that many body bytes. A registry or CDN that answers 200 with the whole
 // blob, or a truncated or padded body, is an error here rather than wrong bytes later.
 
-/** The subset of `fetch` the agent uses; the default is undici's fetch on a keep-alive agent. */
-export type FetchLike = (url: string, init: { method: string; headers: Record<string, string>; signal: AbortSignal }) => Promise<Response>;
+import type { FetchLike } from "../../src/client/lazy-api.ts";
+import { errorMessage } from "../../src/util/error-message.ts";
+
+export type { FetchLike };
 
 /** A failure worth retrying: the network, or a 5xx/429 from the proxy. */
 export class TransientError extends Error {
@@ -20,7 +22,7 @@ export async function fetchRange(fetchImpl: FetchLike, url: string, start: numbe
     });
   } catch (err) {
     if (signal.aborted) throw err;
-    throw new TransientError(`GET ${url}: ${message(err)}`);
+    throw new TransientError(`GET ${url}: ${errorMessage(err)}`);
   }
   if (res.status !== 206) {
     await res.body?.cancel().catch(() => undefined);
@@ -52,7 +54,7 @@ async function readExactly(res: Response, expected: number, url: string, signal:
         step = await reader.read();
       } catch (err) {
         if (signal.aborted) throw err;
-        throw new TransientError(`GET ${url}: body: ${message(err)}`);
+        throw new TransientError(`GET ${url}: body: ${errorMessage(err)}`);
       }
       if (step.done) break;
       const piece = step.value;
@@ -65,12 +67,4 @@ async function readExactly(res: Response, expected: number, url: string, signal:
   }
   if (got !== expected) throw new Error(`GET ${url}: body is ${got} bytes, expected ${expected}`);
   return out;
-}
-
-export function message(err: unknown): string {
-  if (err instanceof Error) {
-    const cause = err.cause instanceof Error ? `: ${err.cause.message}` : "";
-    return `${err.message}${cause}`;
-  }
-  return String(err);
 }

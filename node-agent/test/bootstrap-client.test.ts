@@ -4,7 +4,7 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir } from "../../src/format/model.ts";
-import { fetchBootstrap, MAX_BOOTSTRAP_BYTES } from "../src/bootstrap-client.ts";
+import { fetchBootstrap, MAX_BOOTSTRAP_BYTES } from "../../src/client/lazy-api.ts";
 
 const BODY = encodeBootstrap({ kind: "image", codec: 0, chunkShift: 20, platform: "linux/amd64", blobs: [], chunks: [], root: newDir() });
 const DIGEST = `sha256:${createHash("sha256").update(BODY).digest("hex")}`;

@@ -9,7 +9,7 @@ import { diffIdOf, writeImage } from "../../test/e2e/harness/rootfs.ts";
 import { parseMetrics, Skiff } from "../../test/e2e/harness/skiff.ts";
 import { teardown } from "../../test/e2e/harness/teardown.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
-import { fetchBootstrap, type FetchedBootstrap } from "../src/bootstrap-client.ts";
+import { fetchBootstrap, type FetchedBootstrap } from "../../src/client/lazy-api.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 import { ChunkFetcher } from "../src/chunk-fetcher.ts";
 import { LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";

@@ -4,7 +4,7 @@
 // Reads of FAIL_PATH fail (the mount must answer EIO). Prints "mounted" once the mount is up, and
 // unmounts and exits on SIGTERM or SIGINT. Needs `npm run build`.
 import { mountImage } from "../../dist/node-agent/src/fuse-fs.js";
-import { LocalReader } from "../../dist/node-agent/src/local-reader.js";
+import { LocalReader } from "../../dist/node-agent/test/local-reader.js";
 
 const [dir, mountpoint, failPath] = process.argv.slice(2);
 if (!dir || !mountpoint) {

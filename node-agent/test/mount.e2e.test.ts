@@ -15,7 +15,7 @@ import { freePort } from "../../test/e2e/harness/processes.ts";
 import { REPO_ROOT, Skiff } from "../../test/e2e/harness/skiff.ts";
 import { teardown } from "../../test/e2e/harness/teardown.ts";
 import { toHex } from "../../src/hash/hasher.ts";
-import { fetchBootstrap } from "../src/bootstrap-client.ts";
+import { fetchBootstrap } from "../../src/client/lazy-api.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
 import { startLinkRelay } from "../../bench/link-relay.mjs";
 

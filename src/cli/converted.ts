@@ -1,9 +1,9 @@
 // Opens something converted: what `skiff convert` wrote (DIR/image.json, the image bootstrap in
 // DIR's store and each layer's data blob), a bootstrap file given directly, or an image on a skiff
 // proxy (`http://HOST:PORT/NAME:TAG` or `…/NAME@DIGEST`), whose bootstrap comes from the lazy API.
-import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
+import { fetchBootstrap, LazyApiError } from "../client/lazy-api.ts";
 import { Bootstrap, BootstrapError } from "../format/decode.ts";
 import { isValidRepositoryName, isValidTag, parseDigest } from "../oci/reference.ts";
 import { FsStore } from "../store/fs.ts";
@@ -117,95 +117,24 @@ export function parseProxyReference(text: string): ProxyReference {
   return { origin: url.origin, name, reference };
 }
 
-// Bounds on how long to sleep between polls whatever Retry-After says, and on the number of polls.
-const MIN_POLL_MS = 500;
-const MAX_POLL_MS = 60_000;
-const MAX_POLLS = 10_000;
-
-/**
- * Fetches an image bootstrap from a proxy's lazy API, waiting while it converts (202 + Retry-After)
- * up to the timeout, and checks it against its Docker-Content-Digest before decoding it.
- */
+/** Fetches an image bootstrap from a proxy's lazy API, showing the wait while the proxy converts it. */
 async function openFromProxy(text: string, opts: ProxyRequest): Promise<Converted> {
   const ref = parseProxyReference(text);
-  const query = new URLSearchParams();
-  if (opts.platform !== undefined) query.set("platform", opts.platform);
-  if (opts.chunkSize !== undefined) query.set("chunk-size", opts.chunkSize);
-  if (opts.codec !== undefined) query.set("codec", opts.codec);
-  const url = `${ref.origin}/v2/${ref.name}/_skiff/bootstrap/${ref.reference}${query.size ? `?${query}` : ""}`;
   const what = `${ref.name}${ref.reference.includes(":") ? "@" : ":"}${ref.reference}`;
   const timeoutMs = opts.timeoutMs ?? 300_000;
-  const started = Date.now();
-  const deadline = started + timeoutMs;
-  const timedOut = () => new InputError(`${ref.origin} did not finish converting ${what} within ${Math.round(timeoutMs / 1000)} s (see --timeout)`);
   const progress = new Progress();
   try {
-    for (let poll = 0; poll < MAX_POLLS; poll++) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw timedOut();
-      const signal = AbortSignal.timeout(left);
-      let res: Response;
-      let body: Uint8Array;
-      try {
-        res = await fetch(url, { signal });
-        if (res.status === 202) {
-          await res.body?.cancel();
-          const wait = Math.min(retryAfterMs(res.headers.get("retry-after")), deadline - Date.now());
-          const until = Date.now() + wait;
-          for (let now = Date.now(); now < until; now = Date.now()) {
-            progress.update(`${ref.origin} is converting ${what}: waiting, ${Math.round((now - started) / 1000)} s so far`, true);
-            await sleep(Math.min(1000, until - now));
-          }
-          continue;
-        }
-        body = new Uint8Array(await res.arrayBuffer());
-      } catch (err) {
-        if (err instanceof InputError) throw err;
-        if (signal.aborted) throw timedOut();
-        const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
-        throw new InputError(`cannot fetch the bootstrap of ${what} from ${ref.origin}: ${cause}`);
-      }
-      if (res.status !== 200) throw new InputError(proxyErrorMessage(res, body));
-      const claimed = res.headers.get("docker-content-digest");
-      const digest = claimed === null ? null : parseDigest(claimed);
-      if (!digest || digest.algorithm !== "sha256") throw new InputError(`${ref.origin} sent the bootstrap of ${what} without a sha256 Docker-Content-Digest`);
-      if (createHash("sha256").update(body).digest("hex") !== digest.hex) {
-        throw new InputError(`the bootstrap of ${what} from ${ref.origin} does not match its Docker-Content-Digest ${digest.value}`);
-      }
-      const bootstrap = decode(body, url);
-      if (bootstrap.kind !== "image") throw new InputError(`${url} is a layer bootstrap, not an image bootstrap`);
-      return { bootstrap, source: text };
-    }
-    throw timedOut();
+    const onWait = (seconds: number) => progress.update(`${ref.origin} is converting ${what}: waiting, ${seconds} s so far`, true);
+    const { bootstrap } = await fetchBootstrap(ref.origin, ref.name, ref.reference, { ...opts, timeoutMs, onWait });
+    return { bootstrap, source: text };
+  } catch (err) {
+    if (!(err instanceof LazyApiError)) throw err;
+    if (err.timedOut) throw new InputError(`${ref.origin} did not finish converting ${what} within ${Math.round(timeoutMs / 1000)} s (see --timeout)`);
+    throw new InputError(err.message);
   } finally {
     progress.done();
   }
 }
-
-/** Retry-After in seconds or as an HTTP date, kept within bounds; 5 s when missing or unreadable. */
-function retryAfterMs(value: string | null): number {
-  let ms = 5000;
-  if (value !== null && /^\s*\d+\s*$/.test(value)) ms = Number(value) * 1000;
-  else if (value !== null && !Number.isNaN(Date.parse(value))) ms = Date.parse(value) - Date.now();
-  return Math.max(MIN_POLL_MS, Math.min(MAX_POLL_MS, ms));
-}
-
-/** An OCI error body as `CODE: message` on one line, or the HTTP status when there is none. */
-function proxyErrorMessage(res: Response, body: Uint8Array): string {
-  try {
-    const parsed = JSON.parse(new TextDecoder().decode(body)) as { errors?: { code?: unknown; message?: unknown }[] };
-    const first = parsed.errors?.[0];
-    if (first && typeof first.code === "string") {
-      const message = typeof first.message === "string" ? first.message : "";
-      return `${first.code}: ${message}`.replace(/\s+/g, " ").trim().slice(0, 2000);
-    }
-  } catch {
-    // not an OCI error body
-  }
-  return `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""} from ${res.url}`;
-}
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 function decode(bytes: Uint8Array, where: string): Bootstrap {
   try {

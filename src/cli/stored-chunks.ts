@@ -1,6 +1,6 @@
 // Reading chunks back out of a `skiff convert` output directory, each one checked against the sha256
 // the bootstrap records before anyone gets its bytes. Shared by `skiff extract` (materialize) and the
-// node agent's LocalReader, so both trust exactly the same bytes.
+// FUSE tests' LocalReader (node-agent/test), so both trust exactly the same bytes.
 import { createHash } from "node:crypto";
 import { decodeChunk, type ChunkCodec } from "../format/codec.ts";
 import type { ChunkRecord } from "../format/model.ts";

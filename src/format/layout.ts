@@ -3,6 +3,8 @@
 
 export const MAGIC = new Uint8Array([0x73, 0x6b, 0x69, 0x66, 0x66, 0x62, 0x73, 0x00]); // "skiffbs\0"
 export const FORMAT_VERSION = 1;
+/** Content-Type of a bootstrap served by the lazy API. */
+export const BOOTSTRAP_MEDIA_TYPE = "application/vnd.skiff.bootstrap.v1";
 
 export const KIND_LAYER = 1;
 export const KIND_IMAGE = 2;

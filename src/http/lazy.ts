@@ -10,6 +10,7 @@ import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { MANIFEST_MEDIA_TYPES } from "../cache/manifests.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertParams } from "../format/params.ts";
 import { CHUNK_CODECS } from "../format/codec.ts";
+import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import { parsePlatform } from "../convert/image.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { ConversionPending, type Conversions, type ImageBootstrap } from "../lazy/conversions.ts";
@@ -20,8 +21,6 @@ import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
 import { serveRanged, storedRegion } from "./ranged.ts";
 import type { CacheScope } from "./registry.ts";
-
-export const BOOTSTRAP_MEDIA_TYPE = "application/vnd.skiff.bootstrap.v1";
 
 export interface LazyDeps {
   store: ContentStore;

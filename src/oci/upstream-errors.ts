@@ -1,5 +1,6 @@
 // Turns an upstream failure into the OCI error a client of the mirror should see.
 import { OciError, type ErrorCode } from "./errors.ts";
+import { parseRetryAfter } from "../util/retry-after.ts";
 import { readPrefix } from "../util/streams.ts";
 
 export type ObjectKind = "blob" | "manifest" | "tags";
@@ -52,12 +53,8 @@ export function rateLimitHeaders(upstream: Headers, now = Date.now()): Record<st
 }
 
 function retryAfterSeconds(upstream: Headers, now: number): number {
-  const retryAfter = upstream.get("retry-after")?.trim();
-  if (retryAfter) {
-    if (/^\d{1,9}$/.test(retryAfter)) return Number(retryAfter);
-    const date = Date.parse(retryAfter);
-    if (Number.isFinite(date)) return Math.max(0, Math.ceil((date - now) / 1000));
-  }
+  const ms = parseRetryAfter(upstream.get("retry-after"), now);
+  if (ms !== null) return Math.ceil(ms / 1000);
   const reset = upstream.get("ratelimit-reset")?.trim();
   if (reset && /^\d{1,9}$/.test(reset)) return Number(reset);
   return DEFAULT_RETRY_AFTER_S;

@@ -7,6 +7,7 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { nobleHasher } from "../hash/noble.ts";
 import { byterangesBoundary, parseByteranges } from "./multipart.ts";
 import { memoryStore, type BodyStore } from "./store.ts";
+import { errorMessage } from "../util/error-message.ts";
 import { concatBytes } from "../util/streams.ts";
 
 export type Kind = "mandatory" | "advisory";
@@ -79,8 +80,6 @@ const pass = (detail: string): Outcome => ({ result: "PASS", detail });
 const warn = (detail: string): Outcome => ({ result: "WARN", detail });
 const fail = (detail: string): Outcome => ({ result: "FAIL", detail });
 
-const message = (err: unknown) => (err instanceof Error ? (err.cause instanceof Error ? `${err.message}: ${err.cause.message}` : err.message) : String(err));
-
 /** The sha256 digest named by the URL's last path segment (/v2/<name>/blobs/sha256:<hex>), if any. */
 export function digestInUrl(url: string): string | undefined {
   const last = decodeURIComponent(new URL(url).pathname.split("/").pop() ?? "");
@@ -134,7 +133,7 @@ class Probe {
     try {
       out = await fn();
     } catch (err) {
-      out = fail(`request failed: ${message(err)}`);
+      out = fail(`request failed: ${errorMessage(err)}`);
     }
     this.add(name, kind, out);
   }
@@ -145,7 +144,7 @@ class Probe {
       head = await this.request("HEAD");
       await head.body?.cancel();
     } catch (err) {
-      throw new CheckError(`cannot reach ${this.url}: ${message(err)}`);
+      throw new CheckError(`cannot reach ${this.url}: ${errorMessage(err)}`);
     }
     const headLength = head.ok ? headerInt(head, "content-length") : undefined;
     this.add("head", "advisory", head.status === 200 && headLength !== undefined ? pass(`200, Content-Length ${headLength}`) : warn(head.ok ? `${head.status} without Content-Length` : `HEAD answered ${head.status}`));
@@ -194,7 +193,7 @@ class Probe {
     try {
       res = await this.request("GET");
     } catch (err) {
-      throw new CheckError(`cannot GET ${this.url}: ${message(err)}`);
+      throw new CheckError(`cannot GET ${this.url}: ${errorMessage(err)}`);
     }
     if (res.status >= 400) {
       await res.body?.cancel();
@@ -212,13 +211,13 @@ class Probe {
           hash.update(value);
           // Past the store's limit nothing can be compared: not a finding about the server.
           await store.append(value).catch((err: unknown) => {
-            throw new CheckError(message(err));
+            throw new CheckError(errorMessage(err));
           });
         }
       } catch (err) {
         await reader.cancel().catch(() => undefined);
         if (err instanceof CheckError) throw err;
-        error = message(err);
+        error = errorMessage(err);
       }
     }
     return { res, length: store.size, sha256: `sha256:${hash.hex()}`, error };
@@ -373,7 +372,7 @@ class Probe {
     try {
       parts = parseByteranges(body.bytes, boundary);
     } catch (err) {
-      return fail(`broken multipart: ${message(err)}`);
+      return fail(`broken multipart: ${errorMessage(err)}`);
     }
     for (const p of parts) {
       if (p.size !== size) return fail(`part "${p.contentRange}": complete length is not ${size}`);
@@ -486,7 +485,7 @@ async function compareBody(res: Response, ref: BodyStore, offset: number, length
       }
     }
   } catch (err) {
-    out.error = message(err);
+    out.error = errorMessage(err);
   }
   await reader.cancel().catch(() => undefined);
   return out;
@@ -519,7 +518,7 @@ async function readCapped(res: Response, cap: number): Promise<{ bytes: Uint8Arr
         }
       }
     } catch (err) {
-      error = message(err);
+      error = errorMessage(err);
     }
     await reader.cancel().catch(() => undefined);
   }

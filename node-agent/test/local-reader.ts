@@ -1,12 +1,12 @@
-// A FileReader over a `skiff convert` output directory: chunks come from the directory's store and
-// are verified exactly as `skiff extract` verifies them. For tests and for mounting an image that is
-// already on disk; the lazy reader is the one that fetches from a proxy.
+// A FileReader over a `skiff convert` output directory, for the FUSE tests (mount-image.mjs): chunks
+// come from the directory's store and are verified exactly as `skiff extract` verifies them. A test
+// helper, so it may use src/cli; the agent's reader is the lazy one, which fetches from a proxy.
 import { openConverted } from "../../src/cli/converted.ts";
 import { readVerifiedChunk, storeReadStored, type ReadStored } from "../../src/cli/stored-chunks.ts";
 import { codecFromId, type ChunkCodec } from "../../src/format/codec.ts";
 import type { Bootstrap } from "../../src/format/decode.ts";
-import type { FileReader } from "./file-reader.ts";
-import { RecentChunks } from "./recent-chunks.ts";
+import type { FileReader } from "../src/file-reader.ts";
+import { RecentChunks } from "../src/recent-chunks.ts";
 
 // Per-file chunk offsets, kept for the files read most recently.
 const CACHED_FILES = 64;

@@ -1,0 +1,218 @@
+// The client side of the lazy API (src/http/lazy.ts, docs/api.md), for `skiff inspect <url>` and the
+// node agent alike: the URLs of a bootstrap, a layer's data blob and a chunk, and fetching an image
+// bootstrap with every check a client owes a proxy it does not trust. Web-standard APIs only.
+import { codecFromId, type ChunkCodec } from "../format/codec.ts";
+import { Bootstrap, BootstrapError } from "../format/decode.ts";
+import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
+import { parseParamsId } from "../format/params.ts";
+import { toHex } from "../hash/hasher.ts";
+import { errorMessage } from "../util/error-message.ts";
+import { parseRetryAfter } from "../util/retry-after.ts";
+import { sleep } from "../util/sleep.ts";
+import { concatBytes, readPrefix } from "../util/streams.ts";
+
+/** The subset of `fetch` the client uses; the agent passes its keep-alive client (proxy-http.ts). */
+export type FetchLike = (url: string, init: { method: string; headers: Record<string, string>; signal: AbortSignal }) => Promise<Response>;
+
+/** Why the lazy API gave no bootstrap, on one line. */
+export class LazyApiError extends Error {
+  override name = "LazyApiError";
+  constructor(
+    message: string,
+    /** The timeout ran out (while the proxy converted, or while retrying). */
+    readonly timedOut = false,
+  ) {
+    super(message.replace(/\s+/g, " ").trim());
+  }
+}
+
+/** Query parameters of the bootstrap route; the proxy's defaults when absent. */
+export interface BootstrapQuery {
+  /** `os/arch[/variant]` */
+  platform?: string;
+  /** e.g. `64k` */
+  chunkSize?: string;
+  /** `none` or `deflate-raw` */
+  codec?: string;
+}
+
+const base = (proxy: string) => proxy.replace(/\/+$/, "");
+
+/** `reference` is a tag or a digest (a leading `@` is dropped). */
+export function bootstrapUrl(proxy: string, name: string, reference: string, q: BootstrapQuery = {}): string {
+  const query = new URLSearchParams();
+  if (q.platform !== undefined) query.set("platform", q.platform);
+  if (q.chunkSize !== undefined) query.set("chunk-size", q.chunkSize);
+  if (q.codec !== undefined) query.set("codec", q.codec);
+  const ref = reference.startsWith("@") ? reference.slice(1) : reference;
+  return `${base(proxy)}/v2/${name}/_skiff/bootstrap/${ref}${query.size > 0 ? `?${query}` : ""}`;
+}
+
+/** A converted layer's data blob, read by range; `params` is a `Skiff-Params` value. */
+export function layerDataUrl(proxy: string, name: string, layerDigest: string, params: string): string {
+  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/data`;
+}
+
+/** One chunk as stored: `form` is the codec when the chunk record is compressed, else `none`. */
+export function chunkUrl(proxy: string, name: string, layerDigest: string, params: string, hex: string, form: ChunkCodec): string {
+  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/chunks/${hex}.${form}`;
+}
+
+export interface FetchBootstrapOptions extends BootstrapQuery {
+  /** Give up (202s and retries included) after this long. */
+  timeoutMs: number;
+  /**
+   * Retry network errors and 5xx answers with backoff until the timeout, as a mount does: the proxy
+   * may be restarting. Otherwise they fail at once.
+   */
+  retryFailures?: boolean;
+  /** Called about once a second while the proxy converts (202), with the seconds since the start. */
+  onWait?: (seconds: number) => void;
+  fetchImpl?: FetchLike;
+}
+
+export interface FetchedBootstrap {
+  bootstrap: Bootstrap;
+  /** `sha256:` of the bootstrap bytes. */
+  digest: string;
+  /** The platform manifest the bootstrap was built from: what a mount pins. */
+  manifestDigest: string;
+  /** `Skiff-Params`, the `<params>` segment of the layer URLs. */
+  params: string;
+}
+
+// About 150 bytes a file: 256 MiB is well over a million files, past any real image. A larger or
+// endless body from a broken or malicious proxy is refused as it arrives, not buffered.
+export const MAX_BOOTSTRAP_BYTES = 256 * 2 ** 20;
+
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+// Bounds on the wait between polls whatever Retry-After says (5 s when it says nothing usable).
+const MIN_POLL_MS = 500;
+const MAX_POLL_MS = 60_000;
+const DEFAULT_POLL_MS = 5_000;
+// A backstop next to the timeout: every attempt waits at least 100 ms, so this is never reached first
+// by anything but a proxy failing instantly for a long timeout.
+const MAX_ATTEMPTS = 10_000;
+const backoffMs = (failures: number) => Math.min(2_000, 100 * 2 ** failures);
+
+/**
+ * The image bootstrap of `name` at `reference` (a tag or a digest), waiting while the proxy converts
+ * (202 + Retry-After), checked against Docker-Content-Digest and Skiff-Params and decoded.
+ * Rejects with a LazyApiError.
+ */
+export async function fetchBootstrap(proxy: string, name: string, reference: string, options: FetchBootstrapOptions): Promise<FetchedBootstrap> {
+  const url = bootstrapUrl(proxy, name, reference, options);
+  const fetchImpl: FetchLike = options.fetchImpl ?? ((u, init) => fetch(u, init));
+  const signal = AbortSignal.timeout(options.timeoutMs);
+  const started = Date.now();
+  let failures = 0;
+  let lastFailure = "";
+  const retry = async (why: string) => {
+    lastFailure = why;
+    await sleep(backoffMs(failures++), signal);
+  };
+  try {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      let res: Response;
+      try {
+        res = await fetchImpl(url, { method: "GET", headers: { accept: BOOTSTRAP_MEDIA_TYPE }, signal });
+      } catch (err) {
+        if (signal.aborted || !options.retryFailures) throw err;
+        await retry(errorMessage(err));
+        continue;
+      }
+      if (res.status === 202) {
+        await res.body?.cancel().catch(() => undefined);
+        failures = 0;
+        const ms = parseRetryAfter(res.headers.get("retry-after")) ?? DEFAULT_POLL_MS;
+        await waitOut(Math.max(MIN_POLL_MS, Math.min(MAX_POLL_MS, ms)), signal, started, options.onWait);
+        continue;
+      }
+      if (res.status !== 200) {
+        const why = await failureMessage(res, url);
+        if (res.status >= 500 && options.retryFailures) {
+          await retry(why);
+          continue;
+        }
+        throw new LazyApiError(why);
+      }
+      return await checked(url, res.headers, await readBody(res, url));
+    }
+  } catch (err) {
+    if (err instanceof LazyApiError) throw err;
+    if (signal.aborted) throw new LazyApiError(`GET ${url}: no bootstrap within ${options.timeoutMs} ms${lastFailure && ` (last: ${lastFailure})`}`, true);
+    throw new LazyApiError(`GET ${url}: ${errorMessage(err)}`);
+  }
+  throw new LazyApiError(`GET ${url}: no bootstrap after ${MAX_ATTEMPTS} attempts${lastFailure && ` (last: ${lastFailure})`}`);
+}
+
+/** Sleeps `ms` in steps of at most a second, reporting the wait so far before each. */
+async function waitOut(ms: number, signal: AbortSignal, started: number, onWait?: (seconds: number) => void): Promise<void> {
+  const until = Date.now() + ms;
+  for (let now = Date.now(); now < until; now = Date.now()) {
+    onWait?.(Math.round((now - started) / 1000));
+    await sleep(Math.min(1000, until - now), signal);
+  }
+}
+
+/** An OCI error body as `CODE: message`, or the status; the body is read only as far as 64 KiB. */
+async function failureMessage(res: Response, url: string): Promise<string> {
+  try {
+    const text = res.body ? new TextDecoder().decode(await readPrefix(res.body, 64 * 1024)) : "";
+    const first = (JSON.parse(text) as { errors?: { code?: unknown; message?: unknown }[] }).errors?.[0];
+    if (first && typeof first.code === "string") return `${first.code}: ${typeof first.message === "string" ? first.message : ""}`.slice(0, 2000);
+  } catch {
+    // not an OCI error body, or it broke off
+  }
+  return `GET ${url}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`;
+}
+
+/** The whole body, refused once its Content-Length or its bytes so far pass MAX_BOOTSTRAP_BYTES. */
+async function readBody(res: Response, url: string): Promise<Uint8Array<ArrayBuffer>> {
+  const max = MAX_BOOTSTRAP_BYTES;
+  const announced = Number(res.headers.get("content-length"));
+  if (announced > max) {
+    await res.body?.cancel().catch(() => undefined);
+    throw new LazyApiError(`GET ${url}: a bootstrap of ${announced} bytes is larger than the agent accepts (${max})`);
+  }
+  if (!res.body) return new Uint8Array(0);
+  const reader = res.body.getReader();
+  const parts: Uint8Array[] = [];
+  let length = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      length += value.length;
+      if (length > max) throw new LazyApiError(`GET ${url}: the bootstrap is larger than the agent accepts (${max} bytes)`);
+      parts.push(value);
+    }
+  } finally {
+    reader.cancel().catch(() => undefined);
+  }
+  return concatBytes(parts);
+}
+
+async function checked(url: string, headers: Headers, body: Uint8Array<ArrayBuffer>): Promise<FetchedBootstrap> {
+  const fail = (why: string) => new LazyApiError(`GET ${url}: ${why}`);
+  const digest = headers.get("docker-content-digest") ?? "";
+  if (!DIGEST.test(digest)) throw fail(`missing or malformed Docker-Content-Digest ${JSON.stringify(digest)}`);
+  if (`sha256:${toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)))}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
+  const manifestDigest = headers.get("skiff-manifest-digest") ?? "";
+  if (!DIGEST.test(manifestDigest)) throw fail(`missing or malformed Skiff-Manifest-Digest ${JSON.stringify(manifestDigest)}`);
+  const params = headers.get("skiff-params") ?? "";
+  const parsed = parseParamsId(params);
+  if (!parsed) throw fail(`unknown Skiff-Params ${JSON.stringify(params)}`);
+  let bootstrap: Bootstrap;
+  try {
+    bootstrap = Bootstrap.decode(body);
+  } catch (err) {
+    if (err instanceof BootstrapError) throw fail(err.message);
+    throw err;
+  }
+  if (bootstrap.kind !== "image") throw fail(`a ${bootstrap.kind} bootstrap, expected an image`);
+  if (bootstrap.chunkShift !== parsed.chunkShift || codecFromId(bootstrap.codec) !== parsed.codec) {
+    throw fail(`bootstrap parameters do not match Skiff-Params ${params}`);
+  }
+  return { bootstrap, digest, manifestDigest, params };
+}

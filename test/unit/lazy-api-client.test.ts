@@ -1,0 +1,99 @@
+// The lazy API client against a stubbed fetch: URLs, error messages, what is retried and what is not.
+// node-agent/test/bootstrap-client.test.ts covers 202s, the digest check and size caps over real HTTP.
+import { createHash } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { bootstrapUrl, chunkUrl, fetchBootstrap, layerDataUrl, LazyApiError, type FetchLike } from "../../src/client/lazy-api.ts";
+import { encodeBootstrap } from "../../src/format/encode.ts";
+import { newDir } from "../../src/format/model.ts";
+
+const BODY = encodeBootstrap({ kind: "image", codec: 0, chunkShift: 16, platform: "linux/amd64", blobs: [], chunks: [], root: newDir() });
+const HEADERS = {
+  "docker-content-digest": `sha256:${createHash("sha256").update(BODY).digest("hex")}`,
+  "skiff-manifest-digest": `sha256:${"ab".repeat(32)}`,
+  "skiff-params": "v1-c16-none",
+};
+const ok = (headers: Record<string, string> = {}) => new Response(new Uint8Array(BODY), { headers: { ...HEADERS, ...headers } });
+const LAYER = `sha256:${"12".repeat(32)}`;
+
+/** Answers the requests in turn (a thrown Error is a network error), recording the URLs. */
+function stub(...answers: (() => Response)[]): FetchLike & { urls: string[] } {
+  const urls: string[] = [];
+  const f = async (url: string) => {
+    urls.push(url);
+    return (answers.length > 1 ? answers.shift()! : answers[0]!)();
+  };
+  return Object.assign(f, { urls });
+}
+const refused = () => {
+  throw new TypeError("fetch failed", { cause: new Error("connect ECONNREFUSED 127.0.0.1:1") });
+};
+const rejection = (p: Promise<unknown>) => p.then(() => expect.unreachable(), (err: unknown) => err as LazyApiError);
+
+describe("URLs", () => {
+  it("bootstrap, layer data and chunk routes", () => {
+    expect(bootstrapUrl("http://p:5000/", "lib/app", "v1", { platform: "linux/arm64", chunkSize: "64k", codec: "deflate-raw" })).toBe(
+      "http://p:5000/v2/lib/app/_skiff/bootstrap/v1?platform=linux%2Farm64&chunk-size=64k&codec=deflate-raw",
+    );
+    expect(bootstrapUrl("http://p", "app", `@${LAYER}`)).toBe(`http://p/v2/app/_skiff/bootstrap/${LAYER}`);
+    expect(layerDataUrl("http://p/", "app", LAYER, "v1-c16-none")).toBe(`http://p/v2/app/_skiff/layers/${LAYER}/v1-c16-none/data`);
+    expect(chunkUrl("http://p", "app", LAYER, "v1-c16-deflate-raw", "ff".repeat(32), "none")).toBe(`http://p/v2/app/_skiff/layers/${LAYER}/v1-c16-deflate-raw/chunks/${"ff".repeat(32)}.none`);
+  });
+});
+
+describe("fetchBootstrap", () => {
+  it("returns the checked bootstrap with its digests and parameters", async () => {
+    const got = await fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, fetchImpl: stub(() => ok()) });
+    expect(got).toMatchObject({ digest: HEADERS["docker-content-digest"], manifestDigest: HEADERS["skiff-manifest-digest"], params: "v1-c16-none" });
+    expect(got.bootstrap.chunkShift).toBe(16);
+  });
+
+  it("an OCI error body is `CODE: message` on one line; another error is the status", async () => {
+    const oci = () => Response.json({ errors: [{ code: "MANIFEST_UNKNOWN", message: "no such\ntag" }] }, { status: 404 });
+    const err = await rejection(fetchBootstrap("http://p", "app", "nope", { timeoutMs: 5_000, fetchImpl: stub(oci) }));
+    expect(err).toBeInstanceOf(LazyApiError);
+    expect(err.message).toBe("MANIFEST_UNKNOWN: no such tag");
+    const html = () => new Response("<html>\nbad gateway</html>", { status: 502, statusText: "Bad Gateway" });
+    expect((await rejection(fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, fetchImpl: stub(html) }))).message).toBe(
+      "GET http://p/v2/app/_skiff/bootstrap/v1: HTTP 502 Bad Gateway",
+    );
+  });
+
+  it("network errors and 5xx fail at once, or are retried until the timeout with retryFailures", async () => {
+    const once = stub(refused);
+    const err = await rejection(fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, fetchImpl: once }));
+    expect(err.message).toBe("GET http://p/v2/app/_skiff/bootstrap/v1: fetch failed: connect ECONNREFUSED 127.0.0.1:1");
+    expect(once.urls).toHaveLength(1);
+
+    const flaky = stub(refused, () => new Response("", { status: 503 }), () => ok());
+    await fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, retryFailures: true, fetchImpl: flaky });
+    expect(flaky.urls).toHaveLength(3);
+
+    const down = stub(refused);
+    const timedOut = await rejection(fetchBootstrap("http://p", "app", "v1", { timeoutMs: 500, retryFailures: true, fetchImpl: down }));
+    expect(timedOut.timedOut).toBe(true);
+    expect(timedOut.message).toMatch(/: no bootstrap within 500 ms \(last: fetch failed: connect ECONNREFUSED 127\.0\.0\.1:1\)$/);
+    expect(down.urls.length).toBeGreaterThan(1);
+  });
+
+  it("waits out Retry-After, reporting the wait", async () => {
+    const seconds: number[] = [];
+    const converting = () => new Response('{"status":"converting"}', { status: 202, headers: { "retry-after": "1" } });
+    const started = Date.now();
+    await fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, onWait: (s) => seconds.push(s), fetchImpl: stub(converting, () => ok()) });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(950);
+    expect(seconds).toEqual([0]);
+  });
+
+  it("refuses headers that do not describe the body", async () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ "docker-content-digest": "sha512:00" }, /missing or malformed Docker-Content-Digest/],
+      [{ "skiff-manifest-digest": "" }, /missing or malformed Skiff-Manifest-Digest/],
+      [{ "skiff-params": "v9-c16-none" }, /unknown Skiff-Params "v9-c16-none"/],
+      [{ "skiff-params": "v1-c20-none" }, /bootstrap parameters do not match Skiff-Params v1-c20-none/],
+    ];
+    for (const [headers, message] of cases) {
+      const err = await rejection(fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, fetchImpl: stub(() => ok(headers)) }));
+      expect(err.message).toMatch(message);
+    }
+  });
+});
