@@ -1,6 +1,5 @@
 // The `skiff` command: one entry, one subcommand per module.
 import { version } from "../version.ts";
-import { useNodeGunzip } from "../runtime/node-gunzip.ts";
 import { UsageError } from "./args.ts";
 
 // Commands load on demand, so `skiff convert` does not pay for the HTTP server's modules.
@@ -43,7 +42,6 @@ ${Object.entries(commands)
 Run 'skiff <command> --help' for a command's options.`;
 
 export async function main(argv: string[]): Promise<number> {
-  useNodeGunzip();
   const [name, ...rest] = argv;
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     console.log(help);

@@ -7,6 +7,7 @@ import { tokenEndpoint } from "../access/token-endpoint.ts";
 import { BlobCache } from "../cache/blobs.ts";
 import { ManifestCache } from "../cache/manifests.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
+import type { GunzipFactory } from "../convert/decompress.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { Conversions } from "../lazy/conversions.ts";
 import { LayerIndex } from "../lazy/layer-index.ts";
@@ -24,6 +25,8 @@ export interface AppOptions {
   config: SkiffConfig;
   store: ContentStore;
   hasher: HasherFactory;
+  /** The layer gzip decoder for conversions, when the runtime has a faster one than the built-in. */
+  gunzip?: GunzipFactory;
   /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   /** Layers larger than this are not converted (default 8 GiB). */
@@ -81,7 +84,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const lazy = lazyHandler({
     store,
     hasher,

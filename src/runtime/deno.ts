@@ -9,7 +9,7 @@ import { nodeHasher } from "../hash/node.ts";
 import { createApp } from "../http/app.ts";
 import { FsStore } from "../store/fs.ts";
 import { withTimeouts } from "../util/fetch-timeouts.ts";
-import { useNodeGunzip } from "./node-gunzip.ts";
+import { nodeGunzip } from "./node-gunzip.ts";
 
 const UPSTREAM_TIMEOUTS = { headersMs: 30_000, idleMs: 60_000 };
 
@@ -38,8 +38,6 @@ async function serve(args: string[]): Promise<number> {
   }
   const log = (message: string) => console.error(`${new Date().toISOString()} ${message}`);
 
-  // Under Deno too node:zlib is several times faster than the portable fflate decoder (README, Deno).
-  useNodeGunzip();
   const store = await new FsStore(opts.dataDir).init();
   // Upstreams with a CA bundle get a client that trusts it (on top of the system roots); the others
   // share the default client.
@@ -59,6 +57,8 @@ async function serve(args: string[]): Promise<number> {
     config: opts.config,
     store,
     hasher: nodeHasher,
+    // Under Deno too node:zlib is several times faster than the portable fflate decoder (docs/deploy.md).
+    gunzip: nodeGunzip,
     fetchFor,
     ...opts.app,
     log,

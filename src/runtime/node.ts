@@ -11,7 +11,7 @@ import { OciError } from "../oci/errors.ts";
 import type { ShortcutRequest } from "../http/range-shortcut.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { FsStore } from "../store/fs.ts";
-import { useNodeGunzip } from "./node-gunzip.ts";
+import { nodeGunzip } from "./node-gunzip.ts";
 
 export interface NodeServerOptions {
   config: SkiffConfig;
@@ -28,7 +28,6 @@ export interface RunningServer extends SkiffApp {
 }
 
 export async function startNodeServer(opts: NodeServerOptions): Promise<RunningServer> {
-  useNodeGunzip();
   const store = await new FsStore(opts.dataDir).init();
   // One connection pool per upstream, trusting its CA bundle when it has one. bodyTimeout is the
   // longest silence between two chunks, not a limit on a whole (large) blob.
@@ -48,6 +47,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     config: opts.config,
     store,
     hasher: nodeHasher,
+    gunzip: nodeGunzip,
     fetchFor,
     ...opts.app,
     log: opts.log,

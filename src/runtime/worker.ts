@@ -14,7 +14,7 @@ import { R2Store, type R2BucketLike } from "../store/r2.ts";
 import { limitConnections } from "../util/connection-limit.ts";
 import { withTimeouts } from "../util/fetch-timeouts.ts";
 import { parseSize } from "../util/size.ts";
-import { useNodeGunzip } from "./node-gunzip.ts";
+import { nodeGunzip } from "./node-gunzip.ts";
 
 export interface WorkerEnv {
   STORE: R2BucketLike;
@@ -72,13 +72,13 @@ function withFixedLength(res: Response): Response {
 
 function build(env: WorkerEnv): { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } {
   try {
-    useNodeGunzip();
-    const config = workerConfig(env);
+      const config = workerConfig(env);
     const upstreamFetch = limitConnections(withTimeouts((input, init) => fetch(input, init), { headersMs: 30_000, idleMs: 60_000 }), MAX_CONNECTIONS);
     const app = createApp({
       config,
       store: new R2Store(env.STORE),
       hasher: nodeHasher,
+      gunzip: nodeGunzip,
       fetchFor: () => upstreamFetch,
       maxLayerBytes: sizeVar(env.MAX_LAYER_SIZE, "MAX_LAYER_SIZE", 8 * 2 ** 30),
       maxExpandedBytes: sizeVar(env.MAX_EXPANDED_SIZE, "MAX_EXPANDED_SIZE", 64 * 2 ** 30),
