@@ -8,10 +8,8 @@ import type { UpstreamConfig } from "../config/config.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp } from "../http/app.ts";
 import { FsStore } from "../store/fs.ts";
-import { withTimeouts } from "../util/fetch-timeouts.ts";
+import { UPSTREAM_TIMEOUTS, withTimeouts } from "../util/fetch-timeouts.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
-
-const UPSTREAM_TIMEOUTS = { headersMs: 30_000, idleMs: 60_000 };
 
 /** `serve ARGS` on Deno.serve; any other command is the Node CLI's, run under Deno. */
 async function run(argv: string[]): Promise<number> {
@@ -60,7 +58,7 @@ async function serve(args: string[]): Promise<number> {
     // Under Deno too node:zlib is several times faster than the portable fflate decoder (docs/deploy.md).
     gunzip: nodeGunzip,
     fetchFor,
-    ...opts.app,
+    ...opts.settings,
     log,
   });
 

@@ -5,12 +5,14 @@ import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import { nodeHasher } from "../hash/node.ts";
-import { createApp, type ServeSettings, type SkiffApp } from "../http/app.ts";
+import type { AppSettings } from "../config/serve-settings.ts";
+import { createApp, type SkiffApp } from "../http/app.ts";
 import { errorAnswer } from "../http/errors.ts";
 import { OciError } from "../oci/errors.ts";
 import type { ShortcutRequest } from "../http/range-shortcut.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { FsStore } from "../store/fs.ts";
+import { UPSTREAM_TIMEOUTS } from "../util/fetch-timeouts.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
 
 export interface NodeServerOptions {
@@ -18,7 +20,7 @@ export interface NodeServerOptions {
   host: string;
   port: number;
   dataDir: string;
-  app?: ServeSettings;
+  settings?: Partial<AppSettings>;
   log?: (message: string) => void;
 }
 
@@ -36,7 +38,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     let dispatcher = dispatchers.get(upstream.prefix);
     if (!dispatcher) {
       const connect = upstream.ca ? { ca: upstream.ca, timeout: 10_000 } : { timeout: 10_000 };
-      dispatcher = new Agent({ connections: 64, headersTimeout: 30_000, bodyTimeout: 60_000, connect });
+      dispatcher = new Agent({ connections: 64, headersTimeout: UPSTREAM_TIMEOUTS.headersMs, bodyTimeout: UPSTREAM_TIMEOUTS.idleMs, connect });
       dispatchers.set(upstream.prefix, dispatcher);
     }
     const pool = dispatcher;
@@ -49,7 +51,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<RunningS
     hasher: nodeHasher,
     gunzip: nodeGunzip,
     fetchFor,
-    ...opts.app,
+    ...opts.settings,
     log: opts.log,
   });
 
