@@ -15,7 +15,7 @@ import { sha256 as nobleSha256 } from "@noble/hashes/sha2.js";
 import { deflateSync, Gunzip, inflateSync } from "fflate";
 import { decodeChunk, DEFLATE_LEVEL, encodeChunk } from "../dist/src/format/codec.js";
 import { zlibInflateRaw } from "../dist/node-agent/src/zlib-inflate.js";
-import { decompressLayer, setGunzipFactory } from "../dist/src/convert/decompress.js";
+import { decompressLayer } from "../dist/src/convert/decompress.js";
 import { median, replaceSection } from "./report.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -127,15 +127,8 @@ async function gunzipSection(gzFile, total) {
   const gz = fs.readFileSync(gzFile);
   const chunks = chunksOf(new Uint8Array(gz.buffer, gz.byteOffset, gz.length), SOURCE_CHUNK);
   const layerType = "application/vnd.oci.image.layer.v1.tar+gzip";
-  const skiff = async (hash) => expectBytes(await drain(decompressLayer(webStream(chunks), layerType), hash), total, "decompressLayer");
-  const injected = (factory) => async (hash) => {
-    setGunzipFactory(factory);
-    try {
-      await skiff(hash);
-    } finally {
-      setGunzipFactory(null);
-    }
-  };
+  const skiff = async (hash, gunzip) => expectBytes(await drain(decompressLayer(webStream(chunks), layerType, gunzip), hash), total, "decompressLayer");
+  const injected = (factory) => (hash) => skiff(hash, factory);
   const withStream = injected(() => new DecompressionStream("gzip"));
   const withZlib = injected(nodeGunzip);
   const rows = await compare(total, [
@@ -380,7 +373,7 @@ function conclusions({ gunzip, zstd, decode, encode, hash }) {
   return [
     "**What skiff uses, and why.**",
     "",
-    `- *gzip layers*: the built-in decoder is fflate's streaming Gunzip plus skiff's own CRC-32 and size check of every member (fflate checks neither), on every runtime, so a layer is accepted or refused the same way everywhere. Node's DecompressionStream and node:zlib stop quietly at trailing bytes that begin with 0x00 when they come in the same read as the end of the last member, so their verdict would depend on how the network cut the stream. On Node, node:zlib with 256 KiB output chunks and a check that it consumed every input byte is strict and ${x(zlibInjected, builtIn)} faster than the built-in (${fmt(zlibInjected)} vs ${fmt(builtIn)} MB/s; it inflates on the libuv pool, beside the hashing): the Node entry should install it with \`setGunzipFactory\` (\`nodeZlibGunzip\` in bench/codecs.mjs). DecompressionStream (${fmt(stream)} MB/s) pushes 16 KiB pieces through Node's web-stream adapter and is not worth injecting on Node.`,
+    `- *gzip layers*: the built-in decoder is fflate's streaming Gunzip plus skiff's own CRC-32 and size check of every member (fflate checks neither), on every runtime, so a layer is accepted or refused the same way everywhere. Node's DecompressionStream and node:zlib stop quietly at trailing bytes that begin with 0x00 when they come in the same read as the end of the last member, so their verdict would depend on how the network cut the stream. On Node, node:zlib with 256 KiB output chunks and a check that it consumed every input byte is strict and ${x(zlibInjected, builtIn)} faster than the built-in (${fmt(zlibInjected)} vs ${fmt(builtIn)} MB/s; it inflates on the libuv pool, beside the hashing): the runtime entries pass it as the \`gunzip\` option (\`nodeGunzip\`, src/runtime/node-gunzip.ts). DecompressionStream (${fmt(stream)} MB/s) pushes 16 KiB pieces through Node's web-stream adapter and is not worth injecting on Node.`,
     `- *zstd layers*: fzstd (${fmt(get(zstd, "fzstd"))} MB/s; the CLI, for scale, ${fmt(get(zstd, "zstd -dc"))}). skiff reads every frame header before fzstd does: windows above 128 MiB and dictionary frames are refused, skippable frames are skipped, and fzstd is fed a few blocks at a time so output stays ≤ 1 MiB per step. fzstd does not verify content checksums; the layer digest covers the bytes.`,
     `- *Chunk encode*: fflate \`deflateSync\` level ${DEFLATE_LEVEL}, the same bytes on every runtime (a test pins them). Level 1 is ${x(l1mixed, l6mixed)} (mixed) and ${x(l1text, l6text)} (text) faster than level 6, which stores ${l6stored} instead of ${l1stored} of mixed content and ${l6storedText} instead of ${l1storedText} of text. Conversion sits in front of an image's first pull and Workers bill CPU time, while lazy fetching already avoids most transfer, so speed wins.`,
     `- *Chunk decode*: fflate \`inflateSync\` into a buffer of the expected size, as fast as or faster than DecompressionStream one chunk at a time here (at ${decodeFaster.join(", ") || "none of the sizes"} in this run) and steadier under load. DecompressionStream inflates on the libuv pool, so it could only pay off with several chunks decoding at once. The Node agent, which inflates every chunk a cold start reads, injects node:zlib's \`inflateRawSync\` instead (node-agent/src/zlib-inflate.ts): ${x(zlibAt1m, fflateAt1m)} the built-in at 1 MiB chunks (${fmt(zlibAt1m)} vs ${fmt(fflateAt1m)} MB/s).`,

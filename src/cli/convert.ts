@@ -7,6 +7,7 @@ import { CHUNK_CODECS } from "../format/codec.ts";
 import { convertImage } from "../convert/image.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, type ConvertParams } from "../format/params.ts";
 import { nodeHasher } from "../hash/node.ts";
+import { nodeGunzip } from "../runtime/node-gunzip.ts";
 import { FsStore } from "../store/fs.ts";
 import { parseFlags, UsageError } from "./args.ts";
 import { openLayout } from "./oci-layout.ts";
@@ -62,6 +63,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
   const result = await convertImage(source, {
     store,
     hasher: nodeHasher,
+    gunzip: nodeGunzip,
     params,
     platform: values.platform ?? "linux/amd64",
     onLayer: (i, layer) => {

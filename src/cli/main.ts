@@ -1,11 +1,11 @@
 // The `skiff` command: one entry, one subcommand per module.
 import { version } from "../version.ts";
-import { useNodeGunzip } from "../runtime/node-gunzip.ts";
 import { UsageError } from "./args.ts";
+import type { StartServer } from "./serve.ts";
 
 // Commands load on demand, so `skiff convert` does not pay for the HTTP server's modules.
-const commands: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
-  serve: { summary: "run the pull-through registry mirror", run: async (argv) => (await import("./serve.ts")).serveCommand(argv) },
+const commands: Record<string, { summary: string; run: (argv: string[], startServer?: StartServer) => Promise<number> }> = {
+  serve: { summary: "run the pull-through registry mirror", run: async (argv, startServer) => (await import("./serve.ts")).serveCommand(argv, startServer) },
   convert: {
     summary: "convert an image from an OCI layout into skiff's chunked format",
     run: async (argv) => (await import("./convert.ts")).convertCommand(argv),
@@ -42,8 +42,8 @@ ${Object.entries(commands)
 
 Run 'skiff <command> --help' for a command's options.`;
 
-export async function main(argv: string[]): Promise<number> {
-  useNodeGunzip();
+/** Runs one command; `serve` starts its server with `startServer` (the Deno CLI's), else on Node. */
+export async function main(argv: string[], startServer?: StartServer): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     console.log(help);
@@ -59,7 +59,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await command.run(rest);
+    return await command.run(rest, startServer);
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`skiff ${name}: ${err.message}\n`);

@@ -2,9 +2,9 @@
 // `deno task serve`): the flags, the config file or single-upstream flags, the environment.
 import { readFileSync } from "node:fs";
 import { ConfigError, resolveConfig, type SkiffConfig } from "../config/config.ts";
+import { parseServeSettings, SettingsError, type AppSettings } from "../config/serve-settings.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
-import type { ServeSettings } from "../http/app.ts";
-import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
+import { integerFlag, parseFlags, UsageError } from "./args.ts";
 
 export const serveHelp = `Usage: skiff serve [--config FILE | --upstream URL ...] [options]
 
@@ -58,7 +58,7 @@ export interface ServeOptions {
   host: string;
   port: number;
   dataDir: string;
-  app: ServeSettings;
+  settings: AppSettings;
 }
 
 /** The options the arguments and environment describe, or null when they ask for help. */
@@ -86,44 +86,35 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     platform: { type: "string" },
   });
   if (values.help) return null;
-  const tagTtl = integerFlag(values["tag-ttl"], "tag-ttl", 60);
-  const configFile = values.config ?? env.SKIFF_CONFIG;
-  let raw: unknown;
-  if (configFile !== undefined) {
-    const mixed = SINGLE_UPSTREAM_FLAGS.find((f) => values[f] !== undefined);
-    if (mixed) throw new UsageError(`--${mixed} can't be combined with --config: describe the upstream in the config file`);
-    raw = readConfigFile(configFile);
-  } else {
-    raw = singleUpstreamFromFlags(values, env);
-  }
-  let config: SkiffConfig;
   try {
-    config = resolveConfig(raw, { env, readFile: (path) => readFileSync(path, "utf8"), defaultTagTtlSeconds: tagTtl });
+    const { tagTtlSeconds, ...settings } = parseServeSettings(values);
+    const configFile = values.config ?? env.SKIFF_CONFIG;
+    let raw: unknown;
+    if (configFile !== undefined) {
+      const mixed = SINGLE_UPSTREAM_FLAGS.find((f) => values[f] !== undefined);
+      if (mixed) throw new UsageError(`--${mixed} can't be combined with --config: describe the upstream in the config file`);
+      raw = readConfigFile(configFile);
+    } else {
+      raw = singleUpstreamConfig({
+        ...values,
+        upstream: values.upstream ?? env.SKIFF_UPSTREAM ?? "https://registry-1.docker.io",
+        "upstream-user": values["upstream-user"] ?? env.SKIFF_UPSTREAM_USER,
+        "upstream-password": values["upstream-password"] ?? env.SKIFF_UPSTREAM_PASSWORD,
+      });
+    }
+    return {
+      config: resolveConfig(raw, { env, readFile: (path) => readFileSync(path, "utf8"), defaultTagTtlSeconds: tagTtlSeconds }),
+      check: values.check ?? false,
+      host: values.host ?? "0.0.0.0",
+      port: integerFlag(values.port, "port", 8080, 0, 65535),
+      dataDir: values.data ?? "./data",
+      settings,
+    };
   } catch (err) {
+    if (err instanceof SettingsError) throw new UsageError(err.spelled((s) => `--${s}`));
     if (err instanceof ConfigError) throw new UsageError(`config: ${err.message}`);
     throw err;
   }
-  return {
-    config,
-    check: values.check ?? false,
-    host: values.host ?? "0.0.0.0",
-    port: integerFlag(values.port, "port", 8080, 0, 65535),
-    dataDir: values.data ?? "./data",
-    app: {
-      maxLayerBytes: sizeFlag(values["max-layer-size"], "max-layer-size", 8 * 2 ** 30),
-      maxExpandedBytes: positiveSize(values["max-expanded-size"] ?? "64g", "max-expanded-size"),
-      maxLayerEntries: integerFlag(values["max-layer-entries"], "max-layer-entries", 1_000_000, 1),
-      convertWaitSeconds: integerFlag(values["convert-wait"], "convert-wait", 30, 0, 3600),
-      convertStepBytes: values["convert-step"] === undefined ? undefined : positiveSize(values["convert-step"], "convert-step"),
-      defaultPlatform: values.platform,
-    },
-  };
-}
-
-function positiveSize(value: string, name: string): number {
-  const bytes = sizeFlag(value, name, 0);
-  if (bytes === 0) throw new UsageError(`--${name} must be more than 0`);
-  return bytes;
 }
 
 function readConfigFile(path: string): unknown {
@@ -138,34 +129,6 @@ function readConfigFile(path: string): unknown {
   } catch (err) {
     throw new UsageError(`config: ${path} is not valid JSON: ${(err as Error).message}`);
   }
-}
-
-/** The config the single-upstream flags describe: one upstream, which is also the default. */
-function singleUpstreamFromFlags(values: Record<string, unknown>, env: Record<string, string | undefined>): unknown {
-  const url = (values.upstream as string | undefined) ?? env.SKIFF_UPSTREAM ?? "https://registry-1.docker.io";
-  try {
-    const u = new URL(url);
-    if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error();
-  } catch {
-    throw new UsageError(`--upstream must be an http(s) URL, got ${JSON.stringify(url)}`);
-  }
-  const username = (values["upstream-user"] as string | undefined) ?? env.SKIFF_UPSTREAM_USER;
-  const password = (values["upstream-password"] as string | undefined) ?? env.SKIFF_UPSTREAM_PASSWORD;
-  if ((username === undefined) !== (password === undefined)) throw new UsageError("--upstream-user and --upstream-password go together");
-  const access = (values.access as string | undefined) ?? "open";
-  if (access !== "open" && access !== "passthrough") throw new UsageError(`--access must be open or passthrough (credentials mode needs a config file), got ${JSON.stringify(access)}`);
-  if (username !== undefined && access === "open" && !values["upstream-public"]) {
-    throw new UsageError("with upstream credentials the upstream is private: add --upstream-public to serve what they reach to anyone, or --access passthrough");
-  }
-  return singleUpstreamConfig({
-    url,
-    credentials: username !== undefined ? { username, password: password! } : undefined,
-    public: values["upstream-public"] ? true : undefined,
-    ca: values["upstream-ca"] as string | undefined,
-    allowHosts: values["allow-host"] as string[] | undefined,
-    namespaces: values["registry-alias"] as string[] | undefined,
-    access,
-  });
 }
 
 /** The resolved setup in a few lines, for the log and `--check`; no secret is printed. */

@@ -1,10 +1,15 @@
-// `skiff serve`: the pull-through registry proxy on Node.
-import { startNodeServer } from "../runtime/node.ts";
+// `skiff serve`: the pull-through registry proxy, on Node (src/runtime/node.ts) or on the runtime
+// whose skiff command brings its own server (Deno: src/cli/deno.ts).
+import type { RunningServer, ServerOptions } from "../runtime/fs-server.ts";
 import { describeConfig, parseServeOptions, serveHelp } from "./serve-options.ts";
 
 export { serveHelp };
 
-export async function serveCommand(argv: string[]): Promise<number> {
+export type StartServer = (opts: ServerOptions) => Promise<RunningServer>;
+
+const SIGNALS = ["SIGINT", "SIGTERM"] as const;
+
+export async function serveCommand(argv: string[], start?: StartServer): Promise<number> {
   const opts = parseServeOptions(argv, process.env);
   if (!opts) {
     console.log(serveHelp);
@@ -15,16 +20,18 @@ export async function serveCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const log = (message: string) => process.stderr.write(`${new Date().toISOString()} ${message}\n`);
-  const server = await startNodeServer({ ...opts, log });
+  start ??= (await import("../runtime/node.ts")).startNodeServer;
+  const server = await start({ ...opts, log });
   console.log(`skiff listening on ${server.url}`);
   for (const line of describeConfig(opts.config).split("\n")) log(line);
   log(`store ${opts.dataDir}`);
 
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once("SIGINT", stop);
-    process.once("SIGTERM", stop);
-  });
+  let stop!: () => void;
+  const stopped = new Promise<void>((resolve) => (stop = resolve));
+  for (const s of SIGNALS) process.on(s, stop);
+  await stopped;
+  // A second signal kills as usual; close() stops accepting and waits for requests in flight.
+  for (const s of SIGNALS) process.off(s, stop);
   await server.close();
   return 0;
 }

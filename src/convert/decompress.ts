@@ -5,7 +5,7 @@
 // so a layer is accepted or refused identically on Node, Deno and Workers. The native
 // DecompressionStream can't be used as is: Node's stops quietly at trailing bytes that begin with
 // 0x00, but only when they arrive in the same read as the end of the last member. A runtime entry
-// can install a faster strict gunzip with setGunzipFactory (on Node, node:zlib: docs/benchmarks.md).
+// can pass a faster strict gunzip down (on Node, node:zlib: docs/benchmarks.md).
 import { Gunzip } from "fflate";
 import { Decompress as ZstdDecompress } from "fzstd";
 
@@ -50,21 +50,14 @@ export function sniffCompression(head: Uint8Array): LayerCompression {
  */
 export type GunzipFactory = () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>>;
 
-let gunzipFactory: GunzipFactory | null = null;
-
-/** Replaces the built-in gunzip (fflate) for this process; null restores it. */
-export function setGunzipFactory(factory: GunzipFactory | null): void {
-  gunzipFactory = factory;
-}
-
-export function decompressLayer(source: ReadableStream<Uint8Array>, mediaType: string): ReadableStream<Uint8Array> {
+/** The layer's tar stream; gzip goes through `gunzip` when given, else the built-in decoder (fflate). */
+export function decompressLayer(source: ReadableStream<Uint8Array>, mediaType: string, gunzip?: GunzipFactory): ReadableStream<Uint8Array> {
   const expected = compressionForMediaType(mediaType);
   if (expected === null) {
     void source.cancel().catch(() => {});
     return errored(new LayerFormatError(`unsupported layer media type ${JSON.stringify(mediaType)}`));
   }
-  const factory = gunzipFactory;
-  if (expected === "gzip" && factory) return viaFactory(source, mediaType, factory);
+  if (expected === "gzip" && gunzip) return viaFactory(source, mediaType, gunzip);
   return viaPushDecoder(source, mediaType, expected);
 }
 

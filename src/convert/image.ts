@@ -7,6 +7,7 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
+import type { GunzipFactory } from "./decompress.ts";
 import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
 import type { SkippedEntry } from "./layer-tree.ts";
 import { mergeLayers } from "./merge.ts";
@@ -85,6 +86,7 @@ export async function resolveImage(source: ImageSource, platform: string): Promi
 export interface ConvertImageOptions {
   store: ContentStore;
   hasher: HasherFactory;
+  gunzip?: GunzipFactory;
   params: ConvertParams;
   platform: string;
   /** Called before each layer with its index, and as compressed bytes are read. */

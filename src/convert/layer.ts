@@ -17,7 +17,7 @@ import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from "./checkpoint.ts";
 import { codecId, encodeChunk } from "../format/codec.ts";
-import { compressionForMediaType, decompressLayer, LayerFormatError } from "./decompress.ts";
+import { compressionForMediaType, decompressLayer, LayerFormatError, type GunzipFactory } from "./decompress.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { readTar, TarError } from "./tar.ts";
@@ -78,6 +78,8 @@ export class ConversionPaused extends Error {
 export interface ConvertLayerOptions {
   store: ContentStore;
   hasher: HasherFactory;
+  /** The runtime's gzip decoder, when faster than the built-in one (node:zlib). */
+  gunzip?: GunzipFactory;
   params: ConvertParams;
   /** Called as compressed bytes are read (for progress). */
   onBytes?: (n: number) => void;
@@ -234,7 +236,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
       },
     }),
   );
-  const decompressed = decompressLayer(tapped, layer.mediaType).getReader();
+  const decompressed = decompressLayer(tapped, layer.mediaType, opts.gunzip).getReader();
   const maxExpanded = opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES;
   let expanded = 0;
   // The tar reader stops at the end-of-archive marker; whatever follows (padding, the gzip

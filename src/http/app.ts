@@ -7,6 +7,8 @@ import { tokenEndpoint } from "../access/token-endpoint.ts";
 import { BlobCache } from "../cache/blobs.ts";
 import { ManifestCache } from "../cache/manifests.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
+import { DEFAULT_SETTINGS, type AppSettings } from "../config/serve-settings.ts";
+import type { GunzipFactory } from "../convert/decompress.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { Conversions } from "../lazy/conversions.ts";
 import { LayerIndex } from "../lazy/layer-index.ts";
@@ -20,30 +22,18 @@ import { createMetrics, type Metrics } from "../util/metrics.ts";
 import { rangeShortcut, type RangeShortcut } from "./range-shortcut.ts";
 import { apiVersionResponse, registryRoutes } from "./registry.ts";
 
-export interface AppOptions {
+/** What a runtime entry builds for its platform, and the settings (src/config/serve-settings.ts; their defaults when absent). */
+export interface AppOptions extends Partial<AppSettings> {
   config: SkiffConfig;
   store: ContentStore;
   hasher: HasherFactory;
+  /** The layer gzip decoder for conversions, when the runtime has a faster one than the built-in. */
+  gunzip?: GunzipFactory;
   /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
-  /** Layers larger than this are not converted (default 8 GiB). */
-  maxLayerBytes?: number;
-  /** Layers that expand past this are refused while converting (default 64 GiB). */
-  maxExpandedBytes?: number;
-  /** Layers with more tar entries than this are refused while converting (default 1,000,000). */
-  maxLayerEntries?: number;
-  /** How long a bootstrap request waits for a conversion before answering 202 (default 30 s). */
-  convertWaitSeconds?: number;
-  /** Layer content one request converts before the conversion pauses until the next (default: no limit). */
-  convertStepBytes?: number;
-  /** Platform of bootstraps when the request names none (default linux/amd64). */
-  defaultPlatform?: string;
   log?: (message: string) => void;
   now?: () => number;
 }
-
-/** The app's settings that `serve`'s flags set, the same on every runtime entry. */
-export type ServeSettings = Pick<AppOptions, "maxLayerBytes" | "maxExpandedBytes" | "maxLayerEntries" | "convertWaitSeconds" | "convertStepBytes" | "defaultPlatform">;
 
 export interface SkiffApp {
   app: Hono;
@@ -81,7 +71,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? 8 * 2 ** 30, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const lazy = lazyHandler({
     store,
     hasher,
@@ -90,8 +80,8 @@ export function createApp(opts: AppOptions): SkiffApp {
     manifests,
     conversions,
     layers: new LayerIndex(store),
-    convertWaitMs: (opts.convertWaitSeconds ?? 30) * 1000,
-    defaultPlatform: opts.defaultPlatform ?? "linux/amd64",
+    convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
+    defaultPlatform: opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform,
   });
 
   const app = new Hono();

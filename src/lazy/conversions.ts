@@ -15,7 +15,7 @@ import type { Metrics } from "../util/metrics.ts";
 import { convertImage, ImageError, resolveImage, type ImageSource } from "../convert/image.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
-import { LayerFormatError } from "../convert/decompress.ts";
+import { LayerFormatError, type GunzipFactory } from "../convert/decompress.ts";
 import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import type { Digest } from "../oci/reference.ts";
@@ -25,6 +25,8 @@ import { Lease, LeaseLost } from "./lease.ts";
 export interface ConversionsDeps {
   store: ContentStore;
   hasher: HasherFactory;
+  /** The runtime's gzip decoder (the converter's built-in one when absent). */
+  gunzip?: GunzipFactory;
   metrics: Metrics;
   blobs: BlobCache;
   manifests: ManifestCache;
@@ -95,6 +97,7 @@ export class Conversions {
     const converted = await convertImage(source, {
       store: this.#deps.store,
       hasher: this.#deps.hasher,
+      gunzip: this.#deps.gunzip,
       params,
       platform,
       // One budget for the whole request, however many layers it reaches.

@@ -1,49 +1,14 @@
-// Deno entry: `deno task serve` (same flags as `skiff serve`) runs the shared app on Deno.serve, with
-// the filesystem store, node:crypto hashing and node:zlib gunzip through Deno's node: compatibility
-// and one HTTP client per upstream that has its own CA bundle; `deno task skiff CMD` runs the other
-// CLI commands. Type-checked by `deno check`, not by the Node tsc projects.
-import { describeConfig, parseServeOptions, serveHelp } from "../cli/serve-options.ts";
-import { UsageError } from "../cli/args.ts";
+// Deno entry: the shared app on Deno.serve over the filesystem store (fs-server.ts), one HTTP client
+// per upstream that has its own CA bundle, and the Node pool's upstream timeouts, which Deno's
+// fetch lacks. `deno task serve` starts it through the skiff command (src/cli/deno.ts).
+// Type-checked by `deno check`, not by the Node tsc projects.
 import type { UpstreamConfig } from "../config/config.ts";
-import { nodeHasher } from "../hash/node.ts";
-import { createApp } from "../http/app.ts";
-import { FsStore } from "../store/fs.ts";
-import { withTimeouts } from "../util/fetch-timeouts.ts";
-import { useNodeGunzip } from "./node-gunzip.ts";
+import { UPSTREAM_TIMEOUTS, withTimeouts } from "../util/fetch-timeouts.ts";
+import { fsApp, serverUrl, type RunningServer, type ServerOptions } from "./fs-server.ts";
 
-const UPSTREAM_TIMEOUTS = { headersMs: 30_000, idleMs: 60_000 };
-
-/** `serve ARGS` on Deno.serve; any other command is the Node CLI's, run under Deno. */
-async function run(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  if (command !== "serve") return (await import("../cli/main.ts")).main(argv);
-  try {
-    return await serve(rest);
-  } catch (err) {
-    // As the Node CLI: a usage mistake is one line and status 2, any other failure one line and 1.
-    console.error(`skiff serve: ${err instanceof Error ? err.message : String(err)}`);
-    return err instanceof UsageError ? 2 : 1;
-  }
-}
-
-async function serve(args: string[]): Promise<number> {
-  const opts = parseServeOptions(args, Deno.env.toObject());
-  if (!opts) {
-    console.log(serveHelp);
-    return 0;
-  }
-  if (opts.check) {
-    console.log(describeConfig(opts.config));
-    return 0;
-  }
-  const log = (message: string) => console.error(`${new Date().toISOString()} ${message}`);
-
-  // Under Deno too node:zlib is several times faster than the portable fflate decoder (README, Deno).
-  useNodeGunzip();
-  const store = await new FsStore(opts.dataDir).init();
+export async function startDenoServer(opts: ServerOptions): Promise<RunningServer> {
   // Upstreams with a CA bundle get a client that trusts it (on top of the system roots); the others
   // share the default client.
-  // Deno's fetch has no header or idle timeouts of its own: the same limits as the Node entry's pool.
   const clients = new Map<string, Deno.HttpClient>();
   const fetchFor = (upstream: UpstreamConfig): typeof fetch => {
     if (!upstream.ca) return withTimeouts(fetch, UPSTREAM_TIMEOUTS);
@@ -55,43 +20,20 @@ async function serve(args: string[]): Promise<number> {
     const own = client;
     return withTimeouts(((input: RequestInfo | URL, init?: RequestInit) => fetch(input, { ...init, client: own })) as typeof fetch, UPSTREAM_TIMEOUTS);
   };
-  const skiff = createApp({
-    config: opts.config,
-    store,
-    hasher: nodeHasher,
-    fetchFor,
-    ...opts.app,
-    log,
-  });
+  const skiff = await fsApp(opts, fetchFor);
 
-  const listening = Promise.withResolvers<void>();
+  const listening = Promise.withResolvers<string>();
   const server = Deno.serve(
-    {
-      hostname: opts.host,
-      port: opts.port,
-      onListen: ({ hostname, port }) => {
-        const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-        console.log(`skiff listening on http://${host}:${port}`);
-        listening.resolve();
-      },
-    },
+    { hostname: opts.host, port: opts.port, onListen: ({ hostname, port }) => listening.resolve(serverUrl(hostname, port)) },
     (request) => skiff.app.fetch(request),
   );
-  await listening.promise;
-  for (const line of describeConfig(opts.config).split("\n")) log(line);
-  log(`store ${opts.dataDir}`);
-
-  const stop = Promise.withResolvers<void>();
-  const signals = ["SIGINT", "SIGTERM"] as const;
-  for (const s of signals) Deno.addSignalListener(s, stop.resolve);
-  await stop.promise;
-  // A second signal kills as usual; shutdown() stops accepting and waits for requests in flight.
-  for (const s of signals) Deno.removeSignalListener(s, stop.resolve);
-  await server.shutdown();
-  for (const client of clients.values()) client.close();
-  return 0;
+  return {
+    ...skiff,
+    url: await listening.promise,
+    close: async () => {
+      // shutdown() stops accepting and waits for requests in flight.
+      await server.shutdown();
+      for (const client of clients.values()) client.close();
+    },
+  };
 }
-
-// The exit status is set, not forced: a conversion still running after shutdown may finish first,
-// as on Node.
-if (import.meta.main) Deno.exitCode = await run(Deno.args);

@@ -3,7 +3,7 @@
 // one: every input byte must belong to a gzip member, so trailing bytes are an error.
 import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
-import { setGunzipFactory, type GunzipFactory } from "../convert/decompress.ts";
+import type { GunzipFactory } from "../convert/decompress.ts";
 
 export const nodeGunzip: GunzipFactory = () => {
   const gunzip = createGunzip({ chunkSize: 256 * 1024 });
@@ -47,8 +47,3 @@ export const nodeGunzip: GunzipFactory = () => {
   void native.readable.pipeTo(check.writable).catch(() => {});
   return { writable: count.writable, readable: check.readable };
 };
-
-/** Makes every layer conversion in this process use node:zlib for gzip. */
-export function useNodeGunzip(): void {
-  setGunzipFactory(nodeGunzip);
-}

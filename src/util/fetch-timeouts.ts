@@ -8,6 +8,9 @@ export interface FetchTimeouts {
   idleMs: number;
 }
 
+/** Every runtime's limits on an upstream: 30 s for the response headers, 60 s of silence within a body. */
+export const UPSTREAM_TIMEOUTS: FetchTimeouts = { headersMs: 30_000, idleMs: 60_000 };
+
 export function withTimeouts(fetchImpl: typeof fetch, t: FetchTimeouts): typeof fetch {
   return (async (input: RequestInfo | URL, init?: RequestInit) => {
     const controller = new AbortController();

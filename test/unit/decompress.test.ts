@@ -9,7 +9,6 @@ import {
   decompressLayer,
   type GunzipFactory,
   LayerFormatError,
-  setGunzipFactory,
   sniffCompression,
 } from "../../src/convert/decompress.ts";
 
@@ -64,7 +63,9 @@ async function collect(stream: ReadableStream<Uint8Array>, onChunk?: (c: Uint8Ar
   }
 }
 
-const decode = (bytes: Uint8Array, mediaType: string, sizes?: number[]) => collect(decompressLayer(streamOf(bytes, sizes), mediaType));
+/** The gunzip the decode helpers pass (set per suite below); the built-in decoder when undefined. */
+let gunzip: GunzipFactory | undefined;
+const decode = (bytes: Uint8Array, mediaType: string, sizes?: number[]) => collect(decompressLayer(streamOf(bytes, sizes), mediaType, gunzip));
 
 async function decodeError(bytes: Uint8Array, mediaType: string, sizes?: number[]): Promise<Error> {
   try {
@@ -165,8 +166,8 @@ const GUNZIPS: [string, GunzipFactory | null][] = [
 
 describe.each(GUNZIPS)("decompressLayer: gzip, %s", (_name, factory) => {
   const content = mixedContent(3 << 20);
-  beforeAll(() => setGunzipFactory(factory));
-  afterAll(() => setGunzipFactory(null));
+  beforeAll(() => void (gunzip = factory ?? undefined));
+  afterAll(() => void (gunzip = undefined));
 
   it("decodes a single member fed in awkward chunk sizes", async () => {
     const gz = new Uint8Array(zlib.gzipSync(content));
@@ -246,7 +247,7 @@ describe.each(GUNZIPS)("decompressLayer: gzip, %s", (_name, factory) => {
     expect(gz.length).toBeLessThan(50_000);
     let largest = 0;
     // One source chunk holding the whole layer: the decoder must still slice its work.
-    const out = await collect(decompressLayer(streamOf(gz), OCI_GZIP), (c) => void (largest = Math.max(largest, c.length)));
+    const out = await collect(decompressLayer(streamOf(gz), OCI_GZIP, gunzip), (c) => void (largest = Math.max(largest, c.length)));
     expect(sha256(out)).toBe(sha256(zeros));
     expect(largest).toBeLessThanOrEqual(2 << 20);
   });
@@ -374,10 +375,10 @@ describe("decompressLayer: media type, passthrough and stream behaviour", () => 
 
   it("uses an injected gunzip, still checking the magic and wrapping its errors", async () => {
     let used = 0;
-    setGunzipFactory(() => {
+    gunzip = () => {
       used++;
       return new DecompressionStream("gzip");
-    });
+    };
     try {
       const gz = new Uint8Array(zlib.gzipSync(enc("native")));
       expect(new TextDecoder().decode(await decode(gz, OCI_GZIP, [2]))).toBe("native");
@@ -387,7 +388,7 @@ describe("decompressLayer: media type, passthrough and stream behaviour", () => 
       expect(err).toBeInstanceOf(LayerFormatError);
       expect(err.message).toMatch(/^gzip data is corrupt: /);
     } finally {
-      setGunzipFactory(null);
+      gunzip = undefined;
     }
   });
 });
