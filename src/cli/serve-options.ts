@@ -2,7 +2,8 @@
 // `deno task serve`): the flags, the config file or single-upstream flags, the environment.
 import { readFileSync } from "node:fs";
 import { ConfigError, resolveConfig, type SkiffConfig } from "../config/config.ts";
-import { parseServeSettings, SettingsError, type AppSettings } from "../config/serve-settings.ts";
+import { parseServeSettings, SERVE_DEFAULTS, SettingsError, type AppSettings } from "../config/serve-settings.ts";
+import { DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED_BYTES } from "../convert/layer.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
 import { integerFlag, parseFlags, UsageError } from "./args.ts";
 
@@ -35,16 +36,16 @@ Options:
   --data DIR                filesystem store directory (default ./data)
   --tag-ttl SECONDS         how long a tag answer is served before asking upstream again, for
                             upstreams that set no tagTtl (default 60)
-  --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default 8g)
+  --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default ${SERVE_DEFAULTS["max-layer-size"]})
   --max-expanded-size SIZE  largest a layer may expand to when converted; a decompression bomb
-                            is refused once past it (default 64g)
+                            is refused once past it (default ${DEFAULT_MAX_EXPANDED_BYTES / 2 ** 30}g)
   --max-layer-entries N     most files a layer may hold to be converted; its tree is kept in
-                            memory, about 1.2 KiB a file (default 1000000)
+                            memory, about 1.2 KiB a file (default ${DEFAULT_MAX_ENTRIES})
   --convert-wait SECONDS    how long a bootstrap request waits for a conversion before the
-                            answer 202 + Retry-After (default 30)
+                            answer 202 + Retry-After (default ${SERVE_DEFAULTS["convert-wait"]})
   --convert-step SIZE       convert at most SIZE of layer content per bootstrap request; the
                             conversion goes on at the next request (default: no limit)
-  --platform OS/ARCH        platform of bootstraps whose request names none (default linux/amd64)
+  --platform OS/ARCH        platform of bootstraps whose request names none (default ${SERVE_DEFAULTS.platform})
   -h, --help                show this help
 
 When ready it prints one line: skiff listening on http://HOST:PORT`;

@@ -44,11 +44,12 @@ export const SETTING_NAMES = ["max-layer-size", "max-expanded-size", "max-layer-
 export type SettingName = (typeof SETTING_NAMES)[number];
 export type SettingValues = Partial<Record<SettingName, string>>;
 
-const DEFAULTS: SettingValues = { "max-layer-size": "8g", "convert-wait": "30", platform: "linux/amd64" };
+/** skiff's own defaults, as `skiff serve --help` also shows them. */
+export const SERVE_DEFAULTS = { "max-layer-size": "8g", "convert-wait": "30", platform: "linux/amd64" } as const satisfies SettingValues;
 
 /** The settings `values` give, over `defaults` (a runtime's own), over skiff's. */
 export function parseServeSettings(values: SettingValues, defaults: SettingValues = {}): ServeSettings {
-  const text = (name: SettingName) => values[name] ?? defaults[name] ?? DEFAULTS[name];
+  const text = (name: SettingName) => values[name] ?? defaults[name] ?? (SERVE_DEFAULTS as SettingValues)[name];
   const size = (name: SettingName, min: 0 | 1) => {
     const t = text(name);
     const bytes = t === undefined ? undefined : parseSize(t);
