@@ -18,6 +18,8 @@ export interface ChunkFetcherOptions {
   proxy: string;
   /** Repository name, e.g. `library/alpine`. */
   name: string;
+  /** The registry of the repository, for a proxy that mirrors several (`?ns=`). */
+  ns?: string;
   /** Conversion parameters (`Skiff-Params`), e.g. `v1-c20-none`. */
   params: string;
   /** A fetch, retries included, rejects once this much time has passed. */
@@ -50,6 +52,7 @@ export class ChunkFetcher {
   readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0 };
   readonly #proxy: string;
   readonly #name: string;
+  readonly #ns: string | undefined;
   readonly #params: string;
   readonly #timeoutMs: number;
   readonly #codec: "none" | "deflate-raw";
@@ -68,6 +71,7 @@ export class ChunkFetcher {
     this.#timeoutMs = o.timeoutMs;
     this.#proxy = o.proxy;
     this.#name = o.name;
+    this.#ns = o.ns;
     this.#params = o.params;
     this.#fetch = o.fetchImpl ?? ((url, init) => fetch(url, init));
   }
@@ -130,7 +134,7 @@ export class ChunkFetcher {
 
   /** One merged range, retried with backoff on transient failures until the signal aborts. */
   async #fetchRange(range: PlannedRange, signal: AbortSignal): Promise<Map<string, Uint8Array>> {
-    const url = layerDataUrl(this.#proxy, this.#name, range.layerDigest, this.#params);
+    const url = layerDataUrl(this.#proxy, this.#name, range.layerDigest, this.#params, this.#ns);
     // Bounded twice: by the timeout, and by an attempt count for a zero-latency failure loop.
     for (let attempt = 0; ; attempt++) {
       signal.throwIfAborted();

@@ -8,6 +8,7 @@ import { constants as fsConstants } from "node:fs";
 import { constants } from "node:os";
 import Fuse, { type FuseOps } from "fuse-native";
 import type { Bootstrap } from "../../src/format/decode.ts";
+import { FLAG_OPAQUE } from "../../src/format/layout.ts";
 import { statfsOf, statOf } from "./fuse-attrs.ts";
 import type { FileReader } from "./file-reader.ts";
 
@@ -22,6 +23,12 @@ export interface MountOptions {
   allowOther?: boolean;
   /** A read the reader hasn't answered after this long fails with EIO; default 60 s. */
   readTimeoutMs?: number;
+  /**
+   * `image` (default): an image bootstrap's merged tree. `overlay-layer`: a layer bootstrap as one
+   * lowerdir of a kernel overlayfs: whiteouts are shown as overlayfs whiteouts (char 0/0), opaque
+   * directories carry `trusted.overlay.opaque=y`; hardlink references to lower layers are left out.
+   */
+  view?: "image" | "overlay-layer";
 }
 
 export interface MountedImage {
@@ -95,7 +102,9 @@ export async function mountImage(opts: MountOptions): Promise<MountedImage> {
   };
 }
 
-function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_MS }: MountOptions): FuseOps {
+function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_MS, view = "image" }: MountOptions): FuseOps {
+  const isVisible = view === "image" ? visibleInImage : visibleInLayer;
+  const xattrsOf = view === "image" ? (inode: number) => b.xattrs(inode) : (inode: number) => overlayXattrs(b, inode);
   const paths = new Map<string, number | null>();
   const resolve = (path: string): number | null => {
     let inode = paths.get(path);
@@ -174,14 +183,14 @@ function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_M
     getxattr(path, name, _position, cb) {
       const inode = resolve(path);
       if (inode === null) return cb(-E.ENOENT);
-      const value = b.xattrs(inode).get(name);
+      const value = xattrsOf(inode).get(name);
       if (value === undefined) return cb(-E.ENODATA);
       cb(0, Buffer.from(value));
     },
     listxattr(path, cb) {
       const inode = resolve(path);
       if (inode === null) return cb(-E.ENOENT);
-      cb(0, [...b.xattrs(inode).keys()]);
+      cb(0, [...xattrsOf(inode).keys()]);
     },
     // The mount is `ro`, so the kernel refuses most writes itself; these answer whatever gets through.
     write: rofs,
@@ -204,9 +213,23 @@ function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_M
 }
 
 /** Whiteouts and hardlink references belong in layer bootstraps only: an image shows none. */
-function isVisible(b: Bootstrap, inode: number): boolean {
+function visibleInImage(b: Bootstrap, inode: number): boolean {
   const type = b.inode(inode).type;
   return type !== "whiteout" && type !== "hardlink-ref";
+}
+
+/** overlayfs can't link to a file of another layer, so such a reference is left out of the layer. */
+function visibleInLayer(b: Bootstrap, inode: number): boolean {
+  return b.inode(inode).type !== "hardlink-ref";
+}
+
+const OPAQUE = new Map([["trusted.overlay.opaque", new Uint8Array([0x79])]]); // "y"
+
+/** A layer directory marked opaque tells overlayfs to hide the lower layers' entries below it. */
+function overlayXattrs(b: Bootstrap, inode: number): Map<string, Uint8Array> {
+  const own = b.xattrs(inode);
+  if (!(b.inode(inode).flags & FLAG_OPAQUE)) return own;
+  return new Map([...own, ...OPAQUE]);
 }
 
 /** `promise`, or a rejection once `ms` have passed: a stuck reader must not hang the kernel's request. */

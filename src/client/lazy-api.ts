@@ -34,9 +34,12 @@ export interface BootstrapQuery {
   chunkSize?: string;
   /** `none` or `deflate-raw` */
   codec?: string;
+  /** The registry the repository is on, for a proxy that mirrors several (containerd's `?ns=`). */
+  ns?: string;
 }
 
 const base = (proxy: string) => proxy.replace(/\/+$/, "");
+const nsQuery = (ns: string | undefined) => (ns === undefined ? "" : `?ns=${encodeURIComponent(ns)}`);
 
 /** `reference` is a tag or a digest (a leading `@` is dropped). */
 export function bootstrapUrl(proxy: string, name: string, reference: string, q: BootstrapQuery = {}): string {
@@ -44,18 +47,24 @@ export function bootstrapUrl(proxy: string, name: string, reference: string, q: 
   if (q.platform !== undefined) query.set("platform", q.platform);
   if (q.chunkSize !== undefined) query.set("chunk-size", q.chunkSize);
   if (q.codec !== undefined) query.set("codec", q.codec);
+  if (q.ns !== undefined) query.set("ns", q.ns);
   const ref = reference.startsWith("@") ? reference.slice(1) : reference;
   return `${base(proxy)}/v2/${name}/_skiff/bootstrap/${ref}${query.size > 0 ? `?${query}` : ""}`;
 }
 
 /** A converted layer's data blob, read by range; `params` is a `Skiff-Params` value. */
-export function layerDataUrl(proxy: string, name: string, layerDigest: string, params: string): string {
-  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/data`;
+export function layerDataUrl(proxy: string, name: string, layerDigest: string, params: string, ns?: string): string {
+  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/data${nsQuery(ns)}`;
+}
+
+/** A converted layer's own bootstrap; the proxy serves it once the layer is converted with `params`. */
+export function layerBootstrapUrl(proxy: string, name: string, layerDigest: string, params: string, ns?: string): string {
+  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/bootstrap${nsQuery(ns)}`;
 }
 
 /** One chunk as stored: `form` is the codec when the chunk record is compressed, else `none`. */
-export function chunkUrl(proxy: string, name: string, layerDigest: string, params: string, hex: string, form: ChunkCodec): string {
-  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/chunks/${hex}.${form}`;
+export function chunkUrl(proxy: string, name: string, layerDigest: string, params: string, hex: string, form: ChunkCodec, ns?: string): string {
+  return `${base(proxy)}/v2/${name}/_skiff/layers/${layerDigest}/${params}/chunks/${hex}.${form}${nsQuery(ns)}`;
 }
 
 export interface FetchBootstrapOptions extends BootstrapQuery {
@@ -215,4 +224,45 @@ async function checked(url: string, headers: Headers, body: Uint8Array<ArrayBuff
     throw fail(`bootstrap parameters do not match Skiff-Params ${params}`);
   }
   return { bootstrap, digest, manifestDigest, params };
+}
+
+export interface FetchLayerBootstrapOptions {
+  timeoutMs: number;
+  /** The layer's data blob digest (hex) as the image bootstrap records it: ties the two conversions together. */
+  dataDigest: string;
+  /** As in BootstrapQuery. */
+  ns?: string;
+  fetchImpl?: FetchLike;
+}
+
+/**
+ * One layer's bootstrap, of the conversion an image bootstrap already named (fetch that first: this
+ * route never starts a conversion). Checked against Docker-Content-Digest, the layer digest, the
+ * data digest and the params. Rejects with a LazyApiError.
+ */
+export async function fetchLayerBootstrap(proxy: string, name: string, layerDigest: string, params: string, options: FetchLayerBootstrapOptions): Promise<Bootstrap> {
+  if (!DIGEST.test(layerDigest)) throw new LazyApiError(`invalid layer digest ${JSON.stringify(layerDigest.slice(0, 100))}`);
+  const url = layerBootstrapUrl(proxy, name, layerDigest, params, options.ns);
+  const fetchImpl: FetchLike = options.fetchImpl ?? ((u, init) => fetch(u, init));
+  const fail = (why: string) => new LazyApiError(`GET ${url}: ${why}`);
+  try {
+    const res = await fetchImpl(url, { method: "GET", headers: { accept: BOOTSTRAP_MEDIA_TYPE }, signal: AbortSignal.timeout(options.timeoutMs) });
+    if (res.status !== 200) throw new LazyApiError(await failureMessage(res, url));
+    const body = await readBody(res, url);
+    const digest = res.headers.get("docker-content-digest") ?? "";
+    if (!DIGEST.test(digest)) throw fail(`missing or malformed Docker-Content-Digest ${JSON.stringify(digest)}`);
+    if (`sha256:${toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)))}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
+    const bootstrap = Bootstrap.decode(body);
+    const parsed = parseParamsId(params);
+    if (bootstrap.kind !== "layer" || bootstrap.blobCount !== 1) throw fail(`a ${bootstrap.kind} bootstrap of ${bootstrap.blobCount} blobs, expected one layer`);
+    const blob = bootstrap.blob(0);
+    if (blob.layerDigest !== layerDigest) throw fail(`the bootstrap is of layer ${blob.layerDigest}`);
+    if (toHex(blob.dataDigest) !== options.dataDigest) throw fail("the bootstrap is not of the conversion the image bootstrap names");
+    if (!parsed || bootstrap.chunkShift !== parsed.chunkShift || codecFromId(bootstrap.codec) !== parsed.codec) throw fail(`bootstrap parameters do not match ${params}`);
+    return bootstrap;
+  } catch (err) {
+    if (err instanceof LazyApiError) throw err;
+    if (err instanceof BootstrapError) throw fail(err.message);
+    throw fail(errorMessage(err));
+  }
 }

@@ -2,6 +2,7 @@
 // namespace the distribution spec leaves to extensions), so every access rule that applies to the
 // repository applies here too:
 //   GET /v2/<name>/_skiff/bootstrap/<tag|digest>[?platform=&chunk-size=&codec=]   image bootstrap
+//   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/bootstrap                 one layer's bootstrap
 //   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/data                      data blob, by range
 //   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/chunks/<sha256 hex>.<form> one chunk
 import type { Context } from "hono";
@@ -43,6 +44,7 @@ export function lazyHandler(deps: LazyDeps) {
     const parts = rest.split("/");
     if (parts[0] === "bootstrap" && parts.length === 2) return bootstrap(c, name, parts[1]!, cacheScope);
     if (parts[0] === "layers" && parts.length === 4 && parts[3] === "data") return data(c, name, parts[1]!, parts[2]!, cacheScope);
+    if (parts[0] === "layers" && parts.length === 4 && parts[3] === "bootstrap") return layerBootstrap(c, name, parts[1]!, parts[2]!, cacheScope);
     if (parts[0] === "layers" && parts.length === 5 && parts[3] === "chunks") return chunk(c, name, parts[1]!, parts[2]!, parts[4]!, cacheScope);
     throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
   };
@@ -98,19 +100,27 @@ export function lazyHandler(deps: LazyDeps) {
   }
 
   function serveBootstrap(c: Context, image: ImageBootstrap, params: ConvertParams, immutable: boolean, cacheScope: CacheScope): Promise<Response> {
-    const bytes = image.bootstrap.bytes;
+    return bootstrapResponse(c, image.bootstrap.bytes, {
+      "Skiff-Manifest-Digest": image.manifestDigest.value,
+      "Skiff-Platform": image.platform,
+      "Skiff-Params": paramsId(params),
+      "Cache-Control": immutable ? `${cacheScope}, ${IMMUTABLE}` : "no-cache",
+    });
+  }
+
+  /** A converted layer's own bootstrap (whiteouts and opaque directories kept), for a node that mounts layer by layer. */
+  async function layerBootstrap(c: Context, name: string, layerRef: string, paramsRef: string, cacheScope: CacheScope): Promise<Response> {
+    const layer = await convertedLayer(name, layerRef, paramsRef);
+    return bootstrapResponse(c, layer.bootstrap.bytes, { "Skiff-Params": paramsRef, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` });
+  }
+
+  function bootstrapResponse(c: Context, bytes: Uint8Array, headers: Record<string, string>): Promise<Response> {
     const digest = `sha256:${hashBytes(deps.hasher, "sha256", bytes)}`;
     return serveRanged(c.req.raw, {
       size: bytes.byteLength,
       etag: `"${digest}"`,
       contentType: BOOTSTRAP_MEDIA_TYPE,
-      headers: {
-        "Docker-Content-Digest": digest,
-        "Skiff-Manifest-Digest": image.manifestDigest.value,
-        "Skiff-Platform": image.platform,
-        "Skiff-Params": paramsId(params),
-        "Cache-Control": immutable ? `${cacheScope}, ${IMMUTABLE}` : "no-cache",
-      },
+      headers: { "Docker-Content-Digest": digest, ...headers },
       read: async (span) => bytesStream(span ? bytes.subarray(span.offset, span.offset + span.length) : bytes),
     }).then((served) => served.response);
   }
