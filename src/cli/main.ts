@@ -22,6 +22,10 @@ const commands: Record<string, { summary: string; run: (argv: string[], startSer
     summary: "run a command over a lazy mount and write the chunks it read as a prefetch list",
     run: async (argv) => (await import("./record.ts")).recordCommand(argv),
   },
+  snapshotter: {
+    summary: "containerd's remote snapshotter: images pulled through CRI run from lazy layers (Node agent)",
+    run: async (argv) => (await import("./snapshotter.ts")).snapshotterCommand(argv),
+  },
   umount: { summary: "unmount what 'skiff mount' mounted", run: async (argv) => (await import("./mount.ts")).umountCommand(argv) },
   extract: {
     summary: "write a converted image's root filesystem into a directory, verifying every chunk",

@@ -100,7 +100,7 @@ const descriptor = {
 };
 
 // int64 as JS numbers (sizes stay far below 2^53); enums by name; absent fields with their defaults.
-const definition = fromJSON(descriptor, { keepCase: true, longs: Number, enums: String, defaults: true });
+const definition = fromJSON(descriptor as Parameters<typeof fromJSON>[0], { keepCase: true, longs: Number, enums: String, defaults: true });
 
 type Loaded = { containerd: { services: { snapshots: { v1: { Snapshots: { service: ServiceDefinition } } } } } };
 const loaded = loadPackageDefinition(definition) as unknown as Loaded;

@@ -1,0 +1,122 @@
+// Which layers the snapshotter serves lazily, and readying them. A layer qualifies when containerd's
+// CRI plugin labelled it (image reference, manifest and layer digests) and the skiff proxy has a
+// lazy view of that image: the image bootstrap (pinned to the manifest digest, waited for while
+// the proxy converts) names the layer, and the layer's own bootstrap is the same conversion. Then
+// the mounts daemon mounts the layer, and the snapshotter commits it without a download.
+// Anything else falls back to an ordinary unpack: the reason is logged and counted, never fatal.
+import { writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fetchBootstrap, fetchLayerBootstrap, type FetchedBootstrap, type FetchLike } from "../../../src/client/lazy-api.ts";
+import { toHex } from "../../../src/hash/hasher.ts";
+import { errorMessage } from "../../../src/util/error-message.ts";
+import type { LazyLayerRecord } from "./metadata.ts";
+import type { MountsClient } from "./mounts-client.ts";
+import type { RemoteLayers } from "./snapshotter.ts";
+
+export const CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref";
+export const CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest";
+export const CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest";
+
+export interface LazyLayersOptions {
+  /** The skiff proxy's origin, e.g. `http://10.0.0.1:8080`. */
+  proxy: string;
+  fetchImpl: FetchLike;
+  mounts: MountsClient;
+  /** How long Prepare waits for the proxy's conversion before unpacking the layer normally. */
+  convertTimeoutMs: number;
+  /** Conversion parameters asked of the proxy; its defaults when absent. */
+  codec?: string;
+  chunkSize?: string;
+  platform?: string;
+  log: (message: string) => void;
+  /** Counts a layer prepared, lazily or with the reason it was not. */
+  count: (outcome: "lazy" | "ordinary", reason?: string) => void;
+}
+
+/** Where `ref` lives on the proxy: its repository, and `ns` unless it is the proxy's own registry. */
+export function locateImage(ref: string, proxy: string): { name: string; ns?: string } {
+  const at = ref.indexOf("@");
+  let path = at >= 0 ? ref.slice(0, at) : ref;
+  const colon = path.lastIndexOf(":");
+  if (colon > path.lastIndexOf("/")) path = path.slice(0, colon);
+  const slash = path.indexOf("/");
+  const first = slash < 0 ? "" : path.slice(0, slash);
+  const hasRegistry = first.includes(".") || first.includes(":") || first === "localhost";
+  const registry = hasRegistry ? first : "docker.io";
+  let name = hasRegistry ? path.slice(slash + 1) : path;
+  if (registry === "docker.io" && !name.includes("/")) name = `library/${name}`;
+  return registry === new URL(proxy).host ? { name } : { name, ns: registry };
+}
+
+export class LazyLayers implements RemoteLayers {
+  readonly #o: LazyLayersOptions;
+  // One image bootstrap request per image, shared by its layers' Prepares (containerd asks layer by layer).
+  readonly #images = new Map<string, Promise<FetchedBootstrap>>();
+
+  constructor(o: LazyLayersOptions) {
+    this.#o = o;
+  }
+
+  async prepare(labels: Record<string, string>, mountpoint: string): Promise<{ lazy: LazyLayerRecord; size: number; inodes: number } | null> {
+    const imageRef = labels[CRI_IMAGE_REF];
+    const manifest = labels[CRI_MANIFEST_DIGEST];
+    const layerDigest = labels[CRI_LAYER_DIGEST];
+    if (!imageRef || !manifest || !layerDigest) {
+      this.#o.count("ordinary", "no CRI labels");
+      return null;
+    }
+    const { proxy, fetchImpl } = this.#o;
+    try {
+      const { name, ns } = locateImage(imageRef, proxy);
+      const image = await this.#image(name, ns, manifest);
+      if (image.manifestDigest !== manifest) throw new Error(`the proxy converted manifest ${image.manifestDigest}, not ${manifest}`);
+      const b = image.bootstrap;
+      const blob = Array.from({ length: b.blobCount }, (_, i) => b.blob(i)).find((x) => x.layerDigest === layerDigest);
+      if (!blob) throw new Error(`the image bootstrap has no layer ${layerDigest}`);
+      const layer = await fetchLayerBootstrap(proxy, name, layerDigest, image.params, { ns, dataDigest: toHex(blob.dataDigest), timeoutMs: this.#o.convertTimeoutMs, fetchImpl });
+      const bootstrapFile = join(dirname(mountpoint), "layer.bootstrap");
+      await writeFile(bootstrapFile, layer.bytes);
+      await this.#o.mounts.mount({ mountpoint, bootstrapFile, proxy, name, ns, params: image.params });
+      let size = 0;
+      for (let i = 0; i < layer.inodeCount; i++) {
+        const ino = layer.inode(i);
+        if (ino.type === "file") size += ino.size;
+      }
+      this.#o.count("lazy");
+      this.#o.log(`lazy: ${imageRef} layer ${layerDigest}`);
+      return { lazy: { proxy, name, ns, layerDigest, params: image.params, imageRef }, size, inodes: layer.inodeCount };
+    } catch (err) {
+      const reason = errorMessage(err);
+      this.#o.count("ordinary", classify(reason));
+      this.#o.log(`unpacking ${imageRef} layer ${layerDigest} normally: ${reason}`);
+      return null;
+    }
+  }
+
+  release(mountpoint: string): Promise<void> {
+    return this.#o.mounts.unmount(mountpoint);
+  }
+
+  #image(name: string, ns: string | undefined, manifest: string): Promise<FetchedBootstrap> {
+    const key = `${ns ?? ""}/${name}@${manifest}`;
+    let pending = this.#images.get(key);
+    if (!pending) {
+      const { proxy, fetchImpl, convertTimeoutMs, codec, chunkSize, platform } = this.#o;
+      pending = fetchBootstrap(proxy, name, manifest, { ns, codec, chunkSize, platform, timeoutMs: convertTimeoutMs, fetchImpl });
+      this.#images.set(key, pending);
+      // Kept while its layers are prepared; a failure is not remembered, so the next pull asks again.
+      const forget = () => setTimeout(() => this.#images.delete(key), 60_000).unref();
+      pending.then(forget, () => this.#images.delete(key));
+    }
+    return pending;
+  }
+}
+
+/** A short, bounded label for the fallback counter. */
+function classify(reason: string): string {
+  if (/within \d+ ms/.test(reason)) return "timeout";
+  if (/SIZE_INVALID|MANIFEST_INVALID|UNSUPPORTED|422/.test(reason)) return "not convertible";
+  if (/ECONNREFUSED|ENOTFOUND|fetch failed|EHOSTUNREACH|ECONNRESET/.test(reason)) return "proxy unreachable";
+  if (/mounts daemon|cannot mount|fuse/i.test(reason)) return "mount failed";
+  return "other";
+}

@@ -1,0 +1,101 @@
+// The snapshotter's side of the mounts daemon (mounts-daemon.ts): finds the daemon on its socket,
+// or starts one in its own session so that it outlives this process, and asks it to mount and
+// unmount. A daemon that died is started again on the next request, and mounts its table again.
+import { spawn } from "node:child_process";
+import { request } from "node:http";
+import { openSync, closeSync } from "node:fs";
+import type { LayerMountSpec } from "./mounts-daemon.ts";
+
+export interface MountsClientOptions {
+  socket: string;
+  /** argv (after node) that starts the daemon, e.g. [skiff.js, "snapshotter", "--mounts-daemon", …]. */
+  daemonArgs: string[];
+  /** The daemon's stdout and stderr go here. */
+  logFile: string;
+  log: (message: string) => void;
+}
+
+export interface DaemonStatus {
+  pid: number;
+  mounts: number;
+  bytesFetched: number;
+  cacheHits: number;
+  errors: number;
+  cache: { bytes: number; maxBytes: number };
+}
+
+const START_TIMEOUT_MS = 15_000;
+
+export class MountsClient {
+  readonly #o: MountsClientOptions;
+  #starting: Promise<void> | undefined;
+
+  constructor(o: MountsClientOptions) {
+    this.#o = o;
+  }
+
+  /** Adopts the running daemon or starts one; returns its status. */
+  async ensure(): Promise<DaemonStatus> {
+    try {
+      return (await this.#call("GET", "/status")) as DaemonStatus;
+    } catch {
+      await (this.#starting ??= this.#start().finally(() => (this.#starting = undefined)));
+      return (await this.#call("GET", "/status")) as DaemonStatus;
+    }
+  }
+
+  async mount(spec: LayerMountSpec): Promise<void> {
+    await this.ensure();
+    await this.#call("POST", "/mount", spec);
+  }
+
+  async unmount(mountpoint: string): Promise<void> {
+    await this.ensure();
+    await this.#call("POST", "/unmount", { mountpoint });
+  }
+
+  async #start(): Promise<void> {
+    const log = openSync(this.#o.logFile, "a");
+    try {
+      const child = spawn(process.execPath, this.#o.daemonArgs, { detached: true, stdio: ["ignore", log, log] });
+      child.unref();
+      this.#o.log(`started the mounts daemon (pid ${child.pid})`);
+    } finally {
+      closeSync(log);
+    }
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (Date.now() < deadline) {
+      try {
+        await this.#call("GET", "/status");
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    throw new Error(`the mounts daemon did not answer on ${this.#o.socket} within ${START_TIMEOUT_MS / 1000} s (see ${this.#o.logFile})`);
+  }
+
+  #call(method: string, path: string, body?: unknown): Promise<unknown> {
+    const text = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const req = request({ socketPath: this.#o.socket, method, path, headers: text ? { "content-type": "application/json", "content-length": Buffer.byteLength(text) } : {}, timeout: 120_000 }, (res) => {
+        const parts: Buffer[] = [];
+        res.on("data", (p: Buffer) => parts.push(p));
+        res.on("end", () => {
+          let parsed: { error?: string } = {};
+          try {
+            parsed = JSON.parse(Buffer.concat(parts).toString("utf8")) as { error?: string };
+          } catch {
+            // an empty or broken answer is judged by its status
+          }
+          if (res.statusCode === 200) resolve(parsed);
+          else reject(new Error(parsed.error ?? `mounts daemon: HTTP ${res.statusCode}`));
+        });
+        res.on("error", reject);
+      });
+      req.on("timeout", () => req.destroy(new Error(`mounts daemon: no answer to ${method} ${path}`)));
+      req.on("error", reject);
+      req.end(text);
+    });
+  }
+}

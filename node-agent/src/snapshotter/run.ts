@@ -1,0 +1,121 @@
+// `skiff snapshotter`: the containerd remote snapshotter of a node. The gRPC service and the
+// snapshot metadata live in this process; the FUSE mounts of lazy layers live in the mounts
+// daemon, which this process adopts or starts, so a restart of either keeps containers running
+// (see docs/kubernetes.md). Metrics in Prometheus' text format on their own listener.
+import { createServer, type Server } from "node:http";
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { Metrics } from "../../../src/util/metrics.ts";
+import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
+import { serveSnapshots } from "./grpc-service.ts";
+import { LazyLayers } from "./lazy-layers.ts";
+import { MountsClient } from "./mounts-client.ts";
+import { runMountsDaemon } from "./mounts-daemon.ts";
+import { Snapshotter } from "./snapshotter.ts";
+
+export interface SnapshotterOptions extends ProxyHttpOptions {
+  /** The skiff proxy; without one every layer is unpacked normally. */
+  proxy?: string;
+  address: string;
+  root: string;
+  cacheMaxBytes: number;
+  /** `host:port` for /metrics, or undefined for none. */
+  metricsAddress?: string;
+  timeoutMs: number;
+  convertTimeoutMs: number;
+  codec?: string;
+  chunkSize?: string;
+  platform?: string;
+  /** How to start the mounts daemon: argv after node. */
+  daemonArgs: string[];
+  log: (message: string) => void;
+}
+
+export interface RunningSnapshotter {
+  close(): Promise<void>;
+}
+
+export const daemonSocket = (root: string) => join(root, "mounts.sock");
+
+export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnapshotter> {
+  await mkdir(o.root, { recursive: true });
+  const metrics = new Metrics({ skiff_snapshotter_layers_total: "layers prepared: kind lazy, or ordinary (unpacked by containerd) with the reason" });
+  const mounts = new MountsClient({ socket: daemonSocket(o.root), daemonArgs: o.daemonArgs, logFile: join(o.root, "mounts-daemon.log"), log: o.log });
+  const http = o.proxy ? await proxyHttp(o) : undefined;
+  const remote =
+    o.proxy && http
+      ? new LazyLayers({
+          proxy: o.proxy,
+          fetchImpl: http.fetch,
+          mounts,
+          convertTimeoutMs: o.convertTimeoutMs,
+          codec: o.codec,
+          chunkSize: o.chunkSize,
+          platform: o.platform,
+          log: o.log,
+          count: (outcome, reason) => metrics.inc("skiff_snapshotter_layers_total", reason ? { kind: outcome, reason } : { kind: outcome }),
+        })
+      : undefined;
+  const snapshotter = await Snapshotter.open(o.root, remote);
+  // Adopt the daemon that holds the lazy layers' mounts (or start it, remounting its table).
+  if (snapshotter.records().some(([, r]) => r.lazy)) {
+    const status = await mounts.ensure();
+    o.log(`mounts daemon ${status.pid}: ${status.mounts} layers mounted`);
+  }
+  const grpc = await serveSnapshots(snapshotter, o.address, o.log);
+  const metricsServer = o.metricsAddress ? await serveMetrics(o.metricsAddress, async () => metricsText(metrics, snapshotter, mounts)) : undefined;
+  return {
+    close: async () => {
+      await grpc.close();
+      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+      await http?.close();
+    },
+  };
+}
+
+/** The mounts daemon's own process: serves until SIGTERM or SIGINT. */
+export async function runDaemon(o: SnapshotterOptions): Promise<void> {
+  const daemon = await runMountsDaemon({ ...o, socket: daemonSocket(o.root), cacheDir: join(o.root, "chunks") });
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  await daemon.close();
+}
+
+async function metricsText(metrics: Metrics, snapshotter: Snapshotter, mounts: MountsClient): Promise<string> {
+  const records = snapshotter.records();
+  const lines = [metrics.render().trimEnd()];
+  lines.push("# TYPE skiff_snapshotter_snapshots gauge");
+  for (const kind of ["active", "view", "committed"]) lines.push(`skiff_snapshotter_snapshots{kind="${kind}"} ${records.filter(([, r]) => r.kind === kind).length}`);
+  lines.push(`skiff_snapshotter_lazy_layers ${records.filter(([, r]) => r.lazy).length}`);
+  const status = await mounts.ensure().catch(() => undefined);
+  if (status) {
+    lines.push(`skiff_snapshotter_mounts ${status.mounts}`);
+    lines.push(`skiff_snapshotter_fetched_bytes_total ${status.bytesFetched}`);
+    lines.push(`skiff_snapshotter_chunk_cache_hits_total ${status.cacheHits}`);
+    lines.push(`skiff_snapshotter_fetch_errors_total ${status.errors}`);
+    lines.push(`skiff_snapshotter_chunk_cache_bytes ${status.cache.bytes}`);
+    lines.push(`skiff_snapshotter_chunk_cache_max_bytes ${status.cache.maxBytes}`);
+  }
+  return `${lines.filter(Boolean).join("\n")}\n`;
+}
+
+async function serveMetrics(address: string, text: () => Promise<string>): Promise<Server> {
+  const colon = address.lastIndexOf(":");
+  const server = createServer((req, res) => {
+    if (req.url !== "/metrics") {
+      res.writeHead(404).end();
+      return;
+    }
+    text().then(
+      (body) => res.writeHead(200, { "content-type": "text/plain; version=0.0.4" }).end(body),
+      (err: Error) => res.writeHead(500).end(err.message),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(Number(address.slice(colon + 1)), address.slice(0, colon).replace(/^\[|\]$/g, ""), () => resolve());
+  });
+  return server;
+}

@@ -1,0 +1,112 @@
+// `skiff snapshotter`: containerd's remote snapshotter (node-agent/src/snapshotter, Node only).
+import { readFile } from "node:fs/promises";
+import { resolve } from "node:path";
+import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
+import { CHUNK_CODECS } from "../format/codec.ts";
+
+export const snapshotterHelp = `Usage: skiff snapshotter [--proxy URL] [options]
+
+Serves containerd's snapshots API on a unix socket (a proxy plugin named e.g. "skiff"): an overlayfs
+snapshotter for every layer, which mounts the layers of images pulled through CRI lazily from a skiff
+proxy instead of letting containerd download them. A layer the proxy can't serve lazily is unpacked
+by containerd as usual. Runs until SIGINT/SIGTERM; the lazy layers' FUSE mounts live in a separate
+mounts daemon that outlives it, so restarting the snapshotter keeps containers running.
+Setup for containerd and Kubernetes: docs/kubernetes.md.
+
+Options:
+  --proxy URL          the skiff proxy, e.g. http://10.0.0.1:8080 (without it no layer is lazy)
+  --address PATH       unix socket to serve on (default /run/skiff/snapshotter.sock)
+  --root DIR           snapshots, metadata and the chunk cache (default /var/lib/skiff)
+  --cache-size SIZE    chunk cache of all images, least recently used evicted first (default 20g)
+  --metrics HOST:PORT  Prometheus metrics at /metrics (default 127.0.0.1:9108; "off" for none)
+  --timeout SECONDS    a read of a lazy layer that can't be served in this time fails with EIO
+                       (default 30)
+  --convert-timeout SECONDS
+                       how long a pull waits for the proxy to convert an image before its layers
+                       are unpacked normally (default 60)
+  --codec none|deflate-raw
+                       how chunks travel (default: the proxy's)
+  --chunk-size SIZE    chunk size of the conversion, 64k to 16m (default: the proxy's)
+  --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
+  --token TOKEN        bearer token for the proxy (or $SKIFF_TOKEN)
+  --user USER          user for the proxy (with $SKIFF_PASSWORD)
+  --ca FILE            PEM bundle to trust for an https proxy
+  --http-proxy URL     send every request to the proxy through this HTTP proxy (a dfdaemon peer)
+  -h, --help           show this help
+
+When ready it prints one line: skiff snapshotter listening on PATH`;
+
+const flags = {
+  proxy: { type: "string" },
+  address: { type: "string" },
+  root: { type: "string" },
+  "cache-size": { type: "string" },
+  metrics: { type: "string" },
+  timeout: { type: "string" },
+  "convert-timeout": { type: "string" },
+  codec: { type: "string" },
+  "chunk-size": { type: "string" },
+  platform: { type: "string" },
+  token: { type: "string" },
+  user: { type: "string" },
+  ca: { type: "string" },
+  "http-proxy": { type: "string" },
+  // Internal: this process is the mounts daemon the snapshotter started.
+  "mounts-daemon": { type: "boolean" },
+} as const;
+
+export async function snapshotterCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(argv, flags, false);
+  if (values.help) {
+    console.log(snapshotterHelp);
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError("takes no arguments (see --help)");
+  const proxy = values.proxy;
+  if (proxy !== undefined && !/^https?:\/\/[^\s/?#]+\/?$/.test(proxy)) throw new UsageError(`--proxy must be http(s)://HOST[:PORT], got ${JSON.stringify(proxy)}`);
+  if (values.codec !== undefined && !CHUNK_CODECS.some((c) => c === values.codec)) throw new UsageError(`--codec must be one of ${CHUNK_CODECS.join(", ")}`);
+  const metricsAddress = values.metrics ?? "127.0.0.1:9108";
+  if (metricsAddress !== "off" && !/^(\[[0-9a-fA-F:]+\]|[^\s:/]+):\d{1,5}$/.test(metricsAddress)) throw new UsageError(`--metrics must be HOST:PORT or off, got ${JSON.stringify(metricsAddress)}`);
+  const token = values.token ?? process.env.SKIFF_TOKEN;
+  const password = process.env.SKIFF_PASSWORD;
+  if (values.user !== undefined && password === undefined) throw new UsageError("--user needs $SKIFF_PASSWORD");
+  if (token !== undefined && values.user !== undefined) throw new UsageError("use --token or --user, not both");
+  let ca: string | undefined;
+  if (values.ca !== undefined) ca = await readFile(values.ca, "utf8").catch((err: Error) => Promise.reject(new UsageError(`cannot read --ca ${values.ca}: ${err.message}`)));
+  const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
+  const root = resolve(values.root ?? "/var/lib/skiff");
+  const options = {
+    proxy: proxy?.replace(/\/+$/, ""),
+    address: resolve(values.address ?? "/run/skiff/snapshotter.sock"),
+    root,
+    cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 20 * 2 ** 30),
+    metricsAddress: metricsAddress === "off" ? undefined : metricsAddress,
+    timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
+    convertTimeoutMs: integerFlag(values["convert-timeout"], "convert-timeout", 60, 1, 3600) * 1000,
+    codec: values.codec,
+    chunkSize: values["chunk-size"],
+    platform: values.platform,
+    authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
+    ca,
+    httpProxy: values["http-proxy"],
+    // The daemon is this command again with the same settings: credentials reach it the same way.
+    daemonArgs: [...process.execArgv, process.argv[1]!, "snapshotter", ...argv.filter((a) => a !== "--mounts-daemon"), "--mounts-daemon"],
+    log: (m: string) => process.stderr.write(`skiff snapshotter${values["mounts-daemon"] ? " (mounts)" : ""}: ${m}\n`),
+  };
+  const { runSnapshotter, runDaemon } = await import("../../node-agent/src/snapshotter/run.ts");
+  if (values["mounts-daemon"]) {
+    await runDaemon(options);
+    return 0;
+  }
+  const { mkdir } = await import("node:fs/promises");
+  const { dirname } = await import("node:path");
+  await mkdir(dirname(options.address), { recursive: true });
+  const running = await runSnapshotter(options);
+  console.log(`skiff snapshotter listening on ${options.address}`);
+  await new Promise<void>((done) => {
+    process.once("SIGINT", done);
+    process.once("SIGTERM", done);
+  });
+  await running.close();
+  return 0;
+}
