@@ -1,0 +1,261 @@
+// `skiff snapshotter` driven over its gRPC socket the way containerd's metadata layer and unpacker
+// drive a proxy snapshotter: ordinary snapshots (prepare, commit, view, labels, filters, usage,
+// removal), a layer that the skiff proxy serves lazily (Prepare with the CRI labels answers
+// ALREADY_EXISTS and the committed snapshot is found by containerd's List filter), the container's
+// overlay over lazy layers with whiteouts and opaque directories read for real, the fallback when the
+// proxy can't serve, and a kill -9 of the snapshotter that leaves mounts and metadata intact.
+// The real registry is the upstream; containerd itself drives it in cri-snapshotter.test.ts.
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from "@grpc/grpc-js";
+import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
+import { Registry } from "./harness/registry.ts";
+import { Skiff, SKIFF_BIN } from "./harness/skiff.ts";
+import { MT, OciLayout, pushImage, sha256, tarArchive, type TarEntry } from "./harness/images.ts";
+import { tempDir, unmountAllUnder } from "./harness/workdir.ts";
+import { teardown } from "./harness/teardown.ts";
+import { waitFor } from "./harness/processes.ts";
+
+const TARGET = "containerd.io/snapshot.ref";
+const ALREADY_EXISTS = 6;
+const NOT_FOUND = 5;
+const FAILED_PRECONDITION = 9;
+
+let registry: Registry;
+let skiff: Skiff;
+let dir: string;
+let snapshotter: ChildProcess;
+let client: Client;
+let bigBytes: Buffer;
+let image: { ref: string; manifest: string; layers: { digest: string; diffId: string }[] };
+
+type Call = (method: string, request: object) => Promise<Record<string, unknown>>;
+let call: Call;
+
+function startSnapshotter(): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [SKIFF_BIN, "snapshotter", "--proxy", skiff.url, "--root", join(dir, "root"), "--address", join(dir, "snap.sock"), "--metrics", "off", "--timeout", "10"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let log = "";
+  child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`snapshotter did not start: ${log}`)), 20_000);
+    child.stdout!.on("data", (d: Buffer) => {
+      if (d.toString().includes("skiff snapshotter listening on")) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`snapshotter exited ${code}: ${log}`)));
+  });
+}
+
+function connect(): void {
+  const Ctor = makeGenericClientConstructor(SNAPSHOTS_SERVICE, "Snapshots");
+  client = new Ctor(`unix://${join(dir, "snap.sock")}`, credentials.createInsecure());
+  call = (method, request) =>
+    new Promise((resolve, reject) => {
+      const c = client as unknown as Record<string, (req: object, cb: (err: ServiceError | null, res: Record<string, unknown>) => void) => void>;
+      c[method]!.call(client, request, (err, res) => (err ? reject(err) : resolve(res)));
+    });
+}
+
+function list(filters: string[] = []): Promise<Info[]> {
+  return new Promise((resolve, reject) => {
+    const infos: Info[] = [];
+    const stream = (client as unknown as { List(req: object): NodeJS.EventEmitter }).List({ filters });
+    stream.on("data", (page: { info: Info[] }) => infos.push(...page.info));
+    stream.on("end", () => resolve(infos));
+    stream.on("error", reject);
+  });
+}
+
+async function grpcCode(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+  } catch (err) {
+    return (err as ServiceError).code;
+  }
+  return 0;
+}
+
+const mountOverlay = (mounts: Mount[], target: string) => {
+  mkdirSync(target, { recursive: true });
+  const m = mounts[0]!;
+  execFileSync("mount", ["-t", m.type, m.source, "-o", m.options.join(","), target]);
+};
+
+/** A layer of a tar archive: gzip'd, with its diff ID. */
+function layerOf(layout: OciLayout, entries: TarEntry[]) {
+  const tar = tarArchive(entries);
+  return { ...layout.writeBlob(gzipSync(tar), MT.layerGzip), diffId: sha256(tar) };
+}
+
+beforeAll(async () => {
+  dir = tempDir("snapshotter");
+  registry = await Registry.start({ name: "snapshotter-registry" });
+  skiff = await Skiff.start({ upstream: registry.url, extraArgs: ["--convert-wait", "60"] });
+  // Two layers: the second deletes a file of the first (whiteout) and replaces a directory (opaque).
+  const layout = new OciLayout(tempDir("snapshotter-layout"));
+  bigBytes = randomBytes(3 * 2 ** 20);
+  const l0 = layerOf(layout, [
+    { name: "etc", type: "dir" },
+    { name: "etc/keep", type: "file", data: Buffer.from("kept\n") },
+    { name: "etc/gone", type: "file", data: Buffer.from("deleted above\n") },
+    { name: "opq", type: "dir" },
+    { name: "opq/old", type: "file", data: Buffer.from("hidden by an opaque directory\n") },
+  ]);
+  const l1 = layerOf(layout, [
+    { name: "etc", type: "dir" },
+    { name: "etc/.wh.gone", type: "file", data: Buffer.alloc(0) },
+    { name: "opq", type: "dir" },
+    { name: "opq/.wh..wh..opq", type: "file", data: Buffer.alloc(0) },
+    { name: "opq/new", type: "file", data: Buffer.from("new\n") },
+    { name: "big.bin", type: "file", data: bigBytes },
+  ]);
+  const config = layout.writeBlob(Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [l0.diffId, l1.diffId] } })), MT.config);
+  const manifest = layout.writeBlob(
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.manifest, config, layers: [l0, l1].map(({ mediaType, digest, size }) => ({ mediaType, digest, size })) })),
+    MT.manifest,
+  );
+  layout.tag("1", manifest);
+  const ref = `${registry.hostPort}/e2e/snap:1`;
+  await pushImage(layout, "1", ref);
+  image = { ref, manifest: manifest.digest, layers: [l0, l1] };
+  snapshotter = await startSnapshotter();
+  connect();
+}, 180_000);
+
+afterAll(async () => {
+  client?.close();
+  snapshotter?.kill("SIGKILL");
+  // The mounts daemon, stopped on purpose, unmounts what it holds.
+  try {
+    execFileSync("pkill", ["-TERM", "-f", `snapshotter --proxy ${skiff.url} --root ${join(dir, "root")}`]);
+  } catch {
+    // none left
+  }
+  await unmountAllUnder(dir);
+  await skiff?.stop();
+  await registry?.stop();
+  await teardown();
+}, 60_000);
+
+describe("skiff snapshotter over gRPC", () => {
+  test("ordinary snapshots: prepare, commit, view, labels, filters, usage, and removal in order", async () => {
+    const prepared = await call("Prepare", { key: "t/1/a", parent: "", labels: { x: "1" } });
+    const [bind] = prepared.mounts as Mount[];
+    expect(bind!.type).toBe("bind");
+    writeFileSync(join(bind!.source, "hello"), "hello\n");
+    expect(await grpcCode(call("Prepare", { key: "t/1/a", parent: "" }))).toBe(ALREADY_EXISTS);
+    expect(await grpcCode(call("Commit", { name: "t/2/base", key: "nope" }))).toBe(NOT_FOUND);
+    await call("Commit", { name: "t/2/base", key: "t/1/a", labels: { [TARGET]: "sha256:base" } });
+    const stat = (await call("Stat", { key: "t/2/base" })).info as Info;
+    expect(stat).toMatchObject({ name: "t/2/base", kind: "COMMITTED", parent: "", labels: { [TARGET]: "sha256:base" } });
+    expect(await grpcCode(call("Stat", { key: "t/1/a" }))).toBe(NOT_FOUND);
+
+    const active = (await call("Prepare", { key: "t/3/top", parent: "t/2/base" })).mounts as Mount[];
+    expect(active[0]!.type).toBe("overlay");
+    expect(active[0]!.options.find((o) => o.startsWith("lowerdir="))).toBe(`lowerdir=${bind!.source}`);
+    expect((await call("Mounts", { key: "t/3/top" })).mounts).toEqual(active);
+    const view = (await call("View", { key: "t/4/view", parent: "t/2/base" })).mounts as Mount[];
+    expect(view).toEqual([{ type: "bind", source: bind!.source, target: "", options: ["ro", "rbind"] }]);
+    expect(await grpcCode(call("Mounts", { key: "t/2/base" }))).toBe(FAILED_PRECONDITION);
+
+    const updated = (await call("Update", { info: { name: "t/2/base", labels: { extra: "y" } }, update_mask: { paths: ["labels.extra"] } })).info as Info;
+    expect(updated.labels).toEqual({ [TARGET]: "sha256:base", extra: "y" });
+    const byLabel = await list([`labels."${TARGET}"==sha256:base,parent==""`]);
+    expect(byLabel.map((i) => i.name)).toEqual(["t/2/base"]);
+    expect((await list(['kind==active', 'name~="^t/4"'])).map((i) => i.name).sort()).toEqual(["t/3/top", "t/4/view"]);
+    const usage = await call("Usage", { key: "t/2/base" });
+    expect(Number(usage.inodes)).toBeGreaterThanOrEqual(2);
+    expect(Number(usage.size)).toBeGreaterThan(0);
+
+    expect(await grpcCode(call("Remove", { key: "t/2/base" }))).toBe(FAILED_PRECONDITION);
+    await call("Remove", { key: "t/3/top" });
+    await call("Remove", { key: "t/4/view" });
+    await call("Remove", { key: "t/2/base" });
+    expect(await list(["name~=^t/"])).toEqual([]);
+    // A directory no snapshot owns (a crash between the two) goes at Cleanup.
+    mkdirSync(join(dir, "root", "snapshots", "999", "fs"), { recursive: true });
+    await call("Cleanup", {});
+    expect(readdirSync(join(dir, "root", "snapshots"))).not.toContain("999");
+  });
+
+  test("CRI-labelled layers are served lazily: ALREADY_EXISTS, found by containerd's filter, and the container's overlay reads them right", async () => {
+    const [l0, l1] = image.layers;
+    const chain0 = l0!.diffId;
+    const chain1 = sha256(Buffer.from(`${chain0} ${l1!.diffId}`));
+    const labels = (layer: { digest: string }, chain: string, above: string[]) => ({
+      [TARGET]: chain,
+      "containerd.io/snapshot/cri.image-ref": image.ref,
+      "containerd.io/snapshot/cri.manifest-digest": image.manifest,
+      "containerd.io/snapshot/cri.layer-digest": layer.digest,
+      "containerd.io/snapshot/cri.image-layers": above.join(","),
+    });
+    expect(await grpcCode(call("Prepare", { key: `k8s.io/1/extract-1 ${chain0}`, parent: "", labels: labels(l0!, chain0, [l0!.digest, l1!.digest]) }))).toBe(ALREADY_EXISTS);
+    const [base] = await list([`labels."${TARGET}"==${chain0},parent==""`]);
+    expect(base).toMatchObject({ kind: "COMMITTED", parent: "" });
+    expect(await grpcCode(call("Prepare", { key: `k8s.io/2/extract-2 ${chain1}`, parent: base!.name, labels: labels(l1!, chain1, [l1!.digest]) }))).toBe(ALREADY_EXISTS);
+    const [top] = await list([`labels."${TARGET}"==${chain1},parent=="${base!.name}"`]);
+    expect(top).toMatchObject({ kind: "COMMITTED", parent: base!.name });
+    // Each lazy layer is a FUSE mount of the mounts daemon.
+    const fuseMounts = readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(join(dir, "root", "snapshots")) && l.includes("fuse"));
+    expect(fuseMounts.length).toBe(2);
+    // The unpacker left no extract snapshot behind.
+    expect((await list(["name~=extract"])).length).toBe(0);
+
+    const rootfs = join(dir, "rootfs");
+    mountOverlay((await call("Prepare", { key: "k8s.io/3/container", parent: top!.name })).mounts as Mount[], rootfs);
+    try {
+      expect(readFileSync(join(rootfs, "etc/keep"), "utf8")).toBe("kept\n");
+      expect(existsSync(join(rootfs, "etc/gone"))).toBe(false);
+      expect(readdirSync(join(rootfs, "opq"))).toEqual(["new"]);
+      expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
+      writeFileSync(join(rootfs, "etc/written"), "by the container\n");
+      expect(readFileSync(join(rootfs, "etc/written"), "utf8")).toBe("by the container\n");
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    // Nothing was downloaded whole: the registry served no layer blob to anyone but the proxy's conversion.
+    const metrics = await (await fetch(`${skiff.url}/metrics`)).text();
+    expect(metrics).toMatch(/skiff_chunk_bytes_served_total\{route="data"\} [1-9]/);
+  });
+
+  test("a layer the proxy can't serve (unknown repository) falls back to an ordinary snapshot", async () => {
+    const labels = {
+      [TARGET]: "sha256:" + "ab".repeat(32),
+      "containerd.io/snapshot/cri.image-ref": `${registry.hostPort}/e2e/missing:1`,
+      "containerd.io/snapshot/cri.manifest-digest": "sha256:" + "cd".repeat(32),
+      "containerd.io/snapshot/cri.layer-digest": "sha256:" + "ef".repeat(32),
+    };
+    const res = await call("Prepare", { key: "k8s.io/9/extract-9 x", parent: "", labels });
+    expect((res.mounts as Mount[])[0]!.type).toBe("bind");
+    await call("Remove", { key: "k8s.io/9/extract-9 x" });
+  });
+
+  test("kill -9 of the snapshotter: the lazy mounts keep serving, and a new snapshotter has every snapshot", async () => {
+    const before = (await list()).map((i) => i.name).sort();
+    const [top] = (await list([`labels."containerd.io/snapshot/cri.layer-digest"==${image.layers[1]!.digest}`]));
+    const rootfs = join(dir, "rootfs-kill");
+    mountOverlay((await call("Prepare", { key: "k8s.io/4/container", parent: top!.name })).mounts as Mount[], rootfs);
+    try {
+      client.close();
+      snapshotter.kill("SIGKILL");
+      await waitFor("the snapshotter to exit", async () => (snapshotter.exitCode !== null || snapshotter.signalCode !== null ? true : undefined), { timeoutMs: 10_000, intervalMs: 50 });
+      // Reads go on while no snapshotter runs: the mounts belong to the mounts daemon.
+      expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
+      snapshotter = await startSnapshotter();
+      connect();
+      expect((await list()).map((i) => i.name).sort()).toEqual(before.concat("k8s.io/4/container").sort());
+      expect(readFileSync(join(rootfs, "etc/keep"), "utf8")).toBe("kept\n");
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/4/container" });
+  });
+});
