@@ -26,6 +26,10 @@ const commands: Record<string, { summary: string; run: (argv: string[], startSer
     summary: "containerd's remote snapshotter: images pulled through CRI run from lazy layers (Node agent)",
     run: async (argv) => (await import("./snapshotter.ts")).snapshotterCommand(argv),
   },
+  pull: {
+    summary: "pull an image through containerd's CRI, as kubelet does, so 'skiff snapshotter' serves it lazily",
+    run: async (argv) => (await import("./pull.ts")).pullCommand(argv),
+  },
   umount: { summary: "unmount what 'skiff mount' mounted", run: async (argv) => (await import("./mount.ts")).umountCommand(argv) },
   extract: {
     summary: "write a converted image's root filesystem into a directory, verifying every chunk",
