@@ -47,6 +47,7 @@ export interface ChunkFetcherStats {
 
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 2_000;
+const PROBE_INTERVAL_MS = 1_000;
 
 export class ChunkFetcher {
   readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0 };
@@ -60,6 +61,10 @@ export class ChunkFetcher {
   readonly #maxRangeBytes: number;
   readonly #fetch: FetchLike;
   readonly #inflight = new Map<string, Promise<Uint8Array>>();
+  /** When the current run of failed requests began; null while the proxy answers. */
+  #failingSince: number | null = null;
+  #probing = false;
+  #lastProbe = 0;
 
   constructor(o: ChunkFetcherOptions) {
     const params = parseParamsId(o.params);
@@ -112,12 +117,22 @@ export class ChunkFetcher {
       this.#inflight.set(c.hex, p);
       promises.set(c.hex, p);
     }
+    const ranges = planRanges(toFetch, this.#maxGap, this.#maxRangeBytes);
+    // The timeout bounds the fault, not each request: once the proxy has failed for that long, reads
+    // fail at once (the kernel splits one read(2) into many requests and retries them), and one
+    // probe a second finds out when it is back.
+    const budget = this.#failingSince === null ? this.#timeoutMs : this.#failingSince + this.#timeoutMs - Date.now();
+    if (budget <= 0) {
+      const error = new Error(`the proxy ${this.#proxy} has failed for ${Date.now() - this.#failingSince!} ms`);
+      for (const c of toFetch) settle.get(c.hex)!.reject(error);
+      this.#probe(ranges[0]!);
+      return promises;
+    }
     const controller = new AbortController();
     const timer = setTimeout(
       () => controller.abort(new Error(`chunk fetch from ${this.#proxy} timed out after ${this.#timeoutMs} ms`)),
-      this.#timeoutMs,
+      budget,
     );
-    const ranges = planRanges(toFetch, this.#maxGap, this.#maxRangeBytes);
     void Promise.allSettled(
       ranges.map(async (range) => {
         try {
@@ -132,6 +147,16 @@ export class ChunkFetcher {
     return promises;
   }
 
+  /** After a fault outlasted the timeout: one request at a time, at most one a second, to see whether the proxy is back. */
+  #probe(range: PlannedRange): void {
+    if (this.#probing || Date.now() - this.#lastProbe < PROBE_INTERVAL_MS) return;
+    this.#probing = true;
+    this.#lastProbe = Date.now();
+    this.#fetchRange(range, AbortSignal.timeout(this.#timeoutMs))
+      .catch(() => undefined)
+      .finally(() => (this.#probing = false));
+  }
+
   /** One merged range, retried with backoff on transient failures until the signal aborts. */
   async #fetchRange(range: PlannedRange, signal: AbortSignal): Promise<Map<string, Uint8Array>> {
     const url = layerDataUrl(this.#proxy, this.#name, range.layerDigest, this.#params, this.#ns);
@@ -139,14 +164,18 @@ export class ChunkFetcher {
     for (let attempt = 0; ; attempt++) {
       signal.throwIfAborted();
       this.stats.requests++;
+      const attemptStarted = Date.now();
       try {
         const body = await fetchRange(this.#fetch, url, range.start, range.end, signal);
         const chunks = await this.#verify(range, body, url);
+        this.#failingSince = null;
         this.stats.bytesFetched += body.length;
         this.stats.chunksFetched += chunks.size;
         return chunks;
       } catch (err) {
         this.stats.errors++;
+        // A stalled request counts from when it was sent: the fault began then.
+        this.#failingSince ??= attemptStarted;
         if (signal.aborted || !(err instanceof TransientError) || attempt >= 50) throw err;
         await sleep(Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt), signal);
       }

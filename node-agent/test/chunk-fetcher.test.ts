@@ -183,6 +183,31 @@ describe("ChunkFetcher", () => {
     expect(f.stats.requests).toBeGreaterThan(1);
   });
 
+  test("the timeout bounds a fault, not each request: later reads fail at once, and a probe finds the proxy back", async () => {
+    mode = "stall";
+    const f = new ChunkFetcher({ proxy, name: "test/app", params: PARAMS, timeoutMs: 600 });
+    const t0 = Date.now();
+    await expect(f.fetchChunks(want(0))).rejects.toThrow(/timed out/);
+    expect(Date.now() - t0).toBeLessThan(1_500);
+    // The kernel's next requests for the same read(2), or its retries: no second wait.
+    const t1 = Date.now();
+    await expect(f.fetchChunks(want(1))).rejects.toThrow(/has failed for/);
+    await expect(f.fetchChunks(want(2))).rejects.toThrow(/has failed for/);
+    expect(Date.now() - t1).toBeLessThan(100);
+    // The probe the first refused read sent stalls too. Then the proxy answers again: the next
+    // probe (a second later) brings reads back.
+    await new Promise((r) => setTimeout(r, 700));
+    mode = "ok";
+    await new Promise((r) => setTimeout(r, 400));
+    await expect(f.fetchChunks(want(3))).rejects.toThrow(/has failed for/);
+    let got: Map<string, Uint8Array> | undefined;
+    for (let i = 0; i < 40 && !got; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      got = await f.fetchChunks(want(3)).catch(() => undefined);
+    }
+    expect(got && Buffer.compare(got.get(hexOf(datas[3]!))!, datas[3]!)).toBe(0);
+  });
+
   test("single flight: 10 concurrent fetches of one chunk make one request", async () => {
     delayMs = 50;
     const f = fetcher();
