@@ -31,6 +31,8 @@ export class ChunkCache {
   // Insertion order is recency order: a touched entry is deleted and re-inserted at the end.
   readonly #sizes = new Map<string, number>();
   #bytes = 0;
+  /** Chunks with a read in progress, and how many: eviction passes them over. */
+  readonly #reading = new Map<string, number>();
   #hits = 0;
   #misses = 0;
   #evictions = 0;
@@ -75,6 +77,7 @@ export class ChunkCache {
       return null;
     }
     let bytes: Uint8Array;
+    this.#reading.set(hex, (this.#reading.get(hex) ?? 0) + 1);
     try {
       const buf = await readFile(this.#path(hex));
       bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -82,6 +85,10 @@ export class ChunkCache {
       this.#remove(hex);
       this.#misses++;
       return null;
+    } finally {
+      const n = this.#reading.get(hex)! - 1;
+      if (n === 0) this.#reading.delete(hex);
+      else this.#reading.set(hex, n);
     }
     if (sha256Hex(bytes) !== hex) {
       this.#corrupt++;
@@ -150,13 +157,17 @@ export class ChunkCache {
     this.#sizes.set(hex, size);
   }
 
+  /** Least recently used first, skipping chunks being read: they go once their reads are done. */
   async #evict(): Promise<void> {
-    // Bounded by the number of entries: each pass removes the oldest one.
-    while (this.#bytes > this.maxBytes && this.#sizes.size > 0) {
-      const oldest = this.#sizes.keys().next().value as string;
-      this.#remove(oldest);
-      this.#evictions++;
-      await rm(this.#path(oldest), { force: true });
+    if (this.#bytes <= this.maxBytes) return;
+    const doomed: string[] = [];
+    for (const hex of this.#sizes.keys()) {
+      if (this.#bytes <= this.maxBytes) break;
+      if (this.#reading.has(hex)) continue;
+      this.#remove(hex);
+      doomed.push(hex);
     }
+    this.#evictions += doomed.length;
+    for (const hex of doomed) await rm(this.#path(hex), { force: true });
   }
 }

@@ -43,6 +43,9 @@ export interface ChunkFetcherStats {
   requests: number;
   /** Failed attempts: network errors, bad responses, chunks that did not verify. */
   errors: number;
+  /** Successful requests and the milliseconds they took, from sending to verified chunks. */
+  fetches: number;
+  fetchMs: number;
 }
 
 const BACKOFF_FIRST_MS = 100;
@@ -50,7 +53,7 @@ const BACKOFF_MAX_MS = 2_000;
 const PROBE_INTERVAL_MS = 1_000;
 
 export class ChunkFetcher {
-  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0 };
+  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0 };
   readonly #proxy: string;
   readonly #name: string;
   readonly #ns: string | undefined;
@@ -169,6 +172,8 @@ export class ChunkFetcher {
         const body = await fetchRange(this.#fetch, url, range.start, range.end, signal);
         const chunks = await this.#verify(range, body, url);
         this.#failingSince = null;
+        this.stats.fetches++;
+        this.stats.fetchMs += Date.now() - attemptStarted;
         this.stats.bytesFetched += body.length;
         this.stats.chunksFetched += chunks.size;
         return chunks;

@@ -81,6 +81,18 @@ describe("ChunkCache", () => {
     expect(readdirSync(dir)).toEqual([hex]);
   });
 
+  test("a chunk being read is not evicted, even when it is the least recently used", async () => {
+    const cache = await ChunkCache.open(newDir(), { maxBytes: 2000 });
+    const [a, b, c] = [bytes(1000, 1), bytes(1000, 2), bytes(1000, 3)];
+    await cache.put(hexOf(a), a);
+    await cache.put(hexOf(b), b);
+    const reading = cache.get(hexOf(a)); // a is the oldest, and now being read
+    await cache.put(hexOf(c), c);
+    expect(Buffer.from((await reading)!).equals(Buffer.from(a))).toBe(true);
+    expect([cache.has(hexOf(a)), cache.has(hexOf(b)), cache.has(hexOf(c))]).toEqual([true, false, true]);
+    expect(cache.stats.bytes).toBeLessThanOrEqual(2000);
+  });
+
   test("LRU eviction keeps the cache under its limit, oldest first, recently read kept", async () => {
     const dir = newDir();
     const cache = await ChunkCache.open(dir, { maxBytes: 3000 });

@@ -10,6 +10,7 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { statfs } from "node:fs/promises";
 import { gzipSync } from "node:zlib";
 import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from "@grpc/grpc-js";
 import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
@@ -257,5 +258,39 @@ describe("skiff snapshotter over gRPC", () => {
       execFileSync("umount", [rootfs]);
     }
     await call("Remove", { key: "k8s.io/4/container" });
+  });
+
+  test("kill -9 of the mounts daemon: the snapshotter starts it again, it mounts every lazy layer again, and new containers read them", async () => {
+    const daemonPid = () => {
+      try {
+        return Number(execFileSync("pgrep", ["-f", "--", `--root ${join(dir, "root")} .*--mounts-daemon`], { encoding: "utf8" }).trim().split("\n")[0]);
+      } catch {
+        return 0;
+      }
+    };
+    const first = daemonPid();
+    expect(first).toBeGreaterThan(0);
+    process.kill(first, "SIGKILL");
+    const second = await waitFor("a new mounts daemon", async () => {
+      const pid = daemonPid();
+      return pid > 0 && pid !== first ? pid : undefined;
+    }, { timeoutMs: 15_000, intervalMs: 100 });
+    expect(second).not.toBe(first);
+    // Until then, the dead daemon's mounts answer ENOTCONN; the new one's answer statfs.
+    await waitFor("both lazy layers mounted again", async () => {
+      const points = readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(join(dir, "root", "snapshots")) && l.includes("fuse")).map((l) => l.split(" ")[1]!);
+      const live = await Promise.all(points.map((p) => statfs(p).then(() => true, () => false)));
+      return live.length === 2 && live.every(Boolean) ? true : undefined;
+    }, { timeoutMs: 15_000, intervalMs: 100 });
+    const [top] = await list([`labels."containerd.io/snapshot/cri.layer-digest"==${image.layers[1]!.digest}`]);
+    const rootfs = join(dir, "rootfs-remount");
+    mountOverlay((await call("Prepare", { key: "k8s.io/5/container", parent: top!.name })).mounts as Mount[], rootfs);
+    try {
+      expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
+      expect(existsSync(join(rootfs, "etc/gone"))).toBe(false);
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/5/container" });
   });
 });

@@ -17,11 +17,8 @@ export interface MountsClientOptions {
 
 export interface DaemonStatus {
   pid: number;
-  mounts: number;
-  bytesFetched: number;
-  cacheHits: number;
-  errors: number;
-  cache: { bytes: number; maxBytes: number };
+  cache: { bytes: number; maxBytes: number; entries: number; hits: number; misses: number; evictions: number };
+  mounts: { image: string; layer: string; bytesFetched: number; fetches: number; fetchMs: number; errors: number; cacheHits: number }[];
 }
 
 const START_TIMEOUT_MS = 15_000;

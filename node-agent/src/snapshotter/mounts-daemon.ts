@@ -25,6 +25,9 @@ export interface LayerMountSpec {
   name: string;
   ns?: string;
   params: string;
+  /** The image reference it was pulled as, for metrics. */
+  image: string;
+  layerDigest: string;
 }
 
 export interface MountsDaemonOptions extends ProxyHttpOptions {
@@ -99,17 +102,19 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   if (table.length > 0) o.log(`mounted ${mounted.size} of ${table.length} layers again`);
   await saveTable();
 
-  const status = () => {
-    let bytesFetched = 0;
-    let cacheHits = 0;
-    let errors = 0;
-    for (const m of mounted.values()) {
-      bytesFetched += m.fetcher.stats.bytesFetched;
-      errors += m.fetcher.stats.errors;
-      cacheHits += m.reader.stats.cacheHits;
-    }
-    return { pid: process.pid, mounts: mounted.size, bytesFetched, cacheHits, errors, cache: cache.stats };
-  };
+  const status = () => ({
+    pid: process.pid,
+    cache: cache.stats,
+    mounts: [...mounted.values()].map(({ spec, fetcher, reader }) => ({
+      image: spec.image,
+      layer: spec.layerDigest,
+      bytesFetched: fetcher.stats.bytesFetched,
+      fetches: fetcher.stats.fetches,
+      fetchMs: fetcher.stats.fetchMs,
+      errors: fetcher.stats.errors,
+      cacheHits: reader.stats.cacheHits,
+    })),
+  });
 
   const server = createServer((req, res) => {
     handle(req, res).catch((err) => reply(res, 500, { error: errorMessage(err) }));

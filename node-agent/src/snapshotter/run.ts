@@ -35,6 +35,8 @@ export interface RunningSnapshotter {
   close(): Promise<void>;
 }
 
+const WATCHDOG_MS = 2_000;
+
 export const daemonSocket = (root: string) => join(root, "mounts.sock");
 
 export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnapshotter> {
@@ -62,10 +64,16 @@ export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnap
     const status = await mounts.ensure();
     o.log(`mounts daemon ${status.pid}: ${status.mounts} layers mounted`);
   }
+  // A mounts daemon that died is started again (it mounts its table again) while lazy layers exist.
+  const watchdog = setInterval(() => {
+    if (snapshotter.records().some(([, r]) => r.lazy)) mounts.ensure().catch((err: Error) => o.log(`mounts daemon: ${err.message}`));
+  }, WATCHDOG_MS);
+  watchdog.unref();
   const grpc = await serveSnapshots(snapshotter, o.address, o.log);
   const metricsServer = o.metricsAddress ? await serveMetrics(o.metricsAddress, async () => metricsText(metrics, snapshotter, mounts)) : undefined;
   return {
     close: async () => {
+      clearInterval(watchdog);
       await grpc.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       await http?.close();
@@ -85,18 +93,41 @@ export async function runDaemon(o: SnapshotterOptions): Promise<void> {
 
 async function metricsText(metrics: Metrics, snapshotter: Snapshotter, mounts: MountsClient): Promise<string> {
   const records = snapshotter.records();
-  const lines = [metrics.render().trimEnd()];
-  lines.push("# TYPE skiff_snapshotter_snapshots gauge");
+  const lines = [metrics.render().trimEnd(), "# TYPE skiff_snapshotter_snapshots gauge"];
   for (const kind of ["active", "view", "committed"]) lines.push(`skiff_snapshotter_snapshots{kind="${kind}"} ${records.filter(([, r]) => r.kind === kind).length}`);
-  lines.push(`skiff_snapshotter_lazy_layers ${records.filter(([, r]) => r.lazy).length}`);
-  const status = await mounts.ensure().catch(() => undefined);
+  const status = records.some(([, r]) => r.lazy) ? await mounts.ensure().catch(() => undefined) : undefined;
   if (status) {
-    lines.push(`skiff_snapshotter_mounts ${status.mounts}`);
-    lines.push(`skiff_snapshotter_fetched_bytes_total ${status.bytesFetched}`);
-    lines.push(`skiff_snapshotter_chunk_cache_hits_total ${status.cacheHits}`);
-    lines.push(`skiff_snapshotter_fetch_errors_total ${status.errors}`);
-    lines.push(`skiff_snapshotter_chunk_cache_bytes ${status.cache.bytes}`);
-    lines.push(`skiff_snapshotter_chunk_cache_max_bytes ${status.cache.maxBytes}`);
+    const c = status.cache;
+    lines.push(
+      "# TYPE skiff_snapshotter_chunk_cache_bytes gauge",
+      `skiff_snapshotter_chunk_cache_bytes ${c.bytes}`,
+      `skiff_snapshotter_chunk_cache_max_bytes ${c.maxBytes}`,
+      `skiff_snapshotter_chunk_cache_evictions_total ${c.evictions}`,
+    );
+    // Per image: its mounted layers, bytes fetched, cache hits and fetch latency (a summary's sum and count).
+    const byImage = new Map<string, { mounts: number; bytes: number; hits: number; errors: number; fetches: number; ms: number }>();
+    for (const m of status.mounts) {
+      const t = byImage.get(m.image) ?? { mounts: 0, bytes: 0, hits: 0, errors: 0, fetches: 0, ms: 0 };
+      t.mounts++;
+      t.bytes += m.bytesFetched;
+      t.hits += m.cacheHits;
+      t.errors += m.errors;
+      t.fetches += m.fetches;
+      t.ms += m.fetchMs;
+      byImage.set(m.image, t);
+    }
+    const series: [string, string, (t: NonNullable<ReturnType<typeof byImage.get>>) => number][] = [
+      ["skiff_snapshotter_mounts", "gauge", (t) => t.mounts],
+      ["skiff_snapshotter_fetched_bytes_total", "counter", (t) => t.bytes],
+      ["skiff_snapshotter_chunk_cache_hits_total", "counter", (t) => t.hits],
+      ["skiff_snapshotter_fetch_errors_total", "counter", (t) => t.errors],
+      ["skiff_snapshotter_fetch_seconds_count", "counter", (t) => t.fetches],
+      ["skiff_snapshotter_fetch_seconds_sum", "counter", (t) => t.ms / 1000],
+    ];
+    for (const [name, type, value] of series) {
+      lines.push(`# TYPE ${name} ${type}`);
+      for (const [image, t] of byImage) lines.push(`${name}{image=${JSON.stringify(image)}} ${value(t)}`);
+    }
   }
   return `${lines.filter(Boolean).join("\n")}\n`;
 }
