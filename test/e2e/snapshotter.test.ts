@@ -135,8 +135,17 @@ afterAll(async () => {
   client?.close();
   snapshotter?.kill("SIGKILL");
   // The mounts daemon, stopped on purpose, unmounts what it holds.
+  const ours = ["-f", "--", `snapshotter --proxy ${skiff?.url} --root ${join(dir, "root")}`];
+  const left = () => {
+    try {
+      return execFileSync("pgrep", ours, { encoding: "utf8" }).trim() !== "";
+    } catch {
+      return false; // pgrep found none
+    }
+  };
   try {
-    execFileSync("pkill", ["-TERM", "-f", `snapshotter --proxy ${skiff.url} --root ${join(dir, "root")}`]);
+    execFileSync("pkill", ["-TERM", ...ours]);
+    await waitFor("the mounts daemon to stop", async () => (left() ? undefined : true), { timeoutMs: 15_000, intervalMs: 100 }).catch(() => execFileSync("pkill", ["-KILL", ...ours]));
   } catch {
     // none left
   }

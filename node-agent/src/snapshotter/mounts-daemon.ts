@@ -150,7 +150,9 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   return {
     // Stopping the daemon on purpose unmounts everything (a crash leaves the table to mount again).
     close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await stopped;
       await serially(async () => {
         for (const mountpoint of [...mounted.keys()]) await unmount(mountpoint).catch((err) => o.log(`unmounting ${mountpoint}: ${errorMessage(err)}`));
       });

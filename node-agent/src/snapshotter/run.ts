@@ -88,7 +88,10 @@ export async function runDaemon(o: SnapshotterOptions): Promise<void> {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);
   });
-  await daemon.close();
+  // Busy mounts may refuse to go; the daemon ends anyway, and its table lets the next one remount.
+  const closed = daemon.close().catch((err: Error) => o.log(`closing: ${err.message}`));
+  await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000).unref())]);
+  process.exit(0);
 }
 
 async function metricsText(metrics: Metrics, snapshotter: Snapshotter, mounts: MountsClient): Promise<string> {
