@@ -50,7 +50,8 @@ export interface ChunkFetcherStats {
 
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 2_000;
-const PROBE_INTERVAL_MS = 1_000;
+const RETRY_MS = 1_000;
+const RETRY_QUIET_MS = 250;
 
 export class ChunkFetcher {
   readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0 };
@@ -66,8 +67,8 @@ export class ChunkFetcher {
   readonly #inflight = new Map<string, Promise<Uint8Array>>();
   /** When the current run of failed requests began; null while the proxy answers. */
   #failingSince: number | null = null;
-  #probing = false;
-  #lastProbe = 0;
+  /** When a read's short try after the timeout last failed. */
+  #lastRetryFailed = 0;
 
   constructor(o: ChunkFetcherOptions) {
     const params = parseParamsId(o.params);
@@ -121,16 +122,18 @@ export class ChunkFetcher {
       promises.set(c.hex, p);
     }
     const ranges = planRanges(toFetch, this.#maxGap, this.#maxRangeBytes);
-    // The timeout bounds the fault, not each request: once the proxy has failed for that long, reads
-    // fail at once (the kernel splits one read(2) into many requests and retries them), and one
-    // probe a second finds out when it is back.
-    const budget = this.#failingSince === null ? this.#timeoutMs : this.#failingSince + this.#timeoutMs - Date.now();
-    if (budget <= 0) {
-      const error = new Error(`the proxy ${this.#proxy} has failed for ${Date.now() - this.#failingSince!} ms`);
+    // The timeout bounds the fault, not each request: the kernel splits one read(2) into many
+    // requests and retries failed ones. Once the proxy has failed for that long, a read gets one
+    // short try (it may be back), and none right after such a try failed: those fail at once.
+    const now = Date.now();
+    const left = this.#failingSince === null ? this.#timeoutMs : this.#failingSince + this.#timeoutMs - now;
+    const retrying = left <= 0;
+    if (retrying && now - this.#lastRetryFailed < RETRY_QUIET_MS) {
+      const error = new Error(`the proxy ${this.#proxy} has failed for ${now - this.#failingSince!} ms`);
       for (const c of toFetch) settle.get(c.hex)!.reject(error);
-      this.#probe(ranges[0]!);
       return promises;
     }
+    const budget = retrying ? Math.min(RETRY_MS, this.#timeoutMs) : left;
     const controller = new AbortController();
     const timer = setTimeout(
       () => controller.abort(new Error(`chunk fetch from ${this.#proxy} timed out after ${this.#timeoutMs} ms`)),
@@ -142,22 +145,13 @@ export class ChunkFetcher {
           const chunks = await this.#fetchRange(range, controller.signal);
           for (const [hex, bytes] of chunks) settle.get(hex)!.resolve(bytes);
         } catch (err) {
+          if (retrying) this.#lastRetryFailed = Date.now();
           const error = controller.signal.aborted ? controller.signal.reason : err;
           for (const c of range.chunks) settle.get(c.hex)!.reject(error);
         }
       }),
     ).finally(() => clearTimeout(timer));
     return promises;
-  }
-
-  /** After a fault outlasted the timeout: one request at a time, at most one a second, to see whether the proxy is back. */
-  #probe(range: PlannedRange): void {
-    if (this.#probing || Date.now() - this.#lastProbe < PROBE_INTERVAL_MS) return;
-    this.#probing = true;
-    this.#lastProbe = Date.now();
-    this.#fetchRange(range, AbortSignal.timeout(this.#timeoutMs))
-      .catch(() => undefined)
-      .finally(() => (this.#probing = false));
   }
 
   /** One merged range, retried with backoff on transient failures until the signal aborts. */
@@ -179,8 +173,9 @@ export class ChunkFetcher {
         return chunks;
       } catch (err) {
         this.stats.errors++;
+        // The proxy unreachable, stalled or failing (not a wrong answer, which fails the read at once).
         // A stalled request counts from when it was sent: the fault began then.
-        this.#failingSince ??= attemptStarted;
+        if (err instanceof TransientError || signal.aborted) this.#failingSince ??= attemptStarted;
         if (signal.aborted || !(err instanceof TransientError) || attempt >= 50) throw err;
         await sleep(Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt), signal);
       }

@@ -128,7 +128,7 @@ describe("ChunkFetcher", () => {
     const e = (i: number) => records[i]!.storedOffset + records[i]!.storedSize - 1;
     expect(requests.map((r) => r.split(" ")[1]).sort()).toEqual([`bytes=${s(0)}-${e(3)}`, `bytes=${s(4)}-${e(5)}`].sort());
     for (let i = 0; i < 6; i++) expect(Buffer.compare(got.get(hexOf(datas[i]!))!, datas[i]!)).toBe(0);
-    expect(f.stats).toEqual({ bytesFetched: e(3) - s(0) + 1 + e(5) - s(4) + 1, chunksFetched: 6, requests: 2, errors: 0 });
+    expect(f.stats).toMatchObject({ bytesFetched: e(3) - s(0) + 1 + e(5) - s(4) + 1, chunksFetched: 6, requests: 2, errors: 0 });
   });
 
   test.each([
@@ -183,29 +183,24 @@ describe("ChunkFetcher", () => {
     expect(f.stats.requests).toBeGreaterThan(1);
   });
 
-  test("the timeout bounds a fault, not each request: later reads fail at once, and a probe finds the proxy back", async () => {
+  test("the timeout bounds a fault, not each request: later reads try for a second at most, and read again once the proxy is back", async () => {
     mode = "stall";
-    const f = new ChunkFetcher({ proxy, name: "test/app", params: PARAMS, timeoutMs: 600 });
+    const f = new ChunkFetcher({ proxy, name: "test/app", params: PARAMS, timeoutMs: 800 });
     const t0 = Date.now();
     await expect(f.fetchChunks(want(0))).rejects.toThrow(/timed out/);
     expect(Date.now() - t0).toBeLessThan(1_500);
-    // The kernel's next requests for the same read(2), or its retries: no second wait.
+    // The kernel's next requests for the same read(2), or its retries: one short try, then none right after it.
     const t1 = Date.now();
-    await expect(f.fetchChunks(want(1))).rejects.toThrow(/has failed for/);
+    await expect(f.fetchChunks(want(1))).rejects.toThrow(/timed out/);
     await expect(f.fetchChunks(want(2))).rejects.toThrow(/has failed for/);
-    expect(Date.now() - t1).toBeLessThan(100);
-    // The probe the first refused read sent stalls too. Then the proxy answers again: the next
-    // probe (a second later) brings reads back.
-    await new Promise((r) => setTimeout(r, 700));
+    await expect(f.fetchChunks(want(2))).rejects.toThrow(/has failed for/);
+    expect(Date.now() - t1).toBeLessThan(1_500);
+    // The proxy answers again: the next read a moment later gets its bytes.
     mode = "ok";
-    await new Promise((r) => setTimeout(r, 400));
-    await expect(f.fetchChunks(want(3))).rejects.toThrow(/has failed for/);
-    let got: Map<string, Uint8Array> | undefined;
-    for (let i = 0; i < 40 && !got; i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      got = await f.fetchChunks(want(3)).catch(() => undefined);
-    }
-    expect(got && Buffer.compare(got.get(hexOf(datas[3]!))!, datas[3]!)).toBe(0);
+    await new Promise((r) => setTimeout(r, 300));
+    const got = await f.fetchChunks(want(3));
+    expect(Buffer.compare(got.get(hexOf(datas[3]!))!, datas[3]!)).toBe(0);
+    expect((await f.fetchChunks(want(4))).size).toBe(1);
   });
 
   test("single flight: 10 concurrent fetches of one chunk make one request", async () => {

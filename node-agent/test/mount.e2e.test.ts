@@ -295,6 +295,34 @@ describe("skiff mount", () => {
     }
   });
 
+  test("the proxy killed while sha256sum reads over a slow link: the program gets EIO within --timeout plus a second", { timeout: 120_000 }, async () => {
+    // About 5 s to move the 3 MiB file; the kill lands a second in. The kernel splits the program's
+    // reads into many FUSE requests and retries failed ones: the bound is the program's, not theirs.
+    const port = await freePort();
+    const args = { upstream: registry.url, dataDir: tempDir("skiff-kill-read"), extraArgs: ["--port", String(port)] };
+    const proxy = await Skiff.start(args);
+    const relay = await startLinkRelay({ target: { host: "127.0.0.1", port }, latencyMs: 10, rateBitsPerSecond: 5e6 });
+    const timeoutS = 3;
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-kill-read"), "--timeout", String(timeoutS)], `http://127.0.0.1:${relay.port}/e2e/rootfs:v1`);
+    try {
+      const reader = spawn("sha256sum", [join(mountpoint, "data", "big.bin")], { stdio: "ignore" });
+      const exited = new Promise<number | null>((r) => reader.once("exit", (code) => r(code)));
+      await new Promise((r) => setTimeout(r, 1_000));
+      expect(reader.exitCode, "sha256sum finished before the kill").toBeNull();
+      await proxy.stop();
+      relay.cut();
+      const killed = Date.now();
+      const code = await exited;
+      const seconds = (Date.now() - killed) / 1000;
+      console.log(`sha256sum: EIO ${seconds.toFixed(1)} s after the proxy was killed (--timeout ${timeoutS})`);
+      expect(code).not.toBe(0);
+      expect(seconds).toBeLessThan(timeoutS + 1 + 0.5);
+    } finally {
+      await stop(agent);
+      await relay.close();
+    }
+  });
+
   test("a proxy answering a corrupted chunk or a 200 instead of a 206 is refused: EIO, nothing cached", { timeout: 120_000 }, async () => {
     // A relay in front of skiff that spoils data answers on demand.
     let spoil: "corrupt" | "whole" | null = "corrupt";
