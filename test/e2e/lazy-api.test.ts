@@ -432,10 +432,18 @@ describe("chunks and data blobs", () => {
     const layer = b.blob(rec.blob).layerDigest;
     const chunk = `chunks/${toHex(rec.digest)}.none`;
     expect((await get(`${layerUrl(proxy, "e2e/app", layer, "v1-c16-none")}/${chunk}`)).status).toBe(200);
+    // The layer's own bootstrap: the conversion the image bootstrap names (same data blob).
+    const own = await get(`${layerUrl(proxy, "e2e/app", layer, "v1-c16-none")}/bootstrap`);
+    expect(own.status).toBe(200);
+    expect(own.headers.get("docker-content-digest")).toBe(`sha256:${createHash("sha256").update(own.body).digest("hex")}`);
+    const layerBootstrap = Bootstrap.decode(own.body);
+    expect(layerBootstrap.kind).toBe("layer");
+    expect(layerBootstrap.blob(0).layerDigest).toBe(layer);
+    expect(toHex(layerBootstrap.blob(0).dataDigest)).toBe(toHex(b.blob(rec.blob).dataDigest));
     const logFrom = await registry.settledRequestCount();
     // A repository the registry does not have, and one it has without this layer.
     for (const repo of ["e2e/elsewhere", "e2e/shared-a"]) {
-      for (const path of ["data", chunk]) {
+      for (const path of ["data", chunk, "bootstrap"]) {
         const got = await get(`${layerUrl(proxy, repo, layer, "v1-c16-none")}/${path}`);
         expect(ociError(got), `${repo} ${path}`).toMatchObject({ status: 404, code: "BLOB_UNKNOWN" });
       }

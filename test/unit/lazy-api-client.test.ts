@@ -2,7 +2,7 @@
 // node-agent/test/bootstrap-client.test.ts covers 202s, the digest check and size caps over real HTTP.
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { bootstrapUrl, chunkUrl, fetchBootstrap, layerDataUrl, LazyApiError, type FetchLike } from "../../src/client/lazy-api.ts";
+import { bootstrapUrl, chunkUrl, fetchBootstrap, fetchLayerBootstrap, layerBootstrapUrl, layerDataUrl, LazyApiError, type FetchLike } from "../../src/client/lazy-api.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir } from "../../src/format/model.ts";
 
@@ -95,5 +95,32 @@ describe("fetchBootstrap", () => {
       const err = await rejection(fetchBootstrap("http://p", "app", "v1", { timeoutMs: 5_000, fetchImpl: stub(() => ok(headers)) }));
       expect(err.message).toMatch(message);
     }
+  });
+});
+
+describe("fetchLayerBootstrap", () => {
+  const dataDigest = new Uint8Array(32).fill(7);
+  const layerBody = encodeBootstrap({ kind: "layer", codec: 0, chunkShift: 16, platform: "", blobs: [{ dataDigest, storedSize: 0, layerDigest: LAYER }], chunks: [], root: newDir() });
+  const answer = (body: Uint8Array) => () =>
+    new Response(new Uint8Array(body), { headers: { "docker-content-digest": `sha256:${createHash("sha256").update(body).digest("hex")}`, "skiff-params": "v1-c16-none" } });
+  const options = (fetchImpl: FetchLike) => ({ dataDigest: "07".repeat(32), timeoutMs: 5_000, fetchImpl, ns: "registry.example:5000" });
+
+  it("asks the layer's bootstrap route with ?ns= and accepts the conversion the image names", async () => {
+    const f = stub(answer(layerBody));
+    const b = await fetchLayerBootstrap("http://p", "app", LAYER, "v1-c16-none", options(f));
+    expect(b.kind).toBe("layer");
+    expect(f.urls).toEqual([`http://p/v2/app/_skiff/layers/${LAYER}/v1-c16-none/bootstrap?ns=registry.example%3A5000`]);
+    expect(layerBootstrapUrl("http://p", "app", LAYER, "v1-c16-none")).toBe(`http://p/v2/app/_skiff/layers/${LAYER}/v1-c16-none/bootstrap`);
+  });
+
+  it("refuses another conversion of the layer, another layer, an image bootstrap, other params and a bad digest", async () => {
+    const other = `sha256:${"34".repeat(32)}`;
+    expect((await rejection(fetchLayerBootstrap("http://p", "app", LAYER, "v1-c16-none", { ...options(stub(answer(layerBody))), dataDigest: "08".repeat(32) }))).message).toMatch(/not of the conversion/);
+    expect((await rejection(fetchLayerBootstrap("http://p", "app", other, "v1-c16-none", options(stub(answer(layerBody)))))).message).toMatch(/is of layer/);
+    expect((await rejection(fetchLayerBootstrap("http://p", "app", LAYER, "v1-c16-none", options(stub(answer(BODY)))))).message).toMatch(/expected one layer/);
+    expect((await rejection(fetchLayerBootstrap("http://p", "app", LAYER, "v1-c20-none", options(stub(answer(layerBody)))))).message).toMatch(/do not match/);
+    const forged = () => new Response(new Uint8Array(layerBody), { headers: { "docker-content-digest": `sha256:${"00".repeat(32)}` } });
+    expect((await rejection(fetchLayerBootstrap("http://p", "app", LAYER, "v1-c16-none", options(stub(forged))))).message).toMatch(/does not match Docker-Content-Digest/);
+    expect((await rejection(fetchLayerBootstrap("http://p", "app", "../x", "v1-c16-none", options(stub(answer(layerBody)))))).message).toMatch(/invalid layer digest/);
   });
 });
