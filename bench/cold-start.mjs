@@ -15,12 +15,12 @@
 // stargz-snapshotter, golang-go and golang-github-containerd-stargz-snapshotter-dev.
 //   node bench/cold-start.mjs [--write] [--rounds 3]
 import { execFileSync, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
+import { debianLayer } from "./debian-layer.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, startContainerd } from "./containerd.mjs";
 import { writeLayout } from "./oci-layout.mjs";
@@ -42,20 +42,9 @@ const cleanups = [];
 process.once("SIGINT", () => void finish().then(() => process.exit(130)));
 
 /** The image's one layer (gzip) and its diff id, built with debootstrap once and kept. */
-function debianLayer() {
-  const layerFile = join(cacheDir, "debian-python3.tar.gz");
-  const tarFile = join(cacheDir, "debian-python3.tar");
-  if (!existsSync(layerFile)) {
-    mkdirSync(cacheDir, { recursive: true });
-    const rootfs = join(work, "rootfs");
-    console.error(`building the image with debootstrap (${PACKAGES}); kept in ${cacheDir}`);
-    execFileSync("debootstrap", ["--variant=minbase", `--include=${PACKAGES}`, "stable", rootfs, "http://deb.debian.org/debian"], { stdio: ["ignore", "ignore", "inherit"] });
-    execFileSync("tar", ["-C", rootfs, "--sort=name", "--numeric-owner", "--xattrs", "-cf", tarFile, "."]);
-    execFileSync("sh", ["-c", `gzip -6 -c ${tarFile} > ${layerFile}.tmp && mv ${layerFile}.tmp ${layerFile}`]);
-    rmSync(rootfs, { recursive: true, force: true });
-  }
-  const tar = readFileSync(tarFile);
-  return { gz: readFileSync(layerFile), tarFile, tarBytes: tar.length, diffId: `sha256:${createHash("sha256").update(tar).digest("hex")}` };
+async function debianImageLayer() {
+  const layer = await debianLayer({ cacheDir, name: "debian-python3", packages: PACKAGES.split(","), workDir: work });
+  return { gz: readFileSync(layer.gzFile), tarFile: layer.tarFile, tarBytes: layer.tarBytes, diffId: layer.diffId };
 }
 
 function serve(upstream, data) {
@@ -205,7 +194,7 @@ async function fuseCeiling(fileBytes, entries) {
 }
 
 try {
-  const layer = debianLayer();
+  const layer = await debianImageLayer();
   const layout = join(work, "layout");
   writeLayout(layout, [layer.gz], [layer.diffId]);
   const registry = await startRegistry(work);

@@ -9,23 +9,30 @@ export DEBIAN_FRONTEND=noninteractive
 
 # System tools the tests drive: a real registry, real clients, FUSE, openssl, curl, and for the
 # converter's tests zstd (fixtures), setfattr (xattrs) and python3 (hand-made tar members); nginx as
-# a reference server for `skiff check-ranges`.
+# a reference server for `skiff check-ranges`. The CRI suite runs pods: runc, the CNI plugins
+# (bridge, host-local, loopback in /usr/lib/cni), ip (iproute2) for its bridge, debootstrap for its
+# Debian image, and gcc with libc's static archive (libc6-dev) for its sandbox image.
 need=()
-for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl zstd setfattr python3 nginx; do
+for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl zstd setfattr python3 nginx runc ip debootstrap gcc; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 # fuse-native's binary links libfuse 2 (libfuse.so.2), which fuse3 doesn't provide.
 ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || need+=(libfuse.so.2)
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || need+=(cni-plugins)
+# `gcc -static` needs libc.a; gcc answers a bare name when it has none.
+command -v gcc >/dev/null 2>&1 && [ -f "$(gcc -print-file-name=libc.a)" ] || need+=(libc.a)
+packages="docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 nginx runc containernetworking-plugins iproute2 debootstrap gcc libc6-dev"
 if [ "${#need[@]}" -gt 0 ]; then
   echo "run.sh: missing ${need[*]}: installing Debian packages" >&2
   if [ "$(id -u)" -ne 0 ]; then
-    echo "run.sh: not root; install docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 nginx first" >&2
+    echo "run.sh: not root; install $packages first" >&2
     exit 1
   fi
   apt-get update -q || exit 1
+  # shellcheck disable=SC2086 # a list of package names
   apt-get install -y -q \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 nginx || exit 1
+    $packages || exit 1
   # The packages start system services; the tests run their own private instances.
   for svc in docker-registry containerd nginx; do
     if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi

@@ -1,9 +1,10 @@
-// A private containerd (root, state and sockets in a temp dir, the CRI plugin disabled) and `ctr`
-// pulls through it, with a hosts directory that sends a registry's pulls to a mirror.
+// A private containerd (root, state and sockets in a temp dir; the CRI plugin disabled unless asked
+// for, see cri.ts) and `ctr` pulls through it, with a hosts directory that sends a registry's pulls
+// to a mirror, or lets it be reached over plain http.
 import { mkdirSync, openSync, closeSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
-import { containerdConfig } from "../../../bench/containerd-config.mjs";
+import { containerdConfig, type CriConfigOptions } from "../../../bench/containerd-config.mjs";
 import { tempDir, unmountAllUnder } from "./workdir.ts";
 import { hasExited, run, runOk, spawnService, stopChild, waitFor, type RunResult } from "./processes.ts";
 
@@ -35,6 +36,32 @@ export function writeMirrorHostsToml(hostsDir: string, registryHostPort: string,
   return path;
 }
 
+/**
+ * Write `<hostsDir>/<registryHostPort>/hosts.toml` saying the registry speaks plain http (what
+ * `ctr --plain-http` says for one pull, for clients such as the CRI plugin that only read hosts.toml).
+ */
+export function writePlainHttpHostsToml(hostsDir: string, registryHostPort: string): string {
+  const dir = join(hostsDir, registryHostPort);
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, "hosts.toml");
+  // containerd 1.6 rejects a hosts.toml without a [host] table ("invalid `host` tree") and falls
+  // back to its defaults; so the server is named again as the one host to pull from.
+  writeFileSync(
+    path,
+    [`server = "http://${registryHostPort}"`, "", `[host."http://${registryHostPort}"]`, `  capabilities = ["pull", "resolve"]`, ""].join("\n"),
+  );
+  return path;
+}
+
+export interface ContainerdOptions {
+  /** The directory to run in (created if missing; removed by stop()); default a new temp dir. */
+  dir?: string;
+  /** Proxy snapshotters: name → socket (`[proxy_plugins.NAME]`). */
+  snapshotters?: Record<string, string>;
+  /** Enable the CRI plugin with these settings (bench/containerd-config.mjs). */
+  cri?: CriConfigOptions;
+}
+
 export class Containerd {
   readonly dir: string;
   readonly address: string;
@@ -52,17 +79,24 @@ export class Containerd {
     this.logPath = join(dir, "containerd.log");
   }
 
-  static async start(): Promise<Containerd> {
-    const c = new Containerd(tempDir("containerd"));
-    await c.launch();
+  static async start(options: ContainerdOptions = {}): Promise<Containerd> {
+    const dir = options.dir ?? tempDir("containerd");
+    mkdirSync(dir, { recursive: true });
+    const c = new Containerd(dir);
+    try {
+      await c.launch(options);
+    } catch (err) {
+      await c.stop();
+      throw err;
+    }
     return c;
   }
 
-  private async launch(): Promise<void> {
+  private async launch(options: ContainerdOptions): Promise<void> {
     mkdirSync(this.root, { recursive: true });
     mkdirSync(this.state, { recursive: true });
     const cfg = join(this.dir, "config.toml");
-    writeFileSync(cfg, containerdConfig({ dir: this.dir, address: this.address }));
+    writeFileSync(cfg, containerdConfig({ dir: this.dir, address: this.address, snapshotters: options.snapshotters, cri: options.cri }));
     const log = openSync(this.logPath, "a");
     try {
       this.child = spawnService("containerd", ["--config", cfg], { stdio: ["ignore", log, log] });
@@ -79,6 +113,11 @@ export class Containerd {
       },
       { timeoutMs: 30_000, intervalMs: 200 },
     );
+    if (options.cri !== undefined) {
+      // CRI unpacks into and runs on the snapshotter its config names.
+      this.snapshotter = options.cri.snapshotter ?? "overlayfs";
+      return;
+    }
     // Use overlayfs when containerd could load it here, else the native (copying) snapshotter.
     const plugins = await runOk("ctr", ["--address", this.address, "plugins", "ls"], { timeoutMs: 10_000 });
     const overlay = plugins.stdout.split("\n").find((l) => /io\.containerd\.snapshotter\.v1\s+overlayfs\s/.test(l));
@@ -123,10 +162,20 @@ export class Containerd {
       .map((f) => ({ ref: f[0]!, type: f[1]!, digest: f[2]! }));
   }
 
-  /** Stop containerd, unmount anything left under its directory, delete it. */
-  async stop(): Promise<void> {
+  /** Whether the containerd process is still running. */
+  get running(): boolean {
+    return this.child !== undefined && !hasExited(this.child);
+  }
+
+  /** Stop the containerd process only (its directory, mounts and any shims stay). */
+  async stopDaemon(): Promise<void> {
     if (this.child !== undefined && !hasExited(this.child)) await stopChild(this.child, 15_000);
     this.child = undefined;
+  }
+
+  /** Stop containerd, unmount anything left under its directory, delete it. */
+  async stop(): Promise<void> {
+    await this.stopDaemon();
     await unmountAllUnder(this.dir);
     try {
       rmSync(this.dir, { recursive: true, force: true, maxRetries: 3 });

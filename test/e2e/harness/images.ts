@@ -227,6 +227,48 @@ function writeManifest(
   return { desc: layout.writeBlob(bytes, MT.manifest), bytes };
 }
 
+/** The platform of this machine's binaries, as an image config names it. */
+export function hostPlatform(): { architecture: string; os: string } {
+  const arch: Record<string, string> = { x64: "amd64", arm64: "arm64", arm: "arm", ppc64: "ppc64le", s390x: "s390x", riscv64: "riscv64" };
+  return { architecture: arch[process.arch] ?? process.arch, os: "linux" };
+}
+
+/** What a runtime reads from an image config to start a container. */
+export interface RunConfig {
+  Entrypoint?: string[];
+  Cmd?: string[];
+  Env?: string[];
+  WorkingDir?: string;
+}
+
+/**
+ * Tag `tag` as an image of layers already in the layout (each with its diff id), whose config says
+ * how to run it; for the host's platform unless another is given.
+ */
+export function writeRunnableImage(
+  layout: OciLayout,
+  spec: { tag: string; layers: LayerInfo[]; run: RunConfig; platform?: { architecture: string; os: string } },
+): ImageInfo {
+  const platform = spec.platform ?? hostPlatform();
+  const diffIds = spec.layers.map((l) => l.diffId);
+  const config = layout.writeBlob(
+    Buffer.from(
+      JSON.stringify({
+        created: "2024-01-01T00:00:00Z",
+        architecture: platform.architecture,
+        os: platform.os,
+        config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], ...spec.run },
+        rootfs: { type: "layers", diff_ids: diffIds },
+        history: diffIds.map((_, i) => ({ created: "2024-01-01T00:00:00Z", created_by: `skiff-e2e layer ${i}` })),
+      }),
+    ),
+    MT.config,
+  );
+  const { desc, bytes } = writeManifest(layout, config, spec.layers);
+  layout.tag(spec.tag, desc);
+  return { layout, tag: spec.tag, manifest: { ...desc, platform }, manifestBytes: bytes, config, layers: spec.layers, platform };
+}
+
 /** Build a small image of gzip'd tar layers of generated files into `layout`. */
 export function buildImage(layout: OciLayout, spec: ImageSpec): ImageInfo {
   const prng = new Prng(spec.seed);
