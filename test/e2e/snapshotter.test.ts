@@ -6,7 +6,7 @@
 // proxy can't serve, and a kill -9 of the snapshotter that leaves mounts and metadata intact.
 // The real registry is the upstream; containerd itself drives it in cri-snapshotter.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -15,9 +15,10 @@ import { gzipSync } from "node:zlib";
 import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from "@grpc/grpc-js";
 import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
 import { Registry } from "./harness/registry.ts";
-import { Skiff, SKIFF_BIN } from "./harness/skiff.ts";
+import { Skiff } from "./harness/skiff.ts";
+import { SnapshotterProcess } from "./harness/snapshotter.ts";
 import { MT, OciLayout, pushImage, sha256, tarArchive, type TarEntry } from "./harness/images.ts";
-import { tempDir, unmountAllUnder } from "./harness/workdir.ts";
+import { tempDir } from "./harness/workdir.ts";
 import { teardown } from "./harness/teardown.ts";
 import { waitFor } from "./harness/processes.ts";
 
@@ -29,7 +30,7 @@ const FAILED_PRECONDITION = 9;
 let registry: Registry;
 let skiff: Skiff;
 let dir: string;
-let snapshotter: ChildProcess;
+let snapshotter: SnapshotterProcess;
 let client: Client;
 let bigBytes: Buffer;
 let image: { ref: string; manifest: string; layers: { digest: string; diffId: string }[] };
@@ -37,27 +38,9 @@ let image: { ref: string; manifest: string; layers: { digest: string; diffId: st
 type Call = (method: string, request: object) => Promise<Record<string, unknown>>;
 let call: Call;
 
-function startSnapshotter(): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [SKIFF_BIN, "snapshotter", "--proxy", skiff.url, "--root", join(dir, "root"), "--address", join(dir, "snap.sock"), "--metrics", "off", "--timeout", "10"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let log = "";
-  child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`snapshotter did not start: ${log}`)), 20_000);
-    child.stdout!.on("data", (d: Buffer) => {
-      if (d.toString().includes("skiff snapshotter listening on")) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`snapshotter exited ${code}: ${log}`)));
-  });
-}
-
 function connect(): void {
   const Ctor = makeGenericClientConstructor(SNAPSHOTS_SERVICE, "Snapshots");
-  client = new Ctor(`unix://${join(dir, "snap.sock")}`, credentials.createInsecure());
+  client = new Ctor(`unix://${snapshotter.address}`, credentials.createInsecure());
   call = (method, request) =>
     new Promise((resolve, reject) => {
       const c = client as unknown as Record<string, (req: object, cb: (err: ServiceError | null, res: Record<string, unknown>) => void) => void>;
@@ -97,7 +80,6 @@ function layerOf(layout: OciLayout, entries: TarEntry[]) {
 }
 
 beforeAll(async () => {
-  dir = tempDir("snapshotter");
   registry = await Registry.start({ name: "snapshotter-registry" });
   skiff = await Skiff.start({ upstream: registry.url, extraArgs: ["--convert-wait", "60"] });
   // Two layers: the second deletes a file of the first (whiteout) and replaces a directory (opaque).
@@ -127,29 +109,14 @@ beforeAll(async () => {
   const ref = `${registry.hostPort}/e2e/snap:1`;
   await pushImage(layout, "1", ref);
   image = { ref, manifest: manifest.digest, layers: [l0, l1] };
-  snapshotter = await startSnapshotter();
+  snapshotter = await SnapshotterProcess.start(skiff.url, ["--timeout", "10"]);
+  dir = snapshotter.dir;
   connect();
 }, 180_000);
 
 afterAll(async () => {
   client?.close();
-  snapshotter?.kill("SIGKILL");
-  // The mounts daemon, stopped on purpose, unmounts what it holds.
-  const ours = ["-f", "--", `snapshotter --proxy ${skiff?.url} --root ${join(dir, "root")}`];
-  const left = () => {
-    try {
-      return execFileSync("pgrep", ours, { encoding: "utf8" }).trim() !== "";
-    } catch {
-      return false; // pgrep found none
-    }
-  };
-  try {
-    execFileSync("pkill", ["-TERM", ...ours]);
-    await waitFor("the mounts daemon to stop", async () => (left() ? undefined : true), { timeoutMs: 15_000, intervalMs: 100 }).catch(() => execFileSync("pkill", ["-KILL", ...ours]));
-  } catch {
-    // none left
-  }
-  await unmountAllUnder(dir);
+  await snapshotter?.stop();
   await skiff?.stop();
   await registry?.stop();
   await teardown();
@@ -255,11 +222,10 @@ describe("skiff snapshotter over gRPC", () => {
     mountOverlay((await call("Prepare", { key: "k8s.io/4/container", parent: top!.name })).mounts as Mount[], rootfs);
     try {
       client.close();
-      snapshotter.kill("SIGKILL");
-      await waitFor("the snapshotter to exit", async () => (snapshotter.exitCode !== null || snapshotter.signalCode !== null ? true : undefined), { timeoutMs: 10_000, intervalMs: 50 });
+      await snapshotter.kill();
       // Reads go on while no snapshotter runs: the mounts belong to the mounts daemon.
       expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
-      snapshotter = await startSnapshotter();
+      await snapshotter.restart();
       connect();
       expect((await list()).map((i) => i.name).sort()).toEqual(before.concat("k8s.io/4/container").sort());
       expect(readFileSync(join(rootfs, "etc/keep"), "utf8")).toBe("kept\n");
@@ -270,18 +236,11 @@ describe("skiff snapshotter over gRPC", () => {
   });
 
   test("kill -9 of the mounts daemon: the snapshotter starts it again, it mounts every lazy layer again, and new containers read them", async () => {
-    const daemonPid = () => {
-      try {
-        return Number(execFileSync("pgrep", ["-f", "--", `--root ${join(dir, "root")} .*--mounts-daemon`], { encoding: "utf8" }).trim().split("\n")[0]);
-      } catch {
-        return 0;
-      }
-    };
-    const first = daemonPid();
+    const first = snapshotter.daemonPid();
     expect(first).toBeGreaterThan(0);
     process.kill(first, "SIGKILL");
     const second = await waitFor("a new mounts daemon", async () => {
-      const pid = daemonPid();
+      const pid = snapshotter.daemonPid();
       return pid > 0 && pid !== first ? pid : undefined;
     }, { timeoutMs: 15_000, intervalMs: 100 });
     expect(second).not.toBe(first);
