@@ -84,6 +84,7 @@ export class Snapshotter {
   }
 
   async commit(name: string, key: string, labels: Record<string, string>): Promise<void> {
+    checkKey(name);
     const record = this.#require(key);
     if (record.kind !== "active") throw new SnapshotError("FAILED_PRECONDITION", `snapshot ${key} is not active`);
     const usage = await diskUsage(this.fsDir(record));
@@ -167,7 +168,7 @@ export class Snapshotter {
   }
 
   async #create(kind: "active" | "view", key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
-    if (!key) throw new SnapshotError("INVALID_ARGUMENT", "a snapshot needs a key");
+    checkKey(key);
     const record = await this.#meta.change(async (s) => {
       if (Object.hasOwn(s.snapshots, key)) throw new SnapshotError("ALREADY_EXISTS", `snapshot ${key} already exists`);
       this.#checkParent(s.snapshots, parent);
@@ -260,6 +261,11 @@ export class Snapshotter {
     if (lowers.length <= 1) return [{ type: "bind", source: lowers[0] ?? fs, options: ["ro", "rbind"] }];
     return [{ type: "overlay", source: "overlay", options: ["index=off", `lowerdir=${lowers.join(":")}`] }];
   }
+}
+
+/** Keys are JSON object keys in the metadata file: never empty, never the one that means the prototype. */
+function checkKey(key: string): void {
+  if (!key || key === "__proto__") throw new SnapshotError("INVALID_ARGUMENT", `not a valid snapshot key: ${JSON.stringify(key)}`);
 }
 
 function infoOf(key: string, r: SnapshotRecord): Info {
