@@ -5,6 +5,7 @@
 // per chunk of an outbound fetch body) to wrangler's Node process as a separate loopback request.
 // Here the Worker's outbound fetch goes from workerd straight to the upstream.
 //   node worker-runner.mjs '{"config": …, "script": …, "port": …, "persistDir": …, "vars": {…}}'
+// A second Worker, local-r2-tools, shares the bucket (LOCAL_R2_TOOLS below).
 // Prints "ready <url>" when serving; stops on SIGTERM or SIGINT.
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
@@ -18,15 +19,65 @@ const wranglerPath = require.resolve("wrangler");
 const { unstable_getMiniflareWorkerOptions } = require(wranglerPath);
 const { Miniflare, Log, LogLevel } = createRequire(wranglerPath)("miniflare");
 
+// Miniflare's local R2 serves a multipart object (as skiff's R2Store writes anything over one part)
+// by piping its parts one after another into one stream (#assembleMultipartValue in its R2 bucket
+// worker), and that body does not hold back for a slow reader: workerd takes in the rest of the
+// object, up to all of it (a Worker that only returns the R2 body of a 1 GiB object read at 20 MB/s:
+// 1.4 GB VmHWM). A single-part object streams with backpressure (the same read: no growth), as R2
+// itself does. `POST /single-part?key=K` rewrites object K as one part, reading
+// it in 8 MiB ranges (a range spans at most two parts), so a test can measure skiff's own buffering.
+const LOCAL_R2_TOOLS = `
+const STEP = 8 * 1024 * 1024;
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    const key = url.searchParams.get("key");
+    if (request.method !== "POST" || url.pathname !== "/single-part" || !key) return new Response("POST /single-part?key=K", { status: 404 });
+    const head = await env.STORE.head(key);
+    if (!head) return new Response("no such object", { status: 404 });
+    const body = new FixedLengthStream(head.size);
+    const writer = body.writable.getWriter();
+    const copy = (async () => {
+      try {
+        for (let offset = 0; offset < head.size; offset += STEP) {
+          const range = { offset, length: Math.min(STEP, head.size - offset) };
+          for await (const chunk of (await env.STORE.get(key, { range })).body) await writer.write(chunk);
+        }
+        await writer.close();
+      } catch (err) {
+        await writer.abort(err).catch(() => {});
+        throw err;
+      }
+    })();
+    const [written] = await Promise.all([env.STORE.put(key, body.readable), copy]);
+    return new Response(String(written.size));
+  },
+};
+`;
+
 // What wrangler.toml says (compatibility date and flags, vars, the R2 binding), as wrangler dev would
 // give it to Miniflare; the vars given here replace or add to the config's, as `--var` does.
 const { workerOptions } = unstable_getMiniflareWorkerOptions(config);
+// Beside it, the tools Worker (LOCAL_R2_TOOLS) on the same local bucket, reached with the header
+// `MF-Route-Override: local-r2-tools`.
 const mf = new Miniflare({
-  ...workerOptions,
-  modules: true,
-  scriptPath: script,
-  modulesRoot: dirname(script),
-  bindings: { ...workerOptions.bindings, ...vars },
+  workers: [
+    {
+      ...workerOptions,
+      name: "skiff",
+      modules: true,
+      scriptPath: script,
+      modulesRoot: dirname(script),
+      bindings: { ...workerOptions.bindings, ...vars },
+    },
+    {
+      name: "local-r2-tools",
+      compatibilityDate: workerOptions.compatibilityDate,
+      modules: true,
+      script: LOCAL_R2_TOOLS,
+      r2Buckets: { STORE: workerOptions.r2Buckets.STORE },
+    },
+  ],
   host: "127.0.0.1",
   port,
   // The placeholder `request.cf`: the default would fetch it from the Internet.

@@ -3,7 +3,7 @@
 // Miniflare in a child Node process with wrangler.toml's compatibility settings and bindings, the
 // upstream given as a var. Not `wrangler dev`: its inspector proxy sends wrangler's Node process one
 // loopback request per chunk the Worker fetches, which made large pulls crawl and fail.
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { REPO_ROOT } from "./skiff.ts";
@@ -109,17 +109,50 @@ export class WorkerSkiff {
     }
   }
 
+  /**
+   * Rewrites local R2's object `key` as a single part (worker-runner.mjs says why): read from the
+   * bucket then streams with backpressure, as from R2 itself.
+   */
+  async storeAsSinglePart(key: string): Promise<void> {
+    const res = await fetch(`${this.url}/single-part?key=${encodeURIComponent(key)}`, {
+      method: "POST",
+      headers: { "MF-Route-Override": "local-r2-tools" },
+      signal: AbortSignal.timeout(300_000),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`rewriting ${key} as one part: HTTP ${res.status}: ${text.slice(0, 500)}`);
+  }
+
   /** Peak resident set size of the workerd process serving the Worker (VmHWM), in bytes. */
   workerdVmHWMBytes(): number {
+    return this.workerdStatusBytes("VmHWM");
+  }
+
+  /** Resident set size of the workerd process now (VmRSS), in bytes. */
+  workerdVmRSSBytes(): number {
+    return this.workerdStatusBytes("VmRSS");
+  }
+
+  /** Starts workerd's VmHWM over from its current resident set size (Linux: clear_refs 5). */
+  resetWorkerdVmHWM(): void {
+    writeFileSync(`/proc/${this.workerdPid()}/clear_refs`, "5");
+  }
+
+  private workerdStatusBytes(field: "VmHWM" | "VmRSS"): number {
+    const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, "m").exec(readFileSync(`/proc/${this.workerdPid()}/status`, "utf8"));
+    if (!m) throw new Error(`no ${field} in workerd's /proc status`);
+    return Number(m[1]) * 1024;
+  }
+
+  /** The workerd process in the runner's process group. */
+  private workerdPid(): string {
     const group = this.child.pid!;
     for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
       try {
         const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
         // Fields after the command name: state, ppid, pgrp.
         const pgrp = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-        if (pgrp !== group || !readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("workerd")) continue;
-        const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-        if (m) return Number(m[1]) * 1024;
+        if (pgrp === group && readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("workerd")) return pid;
       } catch {
         // the process went away meanwhile
       }
