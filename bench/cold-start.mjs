@@ -7,8 +7,9 @@
 // Cases: cold edge (a fresh skiff store: pull and conversion included), warm edge with prefetch
 // off, `--prefetch all` and a replayed prefetch list (recorded by `skiff record` first), and with
 // deflated chunks: off, `--prefetch-nearby` and the list. The bytes the workload touches are the
-// chunks in that list. The same workload after `ctr image pull` and after the stargz snapshotter's
-// lazy pull of an eStargz copy (bench/containerd.mjs), through the same links. Then warm reads: the
+// chunks in that list. The same workload after `ctr image pull`, after the stargz snapshotter's
+// lazy pull of an eStargz copy, and after `skiff pull` through CRI with the skiff snapshotter
+// (defaults, warm edge, cold node; bench/containerd.mjs), through the same links. Then warm reads: the
 // largest file and a walk of the tree through a fully prefetched mount, against the same tree on
 // local disk and fuse-native's own ceiling (bench/fuse-ceiling.mjs). Needs root (FUSE, chroot,
 // dropping the page cache) and Debian's debootstrap, docker-registry, skopeo, containerd, pigz,
@@ -16,13 +17,13 @@
 //   node bench/cold-start.mjs [--write] [--rounds 3]
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { cpus, homedir, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import { debianLayer } from "./debian-layer.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
-import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, startContainerd } from "./containerd.mjs";
+import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
 import { freePort, requireTools, root, startRegistry, waitUrl } from "./servers.mjs";
@@ -36,6 +37,7 @@ const NEARBY = "256k"; // --prefetch-nearby: the best of 128k, 256k, 512k and 1m
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot", "containerd", "ctr", "ctr-remote", "go", "unpigz");
 if (process.getuid?.() !== 0) throw new Error("bench:cold-start needs root (FUSE mounts, chroot)");
 
+const loadAtStart = loadavg();
 const cacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
 const work = mkdtempSync(join(tmpdir(), "skiff-bench-cold-"));
 const cleanups = [];
@@ -142,11 +144,13 @@ async function warmReads(edgeUrl, tarFile) {
 }
 
 /**
- * The same workload after `ctr image pull` (fetch, unpack into overlayfs) and after the stargz
- * snapshotter's lazy pull of an eStargz copy, each through the same links, on a fresh containerd
- * (and stargz root) every run: { link, client, seconds, pullSeconds }[] medians.
+ * The same workload after `ctr image pull` (fetch, unpack into overlayfs), after the stargz
+ * snapshotter's lazy pull of an eStargz copy, and after `skiff pull` through containerd's CRI plugin
+ * with the skiff snapshotter (its defaults: no prefetch list, the proxy's codec) from the warm edge
+ * `edge`, each through the same links, on a fresh containerd (and snapshotter root: an empty chunk
+ * cache) every run: { link, client, seconds, pullSeconds, mountSeconds, runSeconds }[] medians.
  */
-async function containerdBaselines(registryBase) {
+async function containerdBaselines(registryBase, edge) {
   const stargz = await buildStargzSnapshotter(cacheDir);
   const host = new URL(registryBase).host;
   const prep = await startContainerd(work);
@@ -156,23 +160,45 @@ async function containerdBaselines(registryBase) {
   } finally {
     await prep.stop();
   }
+  // The edge is warm for the snapshotter too: the image's bootstrap as it asks for it (the proxy's
+  // default parameters, the registry named in ?ns=), converted before any measured run.
+  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}`);
+  await warmed.arrayBuffer();
+  if (warmed.status !== 200) throw new Error(`bootstrap (?ns=${host}) answered ${warmed.status}`);
+  // The slow link: between containerd (and the stargz snapshotter) and the registry; between
+  // containerd (and the skiff snapshotter) and the skiff proxy, which is then containerd's mirror.
   const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: Number(new URL(registryBase).port) }, ...SLOW });
   cleanups.push(() => relay.close());
+  const edgeRelay = await startLinkRelay({ target: { host: "127.0.0.1", port: edge.port }, ...SLOW });
+  cleanups.push(() => edgeRelay.close());
   const rows = [];
-  for (const [link, via] of [["loopback", host], ["100 Mbit/s, 20 ms RTT", `127.0.0.1:${relay.port}`]]) {
-    for (const [client, tag, pull] of [["containerd pull + unpack", "1", pullAndRun], ["stargz snapshotter, eStargz", "esgz", lazyPullAndRun]]) {
+  const links = [
+    ["loopback", host, edge.url],
+    ["100 Mbit/s, 20 ms RTT", `127.0.0.1:${relay.port}`, `http://127.0.0.1:${edgeRelay.port}`],
+  ];
+  for (const [link, via, proxy] of links) {
+    const clients = [
+      ["containerd pull + unpack", `${via}/bench/py:1`, pullAndRun, {}],
+      ["stargz snapshotter, eStargz", `${via}/bench/py:esgz`, lazyPullAndRun, { stargzBinary: stargz }],
+      ["skiff snapshotter", `${host}/bench/py:1`, skiffPullAndRun, { skiff: { proxy, registries: [host] } }],
+    ];
+    for (const [client, ref, pull, options] of clients) {
       const runs = [];
       for (let round = 0; round < ROUNDS; round++) {
-        const containerd = await startContainerd(work, pull === lazyPullAndRun ? { stargzBinary: stargz } : {});
+        const containerd = await startContainerd(work, options);
         try {
-          runs.push(await pull(containerd, `${via}/bench/py:${tag}`, WORKLOAD, { expect: "ready" }));
+          runs.push(await pull(containerd, ref, WORKLOAD, { expect: "ready" }));
+        } catch (err) {
+          if (options.skiff) console.error(containerd.skiffLog());
+          throw err;
         } finally {
           await containerd.stop();
         }
         const r = runs.at(-1);
-        console.error(`${link}, ${client}: ${r.seconds.toFixed(2)} s (pull ${r.pullSeconds.toFixed(2)} s, workload ${r.runSeconds.toFixed(2)} s)`);
+        console.error(`${link}, ${client}: ${r.seconds.toFixed(2)} s (pull ${r.pullSeconds.toFixed(2)} s, mount ${r.mountSeconds.toFixed(2)} s, workload ${r.runSeconds.toFixed(2)} s)`);
       }
-      rows.push({ link, client, seconds: median(runs.map((r) => r.seconds)), pullSeconds: median(runs.map((r) => r.pullSeconds)) });
+      const med = (key) => median(runs.map((r) => r[key]));
+      rows.push({ link, client, seconds: med("seconds"), pullSeconds: med("pullSeconds"), mountSeconds: med("mountSeconds"), runSeconds: med("runSeconds") });
     }
   }
   return rows;
@@ -257,7 +283,7 @@ try {
     }
   }
 
-  const baselines = await containerdBaselines(registry.base);
+  const baselines = await containerdBaselines(registry.base, edge);
   const reads = await warmReads(edge.url, layer.tarFile);
 
   const table = [
@@ -270,12 +296,20 @@ try {
   for (const link of links.map(([name]) => name)) {
     const full = baselines.find((b) => b.link === link && b.client.startsWith("containerd"));
     const lazy = baselines.find((b) => b.link === link && b.client.startsWith("stargz"));
+    const snap = baselines.find((b) => b.link === link && b.client.startsWith("skiff"));
     const line = (name, seconds) => `| ${link} | ${name} | ${seconds.toFixed(2)} | ${(full.seconds / seconds).toFixed(1)} | ${(lazy.seconds / seconds).toFixed(1)} |`;
     versus.push(line(`containerd: \`ctr image pull\` (${full.pullSeconds.toFixed(1)} s) + run`, full.seconds));
     versus.push(line(`stargz snapshotter: \`ctr-remote image rpull\` of the eStargz copy + run`, lazy.seconds));
+    versus.push(line(`containerd + skiff snapshotter: \`skiff pull\` through CRI (${snap.pullSeconds.toFixed(1)} s) + run`, snap.seconds));
     for (const r of rows.filter((r) => r.link === link && r.edgeState === "warm edge")) versus.push(line(`skiff mount, ${r.codec}, prefetch ${r.prefetch}`, r.seconds));
   }
+  // Where the containerd-driven starts spend their time.
+  const steps = ["| link | start | pull (s) | snapshot + mount (s) | workload (s) | total (s) |", "|---|---|---:|---:|---:|---:|"];
+  for (const b of baselines) steps.push(`| ${b.link} | ${b.client} | ${b.pullSeconds.toFixed(2)} | ${b.mountSeconds.toFixed(2)} | ${b.runSeconds.toFixed(2)} | ${b.seconds.toFixed(2)} |`);
+  const load = (l) => l.map((x) => x.toFixed(1)).join(" / ");
   const body = `Machine: ${machine()}. Command: \`npm run bench:cold-start -- --write\` (median of ${ROUNDS} runs per row).
+Load average (1 / 5 / 15 min) at the start of the run: ${load(loadAtStart)}; at the end: ${load(loadavg())}, on
+${cpus().length} cores (a load above the core count means other work competed with the benchmark for the CPUs).
 
 The image: Debian stable (debootstrap minbase) with ${PACKAGES.replaceAll(",", ", ")}, one gzip layer of
 ${(layer.gz.length / 1e6).toFixed(0)} MB (${(layer.tarBytes / 1e6).toFixed(0)} MB uncompressed), in a Distribution registry on loopback with
@@ -290,16 +324,34 @@ the wire: with deflate-raw they are compressed, while "touched" counts the chunk
 
 ${table.join("\n")}
 
-The same workload started the ways containerd starts it, in the same run and through the same links
-(here the relay sits between containerd and the registry), on a fresh containerd every run: a full
-\`ctr image pull\` (containerd ${containerdVersion()}, unpacking with unpigz into overlayfs), and the
-stargz snapshotter (Debian's stargz-snapshotter library, served by bench/stargz/main.go with the
-library's defaults: on-demand fetches and a background fetch of each layer) lazily pulling an
-eStargz copy made by \`ctr-remote image convert --estargz\` (no prefetch landmark: no workload was
-run to make it). Each time runs from the start of the pull to the workload's exit, the workload in
-a chroot on a snapshot of the image's rootfs. skiff's rows are the warm-edge rows above.
+The same workload started the ways containerd starts it, in the same run and through the same links,
+on a fresh containerd every run: a full \`ctr image pull\` (containerd ${containerdVersion()}, unpacking
+with unpigz into overlayfs); the stargz snapshotter (Debian's stargz-snapshotter library, served by
+bench/stargz/main.go with the library's defaults: on-demand fetches and a background fetch of each
+layer) lazily pulling an eStargz copy made by \`ctr-remote image convert --estargz\` (no prefetch
+landmark: no workload was run to make it); and containerd + skiff snapshotter: containerd's CRI
+plugin with \`skiff snapshotter\` as its snapshotter and \`skiff pull\` pulling through CRI as kubelet
+does, the layers mounted lazily from the warm edge (the proxy had converted the image) on a cold
+node (a new snapshotter root, so an empty chunk cache), with the snapshotter's defaults only: no
+prefetch list, the proxy's codec (none). For the first two the relay sits between containerd and
+the registry; for skiff's, between the node and the proxy, which is containerd's registry mirror
+(hosts.toml), so that containerd resolves the manifest and fetches the config through the relay
+and the snapshotter fetches bootstraps and chunks through it. Each time runs from the start of the
+pull to the workload's exit, the workload in a chroot on a snapshot of the image's rootfs. The
+\`skiff mount\` rows are the warm-edge rows above.
 
 ${versus.join("\n")}
+
+Where the containerd-driven starts spend their time (medians of each step, so they need not add up
+to the total): the pull, preparing and mounting the rootfs snapshot, and the workload.
+
+${steps.join("\n")}
+
+The skiff snapshotter's pull starts two Node.js processes: the \`skiff pull\` client, and on a cold
+node the mounts daemon, which the snapshotter starts on the first lazy layer (once per node, not per
+image). Its workload reads as \`skiff mount\` does with prefetch off: chunks fetched as files are
+read, each miss a round trip over the link; the snapshotter has no prefetch, while the stargz
+snapshotter's defaults also fetch each layer in the background.
 
 Reading the image once it is all in the node's chunk cache (\`--prefetch all\`, waited out), against
 the same tree extracted on local disk; the kernel's caches dropped before each run (median of

@@ -1,7 +1,9 @@
 // Baselines for the cold-start benchmark: a private containerd pulling an image the ordinary way
-// (`ctr image pull`: fetch, then unpack into the overlayfs snapshotter) and the stargz snapshotter
+// (`ctr image pull`: fetch, then unpack into the overlayfs snapshotter), the stargz snapshotter
 // pulling an eStargz copy lazily (`ctr-remote image rpull`: layers mounted over FUSE, fetched on
-// demand), each followed by the workload in a chroot on a read-write snapshot of the image's rootfs.
+// demand), and containerd's CRI plugin with `skiff snapshotter` as its snapshotter (`skiff pull`
+// through CRI, as kubelet pulls: layers mounted lazily from a skiff proxy), each followed by the
+// workload in a chroot on a read-write snapshot of the image's rootfs.
 //
 //   const bin = await buildStargzSnapshotter(cacheDir);              // once; reused afterwards
 //   const prep = await startContainerd(work);                        // throwaway, for the conversion
@@ -10,6 +12,9 @@
 //   const cd = await startContainerd(work, { stargzBinary: bin });   // fresh per measured run
 //   const r = await lazyPullAndRun(cd, `${relayHost}/bench/py:esgz`, ["python3", "-c", "..."]);
 //   await cd.stop();
+//   const sk = await startContainerd(work, { skiff: { proxy: edgeUrl, registries: [host] } });
+//   const s = await skiffPullAndRun(sk, `${host}/bench/py:1`, ["python3", "-c", "..."]);
+//   await sk.stop();
 //
 // Content is shared by every namespace of a containerd, so a cold run needs a fresh containerd
 // root (and stargz root): start one per run, before the timing. Needs root, containerd, ctr,
@@ -24,6 +29,10 @@ import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { containerdConfig } from "./containerd-config.mjs";
+
+const SKIFF_BIN = fileURLToPath(new URL("../bin/skiff.js", import.meta.url));
+/** The namespace containerd's CRI plugin keeps its images and snapshots in. */
+const CRI_NAMESPACE = "k8s.io";
 
 /** Where Debian's golang-*-dev packages put Go sources (a GOPATH tree). */
 const GOCODE = "/usr/share/gocode/src";
@@ -146,18 +155,61 @@ const canConnect = (socket) =>
     c.once("error", () => resolve(false));
   });
 
+/** Pids of processes (not this one) whose command line contains `text`. */
+async function pidsWith(text) {
+  const pattern = text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const { stdout } = await run("pgrep", ["-f", "--", pattern], { check: false, timeoutMs: 10_000 });
+  return stdout.split("\n").filter(Boolean).map(Number).filter((pid) => pid !== process.pid);
+}
+
+/**
+ * The mounts daemon `skiff snapshotter` started (same argv plus --mounts-daemon, so the same unique
+ * --root): SIGTERM by pid, SIGKILL after `ms`.
+ */
+async function stopMountsDaemon(skiffRoot, ms = 15_000) {
+  const signal = (pids, sig) => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        // gone meanwhile
+      }
+    }
+  };
+  signal(await pidsWith(`--root ${skiffRoot} `), "SIGTERM");
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if ((await pidsWith(`--root ${skiffRoot} `)).length === 0) return;
+    await sleep(200);
+  }
+  signal(await pidsWith(`--root ${skiffRoot} `), "SIGKILL");
+}
+
+/** `<hostsDir>/<registry>/hosts.toml`: pulls and resolves of `registry` go to `mirror` (plain http) first. */
+function writeMirrorHostsToml(hostsDir, registry, mirror) {
+  mkdirSync(join(hostsDir, registry), { recursive: true });
+  const q = (s) => JSON.stringify(s);
+  writeFileSync(join(hostsDir, registry, "hosts.toml"), [`server = ${q(`http://${registry}`)}`, "", `[host.${q(mirror.replace(/\/+$/, ""))}]`, '  capabilities = ["pull", "resolve"]', ""].join("\n"));
+}
+
 /**
  * A private containerd in a new directory under `workDir` (root, state, sockets, logs; removed by
  * stop()), the CRI plugin off. With `stargzBinary`, also that snapshotter (its own root in the same
- * directory), registered as the proxy snapshotter "stargz". Returns
+ * directory), registered as the proxy snapshotter "stargz". With `skiff` ({ proxy, registries }):
+ * `skiff snapshotter --proxy PROXY` (defaults otherwise, metrics off; its root, with the chunk
+ * cache, in the same directory) as the proxy snapshotter "skiff", and the CRI plugin on with it as
+ * its snapshotter and PROXY as the mirror of each of `registries` (`host:port`, plain http) in its
+ * hosts directory, so that CRI resolves manifests and fetches configs through the proxy. Returns
  * { dir, address, ctr(args, opts), ctrRemote(args, opts), stop() }; ctr/ctrRemote run against it in
  * namespace opts.ns (default "bench") and resolve { code, stdout, stderr }, rejecting on failure.
  */
-export async function startContainerd(workDir, { stargzBinary, ns: defaultNs = "bench" } = {}) {
+export async function startContainerd(workDir, { stargzBinary, skiff, ns: defaultNs = "bench" } = {}) {
   mkdirSync(workDir, { recursive: true });
   const dir = mkdtempSync(join(workDir, "containerd-"));
   const address = join(dir, "containerd.sock");
   const stargzSocket = join(dir, "stargz.sock");
+  const skiffSocket = join(dir, "skiff.sock");
+  const skiffRoot = join(dir, "skiff");
   const children = [];
 
   const stop = async () => {
@@ -165,6 +217,8 @@ export async function startContainerd(workDir, { stargzBinary, ns: defaultNs = "
     // the stargz snapshotter unmounts its FUSE layers when it exits; sweep whatever remains.
     await unmountAllUnder(dir);
     for (const child of [...children].reverse()) await stopChild(child);
+    // skiff's FUSE layers belong to its mounts daemon, which outlives the snapshotter by design.
+    if (skiff) await stopMountsDaemon(skiffRoot);
     await unmountAllUnder(dir);
     rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
   };
@@ -180,7 +234,28 @@ export async function startContainerd(workDir, { stargzBinary, ns: defaultNs = "
         return existsSync(stargzSocket) && (await canConnect(stargzSocket));
       });
     }
-    const config = containerdConfig({ dir, address, snapshotters: stargzBinary ? { stargz: stargzSocket } : {} });
+    const snapshotters = stargzBinary ? { stargz: stargzSocket } : {};
+    let cri;
+    if (skiff) {
+      // Started before containerd: CRI's snapshotter must answer when the plugin loads.
+      const log = openSync(join(dir, "skiff.log"), "a");
+      const sn = spawn(process.execPath, [SKIFF_BIN, "snapshotter", "--proxy", skiff.proxy, "--root", skiffRoot, "--address", skiffSocket, "--metrics", "off"], { stdio: ["ignore", "pipe", log] });
+      closeSync(log);
+      children.push(sn);
+      let said = "";
+      sn.stdout.on("data", (d) => (said += d));
+      await waitFor("skiff snapshotter to listen", () => {
+        if (sn.exitCode !== null) throw new Error(`skiff snapshotter exited (${sn.exitCode}): ${tail(join(dir, "skiff.log"))}`);
+        return said.includes(`skiff snapshotter listening on ${skiffSocket}`);
+      });
+      snapshotters.skiff = skiffSocket;
+      const hostsDir = join(dir, "certs.d");
+      for (const registry of skiff.registries ?? []) writeMirrorHostsToml(hostsDir, registry, skiff.proxy);
+      mkdirSync(join(dir, "cni"), { recursive: true });
+      // Images only, no pods: the sandbox image is never pulled and the CNI directory stays empty.
+      cri = { sandboxImage: "pause.invalid/pause:none", snapshotter: "skiff", cniConfDir: join(dir, "cni"), registryConfigPath: hostsDir };
+    }
+    const config = containerdConfig({ dir, address, snapshotters, cri });
     writeFileSync(join(dir, "config.toml"), config);
     const log = openSync(join(dir, "containerd.log"), "a");
     const daemon = spawn("containerd", ["--config", join(dir, "config.toml")], { stdio: ["ignore", log, log] });
@@ -199,7 +274,16 @@ export async function startContainerd(workDir, { stargzBinary, ns: defaultNs = "
   }
 
   const withNs = (cmd) => (args, { ns = defaultNs, timeoutMs = 600_000 } = {}) => run(cmd, ["--address", address, "--namespace", ns, ...args], { timeoutMs });
-  return { dir, address, ctr: withNs("ctr"), ctrRemote: withNs("ctr-remote"), log: () => tail(join(dir, "containerd.log")), stargzLog: () => tail(join(dir, "stargz.log")), stop };
+  return {
+    dir,
+    address,
+    ctr: withNs("ctr"),
+    ctrRemote: withNs("ctr-remote"),
+    log: () => tail(join(dir, "containerd.log")),
+    stargzLog: () => tail(join(dir, "stargz.log")),
+    skiffLog: () => tail(join(dir, "skiff.log")) + tail(join(skiffRoot, "mounts-daemon.log")),
+    stop,
+  };
 }
 
 /**
@@ -289,4 +373,18 @@ export async function lazyPullAndRun(containerd, ref, workload, { plainHttp = tr
   const t0 = performance.now();
   await containerd.ctrRemote(["image", "rpull", ...(plainHttp ? ["--plain-http"] : []), "--snapshotter", "stargz", ref]);
   return mountAndRun(containerd, ref, "stargz", workload, t0, performance.now(), expect);
+}
+
+/**
+ * (c) `skiff pull` (through containerd's CRI image service, as kubelet pulls: CRI resolves the
+ * manifest and fetches the config, and labels each layer so that the skiff snapshotter mounts it
+ * lazily from the proxy instead of containerd downloading it), mount, and the workload in a chroot,
+ * in CRI's namespace; same result as pullAndRun. `containerd` must have been started with `skiff`.
+ */
+export async function skiffPullAndRun(containerd, ref, workload, { expect } = {}) {
+  const t0 = performance.now();
+  await run(process.execPath, [SKIFF_BIN, "pull", ref, "--address", containerd.address], { timeoutMs: 600_000 });
+  const pulled = performance.now();
+  const inCri = { ...containerd, ctr: (args, o = {}) => containerd.ctr(args, { ...o, ns: CRI_NAMESPACE }) };
+  return mountAndRun(inCri, ref, "skiff", workload, t0, pulled, expect);
 }
