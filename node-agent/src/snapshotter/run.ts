@@ -59,10 +59,13 @@ export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnap
         })
       : undefined;
   const snapshotter = await Snapshotter.open(o.root, remote);
-  // Adopt the daemon that holds the lazy layers' mounts (or start it, remounting its table).
+  // Adopt the daemon that holds the lazy layers' mounts (or start it, remounting its table). With a
+  // proxy it is started now rather than at the first lazy layer, off a pull's critical path.
   if (snapshotter.records().some(([, r]) => r.lazy)) {
     const status = await mounts.ensure();
-    o.log(`mounts daemon ${status.pid}: ${status.mounts} layers mounted`);
+    o.log(`mounts daemon ${status.pid}: ${status.mounts.length} layers mounted`);
+  } else if (o.proxy) {
+    void mounts.ensure().catch((err: Error) => o.log(`mounts daemon: ${err.message}`));
   }
   // A mounts daemon that died is started again (it mounts its table again) while lazy layers exist.
   const watchdog = setInterval(() => {
