@@ -347,9 +347,8 @@ to the total): the pull, preparing and mounting the rootfs snapshot, and the wor
 
 ${steps.join("\n")}
 
-The skiff snapshotter's pull started two Node.js processes in this run: the \`skiff pull\` client, and
-on a cold node the mounts daemon, which the snapshotter then started at the first lazy layer (once
-per node, not per image; it now starts it when it starts). Its workload reads as \`skiff mount\` does with prefetch off: chunks fetched as files are
+The skiff snapshotter's pull includes starting the \`skiff pull\` client, a Node.js process; the
+snapshotter starts its mounts daemon when it starts, before the pull (once per node). Its workload reads as \`skiff mount\` does with prefetch off: chunks fetched as files are
 read, each miss a round trip over the link; the snapshotter has no prefetch, while the stargz
 snapshotter's defaults also fetch each layer in the background.
 
