@@ -99,8 +99,11 @@ export async function startNodeCeiling(file) {
   return { ...server, base };
 }
 
-/** A Distribution registry with filesystem storage and no access log (it would cost it time). */
-export async function startRegistry(dir) {
+/**
+ * A Distribution registry with filesystem storage and no access log (it would cost it time).
+ * `quiet` drops its stderr too: it logs every 404, and skopeo's pushes ask for absent blobs first.
+ */
+export async function startRegistry(dir, { quiet = false } = {}) {
   const port = await freePort();
   const config = join(dir, "registry.yml");
   writeFileSync(
@@ -118,7 +121,7 @@ http:
   secret: skiff-bench
 `,
   );
-  const server = pinned("docker-registry", ["serve", config]);
+  const server = pinned("docker-registry", ["serve", config], quiet ? { stdio: "ignore" } : {});
   const base = `http://127.0.0.1:${port}`;
   await waitUrl(`${base}/v2/`, server.child);
   return { ...server, base };

@@ -20,6 +20,11 @@ export interface LazyReaderOptions {
   nearbyBytes?: number;
   /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
   onChunkRead?: (chunkIndex: number) => void;
+  /**
+   * The verified chunks kept in memory; a process serving several mounts passes one to all of
+   * them, so that the bound is per process, not per mount. Default: a RecentChunks of its own.
+   */
+  recent?: RecentChunks;
 }
 
 export interface LazyReaderStats {
@@ -45,7 +50,7 @@ export class LazyReader implements FileReader {
   /** Readahead in progress, by file: at most one batch per file. */
   readonly #ahead = new Map<number, Promise<void>>();
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
-  readonly #recent = new RecentChunks();
+  readonly #recent: RecentChunks;
   readonly #nearbyBytes: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
   /** Nearby fetches in progress. */
@@ -63,6 +68,7 @@ export class LazyReader implements FileReader {
     this.#readahead = Math.max(0, Math.floor(options.readaheadChunks ?? 4));
     this.#onChunkRead = options.onChunkRead;
     this.#nearbyBytes = Math.max(0, options.nearbyBytes ?? 0);
+    this.#recent = options.recent ?? new RecentChunks();
   }
 
   /**

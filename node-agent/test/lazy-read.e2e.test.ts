@@ -13,6 +13,7 @@ import { fetchBootstrap, type FetchedBootstrap } from "../../src/client/lazy-api
 import { ChunkCache } from "../src/chunk-cache.ts";
 import { ChunkFetcher } from "../src/chunk-fetcher.ts";
 import { LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";
+import { RecentChunks } from "../src/recent-chunks.ts";
 
 const K64 = 64 * 1024;
 const prng = new Prng("lazy-read");
@@ -157,5 +158,18 @@ describe("lazy read path", () => {
     expect(Buffer.compare(Buffer.concat(parts), BIG)).toBe(0);
     expect(cache.stats.hits).toBe(image.bootstrap.chunks(ino).length);
     expect(fetcher.stats.requests).toBe(0);
+  });
+
+  test("readers given one RecentChunks (the mounts daemon's layers) share it: what one read is in memory for the other", async () => {
+    const recent = new RecentChunks();
+    const a = await newReader(tempDir("agent-cache"), { recent });
+    const b = await newReader(tempDir("agent-cache"), { recent });
+    const ino = image.bootstrap.lookup("data/text")!;
+    expect(Buffer.compare(await a.reader.read(ino, 0, TEXT.length), TEXT)).toBe(0);
+    await a.reader.idle();
+    expect(Buffer.compare(await b.reader.read(ino, 0, TEXT.length), TEXT)).toBe(0);
+    expect(b.fetcher.stats.requests).toBe(0);
+    expect(b.cache.stats.hits + b.cache.stats.misses).toBe(0);
+    expect(b.reader.stats.cacheHits).toBe(image.bootstrap.chunks(ino).length);
   });
 });

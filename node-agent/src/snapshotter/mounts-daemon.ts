@@ -1,6 +1,7 @@
 // The process that holds the snapshotter's FUSE mounts, one per lazily served layer, so that they
 // outlive the gRPC process: a snapshotter killed and started again finds them still serving and
-// adopts them. All mounts share one chunk cache (bounded, LRU) and one HTTP client to the proxy.
+// adopts them. All mounts share one chunk cache (bounded, LRU), the 16 MiB of chunks last read in
+// memory, and one HTTP client to the proxy.
 // The mount table is kept in <root>/mounts.json, replaced atomically; a daemon that starts (after a
 // crash of the last one) clears the dead mountpoints and mounts the table again.
 //
@@ -16,6 +17,7 @@ import { mountImage, type MountedImage } from "../fuse-fs.ts";
 import { LazyReader } from "../lazy-reader.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
+import { RecentChunks } from "../recent-chunks.ts";
 
 /** One layer mount: where, from which bootstrap file, and how its chunks are reached. */
 export interface LayerMountSpec {
@@ -52,6 +54,9 @@ const TABLE = "mounts.json";
 export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close(): Promise<void> }> {
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
   const http = await proxyHttp(o);
+  // The chunks last read, in memory, for all the mounts: chunks are named by content, so one
+  // bound for the process (16 MiB), not one per layer (60 layers could have held 960 MiB).
+  const recent = new RecentChunks();
   const mounted = new Map<string, Mounted>();
   let queue: Promise<unknown> = Promise.resolve();
   const serially = <T>(fn: () => Promise<T>): Promise<T> => {
@@ -77,7 +82,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     const bootstrap = Bootstrap.decode(new Uint8Array(await readFile(spec.bootstrapFile)));
     await recoverStaleMount(spec.mountpoint);
     const fetcher = new ChunkFetcher({ proxy: spec.proxy, name: spec.name, ns: spec.ns, params: spec.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
-    const reader = new LazyReader(bootstrap, cache, fetcher);
+    const reader = new LazyReader(bootstrap, cache, fetcher, { recent });
     const fuse = await mountImage({ bootstrap, reader, mountpoint: spec.mountpoint, readTimeoutMs: o.timeoutMs, view: "overlay-layer" });
     mounted.set(spec.mountpoint, { spec, fuse, reader, fetcher });
   };
