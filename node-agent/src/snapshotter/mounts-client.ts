@@ -23,6 +23,9 @@ export interface DaemonStatus {
 
 const START_TIMEOUT_MS = 15_000;
 
+/** Nothing listens on the socket: no daemon runs (it never started, or it died). */
+const isAbsent = (err: unknown) => ["ECONNREFUSED", "ENOENT"].includes((err as NodeJS.ErrnoException).code ?? "");
+
 export class MountsClient {
   readonly #o: MountsClientOptions;
   #starting: Promise<void> | undefined;
@@ -35,7 +38,9 @@ export class MountsClient {
   async ensure(): Promise<DaemonStatus> {
     try {
       return (await this.#call("GET", "/status")) as DaemonStatus;
-    } catch {
+    } catch (err) {
+      // Only a daemon that is not there is started: a second one would mount over the first's layers.
+      if (!isAbsent(err)) throw err;
       await (this.#starting ??= this.#start().finally(() => (this.#starting = undefined)));
       return (await this.#call("GET", "/status")) as DaemonStatus;
     }
@@ -75,7 +80,8 @@ export class MountsClient {
   #call(method: string, path: string, body?: unknown): Promise<unknown> {
     const text = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
-      const req = request({ socketPath: this.#o.socket, method, path, headers: text ? { "content-type": "application/json", "content-length": Buffer.byteLength(text) } : {}, timeout: 120_000 }, (res) => {
+      // No keep-alive (agent: false): a connection the daemon closed while idle would fail the next call.
+      const req = request({ socketPath: this.#o.socket, agent: false, method, path, headers: text ? { "content-type": "application/json", "content-length": Buffer.byteLength(text) } : {}, timeout: 120_000 }, (res) => {
         const parts: Buffer[] = [];
         res.on("data", (p: Buffer) => parts.push(p));
         res.on("end", () => {
