@@ -124,9 +124,17 @@ afterAll(async () => {
 
 describe("skiff snapshotter over gRPC", () => {
   test("ordinary snapshots: prepare, commit, view, labels, filters, usage, and removal in order", async () => {
+    // A crash after a snapshot's directory was made and before its record was written leaves the
+    // directory under the id handed out next: the new snapshot must not start with its content.
+    const metadataFile = join(dir, "root", "metadata.json");
+    const nextId = existsSync(metadataFile) ? JSON.parse(readFileSync(metadataFile, "utf8")).nextId : 1;
+    mkdirSync(join(dir, "root", "snapshots", String(nextId), "fs"), { recursive: true });
+    writeFileSync(join(dir, "root", "snapshots", String(nextId), "fs", "stale"), "left by a crash\n");
     const prepared = await call("Prepare", { key: "t/1/a", parent: "", labels: { x: "1" } });
     const [bind] = prepared.mounts as Mount[];
     expect(bind!.type).toBe("bind");
+    expect(bind!.source).toBe(join(dir, "root", "snapshots", String(nextId), "fs"));
+    expect(readdirSync(bind!.source)).toEqual([]);
     writeFileSync(join(bind!.source, "hello"), "hello\n");
     expect(await grpcCode(call("Prepare", { key: "t/1/a", parent: "" }))).toBe(ALREADY_EXISTS);
     expect(await grpcCode(call("Commit", { name: "t/2/base", key: "nope" }))).toBe(NOT_FOUND);

@@ -6,7 +6,7 @@
 //
 // On disk: <root>/snapshots/<id>/fs (the tree, or a lazy layer's mountpoint) and /work (overlayfs'
 // work directory), <root>/metadata.json (metadata.ts).
-import { mkdir, readdir, rename, rm } from "node:fs/promises";
+import { access, mkdir, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { diskUsage } from "./disk-usage.ts";
 import { parseFilters } from "./filters.ts";
@@ -46,6 +46,8 @@ export class Snapshotter {
   readonly root: string;
   readonly #meta: Metadata;
   readonly #remote: RemoteLayers | undefined;
+  /** Ids of lazy layers being readied: their directories exist before their records. */
+  readonly #preparing = new Set<string>();
 
   private constructor(root: string, meta: Metadata, remote: RemoteLayers | undefined) {
     this.root = root;
@@ -69,7 +71,13 @@ export class Snapshotter {
 
   async prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
     const target = labels[TARGET_LABEL];
-    if (target && this.#remote) await this.#tryRemote(key, parent, labels, target);
+    if (target && this.#remote) {
+      try {
+        await this.#tryRemote(key, parent, labels, target);
+      } catch (err) {
+        if (!(err instanceof NotServed)) throw err;
+      }
+    }
     return this.#create("active", key, parent, labels);
   }
 
@@ -158,13 +166,14 @@ export class Snapshotter {
 
   /** Removes directories that no snapshot owns (left by a crash between a change and its directory). */
   async cleanup(): Promise<void> {
-    const owned = new Set(this.records().map(([, r]) => String(r.id)));
     const dir = join(this.root, "snapshots");
-    for (const name of await readdir(dir)) {
-      if (owned.has(name)) continue;
-      if (this.#remote) await this.#remote.release(join(dir, name, "fs")).catch(() => {});
-      await rm(join(dir, name), { recursive: true, force: true });
-    }
+    // Decided in the metadata queue, so no snapshot being created (its directory made, its record
+    // not yet written) looks orphaned; a lazy layer being readied is skipped by its id.
+    const orphans = await this.#meta.change(async (s) => {
+      const owned = new Set(Object.values(s.snapshots).map((r) => String(r.id)));
+      return (await readdir(dir)).filter((name) => !owned.has(name) && !this.#preparing.has(name));
+    });
+    for (const name of orphans) await this.#clear(join(dir, name));
   }
 
   async #create(kind: "active" | "view", key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
@@ -191,12 +200,22 @@ export class Snapshotter {
     if (existing || Object.hasOwn(this.#meta.state.snapshots, key)) return; // not ours to decide: let Prepare answer
     this.#checkParent(this.#meta.state.snapshots, parent);
     const id = await this.#meta.change((s) => s.nextId++);
-    const skeleton: SnapshotRecord = { id, kind: "committed", parent, labels: { ...labels }, created: 0, updated: 0 };
+    this.#preparing.add(String(id));
+    try {
+      await this.#commitRemote(name, { id, kind: "committed", parent, labels: { ...labels }, created: 0, updated: 0 });
+    } finally {
+      this.#preparing.delete(String(id));
+    }
+    throw new SnapshotError("ALREADY_EXISTS", `layer ${target} is served lazily as ${name}`);
+  }
+
+  /** Readies the layer in the skeleton's directory and records it as `name`; returns quietly if it can't. */
+  async #commitRemote(name: string, skeleton: SnapshotRecord): Promise<void> {
     await this.#makeDirs(skeleton);
-    const served = await this.#remote!.prepare(labels, this.fsDir(skeleton)).catch(() => null);
+    const served = await this.#remote!.prepare(skeleton.labels, this.fsDir(skeleton)).catch(() => null);
     if (!served) {
-      await rm(join(this.root, "snapshots", String(id)), { recursive: true, force: true });
-      return;
+      await rm(join(this.root, "snapshots", String(skeleton.id)), { recursive: true, force: true });
+      throw new NotServed();
     }
     try {
       await this.#meta.change((s) => {
@@ -208,7 +227,6 @@ export class Snapshotter {
       await this.#dispose(skeleton);
       throw err;
     }
-    throw new SnapshotError("ALREADY_EXISTS", `layer ${target} is served lazily as ${name}`);
   }
 
   #checkParent(snapshots: Record<string, SnapshotRecord>, parent: string): void {
@@ -220,8 +238,18 @@ export class Snapshotter {
 
   async #makeDirs(r: SnapshotRecord): Promise<void> {
     const dir = join(this.root, "snapshots", String(r.id));
+    // A crash between making a snapshot's directory and writing its record leaves the directory
+    // under an id that is handed out again: start empty, never with what it left.
+    await this.#clear(dir);
     await mkdir(join(dir, "fs"), { recursive: true });
     if (r.kind === "active") await mkdir(join(dir, "work"), { recursive: true });
+  }
+
+  /** Deletes a directory no snapshot owns, unmounting a lazy layer left mounted in it first. */
+  async #clear(dir: string): Promise<void> {
+    if (!(await access(dir).then(() => true, () => false))) return;
+    if (this.#remote) await this.#remote.release(join(dir, "fs")).catch(() => {});
+    await rm(dir, { recursive: true, force: true });
   }
 
   /** Unmounts a lazy layer, then moves the directory out of the way and deletes it. */
@@ -262,6 +290,9 @@ export class Snapshotter {
     return [{ type: "overlay", source: "overlay", options: ["index=off", `lowerdir=${lowers.join(":")}`] }];
   }
 }
+
+/** The layer is not served lazily: Prepare goes on with an ordinary snapshot. */
+class NotServed extends Error {}
 
 /** Keys are JSON object keys in the metadata file: never empty, never the one that means the prototype. */
 function checkKey(key: string): void {
