@@ -1,8 +1,9 @@
-// The snapshotter's record of its snapshots, kept in one JSON file that is replaced atomically (temp
-// file, fsync, rename, fsync of the directory) after every change: a kill at any instant leaves the
-// old or the new record, never a torn one. Changes are applied one at a time, in order.
-import { open, readFile, rename } from "node:fs/promises";
-import { dirname, join } from "node:path";
+// The snapshotter's record of its snapshots, kept in one JSON file that is replaced durably
+// (durable-file.ts) after every change: a kill at any instant leaves the old or the new record.
+// Changes are applied one at a time, in order.
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { writeFileDurably } from "./durable-file.ts";
 
 export type SnapshotKind = "view" | "active" | "committed";
 
@@ -79,29 +80,11 @@ export class Metadata {
     const next = this.#queue.then(async () => {
       const draft = structuredClone(this.#state);
       const result = await fn(draft);
-      await this.#write(draft);
+      await writeFileDurably(this.#path, JSON.stringify(draft));
       this.#state = draft;
       return result;
     });
     this.#queue = next.catch(() => {});
     return next;
-  }
-
-  async #write(state: MetadataState): Promise<void> {
-    const tmp = `${this.#path}.tmp`;
-    const file = await open(tmp, "w");
-    try {
-      await file.writeFile(JSON.stringify(state));
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, this.#path);
-    const dir = await open(dirname(this.#path), "r");
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
   }
 }

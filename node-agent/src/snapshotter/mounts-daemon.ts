@@ -2,12 +2,12 @@
 // outlive the gRPC process: a snapshotter killed and started again finds them still serving and
 // adopts them. All mounts share one chunk cache (bounded, LRU), the 16 MiB of chunks last read in
 // memory, and one HTTP client to the proxy.
-// The mount table is kept in <root>/mounts.json, replaced atomically; a daemon that starts (after a
+// The mount table is kept in <root>/mounts.json, replaced durably; a daemon that starts (after a
 // crash of the last one) clears the dead mountpoints and mounts the table again.
 //
 // It answers on a unix socket, JSON over HTTP: POST /mount, POST /unmount, GET /status.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import { open, readFile, rename, rm } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Bootstrap } from "../../../src/format/decode.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
@@ -18,6 +18,7 @@ import { LazyReader } from "../lazy-reader.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { RecentChunks } from "../recent-chunks.ts";
+import { writeFileDurably } from "./durable-file.ts";
 
 /** One layer mount: where, from which bootstrap file, and how its chunks are reached. */
 export interface LayerMountSpec {
@@ -65,17 +66,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     return next;
   };
 
-  const saveTable = async () => {
-    const path = join(o.root, TABLE);
-    const file = await open(`${path}.tmp`, "w");
-    try {
-      await file.writeFile(JSON.stringify([...mounted.values()].map((m) => m.spec)));
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(`${path}.tmp`, path);
-  };
+  const saveTable = () => writeFileDurably(join(o.root, TABLE), JSON.stringify([...mounted.values()].map((m) => m.spec)));
 
   const mount = async (spec: LayerMountSpec) => {
     if (mounted.has(spec.mountpoint)) return;
