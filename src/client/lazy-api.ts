@@ -204,14 +204,26 @@ async function readBody(res: Response, url: string): Promise<Uint8Array<ArrayBuf
 
 async function checked(url: string, headers: Headers, body: Uint8Array<ArrayBuffer>): Promise<FetchedBootstrap> {
   const fail = (why: string) => new LazyApiError(`GET ${url}: ${why}`);
-  const digest = headers.get("docker-content-digest") ?? "";
-  if (!DIGEST.test(digest)) throw fail(`missing or malformed Docker-Content-Digest ${JSON.stringify(digest)}`);
-  if (`sha256:${toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)))}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
+  const digest = await checkedDigest(fail, headers, body);
   const manifestDigest = headers.get("skiff-manifest-digest") ?? "";
   if (!DIGEST.test(manifestDigest)) throw fail(`missing or malformed Skiff-Manifest-Digest ${JSON.stringify(manifestDigest)}`);
   const params = headers.get("skiff-params") ?? "";
-  const parsed = parseParamsId(params);
-  if (!parsed) throw fail(`unknown Skiff-Params ${JSON.stringify(params)}`);
+  if (!parseParamsId(params)) throw fail(`unknown Skiff-Params ${JSON.stringify(params)}`);
+  const bootstrap = decodeWithParams(fail, body, params);
+  if (bootstrap.kind !== "image") throw fail(`a ${bootstrap.kind} bootstrap, expected an image`);
+  return { bootstrap, digest, manifestDigest, params };
+}
+
+/** Docker-Content-Digest, checked against the body. */
+async function checkedDigest(fail: (why: string) => LazyApiError, headers: Headers, body: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = headers.get("docker-content-digest") ?? "";
+  if (!DIGEST.test(digest)) throw fail(`missing or malformed Docker-Content-Digest ${JSON.stringify(digest)}`);
+  if (`sha256:${toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)))}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
+  return digest;
+}
+
+/** The bootstrap in `body`, whose chunk size and codec must be those `params` (a Skiff-Params value) names. */
+function decodeWithParams(fail: (why: string) => LazyApiError, body: Uint8Array, params: string): Bootstrap {
   let bootstrap: Bootstrap;
   try {
     bootstrap = Bootstrap.decode(body);
@@ -219,11 +231,11 @@ async function checked(url: string, headers: Headers, body: Uint8Array<ArrayBuff
     if (err instanceof BootstrapError) throw fail(err.message);
     throw err;
   }
-  if (bootstrap.kind !== "image") throw fail(`a ${bootstrap.kind} bootstrap, expected an image`);
-  if (bootstrap.chunkShift !== parsed.chunkShift || codecFromId(bootstrap.codec) !== parsed.codec) {
+  const parsed = parseParamsId(params);
+  if (!parsed || bootstrap.chunkShift !== parsed.chunkShift || codecFromId(bootstrap.codec) !== parsed.codec) {
     throw fail(`bootstrap parameters do not match Skiff-Params ${params}`);
   }
-  return { bootstrap, digest, manifestDigest, params };
+  return bootstrap;
 }
 
 export interface FetchLayerBootstrapOptions {
@@ -249,20 +261,15 @@ export async function fetchLayerBootstrap(proxy: string, name: string, layerDige
     const res = await fetchImpl(url, { method: "GET", headers: { accept: BOOTSTRAP_MEDIA_TYPE }, signal: AbortSignal.timeout(options.timeoutMs) });
     if (res.status !== 200) throw new LazyApiError(await failureMessage(res, url));
     const body = await readBody(res, url);
-    const digest = res.headers.get("docker-content-digest") ?? "";
-    if (!DIGEST.test(digest)) throw fail(`missing or malformed Docker-Content-Digest ${JSON.stringify(digest)}`);
-    if (`sha256:${toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)))}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
-    const bootstrap = Bootstrap.decode(body);
-    const parsed = parseParamsId(params);
+    await checkedDigest(fail, res.headers, body);
+    const bootstrap = decodeWithParams(fail, body, params);
     if (bootstrap.kind !== "layer" || bootstrap.blobCount !== 1) throw fail(`a ${bootstrap.kind} bootstrap of ${bootstrap.blobCount} blobs, expected one layer`);
     const blob = bootstrap.blob(0);
     if (blob.layerDigest !== layerDigest) throw fail(`the bootstrap is of layer ${blob.layerDigest}`);
     if (toHex(blob.dataDigest) !== options.dataDigest) throw fail("the bootstrap is not of the conversion the image bootstrap names");
-    if (!parsed || bootstrap.chunkShift !== parsed.chunkShift || codecFromId(bootstrap.codec) !== parsed.codec) throw fail(`bootstrap parameters do not match ${params}`);
     return bootstrap;
   } catch (err) {
     if (err instanceof LazyApiError) throw err;
-    if (err instanceof BootstrapError) throw fail(err.message);
     throw fail(errorMessage(err));
   }
 }
