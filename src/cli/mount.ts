@@ -82,6 +82,38 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     if (err instanceof InputError) throw new UsageError(err.message);
     throw err;
   }
+  const access = await proxyAccess(values);
+  for (const source of values.prefetch ?? []) if (source === "") throw new UsageError("--prefetch needs all or a file");
+  const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
+  if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
+  const nearbyBytes = sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
+  if (nearbyBytes > MAX_NEARBY_BYTES) throw new UsageError("--prefetch-nearby is at most 16m (--prefetch all fetches everything)");
+  return {
+    ref,
+    proxy: ref.origin,
+    name: ref.name,
+    reference: ref.reference,
+    cacheDir: values.cache ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff", "chunks"),
+    cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 10 * 2 ** 30),
+    timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
+    platform: values.platform,
+    codec: values.codec,
+    chunkSize: values["chunk-size"],
+    ...access,
+    prefetch: values.prefetch,
+    prefetchBytesPerSecond: prefetchRate,
+    nearbyBytes,
+  };
+}
+
+type ProxyAccessFlags = Pick<AgentFlagValues, "token" | "user" | "password" | "ca" | "http-proxy" | "codec" | "chunk-size">;
+
+/**
+ * How the node side reaches the proxy, from the flags `skiff mount`, `record` and `snapshotter`
+ * share, checked: the credentials sent with every request, a CA bundle, an HTTP proxy; and the
+ * conversion asked for (`--codec`, `--chunk-size`), checked only.
+ */
+export async function proxyAccess(values: ProxyAccessFlags): Promise<{ authorization?: string; ca?: string; httpProxy?: string }> {
   const token = values.token ?? process.env.SKIFF_TOKEN;
   const password = values.password ?? process.env.SKIFF_PASSWORD;
   if (token !== undefined && values.user !== undefined) throw new UsageError("use --token or --user/--password, not both");
@@ -104,30 +136,9 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
   }
   const httpProxy = values["http-proxy"];
   if (httpProxy !== undefined && !/^https?:\/\/[^\s/?#]+\/?$/.test(httpProxy)) throw new UsageError(`--http-proxy must be http(s)://HOST:PORT, got ${JSON.stringify(httpProxy)}`);
-  for (const source of values.prefetch ?? []) if (source === "") throw new UsageError("--prefetch needs all or a file");
-  const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
-  if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
-  const nearbyBytes = sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
-  if (nearbyBytes > MAX_NEARBY_BYTES) throw new UsageError("--prefetch-nearby is at most 16m (--prefetch all fetches everything)");
   const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
-  return {
-    ref,
-    proxy: ref.origin,
-    name: ref.name,
-    reference: ref.reference,
-    cacheDir: values.cache ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff", "chunks"),
-    cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 10 * 2 ** 30),
-    timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
-    platform: values.platform,
-    codec: values.codec,
-    chunkSize: values["chunk-size"],
-    authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
-    ca,
-    httpProxy,
-    prefetch: values.prefetch,
-    prefetchBytesPerSecond: prefetchRate,
-    nearbyBytes,
-  };
+  const authorization = token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined;
+  return { authorization, ca, httpProxy };
 }
 
 export async function mountCommand(argv: string[]): Promise<number> {

@@ -1,8 +1,8 @@
 // `skiff snapshotter`: containerd's remote snapshotter (node-agent/src/snapshotter, Node only).
-import { readFile } from "node:fs/promises";
-import { resolve } from "node:path";
+import { mkdir } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
-import { CHUNK_CODECS } from "../format/codec.ts";
+import { proxyAccess } from "./mount.ts";
 
 export const snapshotterHelp = `Usage: skiff snapshotter [--proxy URL] [options]
 
@@ -29,7 +29,8 @@ Options:
   --chunk-size SIZE    chunk size of the conversion, 64k to 16m (default: the proxy's)
   --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
   --token TOKEN        bearer token for the proxy (or $SKIFF_TOKEN)
-  --user USER          user for the proxy (with $SKIFF_PASSWORD)
+  --user USER          user for the proxy (with --password or $SKIFF_PASSWORD)
+  --password PASS      password for the proxy; prefer $SKIFF_PASSWORD (kept out of ps)
   --ca FILE            PEM bundle to trust for an https proxy
   --http-proxy URL     send every request to the proxy through this HTTP proxy (a dfdaemon peer)
   -h, --help           show this help
@@ -49,6 +50,7 @@ const flags = {
   platform: { type: "string" },
   token: { type: "string" },
   user: { type: "string" },
+  password: { type: "string" },
   ca: { type: "string" },
   "http-proxy": { type: "string" },
   // Internal: this process is the mounts daemon the snapshotter started.
@@ -64,16 +66,9 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError("takes no arguments (see --help)");
   const proxy = values.proxy;
   if (proxy !== undefined && !/^https?:\/\/[^\s/?#]+\/?$/.test(proxy)) throw new UsageError(`--proxy must be http(s)://HOST[:PORT], got ${JSON.stringify(proxy)}`);
-  if (values.codec !== undefined && !CHUNK_CODECS.some((c) => c === values.codec)) throw new UsageError(`--codec must be one of ${CHUNK_CODECS.join(", ")}`);
   const metricsAddress = values.metrics ?? "127.0.0.1:9108";
   if (metricsAddress !== "off" && !/^(\[[0-9a-fA-F:]+\]|[^\s:/]+):\d{1,5}$/.test(metricsAddress)) throw new UsageError(`--metrics must be HOST:PORT or off, got ${JSON.stringify(metricsAddress)}`);
-  const token = values.token ?? process.env.SKIFF_TOKEN;
-  const password = process.env.SKIFF_PASSWORD;
-  if (values.user !== undefined && password === undefined) throw new UsageError("--user needs $SKIFF_PASSWORD");
-  if (token !== undefined && values.user !== undefined) throw new UsageError("use --token or --user, not both");
-  let ca: string | undefined;
-  if (values.ca !== undefined) ca = await readFile(values.ca, "utf8").catch((err: Error) => Promise.reject(new UsageError(`cannot read --ca ${values.ca}: ${err.message}`)));
-  const { basicAuthorization } = await import("../../node-agent/src/proxy-http.ts");
+  const access = await proxyAccess(values);
   const root = resolve(values.root ?? "/var/lib/skiff");
   const options = {
     proxy: proxy?.replace(/\/+$/, ""),
@@ -86,9 +81,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     codec: values.codec,
     chunkSize: values["chunk-size"],
     platform: values.platform,
-    authorization: token !== undefined ? `Bearer ${token}` : values.user !== undefined ? basicAuthorization(values.user, password!) : undefined,
-    ca,
-    httpProxy: values["http-proxy"],
+    ...access,
     // The daemon is this command again with the same settings: credentials reach it the same way.
     daemonArgs: [...process.execArgv, process.argv[1]!, "snapshotter", ...argv.filter((a) => a !== "--mounts-daemon"), "--mounts-daemon"],
     log: (m: string) => process.stderr.write(`skiff snapshotter${values["mounts-daemon"] ? " (mounts)" : ""}: ${m}\n`),
@@ -98,8 +91,6 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     await runDaemon(options);
     return 0;
   }
-  const { mkdir } = await import("node:fs/promises");
-  const { dirname } = await import("node:path");
   await mkdir(dirname(options.address), { recursive: true });
   const running = await runSnapshotter(options);
   console.log(`skiff snapshotter listening on ${options.address}`);
