@@ -209,7 +209,7 @@ export class Snapshotter {
     throw new SnapshotError("ALREADY_EXISTS", `layer ${target} is served lazily as ${name}`);
   }
 
-  /** Readies the layer in the skeleton's directory and records it as `name`; returns quietly if it can't. */
+  /** Readies the layer in the skeleton's directory and records it as `name`; NotServed if the proxy has no lazy view of it. */
   async #commitRemote(name: string, skeleton: SnapshotRecord): Promise<void> {
     await this.#makeDirs(skeleton);
     const served = await this.#remote!.prepare(skeleton.labels, this.fsDir(skeleton)).catch(() => null);
