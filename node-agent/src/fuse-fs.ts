@@ -8,9 +8,10 @@ import { constants as fsConstants } from "node:fs";
 import { constants } from "node:os";
 import Fuse, { type FuseOps } from "fuse-native";
 import type { Bootstrap } from "../../src/format/decode.ts";
-import { FLAG_OPAQUE } from "../../src/format/layout.ts";
 import { statfsOf, statOf } from "./fuse-attrs.ts";
 import type { FileReader } from "./file-reader.ts";
+import { viewOf, type ImageView } from "./image-view.ts";
+import { withTimeout } from "./with-timeout.ts";
 
 export interface MountOptions {
   bootstrap: Bootstrap;
@@ -23,12 +24,8 @@ export interface MountOptions {
   allowOther?: boolean;
   /** A read the reader hasn't answered after this long fails with EIO; default 60 s. */
   readTimeoutMs?: number;
-  /**
-   * `image` (default): an image bootstrap's merged tree. `overlay-layer`: a layer bootstrap as one
-   * lowerdir of a kernel overlayfs: whiteouts are shown as overlayfs whiteouts (char 0/0), opaque
-   * directories carry `trusted.overlay.opaque=y`; hardlink references to lower layers are left out.
-   */
-  view?: "image" | "overlay-layer";
+  /** Default `image`; see ImageView. */
+  view?: ImageView;
 }
 
 export interface MountedImage {
@@ -103,14 +100,13 @@ export async function mountImage(opts: MountOptions): Promise<MountedImage> {
 }
 
 function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_MS, view = "image" }: MountOptions): FuseOps {
-  const isVisible = view === "image" ? visibleInImage : visibleInLayer;
-  const xattrsOf = view === "image" ? (inode: number) => b.xattrs(inode) : (inode: number) => overlayXattrs(b, inode);
+  const { isVisible, xattrs: xattrsOf } = viewOf(b, view);
   const paths = new Map<string, number | null>();
   const resolve = (path: string): number | null => {
     let inode = paths.get(path);
     if (inode === undefined) {
       inode = b.lookup(path);
-      if (inode !== null && !isVisible(b, inode)) inode = null;
+      if (inode !== null && !isVisible(inode)) inode = null;
       if (paths.size >= PATH_CACHE_LIMIT) paths.clear();
       paths.set(path, inode);
     }
@@ -139,7 +135,7 @@ function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_M
       if (b.inode(inode).type !== "dir") return cb(-E.ENOTDIR);
       // libfuse's high-level readdir lists only what it is given.
       const names = [".", ".."];
-      for (const entry of b.readdir(inode)) if (isVisible(b, entry.inode)) names.push(entry.name);
+      for (const entry of b.readdir(inode)) if (isVisible(entry.inode)) names.push(entry.name);
       cb(0, names);
     },
     readlink(path, cb) {
@@ -210,33 +206,4 @@ function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_M
     mkdir: rofs,
     rmdir: rofs,
   };
-}
-
-/** Whiteouts and hardlink references belong in layer bootstraps only: an image shows none. */
-function visibleInImage(b: Bootstrap, inode: number): boolean {
-  const type = b.inode(inode).type;
-  return type !== "whiteout" && type !== "hardlink-ref";
-}
-
-/** overlayfs can't link to a file of another layer, so such a reference is left out of the layer. */
-function visibleInLayer(b: Bootstrap, inode: number): boolean {
-  return b.inode(inode).type !== "hardlink-ref";
-}
-
-const OPAQUE = new Map([["trusted.overlay.opaque", new Uint8Array([0x79])]]); // "y"
-
-/** A layer directory marked opaque tells overlayfs to hide the lower layers' entries below it. */
-function overlayXattrs(b: Bootstrap, inode: number): Map<string, Uint8Array> {
-  const own = b.xattrs(inode);
-  if (!(b.inode(inode).flags & FLAG_OPAQUE)) return own;
-  return new Map([...own, ...OPAQUE]);
-}
-
-/** `promise`, or a rejection once `ms` have passed: a stuck reader must not hang the kernel's request. */
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`read timed out after ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

@@ -27,6 +27,7 @@ const execFileAsync = promisify(execFile);
 
 let work: string;
 let oracle: string;
+let converted: string;
 let mnt: string;
 let child: ChildProcess | undefined;
 let childStderr = "";
@@ -120,8 +121,8 @@ function comparable(tree: Map<string, TreeEntry>): Map<string, TreeEntry> {
   );
 }
 
-async function startMount(dir: string, mountpoint: string): Promise<void> {
-  const c = spawnService(process.execPath, [MOUNT_SCRIPT, dir, mountpoint, `/${FAIL_PATH}`], { stdio: ["ignore", "pipe", "pipe"] });
+async function startMount(engine: string, dir: string, mountpoint: string): Promise<void> {
+  const c = spawnService(process.execPath, [MOUNT_SCRIPT, dir, mountpoint, `/${FAIL_PATH}`], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, SKIFF_FUSE_ENGINE: engine } });
   child = c;
   let stdout = "";
   c.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -150,23 +151,31 @@ beforeAll(async () => {
   mkdirSync(oracle);
   sh("tar", ["-x", "-p", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-f", tarPath, "-C", oracle]);
 
-  const out = join(work, "out");
-  const c = skiff("convert", `${layout.dir}:test`, "--out", out, "--chunk-size", "64k");
+  converted = join(work, "out");
+  const c = skiff("convert", `${layout.dir}:test`, "--out", converted, "--chunk-size", "64k");
   if (c.code !== 0) throw new Error(`convert failed: ${c.stdout}${c.stderr}`);
-
-  mnt = join(work, "mnt");
-  await mkdir(mnt);
-  await startMount(out, mnt);
 }, 120_000);
 
 afterAll(async () => {
-  if (child) await stopChild(child);
-  // Whatever the child managed, no mount outlives the file.
-  for (const point of mnt ? await mountsUnder(mnt) : []) spawnSync("fusermount", ["-uz", point], { timeout: 10_000 });
   await teardown();
 });
 
-describe("the FUSE mount of an image", () => {
+// Both FUSE front ends: libfuse 2 through fuse-native, and skiff's own over /dev/fuse (fuse/).
+describe.each(["fuse-native", "dev-fuse"])("the FUSE mount of an image (%s)", (engine) => {
+  beforeAll(async () => {
+    childStderr = "";
+    mnt = join(work, `mnt-${engine}`);
+    await mkdir(mnt);
+    await startMount(engine, converted, mnt);
+  }, 60_000);
+
+  afterAll(async () => {
+    if (child) await stopChild(child);
+    child = undefined;
+    // Whatever the child managed, no mount outlives the file.
+    for (const point of mnt ? await mountsUnder(mnt) : []) spawnSync("fusermount", ["-uz", point], { timeout: 10_000 });
+  });
+
   it("is a read-only FUSE mount named skiff", async () => {
     const line = (await readFile("/proc/self/mounts", "utf8")).split("\n").find((l) => l.split(" ")[1] === mnt);
     expect(line).toBeDefined();

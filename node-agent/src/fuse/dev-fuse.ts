@@ -1,0 +1,108 @@
+// A FUSE connection opened on /dev/fuse and mounted by the kernel's own mount(2) (through
+// util-linux `mount -i`, which hands our descriptor to the kernel as `fd=3`), without libfuse. The
+// process holding the descriptor holds the connection: the kernel ends it only when the last copy
+// closes, which is what lets fuse/keeper keep mounts alive across restarts of the process serving them.
+//
+// Requests are read on the libuv thread pool, one blocking read outstanding per connection, so the
+// process must have a pool with a thread for each connection (UV_THREADPOOL_SIZE).
+import { spawn } from "node:child_process";
+import { close, open, read, writeSync } from "node:fs";
+import { access, stat, writeFile } from "node:fs/promises";
+
+/** Big enough for any request a read-only mount gets (the kernel wants at least 8 KiB). */
+const READ_BUFFER = 64 << 10;
+
+export interface DevFuseMountOptions {
+  /** Let users other than root in (default true): containers run as any user. */
+  allowOther?: boolean;
+  /** Shown as the mount's source in /proc/mounts. */
+  fsname?: string;
+}
+
+/** Opens /dev/fuse and mounts it read-only at `mountpoint`; returns the connection's descriptor. */
+export async function mountDevFuse(mountpoint: string, o: DevFuseMountOptions = {}): Promise<number> {
+  const fd = await new Promise<number>((resolve, reject) => open("/dev/fuse", "r+", (err, fd) => (err ? reject(err) : resolve(fd))));
+  const options = ["fd=3", "rootmode=40000", `user_id=${process.getuid?.() ?? 0}`, `group_id=${process.getgid?.() ?? 0}`, "default_permissions", "ro"];
+  if (o.allowOther ?? true) options.push("allow_other");
+  try {
+    await run("mount", ["-i", "-t", "fuse.skiff", "-o", options.join(","), o.fsname ?? "skiff", mountpoint], fd);
+  } catch (err) {
+    close(fd, () => {});
+    throw err;
+  }
+  return fd;
+}
+
+const FUSECTL = "/sys/fs/fuse/connections";
+
+/**
+ * Unmounts and ends the connection. If a process still holds files open there, the mount is
+ * detached lazily and the connection aborted (through fusectl), so those files fail with ENOTCONN
+ * and the read waiting on the descriptor returns: nothing is left hanging.
+ */
+export async function unmountDevFuse(mountpoint: string): Promise<void> {
+  const dev = await stat(mountpoint).then((s) => s.dev, () => undefined);
+  try {
+    await run("umount", [mountpoint]);
+  } catch {
+    await run("umount", ["-l", mountpoint]);
+    if (dev !== undefined) await abortConnection(dev);
+  }
+}
+
+/** Aborts the FUSE connection of a filesystem with device number `dev` (as stat reports it). */
+async function abortConnection(dev: number): Promise<void> {
+  // FUSE's devices are anonymous (major 0): the connection is named by the minor number.
+  const minor = (dev & 0xff) | ((dev >>> 12) & 0xfff00);
+  const exists = () => access(`${FUSECTL}/${minor}/abort`).then(() => true, () => false);
+  if (!(await exists())) await run("mount", ["-t", "fusectl", "fusectl", FUSECTL]).catch(() => {});
+  await writeFile(`${FUSECTL}/${minor}/abort`, "1").catch(() => {});
+}
+
+/**
+ * Reads the connection's requests one by one into `onRequest` (each its own copy), until the
+ * connection ends (unmounted or aborted): then `onEnd`.
+ */
+export function readRequests(fd: number, onRequest: (req: Uint8Array) => void, onEnd: (err?: Error) => void): void {
+  const buf = Buffer.allocUnsafe(READ_BUFFER);
+  const next = () =>
+    read(fd, buf, 0, buf.length, null, (err, n) => {
+      if (err) {
+        // ENOENT: the request was interrupted before we read it. EINTR, EAGAIN: try again.
+        if (["ENOENT", "EINTR", "EAGAIN"].includes(err.code ?? "")) return next();
+        // ENODEV: unmounted. EBADF: closed by us.
+        return onEnd(["ENODEV", "EBADF"].includes(err.code ?? "") ? undefined : err);
+      }
+      if (n === 0) return onEnd();
+      onRequest(Uint8Array.prototype.slice.call(buf, 0, n));
+      next();
+    });
+  next();
+}
+
+/**
+ * Writes one reply. A reply the kernel no longer waits for (ENOENT: the request was interrupted, or
+ * already answered) is dropped; false when the connection is gone.
+ */
+export function writeReply(fd: number, reply: Uint8Array): boolean {
+  try {
+    writeSync(fd, reply);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ENOENT";
+  }
+}
+
+export function closeDevFuse(fd: number): Promise<void> {
+  return new Promise((resolve) => close(fd, () => resolve()));
+}
+
+function run(cmd: string, args: string[], fd?: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: fd === undefined ? ["ignore", "ignore", "pipe"] : ["ignore", "ignore", "pipe", fd] });
+    let stderr = "";
+    child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(" ")}: ${stderr.trim() || `exit ${code}`}`))));
+  });
+}

@@ -1,0 +1,188 @@
+// The FUSE keeper: a small process that holds the /dev/fuse connections of the node's lazy mounts
+// and relays the kernel's requests to the process that serves them (the mounts daemon, through
+// keeper-link.ts), which does everything that can fail: bootstraps, cache, fetches.
+//
+// When that process dies, the connections stay up here, so a container keeps its mounts: requests
+// wait for the next server, which gets them again when it attaches; one that waited longer than
+// the read timeout gets EIO from the keeper instead, so that no read hangs. The keeper also fails a
+// request its server has left unanswered for the timeout plus a second.
+//
+// It does no parsing beyond the request header and has no state but the connections, so there is
+// little in it to fail. If it is killed, its mounts end (ENOTCONN), as any FUSE server's would.
+import { createServer, type Socket } from "node:net";
+import { rm } from "node:fs/promises";
+import { errorMessage } from "../../../src/util/error-message.ts";
+import { closeDevFuse, mountDevFuse, readRequests, unmountDevFuse, writeReply } from "./dev-fuse.ts";
+import { errorReply, requestOpcode, requestUnique, replyUnique, UNANSWERED_OPS } from "./kernel-abi.ts";
+import { encodeFrame, Frame, FrameReader, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
+
+export interface KeeperOptions {
+  socket: string;
+  /** A request nobody answers for this long fails with EIO. */
+  timeoutMs: number;
+  log: (message: string) => void;
+}
+
+interface Held {
+  mountpoint: string;
+  fd: number;
+  /** Requests sent to no server yet or not answered yet, in arrival order, with when they came. */
+  pending: Map<bigint, { req: Uint8Array; at: number }>;
+  unmounting: boolean;
+}
+
+const EIO = 5;
+/** How long a server that is attached gets beyond the timeout (it enforces the timeout itself). */
+const SERVER_GRACE_MS = 1_000;
+const SWEEP_MS = 250;
+/** Each mount keeps one thread of the pool in a blocking read: KEEPER_THREADS (1024, libuv's most) bounds them. */
+export const KEEPER_THREADS = 1024;
+const MAX_MOUNTS = KEEPER_THREADS - 8;
+
+export interface RunningKeeper {
+  /** Unmounts everything and stops. */
+  close(): Promise<void>;
+  /** Settles when the keeper has stopped, or has nothing left to hold and no server. */
+  finished: Promise<void>;
+}
+
+export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
+  const held = new Map<number, Held>();
+  let server: Socket | undefined;
+  let stopping = false;
+  let exitWhenIdle = () => {};
+
+  const send = (frame: Buffer) => server?.write(frame);
+
+  const onRequest = (id: number, req: Uint8Array) => {
+    const h = held.get(id);
+    if (!h || UNANSWERED_OPS.has(requestOpcode(req))) return;
+    h.pending.set(requestUnique(req), { req, at: Date.now() });
+    send(encodeFrame(Frame.REQUEST, id, req));
+  };
+
+  const release = async (id: number, h: Held) => {
+    held.delete(id);
+    await closeDevFuse(h.fd);
+  };
+
+  const startHolding = (id: number, h: Held) => {
+    held.set(id, h);
+    readRequests(
+      h.fd,
+      (req) => onRequest(id, req),
+      (err) => {
+        if (h.unmounting || held.get(id) !== h) return;
+        if (err) o.log(`${h.mountpoint}: ${errorMessage(err)}`);
+        void release(id, h).then(() => {
+          send(jsonFrame(Frame.GONE, id, { mountpoint: h.mountpoint }));
+          exitWhenIdle();
+        });
+      },
+    );
+  };
+
+  const onFrame = async (socket: Socket, f: FrameIn) => {
+    if (f.type === Frame.REPLY) {
+      const h = held.get(f.id);
+      // Dropped if the keeper has already failed the request: the kernel has forgotten it.
+      if (h && h.pending.delete(replyUnique(f.payload))) writeReply(h.fd, f.payload);
+      return;
+    }
+    if (f.type === Frame.MOUNT) {
+      const { mountpoint } = JSON.parse(f.payload.toString()) as { mountpoint: string };
+      try {
+        if (held.has(f.id)) throw new Error(`mount id ${f.id} is in use`);
+        if (held.size >= MAX_MOUNTS) throw new Error(`the keeper holds ${held.size} mounts, its most`);
+        const fd = await mountDevFuse(mountpoint);
+        startHolding(f.id, { mountpoint, fd, pending: new Map(), unmounting: false });
+        socket.write(jsonFrame(Frame.MOUNTED, f.id, { mountpoint }));
+      } catch (err) {
+        socket.write(jsonFrame(Frame.MOUNT_FAILED, f.id, { error: errorMessage(err) }));
+      }
+      return;
+    }
+    if (f.type === Frame.UNMOUNT) {
+      const h = held.get(f.id);
+      if (h) {
+        h.unmounting = true;
+        await unmountDevFuse(h.mountpoint).catch((err) => o.log(`unmounting ${h.mountpoint}: ${errorMessage(err)}`));
+        await release(f.id, h);
+      }
+      socket.write(jsonFrame(Frame.UNMOUNTED, f.id, {}));
+      return;
+    }
+    o.log(`unknown frame type ${f.type}`);
+  };
+
+  const attach = (socket: Socket) => {
+    // One server at a time: a new one means the old one is gone (or about to be).
+    server?.destroy();
+    server = socket;
+    socket.write(jsonFrame(Frame.HELLO, 0, { mounts: [...held].map(([id, h]) => ({ id, mountpoint: h.mountpoint })) }));
+    // What the last server left unanswered goes to this one.
+    for (const [id, h] of held) for (const { req } of h.pending.values()) socket.write(encodeFrame(Frame.REQUEST, id, req));
+    const frames = new FrameReader();
+    let queue = Promise.resolve();
+    socket.on("data", (chunk: Buffer) => {
+      let list: FrameIn[];
+      try {
+        list = frames.push(chunk);
+      } catch (err) {
+        o.log(`server stream: ${errorMessage(err)}`);
+        return socket.destroy();
+      }
+      for (const f of list) {
+        // Replies at once; mounts and unmounts one after another, in order.
+        if (f.type === Frame.REPLY) void onFrame(socket, f);
+        else queue = queue.then(() => onFrame(socket, f)).catch((err) => o.log(errorMessage(err)));
+      }
+    });
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      if (server === socket) server = undefined;
+      exitWhenIdle();
+    });
+  };
+
+  // Fail what has waited too long: the read bound holds for the program, whoever is (not) serving.
+  const sweep = setInterval(() => {
+    const limit = Date.now() - o.timeoutMs - (server ? SERVER_GRACE_MS : 0);
+    for (const h of held.values()) {
+      for (const [unique, { at }] of h.pending) {
+        if (at > limit) break; // in arrival order
+        h.pending.delete(unique);
+        writeReply(h.fd, errorReply(unique, EIO));
+      }
+    }
+  }, SWEEP_MS);
+
+  const listener = createServer(attach);
+  await rm(o.socket, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    listener.once("error", reject);
+    listener.listen(o.socket, () => resolve());
+  });
+  o.log(`fuse keeper ${process.pid} listening on ${o.socket}`);
+
+  let stopped = () => {};
+  const finished = new Promise<void>((resolve) => (stopped = resolve));
+  const close = async () => {
+    if (stopping) return finished;
+    stopping = true;
+    clearInterval(sweep);
+    listener.close();
+    server?.destroy();
+    for (const [id, h] of [...held]) {
+      h.unmounting = true;
+      await unmountDevFuse(h.mountpoint).catch(() => {});
+      await release(id, h);
+    }
+    stopped();
+  };
+  // Nothing held and nobody to serve: the keeper's work is done.
+  exitWhenIdle = () => {
+    if (!server && held.size === 0) void close();
+  };
+  return { close, finished };
+}
