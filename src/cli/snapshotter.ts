@@ -53,11 +53,14 @@ const flags = {
   password: { type: "string" },
   ca: { type: "string" },
   "http-proxy": { type: "string" },
-  // Internal: this process is the mounts daemon the snapshotter started.
+  // Internal: this process is the mounts daemon the snapshotter started, or the FUSE keeper the
+  // mounts daemon started.
   "mounts-daemon": { type: "boolean" },
+  "fuse-keeper": { type: "boolean" },
 } as const;
 
 export async function snapshotterCommand(argv: string[]): Promise<number> {
+  const internalArgs = (flag: string) => [...process.execArgv, process.argv[1]!, "snapshotter", ...argv.filter((a) => a !== "--mounts-daemon" && a !== "--fuse-keeper"), flag];
   const { values, positionals } = parseFlags(argv, flags, false);
   if (values.help) {
     console.log(snapshotterHelp);
@@ -82,13 +85,19 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     chunkSize: values["chunk-size"],
     platform: values.platform,
     ...access,
-    // The daemon is this command again with the same settings: credentials reach it the same way.
-    daemonArgs: [...process.execArgv, process.argv[1]!, "snapshotter", ...argv.filter((a) => a !== "--mounts-daemon"), "--mounts-daemon"],
-    log: (m: string) => process.stderr.write(`skiff snapshotter${values["mounts-daemon"] ? " (mounts)" : ""}: ${m}\n`),
+    // The daemon and the keeper are this command again with the same settings: credentials reach
+    // them the same way.
+    daemonArgs: internalArgs("--mounts-daemon"),
+    keeperArgs: internalArgs("--fuse-keeper"),
+    log: (m: string) => process.stderr.write(`skiff snapshotter${values["mounts-daemon"] ? " (mounts)" : values["fuse-keeper"] ? " (fuse keeper)" : ""}: ${m}\n`),
   };
-  const { runSnapshotter, runDaemon } = await import("../../node-agent/src/snapshotter/run.ts");
+  const { runSnapshotter, runDaemon, runKeeperProcess } = await import("../../node-agent/src/snapshotter/run.ts");
   if (values["mounts-daemon"]) {
     await runDaemon(options);
+    return 0;
+  }
+  if (values["fuse-keeper"]) {
+    await runKeeperProcess(options);
     return 0;
   }
   await mkdir(dirname(options.address), { recursive: true });

@@ -6,11 +6,12 @@
 // proxy can't serve, and a kill -9 of the snapshotter that leaves mounts and metadata intact.
 // The real registry is the upstream; containerd itself drives it in cri-snapshotter.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { statfs } from "node:fs/promises";
+import { readFile, statfs } from "node:fs/promises";
+import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
 import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from "@grpc/grpc-js";
 import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
@@ -22,6 +23,7 @@ import { tempDir } from "./harness/workdir.ts";
 import { teardown } from "./harness/teardown.ts";
 import { waitFor } from "./harness/processes.ts";
 
+const execFileAsync = promisify(execFile);
 const TARGET = "containerd.io/snapshot.ref";
 const ALREADY_EXISTS = 6;
 const NOT_FOUND = 5;
@@ -33,6 +35,8 @@ let dir: string;
 let snapshotter: SnapshotterProcess;
 let client: Client;
 let bigBytes: Buffer;
+// Files no test reads before the kill -9 tests, so that their reads must reach a mounts daemon.
+let lateBytes: Buffer[];
 let image: { ref: string; manifest: string; layers: { digest: string; diffId: string }[] };
 
 type Call = (method: string, request: object) => Promise<Record<string, unknown>>;
@@ -85,6 +89,7 @@ beforeAll(async () => {
   // Two layers: the second deletes a file of the first (whiteout) and replaces a directory (opaque).
   const layout = new OciLayout(tempDir("snapshotter-layout"));
   bigBytes = randomBytes(3 * 2 ** 20);
+  lateBytes = [randomBytes(2 ** 21), randomBytes(2 ** 21)];
   const l0 = layerOf(layout, [
     { name: "etc", type: "dir" },
     { name: "etc/keep", type: "file", data: Buffer.from("kept\n") },
@@ -99,6 +104,7 @@ beforeAll(async () => {
     { name: "opq/.wh..wh..opq", type: "file", data: Buffer.alloc(0) },
     { name: "opq/new", type: "file", data: Buffer.from("new\n") },
     { name: "big.bin", type: "file", data: bigBytes },
+    ...lateBytes.map((data, i) => ({ name: `late${i}.bin`, type: "file" as const, data })),
   ]);
   const config = layout.writeBlob(Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [l0.diffId, l1.diffId] } })), MT.config);
   const manifest = layout.writeBlob(
@@ -243,30 +249,99 @@ describe("skiff snapshotter over gRPC", () => {
     await call("Remove", { key: "k8s.io/4/container" });
   });
 
-  test("kill -9 of the mounts daemon: the snapshotter starts it again, it mounts every lazy layer again, and new containers read them", async () => {
-    const first = snapshotter.daemonPid();
-    expect(first).toBeGreaterThan(0);
-    process.kill(first, "SIGKILL");
-    const second = await waitFor("a new mounts daemon", async () => {
-      const pid = snapshotter.daemonPid();
-      return pid > 0 && pid !== first ? pid : undefined;
-    }, { timeoutMs: 15_000, intervalMs: 100 });
-    expect(second).not.toBe(first);
-    // Until then, the dead daemon's mounts answer ENOTCONN; the new one's answer statfs.
+  test("kill -9 of the mounts daemon while a container reads: the FUSE keeper keeps the mounts up, a new daemon answers what the dead one left, and the read finishes right", async () => {
+    const before = lazyMounts();
+    expect(before.length).toBe(2);
+    const rootfs = await containerOverTop("k8s.io/5/container", "rootfs-daemon-kill");
+    try {
+      const first = snapshotter.daemonPid();
+      expect(first).toBeGreaterThan(0);
+      // Stopped, the daemon can't answer: the read below waits in the kernel when it is killed.
+      process.kill(first, "SIGSTOP");
+      const reading = execFileAsync("sha256sum", [join(rootfs, "late0.bin")], { timeout: 60_000 });
+      await new Promise((r) => setTimeout(r, 500));
+      process.kill(first, "SIGKILL");
+      const { stdout } = await reading;
+      expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[0]!).slice("sha256:".length));
+      const second = snapshotter.daemonPid();
+      expect(second).toBeGreaterThan(0);
+      expect(second).not.toBe(first);
+      // The very same mounts (same devices): nothing was mounted again.
+      expect(lazyMounts()).toEqual(before);
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/5/container" });
+  });
+
+  test("with no mounts daemon a read fails with EIO within the timeout, never hangs, and the same mount reads again once a daemon is back", async () => {
+    const before = lazyMounts();
+    const rootfs = await containerOverTop("k8s.io/6/container", "rootfs-no-daemon");
+    try {
+      // Without the snapshotter nobody starts a new daemon.
+      client.close();
+      await snapshotter.kill();
+      const daemon = snapshotter.daemonPid();
+      process.kill(daemon, "SIGKILL");
+      await waitFor("the mounts daemon to go", async () => (snapshotter.daemonPid() === 0 ? true : undefined), { timeoutMs: 10_000, intervalMs: 50 });
+      const started = Date.now();
+      const failed = await readFile(join(rootfs, "late1.bin")).then(() => undefined, (err: NodeJS.ErrnoException) => err);
+      const waited = Date.now() - started;
+      expect(failed?.code).toBe("EIO");
+      // --timeout 10: EIO from the keeper once the request has waited that long (plus its 250 ms sweep).
+      expect(waited).toBeGreaterThan(9_000);
+      expect(waited).toBeLessThan(10_000 + 3_000);
+      await snapshotter.restart();
+      connect();
+      await waitFor("a new mounts daemon", async () => (snapshotter.daemonPid() > 0 ? true : undefined), { timeoutMs: 15_000, intervalMs: 100 });
+      expect((await readFile(join(rootfs, "late1.bin"))).equals(lateBytes[1]!)).toBe(true);
+      expect(lazyMounts()).toEqual(before);
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/6/container" });
+  });
+
+  test("kill -9 of the FUSE keeper: the mounts daemon exits, the snapshotter starts it again, the lazy layers are mounted again, and new containers read them", async () => {
+    const keeper = snapshotter.keeperPid();
+    expect(keeper).toBeGreaterThan(0);
+    const daemon = snapshotter.daemonPid();
+    process.kill(keeper, "SIGKILL");
+    await waitFor("a new mounts daemon and keeper", async () => {
+      const [d, k] = [snapshotter.daemonPid(), snapshotter.keeperPid()];
+      return d > 0 && d !== daemon && k > 0 && k !== keeper ? true : undefined;
+    }, { timeoutMs: 20_000, intervalMs: 100 });
+    // The dead keeper's mounts answered ENOTCONN until they were cleared and mounted again.
     await waitFor("both lazy layers mounted again", async () => {
-      const points = readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(join(dir, "root", "snapshots")) && l.includes("fuse")).map((l) => l.split(" ")[1]!);
+      const points = lazyMounts().map((m) => m.point);
       const live = await Promise.all(points.map((p) => statfs(p).then(() => true, () => false)));
       return live.length === 2 && live.every(Boolean) ? true : undefined;
     }, { timeoutMs: 15_000, intervalMs: 100 });
-    const [top] = await list([`labels."containerd.io/snapshot/cri.layer-digest"==${image.layers[1]!.digest}`]);
-    const rootfs = join(dir, "rootfs-remount");
-    mountOverlay((await call("Prepare", { key: "k8s.io/5/container", parent: top!.name })).mounts as Mount[], rootfs);
+    const rootfs = await containerOverTop("k8s.io/7/container", "rootfs-remount");
     try {
       expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
       expect(existsSync(join(rootfs, "etc/gone"))).toBe(false);
     } finally {
       execFileSync("umount", [rootfs]);
     }
-    await call("Remove", { key: "k8s.io/5/container" });
+    await call("Remove", { key: "k8s.io/7/container" });
   });
 });
+
+/** The lazy layers' FUSE mounts under the snapshotter's root, from mountinfo (no syscall reaches them). */
+function lazyMounts(): { point: string; dev: string }[] {
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => l.split(" "))
+    .filter((f) => f[4]?.startsWith(join(dir, "root", "snapshots")) && f.includes("fuse.skiff"))
+    .map((f) => ({ point: f[4]!, dev: f[2]! }))
+    .sort((a, b) => a.point.localeCompare(b.point));
+}
+
+/** A container's rootfs: an overlay over the image's top lazy layer, mounted at `name`. */
+async function containerOverTop(key: string, name: string): Promise<string> {
+  const [top] = await list([`labels."containerd.io/snapshot/cri.layer-digest"==${image.layers[1]!.digest}`]);
+  const rootfs = join(dir, name);
+  mountOverlay((await call("Prepare", { key, parent: top!.name })).mounts as Mount[], rootfs);
+  return rootfs;
+}

@@ -80,6 +80,11 @@ export class KeeperLink {
     return this.#ask(`unmount ${id}`, jsonFrame(Frame.UNMOUNT, id, {}));
   }
 
+  /** Says that the held mounts are served now: the requests they got meanwhile come. */
+  ready(): void {
+    this.#socket.write(encodeFrame(Frame.READY, 0));
+  }
+
   reply(id: number, reply: Uint8Array): void {
     this.#socket.write(encodeFrame(Frame.REPLY, id, reply));
   }

@@ -22,6 +22,8 @@ export const Frame = {
   REPLY: 8,
   /** keeper → server: the mount ended without being asked (unmounted from outside). */
   GONE: 9,
+  /** server → keeper: ready to answer the held mounts; the keeper sends what waited meanwhile. */
+  READY: 10,
 } as const;
 
 const HEADER = 9;

@@ -49,16 +49,21 @@ export interface RunningKeeper {
 export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   const held = new Map<number, Held>();
   let server: Socket | undefined;
+  // Requests go to the server once it has said READY (it serves the held mounts by then).
+  let ready = false;
   let stopping = false;
   let exitWhenIdle = () => {};
 
   const send = (frame: Buffer) => server?.write(frame);
+  const sendRequest = (id: number, req: Uint8Array) => {
+    if (ready) send(encodeFrame(Frame.REQUEST, id, req));
+  };
 
   const onRequest = (id: number, req: Uint8Array) => {
     const h = held.get(id);
     if (!h || UNANSWERED_OPS.has(requestOpcode(req))) return;
     h.pending.set(requestUnique(req), { req, at: Date.now() });
-    send(encodeFrame(Frame.REQUEST, id, req));
+    sendRequest(id, req);
   };
 
   const release = async (id: number, h: Held) => {
@@ -87,6 +92,12 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
       const h = held.get(f.id);
       // Dropped if the keeper has already failed the request: the kernel has forgotten it.
       if (h && h.pending.delete(replyUnique(f.payload))) writeReply(h.fd, f.payload);
+      return;
+    }
+    if (f.type === Frame.READY) {
+      ready = true;
+      // What the last server left unanswered, and what came meanwhile, goes to this one.
+      for (const [id, h] of held) for (const { req } of h.pending.values()) sendRequest(id, req);
       return;
     }
     if (f.type === Frame.MOUNT) {
@@ -119,9 +130,8 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     // One server at a time: a new one means the old one is gone (or about to be).
     server?.destroy();
     server = socket;
+    ready = false;
     socket.write(jsonFrame(Frame.HELLO, 0, { mounts: [...held].map(([id, h]) => ({ id, mountpoint: h.mountpoint })) }));
-    // What the last server left unanswered goes to this one.
-    for (const [id, h] of held) for (const { req } of h.pending.values()) socket.write(encodeFrame(Frame.REQUEST, id, req));
     const frames = new FrameReader();
     let queue = Promise.resolve();
     socket.on("data", (chunk: Buffer) => {
@@ -140,14 +150,17 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     });
     socket.on("error", () => {});
     socket.on("close", () => {
-      if (server === socket) server = undefined;
+      if (server === socket) {
+        server = undefined;
+        ready = false;
+      }
       exitWhenIdle();
     });
   };
 
   // Fail what has waited too long: the read bound holds for the program, whoever is (not) serving.
   const sweep = setInterval(() => {
-    const limit = Date.now() - o.timeoutMs - (server ? SERVER_GRACE_MS : 0);
+    const limit = Date.now() - o.timeoutMs - (ready ? SERVER_GRACE_MS : 0);
     for (const h of held.values()) {
       for (const [unique, { at }] of h.pending) {
         if (at > limit) break; // in arrival order

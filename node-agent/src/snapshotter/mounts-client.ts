@@ -1,10 +1,9 @@
 // The snapshotter's side of the mounts daemon (mounts-daemon.ts): finds the daemon on its socket,
 // or starts one in its own session so that it outlives this process, and asks it to mount and
 // unmount. A daemon that died is started again on the next request, and mounts its table again.
-import { spawn } from "node:child_process";
 import { request } from "node:http";
-import { openSync, closeSync } from "node:fs";
 import type { LayerMountSpec } from "./mounts-daemon.ts";
+import { spawnDetached } from "./spawn-detached.ts";
 
 export interface MountsClientOptions {
   socket: string;
@@ -57,14 +56,8 @@ export class MountsClient {
   }
 
   async #start(): Promise<void> {
-    const log = openSync(this.#o.logFile, "a");
-    try {
-      const child = spawn(process.execPath, this.#o.daemonArgs, { detached: true, stdio: ["ignore", log, log] });
-      child.unref();
-      this.#o.log(`started the mounts daemon (pid ${child.pid})`);
-    } finally {
-      closeSync(log);
-    }
+    const pid = spawnDetached(this.#o.daemonArgs, this.#o.logFile);
+    this.#o.log(`started the mounts daemon (pid ${pid})`);
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
       try {

@@ -1,9 +1,13 @@
-// The process that holds the snapshotter's FUSE mounts, one per lazily served layer, so that they
+// The process that serves the snapshotter's FUSE mounts, one per lazily served layer, so that they
 // outlive the gRPC process: a snapshotter killed and started again finds them still serving and
 // adopts them. All mounts share one chunk cache (bounded, LRU), the 16 MiB of chunks last read in
 // memory, and one HTTP client to the proxy.
-// The mount table is kept in <root>/mounts.json, replaced durably; a daemon that starts (after a
-// crash of the last one) clears the dead mountpoints and mounts the table again.
+//
+// The /dev/fuse connections themselves are held by the FUSE keeper (fuse/keeper.ts), which this
+// daemon starts when none runs, so that a crash of this daemon doesn't end them: a daemon started
+// again attaches to the keeper and serves the same mounts, with what the kernel asked meanwhile.
+// The mount table is kept in <root>/mounts.json, replaced durably: it says how each mount is
+// served. If the keeper itself died, its mounts are dead; they are cleared and mounted again.
 //
 // It answers on a unix socket, JSON over HTTP: POST /mount, POST /unmount, GET /status.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -13,12 +17,15 @@ import { Bootstrap } from "../../../src/format/decode.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
 import { ChunkCache } from "../chunk-cache.ts";
 import { ChunkFetcher } from "../chunk-fetcher.ts";
-import { mountImage, type MountedImage } from "../fuse-fs.ts";
+import { ImageSession } from "../fuse/image-session.ts";
+import { errorReply, requestOpcode, requestUnique, UNANSWERED_OPS } from "../fuse/kernel-abi.ts";
+import { KeeperLink } from "../fuse/keeper-link.ts";
 import { LazyReader } from "../lazy-reader.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { RecentChunks } from "../recent-chunks.ts";
 import { writeFileDurably } from "./durable-file.ts";
+import { spawnDetached } from "./spawn-detached.ts";
 
 /** One layer mount: where, from which bootstrap file, and how its chunks are reached. */
 export interface LayerMountSpec {
@@ -40,17 +47,24 @@ export interface MountsDaemonOptions extends ProxyHttpOptions {
   cacheMaxBytes: number;
   /** A read that can't be served in this time fails with EIO. */
   timeoutMs: number;
+  keeperSocket: string;
+  /** argv (after node) that starts the FUSE keeper. */
+  keeperArgs: string[];
   log: (message: string) => void;
 }
 
 interface Mounted {
+  id: number;
   spec: LayerMountSpec;
-  fuse: MountedImage;
+  session: ImageSession;
   reader: LazyReader;
   fetcher: ChunkFetcher;
 }
 
 const TABLE = "mounts.json";
+const EIO = 5;
+/** The keeper's thread pool: one thread per mount waits in a read of /dev/fuse. */
+const KEEPER_THREADS = "1024";
 
 export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close(): Promise<void> }> {
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
@@ -68,34 +82,89 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
 
   const saveTable = () => writeFileDurably(join(o.root, TABLE), JSON.stringify([...mounted.values()].map((m) => m.spec)));
 
-  const mount = async (spec: LayerMountSpec) => {
-    if (mounted.has(spec.mountpoint)) return;
+  let closing = false;
+  const byId = new Map<number, Mounted>();
+  const link = await KeeperLink.connect({
+    socket: o.keeperSocket,
+    startKeeper: () => {
+      const pid = spawnDetached(o.keeperArgs, join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: KEEPER_THREADS });
+      o.log(`started the FUSE keeper (pid ${pid})`);
+    },
+    onRequest: (id, req) => {
+      const m = byId.get(id);
+      if (m) return m.session.handle(req, (reply) => link.reply(id, reply));
+      if (!UNANSWERED_OPS.has(requestOpcode(req))) link.reply(id, errorReply(requestUnique(req), EIO));
+    },
+    onGone: (id) => {
+      const m = byId.get(id);
+      if (!m) return;
+      o.log(`${m.spec.mountpoint} was unmounted from outside`);
+      byId.delete(id);
+      mounted.delete(m.spec.mountpoint);
+      void serially(saveTable);
+    },
+    // Its mounts died with it: this daemon ends, and the next one (the snapshotter starts it)
+    // starts a keeper and mounts the table again.
+    onLost: () => {
+      if (closing) return;
+      o.log("the FUSE keeper went away: exiting so that the layers are mounted again");
+      process.exit(1);
+    },
+  });
+  let lastId = Math.max(0, ...link.held.map((h) => h.id));
+
+  const serve = async (spec: LayerMountSpec, id: number) => {
     const bootstrap = Bootstrap.decode(new Uint8Array(await readFile(spec.bootstrapFile)));
-    await recoverStaleMount(spec.mountpoint);
     const fetcher = new ChunkFetcher({ proxy: spec.proxy, name: spec.name, ns: spec.ns, params: spec.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
     const reader = new LazyReader(bootstrap, cache, fetcher, { recent });
-    const fuse = await mountImage({ bootstrap, reader, mountpoint: spec.mountpoint, readTimeoutMs: o.timeoutMs, view: "overlay-layer" });
-    mounted.set(spec.mountpoint, { spec, fuse, reader, fetcher });
+    const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
+    const m = { id, spec, session, reader, fetcher };
+    byId.set(id, m);
+    mounted.set(spec.mountpoint, m);
+    return m;
+  };
+
+  const mount = async (spec: LayerMountSpec) => {
+    if (mounted.has(spec.mountpoint)) return;
+    await recoverStaleMount(spec.mountpoint);
+    // Served before it is mounted: the kernel's first request (INIT) comes at once.
+    const m = await serve(spec, ++lastId);
+    try {
+      await link.mount(m.id, spec.mountpoint);
+    } catch (err) {
+      byId.delete(m.id);
+      mounted.delete(spec.mountpoint);
+      throw err;
+    }
   };
 
   const unmount = async (mountpoint: string) => {
     const m = mounted.get(mountpoint);
     if (!m) return recoverStaleMount(mountpoint).then(() => {});
-    await m.fuse.unmount();
+    await link.unmount(m.id);
+    byId.delete(m.id);
     mounted.delete(mountpoint);
   };
 
-  // The table of the daemon before this one: mount it again.
+  // The table of the daemon before this one: serve what the keeper still holds, mount the rest again.
   let table: LayerMountSpec[] = [];
   try {
     table = JSON.parse(await readFile(join(o.root, TABLE), "utf8")) as LayerMountSpec[];
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") o.log(`cannot read the mount table: ${errorMessage(err)}`);
   }
+  const held = new Map(link.held.map((h) => [h.mountpoint, h.id]));
+  let adopted = 0;
   for (const spec of table) {
-    await mount(spec).catch((err) => o.log(`remounting ${spec.mountpoint}: ${errorMessage(err)}`));
+    const id = held.get(spec.mountpoint);
+    held.delete(spec.mountpoint);
+    const step = id !== undefined ? serve(spec, id).then(() => adopted++) : mount(spec);
+    await step.catch((err) => o.log(`${id !== undefined ? "serving" : "remounting"} ${spec.mountpoint}: ${errorMessage(err)}`));
   }
-  if (table.length > 0) o.log(`mounted ${mounted.size} of ${table.length} layers again`);
+  link.ready();
+  // Held by the keeper but in no table (a daemon died between the two): nobody can serve them.
+  for (const id of held.values()) await link.unmount(id).catch(() => {});
+  if (table.length > 0) o.log(`serving ${mounted.size} of ${table.length} layers again (${adopted} kept up by the FUSE keeper)`);
   await saveTable();
 
   const status = () => ({
@@ -144,14 +213,15 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   o.log(`mounts daemon ${process.pid} listening on ${o.socket}`);
 
   return {
-    // Stopping the daemon on purpose unmounts everything (a crash leaves the table to mount again).
+    // Stopping the daemon on purpose (an upgrade) leaves the mounts with the keeper: containers
+    // keep them, and the next daemon serves them.
     close: async () => {
+      closing = true;
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await stopped;
-      await serially(async () => {
-        for (const mountpoint of [...mounted.keys()]) await unmount(mountpoint).catch((err) => o.log(`unmounting ${mountpoint}: ${errorMessage(err)}`));
-      });
+      await queue;
+      link.close();
       await http.close();
     },
   };

@@ -10,6 +10,7 @@ import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { serveSnapshots } from "./grpc-service.ts";
 import { LazyLayers } from "./lazy-layers.ts";
 import { MountsClient } from "./mounts-client.ts";
+import { runKeeper } from "../fuse/keeper.ts";
 import { runMountsDaemon } from "./mounts-daemon.ts";
 import { Snapshotter } from "./snapshotter.ts";
 
@@ -28,6 +29,8 @@ export interface SnapshotterOptions extends ProxyHttpOptions {
   platform?: string;
   /** How to start the mounts daemon: argv after node. */
   daemonArgs: string[];
+  /** How to start the FUSE keeper: argv after node. */
+  keeperArgs: string[];
   log: (message: string) => void;
 }
 
@@ -38,6 +41,7 @@ export interface RunningSnapshotter {
 const WATCHDOG_MS = 2_000;
 
 export const daemonSocket = (root: string) => join(root, "mounts.sock");
+export const keeperSocket = (root: string) => join(root, "fuse-keeper.sock");
 
 export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnapshotter> {
   await mkdir(o.root, { recursive: true });
@@ -86,14 +90,27 @@ export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnap
 
 /** The mounts daemon's own process: serves until SIGTERM or SIGINT. */
 export async function runDaemon(o: SnapshotterOptions): Promise<void> {
-  const daemon = await runMountsDaemon({ ...o, socket: daemonSocket(o.root), cacheDir: join(o.root, "chunks") });
+  const daemon = await runMountsDaemon({ ...o, socket: daemonSocket(o.root), cacheDir: join(o.root, "chunks"), keeperSocket: keeperSocket(o.root) });
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);
   });
-  // Busy mounts may refuse to go; the daemon ends anyway, and its table lets the next one remount.
+  // The mounts stay with the FUSE keeper for the next daemon.
   const closed = daemon.close().catch((err: Error) => o.log(`closing: ${err.message}`));
   await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000).unref())]);
+  process.exit(0);
+}
+
+/**
+ * The FUSE keeper's own process: holds the mounts until SIGTERM or SIGINT (then unmounts them), or
+ * until it holds nothing and no daemon is attached.
+ */
+export async function runKeeperProcess(o: SnapshotterOptions): Promise<void> {
+  const keeper = await runKeeper({ socket: keeperSocket(o.root), timeoutMs: o.timeoutMs, log: o.log });
+  const stop = () => void keeper.close();
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  await keeper.finished;
   process.exit(0);
 }
 

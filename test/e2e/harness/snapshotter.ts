@@ -1,6 +1,6 @@
 // `skiff snapshotter` as a test runs it: started on its own root and socket, killed and started again,
-// its metrics read, and at the end stopped together with the mounts daemon it started (found by its
-// root in its command line), with every mount under its root gone.
+// its metrics read, and at the end stopped together with the mounts daemon and FUSE keeper it
+// started (found by its root in their command lines), with every mount under its root gone.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { SKIFF_BIN, parseMetrics, type Sample } from "./skiff.ts";
@@ -74,8 +74,17 @@ export class SnapshotterProcess {
 
   /** The pid of the mounts daemon this snapshotter started, or 0. */
   daemonPid(): number {
+    return this.#pidOf("--mounts-daemon");
+  }
+
+  /** The pid of the FUSE keeper the mounts daemon started, or 0. */
+  keeperPid(): number {
+    return this.#pidOf("--fuse-keeper");
+  }
+
+  #pidOf(flag: string): number {
     try {
-      return Number(execFileSync("pgrep", ["-f", "--", `--root ${this.root} .*--mounts-daemon`], { encoding: "utf8" }).trim().split("\n")[0]);
+      return Number(execFileSync("pgrep", ["-f", "--", `--root ${this.root} .*${flag}`], { encoding: "utf8" }).trim().split("\n")[0]);
     } catch {
       return 0; // pgrep found none
     }
