@@ -2,8 +2,8 @@
 // with the Distribution registry behind a skiff proxy: a Debian + python image is pulled and run
 // from lazy layers (containerd downloads no layer; the proxy serves a fraction of the image), `skiff
 // pull` + `ctr run` work on a host without kubelet, an image the proxy won't convert is pulled and
-// run all the same (fail-open), and a kill -9 of the snapshotter while a container reads its files
-// leaves the container's output and containerd's snapshots intact.
+// run all the same (fail-open), and a kill -9 of the snapshotter, or of its mounts daemon, while a
+// container reads its files leaves the container's output and containerd's snapshots intact.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { gzipSync } from "node:zlib";
 import { randomBytes } from "node:crypto";
@@ -129,20 +129,7 @@ describe("containerd + skiff snapshotter, driven like the kubelet", () => {
   }, 600_000);
 
   test("kill -9 of the snapshotter while a container reads its files: the container's output is right, and the snapshots are intact after the restart", async () => {
-    // Reads every file under /usr/lib/python3.* (mostly not read before), slowly enough for the kill to land mid-way.
-    const script = [
-      "import hashlib, os, sys, time",
-      "h = hashlib.sha256(); n = 0",
-      "root = [d for d in os.listdir('/usr/lib') if d.startswith('python3.')][0]",
-      "for dirpath, dirs, files in sorted(os.walk('/usr/lib/' + root)):",
-      "    dirs.sort()",
-      "    for f in sorted(files):",
-      "        p = os.path.join(dirpath, f)",
-      "        if os.path.islink(p) or not os.path.isfile(p): continue",
-      "        h.update(p.encode()); h.update(open(p, 'rb').read()); n += 1",
-      "        if n % 200 == 0: time.sleep(0.05)",
-      "print(n, h.hexdigest())",
-    ].join("\n");
+    const script = walkScript("[d for d in os.listdir('/usr/lib') if d.startswith('python3.')][0]");
     const snapshotsBefore = await cri.containerd.ctr(["snapshots", "--snapshotter", "skiff", "ls"], { ns: "k8s.io" });
     const id = await cri.createContainer(pod, { name: "reader", image: refs.python, command: ["python3", "-c", script] });
     await cri.startContainer(id);
@@ -168,4 +155,47 @@ describe("containerd + skiff snapshotter, driven like the kubelet", () => {
     const committed = (text: string) => text.split("\n").filter((l) => / Committed\s*$/.test(l)).sort();
     expect(committed(snapshotsAfter.stdout)).toEqual(committed(snapshotsBefore.stdout));
   }, 600_000);
+
+  test("kill -9 of the mounts daemon while a container reads its files: the FUSE keeper holds the mounts, and the container's output is right", async () => {
+    const script = walkScript("'x86_64-linux-gnu'", 10);
+    const id = await cri.createContainer(pod, { name: "reader-daemon-kill", image: refs.python, command: ["python3", "-c", script] });
+    await cri.startContainer(id);
+    await new Promise((r) => setTimeout(r, 700));
+    const daemon = snapshotter.daemonPid();
+    expect(daemon).toBeGreaterThan(0);
+    process.kill(daemon, "SIGKILL");
+    // The kill landed mid-way.
+    expect((await cri.containerStatus(id)).state).toBe("CONTAINER_RUNNING");
+    const status = await cri.waitForExit(id, 300_000);
+    const logs = await cri.readLogs(status.log_path);
+    await cri.removeContainer(id);
+    expect(logs.stderr).toBe("");
+    expect(status.exit_code).toBe(0);
+    // The snapshotter started a new daemon, which served the rest of the walk.
+    expect(snapshotter.daemonPid()).not.toBe(daemon);
+    const undisturbed = await cri.runContainer(pod, refs.python, ["python3", "-c", script], { name: "reader-daemon-again", timeoutMs: 300_000 });
+    expect(logs.stdout).toBe(undisturbed.stdout);
+    expect(Number(logs.stdout.split(" ")[0])).toBeGreaterThan(100);
+  }, 600_000);
 });
+
+/**
+ * A program that reads every file under /usr/lib/<dir> (mostly not read before; `dirExpr` is a
+ * Python expression for dir) and prints their count and one hash of names and contents, pausing
+ * 50 ms every `pauseEvery` files, so that a kill lands mid-way.
+ */
+function walkScript(dirExpr: string, pauseEvery = 200): string {
+  return [
+    "import hashlib, os, sys, time",
+    "h = hashlib.sha256(); n = 0",
+    `root = ${dirExpr}`,
+    "for dirpath, dirs, files in sorted(os.walk('/usr/lib/' + root)):",
+    "    dirs.sort()",
+    "    for f in sorted(files):",
+    "        p = os.path.join(dirpath, f)",
+    "        if os.path.islink(p) or not os.path.isfile(p): continue",
+    "        h.update(p.encode()); h.update(open(p, 'rb').read()); n += 1",
+    `        if n % ${pauseEvery} == 0: time.sleep(0.05)`,
+    "print(n, h.hexdigest())",
+  ].join("\n");
+}
