@@ -22,11 +22,12 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import { debianLayer } from "./debian-layer.mjs";
+import { coldStart as mountAndRun, finishMount, serveSkiff } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
-import { freePort, requireTools, root, startRegistry, waitUrl } from "./servers.mjs";
+import { requireTools, root, startRegistry } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
@@ -49,49 +50,10 @@ async function debianImageLayer() {
   return { gz: readFileSync(layer.gzFile), tarFile: layer.tarFile, tarBytes: layer.tarBytes, diffId: layer.diffId };
 }
 
-function serve(upstream, data) {
-  return (async () => {
-    const port = await freePort();
-    const child = spawn(process.execPath, [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"], { stdio: ["ignore", "ignore", "inherit"] });
-    await waitUrl(`http://127.0.0.1:${port}/v2/`, child);
-    const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
-    cleanups.push(stop);
-    return { url: `http://127.0.0.1:${port}`, port, stop };
-  })();
-}
+const serve = (upstream, data) => serveSkiff(upstream, data, cleanups);
 
-/** Mounts the image, runs the workload in a chroot; seconds from mount start to its output, and the agent's stats. */
-async function coldStart(imageUrl, extra) {
-  const dir = mkdtempSync(join(work, "run-"));
-  const mnt = join(dir, "mnt");
-  const stats = join(dir, "stats.json");
-  const t0 = performance.now();
-  const agent = spawn(process.execPath, [join(root, "bin", "skiff.js"), "mount", imageUrl, mnt, "--cache", join(dir, "cache"), "--overlay", join(dir, "overlay"), "--stats", stats, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
-  try {
-    await new Promise((resolve, reject) => {
-      agent.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
-      agent.once("exit", (code) => reject(new Error(`skiff mount exited ${code}`)));
-    });
-    const out = await new Promise((resolve, reject) => {
-      const run = spawn("chroot", [mnt, ...WORKLOAD], { stdio: ["ignore", "pipe", "inherit"] });
-      let text = "";
-      run.stdout.on("data", (d) => (text += d));
-      run.once("exit", (code) => (code === 0 ? resolve(text) : reject(new Error(`workload exited ${code}`))));
-    });
-    const seconds = (performance.now() - t0) / 1000;
-    if (!out.startsWith("ready")) throw new Error(`workload said ${JSON.stringify(out)}`);
-    return { seconds, agent, stats };
-  } catch (err) {
-    agent.kill("SIGTERM");
-    throw err;
-  }
-}
-
-async function finishMount({ agent, stats }) {
-  agent.kill("SIGTERM");
-  await new Promise((r) => (agent.exitCode !== null ? r() : agent.once("exit", r)));
-  return JSON.parse(readFileSync(stats, "utf8"));
-}
+/** Mounts the image, runs the workload in a chroot (bench/lazy-mount.mjs). */
+const coldStart = (imageUrl, extra) => mountAndRun(imageUrl, extra, { work, workload: WORKLOAD });
 
 async function finish() {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
