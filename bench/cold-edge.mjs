@@ -14,12 +14,11 @@
 // Needs root (FUSE, chroot), debootstrap the first time, docker-registry and skopeo.
 //   node bench/cold-edge.mjs [--write] [--rounds 3] [--rate 1gbit] [--latency 5ms] [--baseline PATH/bin/skiff.js]
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { cpus, homedir, loadavg, tmpdir } from "node:os";
+import { mkdtempSync, rmSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { debianLayer } from "./debian-layer.mjs";
-import { coldStart, finishMount, serveSkiff } from "./lazy-mount.mjs";
+import { coldStart, finishMount, PYTHON_PACKAGES as PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
 import { parseLatency, parseRate, startLinkRelay } from "./link-relay.mjs";
 import { writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
@@ -36,13 +35,10 @@ const { values } = parseArgs({
 });
 const ROUNDS = Number(values.rounds);
 const LINK = { latencyMs: parseLatency(values.latency), rateBitsPerSecond: parseRate(values.rate) };
-const PACKAGES = ["python3", "python3-numpy"];
-const WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot");
 if (process.getuid?.() !== 0) throw new Error("bench:cold-edge needs root (FUSE mounts, chroot)");
 
 const loadAtStart = loadavg();
-const cacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
 const work = mkdtempSync(join(tmpdir(), "skiff-bench-cold-edge-"));
 const cleanups = [];
 process.once("SIGINT", () => void finish().then(() => process.exit(130)));
@@ -82,8 +78,8 @@ async function mountRun(edge) {
 }
 
 try {
-  const layer = await debianLayer({ cacheDir, name: "debian-python3", packages: PACKAGES, workDir: work });
-  const gz = readFileSync(layer.gzFile);
+  const layer = await pythonImageLayer(work);
+  const { gz } = layer;
   const layout = join(work, "layout");
   writeLayout(layout, [gz], [layer.diffId]);
   const registry = await startRegistry(work, { quiet: true });

@@ -17,12 +17,11 @@
 //   node bench/cold-start.mjs [--write] [--rounds 3]
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { cpus, homedir, loadavg, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
-import { debianLayer } from "./debian-layer.mjs";
-import { coldStart as mountAndRun, finishMount, serveSkiff } from "./lazy-mount.mjs";
+import { benchCacheDir as cacheDir, coldStart as mountAndRun, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { writeLayout } from "./oci-layout.mjs";
@@ -31,24 +30,15 @@ import { requireTools, root, startRegistry } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
-const PACKAGES = "python3,python3-numpy";
-const WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
 const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way
 const NEARBY = "256k"; // --prefetch-nearby: the best of 128k, 256k, 512k and 1m on the slow link
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot", "containerd", "ctr", "ctr-remote", "go", "unpigz");
 if (process.getuid?.() !== 0) throw new Error("bench:cold-start needs root (FUSE mounts, chroot)");
 
 const loadAtStart = loadavg();
-const cacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
 const work = mkdtempSync(join(tmpdir(), "skiff-bench-cold-"));
 const cleanups = [];
 process.once("SIGINT", () => void finish().then(() => process.exit(130)));
-
-/** The image's one layer (gzip) and its diff id, built with debootstrap once and kept. */
-async function debianImageLayer() {
-  const layer = await debianLayer({ cacheDir, name: "debian-python3", packages: PACKAGES.split(","), workDir: work });
-  return { gz: readFileSync(layer.gzFile), tarFile: layer.tarFile, tarBytes: layer.tarBytes, diffId: layer.diffId };
-}
 
 const serve = (upstream, data) => serveSkiff(upstream, data, cleanups);
 
@@ -182,7 +172,7 @@ async function fuseCeiling(fileBytes, entries) {
 }
 
 try {
-  const layer = await debianImageLayer();
+  const layer = await pythonImageLayer(work);
   const layout = join(work, "layout");
   writeLayout(layout, [layer.gz], [layer.diffId]);
   const registry = await startRegistry(work);
@@ -273,7 +263,7 @@ try {
 Load average (1 / 5 / 15 min) at the start of the run: ${load(loadAtStart)}; at the end: ${load(loadavg())}, on
 ${cpus().length} cores (a load above the core count means other work competed with the benchmark for the CPUs).
 
-The image: Debian stable (debootstrap minbase) with ${PACKAGES.replaceAll(",", ", ")}, one gzip layer of
+The image: Debian stable (debootstrap minbase) with ${PYTHON_PACKAGES.join(", ")}, one gzip layer of
 ${(layer.gz.length / 1e6).toFixed(0)} MB (${(layer.tarBytes / 1e6).toFixed(0)} MB uncompressed), in a Distribution registry on loopback with
 skiff in front. The workload: \`${WORKLOAD.slice(0, 2).join(" ")} "${WORKLOAD[2]}"\` in a chroot over \`skiff mount --overlay\`, on
 an empty chunk cache every run; time from starting the mount to the workload's output. It touches

@@ -1,10 +1,26 @@
-// One lazy start, as bench:cold-start and bench:cold-edge measure it: `skiff mount --overlay` of an
-// image on an empty chunk cache, then a workload in a chroot over it; seconds from starting the
-// mount to the workload's output. Needs root (FUSE, chroot). And the edge it mounts from.
+// What the lazy-start benchmarks (bench:cold-start, bench:cold-edge) share: the Debian image with
+// python3 and numpy and the workload that reads it, `skiff serve` in front of a registry, and one lazy
+// start: `skiff mount --overlay` of the image on an empty chunk cache, then the workload in a chroot
+// over it, timed from starting the mount to the workload's output. Needs root (FUSE, chroot).
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
 import { join } from "node:path";
+import { debianLayer } from "./debian-layer.mjs";
 import { freePort, root, waitUrl } from "./servers.mjs";
+
+/** Where the benchmarks keep what they build once (the Debian image, the stargz snapshotter). */
+export const benchCacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
+
+/** The image the lazy-start benchmarks run, and the workload that reads it. */
+export const PYTHON_PACKAGES = ["python3", "python3-numpy"];
+export const PYTHON_WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
+
+/** The Debian image with PYTHON_PACKAGES as one layer: its gzip bytes, tar file and size, diff id and digest (built once, bench/debian-layer.mjs). */
+export async function pythonImageLayer(work) {
+  const layer = await debianLayer({ cacheDir: benchCacheDir, name: "debian-python3", packages: PYTHON_PACKAGES, workDir: work });
+  return { gz: readFileSync(layer.gzFile), tarFile: layer.tarFile, tarBytes: layer.tarBytes, diffId: layer.diffId, digest: layer.digest };
+}
 
 /**
  * `skiff serve` of `bin` (this tree's by default) in front of `upstream`, its store in `data`, a long
