@@ -17,81 +17,33 @@
 //   node bench/cold-start.mjs [--write] [--rounds 3]
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { cpus, homedir, loadavg, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
-import { debianLayer } from "./debian-layer.mjs";
+import { benchCacheDir as cacheDir, coldStart as mountAndRun, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
-import { freePort, requireTools, root, startRegistry, waitUrl } from "./servers.mjs";
+import { requireTools, root, startRegistry } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
-const PACKAGES = "python3,python3-numpy";
-const WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
 const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way
 const NEARBY = "256k"; // --prefetch-nearby: the best of 128k, 256k, 512k and 1m on the slow link
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot", "containerd", "ctr", "ctr-remote", "go", "unpigz");
 if (process.getuid?.() !== 0) throw new Error("bench:cold-start needs root (FUSE mounts, chroot)");
 
 const loadAtStart = loadavg();
-const cacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
 const work = mkdtempSync(join(tmpdir(), "skiff-bench-cold-"));
 const cleanups = [];
 process.once("SIGINT", () => void finish().then(() => process.exit(130)));
 
-/** The image's one layer (gzip) and its diff id, built with debootstrap once and kept. */
-async function debianImageLayer() {
-  const layer = await debianLayer({ cacheDir, name: "debian-python3", packages: PACKAGES.split(","), workDir: work });
-  return { gz: readFileSync(layer.gzFile), tarFile: layer.tarFile, tarBytes: layer.tarBytes, diffId: layer.diffId };
-}
+const serve = (upstream, data) => serveSkiff(upstream, data, cleanups);
 
-function serve(upstream, data) {
-  return (async () => {
-    const port = await freePort();
-    const child = spawn(process.execPath, [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"], { stdio: ["ignore", "ignore", "inherit"] });
-    await waitUrl(`http://127.0.0.1:${port}/v2/`, child);
-    const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
-    cleanups.push(stop);
-    return { url: `http://127.0.0.1:${port}`, port, stop };
-  })();
-}
-
-/** Mounts the image, runs the workload in a chroot; seconds from mount start to its output, and the agent's stats. */
-async function coldStart(imageUrl, extra) {
-  const dir = mkdtempSync(join(work, "run-"));
-  const mnt = join(dir, "mnt");
-  const stats = join(dir, "stats.json");
-  const t0 = performance.now();
-  const agent = spawn(process.execPath, [join(root, "bin", "skiff.js"), "mount", imageUrl, mnt, "--cache", join(dir, "cache"), "--overlay", join(dir, "overlay"), "--stats", stats, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
-  try {
-    await new Promise((resolve, reject) => {
-      agent.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
-      agent.once("exit", (code) => reject(new Error(`skiff mount exited ${code}`)));
-    });
-    const out = await new Promise((resolve, reject) => {
-      const run = spawn("chroot", [mnt, ...WORKLOAD], { stdio: ["ignore", "pipe", "inherit"] });
-      let text = "";
-      run.stdout.on("data", (d) => (text += d));
-      run.once("exit", (code) => (code === 0 ? resolve(text) : reject(new Error(`workload exited ${code}`))));
-    });
-    const seconds = (performance.now() - t0) / 1000;
-    if (!out.startsWith("ready")) throw new Error(`workload said ${JSON.stringify(out)}`);
-    return { seconds, agent, stats };
-  } catch (err) {
-    agent.kill("SIGTERM");
-    throw err;
-  }
-}
-
-async function finishMount({ agent, stats }) {
-  agent.kill("SIGTERM");
-  await new Promise((r) => (agent.exitCode !== null ? r() : agent.once("exit", r)));
-  return JSON.parse(readFileSync(stats, "utf8"));
-}
+/** Mounts the image, runs the workload in a chroot (bench/lazy-mount.mjs). */
+const coldStart = (imageUrl, extra) => mountAndRun(imageUrl, extra, { work, workload: WORKLOAD });
 
 async function finish() {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
@@ -220,7 +172,7 @@ async function fuseCeiling(fileBytes, entries) {
 }
 
 try {
-  const layer = await debianImageLayer();
+  const layer = await pythonImageLayer(work);
   const layout = join(work, "layout");
   writeLayout(layout, [layer.gz], [layer.diffId]);
   const registry = await startRegistry(work);
@@ -311,7 +263,7 @@ try {
 Load average (1 / 5 / 15 min) at the start of the run: ${load(loadAtStart)}; at the end: ${load(loadavg())}, on
 ${cpus().length} cores (a load above the core count means other work competed with the benchmark for the CPUs).
 
-The image: Debian stable (debootstrap minbase) with ${PACKAGES.replaceAll(",", ", ")}, one gzip layer of
+The image: Debian stable (debootstrap minbase) with ${PYTHON_PACKAGES.join(", ")}, one gzip layer of
 ${(layer.gz.length / 1e6).toFixed(0)} MB (${(layer.tarBytes / 1e6).toFixed(0)} MB uncompressed), in a Distribution registry on loopback with
 skiff in front. The workload: \`${WORKLOAD.slice(0, 2).join(" ")} "${WORKLOAD[2]}"\` in a chroot over \`skiff mount --overlay\`, on
 an empty chunk cache every run; time from starting the mount to the workload's output. It touches

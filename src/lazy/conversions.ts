@@ -2,6 +2,9 @@
 // (single flight per layer digest and parameters), image bootstraps merged once per manifest,
 // platform and parameters, and everything published in the store so restarts reuse it. A failed
 // conversion publishes nothing and leaves nothing behind: the next request simply tries again.
+// A layer the cache lacks is converted while it downloads (./layer-feed.ts): one pass over the
+// upstream body verifies, stores and converts it, and the conversion is published only once the
+// blob has matched its digest and is stored.
 // With a step budget (Workers, where CPU time per invocation is limited) each request converts at
 // most that much and the conversion goes on at the next request; a lease in the store keeps other
 // processes sharing it from converting the same layer meanwhile.
@@ -20,6 +23,7 @@ import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, type ContentStore } from "../store/store.ts";
+import { LayerFeed } from "./layer-feed.ts";
 import { Lease, LeaseLost } from "./lease.ts";
 
 export interface ConversionsDeps {
@@ -106,25 +110,25 @@ export class Conversions {
         // A conversion made for another repository (or still running for one) is shared only
         // once this repository is confirmed to have the layer too.
         if (!(await this.#deps.blobs.cached(name, layer.digest))) await this.#deps.blobs.upstreamHead(name, layer.digest);
-        return this.#layer(layer, opts);
+        return this.#layer(name, layer, opts);
       },
     }).catch(rethrowAsOci);
     return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform };
   }
 
   /** One conversion per layer and parameters at a time in this process. */
-  #layer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+  #layer(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
     const key = `${layer.digest.value}\n${paramsId(opts.params)}`;
     let pending = this.#layers.get(key);
     if (!pending) {
-      pending = this.#convertLayer(layer, opts).finally(() => this.#layers.delete(key));
+      pending = this.#convertLayer(name, layer, opts).finally(() => this.#layers.delete(key));
       this.#layers.set(key, pending);
     }
     return pending;
   }
 
-  async #convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
-    const { metrics, maxLayerBytes, store } = this.#deps;
+  async #convertLayer(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+    const { metrics, maxLayerBytes, store, blobs } = this.#deps;
     if (layer.size !== undefined && layer.size > maxLayerBytes) {
       throw new OciError("SIZE_INVALID", `layer ${layer.digest.value} is ${layer.size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
     }
@@ -137,6 +141,7 @@ export class Conversions {
     }
     const started = now();
     let began = false;
+    const feed = new LayerFeed(blobs, name, layer.digest, () => layer.open());
     try {
       const result = await convertLayer(
         {
@@ -144,17 +149,28 @@ export class Conversions {
           open: async () => {
             began = true;
             metrics.inc("skiff_conversions_started_total");
-            return layer.open();
+            return feed.open();
           },
         },
-        { ...opts, maxExpandedBytes: this.#deps.maxExpandedBytes, maxEntries: this.#deps.maxLayerEntries, guard: lease ? () => lease.confirm() : undefined },
+        {
+          ...opts,
+          maxExpandedBytes: this.#deps.maxExpandedBytes,
+          maxEntries: this.#deps.maxLayerEntries,
+          // Before anything is committed: the bytes converted are the verified, stored blob, and the lease still held.
+          guard: async () => {
+            await feed.verified();
+            await lease?.confirm();
+          },
+        },
       );
       if (began) {
         metrics.inc("skiff_conversions_finished_total");
         metrics.inc("skiff_conversion_seconds_total", {}, (now() - started) / 1000);
       }
       return result;
-    } catch (err) {
+    } catch (caught) {
+      // A blob that failed to download, verify or store is what went wrong, whatever the converter made of its bytes.
+      const err = (await feed.settle()) ?? caught;
       if (err instanceof ConversionPaused || err instanceof LeaseLost) {
         if (began) metrics.inc("skiff_conversion_steps_total");
         throw new ConversionPending(err.message);
@@ -175,8 +191,8 @@ export class Conversions {
       root: async () => asFetched(root.bytes ? root : await manifests.byDigest(name, root.digest, null)),
       manifest: async (digest) => asFetched(await manifests.byDigest(name, digest, null)),
       blob: async (digest) => {
-        // The layer is pulled into the verified cache first, so conversion reads verified bytes
-        // and a later pull of the same layer is a cache hit.
+        // Pulled into the verified cache first (a layer already being downloaded for someone else,
+        // a config), so it is read verified and a later pull is a cache hit.
         if (!(await blobs.cached(name, digest))) await (await blobs.fetch(name, digest, false)).done;
         const body = await store.get(blobKey(digest));
         if (!body) throw new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);

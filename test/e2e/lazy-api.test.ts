@@ -489,6 +489,33 @@ describe("conversions that fail publish nothing", () => {
     expect(convertedPaths(proxy, pushed.layers, pushed.manifest).length).toBeGreaterThan(0);
   }, 60_000);
 
+  test("an upstream layer swapped for another valid layer of the same length (the mismatch shows only at its end): 502, nothing published, no blob", async () => {
+    // gzip level 0: the twin has the same length, so nothing but the digest at the end gives it away.
+    const stored = (seed: string) => gzipSync(tarArchive([dir("s"), file("s/data", new Prng(seed).bytes(700_000)), file("s/text", "swap me\n")]), { level: 0 });
+    const layer = { bytes: stored("swap-original"), mediaType: MT.layerGzip };
+    const twin = stored("swap-twin");
+    expect(twin.length).toBe(layer.bytes.length);
+    const pushed = await pushRaw("e2e/swapped", "v1", [layer]);
+    const path = registry.blobDataPath(pushed.layers[0]!);
+    writeFileSync(path, twin);
+    try {
+      const before = await counters(proxy);
+      const r = await get(bootstrapUrl(proxy, "e2e/swapped", "v1"));
+      expect(ociError(r)).toMatchObject({ status: 502, code: "UNAVAILABLE", message: expect.stringContaining(pushed.layers[0]!) });
+      const after = await counters(proxy);
+      expect(after.verifyFailed - before.verifyFailed).toBe(1);
+      expect(after.failed - before.failed).toBe(1);
+      expect(convertedPaths(proxy, pushed.layers, pushed.manifest)).toEqual([]);
+      expect(existsSync(join(proxy.dataDir, "blobs", "sha256", hexOf(pushed.layers[0]!).slice(0, 2), hexOf(pushed.layers[0]!)))).toBe(false);
+      expect(leftovers(proxy)).toEqual([]);
+    } finally {
+      writeFileSync(path, layer.bytes);
+    }
+    const again = await get(bootstrapUrl(proxy, "e2e/swapped", "v1"));
+    expect(again.status, again.body.toString()).toBe(200);
+    expect(Bootstrap.decode(again.body).lookup("/s/text")).not.toBeNull();
+  }, 60_000);
+
   test("a truncated gzip layer (valid digest): 422 MANIFEST_INVALID, nothing published, the same again (no stuck lock)", async () => {
     const whole = gzLayer([dir("t"), file("t/data", prng.bytes(300_000))]);
     const truncated = whole.bytes.subarray(0, Math.floor(whole.bytes.length * 0.6));

@@ -1,0 +1,154 @@
+// What a cold edge costs over a warm one: `npm run bench:cold-edge [-- --write]`. The Debian image
+// with python3 and numpy of bench:cold-start (one gzip layer, built once into the bench cache) is
+// pushed to a Distribution registry on loopback; skiff reaches it through bench/link-relay.mjs, the
+// upstream's own link (default 1 Gbit/s, 5 ms each way). For the same image, each round measures:
+//   - the upstream transfer alone: a GET of the layer blob through that link, read to its end;
+//   - the time to the image bootstrap, and the cold start of the bench:cold-start workload
+//     (`skiff mount --overlay`, python3 in a chroot, empty chunk cache), from a warm edge (converted
+//     before) and from a cold edge (a new skiff process on an empty store: download, verification,
+//     storing and conversion included);
+//   - the conversion alone: a new edge that pulled the layer through its registry API first (not
+//     timed), then the time to the bootstrap: one pass can't beat the larger of this and the transfer;
+//   - with `--baseline BIN` (bin/skiff.js of another build, e.g. before a change), its cold edge too.
+// Goal: a cold edge costs at most the upstream transfer time plus 20 % over a warm edge.
+// Needs root (FUSE, chroot), debootstrap the first time, docker-registry and skopeo.
+//   node bench/cold-edge.mjs [--write] [--rounds 3] [--rate 1gbit] [--latency 5ms] [--baseline PATH/bin/skiff.js]
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { coldStart, finishMount, PYTHON_PACKAGES as PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
+import { parseLatency, parseRate, startLinkRelay } from "./link-relay.mjs";
+import { writeLayout } from "./oci-layout.mjs";
+import { machine, median, replaceSection } from "./report.mjs";
+import { requireTools, root, startRegistry } from "./servers.mjs";
+
+const { values } = parseArgs({
+  options: {
+    write: { type: "boolean", default: false },
+    rounds: { type: "string", default: "3" },
+    rate: { type: "string", default: "1gbit" },
+    latency: { type: "string", default: "5ms" },
+    baseline: { type: "string" },
+  },
+});
+const ROUNDS = Number(values.rounds);
+const LINK = { latencyMs: parseLatency(values.latency), rateBitsPerSecond: parseRate(values.rate) };
+requireTools("debootstrap", "docker-registry", "skopeo", "chroot");
+if (process.getuid?.() !== 0) throw new Error("bench:cold-edge needs root (FUSE mounts, chroot)");
+
+const loadAtStart = loadavg();
+const work = mkdtempSync(join(tmpdir(), "skiff-bench-cold-edge-"));
+const cleanups = [];
+process.once("SIGINT", () => void finish().then(() => process.exit(130)));
+
+async function finish() {
+  for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+  rmSync(work, { recursive: true, force: true });
+}
+
+const seconds = (t0) => (performance.now() - t0) / 1000;
+
+/** Seconds to GET `url` to its end; throws unless 200. */
+async function timedGet(url) {
+  const t0 = performance.now();
+  const res = await fetch(url);
+  const body = await res.arrayBuffer();
+  if (res.status !== 200) throw new Error(`${url}: ${res.status} ${Buffer.from(body).toString().slice(0, 300)}`);
+  return { seconds: seconds(t0), bytes: body.byteLength };
+}
+
+/** A new edge on an empty store, the upstream through the link: `fn(edge)`, then stopped. */
+async function withColdEdge(upstream, bin, fn) {
+  const edge = await serveSkiff(upstream, mkdtempSync(join(work, "cold-edge-")), cleanups, bin);
+  try {
+    return await fn(edge);
+  } finally {
+    await edge.stop();
+  }
+}
+
+const bootstrapUrl = (edge) => `${edge.url}/v2/bench/py/_skiff/bootstrap/1`;
+
+async function mountRun(edge) {
+  const run = await coldStart(`${edge.url}/bench/py:1`, [], { work, workload: WORKLOAD });
+  await finishMount(run);
+  return run.seconds;
+}
+
+try {
+  const layer = await pythonImageLayer(work);
+  const { gz } = layer;
+  const layout = join(work, "layout");
+  writeLayout(layout, [gz], [layer.diffId]);
+  const registry = await startRegistry(work, { quiet: true });
+  cleanups.push(registry.stop);
+  execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
+  const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: Number(new URL(registry.base).port) }, ...LINK });
+  cleanups.push(() => relay.close());
+  const upstream = `http://127.0.0.1:${relay.port}`;
+
+  const warm = await serveSkiff(upstream, join(work, "warm-edge"), cleanups);
+  await timedGet(bootstrapUrl(warm)); // converted once before any measured run
+
+  const variants = [["cold edge", undefined], ...(values.baseline ? [["cold edge, baseline build", values.baseline]] : [])];
+  const samples = { transfer: [], convertOnly: [], warmBootstrap: [], warmMount: [] };
+  for (const [name] of variants) Object.assign(samples, { [`${name}:bootstrap`]: [], [`${name}:mount`]: [] });
+  for (let round = 0; round < ROUNDS; round++) {
+    const transfer = await timedGet(`${upstream}/v2/bench/py/blobs/${layer.digest}`);
+    if (transfer.bytes !== gz.length) throw new Error(`transfer read ${transfer.bytes} of ${gz.length} bytes`);
+    samples.transfer.push(transfer.seconds);
+    samples.convertOnly.push(
+      await withColdEdge(upstream, undefined, async (edge) => {
+        await timedGet(`${edge.url}/v2/bench/py/blobs/${layer.digest}`);
+        return (await timedGet(bootstrapUrl(edge))).seconds;
+      }),
+    );
+    samples.warmBootstrap.push((await timedGet(bootstrapUrl(warm))).seconds);
+    samples.warmMount.push(await mountRun(warm));
+    for (const [name, bin] of variants) {
+      samples[`${name}:bootstrap`].push(await withColdEdge(upstream, bin, async (edge) => (await timedGet(bootstrapUrl(edge))).seconds));
+      samples[`${name}:mount`].push(await withColdEdge(upstream, bin, mountRun));
+    }
+    console.error(`round ${round + 1}: ${Object.entries(samples).map(([k, v]) => `${k} ${v.at(-1).toFixed(2)} s`).join(", ")}`);
+  }
+
+  const m = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, median(v)]));
+  const linkText = `${values.rate.replace(/gbit$/, " Gbit/s").replace(/mbit$/, " Mbit/s")}, ${LINK.latencyMs} ms each way`;
+  const extra = (cold, warmS) => `${(cold - warmS).toFixed(2)} s = ${((cold - warmS) / m.transfer).toFixed(2)} × transfer`;
+  const rows = [
+    "| workload | upstream transfer alone (s) | conversion alone, blob cached (s) | warm edge (s) | cold edge (s) | cold − warm | goal: cold ≤ warm + 1.2 × transfer |",
+    "|---|---:|---:|---:|---:|---|---|",
+  ];
+  for (const [name] of variants) {
+    const label = name === "cold edge" ? "" : " (baseline build)";
+    for (const [workload, warmKey] of [["bootstrap", "warmBootstrap"], ["mount", "warmMount"]]) {
+      const cold = m[`${name}:${workload}`];
+      const what = workload === "bootstrap" ? "image bootstrap (lazy API)" : "mount + python3 workload";
+      rows.push(`| ${what}${label} | ${m.transfer.toFixed(2)} | ${m.convertOnly.toFixed(2)} | ${m[warmKey].toFixed(2)} | ${cold.toFixed(2)} | ${extra(cold, m[warmKey])} | ${cold <= m[warmKey] + 1.2 * m.transfer ? "met" : "not met"} |`);
+    }
+  }
+  const load = (l) => l.map((x) => x.toFixed(1)).join(" / ");
+  const command = `node bench/cold-edge.mjs --write --rounds ${ROUNDS} --rate ${values.rate} --latency ${values.latency}${values.baseline ? " --baseline <build before>/bin/skiff.js" : ""}`;
+  const body = `Machine: ${machine()}. Command: \`npm run build && ${command}\` (median of ${ROUNDS} rounds).
+Load average (1 / 5 / 15 min) at the start: ${load(loadAtStart)}; at the end: ${load(loadavg())}, on ${cpus().length} cores.
+
+The image of the cold-start section (Debian with ${PACKAGES.join(", ")}, one gzip layer of ${(gz.length / 1e6).toFixed(0)} MB,
+${(layer.tarBytes / 1e6).toFixed(0)} MB uncompressed) in a Distribution registry on loopback; skiff reaches it through
+bench/link-relay.mjs at ${linkText} (the upstream's own link). Upstream transfer alone: a GET of
+the layer blob through that link, read to its end. Warm edge: a skiff that converted the image
+before; cold edge: a new skiff process on an empty store, so its time includes fetching the
+manifest, config and layer, verifying the digest, storing the blob and converting. The workloads:
+the image bootstrap from the lazy API (default parameters), and the cold-start workload
+(\`skiff mount --overlay\` on an empty chunk cache, then \`${WORKLOAD.slice(0, 2).join(" ")} "${WORKLOAD[2]}"\` in a chroot; time to its output),
+the agent talking to skiff on loopback. Conversion alone: a new edge that pulled the layer through
+its registry API first (not timed), then the time to its bootstrap; converting while downloading
+can't take less than the larger of that and the transfer.
+
+${rows.join("\n")}`;
+  console.log(body);
+  if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "cold-edge", "A cold edge against a warm one", body);
+} finally {
+  await finish();
+}
