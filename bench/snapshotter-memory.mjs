@@ -1,6 +1,6 @@
 // Node memory with many images mounted: `npm run bench:snapshotter-memory [-- --write] [--images 20]`.
-// Goal: with 20 images mounted, all node-side processes together (`skiff snapshotter` and its
-// mounts daemon) stay at or below 400 MiB RSS.
+// Goal: with 20 images mounted, all node-side processes together (`skiff snapshotter`, its mounts
+// daemon and FUSE keeper) stay at or below 400 MiB RSS.
 //
 // A Distribution registry and a skiff proxy run on loopback. 20 distinct images of real files are
 // built from this machine's /usr (3 gzip layers each: a Python standard library, a share of Python
@@ -10,7 +10,7 @@
 // it: per image, Prepare of every layer with the CRI labels (served lazily: ALREADY_EXISTS), a
 // container snapshot on top whose overlay is mounted, walked (`find`, a stat of every entry) and
 // partly read (a few hundred files, about 15 % of the image's bytes), as a container start reads
-// its image. Everything stays mounted. VmRSS and VmHWM of both processes (/proc/PID/status) after
+// its image. Everything stays mounted. VmRSS and VmHWM of the processes (/proc/PID/status) after
 // the first image and after all of them. Needs root (FUSE and overlay mounts), docker-registry and
 // skopeo (npm test installs them).
 import { execFileSync, spawn } from "node:child_process";
@@ -144,14 +144,16 @@ function stopChild(child, ms = 10_000) {
   });
 }
 
-/** The mounts daemons started for our root (found by their argv: `… --root ROOT … --mounts-daemon`). */
-function daemonPids() {
+/** The mounts daemons (`flag` --mounts-daemon) or FUSE keepers (--fuse-keeper) started for our root, found by their argv. */
+function pidsOf(flag) {
   try {
-    return execFileSync("pgrep", ["-f", "--", `--root ${snapRoot} .*--mounts-daemon`], { encoding: "utf8" }).trim().split("\n").filter(Boolean).map(Number);
+    return execFileSync("pgrep", ["-f", "--", `--root ${snapRoot} .*${flag}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean).map(Number);
   } catch {
     return []; // pgrep found none
   }
 }
+const daemonPids = () => pidsOf("--mounts-daemon");
+const keeperPids = () => pidsOf("--fuse-keeper");
 
 function memoryOf(pid) {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
@@ -177,11 +179,13 @@ function daemonStatus() {
 
 async function sample(snapshotter) {
   const daemons = daemonPids();
-  if (daemons.length !== 1) throw new Error(`expected one mounts daemon, found ${daemons.length}`);
+  const keepers = keeperPids();
+  if (daemons.length !== 1 || keepers.length !== 1) throw new Error(`expected one mounts daemon and one FUSE keeper, found ${daemons.length} and ${keepers.length}`);
   const status = await daemonStatus();
   return {
     snapshotter: memoryOf(snapshotter.pid),
     daemon: memoryOf(daemons[0]),
+    keeper: memoryOf(keepers[0]),
     mounts: status.mounts.length,
     fetched: status.mounts.reduce((n, m) => n + m.bytesFetched, 0),
     cacheBytes: status.cache.bytes,
@@ -194,17 +198,17 @@ function startSnapshotter(proxy) {
   child.stderr.on("data", (d) => (log = (log + d).slice(-20_000)));
   cleanups.push(async () => {
     await stopChild(child);
-    // Stopped on purpose, the mounts daemon unmounts its layers; it ends within 10 s of SIGTERM.
-    for (const pid of daemonPids()) {
+    // Stopped on purpose, the FUSE keeper unmounts the layers (the daemon just ends).
+    for (const pid of [...daemonPids(), ...keeperPids()]) {
       try {
         process.kill(pid, "SIGTERM");
       } catch {
         // gone already
       }
     }
-    for (let i = 0; i < 150 && daemonPids().length > 0; i++) await sleep(100);
-    for (const pid of daemonPids()) process.kill(pid, "SIGKILL");
-    // Whatever is still mounted under our root (a killed daemon leaves its FUSE mounts).
+    for (let i = 0; i < 150 && daemonPids().length + keeperPids().length > 0; i++) await sleep(100);
+    for (const pid of [...daemonPids(), ...keeperPids()]) process.kill(pid, "SIGKILL");
+    // Whatever is still mounted under our root (a killed keeper leaves its FUSE mounts).
     const left = readFileSync("/proc/mounts", "utf8").split("\n").map((l) => l.split(" ")[1]).filter((m) => m?.startsWith(`${snapRoot}/`));
     for (const m of left.reverse()) execFileSync("umount", ["-l", m], { stdio: "ignore" });
   });
@@ -350,10 +354,10 @@ try {
     const rootfs = await prepareImage(image);
     reads.push(readLikeAContainer(rootfs, image.tag));
     const s = await sample(snapshotter.child);
-    curve.push({ images: reads.length, total: s.snapshotter.rss + s.daemon.rss });
+    curve.push({ images: reads.length, total: s.snapshotter.rss + s.daemon.rss + s.keeper.rss });
     if (reads.length === 1) afterOne = s;
     const r = reads.at(-1);
-    console.error(`image ${image.tag} mounted and read (${r.readFiles} files, ${(r.readBytes / 1e6).toFixed(1)} MB): snapshotter ${mib(s.snapshotter.rss).toFixed(0)} MiB, mounts daemon ${mib(s.daemon.rss).toFixed(0)} MiB`);
+    console.error(`image ${image.tag} mounted and read (${r.readFiles} files, ${(r.readBytes / 1e6).toFixed(1)} MB): snapshotter ${mib(s.snapshotter.rss).toFixed(0)} MiB, mounts daemon ${mib(s.daemon.rss).toFixed(0)} MiB, FUSE keeper ${mib(s.keeper.rss).toFixed(0)} MiB`);
   }
   const seconds = (performance.now() - t0) / 1000;
   await sleep(2_000); // settled: nothing is running
@@ -369,16 +373,16 @@ try {
   const sum = (k) => reads.reduce((n, r) => n + r[k], 0);
   const gz = images.reduce((n, im) => n + im.layers.reduce((m, l) => m + l.gzBytes, 0), 0);
   const tarBytes = images.reduce((n, im) => n + im.layers.reduce((m, l) => m + l.tarBytes, 0), 0);
-  const total = (s) => s.snapshotter.rss + s.daemon.rss;
-  const totalHwm = (s) => s.snapshotter.hwm + s.daemon.hwm;
+  const total = (s) => s.snapshotter.rss + s.daemon.rss + s.keeper.rss;
+  const totalHwm = (s) => s.snapshotter.hwm + s.daemon.hwm + s.keeper.hwm;
   const fileBacked = (p) => p.rss - p.anon;
   const row = (what, a, b) => `| ${what} | ${a} | ${b} |`;
   const m = (bytes) => mib(bytes).toFixed(0);
   const verdict = total(afterAll) <= GOAL_MIB * 2 ** 20 ? "met" : "not met";
   const body = `Machine: ${machine()}. Command: \`npm run bench:snapshotter-memory -- --write\`.
 
-Goal: with ${IMAGES} images mounted, all node-side processes together (\`skiff snapshotter\` and its
-mounts daemon) stay at or below ${GOAL_MIB} MiB RSS.
+Goal: with ${IMAGES} images mounted, all node-side processes together (\`skiff snapshotter\`, its
+mounts daemon and FUSE keeper) stay at or below ${GOAL_MIB} MiB RSS.
 
 The images: ${IMAGES} distinct images of real files from the host's /usr, 3 gzip layers each (a Python
 standard library, a share of the Python packages, a slice of /usr/share/doc and an app file); each
@@ -387,7 +391,7 @@ ${(tarBytes / 1e6).toFixed(0)} MB of tar, ${Math.round(sum("files") / IMAGES)} f
 Distribution registry and skiff (converted once before measuring: a warm edge) on loopback. The
 snapshotter, with its defaults (1 MiB chunks, codec none), is driven over its gRPC socket as
 containerd's CRI plugin drives it: each layer prepared with the CRI labels and served lazily
-(${fuseMounts} FUSE mounts in the mounts daemon), then a container snapshot per image, whose overlay is
+(${fuseMounts} FUSE mounts, held by the FUSE keeper and served by the mounts daemon), then a container snapshot per image, whose overlay is
 mounted and read as a container start would: \`find\` over the tree (a stat of each of its
 ${Math.round(sum("entries") / IMAGES)} entries on average), then ${sum("readFiles")} files in all
 (${Math.round(sum("readFiles") / IMAGES)} per image, chosen pseudo-randomly), ${(sum("readBytes") / 1e6).toFixed(0)} MB,
@@ -400,14 +404,15 @@ them took ${seconds.toFixed(1)} s. Memory from /proc/PID/status: VmRSS now, VmHW
 | process | after 1 image: RSS (peak) MiB | after ${IMAGES} images: RSS (peak) MiB |
 |---|---:|---:|
 ${row("`skiff snapshotter` (gRPC, metadata)", `${m(afterOne.snapshotter.rss)} (${m(afterOne.snapshotter.hwm)})`, `${m(afterAll.snapshotter.rss)} (${m(afterAll.snapshotter.hwm)})`)}
-${row(`mounts daemon (${afterAll.mounts} FUSE mounts, ${afterAll.daemon.threads} threads)`, `${m(afterOne.daemon.rss)} (${m(afterOne.daemon.hwm)})`, `${m(afterAll.daemon.rss)} (${m(afterAll.daemon.hwm)})`)}
+${row(`mounts daemon (serves ${afterAll.mounts} FUSE mounts, ${afterAll.daemon.threads} threads)`, `${m(afterOne.daemon.rss)} (${m(afterOne.daemon.hwm)})`, `${m(afterAll.daemon.rss)} (${m(afterAll.daemon.hwm)})`)}
+${row(`FUSE keeper (holds them, ${afterAll.keeper.threads} threads)`, `${m(afterOne.keeper.rss)} (${m(afterOne.keeper.hwm)})`, `${m(afterAll.keeper.rss)} (${m(afterAll.keeper.hwm)})`)}
 ${row("**total**", `**${m(total(afterOne))}** (${m(totalHwm(afterOne))})`, `**${m(total(afterAll))}** (${m(totalHwm(afterAll))})`)}
 
 Goal ${verdict}: ${m(total(afterAll))} MiB of ${GOAL_MIB} MiB with ${IMAGES} images mounted (the peaks, not
 reached at the same moment, add up to ${m(totalHwm(afterAll))} MiB). RSS counts the pages the processes share
 once in each: file-backed pages, mostly the node binary's, are ${m(fileBacked(afterAll.snapshotter))} MiB of the snapshotter's
-RSS and ${m(fileBacked(afterAll.daemon))} MiB of the daemon's; their anonymous (own) memory is ${m(afterAll.snapshotter.anon)} MiB and
-${m(afterAll.daemon.anon)} MiB. The snapshotter alone, started and idle: ${m(started.snapshotter.rss)} MiB. The
+RSS, ${m(fileBacked(afterAll.daemon))} MiB of the daemon's and ${m(fileBacked(afterAll.keeper))} MiB of the keeper's; their anonymous (own) memory is
+${m(afterAll.snapshotter.anon)}, ${m(afterAll.daemon.anon)} and ${m(afterAll.keeper.anon)} MiB. The snapshotter alone, started and idle: ${m(started.snapshotter.rss)} MiB. The
 daemon's ${afterAll.mounts} decoded layer bootstraps: ${(bootstrapBytes / 2 ** 20).toFixed(1)} MiB. Total RSS as images
 were added: ${curve
     .filter((c) => c.images === 1 || c.images % 5 === 0 || c.images === IMAGES)

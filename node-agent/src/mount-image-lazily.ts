@@ -14,6 +14,7 @@ import { mountImage } from "./fuse-fs.ts";
 import { LazyReader } from "./lazy-reader.ts";
 import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
 import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
+import { chunkHex, chunksIn, FirstReads, learnedReads, type LearnedReadsSource } from "./learned-reads.ts";
 import { proxyHttp } from "./proxy-http.ts";
 
 const run = promisify(execFile);
@@ -50,6 +51,11 @@ export interface LazyMountOptions {
   nearbyBytes?: number;
   /** Write the chunks reads need, in first-read order, to this prefetch list. */
   recordFile?: string;
+  /**
+   * Learned prefetch (default on): fetch first the chunks the edge learned this image reads first,
+   * and report what this mount reads first.
+   */
+  learnedPrefetch?: boolean;
   log: (message: string) => void;
 }
 
@@ -93,6 +99,11 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const bootstrap = fetched.bootstrap;
   let recorder: PrefetchRecorder | undefined;
   const phases: PrefetchPhase[] = [];
+  const learnedFrom: LearnedReadsSource | undefined =
+    o.learnedPrefetch === false ? undefined : { proxy: o.proxy, name: o.name, manifestDigest: fetched.manifestDigest, params: fetched.params, fetchImpl: http.fetch, log: o.log };
+  // Asked for while the mount is set up; awaited only once it is up.
+  const learned = learnedFrom ? learnedReads(learnedFrom) : Promise.resolve([]);
+  const firstReads = learnedFrom && new FirstReads(learnedFrom);
   try {
     if (o.recordFile) recorder = await PrefetchRecorder.create(o.recordFile, bootstrap);
     for (const source of o.prefetch ?? []) {
@@ -108,8 +119,11 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
     await closeHttp();
     throw err;
   }
-  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, onChunkRead: recorder && ((i) => recorder.saw(i)) });
-  const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
+  const onChunkRead = (i: number) => {
+    recorder?.saw(i);
+    firstReads?.saw(chunkHex(bootstrap, i));
+  };
+  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });
@@ -145,11 +159,16 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       errors: fetcher.stats.errors,
       ...(prefetcher && { prefetchedChunks: prefetcher.stats.chunks, prefetchedBytes: prefetcher.stats.bytes, prefetchDone: prefetcher.stats.done }),
       ...(recorder && { recordedChunks: recorder.count }),
+      ...(firstReads && { learnedChunks: learnedChunks.length, firstReadChunks: firstReads.count }),
     };
     const tmp = `${o.statsFile}.tmp`;
     await writeFile(tmp, JSON.stringify(stats) + "\n");
     await rename(tmp, o.statsFile);
   };
+  // The learned list runs ahead of the reads, before any list given by hand.
+  const learnedChunks = chunksIn(bootstrap, await learned);
+  if (learnedChunks.length > 0) phases.unshift({ chunks: learnedChunks, quietMs: 0 });
+  const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
   await writeStats();
   prefetcher?.start();
   const timer = setInterval(() => {
@@ -164,6 +183,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       if (o.overlayDir) await unmountPath(mountpoint).catch((err) => o.log(`overlay unmount: ${(err as Error).message}`));
       const prefetchStopped = prefetcher?.stop();
       await fuse.unmount();
+      await firstReads?.report();
       await closeHttp(); // ends prefetch requests in flight
       await prefetchStopped;
       await recorder?.flush().catch((err: Error) => o.log(`prefetch list: ${err.message}`));

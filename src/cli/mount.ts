@@ -42,6 +42,9 @@ Options:
                        stored after it in the layer, the files next to it, in the background
                        (default 0: off)
   --record FILE        write the chunks reads need, in the order first needed, as a prefetch list
+  --no-learned-prefetch
+                       don't fetch first the chunks the proxy learned this image reads first, and
+                       don't report what this mount reads first (default: learned prefetch on)
   -h, --help           show this help
 
 Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;
@@ -69,9 +72,10 @@ export const agentFlags = {
   prefetch: { type: "string", multiple: true },
   "prefetch-rate": { type: "string" },
   "prefetch-nearby": { type: "string" },
+  "no-learned-prefetch": { type: "boolean" },
 } as const;
 
-type AgentFlagValues = { [K in keyof typeof agentFlags]?: (typeof agentFlags)[K] extends { multiple: true } ? string[] : string };
+type AgentFlagValues = { [K in keyof typeof agentFlags]?: (typeof agentFlags)[K] extends { multiple: true } ? string[] : (typeof agentFlags)[K] extends { type: "boolean" } ? boolean : string };
 
 /** What the shared flags and the image URL ask of the agent, checked. */
 export async function agentMountOptions(image: string, values: AgentFlagValues) {
@@ -103,6 +107,7 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     prefetch: values.prefetch,
     prefetchBytesPerSecond: prefetchRate,
     nearbyBytes,
+    learnedPrefetch: values["no-learned-prefetch"] !== true,
   };
 }
 

@@ -9,8 +9,9 @@ export const snapshotterHelp = `Usage: skiff snapshotter [--proxy URL] [options]
 Serves containerd's snapshots API on a unix socket (a proxy plugin named e.g. "skiff"): an overlayfs
 snapshotter for every layer, which mounts the layers of images pulled through CRI lazily from a skiff
 proxy instead of letting containerd download them. A layer the proxy can't serve lazily is unpacked
-by containerd as usual. Runs until SIGINT/SIGTERM; the lazy layers' FUSE mounts live in a separate
-mounts daemon that outlives it, so restarting the snapshotter keeps containers running.
+by containerd as usual. Runs until SIGINT/SIGTERM; the lazy layers are served by a separate mounts
+daemon, their FUSE connections held by a small keeper process, both outliving it, so restarting
+the snapshotter (or the daemon) keeps containers running.
 Setup for containerd and Kubernetes: docs/kubernetes.md.
 
 Options:
@@ -33,6 +34,9 @@ Options:
   --password PASS      password for the proxy; prefer $SKIFF_PASSWORD (kept out of ps)
   --ca FILE            PEM bundle to trust for an https proxy
   --http-proxy URL     send every request to the proxy through this HTTP proxy (a dfdaemon peer)
+  --no-learned-prefetch
+                       don't fetch first the chunks the proxy learned an image reads first, and
+                       don't report what containers read first (default: learned prefetch on)
   -h, --help           show this help
 
 When ready it prints one line: skiff snapshotter listening on PATH`;
@@ -53,6 +57,7 @@ const flags = {
   password: { type: "string" },
   ca: { type: "string" },
   "http-proxy": { type: "string" },
+  "no-learned-prefetch": { type: "boolean" },
   // Internal: this process is the mounts daemon the snapshotter started, or the FUSE keeper the
   // mounts daemon started.
   "mounts-daemon": { type: "boolean" },
@@ -81,6 +86,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     metricsAddress: metricsAddress === "off" ? undefined : metricsAddress,
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     convertTimeoutMs: integerFlag(values["convert-timeout"], "convert-timeout", 60, 1, 3600) * 1000,
+    learnedPrefetch: values["no-learned-prefetch"] !== true,
     codec: values.codec,
     chunkSize: values["chunk-size"],
     platform: values.platform,
@@ -91,13 +97,13 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     keeperArgs: internalArgs("--fuse-keeper"),
     log: (m: string) => process.stderr.write(`skiff snapshotter${values["mounts-daemon"] ? " (mounts)" : values["fuse-keeper"] ? " (fuse keeper)" : ""}: ${m}\n`),
   };
-  const { runSnapshotter, runDaemon, runKeeperProcess } = await import("../../node-agent/src/snapshotter/run.ts");
+  if (values["fuse-keeper"]) {
+    const { runKeeperProcess, keeperSocketIn } = await import("../../node-agent/src/fuse/keeper.ts");
+    return runKeeperProcess({ socket: keeperSocketIn(root), timeoutMs: options.timeoutMs, log: options.log });
+  }
+  const { runSnapshotter, runDaemon } = await import("../../node-agent/src/snapshotter/run.ts");
   if (values["mounts-daemon"]) {
     await runDaemon(options);
-    return 0;
-  }
-  if (values["fuse-keeper"]) {
-    await runKeeperProcess(options);
     return 0;
   }
   await mkdir(dirname(options.address), { recursive: true });

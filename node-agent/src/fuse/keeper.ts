@@ -11,10 +11,14 @@
 // little in it to fail. If it is killed, its mounts end (ENOTCONN), as any FUSE server's would.
 import { createServer, type Socket } from "node:net";
 import { rm } from "node:fs/promises";
+import { join } from "node:path";
 import { errorMessage } from "../../../src/util/error-message.ts";
 import { closeDevFuse, mountDevFuse, readRequests, unmountDevFuse, writeReply } from "./dev-fuse.ts";
 import { errorReply, requestOpcode, requestUnique, replyUnique, UNANSWERED_OPS } from "./kernel-abi.ts";
 import { encodeFrame, Frame, FrameReader, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
+
+/** Where the keeper of a snapshotter root listens. */
+export const keeperSocketIn = (root: string) => join(root, "fuse-keeper.sock");
 
 export interface KeeperOptions {
   socket: string;
@@ -198,4 +202,17 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     if (!server && held.size === 0) void close();
   };
   return { close, finished };
+}
+
+/**
+ * The keeper's own process: holds the mounts until SIGTERM or SIGINT (then unmounts them), or until
+ * it holds nothing and no server is attached. Started with only this module loaded, to stay small.
+ */
+export async function runKeeperProcess(o: KeeperOptions): Promise<never> {
+  const keeper = await runKeeper(o);
+  const stop = () => void keeper.close();
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  await keeper.finished;
+  process.exit(0);
 }

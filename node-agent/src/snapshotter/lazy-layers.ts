@@ -76,7 +76,7 @@ export class LazyLayers implements RemoteLayers {
       const layer = await fetchLayerBootstrap(proxy, name, layerDigest, image.params, { ns, dataDigest: toHex(blob.dataDigest), timeoutMs: this.#o.convertTimeoutMs, fetchImpl });
       const bootstrapFile = join(dirname(mountpoint), "layer.bootstrap");
       await writeFile(bootstrapFile, layer.bytes);
-      await this.#o.mounts.mount({ mountpoint, bootstrapFile, proxy, name, ns, params: image.params, image: imageRef, layerDigest });
+      await this.#o.mounts.mount({ mountpoint, bootstrapFile, proxy, name, ns, params: image.params, image: imageRef, manifestDigest: image.manifestDigest, layerDigest });
       let size = 0;
       for (let i = 0; i < layer.inodeCount; i++) {
         const ino = layer.inode(i);

@@ -20,7 +20,9 @@ import { ChunkFetcher } from "../chunk-fetcher.ts";
 import { ImageSession } from "../fuse/image-session.ts";
 import { errorReply, requestOpcode, requestUnique, UNANSWERED_OPS } from "../fuse/kernel-abi.ts";
 import { KeeperLink } from "../fuse/keeper-link.ts";
+import { chunkHex, chunksIn, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { LazyReader } from "../lazy-reader.ts";
+import { Prefetcher } from "../prefetcher.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { RecentChunks } from "../recent-chunks.ts";
@@ -37,6 +39,8 @@ export interface LayerMountSpec {
   params: string;
   /** The image reference it was pulled as, for metrics. */
   image: string;
+  /** The platform manifest of that image: whose learned reads this layer's mount fetches and reports. */
+  manifestDigest?: string;
   layerDigest: string;
 }
 
@@ -47,6 +51,8 @@ export interface MountsDaemonOptions extends ProxyHttpOptions {
   cacheMaxBytes: number;
   /** A read that can't be served in this time fails with EIO. */
   timeoutMs: number;
+  /** Learned prefetch (default on): see learned-reads.ts. */
+  learnedPrefetch?: boolean;
   keeperSocket: string;
   /** argv (after node) that starts the FUSE keeper. */
   keeperArgs: string[];
@@ -59,6 +65,7 @@ interface Mounted {
   session: ImageSession;
   reader: LazyReader;
   fetcher: ChunkFetcher;
+  prefetcher?: Prefetcher;
 }
 
 const TABLE = "mounts.json";
@@ -87,7 +94,8 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const link = await KeeperLink.connect({
     socket: o.keeperSocket,
     startKeeper: () => {
-      const pid = spawnDetached(o.keeperArgs, join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: KEEPER_THREADS });
+      // A small young generation: the keeper only passes buffers along, and they die young.
+      const pid = spawnDetached(["--max-semi-space-size=1", ...o.keeperArgs], join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: KEEPER_THREADS });
       o.log(`started the FUSE keeper (pid ${pid})`);
     },
     onRequest: (id, req) => {
@@ -113,14 +121,37 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   });
   let lastId = Math.max(0, ...link.held.map((h) => h.id));
 
-  const serve = async (spec: LayerMountSpec, id: number) => {
+  // Per image (its layers mounted in this daemon's life): the learned list, and what its start reads first.
+  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads }>();
+  const learningFor = (spec: LayerMountSpec) => {
+    if (o.learnedPrefetch === false || !spec.manifestDigest) return undefined;
+    const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest} ${spec.params}`;
+    let entry = learning.get(key);
+    if (!entry) {
+      const source: LearnedReadsSource = { proxy: spec.proxy, name: spec.name, ns: spec.ns, manifestDigest: spec.manifestDigest, params: spec.params, fetchImpl: http.fetch, log: o.log };
+      entry = { list: learnedReads(source), firstReads: new FirstReads(source) };
+      learning.set(key, entry);
+    }
+    return entry;
+  };
+
+  /** Serves a layer; `fresh` for one mounted now (for a pull), not one adopted from the daemon before. */
+  const serve = async (spec: LayerMountSpec, id: number, fresh: boolean) => {
     const bootstrap = Bootstrap.decode(new Uint8Array(await readFile(spec.bootstrapFile)));
     const fetcher = new ChunkFetcher({ proxy: spec.proxy, name: spec.name, ns: spec.ns, params: spec.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
-    const reader = new LazyReader(bootstrap, cache, fetcher, { recent });
+    const learned = fresh ? learningFor(spec) : undefined;
+    const reader = new LazyReader(bootstrap, cache, fetcher, { recent, onChunkRead: learned && ((i) => learned.firstReads.saw(chunkHex(bootstrap, i))) });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
-    const m = { id, spec, session, reader, fetcher };
+    const m: Mounted = { id, spec, session, reader, fetcher };
     byId.set(id, m);
     mounted.set(spec.mountpoint, m);
+    // This layer's share of the learned list, fetched behind the container's own reads.
+    void learned?.list.then((hexes) => {
+      const chunks = chunksIn(bootstrap, hexes);
+      if (chunks.length === 0 || byId.get(id) !== m) return;
+      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, [{ chunks, quietMs: 0 }], { log: o.log });
+      m.prefetcher.start();
+    });
     return m;
   };
 
@@ -128,7 +159,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     if (mounted.has(spec.mountpoint)) return;
     await recoverStaleMount(spec.mountpoint);
     // Served before it is mounted: the kernel's first request (INIT) comes at once.
-    const m = await serve(spec, ++lastId);
+    const m = await serve(spec, ++lastId, true);
     try {
       await link.mount(m.id, spec.mountpoint);
     } catch (err) {
@@ -141,6 +172,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const unmount = async (mountpoint: string) => {
     const m = mounted.get(mountpoint);
     if (!m) return recoverStaleMount(mountpoint).then(() => {});
+    await m.prefetcher?.stop();
     await link.unmount(m.id);
     byId.delete(m.id);
     mounted.delete(mountpoint);
@@ -158,7 +190,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   for (const spec of table) {
     const id = held.get(spec.mountpoint);
     held.delete(spec.mountpoint);
-    const step = id !== undefined ? serve(spec, id).then(() => adopted++) : mount(spec);
+    const step = id !== undefined ? serve(spec, id, false).then(() => adopted++) : mount(spec);
     await step.catch((err) => o.log(`${id !== undefined ? "serving" : "remounting"} ${spec.mountpoint}: ${errorMessage(err)}`));
   }
   link.ready();

@@ -6,11 +6,11 @@ import { createServer, type Server } from "node:http";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Metrics } from "../../../src/util/metrics.ts";
+import { keeperSocketIn } from "../fuse/keeper.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { serveSnapshots } from "./grpc-service.ts";
 import { LazyLayers } from "./lazy-layers.ts";
 import { MountsClient } from "./mounts-client.ts";
-import { runKeeper } from "../fuse/keeper.ts";
 import { runMountsDaemon } from "./mounts-daemon.ts";
 import { Snapshotter } from "./snapshotter.ts";
 
@@ -24,6 +24,8 @@ export interface SnapshotterOptions extends ProxyHttpOptions {
   metricsAddress?: string;
   timeoutMs: number;
   convertTimeoutMs: number;
+  /** Learned prefetch (see learned-reads.ts); default on. */
+  learnedPrefetch?: boolean;
   codec?: string;
   chunkSize?: string;
   platform?: string;
@@ -41,7 +43,6 @@ export interface RunningSnapshotter {
 const WATCHDOG_MS = 2_000;
 
 export const daemonSocket = (root: string) => join(root, "mounts.sock");
-export const keeperSocket = (root: string) => join(root, "fuse-keeper.sock");
 
 export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnapshotter> {
   await mkdir(o.root, { recursive: true });
@@ -90,7 +91,7 @@ export async function runSnapshotter(o: SnapshotterOptions): Promise<RunningSnap
 
 /** The mounts daemon's own process: serves until SIGTERM or SIGINT. */
 export async function runDaemon(o: SnapshotterOptions): Promise<void> {
-  const daemon = await runMountsDaemon({ ...o, socket: daemonSocket(o.root), cacheDir: join(o.root, "chunks"), keeperSocket: keeperSocket(o.root) });
+  const daemon = await runMountsDaemon({ ...o, socket: daemonSocket(o.root), cacheDir: join(o.root, "chunks"), keeperSocket: keeperSocketIn(o.root) });
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);
     process.once("SIGTERM", resolve);
@@ -98,19 +99,6 @@ export async function runDaemon(o: SnapshotterOptions): Promise<void> {
   // The mounts stay with the FUSE keeper for the next daemon.
   const closed = daemon.close().catch((err: Error) => o.log(`closing: ${err.message}`));
   await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000).unref())]);
-  process.exit(0);
-}
-
-/**
- * The FUSE keeper's own process: holds the mounts until SIGTERM or SIGINT (then unmounts them), or
- * until it holds nothing and no daemon is attached.
- */
-export async function runKeeperProcess(o: SnapshotterOptions): Promise<void> {
-  const keeper = await runKeeper({ socket: keeperSocket(o.root), timeoutMs: o.timeoutMs, log: o.log });
-  const stop = () => void keeper.close();
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
-  await keeper.finished;
   process.exit(0);
 }
 
