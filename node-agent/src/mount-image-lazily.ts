@@ -11,6 +11,7 @@ import { fetchBootstrap } from "../../src/client/lazy-api.ts";
 import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
 import { mountImage } from "./fuse-fs.ts";
+import { mountDirect } from "./fuse/mount-direct.ts";
 import { LazyReader } from "./lazy-reader.ts";
 import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
 import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
@@ -128,7 +129,10 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });
   if (o.overlayDir) await recoverStaleMount(lower);
-  const fuse = await mountImage({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
+  // As root, skiff's own FUSE session over /dev/fuse (1 MiB reads, no libfuse threads); otherwise
+  // fuse-native, whose libfuse mounts through the setuid fusermount.
+  const mountWith = process.getuid?.() === 0 ? mountDirect : mountImage;
+  const fuse = await mountWith({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
     await closeHttp();
     throw new Error(`cannot mount at ${lower}: ${err.message}`);
   });
