@@ -46,6 +46,10 @@ Options:
   --convert-step SIZE       convert at most SIZE of layer content per bootstrap request; the
                             conversion goes on at the next request (default: no limit)
   --platform OS/ARCH        platform of bootstraps whose request names none (default ${SERVE_DEFAULTS.platform})
+  --learned-prefetch on|off take nodes' reports of what their containers read first and serve the
+                            merged list (docs/api.md#learned-prefetch); default on, or the config
+                            file's "learnedPrefetch"
+  --no-learned-prefetch     the same as --learned-prefetch off
   -h, --help                show this help
 
 When ready it prints one line: skiff listening on http://HOST:PORT`;
@@ -85,10 +89,13 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     "convert-wait": { type: "string" },
     "convert-step": { type: "string" },
     platform: { type: "string" },
+    "learned-prefetch": { type: "string" },
+    "no-learned-prefetch": { type: "boolean" },
   });
   if (values.help) return null;
+  if (values["no-learned-prefetch"] && values["learned-prefetch"] !== undefined) throw new UsageError("give one of --learned-prefetch and --no-learned-prefetch");
   try {
-    const { tagTtlSeconds, ...settings } = parseServeSettings(values);
+    const { tagTtlSeconds, ...settings } = parseServeSettings({ ...values, "learned-prefetch": values["no-learned-prefetch"] ? "off" : values["learned-prefetch"] });
     const configFile = values.config ?? env.SKIFF_CONFIG;
     let raw: unknown;
     if (configFile !== undefined) {

@@ -1,18 +1,20 @@
 // The client side of the lazy API (src/http/lazy.ts, docs/api.md), for `skiff inspect <url>` and the
-// node agent alike: the URLs of a bootstrap, a layer's data blob and a chunk, and fetching an image
-// bootstrap with every check a client owes a proxy it does not trust. Web-standard APIs only.
+// node agent alike: the URLs of a bootstrap, a layer's data blob and a chunk, fetching an image
+// bootstrap with every check a client owes a proxy it does not trust, and learned prefetch (reporting
+// what a container read first, fetching the merged list). Web-standard APIs only.
 import { codecFromId, type ChunkCodec } from "../format/codec.ts";
 import { Bootstrap, BootstrapError } from "../format/decode.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import { parseParamsId } from "../format/params.ts";
+import { digestsThatFit, formatPrefetchList, MAX_REPORT_BYTES, MAX_REPORT_DIGESTS, parsePrefetchList, PREFETCH_LIST_TYPE } from "../format/prefetch-list.ts";
 import { toHex } from "../hash/hasher.ts";
 import { errorMessage } from "../util/error-message.ts";
 import { parseRetryAfter } from "../util/retry-after.ts";
 import { sleep } from "../util/sleep.ts";
 import { concatBytes, readPrefix } from "../util/streams.ts";
 
-/** The subset of `fetch` the client uses; the agent passes its keep-alive client (proxy-http.ts). */
-export type FetchLike = (url: string, init: { method: string; headers: Record<string, string>; signal: AbortSignal }) => Promise<Response>;
+/** The subset of `fetch` the client uses; the agent passes its keep-alive client (proxy-http.ts). A body only on reportReads' POST. */
+export type FetchLike = (url: string, init: { method: string; headers: Record<string, string>; signal: AbortSignal; body?: string }) => Promise<Response>;
 
 /** Why the lazy API gave no bootstrap, on one line. */
 export class LazyApiError extends Error {
@@ -165,7 +167,7 @@ async function waitOut(ms: number, signal: AbortSignal, started: number, onWait?
 }
 
 /** An OCI error body as `CODE: message`, or the status; the body is read only as far as 64 KiB. */
-async function failureMessage(res: Response, url: string): Promise<string> {
+async function failureMessage(res: Response, url: string, method = "GET"): Promise<string> {
   try {
     const text = res.body ? new TextDecoder().decode(await readPrefix(res.body, 64 * 1024)) : "";
     const first = (JSON.parse(text) as { errors?: { code?: unknown; message?: unknown }[] }).errors?.[0];
@@ -173,16 +175,15 @@ async function failureMessage(res: Response, url: string): Promise<string> {
   } catch {
     // not an OCI error body, or it broke off
   }
-  return `GET ${url}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`;
+  return `${method} ${url}: HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`;
 }
 
-/** The whole body, refused once its Content-Length or its bytes so far pass MAX_BOOTSTRAP_BYTES. */
-async function readBody(res: Response, url: string): Promise<Uint8Array<ArrayBuffer>> {
-  const max = MAX_BOOTSTRAP_BYTES;
+/** The whole body, refused once its Content-Length or its bytes so far pass `max`. */
+async function readBody(res: Response, url: string, max = MAX_BOOTSTRAP_BYTES, what = "bootstrap"): Promise<Uint8Array<ArrayBuffer>> {
   const announced = Number(res.headers.get("content-length"));
   if (announced > max) {
     await res.body?.cancel().catch(() => undefined);
-    throw new LazyApiError(`GET ${url}: a bootstrap of ${announced} bytes is larger than the agent accepts (${max})`);
+    throw new LazyApiError(`GET ${url}: a ${what} of ${announced} bytes is larger than the agent accepts (${max})`);
   }
   if (!res.body) return new Uint8Array(0);
   const reader = res.body.getReader();
@@ -193,7 +194,7 @@ async function readBody(res: Response, url: string): Promise<Uint8Array<ArrayBuf
       const { done, value } = await reader.read();
       if (done) break;
       length += value.length;
-      if (length > max) throw new LazyApiError(`GET ${url}: the bootstrap is larger than the agent accepts (${max} bytes)`);
+      if (length > max) throw new LazyApiError(`GET ${url}: the ${what} is larger than the agent accepts (${max} bytes)`);
       parts.push(value);
     }
   } finally {
@@ -271,5 +272,76 @@ export async function fetchLayerBootstrap(proxy: string, name: string, layerDige
   } catch (err) {
     if (err instanceof LazyApiError) throw err;
     throw fail(errorMessage(err));
+  }
+}
+
+// ---- learned prefetch ----------------------------------------------------------------------------
+
+/** Where nodes report an image's first reads and fetch the merged list (`manifestDigest`: a bootstrap's Skiff-Manifest-Digest; `params`: its Skiff-Params). */
+export function learnedReadsUrl(proxy: string, name: string, manifestDigest: string, params: string, ns?: string): string {
+  return `${base(proxy)}/v2/${name}/_skiff/images/${manifestDigest}/${params}/reads${nsQuery(ns)}`;
+}
+
+export interface LearnedReadsOptions {
+  /** As in BootstrapQuery. */
+  ns?: string;
+  fetchImpl?: FetchLike;
+  /** Give up after this long (default 30 s). */
+  timeoutMs?: number;
+}
+
+const LEARNED_TIMEOUT_MS = 30_000;
+// A merged list holds at most MAX_REPORT_DIGESTS digests: a little over 4 MiB. Twice the report
+// limit leaves room for comments, and refuses an endless body as it arrives.
+const MAX_LEARNED_LIST_BYTES = 2 * MAX_REPORT_BYTES;
+const HEX_DIGEST = /^[0-9a-f]{64}$/;
+
+/**
+ * The merged list of chunks the image's containers read first (lowercase sha256 hex, best first), or
+ * null when the proxy has learned nothing yet or has learned prefetch switched off (404). Rejects
+ * with a LazyApiError.
+ */
+export async function fetchLearnedReads(proxy: string, name: string, manifestDigest: string, params: string, options: LearnedReadsOptions = {}): Promise<string[] | null> {
+  const url = learnedReadsUrl(proxy, name, manifestDigest, params, options.ns);
+  return learnedRequest("GET", url, options, undefined, async (res) => {
+    if (res.status === 404) {
+      await res.body?.cancel().catch(() => undefined);
+      return null;
+    }
+    if (res.status !== 200) throw new LazyApiError(await failureMessage(res, url));
+    const bytes = await readBody(res, url, MAX_LEARNED_LIST_BYTES, "list");
+    try {
+      return parsePrefetchList(new TextDecoder().decode(bytes), MAX_REPORT_DIGESTS);
+    } catch (err) {
+      throw new LazyApiError(`GET ${url}: ${errorMessage(err)}`);
+    }
+  });
+}
+
+/**
+ * Reports the chunks a container read first (lowercase sha256 hex, in first-read order) for the
+ * proxy to merge. As many of the first digests as fit the proxy's limits are sent (65,536 digests,
+ * 4 MiB). Rejects with a LazyApiError, also for a digest that is not lowercase sha256 hex.
+ */
+export async function reportReads(proxy: string, name: string, manifestDigest: string, params: string, hexDigests: readonly string[], options: LearnedReadsOptions = {}): Promise<void> {
+  const url = learnedReadsUrl(proxy, name, manifestDigest, params, options.ns);
+  const bad = hexDigests.find((d) => !HEX_DIGEST.test(d));
+  if (bad !== undefined) throw new LazyApiError(`POST ${url}: not a lowercase sha256 hex digest: ${JSON.stringify(bad.slice(0, 80))}`);
+  const body = formatPrefetchList(hexDigests.slice(0, digestsThatFit(hexDigests.length)));
+  await learnedRequest("POST", url, options, body, async (res) => {
+    if (res.status < 200 || res.status >= 300) throw new LazyApiError(await failureMessage(res, url, "POST"));
+    await res.body?.cancel().catch(() => undefined);
+  });
+}
+
+/** One request of the learned-prefetch route, its failures as LazyApiErrors. */
+async function learnedRequest<T>(method: string, url: string, options: LearnedReadsOptions, body: string | undefined, answer: (res: Response) => Promise<T>): Promise<T> {
+  const fetchImpl: FetchLike = options.fetchImpl ?? ((u, init) => fetch(u, init));
+  const headers: Record<string, string> = body === undefined ? { accept: "text/plain" } : { "content-type": PREFETCH_LIST_TYPE };
+  try {
+    return await answer(await fetchImpl(url, { method, headers, signal: AbortSignal.timeout(options.timeoutMs ?? LEARNED_TIMEOUT_MS), ...(body === undefined ? {} : { body }) }));
+  } catch (err) {
+    if (err instanceof LazyApiError) throw err;
+    throw new LazyApiError(`${method} ${url}: ${errorMessage(err)}`);
   }
 }

@@ -54,6 +54,8 @@ export interface SkiffConfig {
   upstreams: UpstreamConfig[];
   defaultUpstream?: string;
   access: AccessConfig;
+  /** Whether nodes' read reports are taken and merged (docs/api.md, "Learned prefetch"); on when absent. A flag or Worker var overrides it. */
+  learnedPrefetch?: boolean;
 }
 
 export interface ConfigEnvironment {
@@ -84,7 +86,7 @@ export function upstreamEnvName(prefix: string): string {
 export function resolveConfig(raw: unknown, environment: ConfigEnvironment = {}): SkiffConfig {
   const env = environment.env ?? {};
   const root = object(raw, "");
-  allowKeys(root, "", ["upstreams", "defaultUpstream", "access"]);
+  allowKeys(root, "", ["upstreams", "defaultUpstream", "access", "learnedPrefetch"]);
   const upstreamsRaw = object(root.upstreams, "upstreams");
   const upstreams = Object.entries(upstreamsRaw).map(([prefix, entry]) => resolveUpstream(prefix, entry, environment));
   if (upstreams.length === 0) throw new ConfigError("upstreams", "name at least one upstream");
@@ -112,7 +114,7 @@ export function resolveConfig(raw: unknown, environment: ConfigEnvironment = {})
       );
     }
   }
-  return { upstreams, defaultUpstream, access };
+  return { upstreams, defaultUpstream, access, learnedPrefetch: optionalBoolean(root, "learnedPrefetch", "") };
 }
 
 function resolveUpstream(prefix: string, raw: unknown, environment: ConfigEnvironment): UpstreamConfig {

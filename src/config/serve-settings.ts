@@ -35,14 +35,19 @@ export interface ServeSettings {
   defaultPlatform: string;
   /** Tag TTL of upstreams that set none (default: the config's, 60 s); it goes into the config. */
   tagTtlSeconds?: number;
+  /** Whether the learned-prefetch route takes and serves nodes' reports; when not given, the config file's `learnedPrefetch`, else on. */
+  learnedPrefetch?: boolean;
 }
 
 /** The settings the app takes; the tag TTL is the config's. */
 export type AppSettings = Omit<ServeSettings, "tagTtlSeconds">;
 
-export const SETTING_NAMES = ["max-layer-size", "max-expanded-size", "max-layer-entries", "convert-wait", "convert-step", "platform", "tag-ttl"] as const;
+export const SETTING_NAMES = ["max-layer-size", "max-expanded-size", "max-layer-entries", "convert-wait", "convert-step", "platform", "tag-ttl", "learned-prefetch"] as const;
 export type SettingName = (typeof SETTING_NAMES)[number];
 export type SettingValues = Partial<Record<SettingName, string>>;
+
+const ON = new Set(["on", "true", "yes", "1"]);
+const OFF = new Set(["off", "false", "no", "0"]);
 
 /** skiff's own defaults, as `skiff serve --help` also shows them. */
 export const SERVE_DEFAULTS = { "max-layer-size": "8g", "convert-wait": "30", platform: "linux/amd64" } as const satisfies SettingValues;
@@ -66,6 +71,13 @@ export function parseServeSettings(values: SettingValues, defaults: SettingValue
     if (value < min || value > max) throw new SettingsError(name, (n) => `${n(name)} must be between ${min} and ${max}, got ${value}`);
     return value;
   };
+  const onOff = (name: SettingName) => {
+    const t = text(name)?.trim().toLowerCase();
+    if (t === undefined) return undefined;
+    if (ON.has(t)) return true;
+    if (OFF.has(t)) return false;
+    throw new SettingsError(name, (n) => `${n(name)} must be on or off, got ${JSON.stringify(text(name))}`);
+  };
   return {
     maxLayerBytes: size("max-layer-size", 0)!,
     maxExpandedBytes: size("max-expanded-size", 1),
@@ -74,6 +86,7 @@ export function parseServeSettings(values: SettingValues, defaults: SettingValue
     convertStepBytes: size("convert-step", 1),
     defaultPlatform: text("platform")!,
     tagTtlSeconds: whole("tag-ttl", 0),
+    learnedPrefetch: onOff("learned-prefetch"),
   };
 }
 

@@ -53,12 +53,17 @@ export function parsePlatform(text: string): { os: string; architecture: string;
 }
 
 /** Follows an index to the manifest for `platform` and lists its layers. */
-export async function resolveImage(source: ImageSource, platform: string): Promise<ResolvedImage> {
+/**
+ * The platform manifest of the image and its layers: the root itself, or the manifest for `platform`
+ * in an index (an ImageError with `manifestOnly`, for a caller that named a platform manifest).
+ */
+export async function resolveImage(source: ImageSource, platform: string, opts: { manifestOnly?: boolean } = {}): Promise<ResolvedImage> {
   const wanted = parsePlatform(platform);
   let top = await source.root();
   let json = parseJson(top);
   let resolvedPlatform: string | null = null;
   if (INDEX_TYPES.has(mediaTypeOf(top, json))) {
+    if (opts.manifestOnly) throw new ImageError(`${top.digest.value} is an index, not a platform manifest`);
     const manifests = (json.manifests ?? []) as Descriptor[];
     const match = manifests.find(
       (m) => m.platform?.os === wanted.os && m.platform?.architecture === wanted.architecture && (wanted.variant === undefined || m.platform?.variant === wanted.variant),

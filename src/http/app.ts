@@ -12,12 +12,14 @@ import type { GunzipFactory } from "../convert/decompress.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { Conversions } from "../lazy/conversions.ts";
 import { LayerIndex } from "../lazy/layer-index.ts";
+import { LearnedReads } from "../lazy/learned-reads.ts";
 import { Upstream, UpstreamUnreachable, type Credentials } from "../oci/upstream.ts";
 import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
 import { lazyHandler } from "./lazy.ts";
+import { learnedReadsRoute } from "./learned-reads.ts";
 import { createMetrics, type Metrics } from "../util/metrics.ts";
 import { rangeShortcut, type RangeShortcut } from "./range-shortcut.ts";
 import { apiVersionResponse, registryRoutes } from "./registry.ts";
@@ -72,6 +74,16 @@ export function createApp(opts: AppOptions): SkiffApp {
     log,
   });
   const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
+  const reads = learnedReadsRoute({
+    learned: new LearnedReads(store),
+    enabled: opts.learnedPrefetch ?? config.learnedPrefetch ?? true,
+    conversions,
+    manifests,
+    hasher,
+    metrics,
+    defaultPlatform,
+  });
   const lazy = lazyHandler({
     store,
     hasher,
@@ -80,8 +92,9 @@ export function createApp(opts: AppOptions): SkiffApp {
     manifests,
     conversions,
     layers: new LayerIndex(store),
+    reads,
     convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
-    defaultPlatform: opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform,
+    defaultPlatform,
   });
 
   const app = new Hono();

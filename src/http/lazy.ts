@@ -5,6 +5,7 @@
 //   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/bootstrap                 one layer's bootstrap
 //   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/data                      data blob, by range
 //   GET /v2/<name>/_skiff/layers/<layer digest>/<params>/chunks/<sha256 hex>.<form> one chunk
+//   GET, POST /v2/<name>/_skiff/images/<manifest digest>/<params>/reads             learned prefetch (learned-reads.ts)
 import type { Context } from "hono";
 import type { BlobCache } from "../cache/blobs.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
@@ -31,6 +32,8 @@ export interface LazyDeps {
   manifests: ManifestCache;
   conversions: Conversions;
   layers: LayerIndex;
+  /** The learned-prefetch route (learned-reads.ts). */
+  reads: (c: Context, name: string, manifestRef: string, paramsRef: string, cacheScope: CacheScope) => Promise<Response>;
   /** How long a bootstrap request waits for a running conversion before answering 202. */
   convertWaitMs: number;
   defaultPlatform: string;
@@ -42,6 +45,8 @@ const RETRY_AFTER_S = 5;
 export function lazyHandler(deps: LazyDeps) {
   return async function handle(c: Context, name: string, rest: string, cacheScope: CacheScope): Promise<Response> {
     const parts = rest.split("/");
+    if (parts[0] === "images" && parts.length === 4 && parts[3] === "reads") return deps.reads(c, name, parts[1]!, parts[2]!, cacheScope);
+    if (c.req.method === "POST") throw new OciError("UNSUPPORTED", `POST is not supported on ${c.req.path}`, { headers: { Allow: "GET, HEAD" } });
     if (parts[0] === "bootstrap" && parts.length === 2) return bootstrap(c, name, parts[1]!, cacheScope);
     if (parts[0] === "layers" && parts.length === 4 && parts[3] === "data") return data(c, name, parts[1]!, parts[2]!, cacheScope);
     if (parts[0] === "layers" && parts.length === 4 && parts[3] === "bootstrap") return layerBootstrap(c, name, parts[1]!, parts[2]!, cacheScope);

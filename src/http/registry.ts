@@ -40,12 +40,13 @@ export function registryRoutes(deps: RegistryDeps): Hono {
 
   app.all("/*", async (c) => {
     const method = c.req.method;
-    if (method !== "GET" && method !== "HEAD") {
-      throw new OciError("UNSUPPORTED", `${method} is not supported: skiff is a read-only pull-through mirror`, { headers: { Allow: "GET, HEAD" } });
-    }
     const path = c.req.path.replace(/^\/v2\//, "");
     // Repository names never have a component starting with `_`, so the first `/_skiff/` ends the name.
     const lazyAt = deps.lazy ? path.indexOf(LAZY_SEGMENT) : -1;
+    // The lazy API takes one POST (nodes' read reports) and refuses it on its other routes itself.
+    if (method !== "GET" && method !== "HEAD" && !(method === "POST" && lazyAt > 0)) {
+      throw new OciError("UNSUPPORTED", `${method} is not supported: skiff is a read-only pull-through mirror`, { headers: { Allow: "GET, HEAD" } });
+    }
     const route = lazyAt > 0 ? { name: path.slice(0, lazyAt), kind: "lazy" as const, rest: path.slice(lazyAt + LAZY_SEGMENT.length) } : splitRegistryPath(path);
     if (!route) throw new OciError("NAME_UNKNOWN", `no such route: ${c.req.path}`, { status: 404 });
     if (!isValidRepositoryName(route.name)) throw new OciError("NAME_INVALID", `invalid repository name: ${JSON.stringify(route.name.slice(0, 300))}`);

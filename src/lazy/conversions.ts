@@ -15,7 +15,7 @@ import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
-import { convertImage, ImageError, resolveImage, type ImageSource } from "../convert/image.ts";
+import { convertImage, ImageError, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
 import { LayerFormatError, type GunzipFactory } from "../convert/decompress.ts";
@@ -92,11 +92,29 @@ export class Conversions {
     return job;
   }
 
+  /**
+   * The bootstrap of `name`'s platform manifest `manifest` with `params` if it has been converted;
+   * null when not (nothing is converted here), or when `manifest` is an index. `platform` labels a
+   * manifest whose config names none, as the bootstrap route's default does.
+   */
+  async stored(name: string, manifest: Manifest, platform: string, params: ConvertParams): Promise<ImageBootstrap | null> {
+    const found = await this.#stored(this.#source(name, manifest), platform, params, true).catch((err: unknown) => {
+      if (err instanceof ImageError) return null;
+      throw err;
+    });
+    return found?.bootstrap ?? null;
+  }
+
+  async #stored(source: ImageSource, platform: string, params: ConvertParams, manifestOnly = false): Promise<{ image: ResolvedImage; bootstrap: ImageBootstrap | null }> {
+    const image = await resolveImage(source, platform, { manifestOnly });
+    const stored = await getBytes(this.#deps.store, imageBootstrapKey(image.manifestDigest, paramsId(params), image.platform));
+    return { image, bootstrap: stored && { bootstrap: Bootstrap.decode(stored), manifestDigest: image.manifestDigest, platform: image.platform } };
+  }
+
   async #image(name: string, root: Manifest, platform: string, params: ConvertParams, startConverting: () => void): Promise<ImageBootstrap> {
     const source = this.#source(name, root);
-    const image = await resolveImage(source, platform).catch(rethrowAsOci);
-    const stored = await getBytes(this.#deps.store, imageBootstrapKey(image.manifestDigest, paramsId(params), image.platform));
-    if (stored) return { bootstrap: Bootstrap.decode(stored), manifestDigest: image.manifestDigest, platform: image.platform };
+    const { image, bootstrap } = await this.#stored(source, platform, params).catch(rethrowAsOci);
+    if (bootstrap) return bootstrap;
     startConverting();
     const converted = await convertImage(source, {
       store: this.#deps.store,

@@ -27,3 +27,8 @@ export const layerLeaseKey = (layer: Digest, params: string) => `${convertedLaye
 /** `platform` is `os/arch[/variant]`; it becomes one segment with `-` between its parts. */
 export const imageBootstrapKey = (manifest: Digest, params: string, platform: string) =>
   `converted/images/${manifest.algorithm}/${manifest.hex.slice(0, 2)}/${manifest.hex}/${params}/${platform.replaceAll("/", "-")}`;
+/**
+ * What the nodes pulling a repository's image read first (src/lazy/learned-reads.ts): under the
+ * repository, so one repository's reports never show in another's list for the same image.
+ */
+export const learnedReadsKey = (name: string, manifest: Digest, params: string) => `repositories/${name}/_learned/${manifest.algorithm}/${manifest.hex}/${params}`;

@@ -1,6 +1,14 @@
 // Reading bounded amounts of a web stream: every body read whole goes through one of these, so a
 // hostile or broken peer can't make the process buffer without limit.
 
+/** A stream went past the limit it was read with (the rest was cancelled). */
+export class StreamTooLarge extends Error {
+  override name = "StreamTooLarge";
+  constructor(readonly limit: number) {
+    super(`object larger than ${limit} bytes`);
+  }
+}
+
 export async function readAll(stream: ReadableStream<Uint8Array>, limit = Infinity): Promise<Uint8Array<ArrayBuffer>> {
   const parts: Uint8Array[] = [];
   let total = 0;
@@ -11,7 +19,7 @@ export async function readAll(stream: ReadableStream<Uint8Array>, limit = Infini
     total += value.byteLength;
     if (total > limit) {
       await reader.cancel();
-      throw new Error(`object larger than ${limit} bytes`);
+      throw new StreamTooLarge(limit);
     }
     parts.push(value);
   }

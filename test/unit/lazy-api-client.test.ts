@@ -2,7 +2,20 @@
 // node-agent/test/bootstrap-client.test.ts covers 202s, the digest check and size caps over real HTTP.
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { bootstrapUrl, chunkUrl, fetchBootstrap, fetchLayerBootstrap, layerBootstrapUrl, layerDataUrl, LazyApiError, type FetchLike } from "../../src/client/lazy-api.ts";
+import {
+  bootstrapUrl,
+  chunkUrl,
+  fetchBootstrap,
+  fetchLayerBootstrap,
+  fetchLearnedReads,
+  layerBootstrapUrl,
+  layerDataUrl,
+  LazyApiError,
+  learnedReadsUrl,
+  reportReads,
+  type FetchLike,
+} from "../../src/client/lazy-api.ts";
+import { MAX_REPORT_BYTES, parsePrefetchList, PREFETCH_LIST_HEADER } from "../../src/format/prefetch-list.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir } from "../../src/format/model.ts";
 
@@ -122,5 +135,79 @@ describe("fetchLayerBootstrap", () => {
     const forged = () => new Response(new Uint8Array(layerBody), { headers: { "docker-content-digest": `sha256:${"00".repeat(32)}` } });
     expect((await rejection(fetchLayerBootstrap("http://p", "app", LAYER, "v1-c16-none", options(stub(forged))))).message).toMatch(/does not match Docker-Content-Digest/);
     expect((await rejection(fetchLayerBootstrap("http://p", "app", "../x", "v1-c16-none", options(stub(answer(layerBody)))))).message).toMatch(/invalid layer digest/);
+  });
+});
+
+describe("learned prefetch", () => {
+  const MANIFEST = `sha256:${"ab".repeat(32)}`;
+  const d = (c: string) => c.repeat(64);
+  const URL = `http://p/v2/lib/app/_skiff/images/${MANIFEST}/v1-c16-none/reads`;
+
+  /** A fetch that records each request's method, URL, headers and body and gives `answer`. */
+  function recording(answer: () => Response) {
+    const seen: { url: string; method: string; headers: Record<string, string>; body?: string }[] = [];
+    const fetchImpl: FetchLike = async (url, init) => {
+      seen.push({ url, method: init.method, headers: init.headers, body: init.body });
+      return answer();
+    };
+    return { seen, fetchImpl };
+  }
+
+  it("learnedReadsUrl names the image, the params and ?ns=", () => {
+    expect(learnedReadsUrl("http://p/", "lib/app", MANIFEST, "v1-c16-none")).toBe(URL);
+    expect(learnedReadsUrl("http://p", "lib/app", MANIFEST, "v1-c16-none", "ghcr.io")).toBe(`${URL}?ns=ghcr.io`);
+  });
+
+  it("fetchLearnedReads: the list's digests in order; null on 404", async () => {
+    const list = `${PREFETCH_LIST_HEADER}\n# merged from 3 reports\n${d("b")}\n${d("a")}\n`;
+    const got = recording(() => new Response(list, { headers: { "content-type": "text/plain" } }));
+    expect(await fetchLearnedReads("http://p", "lib/app", MANIFEST, "v1-c16-none", { fetchImpl: got.fetchImpl, ns: "x.io" })).toEqual([d("b"), d("a")]);
+    expect(got.seen[0]).toMatchObject({ url: `${URL}?ns=x.io`, method: "GET" });
+    const none = () => Response.json({ errors: [{ code: "MANIFEST_UNKNOWN", message: "nothing learned" }] }, { status: 404 });
+    expect(await fetchLearnedReads("http://p", "lib/app", MANIFEST, "v1-c16-none", { fetchImpl: stub(none) })).toBeNull();
+  });
+
+  it("fetchLearnedReads refuses what is not a list, other statuses, a body past its cap, network errors", async () => {
+    const call = (answer: () => Response) => rejection(fetchLearnedReads("http://p", "lib/app", MANIFEST, "v1-c16-none", { fetchImpl: stub(answer) }));
+    expect((await call(() => new Response(`${d("a")}\n`))).message).toMatch(/not a skiff prefetch list/);
+    expect((await call(() => new Response(`${PREFETCH_LIST_HEADER}\n${d("A")}\n`))).message).toMatch(/line 2/);
+    expect((await call(() => Response.json({ errors: [{ code: "DENIED", message: "no" }] }, { status: 403 }))).message).toBe("DENIED: no");
+    const huge = () => new Response(new Uint8Array(2 * MAX_REPORT_BYTES + 1), { headers: { "content-length": String(2 * MAX_REPORT_BYTES + 1) } });
+    expect((await call(huge)).message).toMatch(/larger than the agent accepts/);
+    const err = await call(refused);
+    expect(err).toBeInstanceOf(LazyApiError);
+    expect(err.message).toMatch(/^GET http:\/\/p\/.*ECONNREFUSED|fetch failed/);
+  });
+
+  it("reportReads POSTs the list as text/plain and resolves on 204", async () => {
+    const got = recording(() => new Response(null, { status: 204 }));
+    await reportReads("http://p", "lib/app", MANIFEST, "v1-c16-none", [d("c"), d("1")], { fetchImpl: got.fetchImpl });
+    expect(got.seen).toHaveLength(1);
+    expect(got.seen[0]).toMatchObject({ url: URL, method: "POST" });
+    expect(got.seen[0]!.headers["content-type"]).toMatch(/^text\/plain/);
+    expect(got.seen[0]!.body!.split("\n")[0]).toBe(PREFETCH_LIST_HEADER);
+    expect(parsePrefetchList(got.seen[0]!.body!)).toEqual([d("c"), d("1")]);
+  });
+
+  it("reportReads sends only the first digests that fit the proxy's 4 MiB", async () => {
+    const got = recording(() => new Response(null, { status: 204 }));
+    const many = Array.from({ length: 70_000 }, (_, i) => i.toString(16).padStart(64, "0"));
+    await reportReads("http://p", "lib/app", MANIFEST, "v1-c16-none", many, { fetchImpl: got.fetchImpl });
+    const body = got.seen[0]!.body!;
+    expect(body.length).toBeLessThanOrEqual(MAX_REPORT_BYTES);
+    const sent = parsePrefetchList(body);
+    expect(sent.length).toBeGreaterThan(60_000);
+    expect(sent).toEqual(many.slice(0, sent.length));
+  });
+
+  it("reportReads refuses a malformed digest before sending, and an error answer after", async () => {
+    const got = recording(() => new Response(null, { status: 204 }));
+    const bad = await rejection(reportReads("http://p", "lib/app", MANIFEST, "v1-c16-none", [d("a"), `sha256:${d("b")}`], { fetchImpl: got.fetchImpl }));
+    expect(bad.message).toMatch(/not a lowercase sha256 hex digest/);
+    expect(got.seen).toEqual([]);
+    const tooLarge = () => Response.json({ errors: [{ code: "SIZE_INVALID", message: "too large" }] }, { status: 413 });
+    expect((await rejection(reportReads("http://p", "lib/app", MANIFEST, "v1-c16-none", [d("a")], { fetchImpl: stub(tooLarge) }))).message).toBe("SIZE_INVALID: too large");
+    const plain = () => new Response("nope", { status: 500, statusText: "Internal Server Error" });
+    expect((await rejection(reportReads("http://p", "lib/app", MANIFEST, "v1-c16-none", [d("a")], { fetchImpl: stub(plain) }))).message).toBe(`POST ${URL}: HTTP 500 Internal Server Error`);
   });
 });
