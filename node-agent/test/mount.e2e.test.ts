@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { OciLayout, MT, pushImage } from "../../test/e2e/harness/images.ts";
 import { Registry } from "../../test/e2e/harness/registry.ts";
 import { diffIdOf, diffTrees, sh, snapshot, writeImage } from "../../test/e2e/harness/rootfs.ts";
-import { freePort } from "../../test/e2e/harness/processes.ts";
+import { freePort, waitFor } from "../../test/e2e/harness/processes.ts";
 import { REPO_ROOT, Skiff } from "../../test/e2e/harness/skiff.ts";
 import { teardown } from "../../test/e2e/harness/teardown.ts";
 import { toHex } from "../../src/hash/hasher.ts";
@@ -107,6 +107,8 @@ beforeAll(async () => {
   writeImage(layout, "v1", layers);
   await pushImage(layout, "v1", `${registry.hostPort}/e2e/rootfs:v1`);
   imageUrl = `${skiff.url}/e2e/rootfs:v1`;
+  // The same image in a repository of its own, whose learned reads only the learned-prefetch test makes.
+  await pushImage(layout, "v1", `${registry.hostPort}/e2e/learned:v1`);
 
   // The oracle: GNU tar extracting the layers in order, then the whiteout applied.
   oracle = tempDir("oracle");
@@ -182,7 +184,8 @@ describe("skiff mount", () => {
   test("reading one small file fetches the bootstrap and exactly that file's chunk", async () => {
     const stats = join(tempDir("stats"), "stats.json");
     const before = await lazyCounters();
-    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-b"), "--stats", stats]);
+    // Without learned prefetch: its list request is not what this test counts.
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-b"), "--stats", stats, "--no-learned-prefetch"]);
     try {
       const afterMount = await lazyCounters();
       expect(afterMount.requests - before.requests).toBe(1); // the bootstrap
@@ -212,6 +215,38 @@ describe("skiff mount", () => {
     }
   });
 
+  test("learned prefetch: what a mount read first is reported when it stops, and the next mount on an empty cache fetches it first, so that its reads fetch nothing", { timeout: 120_000 }, async () => {
+    const url = `${skiff.url}/e2e/learned:v1`;
+    const stats = (dir: string) => JSON.parse(readFileSync(join(dir, "stats.json"), "utf8")) as Record<string, unknown>;
+    const firstDir = tempDir("learned-1");
+    const first = await mount(["--cache", join(firstDir, "cache"), "--stats", join(firstDir, "stats.json")], url);
+    const big = readFileSync(join(first.mountpoint, "data", "big.bin"));
+    expect(readFileSync(join(first.mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+    await stop(first.agent);
+    // Nothing was learned before it: no prefetch; then it reported the 4 chunks of big.bin and msg's one.
+    expect(stats(firstDir)).toMatchObject({ learnedChunks: 0, firstReadChunks: 5 });
+
+    const secondDir = tempDir("learned-2");
+    const second = await mount(["--cache", join(secondDir, "cache"), "--stats", join(secondDir, "stats.json")], url);
+    try {
+      await waitFor("the learned prefetch to finish", async () => (stats(secondDir).prefetchDone === true ? true : undefined), { timeoutMs: 30_000, intervalMs: 100 });
+      expect(stats(secondDir)).toMatchObject({ learnedChunks: 5, prefetchedChunks: 5 });
+      const before = await lazyCounters();
+      expect(readFileSync(join(second.mountpoint, "data", "big.bin")).equals(big)).toBe(true);
+      expect(readFileSync(join(second.mountpoint, "etc", "msg"), "utf8")).toBe("hello from the lazy image\n");
+      expect((await lazyCounters()).requests).toBe(before.requests);
+    } finally {
+      await stop(second.agent);
+    }
+
+    // Switched off on the node: nothing learned is fetched.
+    const thirdDir = tempDir("learned-3");
+    const third = await mount(["--cache", join(thirdDir, "cache"), "--stats", join(thirdDir, "stats.json"), "--no-learned-prefetch"], url);
+    await stop(third.agent);
+    expect(stats(thirdDir).learnedChunks).toBeUndefined();
+    expect(stats(thirdDir).prefetchedChunks).toBeUndefined();
+  });
+
   test("after kill -9 the next mount recovers the mountpoint and reuses the cache", { timeout: 90_000 }, async () => {
     const cache = tempDir("cache-d");
     const first = await mount(["--cache", cache]);
@@ -220,7 +255,7 @@ describe("skiff mount", () => {
     await new Promise((r) => first.agent.once("exit", r));
 
     const before = await lazyCounters();
-    const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, first.mountpoint, "--cache", cache], { stdio: ["ignore", "pipe", "pipe"] });
+    const agent = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, first.mountpoint, "--cache", cache, "--no-learned-prefetch"], { stdio: ["ignore", "pipe", "pipe"] });
     agents.push(agent);
     let stderr = "";
     agent.stderr!.on("data", (d) => (stderr += d));
