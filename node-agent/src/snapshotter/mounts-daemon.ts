@@ -202,7 +202,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const status = () => ({
     pid: process.pid,
     cache: cache.stats,
-    mounts: [...mounted.values()].map(({ spec, fetcher, reader }) => ({
+    mounts: [...mounted.values()].map(({ spec, fetcher, reader, prefetcher }) => ({
       image: spec.image,
       layer: spec.layerDigest,
       bytesFetched: fetcher.stats.bytesFetched,
@@ -210,6 +210,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       fetchMs: fetcher.stats.fetchMs,
       errors: fetcher.stats.errors,
       cacheHits: reader.stats.cacheHits,
+      prefetchedChunks: prefetcher?.stats.chunks ?? 0,
     })),
   });
 
