@@ -8,10 +8,9 @@ import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { fetchLearnedReads, reportReads } from "../../src/client/lazy-api.ts";
-import { Bootstrap } from "../../src/format/decode.ts";
 import { MAX_REPORT_BYTES, PREFETCH_LIST_HEADER } from "../../src/format/prefetch-list.ts";
-import { toHex } from "../../src/hash/hasher.ts";
 import { buildImage, OciLayout, pushImage, type ImageInfo } from "./harness/images.ts";
+import { convertedImage } from "./harness/learned.ts";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
 import { teardown } from "./harness/teardown.ts";
@@ -30,7 +29,7 @@ const FOREIGN = "f".repeat(64);
 const list = (digests: string[]) => `${PREFETCH_LIST_HEADER}\n${digests.map((d) => `${d}\n`).join("")}`;
 const readsUrl = (s: Skiff, repo: string, p = params) => `${s.url}/v2/${repo}/_skiff/images/${manifest}/${p}/reads`;
 
-async function post(url: string, body: string | Uint8Array): Promise<{ status: number; text: string }> {
+async function post(url: string, body: string | Uint8Array<ArrayBuffer>): Promise<{ status: number; text: string }> {
   const res = await fetch(url, { method: "POST", body, headers: { "Content-Type": "text/plain" }, signal: AbortSignal.timeout(30_000) });
   return { status: res.status, text: await res.text() };
 }
@@ -50,12 +49,7 @@ beforeAll(async () => {
   await pushImage(layout, "v1", `${registry.hostPort}/e2e/other:v1`); // the same image in another repository
   dataDir = join(tempDir("learned-skiff"), "data");
   skiff = await Skiff.start({ upstream: registry.url, dataDir });
-  const res = await fetch(`${skiff.url}/v2/e2e/app/_skiff/bootstrap/v1?chunk-size=64k`, { signal: AbortSignal.timeout(60_000) });
-  expect(res.status).toBe(200);
-  const bootstrap = Bootstrap.decode(new Uint8Array(await res.arrayBuffer()));
-  chunks = Array.from({ length: bootstrap.chunkCount }, (_, i) => toHex(bootstrap.chunk(i).digest));
-  params = res.headers.get("skiff-params")!;
-  manifest = res.headers.get("skiff-manifest-digest")!;
+  ({ chunks, manifest, params } = await convertedImage(skiff.url, "e2e/app", "v1?chunk-size=64k"));
   expect(manifest).toBe(image.manifest.digest);
   expect(chunks.length).toBeGreaterThanOrEqual(8);
 }, 120_000);
