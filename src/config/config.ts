@@ -316,7 +316,7 @@ function requiredString(o: Json, key: string, path: string): string {
 
 function optionalBoolean(o: Json, key: string, path: string): boolean | undefined {
   const value = o[key];
-  if (value !== undefined && typeof value !== "boolean") throw new ConfigError(`${path}.${key}`, "must be true or false");
+  if (value !== undefined && typeof value !== "boolean") throw new ConfigError(path ? `${path}.${key}` : key, "must be true or false");
   return value as boolean | undefined;
 }
 

@@ -1,6 +1,7 @@
 // skiff on Deno (deno.json's tasks) against a real Distribution registry: skopeo and containerd pull
 // through it exactly what they get elsewhere, a ≥ 1 GiB layer streams with bounded memory, and the
-// lazy API answers byte for byte what skiff on Node answers for the same image.
+// lazy API answers byte for byte what skiff on Node answers for the same image and takes
+// learned-prefetch reports.
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -11,6 +12,7 @@ import { Containerd, writeMirrorHostsToml } from "./harness/containerd.ts";
 import { compareTrees, sha256File } from "./harness/files.ts";
 import { buildImage, buildLargeImage, MT, OciLayout, Prng, pushImage, tarArchive, type ImageInfo, type TarEntry } from "./harness/images.ts";
 import { childEnv, run } from "./harness/processes.ts";
+import { learnedRoundTrip } from "./harness/learned.ts";
 import { Registry } from "./harness/registry.ts";
 import { diffIdOf, writeImage, type Layer } from "./harness/rootfs.ts";
 import { DENO_BIN, REPO_ROOT, Skiff } from "./harness/skiff.ts";
@@ -188,6 +190,12 @@ describe("skiff on Deno", () => {
       expect(dw!.body.equals(nw!.body)).toBe(true);
     }
   }, 120_000);
+
+  test("learned prefetch: a report POSTed to Deno skiff comes back as the merged list, the foreign digest dropped", async () => {
+    const r = await learnedRoundTrip(deno.url, "e2e/app", "v1");
+    expect(r.before).toBeNull();
+    expect(r.after).toEqual([r.chunks.at(-1), r.chunks[0], r.chunks[1]]);
+  }, 60_000);
 
   test("a gzip layer with a trailing zero byte is refused on Deno as on Node (422, nothing converted)", async () => {
     const layer = gzLayer([dir("t"), file("t/data", prng.bytes(100_000))]);

@@ -1,7 +1,7 @@
 // The Worker entry in workerd (the deployment bundle in Miniflare, local R2) in front of a real
 // Distribution registry: skopeo and ctr pull through it, a cold blob is verified into R2 and served
 // from there, and the lazy API gives the same bootstrap and chunks as the Node proxy, also when a
-// small CONVERT_STEP makes every layer take many requests.
+// small CONVERT_STEP makes every layer take many requests, and learned-prefetch reports are merged in R2.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
@@ -11,6 +11,7 @@ import { OciLayout, buildImage, pushImage, type ImageInfo } from "./harness/imag
 import { skopeoCopy } from "./harness/skopeo.ts";
 import { compareTrees } from "./harness/files.ts";
 import { transfer } from "./harness/http.ts";
+import { learnedRoundTrip } from "./harness/learned.ts";
 import { tempDir } from "./harness/workdir.ts";
 import { teardown } from "./harness/teardown.ts";
 
@@ -97,6 +98,12 @@ describe("skiff in workerd with R2", () => {
     } finally {
       await node.stop();
     }
+  }, 300_000);
+
+  test("learned prefetch: a report POSTed to the Worker is merged in R2 and served back, the foreign digest dropped", async () => {
+    const r = await learnedRoundTrip(worker.url, "e2e/app", image.manifest.digest);
+    expect(r.before).toBeNull();
+    expect(r.after).toEqual([r.chunks.at(-1), r.chunks[0], r.chunks[1]]);
   }, 300_000);
 
   test("a conversion forced through many steps (CONVERT_STEP=1m) gives the Node proxy's bootstrap and data blobs", async () => {
