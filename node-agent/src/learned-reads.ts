@@ -8,6 +8,7 @@
 import type { Bootstrap } from "../../src/format/decode.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { fetchLearnedReads, reportReads, type FetchLike } from "../../src/client/lazy-api.ts";
+import { MAX_REPORT_DIGESTS } from "../../src/format/prefetch-list.ts";
 
 /** Where an image's learned reads live on the edge. */
 export interface LearnedReadsSource {
@@ -29,8 +30,6 @@ const REPORT_TIMEOUT_MS = 10_000;
 const QUIET_MS = 5_000;
 /** Nor is anything read after this long part of its start. */
 const WINDOW_MS = 60_000;
-/** The edge takes at most this many digests per report. */
-const MAX_REPORTED = 65_536;
 const TICK_MS = 500;
 
 /** The digests (hex) the edge has learned for the image, best first; empty when none or unreachable. */
@@ -41,16 +40,6 @@ export async function learnedReads(s: LearnedReadsSource): Promise<string[]> {
     s.log(`learned prefetch list: ${(err as Error).message}; starting without it`);
     return [];
   }
-}
-
-/** The chunk-table indexes of `hexes` in `bootstrap`, in their order (a layer has only its own). */
-export function chunksIn(bootstrap: Bootstrap, hexes: string[]): number[] {
-  const out: number[] = [];
-  for (const hex of hexes) {
-    const index = bootstrap.chunkIndexOf(hex);
-    if (index !== null) out.push(index);
-  }
-  return out;
 }
 
 /** The digest (hex) of a bootstrap's chunk, as reads are recorded. */
@@ -79,7 +68,7 @@ export class FirstReads {
 
   /** A read needed this chunk. */
   saw(hex: string): void {
-    if (this.#reported || this.#seen.has(hex) || this.#seen.size >= MAX_REPORTED) return;
+    if (this.#reported || this.#seen.has(hex) || this.#seen.size >= MAX_REPORT_DIGESTS) return;
     this.#seen.add(hex);
     this.#lastNew = Date.now();
   }

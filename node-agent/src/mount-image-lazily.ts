@@ -13,9 +13,9 @@ import { ChunkFetcher } from "./chunk-fetcher.ts";
 import { mountImage } from "./fuse-fs.ts";
 import { mountDirect } from "./fuse/mount-direct.ts";
 import { LazyReader } from "./lazy-reader.ts";
-import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
+import { allChunks, chunksIn, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
 import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
-import { chunkHex, chunksIn, FirstReads, learnedReads, type LearnedReadsSource } from "./learned-reads.ts";
+import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "./learned-reads.ts";
 import { proxyHttp } from "./proxy-http.ts";
 
 const run = promisify(execFile);

@@ -3,14 +3,11 @@
 // sha256 of their content, so it outlives the image it was recorded on: a new version of the image
 // still starts with whatever chunks it shares with the old one.
 //
-// Format, text: the line `# skiff prefetch list v1`, then one lowercase sha256 hex per line.
-// Lines starting with `#` are comments; blank lines are ignored.
+// The text format: src/format/prefetch-list.ts.
 import { appendFile, readFile, writeFile } from "node:fs/promises";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import { toHex } from "../../src/hash/hasher.ts";
-import { HEX_DIGEST } from "./sha256-hex.ts";
-
-const HEADER = "# skiff prefetch list v1";
+import { parsePrefetchList, PREFETCH_LIST_HEADER as HEADER } from "../../src/format/prefetch-list.ts";
 
 /** Every chunk of the image, each layer's in the order of its data blob (so requests merge). */
 export function allChunks(bootstrap: Bootstrap): number[] {
@@ -21,18 +18,24 @@ export function allChunks(bootstrap: Bootstrap): number[] {
 
 /** The chunk-table indexes a list names, in its order; digests the image lacks are counted, not fatal. */
 export function chunksOfList(text: string, bootstrap: Bootstrap, source: string): { chunks: number[]; unknown: number } {
-  const lines = text.split("\n").map((l) => l.trim());
-  if (lines[0] !== HEADER) throw new Error(`${source} is not a skiff prefetch list (its first line must be "${HEADER}")`);
-  const chunks: number[] = [];
-  let unknown = 0;
-  lines.forEach((line, n) => {
-    if (line === "" || line.startsWith("#")) return;
-    if (!HEX_DIGEST.test(line)) throw new Error(`${source} line ${n + 1}: not a sha256 hex digest: ${JSON.stringify(line.slice(0, 80))}`);
-    const index = bootstrap.chunkIndexOf(line);
-    if (index === null) unknown++;
-    else chunks.push(index);
-  });
-  return { chunks, unknown };
+  let digests: string[];
+  try {
+    digests = parsePrefetchList(text);
+  } catch (err) {
+    throw new Error(`${source}: ${(err as Error).message}`);
+  }
+  const chunks = chunksIn(bootstrap, digests);
+  return { chunks, unknown: digests.length - chunks.length };
+}
+
+/** The chunk-table indexes of `hexes` in `bootstrap`, in their order (a layer has only its own). */
+export function chunksIn(bootstrap: Bootstrap, hexes: string[]): number[] {
+  const out: number[] = [];
+  for (const hex of hexes) {
+    const index = bootstrap.chunkIndexOf(hex);
+    if (index !== null) out.push(index);
+  }
+  return out;
 }
 
 export async function readPrefetchList(path: string, bootstrap: Bootstrap): Promise<{ chunks: number[]; unknown: number }> {

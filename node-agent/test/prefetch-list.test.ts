@@ -47,8 +47,8 @@ describe("prefetch lists", () => {
 
   test("anything else is refused, naming the file and line", () => {
     const b = image();
-    expect(() => chunksOfList("hello\n", b, "f")).toThrow(/f is not a skiff prefetch list/);
-    expect(() => chunksOfList(`# skiff prefetch list v1\n${hex("a")}\nABC\n`, b, "f")).toThrow(/f line 3: not a sha256 hex digest/);
+    expect(() => chunksOfList("hello\n", b, "f")).toThrow(/f: not a skiff prefetch list/);
+    expect(() => chunksOfList(`# skiff prefetch list v1\n${hex("a")}\nABC\n`, b, "f")).toThrow(/f: line 3: not a lowercase sha256 hex digest/);
   });
 
   test("the recorder writes each chunk once, in first-seen order, as the flushes go", async () => {

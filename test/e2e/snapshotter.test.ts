@@ -3,10 +3,12 @@
 // removal), a layer that the skiff proxy serves lazily (Prepare with the CRI labels answers
 // ALREADY_EXISTS and the committed snapshot is found by containerd's List filter), the container's
 // overlay over lazy layers with whiteouts and opaque directories read for real, the fallback when the
-// proxy can't serve, and a kill -9 of the snapshotter that leaves mounts and metadata intact.
+// proxy can't serve, learned prefetch from one node to the next, a kill -9 of the snapshotter that
+// leaves mounts and metadata intact, and kill -9 of the mounts daemon and of the FUSE keeper.
 // The real registry is the upstream; containerd itself drives it in cri-snapshotter.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
+import { request as httpRequest } from "node:http";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -15,6 +17,8 @@ import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
 import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from "@grpc/grpc-js";
 import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
+import type { DaemonStatus } from "../../node-agent/src/snapshotter/mounts-client.ts";
+import { fetchLearnedReads } from "../../src/client/lazy-api.ts";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
 import { SnapshotterProcess } from "./harness/snapshotter.ts";
@@ -178,22 +182,7 @@ describe("skiff snapshotter over gRPC", () => {
   });
 
   test("CRI-labelled layers are served lazily: ALREADY_EXISTS, found by containerd's filter, and the container's overlay reads them right", async () => {
-    const [l0, l1] = image.layers;
-    const chain0 = l0!.diffId;
-    const chain1 = sha256(Buffer.from(`${chain0} ${l1!.diffId}`));
-    const labels = (layer: { digest: string }, chain: string, above: string[]) => ({
-      [TARGET]: chain,
-      "containerd.io/snapshot/cri.image-ref": image.ref,
-      "containerd.io/snapshot/cri.manifest-digest": image.manifest,
-      "containerd.io/snapshot/cri.layer-digest": layer.digest,
-      "containerd.io/snapshot/cri.image-layers": above.join(","),
-    });
-    expect(await grpcCode(call("Prepare", { key: `k8s.io/1/extract-1 ${chain0}`, parent: "", labels: labels(l0!, chain0, [l0!.digest, l1!.digest]) }))).toBe(ALREADY_EXISTS);
-    const [base] = await list([`labels."${TARGET}"==${chain0},parent==""`]);
-    expect(base).toMatchObject({ kind: "COMMITTED", parent: "" });
-    expect(await grpcCode(call("Prepare", { key: `k8s.io/2/extract-2 ${chain1}`, parent: base!.name, labels: labels(l1!, chain1, [l1!.digest]) }))).toBe(ALREADY_EXISTS);
-    const [top] = await list([`labels."${TARGET}"==${chain1},parent=="${base!.name}"`]);
-    expect(top).toMatchObject({ kind: "COMMITTED", parent: base!.name });
+    const top = await prepareLazily(call, list);
     // Each lazy layer is a FUSE mount of the mounts daemon.
     const fuseMounts = readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(join(dir, "root", "snapshots")) && l.includes("fuse"));
     expect(fuseMounts.length).toBe(2);
@@ -216,6 +205,40 @@ describe("skiff snapshotter over gRPC", () => {
     const metrics = await (await fetch(`${skiff.url}/metrics`)).text();
     expect(metrics).toMatch(/skiff_chunk_bytes_served_total\{route="data"\} [1-9]/);
   });
+
+  test("learned prefetch: the mounts daemon reports what the image's container read first, and on a second node the layers fetch it before any read", async () => {
+    // The container of the test before read etc/keep, opq/new and big.bin; 5 s after its last new
+    // chunk the daemon reports them.
+    const params = await learnedParams();
+    const learned = await waitFor("the edge to learn the image's first reads", async () => (await fetchLearnedReads(skiff.url, "e2e/snap", image.manifest, params)) ?? undefined, { timeoutMs: 30_000, intervalMs: 500 });
+    expect(learned.length).toBeGreaterThanOrEqual(3);
+    // A second node: its own snapshotter, root and chunk cache, the same proxy.
+    const other = await SnapshotterProcess.start(skiff.url, ["--timeout", "10"]);
+    const otherClient = connectTo(other);
+    try {
+      const top = await prepareLazily(otherClient.call, otherClient.list);
+      const prefetched = await waitFor("the learned chunks to be prefetched", async () => {
+        const status = await daemonStatus(other);
+        const n = status.mounts.reduce((a, m) => a + m.prefetchedChunks, 0);
+        return n >= learned.length ? status : undefined;
+      }, { timeoutMs: 30_000, intervalMs: 200 });
+      const fetchedBefore = prefetched.mounts.reduce((a, m) => a + m.bytesFetched, 0);
+      const rootfs = join(other.dir, "rootfs-learned");
+      mountOverlay((await otherClient.call("Prepare", { key: "k8s.io/20/container", parent: top!.name })).mounts as Mount[], rootfs);
+      try {
+        expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
+        expect(readFileSync(join(rootfs, "etc/keep"), "utf8")).toBe("kept\n");
+      } finally {
+        execFileSync("umount", [rootfs]);
+      }
+      // Those reads fetched nothing more: the learned prefetch had brought it all.
+      const after = await daemonStatus(other);
+      expect(after.mounts.reduce((a, m) => a + m.bytesFetched, 0)).toBe(fetchedBefore);
+    } finally {
+      otherClient.close();
+      await other.stop();
+    }
+  }, 120_000);
 
   test("a layer the proxy can't serve (unknown repository) falls back to an ordinary snapshot", async () => {
     const labels = {
@@ -344,4 +367,66 @@ async function containerOverTop(key: string, name: string): Promise<string> {
   const rootfs = join(dir, name);
   mountOverlay((await call("Prepare", { key, parent: top!.name })).mounts as Mount[], rootfs);
   return rootfs;
+}
+
+/** The params id the snapshotter's layers were converted with (the proxy's defaults). */
+async function learnedParams(): Promise<string> {
+  const res = await fetch(`${skiff.url}/v2/e2e/snap/_skiff/bootstrap/${image.manifest}`);
+  await res.arrayBuffer();
+  return res.headers.get("skiff-params")!;
+}
+
+/** A gRPC client of another snapshotter. */
+function connectTo(s: SnapshotterProcess): { call: Call; list: (filters?: string[]) => Promise<Info[]>; close(): void } {
+  const Ctor = makeGenericClientConstructor(SNAPSHOTS_SERVICE, "Snapshots");
+  const c = new Ctor(`unix://${s.address}`, credentials.createInsecure()) as unknown as Record<string, (req: object, cb: (err: ServiceError | null, res: Record<string, unknown>) => void) => void> & Client;
+  return {
+    call: (method, request) => new Promise((resolve, reject) => c[method]!.call(c, request, (err, res) => (err ? reject(err) : resolve(res)))),
+    list: (filters = []) =>
+      new Promise((resolve, reject) => {
+        const infos: Info[] = [];
+        const stream = (c as unknown as { List(req: object): NodeJS.EventEmitter }).List({ filters });
+        stream.on("data", (page: { info: Info[] }) => infos.push(...page.info));
+        stream.on("end", () => resolve(infos));
+        stream.on("error", reject);
+      }),
+    close: () => c.close(),
+  };
+}
+
+/** The mounts daemon's status, from its socket. */
+function daemonStatus(s: SnapshotterProcess): Promise<DaemonStatus> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath: join(s.root, "mounts.sock"), path: "/status", agent: false, timeout: 10_000 }, (res) => {
+      let text = "";
+      res.on("data", (d: Buffer) => (text += d.toString()));
+      res.on("end", () => resolve(JSON.parse(text) as DaemonStatus));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/**
+ * containerd's unpacker over the image's two layers with the CRI labels: each Prepare answers
+ * ALREADY_EXISTS (served lazily) and the committed snapshot is found by containerd's filter.
+ */
+async function prepareLazily(call: Call, list: (filters: string[]) => Promise<Info[]>): Promise<Info> {
+  const [l0, l1] = image.layers;
+  const chain0 = l0!.diffId;
+  const chain1 = sha256(Buffer.from(`${chain0} ${l1!.diffId}`));
+  const labels = (layer: { digest: string }, chain: string, above: string[]) => ({
+    [TARGET]: chain,
+    "containerd.io/snapshot/cri.image-ref": image.ref,
+    "containerd.io/snapshot/cri.manifest-digest": image.manifest,
+    "containerd.io/snapshot/cri.layer-digest": layer.digest,
+    "containerd.io/snapshot/cri.image-layers": above.join(","),
+  });
+  expect(await grpcCode(call("Prepare", { key: `k8s.io/1/extract-1 ${chain0}`, parent: "", labels: labels(l0!, chain0, [l0!.digest, l1!.digest]) }))).toBe(ALREADY_EXISTS);
+  const [base] = await list([`labels."${TARGET}"==${chain0},parent==""`]);
+  expect(base).toMatchObject({ kind: "COMMITTED", parent: "" });
+  expect(await grpcCode(call("Prepare", { key: `k8s.io/2/extract-2 ${chain1}`, parent: base!.name, labels: labels(l1!, chain1, [l1!.digest]) }))).toBe(ALREADY_EXISTS);
+  const [top] = await list([`labels."${TARGET}"==${chain1},parent=="${base!.name}"`]);
+  expect(top).toMatchObject({ kind: "COMMITTED", parent: base!.name });
+  return top!;
 }
