@@ -30,6 +30,14 @@ import { requireTools, root, startRegistry } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
+const LEARNED_KINDS = {
+  first: "first node (nothing learned)",
+  second: "second node (learned from the first)",
+  otherLearned: "another program, after the first was learned",
+  otherFresh: "another program, nothing learned",
+};
+// A second program on the same image, for learned prefetch: other modules than WORKLOAD's.
+const OTHER_WORKLOAD = ["python3", "-c", "import email.mime.text, http.client, xml.dom.minidom, argparse, logging; print('ready', 2)"];
 const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way
 const NEARBY = "256k"; // --prefetch-nearby: the best of 128k, 256k, 512k and 1m on the slow link
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot", "containerd", "ctr", "ctr-remote", "go", "unpigz");
@@ -44,6 +52,19 @@ const serve = (upstream, data) => serveSkiff(upstream, data, cleanups);
 
 /** Mounts the image, runs the workload in a chroot (bench/lazy-mount.mjs). */
 const coldStart = (imageUrl, extra) => mountAndRun(imageUrl, extra, { work, workload: WORKLOAD });
+
+/**
+ * The bench image pushed again as `repo` (the same manifest and layers) and its bootstrap asked for
+ * once, so the edge is warm for it (the conversion is shared) with nothing learned; returns `repo`.
+ */
+async function copyImage(registryBase, edge, repo, ns) {
+  const host = new URL(registryBase).host;
+  execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${host}/bench/py:1`, `docker://${host}/${repo}:1`]);
+  const res = await fetch(`${edge.url}/v2/${repo}/_skiff/bootstrap/1${ns ? `?ns=${encodeURIComponent(ns)}` : ""}`);
+  await res.arrayBuffer();
+  if (res.status !== 200) throw new Error(`bootstrap of ${repo} answered ${res.status}`);
+  return repo;
+}
 
 async function finish() {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
@@ -128,18 +149,24 @@ async function containerdBaselines(registryBase, edge) {
     ["loopback", host, edge.url],
     ["100 Mbit/s, 20 ms RTT", `127.0.0.1:${relay.port}`, `http://127.0.0.1:${edgeRelay.port}`],
   ];
-  for (const [link, via, proxy] of links) {
+  for (const [index, [link, via, proxy]] of links.entries()) {
+    // The skiff snapshotter on a repository of its own each round (the same image, warm at the
+    // edge, nothing learned): its first node, then a second node after the first one's report.
+    const snapRepos = [];
+    for (let round = 0; round < ROUNDS; round++) snapRepos.push(await copyImage(registryBase, edge, `bench/snap-${index}-${round}`, host));
+    const skiff = { skiff: { proxy, registries: [host] } };
     const clients = [
-      ["containerd pull + unpack", `${via}/bench/py:1`, pullAndRun, {}],
-      ["stargz snapshotter, eStargz", `${via}/bench/py:esgz`, lazyPullAndRun, { stargzBinary: stargz }],
-      ["skiff snapshotter", `${host}/bench/py:1`, skiffPullAndRun, { skiff: { proxy, registries: [host] } }],
+      ["containerd pull + unpack", () => `${via}/bench/py:1`, pullAndRun, {}],
+      ["stargz snapshotter, eStargz", () => `${via}/bench/py:esgz`, lazyPullAndRun, { stargzBinary: stargz }],
+      ["skiff snapshotter", (round) => `${host}/${snapRepos[round]}:1`, skiffPullAndRun, skiff],
+      ["skiff snapshotter, second node", (round) => `${host}/${snapRepos[round]}:1`, skiffPullAndRun, skiff],
     ];
-    for (const [client, ref, pull, options] of clients) {
+    for (const [client, refOf, pull, options] of clients) {
       const runs = [];
       for (let round = 0; round < ROUNDS; round++) {
         const containerd = await startContainerd(work, options);
         try {
-          runs.push(await pull(containerd, ref, WORKLOAD, { expect: "ready" }));
+          runs.push(await pull(containerd, refOf(round), WORKLOAD, { expect: "ready" }));
         } catch (err) {
           if (options.skiff) console.error(containerd.skiffLog());
           throw err;
@@ -201,12 +228,14 @@ try {
     ["loopback", edge.url],
     ["100 Mbit/s, 20 ms RTT", `http://127.0.0.1:${relay.port}`],
   ];
-  const deflate = ["--codec", "deflate-raw"];
+  // These rows measure one setting each: learned prefetch off, so no run learns from another.
+  const deflate = ["--codec", "deflate-raw", "--no-learned-prefetch"];
+  const none = ["--codec", "none", "--no-learned-prefetch"];
   const cases = [
-    ["cold edge", "none", "off", []],
-    ["warm edge", "none", "off", []],
-    ["warm edge", "none", "all", ["--prefetch", "all"]],
-    ["warm edge", "none", "replayed list", ["--prefetch", list, "--prefetch", "all"]],
+    ["cold edge", "none", "off", none],
+    ["warm edge", "none", "off", none],
+    ["warm edge", "none", "all", [...none, "--prefetch", "all"]],
+    ["warm edge", "none", "replayed list", [...none, "--prefetch", list, "--prefetch", "all"]],
     ["warm edge", "deflate-raw", "off", deflate],
     ["warm edge", "deflate-raw", `nearby ${NEARBY}`, [...deflate, "--prefetch-nearby", NEARBY]],
     ["warm edge", "deflate-raw", "replayed list", [...deflate, "--prefetch", list, "--prefetch", "all"]],
@@ -235,6 +264,32 @@ try {
     }
   }
 
+  // Learned prefetch with the defaults: each round on a repository of its own (the same image), so
+  // that its first node has nothing learned. The first node runs the workload and reports what it
+  // read first when it stops; a second node then starts with the edge's list. A second workload on
+  // the same image, once after the first one was learned and once on a repository with nothing
+  // learned, shows whether a list learned from one program slows another.
+  const learnedRows = [];
+  for (const [link, base] of links) {
+    const runs = { first: [], second: [], otherLearned: [], otherFresh: [] };
+    for (let round = 0; round < ROUNDS; round++) {
+      const repo = await copyImage(registry.base, edge, `bench/learn-${learnedRows.length}-${round}`);
+      const fresh = await copyImage(registry.base, edge, `bench/learn-${learnedRows.length}-${round}-other`);
+      const measure = async (kind, url, workload) => {
+        const run = await mountAndRun(url, [], { work, workload });
+        const stats = await finishMount(run);
+        runs[kind].push({ seconds: run.seconds, fetched: stats.bytesFetched, requests: stats.requests, learned: stats.learnedChunks ?? 0 });
+        console.error(`${link}, defaults, ${kind}: ${run.seconds.toFixed(2)} s, ${(stats.bytesFetched / 1e6).toFixed(1)} MB in ${stats.requests} requests, ${stats.learnedChunks ?? 0} chunks learned`);
+      };
+      await measure("first", `${base}/${repo}:1`, WORKLOAD);
+      await measure("second", `${base}/${repo}:1`, WORKLOAD);
+      await measure("otherLearned", `${base}/${repo}:1`, OTHER_WORKLOAD);
+      await measure("otherFresh", `${base}/${fresh}:1`, OTHER_WORKLOAD);
+    }
+    const med = (kind, key) => median(runs[kind].map((r) => r[key]));
+    for (const kind of Object.keys(runs)) learnedRows.push({ link, kind, seconds: med(kind, "seconds"), fetched: med(kind, "fetched"), requests: med(kind, "requests"), learned: med(kind, "learned") });
+  }
+
   const baselines = await containerdBaselines(registry.base, edge);
   const reads = await warmReads(edge.url, layer.tarFile);
 
@@ -243,16 +298,24 @@ try {
     "|---|---|---|---|---:|---:|---:|---:|",
     ...rows.map((r) => `| ${r.link} | ${r.edgeState} | ${r.codec} | ${r.prefetch} | ${r.seconds.toFixed(2)} | ${(r.fetched / 1e6).toFixed(1)} | ${r.requests} | ${(r.fetched / touched).toFixed(2)} |`),
   ];
+  const learnedTable = [
+    "| link | start | mount start to output (s) | fetched by the agent (MB) | requests | chunks learned | fetched ÷ touched |",
+    "|---|---|---:|---:|---:|---:|---:|",
+    ...learnedRows.map((r) => `| ${r.link} | ${LEARNED_KINDS[r.kind]} | ${r.seconds.toFixed(2)} | ${(r.fetched / 1e6).toFixed(1)} | ${r.requests} | ${r.learned} | ${r.kind.startsWith("other") ? "" : (r.fetched / touched).toFixed(2)} |`),
+  ];
   // Each link: the baselines, then skiff's warm-edge rows, as multiples of the baselines' times.
   const versus = ["| link | start | to output (s) | × faster than pull + unpack | × faster than stargz |", "|---|---|---:|---:|---:|"];
   for (const link of links.map(([name]) => name)) {
     const full = baselines.find((b) => b.link === link && b.client.startsWith("containerd"));
     const lazy = baselines.find((b) => b.link === link && b.client.startsWith("stargz"));
-    const snap = baselines.find((b) => b.link === link && b.client.startsWith("skiff"));
+    const snap = baselines.find((b) => b.link === link && b.client === "skiff snapshotter");
+    const snapSecond = baselines.find((b) => b.link === link && b.client === "skiff snapshotter, second node");
     const line = (name, seconds) => `| ${link} | ${name} | ${seconds.toFixed(2)} | ${(full.seconds / seconds).toFixed(1)} | ${(lazy.seconds / seconds).toFixed(1)} |`;
     versus.push(line(`containerd: \`ctr image pull\` (${full.pullSeconds.toFixed(1)} s) + run`, full.seconds));
     versus.push(line(`stargz snapshotter: \`ctr-remote image rpull\` of the eStargz copy + run`, lazy.seconds));
-    versus.push(line(`containerd + skiff snapshotter: \`skiff pull\` through CRI (${snap.pullSeconds.toFixed(1)} s) + run`, snap.seconds));
+    versus.push(line(`containerd + skiff snapshotter, first node (defaults): \`skiff pull\` through CRI (${snap.pullSeconds.toFixed(1)} s) + run`, snap.seconds));
+    versus.push(line(`containerd + skiff snapshotter, second node (defaults, learned from the first)`, snapSecond.seconds));
+    for (const r of learnedRows.filter((r) => r.link === link)) versus.push(line(`skiff mount, defaults: ${LEARNED_KINDS[r.kind]}`, r.seconds));
     for (const r of rows.filter((r) => r.link === link && r.edgeState === "warm edge")) versus.push(line(`skiff mount, ${r.codec}, prefetch ${r.prefetch}`, r.seconds));
   }
   // Where the containerd-driven starts spend their time.
@@ -276,6 +339,16 @@ the wire: with deflate-raw they are compressed, while "touched" counts the chunk
 
 ${table.join("\n")}
 
+With the defaults (no flags; learned prefetch on), each round on a repository of its own holding
+the same image, warm at the edge with nothing learned yet: the first node runs the workload, and
+reports what it read first when it stops; a second node (an empty chunk cache) then starts with
+the list the edge merged, fetched behind its own reads. Then another program on the same image
+(\`${OTHER_WORKLOAD[2]}\`), once on that repository (the first program's list learned) and once on
+one with nothing learned: a list learned from one program must not slow another. "Touched" is the
+first workload's, as above.
+
+${learnedTable.join("\n")}
+
 The same workload started the ways containerd starts it, in the same run and through the same links,
 on a fresh containerd every run: a full \`ctr image pull\` (containerd ${containerdVersion()}, unpacking
 with unpigz into overlayfs); the stargz snapshotter (Debian's stargz-snapshotter library, served by
@@ -284,8 +357,9 @@ layer) lazily pulling an eStargz copy made by \`ctr-remote image convert --estar
 landmark: no workload was run to make it); and containerd + skiff snapshotter: containerd's CRI
 plugin with \`skiff snapshotter\` as its snapshotter and \`skiff pull\` pulling through CRI as kubelet
 does, the layers mounted lazily from the warm edge (the proxy had converted the image) on a cold
-node (a new snapshotter root, so an empty chunk cache), with the snapshotter's defaults only: no
-prefetch list, the proxy's codec (none). For the first two the relay sits between containerd and
+node (a new snapshotter root, so an empty chunk cache), with the snapshotter's defaults only, each
+round on a repository of its own (nothing learned); then a second node on the same repository,
+after the first one's mounts daemon reported what the container read first. For the first two the relay sits between containerd and
 the registry; for skiff's, between the node and the proxy, which is containerd's registry mirror
 (hosts.toml), so that containerd resolves the manifest and fetches the config through the relay
 and the snapshotter fetches bootstraps and chunks through it. Each time runs from the start of the
@@ -300,9 +374,11 @@ to the total): the pull, preparing and mounting the rootfs snapshot, and the wor
 ${steps.join("\n")}
 
 The skiff snapshotter's pull includes starting the \`skiff pull\` client, a Node.js process; the
-snapshotter starts its mounts daemon when it starts, before the pull (once per node). Its workload reads as \`skiff mount\` does with prefetch off: chunks fetched as files are
-read, each miss a round trip over the link; the snapshotter has no prefetch, while the stargz
-snapshotter's defaults also fetch each layer in the background.
+snapshotter starts its mounts daemon (and that its FUSE keeper) when it starts, before the pull
+(once per node). On a first node its workload reads as \`skiff mount\` does with nothing learned:
+chunks fetched as files are read; on a second node each layer first fetches its share of the
+learned list behind the reads. The stargz snapshotter's defaults also fetch each layer in the
+background.
 
 Reading the image once it is all in the node's chunk cache (\`--prefetch all\`, waited out), against
 the same tree extracted on local disk; the kernel's caches dropped before each run (median of
@@ -313,11 +389,12 @@ ${ROUNDS}):
 | sequential read of the largest file (${(reads.fileBytes / 1e6).toFixed(0)} MB) | ${reads.mountMBps.toFixed(0)} MB/s | ${reads.localMBps.toFixed(0)} MB/s | ${(reads.mountMBps / reads.localMBps).toFixed(2)} | ${reads.ceilingMBps.toFixed(0)} MB/s |
 | \`find\` + \`stat\` of every entry (${reads.entries} entries) | ${reads.mountFindS.toFixed(2)} s | ${reads.localFindS.toFixed(2)} s | ${(reads.mountFindS / reads.localFindS).toFixed(2)} | ${reads.ceilingFindS.toFixed(2)} s |
 
-The last column is bench/fuse-ceiling.mjs: a FUSE filesystem on the same binding whose handlers
-answer at once, with a file of the same size and a tree of about as many entries (flat: 100 per
-directory, so its walk is only a rough match for the image's). It shows what the binding costs by
-itself: libfuse 2 asks for at most 128 KiB per read, and every request crosses from libfuse's thread
-to the JS thread and back.`;
+The mount is served by skiff's own FUSE session over /dev/fuse (\`skiff mount\` as root). The last
+column is bench/fuse-ceiling.mjs: a FUSE filesystem on fuse-native (libfuse 2) whose handlers answer
+at once, with a file of the same size and a tree of about as many entries (flat: 100 per directory,
+so its walk is only a rough match for the image's): what that binding costs by itself, libfuse 2
+asking for at most 128 KiB per read and every request crossing from libfuse's thread to the JS
+thread and back.`;
   console.log(body);
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "cold-start", "Cold start from a lazy mount", body);
 } finally {

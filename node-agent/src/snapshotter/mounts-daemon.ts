@@ -255,6 +255,8 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       server.closeAllConnections();
       await stopped;
       await queue;
+      // What the images' starts read first so far is still worth reporting.
+      await Promise.all([...learning.values()].map((e) => e.firstReads.report()));
       link.close();
       await http.close();
     },
