@@ -7,10 +7,15 @@
 // process must have a pool with a thread for each connection (UV_THREADPOOL_SIZE).
 import { spawn } from "node:child_process";
 import { close, open, read, writeSync } from "node:fs";
-import { access, stat, writeFile } from "node:fs/promises";
+import { access, readFile, stat, writeFile } from "node:fs/promises";
 
 /** Big enough for any request a read-only mount gets (the kernel wants at least 8 KiB). */
 const READ_BUFFER = 64 << 10;
+/**
+ * The kernel's readahead for the mount. Its default, 128 KiB, makes a sequential reader ask for
+ * 128 KiB at a time; 1 MiB (the most one FUSE request carries here) takes a quarter of the requests.
+ */
+const READAHEAD_KB = 1024;
 
 export interface DevFuseMountOptions {
   /** Let users other than root in (default true): containers run as any user. */
@@ -30,7 +35,19 @@ export async function mountDevFuse(mountpoint: string, o: DevFuseMountOptions = 
     close(fd, () => {});
     throw err;
   }
+  await raiseReadahead(mountpoint).catch(() => {}); // only an optimisation
   return fd;
+}
+
+/**
+ * Sets the readahead of the filesystem mounted at `mountpoint` (its backing device in sysfs, named
+ * by the device number mountinfo gives, so no request reaches the mount itself).
+ */
+async function raiseReadahead(mountpoint: string): Promise<void> {
+  const escaped = mountpoint.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, "0")}`);
+  const lines = (await readFile("/proc/self/mountinfo", "utf8")).split("\n");
+  const dev = lines.map((l) => l.split(" ")).findLast((f) => f[4] === escaped)?.[2];
+  if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(READAHEAD_KB));
 }
 
 const FUSECTL = "/sys/fs/fuse/connections";
