@@ -10,7 +10,7 @@ import Fuse, { type FuseOps } from "fuse-native";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import { statfsOf, statOf } from "./fuse-attrs.ts";
 import type { FileReader } from "./file-reader.ts";
-import { viewOf, type ImageView } from "./image-view.ts";
+import { CACHE_SECONDS, O_ACCMODE, viewOf, type ImageView } from "./image-view.ts";
 import { withTimeout } from "./with-timeout.ts";
 
 export interface MountOptions {
@@ -34,14 +34,10 @@ export interface MountedImage {
 }
 
 const E = constants.errno;
-// The image never changes: the kernel may cache attributes, names and pages for as long as it likes.
-const CACHE_SECONDS = 86_400;
 const DEFAULT_READ_TIMEOUT_MS = 60_000;
 // Paths remembered (positive and negative lookups) before the cache starts over.
 const PATH_CACHE_LIMIT = 100_000;
 const MAX_HANDLE = 0x7fff_ffff;
-// Linux's mask of the access mode bits in open(2) flags (Node doesn't export it).
-const O_ACCMODE = 3;
 
 /**
  * fuse-native has no switch for `ro` and `use_ino`; they are appended to the option string it builds.

@@ -11,6 +11,11 @@ import { FLAG_OPAQUE } from "../../src/format/layout.ts";
  */
 export type ImageView = "image" | "overlay-layer";
 
+/** The image never changes: the kernel may cache attributes, names and pages for as long as it likes. */
+export const CACHE_SECONDS = 86_400;
+/** Linux's mask of the access mode bits in open(2) flags (Node doesn't export it). */
+export const O_ACCMODE = 3;
+
 export interface ViewOf {
   isVisible(inode: number): boolean;
   xattrs(inode: number): Map<string, Uint8Array>;

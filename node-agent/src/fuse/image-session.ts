@@ -8,7 +8,7 @@ import { constants } from "node:os";
 import type { Bootstrap } from "../../../src/format/decode.ts";
 import { attrOf, kernelStatfsOf } from "../fuse-attrs.ts";
 import type { FileReader } from "../file-reader.ts";
-import { viewOf, type ImageView, type ViewOf } from "../image-view.ts";
+import { CACHE_SECONDS, O_ACCMODE, viewOf, type ImageView, type ViewOf } from "../image-view.ts";
 import { withTimeout } from "../with-timeout.ts";
 import * as K from "./kernel-abi.ts";
 
@@ -24,12 +24,8 @@ export interface ImageSessionOptions {
 export type SendReply = (reply: Uint8Array) => void;
 
 const E = constants.errno;
-// The image never changes: the kernel may cache attributes, names and pages for as long as it likes.
-const CACHE_SECONDS = 86_400;
 // Directory listings kept between READDIR calls of a large directory.
 const LISTINGS_KEPT = 64;
-// Linux's mask of the access mode bits in open(2) flags (Node doesn't export it).
-const O_ACCMODE = 3;
 // 1 MiB reads where the kernel allows them (its max_pages_limit), and up to 64 readaheads at once.
 const MAX_PAGES = 256;
 const MAX_BACKGROUND = 64;
