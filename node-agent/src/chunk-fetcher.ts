@@ -12,6 +12,7 @@ import { errorMessage } from "../../src/util/error-message.ts";
 import { sleep } from "../../src/util/sleep.ts";
 import { sha256Hex } from "./sha256-hex.ts";
 import { zlibInflateRaw } from "./zlib-inflate.ts";
+import { trace, tracing } from "./trace.ts";
 
 export interface ChunkFetcherOptions {
   /** Base URL of the skiff proxy, e.g. `http://127.0.0.1:8080`. */
@@ -69,6 +70,8 @@ export class ChunkFetcher {
   #failingSince: number | null = null;
   /** When a read's short try after the timeout last failed. */
   #lastRetryFailed = 0;
+  /** Numbers the requests in a trace (SKIFF_TRACE). */
+  #traceId = 0;
 
   constructor(o: ChunkFetcherOptions) {
     const params = parseParamsId(o.params);
@@ -162,9 +165,21 @@ export class ChunkFetcher {
       signal.throwIfAborted();
       this.stats.requests++;
       const attemptStarted = Date.now();
+      const id = tracing ? ++this.#traceId : 0;
       try {
-        const body = await fetchRange(this.#fetch, url, range.start, range.end, signal);
+        let fetchImpl = this.#fetch;
+        if (tracing) {
+          trace("chunk-request", { id, bytes: range.end - range.start + 1, chunks: range.chunks.map((c) => c.hex.slice(0, 16)) });
+          fetchImpl = async (u, init) => {
+            const res = await this.#fetch(u, init);
+            trace("chunk-response", { id, status: res.status });
+            return res;
+          };
+        }
+        const body = await fetchRange(fetchImpl, url, range.start, range.end, signal);
+        const verifyStarted = tracing ? performance.now() : 0;
         const chunks = await this.#verify(range, body, url);
+        if (tracing) trace("chunk-end", { id, bytes: body.length, verifyMs: performance.now() - verifyStarted });
         this.#failingSince = null;
         this.stats.fetches++;
         this.stats.fetchMs += Date.now() - attemptStarted;
@@ -173,6 +188,7 @@ export class ChunkFetcher {
         return chunks;
       } catch (err) {
         this.stats.errors++;
+        if (tracing) trace("chunk-error", { id, error: errorMessage(err) });
         // The proxy unreachable, stalled or failing (not a wrong answer, which fails the read at once).
         // A stalled request counts from when it was sent: the fault began then.
         if (err instanceof TransientError || signal.aborted) this.#failingSince ??= attemptStarted;

@@ -17,6 +17,8 @@ import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.t
 import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
 import { chunkHex, chunksIn, FirstReads, learnedReads, type LearnedReadsSource } from "./learned-reads.ts";
 import { proxyHttp } from "./proxy-http.ts";
+import { trace, tracing } from "./trace.ts";
+import type { FetchLike } from "./range-request.ts";
 
 const run = promisify(execFile);
 
@@ -86,14 +88,26 @@ export async function unmountPath(mountpoint: string): Promise<void> {
   await run("umount", [mountpoint]).catch(() => run("fusermount", ["-u", mountpoint]));
 }
 
+/** The bootstrap's fetch, its responses' arrival traced (SKIFF_TRACE). */
+function tracedBootstrapFetch(fetchImpl: FetchLike): FetchLike {
+  if (!tracing) return fetchImpl;
+  return async (url, init) => {
+    const res = await fetchImpl(url, init);
+    trace("bootstrap-response", { status: res.status });
+    return res;
+  };
+}
+
 export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
   const http = await proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
-  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: http.fetch }).catch(async (err: Error) => {
+  trace("bootstrap-request");
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: tracedBootstrapFetch(http.fetch) }).catch(async (err: Error) => {
     await http.close();
     throw err;
   });
+  trace("bootstrap-decoded", { bytes: fetched.bootstrap.bytes.length, inodes: fetched.bootstrap.inodeCount, chunks: fetched.bootstrap.chunkCount });
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
   const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
   const closeHttp = () => http.close(); // its keep-alive sockets would hold the process open
@@ -150,6 +164,8 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       throw new Error(`overlay mount failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
     }
   }
+
+  trace("mounted");
 
   const writeStats = async () => {
     if (!o.statsFile) return;

@@ -6,6 +6,7 @@ import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 import { InputError, parseProxyReference } from "./converted.ts";
 import { CHUNK_CODECS } from "../format/codec.ts";
 import { parseChunkSize } from "../format/params.ts";
+import { trace } from "../../node-agent/src/trace.ts";
 
 export const mountHelp = `Usage: skiff mount <proxy-url>/<name>[:TAG|@DIGEST] <mountpoint> [options]
 
@@ -153,6 +154,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 2) throw new UsageError("expected an image URL and a mountpoint (see --help)");
+  trace("agent-start");
   const { ref, ...options } = await agentMountOptions(positionals[0]!, values);
   const log = (m: string) => process.stderr.write(`skiff mount: ${m}\n`);
   const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");
