@@ -114,7 +114,7 @@ async function containerdBaselines(registryBase, edge) {
   }
   // The edge is warm for the snapshotter too: the image's bootstrap as it asks for it (the proxy's
   // default parameters, the registry named in ?ns=), converted before any measured run.
-  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}`);
+  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}&codec=deflate-raw`);
   await warmed.arrayBuffer();
   if (warmed.status !== 200) throw new Error(`bootstrap (?ns=${host}) answered ${warmed.status}`);
   // The slow link: between containerd (and the stargz snapshotter) and the registry; between

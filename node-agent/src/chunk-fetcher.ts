@@ -2,7 +2,7 @@
 // on each layer's data blob, every chunk is decoded and checked against its sha256 before anyone
 // sees it, concurrent requests for one chunk share one fetch, and nothing outlives the timeout.
 import { layerDataUrl } from "../../src/client/lazy-api.ts";
-import { decodeChunk } from "../../src/format/codec.ts";
+import { decodeChunkWith } from "../../src/format/chunk-codec.ts";
 import { parseParamsId } from "../../src/format/params.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
 import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
@@ -47,6 +47,11 @@ export interface ChunkFetcherStats {
   /** Successful requests and the milliseconds they took, from sending to verified chunks. */
   fetches: number;
   fetchMs: number;
+  /**
+   * Time from sending a request to its response's headers, smoothed over the last few requests
+   * (ms; 0 before the first): what one more round trip to the proxy costs a read.
+   */
+  roundTripMs: number;
 }
 
 const BACKOFF_FIRST_MS = 100;
@@ -55,7 +60,7 @@ const RETRY_MS = 1_000;
 const RETRY_QUIET_MS = 250;
 
 export class ChunkFetcher {
-  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0 };
+  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0, roundTripMs: 0 };
   readonly #proxy: string;
   readonly #name: string;
   readonly #ns: string | undefined;
@@ -167,15 +172,15 @@ export class ChunkFetcher {
       const attemptStarted = Date.now();
       const id = tracing ? ++this.#traceId : 0;
       try {
-        let fetchImpl = this.#fetch;
-        if (tracing) {
-          trace("chunk-request", { id, bytes: range.end - range.start + 1, chunks: range.chunks.map((c) => c.hex.slice(0, 16)) });
-          fetchImpl = async (u, init) => {
-            const res = await this.#fetch(u, init);
-            trace("chunk-response", { id, status: res.status });
-            return res;
-          };
-        }
+        if (tracing) trace("chunk-request", { id, bytes: range.end - range.start + 1, chunks: range.chunks.map((c) => c.hex.slice(0, 16)) });
+        const sent = performance.now();
+        const fetchImpl: FetchLike = async (u, init) => {
+          const res = await this.#fetch(u, init);
+          const ms = performance.now() - sent;
+          this.stats.roundTripMs = this.stats.roundTripMs === 0 ? ms : 0.75 * this.stats.roundTripMs + 0.25 * ms;
+          if (tracing) trace("chunk-response", { id, status: res.status });
+          return res;
+        };
         const body = await fetchRange(fetchImpl, url, range.start, range.end, signal);
         const verifyStarted = tracing ? performance.now() : 0;
         const chunks = await this.#verify(range, body, url);
@@ -205,7 +210,7 @@ export class ChunkFetcher {
       const stored = body.subarray(from, from + record.storedSize);
       let data: Uint8Array;
       try {
-        data = await decodeChunk(record.compressed ? this.#codec : "none", stored, record.size, zlibInflateRaw);
+        data = await decodeChunkWith(record.compressed ? this.#codec : "none", stored, record.size, zlibInflateRaw);
       } catch (err) {
         throw new Error(`chunk ${hex} from ${url}: ${errorMessage(err)}`);
       }

@@ -19,6 +19,12 @@ export interface LazyReaderOptions {
    * one in its layer's data blob, in the background (`--prefetch-nearby`). Default 0: off.
    */
   nearbyBytes?: number;
+  /**
+   * Nearby fetches only while a round trip to the proxy (the fetcher's smoothed time to a
+   * response) takes at least this long: on a fast link the bytes cost more than the round trips
+   * they save. Default 0: whatever the link.
+   */
+  nearbyMinRoundTripMs?: number;
   /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
   onChunkRead?: (chunkIndex: number) => void;
   /**
@@ -53,6 +59,7 @@ export class LazyReader implements FileReader {
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
   readonly #recent: RecentChunks;
   readonly #nearbyBytes: number;
+  readonly #nearbyMinRoundTripMs: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
   /** Nearby fetches in progress. */
   readonly #nearby = new Set<Promise<void>>();
@@ -74,6 +81,7 @@ export class LazyReader implements FileReader {
     this.#readahead = Math.max(0, Math.floor(options.readaheadChunks ?? 4));
     this.#onChunkRead = options.onChunkRead;
     this.#nearbyBytes = Math.max(0, options.nearbyBytes ?? 0);
+    this.#nearbyMinRoundTripMs = Math.max(0, options.nearbyMinRoundTripMs ?? 0);
     this.#recent = options.recent ?? new RecentChunks();
   }
 
@@ -199,6 +207,7 @@ export class LazyReader implements FileReader {
    */
   #fetchNearby(chunkIndex: number): void {
     if (this.#nearbyBytes <= 0) return;
+    if (this.#nearbyMinRoundTripMs > 0 && this.#fetcher.stats.roundTripMs < this.#nearbyMinRoundTripMs) return;
     this.#storedOrder ??= storedOrder(this.#bootstrap);
     const { order, position } = this.#storedOrder;
     const blob = this.#bootstrap.chunk(chunkIndex).blob;

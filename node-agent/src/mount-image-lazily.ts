@@ -10,7 +10,6 @@ import { promisify } from "node:util";
 import { fetchBootstrap } from "../../src/client/lazy-api.ts";
 import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
-import { mountImage } from "./fuse-fs.ts";
 import { mountDirect } from "./fuse/mount-direct.ts";
 import { LazyReader } from "./lazy-reader.ts";
 import { allChunks, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
@@ -52,6 +51,8 @@ export interface LazyMountOptions {
   prefetchBytesPerSecond?: number;
   /** Stored bytes after a missed chunk fetched with it in the background (0: off). */
   nearbyBytes?: number;
+  /** Nearby fetches only while a round trip to the proxy takes at least this long (ms; 0: always). */
+  nearbyMinRoundTripMs?: number;
   /** Write the chunks reads need, in first-read order, to this prefetch list. */
   recordFile?: string;
   /**
@@ -138,14 +139,15 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
     recorder?.saw(i);
     firstReads?.saw(chunkHex(bootstrap, i));
   };
-  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
+  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });
   if (o.overlayDir) await recoverStaleMount(lower);
   // As root, skiff's own FUSE session over /dev/fuse (1 MiB reads, no libfuse threads); otherwise
   // fuse-native, whose libfuse mounts through the setuid fusermount.
-  const mountWith = process.getuid?.() === 0 ? mountDirect : mountImage;
+  // fuse-native (and its addon) is loaded only when used.
+  const mountWith = process.getuid?.() === 0 ? mountDirect : (await import("./fuse-fs.ts")).mountImage;
   const fuse = await mountWith({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
     await closeHttp();
     throw new Error(`cannot mount at ${lower}: ${err.message}`);
