@@ -9,16 +9,14 @@
 //   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3]
 //        [--case 'LABEL=FLAGS']... [--json FILE] [--keep-traces DIR]
 // A case's FLAGS are `skiff mount` flags split on spaces; without --case, one: today's defaults.
-import { execFileSync } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { coldStart, finishMount, PYTHON_WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
+import { coldStart, finishMount, PYTHON_WORKLOAD, warmPythonEdge } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
-import { writeLayout } from "./oci-layout.mjs";
 import { median } from "./report.mjs";
-import { requireTools, startRegistry } from "./servers.mjs";
+import { requireTools } from "./servers.mjs";
 
 const { values } = parseArgs({
   options: {
@@ -136,18 +134,7 @@ async function finish() {
 
 const results = [];
 try {
-  const layer = await pythonImageLayer(work);
-  const layout = join(work, "layout");
-  writeLayout(layout, [layer.gz], [layer.diffId]);
-  const registry = await startRegistry(work);
-  cleanups.push(registry.stop);
-  execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
-  const edge = await serveSkiff(registry.base, join(work, "edge"), cleanups);
-  for (const codec of ["none", "deflate-raw"]) {
-    const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?codec=${codec}`);
-    await warmed.arrayBuffer();
-    if (warmed.status !== 200) throw new Error(`bootstrap (${codec}) answered ${warmed.status}`);
-  }
+  const { edge } = await warmPythonEdge(work, cleanups);
   const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: edge.port }, ...SLOW });
   cleanups.push(() => relay.close());
   const links = [
