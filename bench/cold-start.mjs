@@ -21,12 +21,11 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
-import { benchCacheDir as cacheDir, coldStart as mountAndRun, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
+import { benchCacheDir as cacheDir, coldStart as mountAndRun, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, serveSkiff, warmPythonEdge } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
-import { writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
-import { requireTools, root, startRegistry } from "./servers.mjs";
+import { requireTools, root } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
@@ -135,7 +134,7 @@ async function containerdBaselines(registryBase, edge) {
   }
   // The edge is warm for the snapshotter too: the image's bootstrap as it asks for it (the proxy's
   // default parameters, the registry named in ?ns=), converted before any measured run.
-  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}`);
+  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}&codec=deflate-raw`);
   await warmed.arrayBuffer();
   if (warmed.status !== 200) throw new Error(`bootstrap (?ns=${host}) answered ${warmed.status}`);
   // The slow link: between containerd (and the stargz snapshotter) and the registry; between
@@ -199,20 +198,8 @@ async function fuseCeiling(fileBytes, entries) {
 }
 
 try {
-  const layer = await pythonImageLayer(work);
-  const layout = join(work, "layout");
-  writeLayout(layout, [layer.gz], [layer.diffId]);
-  const registry = await startRegistry(work);
-  cleanups.push(registry.stop);
-  execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
-
   // The warm edge: converted once for each codec before any measured run.
-  const edge = await serve(registry.base, join(work, "edge"));
-  for (const codec of ["none", "deflate-raw"]) {
-    const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?codec=${codec}`);
-    await warmed.arrayBuffer();
-    if (warmed.status !== 200) throw new Error(`bootstrap (${codec}) answered ${warmed.status}`);
-  }
+  const { layer, registry, edge } = await warmPythonEdge(work, cleanups);
 
   // The prefetch list, and the bytes the workload touches: the chunks it read.
   const list = join(work, "py.prefetch");

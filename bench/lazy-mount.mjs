@@ -2,12 +2,13 @@
 // python3 and numpy and the workload that reads it, `skiff serve` in front of a registry, and one lazy
 // start: `skiff mount --overlay` of the image on an empty chunk cache, then the workload in a chroot
 // over it, timed from starting the mount to the workload's output. Needs root (FUSE, chroot).
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { debianLayer } from "./debian-layer.mjs";
-import { freePort, root, waitUrl } from "./servers.mjs";
+import { writeLayout } from "./oci-layout.mjs";
+import { freePort, root, startRegistry, waitUrl } from "./servers.mjs";
 
 /** Where the benchmarks keep what they build once (the Debian image, the stargz snapshotter). */
 export const benchCacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
@@ -33,6 +34,27 @@ export async function serveSkiff(upstream, data, cleanups, bin = join(root, "bin
   const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
   cleanups.push(stop);
   return { url: `http://127.0.0.1:${port}`, port, stop };
+}
+
+/**
+ * The image pushed as bench/py:1 to a new Distribution registry, and a warm edge: `skiff serve` in
+ * front of it with the image converted for each codec before any measured run. Stops pushed onto
+ * `cleanups`; `{ layer, registry, edge }`.
+ */
+export async function warmPythonEdge(work, cleanups) {
+  const layer = await pythonImageLayer(work);
+  const layout = join(work, "layout");
+  writeLayout(layout, [layer.gz], [layer.diffId]);
+  const registry = await startRegistry(work);
+  cleanups.push(registry.stop);
+  execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
+  const edge = await serveSkiff(registry.base, join(work, "edge"), cleanups);
+  for (const codec of ["none", "deflate-raw"]) {
+    const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?codec=${codec}`);
+    await warmed.arrayBuffer();
+    if (warmed.status !== 200) throw new Error(`bootstrap (${codec}) answered ${warmed.status}`);
+  }
+  return { layer, registry, edge };
 }
 
 /** Mounts `imageUrl` under a new directory in `work`, runs `workload` in a chroot; the time to its output, and the running agent. */

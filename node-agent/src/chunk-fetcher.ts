@@ -2,7 +2,7 @@
 // on each layer's data blob, every chunk is decoded and checked against its sha256 before anyone
 // sees it, concurrent requests for one chunk share one fetch, and nothing outlives the timeout.
 import { layerDataUrl } from "../../src/client/lazy-api.ts";
-import { decodeChunk } from "../../src/format/codec.ts";
+import { decodeChunkWith } from "../../src/format/chunk-codec.ts";
 import { parseParamsId } from "../../src/format/params.ts";
 import type { ChunkRecord } from "../../src/format/model.ts";
 import { mergeGap, planRanges, type PlannedRange } from "./chunk-ranges.ts";
@@ -12,6 +12,7 @@ import { errorMessage } from "../../src/util/error-message.ts";
 import { sleep } from "../../src/util/sleep.ts";
 import { sha256Hex } from "./sha256-hex.ts";
 import { zlibInflateRaw } from "./zlib-inflate.ts";
+import { trace, tracing } from "./trace.ts";
 
 export interface ChunkFetcherOptions {
   /** Base URL of the skiff proxy, e.g. `http://127.0.0.1:8080`. */
@@ -46,6 +47,11 @@ export interface ChunkFetcherStats {
   /** Successful requests and the milliseconds they took, from sending to verified chunks. */
   fetches: number;
   fetchMs: number;
+  /**
+   * Time from sending a request to its response's headers, smoothed over the last few requests
+   * (ms; 0 before the first): what one more round trip to the proxy costs a read.
+   */
+  roundTripMs: number;
 }
 
 const BACKOFF_FIRST_MS = 100;
@@ -54,7 +60,7 @@ const RETRY_MS = 1_000;
 const RETRY_QUIET_MS = 250;
 
 export class ChunkFetcher {
-  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0 };
+  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0, roundTripMs: 0 };
   readonly #proxy: string;
   readonly #name: string;
   readonly #ns: string | undefined;
@@ -69,6 +75,8 @@ export class ChunkFetcher {
   #failingSince: number | null = null;
   /** When a read's short try after the timeout last failed. */
   #lastRetryFailed = 0;
+  /** Numbers the requests in a trace (SKIFF_TRACE). */
+  #traceId = 0;
 
   constructor(o: ChunkFetcherOptions) {
     const params = parseParamsId(o.params);
@@ -162,9 +170,21 @@ export class ChunkFetcher {
       signal.throwIfAborted();
       this.stats.requests++;
       const attemptStarted = Date.now();
+      const id = tracing ? ++this.#traceId : 0;
       try {
-        const body = await fetchRange(this.#fetch, url, range.start, range.end, signal);
+        if (tracing) trace("chunk-request", { id, bytes: range.end - range.start + 1, chunks: range.chunks.map((c) => c.hex.slice(0, 16)) });
+        const sent = performance.now();
+        const fetchImpl: FetchLike = async (u, init) => {
+          const res = await this.#fetch(u, init);
+          const ms = performance.now() - sent;
+          this.stats.roundTripMs = this.stats.roundTripMs === 0 ? ms : 0.75 * this.stats.roundTripMs + 0.25 * ms;
+          if (tracing) trace("chunk-response", { id, status: res.status });
+          return res;
+        };
+        const body = await fetchRange(fetchImpl, url, range.start, range.end, signal);
+        const verifyStarted = tracing ? performance.now() : 0;
         const chunks = await this.#verify(range, body, url);
+        if (tracing) trace("chunk-end", { id, bytes: body.length, verifyMs: performance.now() - verifyStarted });
         this.#failingSince = null;
         this.stats.fetches++;
         this.stats.fetchMs += Date.now() - attemptStarted;
@@ -173,6 +193,7 @@ export class ChunkFetcher {
         return chunks;
       } catch (err) {
         this.stats.errors++;
+        if (tracing) trace("chunk-error", { id, error: errorMessage(err) });
         // The proxy unreachable, stalled or failing (not a wrong answer, which fails the read at once).
         // A stalled request counts from when it was sent: the fault began then.
         if (err instanceof TransientError || signal.aborted) this.#failingSince ??= attemptStarted;
@@ -189,7 +210,7 @@ export class ChunkFetcher {
       const stored = body.subarray(from, from + record.storedSize);
       let data: Uint8Array;
       try {
-        data = await decodeChunk(record.compressed ? this.#codec : "none", stored, record.size, zlibInflateRaw);
+        data = await decodeChunkWith(record.compressed ? this.#codec : "none", stored, record.size, zlibInflateRaw);
       } catch (err) {
         throw new Error(`chunk ${hex} from ${url}: ${errorMessage(err)}`);
       }

@@ -9,6 +9,7 @@ import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { sleep } from "../../src/util/sleep.ts";
+import { trace, tracing } from "./trace.ts";
 
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
@@ -18,6 +19,12 @@ export interface LazyReaderOptions {
    * one in its layer's data blob, in the background (`--prefetch-nearby`). Default 0: off.
    */
   nearbyBytes?: number;
+  /**
+   * Nearby fetches only while a round trip to the proxy (the fetcher's smoothed time to a
+   * response) takes at least this long: on a fast link the bytes cost more than the round trips
+   * they save. Default 0: whatever the link.
+   */
+  nearbyMinRoundTripMs?: number;
   /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
   onChunkRead?: (chunkIndex: number) => void;
   /**
@@ -52,14 +59,20 @@ export class LazyReader implements FileReader {
   readonly #onChunkRead: ((chunkIndex: number) => void) | undefined;
   readonly #recent: RecentChunks;
   readonly #nearbyBytes: number;
+  readonly #nearbyMinRoundTripMs: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
   /** Nearby fetches in progress. */
   readonly #nearby = new Set<Promise<void>>();
+  /** Fetched chunks on their way to the cache, and those writes. */
+  readonly #writing = new Map<string, Uint8Array>();
+  readonly #writes = new Set<Promise<void>>();
   /** Reads, and readaheads waiting on the proxy, in progress; and who waits for there to be none. */
   #busy = 0;
   #idleWaiters: (() => void)[] = [];
   /** When the last of them ended. */
   #quietSince = 0;
+  /** Numbers the reads that wait for chunks in a trace (SKIFF_TRACE). */
+  #traceWaits = 0;
 
   constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, options: LazyReaderOptions = {}) {
     this.#bootstrap = bootstrap;
@@ -68,6 +81,7 @@ export class LazyReader implements FileReader {
     this.#readahead = Math.max(0, Math.floor(options.readaheadChunks ?? 4));
     this.#onChunkRead = options.onChunkRead;
     this.#nearbyBytes = Math.max(0, options.nearbyBytes ?? 0);
+    this.#nearbyMinRoundTripMs = Math.max(0, options.nearbyMinRoundTripMs ?? 0);
     this.#recent = options.recent ?? new RecentChunks();
   }
 
@@ -126,24 +140,42 @@ export class LazyReader implements FileReader {
     return out;
   }
 
-  /** Resolves when no readahead or nearby fetch is running (for tests and clean shutdown). */
+  /** Resolves when no readahead, nearby fetch or cache write is running (for tests and clean shutdown). */
   async idle(): Promise<void> {
-    for (let i = 0; i < 100 && this.#ahead.size + this.#nearby.size > 0; i++) await Promise.allSettled([...this.#ahead.values(), ...this.#nearby]);
+    for (let i = 0; i < 100 && this.#ahead.size + this.#nearby.size + this.#writes.size > 0; i++) {
+      await Promise.allSettled([...this.#ahead.values(), ...this.#nearby, ...this.#writes]);
+    }
+  }
+
+  /** Whether a chunk is in the node's cache or on its way there. */
+  #have(hex: string): boolean {
+    return this.#cache.has(hex) || this.#writing.has(hex);
+  }
+
+  /** A chunk from the node's cache, or from memory while its cache write is in progress. */
+  #fromCache(hex: string): Promise<Uint8Array | null> {
+    const writing = this.#writing.get(hex);
+    return writing ? Promise.resolve(writing) : this.#cache.get(hex);
   }
 
   /** The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest fetched in one go. */
   async #load(chunkIndexes: number[], inode: number): Promise<Uint8Array[]> {
     const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
     const hexes = records.map((r) => toHex(r.digest));
-    const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#cache.get(hex))));
+    const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#fromCache(hex))));
     const missing: WantedChunk[] = [];
     for (let i = 0; i < records.length; i++) {
       if (out[i]) this.stats.cacheHits++;
       else missing.push({ record: records[i]!, layerDigest: this.#bootstrap.blob(records[i]!.blob).layerDigest });
     }
     if (missing.length === 0) return out as Uint8Array[];
+    const wait = tracing ? ++this.#traceWaits : 0;
+    if (tracing) trace("read-wait", { wait, inode, chunks: missing.map((w) => toHex(w.record.digest).slice(0, 16)) });
+    // The read's own request goes first: on a slow link the nearby one's bytes queue behind it.
+    const fetching = this.#fetch(missing);
     this.#fetchNearby(chunkIndexes[chunkIndexes.length - 1]!);
-    const fetched = await this.#fetch(missing);
+    const fetched = await fetching;
+    if (tracing) trace("read-wait-end", { wait });
     return hexes.map((hex, i) => {
       const bytes = out[i] ?? fetched.get(hex);
       if (!bytes) throw new Error(`inode ${inode}: chunk ${hex} was not fetched`);
@@ -151,13 +183,17 @@ export class LazyReader implements FileReader {
     });
   }
 
-  /** Fetches chunks and caches them, counted as waiting until they are in the cache. */
+  /**
+   * Fetches chunks, counted as waiting until they are verified. They are written to the cache
+   * behind the read (a write per chunk costs the read a few ms each); until then they are served
+   * from memory.
+   */
   async #fetch(wanted: WantedChunk[]): Promise<Map<string, Uint8Array>> {
     this.#busy++;
     try {
       const fetched = await this.#fetcher.fetchChunks(wanted);
-      await this.#store(fetched);
       for (const [hex, bytes] of fetched) this.#recent.put(hex, bytes);
+      this.#storeBehind(fetched);
       return fetched;
     } finally {
       this.#done();
@@ -171,6 +207,7 @@ export class LazyReader implements FileReader {
    */
   #fetchNearby(chunkIndex: number): void {
     if (this.#nearbyBytes <= 0) return;
+    if (this.#nearbyMinRoundTripMs > 0 && this.#fetcher.stats.roundTripMs < this.#nearbyMinRoundTripMs) return;
     this.#storedOrder ??= storedOrder(this.#bootstrap);
     const { order, position } = this.#storedOrder;
     const blob = this.#bootstrap.chunk(chunkIndex).blob;
@@ -178,7 +215,7 @@ export class LazyReader implements FileReader {
     let bytes = 0;
     for (let p = position[chunkIndex]! + 1; p < order.length; p++) {
       const record = this.#bootstrap.chunk(order[p]!);
-      if (record.blob !== blob || this.#cache.has(toHex(record.digest))) break;
+      if (record.blob !== blob || this.#have(toHex(record.digest))) break;
       bytes += record.storedSize;
       if (bytes > this.#nearbyBytes) break;
       wanted.push({ record, layerDigest: this.#bootstrap.blob(blob).layerDigest });
@@ -197,9 +234,19 @@ export class LazyReader implements FileReader {
     for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
-  /** Caches fetched chunks; a full or failing disk costs a refetch later, never this read. */
-  async #store(chunks: Map<string, Uint8Array>): Promise<void> {
-    await Promise.all([...chunks].map(([hex, bytes]) => this.#cache.put(hex, bytes).catch(() => undefined)));
+  /** Caches fetched chunks in the background; a full or failing disk costs a refetch later, never a read. */
+  #storeBehind(chunks: Map<string, Uint8Array>): void {
+    const started = tracing ? performance.now() : 0;
+    for (const [hex, bytes] of chunks) this.#writing.set(hex, bytes);
+    const write: Promise<void> = Promise.all([...chunks].map(([hex, bytes]) => this.#cache.put(hex, bytes).catch(() => undefined)))
+      .then(() => {
+        if (tracing) trace("cache-write", { chunks: chunks.size, ms: performance.now() - started });
+      })
+      .finally(() => {
+        for (const [hex, bytes] of chunks) if (this.#writing.get(hex) === bytes) this.#writing.delete(hex);
+        this.#writes.delete(write);
+      });
+    this.#writes.add(write);
   }
 
   #maybeReadAhead(inode: number, offset: number, end: number, lastChunk: number, indexes: number[]): void {
@@ -211,9 +258,9 @@ export class LazyReader implements FileReader {
     for (let k = lastChunk + 1; k < indexes.length && k <= lastChunk + this.#readahead; k++) {
       const record = this.#bootstrap.chunk(indexes[k]!);
       const hex = toHex(record.digest);
-      if (!this.#cache.has(hex)) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+      if (!this.#have(hex)) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
       // Cached ones are read from disk ahead too: a cold chunk file costs a few ms the reader would wait.
-      else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) void this.#recent.get(hex, () => this.#cache.get(hex).catch(() => null));
+      else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) void this.#recent.get(hex, () => this.#fromCache(hex).catch(() => null));
     }
     if (wanted.length === 0 || this.#ahead.has(inode)) return;
     const run = this.#fetch(wanted)

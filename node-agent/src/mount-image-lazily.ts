@@ -10,13 +10,14 @@ import { promisify } from "node:util";
 import { fetchBootstrap } from "../../src/client/lazy-api.ts";
 import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
-import { mountImage } from "./fuse-fs.ts";
 import { mountDirect } from "./fuse/mount-direct.ts";
 import { LazyReader } from "./lazy-reader.ts";
 import { allChunks, chunksIn, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
 import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "./learned-reads.ts";
 import { proxyHttp } from "./proxy-http.ts";
+import { trace, tracing } from "./trace.ts";
+import type { FetchLike } from "./range-request.ts";
 
 const run = promisify(execFile);
 
@@ -50,6 +51,8 @@ export interface LazyMountOptions {
   prefetchBytesPerSecond?: number;
   /** Stored bytes after a missed chunk fetched with it in the background (0: off). */
   nearbyBytes?: number;
+  /** Nearby fetches only while a round trip to the proxy takes at least this long (ms; 0: always). */
+  nearbyMinRoundTripMs?: number;
   /** Write the chunks reads need, in first-read order, to this prefetch list. */
   recordFile?: string;
   /**
@@ -86,14 +89,26 @@ export async function unmountPath(mountpoint: string): Promise<void> {
   await run("umount", [mountpoint]).catch(() => run("fusermount", ["-u", mountpoint]));
 }
 
+/** The bootstrap's fetch, its responses' arrival traced (SKIFF_TRACE). */
+function tracedBootstrapFetch(fetchImpl: FetchLike): FetchLike {
+  if (!tracing) return fetchImpl;
+  return async (url, init) => {
+    const res = await fetchImpl(url, init);
+    trace("bootstrap-response", { status: res.status });
+    return res;
+  };
+}
+
 export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
   const http = await proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
-  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: http.fetch }).catch(async (err: Error) => {
+  trace("bootstrap-request");
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: tracedBootstrapFetch(http.fetch) }).catch(async (err: Error) => {
     await http.close();
     throw err;
   });
+  trace("bootstrap-decoded", { bytes: fetched.bootstrap.bytes.length, inodes: fetched.bootstrap.inodeCount, chunks: fetched.bootstrap.chunkCount });
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
   const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
   const closeHttp = () => http.close(); // its keep-alive sockets would hold the process open
@@ -124,14 +139,15 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
     recorder?.saw(i);
     firstReads?.saw(chunkHex(bootstrap, i));
   };
-  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
+  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
 
   const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
   await mkdir(lower, { recursive: true });
   if (o.overlayDir) await recoverStaleMount(lower);
   // As root, skiff's own FUSE session over /dev/fuse (1 MiB reads, no libfuse threads); otherwise
   // fuse-native, whose libfuse mounts through the setuid fusermount.
-  const mountWith = process.getuid?.() === 0 ? mountDirect : mountImage;
+  // fuse-native (and its addon) is loaded only when used.
+  const mountWith = process.getuid?.() === 0 ? mountDirect : (await import("./fuse-fs.ts")).mountImage;
   const fuse = await mountWith({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
     await closeHttp();
     throw new Error(`cannot mount at ${lower}: ${err.message}`);
@@ -150,6 +166,8 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       throw new Error(`overlay mount failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
     }
   }
+
+  trace("mounted");
 
   const writeStats = async () => {
     if (!o.statsFile) return;

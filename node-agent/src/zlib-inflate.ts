@@ -1,7 +1,7 @@
 // The agent's deflate-raw chunk decoder: node:zlib inflates 1 MiB chunks about three times as fast
 // as fflate here (docs/benchmarks.md, "Chunk decode"), and a cold start inflates every chunk it reads.
 import { inflateRawSync } from "node:zlib";
-import type { InflateRaw } from "../../src/format/codec.ts";
+import type { InflateRaw } from "../../src/format/chunk-codec.ts";
 
 /**
  * Stops one byte past the expected size, so an over-long chunk is refused without inflating all of

@@ -85,6 +85,7 @@ describe("lazy read path", () => {
     expect(Buffer.from(await reader.read(ino, 2, 5))).toEqual(SMALL.subarray(2, 7));
     expect(await served()).toEqual(after);
     expect(reader.stats.cacheHits).toBe(1);
+    await reader.idle(); // written to the cache behind the read
     expect(cache.stats.entries).toBe(1);
   });
 
@@ -147,6 +148,7 @@ describe("lazy read path", () => {
     const warm = await newReader(cacheDir);
     const ino = image.bootstrap.lookup("data/big")!;
     expect(Buffer.compare(await warm.reader.read(ino, 0, BIG.length), BIG)).toBe(0);
+    await warm.reader.idle(); // fetched chunks are written to the cache behind the read
 
     const { cache, fetcher, reader } = await newReader(cacheDir); // a restarted agent: nothing in memory
     const piece = K64 / 4; // smaller than a chunk, as FUSE reads of a big chunk are

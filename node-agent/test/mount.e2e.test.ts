@@ -563,8 +563,8 @@ describe("skiff mount", () => {
     const recorded = lines.slice(1);
     expect(recorded.every((l) => /^[0-9a-f]{64}$/.test(l))).toBe(true);
 
-    // Which chunks each data range covers, from the image's own bootstrap.
-    const { bootstrap } = await fetchBootstrap(skiff.url, "e2e/rootfs", "v1", { timeoutMs: 30_000 });
+    // Which chunks each data range covers, from the image's own bootstrap (the agent's default codec's).
+    const { bootstrap } = await fetchBootstrap(skiff.url, "e2e/rootfs", "v1", { codec: "deflate-raw", timeoutMs: 30_000 });
     const chunks = Array.from({ length: bootstrap.chunkCount }, (_, i) => bootstrap.chunk(i));
     const msg = bootstrap.chunks(bootstrap.lookup("/etc/msg")!)[0]!;
     expect(recorded[0]).toBe(toHex(msg.digest)); // read first

@@ -4,8 +4,9 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 import { InputError, parseProxyReference } from "./converted.ts";
-import { CHUNK_CODECS } from "../format/codec.ts";
+import { CHUNK_CODECS } from "../format/chunk-codec.ts";
 import { parseChunkSize } from "../format/params.ts";
+import { trace } from "../../node-agent/src/trace.ts";
 
 export const mountHelp = `Usage: skiff mount <proxy-url>/<name>[:TAG|@DIGEST] <mountpoint> [options]
 
@@ -23,8 +24,8 @@ Options:
   --timeout SECONDS    a read that can't be served in this time fails with EIO (default 30)
   --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
   --codec none|deflate-raw
-                       how chunks travel and are stored at the edge; deflate-raw sends fewer bytes
-                       over a slow link (default: the proxy's, none)
+                       how chunks travel and are stored at the edge; deflate-raw sends about half
+                       the bytes, none saves the node inflating them (default deflate-raw)
   --chunk-size SIZE    chunk size of the conversion, 64k to 16m (default: the proxy's, 1m)
   --token TOKEN        bearer token for the proxy (or $SKIFF_TOKEN)
   --user USER          user for the proxy (with --password or $SKIFF_PASSWORD)
@@ -37,10 +38,11 @@ Options:
                        --prefetch FILE --prefetch all (the list's chunks all come first).
                        Reads always go first
   --prefetch-rate SIZE limit prefetch to SIZE bytes per second, e.g. 20m (default: no limit)
-  --prefetch-nearby SIZE
+  --prefetch-nearby SIZE|auto
                        when a read has to fetch, also fetch up to SIZE (e.g. 256k) of the chunks
-                       stored after it in the layer, the files next to it, in the background
-                       (default 0: off)
+                       stored after it in the layer, the files next to it, in the background;
+                       0 turns it off (default auto: 256k while a round trip to the proxy takes
+                       10 ms or more, off on a faster link)
   --record FILE        write the chunks reads need, in the order first needed, as a prefetch list
   --no-learned-prefetch
                        don't fetch first the chunks the proxy learned this image reads first, and
@@ -55,6 +57,12 @@ Unmounts what 'skiff mount' mounted there (an overlay or the FUSE mount), lazily
 
 // Nearby fetches compete with the reads for the link: past a few MiB they only slow them.
 const MAX_NEARBY_BYTES = 16 * 2 ** 20;
+// `--prefetch-nearby auto` (the default): the best size on the cold-start benchmark's slow link,
+// used only while round trips cost this much (docs/benchmarks.md, "Choosing the defaults").
+const AUTO_NEARBY_BYTES = 256 * 2 ** 10;
+const AUTO_NEARBY_MIN_ROUND_TRIP_MS = 10;
+/** The codec the node side asks for unless told (`--codec`): half the bytes on the wire. */
+export const AGENT_DEFAULT_CODEC = "deflate-raw";
 
 /** The flags `skiff mount` and `skiff record` share: where chunks are cached, how the proxy is reached, prefetch. */
 export const agentFlags = {
@@ -90,7 +98,8 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
   for (const source of values.prefetch ?? []) if (source === "") throw new UsageError("--prefetch needs all or a file");
   const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
   if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
-  const nearbyBytes = sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
+  const autoNearby = (values["prefetch-nearby"] ?? "auto") === "auto";
+  const nearbyBytes = autoNearby ? AUTO_NEARBY_BYTES : sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
   if (nearbyBytes > MAX_NEARBY_BYTES) throw new UsageError("--prefetch-nearby is at most 16m (--prefetch all fetches everything)");
   return {
     ref,
@@ -101,12 +110,13 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     cacheMaxBytes: sizeFlag(values["cache-size"], "cache-size", 10 * 2 ** 30),
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     platform: values.platform,
-    codec: values.codec,
+    codec: values.codec ?? AGENT_DEFAULT_CODEC,
     chunkSize: values["chunk-size"],
     ...access,
     prefetch: values.prefetch,
     prefetchBytesPerSecond: prefetchRate,
     nearbyBytes,
+    nearbyMinRoundTripMs: autoNearby ? AUTO_NEARBY_MIN_ROUND_TRIP_MS : 0,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
   };
 }
@@ -153,6 +163,7 @@ export async function mountCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 2) throw new UsageError("expected an image URL and a mountpoint (see --help)");
+  trace("agent-start");
   const { ref, ...options } = await agentMountOptions(positionals[0]!, values);
   const log = (m: string) => process.stderr.write(`skiff mount: ${m}\n`);
   const { mountLazily } = await import("../../node-agent/src/mount-image-lazily.ts");

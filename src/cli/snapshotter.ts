@@ -2,7 +2,7 @@
 import { mkdir } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
-import { proxyAccess } from "./mount.ts";
+import { AGENT_DEFAULT_CODEC, proxyAccess } from "./mount.ts";
 
 export const snapshotterHelp = `Usage: skiff snapshotter [--proxy URL] [options]
 
@@ -26,7 +26,8 @@ Options:
                        how long a pull waits for the proxy to convert an image before its layers
                        are unpacked normally (default 60)
   --codec none|deflate-raw
-                       how chunks travel (default: the proxy's)
+                       how chunks travel; deflate-raw sends about half the bytes (default
+                       deflate-raw)
   --chunk-size SIZE    chunk size of the conversion, 64k to 16m (default: the proxy's)
   --platform OS/ARCH   platform to pick from a multi-platform image (default: the proxy's)
   --token TOKEN        bearer token for the proxy (or $SKIFF_TOKEN)
@@ -87,7 +88,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     convertTimeoutMs: integerFlag(values["convert-timeout"], "convert-timeout", 60, 1, 3600) * 1000,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
-    codec: values.codec,
+    codec: values.codec ?? AGENT_DEFAULT_CODEC,
     chunkSize: values["chunk-size"],
     platform: values.platform,
     ...access,

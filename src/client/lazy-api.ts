@@ -2,7 +2,7 @@
 // node agent alike: the URLs of a bootstrap, a layer's data blob and a chunk, fetching an image
 // bootstrap with every check a client owes a proxy it does not trust, and learned prefetch (reporting
 // what a container read first, fetching the merged list). Web-standard APIs only.
-import { codecFromId, type ChunkCodec } from "../format/codec.ts";
+import { codecFromId, type ChunkCodec } from "../format/chunk-codec.ts";
 import { Bootstrap, BootstrapError } from "../format/decode.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import { parseParamsId } from "../format/params.ts";

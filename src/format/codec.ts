@@ -5,10 +5,9 @@
 // converts to the same blob on Node, Deno and Workers), so it is fflate at a fixed level rather than
 // CompressionStream, whose output depends on the platform's zlib.
 import { deflateSync, inflateSync } from "fflate";
+import { decodeChunkWith, type ChunkCodec, type InflateRaw } from "./chunk-codec.ts";
 
-export type ChunkCodec = "none" | "deflate-raw";
-
-export const CHUNK_CODECS: readonly ChunkCodec[] = ["none", "deflate-raw"];
+export { CHUNK_CODECS, codecFromId, codecId, type ChunkCodec, type InflateRaw } from "./chunk-codec.ts";
 
 /**
  * The deflate level of every chunk; changing it changes every converted blob. Level 1 encodes
@@ -18,30 +17,11 @@ export const CHUNK_CODECS: readonly ChunkCodec[] = ["none", "deflate-raw"];
  */
 export const DEFLATE_LEVEL = 1;
 
-/** Chunks are at most 16 MiB; a larger size claimed by a bootstrap is refused before allocating. */
-const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
-
-const IDS: Record<ChunkCodec, number> = { none: 0, "deflate-raw": 1 };
-
-export function codecId(c: ChunkCodec): number {
-  return IDS[c];
-}
-
-export function codecFromId(id: number): ChunkCodec | null {
-  return CHUNK_CODECS.find((c) => IDS[c] === id) ?? null;
-}
-
 /** "none" returns `data` itself; deflate-raw returns new bytes. */
 export function encodeChunk(codec: ChunkCodec, data: Uint8Array): Uint8Array {
   if (codec === "none") return data;
   return deflateSync(data, { level: DEFLATE_LEVEL });
 }
-
-/**
- * Inflates one deflate-raw chunk whose size should be `expectedSize`; it may return more bytes (or
- * throw) for a chunk that decodes to more, so that an over-long chunk is never cut to size silently.
- */
-export type InflateRaw = (stored: Uint8Array, expectedSize: number) => Uint8Array;
 
 /**
  * fflate's inflateSync rather than DecompressionStream("deflate-raw"): one chunk at a time it was
@@ -51,27 +31,7 @@ export type InflateRaw = (stored: Uint8Array, expectedSize: number) => Uint8Arra
  */
 export const fflateInflateRaw: InflateRaw = (stored, expectedSize) => inflateSync(stored, { out: new Uint8Array(expectedSize + 1) });
 
-/**
- * The chunk's uncompressed bytes, checked against its expected size. `inflate` lets a runtime put a
- * faster decoder in (the Node agent uses node:zlib); async so an asynchronous one could too.
- */
-export async function decodeChunk(codec: ChunkCodec, stored: Uint8Array, expectedSize: number, inflate: InflateRaw = fflateInflateRaw): Promise<Uint8Array> {
-  if (!Number.isSafeInteger(expectedSize) || expectedSize < 0 || expectedSize > MAX_CHUNK_SIZE) {
-    throw new RangeError(`chunk size ${expectedSize} is outside 0..${MAX_CHUNK_SIZE}`);
-  }
-  if (codec === "none") {
-    if (stored.length !== expectedSize) throw new Error(`stored chunk is ${stored.length} bytes, expected ${expectedSize}`);
-    return stored;
-  }
-  let out: Uint8Array;
-  try {
-    out = inflate(stored, expectedSize);
-  } catch (err) {
-    throw new Error(`deflate-raw chunk is corrupt: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  if (out.length !== expectedSize) {
-    const actual = out.length > expectedSize ? `more than ${expectedSize}` : String(out.length);
-    throw new Error(`deflate-raw chunk decodes to ${actual} bytes, expected ${expectedSize}`);
-  }
-  return out;
+/** The chunk's uncompressed bytes, checked against its expected size (chunk-codec.ts), by default inflated with fflate. */
+export function decodeChunk(codec: ChunkCodec, stored: Uint8Array, expectedSize: number, inflate: InflateRaw = fflateInflateRaw): Promise<Uint8Array> {
+  return decodeChunkWith(codec, stored, expectedSize, inflate);
 }

@@ -1,6 +1,6 @@
 // What a conversion's output depends on besides its source: together they name the result.
 import { DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT } from "./layout.ts";
-import { CHUNK_CODECS, type ChunkCodec } from "./codec.ts";
+import { CHUNK_CODECS, type ChunkCodec } from "./chunk-codec.ts";
 
 export interface ConvertParams {
   /** log2 of the chunk size: 16 (64 KiB) to 24 (16 MiB). */
