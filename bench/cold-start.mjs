@@ -59,7 +59,8 @@ const coldStart = (imageUrl, extra) => mountAndRun(imageUrl, extra, { work, work
 async function copyImage(registryBase, edge, repo, ns) {
   const host = new URL(registryBase).host;
   execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${host}/bench/py:1`, `docker://${host}/${repo}:1`]);
-  const res = await fetch(`${edge.url}/v2/${repo}/_skiff/bootstrap/1${ns ? `?ns=${encodeURIComponent(ns)}` : ""}`);
+  // As the agents ask for it by default (deflate-raw chunks).
+  const res = await fetch(`${edge.url}/v2/${repo}/_skiff/bootstrap/1?codec=deflate-raw${ns ? `&ns=${encodeURIComponent(ns)}` : ""}`);
   await res.arrayBuffer();
   if (res.status !== 200) throw new Error(`bootstrap of ${repo} answered ${res.status}`);
   return repo;
@@ -118,7 +119,7 @@ async function warmReads(edgeUrl, tarFile) {
 /**
  * The same workload after `ctr image pull` (fetch, unpack into overlayfs), after the stargz
  * snapshotter's lazy pull of an eStargz copy, and after `skiff pull` through containerd's CRI plugin
- * with the skiff snapshotter (its defaults: no prefetch list, the proxy's codec) from the warm edge
+ * with the skiff snapshotter (its defaults) from the warm edge
  * `edge`, each through the same links, on a fresh containerd (and snapshotter root: an empty chunk
  * cache) every run: { link, client, seconds, pullSeconds, mountSeconds, runSeconds }[] medians.
  */

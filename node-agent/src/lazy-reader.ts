@@ -11,6 +11,13 @@ import { toHex } from "../../src/hash/hasher.ts";
 import { sleep } from "../../src/util/sleep.ts";
 import { trace, tracing } from "./trace.ts";
 
+/**
+ * `--prefetch-nearby auto`, the default of `skiff mount` and the snapshotter: the best size on the
+ * cold-start benchmark's slow link, used only while round trips cost this much (docs/benchmarks.md,
+ * "A first node's cold start").
+ */
+export const AUTO_NEARBY = { bytes: 256 * 2 ** 10, minRoundTripMs: 10 };
+
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
   readaheadChunks?: number;

@@ -57,10 +57,6 @@ Unmounts what 'skiff mount' mounted there (an overlay or the FUSE mount), lazily
 
 // Nearby fetches compete with the reads for the link: past a few MiB they only slow them.
 const MAX_NEARBY_BYTES = 16 * 2 ** 20;
-// `--prefetch-nearby auto` (the default): the best size on the cold-start benchmark's slow link,
-// used only while round trips cost this much (docs/benchmarks.md, "Choosing the defaults").
-const AUTO_NEARBY_BYTES = 256 * 2 ** 10;
-const AUTO_NEARBY_MIN_ROUND_TRIP_MS = 10;
 /** The codec the node side asks for unless told (`--codec`): half the bytes on the wire. */
 export const AGENT_DEFAULT_CODEC = "deflate-raw";
 
@@ -99,7 +95,8 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
   const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
   if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
   const autoNearby = (values["prefetch-nearby"] ?? "auto") === "auto";
-  const nearbyBytes = autoNearby ? AUTO_NEARBY_BYTES : sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
+  const { AUTO_NEARBY } = await import("../../node-agent/src/lazy-reader.ts");
+  const nearbyBytes = autoNearby ? AUTO_NEARBY.bytes : sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
   if (nearbyBytes > MAX_NEARBY_BYTES) throw new UsageError("--prefetch-nearby is at most 16m (--prefetch all fetches everything)");
   return {
     ref,
@@ -116,7 +113,7 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     prefetch: values.prefetch,
     prefetchBytesPerSecond: prefetchRate,
     nearbyBytes,
-    nearbyMinRoundTripMs: autoNearby ? AUTO_NEARBY_MIN_ROUND_TRIP_MS : 0,
+    nearbyMinRoundTripMs: autoNearby ? AUTO_NEARBY.minRoundTripMs : 0,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
   };
 }

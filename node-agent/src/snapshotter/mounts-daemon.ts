@@ -22,7 +22,7 @@ import { errorReply, requestOpcode, requestUnique, UNANSWERED_OPS } from "../fus
 import { KeeperLink } from "../fuse/keeper-link.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { chunksIn } from "../prefetch-list.ts";
-import { LazyReader } from "../lazy-reader.ts";
+import { AUTO_NEARBY, LazyReader } from "../lazy-reader.ts";
 import { Prefetcher } from "../prefetcher.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
@@ -141,7 +141,12 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     const bootstrap = Bootstrap.decode(new Uint8Array(await readFile(spec.bootstrapFile)));
     const fetcher = new ChunkFetcher({ proxy: spec.proxy, name: spec.name, ns: spec.ns, params: spec.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
     const learned = fresh ? learningFor(spec) : undefined;
-    const reader = new LazyReader(bootstrap, cache, fetcher, { recent, onChunkRead: learned && ((i) => learned.firstReads.saw(chunkHex(bootstrap, i))) });
+    const reader = new LazyReader(bootstrap, cache, fetcher, {
+      recent,
+      nearbyBytes: AUTO_NEARBY.bytes,
+      nearbyMinRoundTripMs: AUTO_NEARBY.minRoundTripMs,
+      onChunkRead: learned && ((i) => learned.firstReads.saw(chunkHex(bootstrap, i))),
+    });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
     const m: Mounted = { id, spec, session, reader, fetcher };
     byId.set(id, m);
