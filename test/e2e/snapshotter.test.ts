@@ -19,6 +19,7 @@ import { credentials, makeGenericClientConstructor, type Client, type ServiceErr
 import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
 import type { DaemonStatus } from "../../node-agent/src/snapshotter/mounts-client.ts";
 import { fetchLearnedReads } from "../../src/client/lazy-api.ts";
+import { AGENT_DEFAULT_CODEC } from "../../src/cli/mount.ts";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
 import { SnapshotterProcess } from "./harness/snapshotter.ts";
@@ -369,9 +370,9 @@ async function containerOverTop(key: string, name: string): Promise<string> {
   return rootfs;
 }
 
-/** The params id the snapshotter's layers were converted with (the proxy's defaults). */
+/** The params id the snapshotter's layers were converted with (its default codec, the proxy's chunk size). */
 async function learnedParams(): Promise<string> {
-  const res = await fetch(`${skiff.url}/v2/e2e/snap/_skiff/bootstrap/${image.manifest}`);
+  const res = await fetch(`${skiff.url}/v2/e2e/snap/_skiff/bootstrap/${image.manifest}?codec=${AGENT_DEFAULT_CODEC}`);
   await res.arrayBuffer();
   return res.headers.get("skiff-params")!;
 }
