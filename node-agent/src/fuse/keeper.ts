@@ -39,7 +39,10 @@ const EIO = 5;
 /** How long a server that is attached gets beyond the timeout (it enforces the timeout itself). */
 const SERVER_GRACE_MS = 1_000;
 const SWEEP_MS = 250;
-/** Each mount keeps one thread of the pool in a blocking read: KEEPER_THREADS (1024, libuv's most) bounds them. */
+/**
+ * The keeper's thread pool (UV_THREADPOOL_SIZE, set by whoever starts it): each mount keeps one
+ * thread in a blocking read of /dev/fuse, so this (libuv's most) bounds the mounts.
+ */
 export const KEEPER_THREADS = 1024;
 const MAX_MOUNTS = KEEPER_THREADS - 8;
 

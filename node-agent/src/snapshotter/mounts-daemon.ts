@@ -19,6 +19,7 @@ import { ChunkCache } from "../chunk-cache.ts";
 import { ChunkFetcher } from "../chunk-fetcher.ts";
 import { ImageSession } from "../fuse/image-session.ts";
 import { errorReply, requestOpcode, requestUnique, UNANSWERED_OPS } from "../fuse/kernel-abi.ts";
+import { KEEPER_THREADS } from "../fuse/keeper.ts";
 import { KeeperLink } from "../fuse/keeper-link.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { chunksIn } from "../prefetch-list.ts";
@@ -71,8 +72,6 @@ interface Mounted {
 
 const TABLE = "mounts.json";
 const EIO = 5;
-/** The keeper's thread pool: one thread per mount waits in a read of /dev/fuse. */
-const KEEPER_THREADS = "1024";
 
 export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close(): Promise<void> }> {
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
@@ -96,7 +95,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     socket: o.keeperSocket,
     startKeeper: () => {
       // A small young generation: the keeper only passes buffers along, and they die young.
-      const pid = spawnDetached(["--max-semi-space-size=1", ...o.keeperArgs], join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: KEEPER_THREADS });
+      const pid = spawnDetached(["--max-semi-space-size=1", ...o.keeperArgs], join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: String(KEEPER_THREADS) });
       o.log(`started the FUSE keeper (pid ${pid})`);
     },
     onRequest: (id, req) => {
