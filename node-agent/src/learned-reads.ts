@@ -54,6 +54,7 @@ export class FirstReads {
   readonly #seen = new Set<string>();
   readonly #started = Date.now();
   #lastNew = 0;
+  #count = 0;
   #reported: Promise<void> | undefined;
   readonly #timer: NodeJS.Timeout;
 
@@ -73,8 +74,9 @@ export class FirstReads {
     this.#lastNew = Date.now();
   }
 
+  /** Chunks recorded (and, once reported, sent). */
   get count(): number {
-    return this.#seen.size;
+    return this.#reported ? this.#count : this.#seen.size;
   }
 
   /** Sends the report (once; later calls wait for the same one). Never rejects. */
@@ -85,10 +87,14 @@ export class FirstReads {
 
   async #send(): Promise<void> {
     const s = this.#source;
-    if (this.#seen.size === 0) return;
+    const digests = [...this.#seen];
+    // Nothing more is recorded: only the count stays (a node may run many images).
+    this.#count = digests.length;
+    this.#seen.clear();
+    if (digests.length === 0) return;
     try {
-      await reportReads(s.proxy, s.name, s.manifestDigest, s.params, [...this.#seen], { ns: s.ns, fetchImpl: s.fetchImpl, timeoutMs: REPORT_TIMEOUT_MS });
-      s.log(`reported the ${this.#seen.size} chunks this start read first`);
+      await reportReads(s.proxy, s.name, s.manifestDigest, s.params, digests, { ns: s.ns, fetchImpl: s.fetchImpl, timeoutMs: REPORT_TIMEOUT_MS });
+      s.log(`reported the ${digests.length} chunks this start read first`);
     } catch (err) {
       s.log(`reporting the chunks read first: ${(err as Error).message}`);
     }
