@@ -46,7 +46,8 @@ const all = Array.from({ length: CHUNKS }, (_, i) => i);
 const phase = (chunks: number[], quietMs = 0) => ({ chunks, quietMs });
 
 describe("Prefetcher", () => {
-  test("starts nothing while a read waits on the proxy, then fetches and caches every chunk once", async () => {
+  // A list that runs ahead of the reads (quietMs 0) is how a learned list and --prefetch FILE run.
+  test("a list that runs ahead of the reads (a learned list) starts nothing while a read waits on the proxy, then fetches and caches every chunk once", async () => {
     const cache = await ChunkCache.open(tempDir("prefetch-cache"));
     const { batches, fetcher } = fakeFetcher();
     let readDone!: () => void;
