@@ -216,17 +216,17 @@ try {
     ["loopback", edge.url],
     ["100 Mbit/s, 20 ms RTT", `http://127.0.0.1:${relay.port}`],
   ];
-  // These rows measure one setting each: learned prefetch off, so no run learns from another.
-  const deflate = ["--codec", "deflate-raw", "--no-learned-prefetch"];
-  const none = ["--codec", "none", "--no-learned-prefetch"];
+  // These rows measure one setting each: learned prefetch off, so no run learns from another, and
+  // nearby prefetch off unless the row says otherwise.
+  const only = (codec, nearby = "0") => ["--codec", codec, "--no-learned-prefetch", "--prefetch-nearby", nearby];
   const cases = [
-    ["cold edge", "none", "off", none],
-    ["warm edge", "none", "off", none],
-    ["warm edge", "none", "all", [...none, "--prefetch", "all"]],
-    ["warm edge", "none", "replayed list", [...none, "--prefetch", list, "--prefetch", "all"]],
-    ["warm edge", "deflate-raw", "off", deflate],
-    ["warm edge", "deflate-raw", `nearby ${NEARBY}`, [...deflate, "--prefetch-nearby", NEARBY]],
-    ["warm edge", "deflate-raw", "replayed list", [...deflate, "--prefetch", list, "--prefetch", "all"]],
+    ["cold edge", "none", "off", only("none")],
+    ["warm edge", "none", "off", only("none")],
+    ["warm edge", "none", "all", [...only("none"), "--prefetch", "all"]],
+    ["warm edge", "none", "replayed list", [...only("none"), "--prefetch", list, "--prefetch", "all"]],
+    ["warm edge", "deflate-raw", "off", only("deflate-raw")],
+    ["warm edge", "deflate-raw", `nearby ${NEARBY}`, only("deflate-raw", NEARBY)],
+    ["warm edge", "deflate-raw", "replayed list", [...only("deflate-raw"), "--prefetch", list, "--prefetch", "all"]],
   ];
   const rows = [];
   for (const [link, base] of links) {
