@@ -239,6 +239,9 @@ describe("skiff snapshotter over gRPC", () => {
       otherClient.close();
       await other.stop();
     }
+    // SIGTERM to the daemon and the keeper together: the keeper unmounts its layers (nothing waits
+    // on the daemon that is gone) and both end.
+    expect(other.stoppedByKill).toBe(false);
   }, 120_000);
 
   test("a layer the proxy can't serve (unknown repository) falls back to an ordinary snapshot", async () => {

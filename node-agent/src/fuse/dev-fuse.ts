@@ -7,7 +7,7 @@
 // process must have a pool with a thread for each connection (UV_THREADPOOL_SIZE).
 import { spawn } from "node:child_process";
 import { close, open, read, writeSync } from "node:fs";
-import { access, readFile, stat, writeFile } from "node:fs/promises";
+import { access, readFile, writeFile } from "node:fs/promises";
 
 /** Big enough for any request a read-only mount gets (the kernel wants at least 8 KiB). */
 const READ_BUFFER = 64 << 10;
@@ -39,16 +39,6 @@ export async function mountDevFuse(mountpoint: string, o: DevFuseMountOptions = 
   return fd;
 }
 
-/**
- * Sets the readahead of the filesystem mounted at `mountpoint` (its backing device in sysfs, named
- * by the device number mountinfo gives, so no request reaches the mount itself).
- */
-async function raiseReadahead(mountpoint: string): Promise<void> {
-  const escaped = mountpoint.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, "0")}`);
-  const lines = (await readFile("/proc/self/mountinfo", "utf8")).split("\n");
-  const dev = lines.map((l) => l.split(" ")).findLast((f) => f[4] === escaped)?.[2];
-  if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(READAHEAD_KB));
-}
 
 const FUSECTL = "/sys/fs/fuse/connections";
 
@@ -58,22 +48,39 @@ const FUSECTL = "/sys/fs/fuse/connections";
  * and the read waiting on the descriptor returns: nothing is left hanging.
  */
 export async function unmountDevFuse(mountpoint: string): Promise<void> {
-  const dev = await stat(mountpoint).then((s) => s.dev, () => undefined);
+  const dev = await deviceOf(mountpoint).catch(() => undefined);
+  // -c: no canonicalizing of the path, which would stat the mount (a request to its server).
   try {
-    await run("umount", [mountpoint]);
+    await run("umount", ["-c", mountpoint]);
   } catch {
-    await run("umount", ["-l", mountpoint]);
-    if (dev !== undefined) await abortConnection(dev);
+    await run("umount", ["-c", "-l", mountpoint]);
+    if (dev) await abortConnection(dev);
   }
 }
 
-/** Aborts the FUSE connection of a filesystem with device number `dev` (as stat reports it). */
-async function abortConnection(dev: number): Promise<void> {
-  // FUSE's devices are anonymous (major 0): the connection is named by the minor number.
-  const minor = (dev & 0xff) | ((dev >>> 12) & 0xfff00);
+/**
+ * The device number (`0:N`) of the filesystem mounted at `mountpoint`, from mountinfo. Never a
+ * stat: a stat of the mount is a request to its server, which may be this very process on its way
+ * out, or gone (a thread would then wait for an answer forever).
+ */
+async function deviceOf(mountpoint: string): Promise<string | undefined> {
+  const escaped = mountpoint.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, "0")}`);
+  const lines = (await readFile("/proc/self/mountinfo", "utf8")).split("\n");
+  return lines.map((l) => l.split(" ")).findLast((f) => f[4] === escaped)?.[2];
+}
+
+/** Aborts the FUSE connection of the filesystem with device `0:N`: its connection is named N in fusectl. */
+async function abortConnection(dev: string): Promise<void> {
+  const minor = dev.split(":")[1];
   const exists = () => access(`${FUSECTL}/${minor}/abort`).then(() => true, () => false);
   if (!(await exists())) await run("mount", ["-t", "fusectl", "fusectl", FUSECTL]).catch(() => {});
   await writeFile(`${FUSECTL}/${minor}/abort`, "1").catch(() => {});
+}
+
+/** Sets the readahead of the filesystem mounted at `mountpoint` (its backing device in sysfs). */
+async function raiseReadahead(mountpoint: string): Promise<void> {
+  const dev = await deviceOf(mountpoint);
+  if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(READAHEAD_KB));
 }
 
 /**

@@ -69,6 +69,8 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   const onRequest = (id: number, req: Uint8Array) => {
     const h = held.get(id);
     if (!h || UNANSWERED_OPS.has(requestOpcode(req))) return;
+    // Stopping with no server to answer: nobody will (and the unmount must not wait on it).
+    if (stopping && !ready) return void writeReply(h.fd, errorReply(requestUnique(req), EIO));
     h.pending.set(requestUnique(req), { req, at: Date.now() });
     sendRequest(id, req);
   };
@@ -190,14 +192,17 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   const close = async () => {
     if (stopping) return finished;
     stopping = true;
-    clearInterval(sweep);
     listener.close();
     server?.destroy();
+    ready = false;
+    // What waits now waits in vain: fail it, so that nothing (the unmount included) hangs on it.
+    for (const h of held.values()) for (const unique of h.pending.keys()) writeReply(h.fd, errorReply(unique, EIO));
     for (const [id, h] of [...held]) {
       h.unmounting = true;
       await unmountDevFuse(h.mountpoint).catch(() => {});
       await release(id, h);
     }
+    clearInterval(sweep);
     stopped();
   };
   // Nothing held and nobody to serve: the keeper's work is done.

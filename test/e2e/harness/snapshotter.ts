@@ -100,7 +100,10 @@ export class SnapshotterProcess {
     return (await this.metrics()).filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((a, s) => a + s.value, 0);
   }
 
-  /** Stops the snapshotter and its mounts daemon (SIGTERM, then SIGKILL), and unmounts what is left. */
+  /** Whether stop() had to SIGKILL the mounts daemon or the FUSE keeper: they did not end on SIGTERM. */
+  stoppedByKill = false;
+
+  /** Stops the snapshotter and its mounts daemon and FUSE keeper (SIGTERM, then SIGKILL), and unmounts what is left. */
   async stop(): Promise<void> {
     await this.kill();
     const ours = ["-f", "--", `snapshotter --root ${this.root} `];
@@ -118,6 +121,7 @@ export class SnapshotterProcess {
         // gone meanwhile
       }
       await waitFor("the mounts daemon to stop", async () => (left() ? undefined : true), { timeoutMs: 15_000, intervalMs: 100 }).catch(() => {
+        this.stoppedByKill = true;
         try {
           execFileSync("pkill", ["-KILL", ...ours]);
         } catch {
