@@ -24,8 +24,8 @@ export interface KeeperLinkOptions {
 const CONNECT_TIMEOUT_MS = 15_000;
 const CONNECT_RETRY_MS = 100;
 
-/** Nothing listens on the socket: no keeper runs. */
-const isAbsent = (err: unknown) => ["ECONNREFUSED", "ENOENT"].includes((err as NodeJS.ErrnoException).code ?? "");
+/** Nothing listens on a unix socket: the process that should (a keeper, a daemon) doesn't run. */
+export const isAbsent = (err: unknown) => ["ECONNREFUSED", "ENOENT"].includes((err as NodeJS.ErrnoException).code ?? "");
 
 export class KeeperLink {
   /** The mounts the keeper held when this link attached. */

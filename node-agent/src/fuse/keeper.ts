@@ -10,6 +10,7 @@
 // It does no parsing beyond the request header and has no state but the connections, so there is
 // little in it to fail. If it is killed, its mounts end (ENOTCONN), as any FUSE server's would.
 import { createServer, type Socket } from "node:net";
+import { constants } from "node:os";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { errorMessage } from "../../../src/util/error-message.ts";
@@ -35,7 +36,7 @@ interface Held {
   unmounting: boolean;
 }
 
-const EIO = 5;
+const { EIO } = constants.errno;
 /** How long a server that is attached gets beyond the timeout (it enforces the timeout itself). */
 const SERVER_GRACE_MS = 1_000;
 const SWEEP_MS = 250;
@@ -78,6 +79,13 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   const release = async (id: number, h: Held) => {
     held.delete(id);
     await closeDevFuse(h.fd);
+  };
+
+  /** Unmounts a held mount on purpose (its connection's end is then no news) and lets it go. */
+  const unmountHeld = async (id: number, h: Held) => {
+    h.unmounting = true;
+    await unmountDevFuse(h.mountpoint).catch((err) => o.log(`unmounting ${h.mountpoint}: ${errorMessage(err)}`));
+    await release(id, h);
   };
 
   const startHolding = (id: number, h: Held) => {
@@ -124,11 +132,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     }
     if (f.type === Frame.UNMOUNT) {
       const h = held.get(f.id);
-      if (h) {
-        h.unmounting = true;
-        await unmountDevFuse(h.mountpoint).catch((err) => o.log(`unmounting ${h.mountpoint}: ${errorMessage(err)}`));
-        await release(f.id, h);
-      }
+      if (h) await unmountHeld(f.id, h);
       socket.write(jsonFrame(Frame.UNMOUNTED, f.id, {}));
       return;
     }
@@ -197,11 +201,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     ready = false;
     // What waits now waits in vain: fail it, so that nothing (the unmount included) hangs on it.
     for (const h of held.values()) for (const unique of h.pending.keys()) writeReply(h.fd, errorReply(unique, EIO));
-    for (const [id, h] of [...held]) {
-      h.unmounting = true;
-      await unmountDevFuse(h.mountpoint).catch(() => {});
-      await release(id, h);
-    }
+    for (const [id, h] of [...held]) await unmountHeld(id, h);
     clearInterval(sweep);
     stopped();
   };

@@ -3,6 +3,7 @@
 // unmount. A daemon that died is started again on the next request, and mounts its table again.
 import { request } from "node:http";
 import type { LayerMountSpec } from "./mounts-daemon.ts";
+import { isAbsent } from "../fuse/keeper-link.ts";
 import { spawnDetached } from "./spawn-detached.ts";
 
 export interface MountsClientOptions {
@@ -22,8 +23,6 @@ export interface DaemonStatus {
 
 const START_TIMEOUT_MS = 15_000;
 
-/** Nothing listens on the socket: no daemon runs (it never started, or it died). */
-const isAbsent = (err: unknown) => ["ECONNREFUSED", "ENOENT"].includes((err as NodeJS.ErrnoException).code ?? "");
 
 export class MountsClient {
   readonly #o: MountsClientOptions;

@@ -12,6 +12,7 @@
 // It answers on a unix socket, JSON over HTTP: POST /mount, POST /unmount, GET /status.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { readFile, rm } from "node:fs/promises";
+import { constants } from "node:os";
 import { join } from "node:path";
 import { Bootstrap } from "../../../src/format/decode.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
@@ -71,7 +72,7 @@ interface Mounted {
 }
 
 const TABLE = "mounts.json";
-const EIO = 5;
+const { EIO } = constants.errno;
 
 export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close(): Promise<void> }> {
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
