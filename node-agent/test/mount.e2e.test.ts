@@ -184,8 +184,9 @@ describe("skiff mount", () => {
   test("reading one small file fetches the bootstrap and exactly that file's chunk", async () => {
     const stats = join(tempDir("stats"), "stats.json");
     const before = await lazyCounters();
-    // Without learned prefetch: its list request is not what this test counts.
-    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-b"), "--stats", stats, "--no-learned-prefetch"]);
+    // Without learned or nearby prefetch (nearby turns itself on when a loaded machine makes round
+    // trips slow): their requests are not what this test counts.
+    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-b"), "--stats", stats, "--no-learned-prefetch", "--prefetch-nearby", "0"]);
     try {
       const afterMount = await lazyCounters();
       expect(afterMount.requests - before.requests).toBe(1); // the bootstrap
@@ -383,8 +384,9 @@ describe("skiff mount", () => {
     await new Promise<void>((r) => relay.listen(0, "127.0.0.1", r));
     const relayUrl = `http://127.0.0.1:${(relay.address() as { port: number }).port}`;
     const cache = tempDir("cache-f");
-    // Learned prefetch off: what it would fetch through the relay is not what this test counts.
-    const { agent, mountpoint } = await mount(["--cache", cache, "--timeout", "5", "--no-learned-prefetch"], `${relayUrl}/e2e/rootfs:v1`);
+    // Learned and nearby prefetch off: what they would fetch through the relay is not what this test
+    // counts (nearby turns itself on when a loaded machine makes round trips slow).
+    const { agent, mountpoint } = await mount(["--cache", cache, "--timeout", "5", "--no-learned-prefetch", "--prefetch-nearby", "0"], `${relayUrl}/e2e/rootfs:v1`);
     try {
       for (const mode of ["corrupt", "whole"] as const) {
         spoil = mode;
