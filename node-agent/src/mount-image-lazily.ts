@@ -8,9 +8,10 @@ import { mkdir, rename, statfs, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { fetchBootstrap } from "../../src/client/lazy-api.ts";
+import { nodeHasher } from "../../src/hash/node.ts";
 import { ChunkCache } from "./chunk-cache.ts";
 import { ChunkFetcher } from "./chunk-fetcher.ts";
-import { mountDirect } from "./fuse/mount-direct.ts";
+import { mountUnserved } from "./fuse/mount-direct.ts";
 import { LazyReader } from "./lazy-reader.ts";
 import { allChunks, chunksIn, PrefetchRecorder, readPrefetchList } from "./prefetch-list.ts";
 import { Prefetcher, type PrefetchPhase } from "./prefetcher.ts";
@@ -102,16 +103,26 @@ function tracedBootstrapFetch(fetchImpl: FetchLike): FetchLike {
 export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   const mountpoint = resolve(o.mountpoint);
   if (await recoverStaleMount(mountpoint)) o.log(`cleared a stale mount at ${mountpoint}`);
+  const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
+  await mkdir(lower, { recursive: true });
+  if (o.overlayDir) await recoverStaleMount(lower);
+  // As root, skiff's own FUSE session over /dev/fuse (1 MiB reads, no libfuse threads), mounted
+  // while the bootstrap is on its way (its `mount` process runs beside the request); otherwise
+  // fuse-native, whose libfuse mounts through the setuid fusermount, loaded only when used.
+  const unserved = process.getuid?.() === 0 ? mountUnserved(lower) : undefined;
+  unserved?.catch(() => undefined); // a failure is met where it is awaited, once the bootstrap is in
   const http = await proxyHttp({ authorization: o.authorization, ca: o.ca, httpProxy: o.httpProxy });
-  trace("bootstrap-request");
-  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: tracedBootstrapFetch(http.fetch) }).catch(async (err: Error) => {
-    await http.close();
-    throw err;
-  });
-  trace("bootstrap-decoded", { bytes: fetched.bootstrap.bytes.length, inodes: fetched.bootstrap.inodeCount, chunks: fetched.bootstrap.chunkCount });
-  const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
-  const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
   const closeHttp = () => http.close(); // its keep-alive sockets would hold the process open
+  /** Undoes what was set up so far when a later step fails. */
+  const abandon = async (err: Error): Promise<never> => {
+    await unserved?.then((u) => u.abandon(), () => undefined);
+    await closeHttp();
+    throw err;
+  };
+  trace("bootstrap-request");
+  const fetched = await fetchBootstrap(o.proxy, o.name, o.reference, { platform: o.platform, codec: o.codec, chunkSize: o.chunkSize, timeoutMs: o.timeoutMs, retryFailures: true, fetchImpl: tracedBootstrapFetch(http.fetch), hasher: nodeHasher }).catch(abandon);
+  trace("bootstrap-decoded", { bytes: fetched.bootstrap.bytes.length, inodes: fetched.bootstrap.inodeCount, chunks: fetched.bootstrap.chunkCount });
+  const fetcher = new ChunkFetcher({ proxy: o.proxy, name: o.name, params: fetched.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
   const bootstrap = fetched.bootstrap;
   let recorder: PrefetchRecorder | undefined;
   const phases: PrefetchPhase[] = [];
@@ -120,7 +131,9 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   // Asked for while the mount is set up; awaited only once it is up.
   const learned = learnedFrom ? learnedReads(learnedFrom) : Promise.resolve([]);
   const firstReads = learnedFrom && new FirstReads(learnedFrom);
+  let cache: ChunkCache;
   try {
+    cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
     if (o.recordFile) recorder = await PrefetchRecorder.create(o.recordFile, bootstrap);
     for (const source of o.prefetch ?? []) {
       if (source === "all") {
@@ -132,8 +145,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       phases.push({ chunks: list.chunks, quietMs: 0 });
     }
   } catch (err) {
-    await closeHttp();
-    throw err;
+    return abandon(err as Error);
   }
   const onChunkRead = (i: number) => {
     recorder?.saw(i);
@@ -141,17 +153,10 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   };
   const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
 
-  const lower = o.overlayDir ? join(resolve(o.overlayDir), "lower") : mountpoint;
-  await mkdir(lower, { recursive: true });
-  if (o.overlayDir) await recoverStaleMount(lower);
-  // As root, skiff's own FUSE session over /dev/fuse (1 MiB reads, no libfuse threads); otherwise
-  // fuse-native, whose libfuse mounts through the setuid fusermount.
-  // fuse-native (and its addon) is loaded only when used.
-  const mountWith = process.getuid?.() === 0 ? mountDirect : (await import("./fuse-fs.ts")).mountImage;
-  const fuse = await mountWith({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }).catch(async (err: Error) => {
-    await closeHttp();
-    throw new Error(`cannot mount at ${lower}: ${err.message}`);
-  });
+  const fuse = await (unserved
+    ? unserved.then((u) => u.serve({ bootstrap, reader, readTimeoutMs: o.timeoutMs }))
+    : import("./fuse-fs.ts").then((f) => f.mountImage({ bootstrap, reader, mountpoint: lower, readTimeoutMs: o.timeoutMs }))
+  ).catch((err: Error) => abandon(new Error(`cannot mount at ${lower}: ${err.message}`)));
   if (o.overlayDir) {
     const upper = join(resolve(o.overlayDir), "upper");
     const work = join(resolve(o.overlayDir), "work");

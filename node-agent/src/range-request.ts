@@ -2,7 +2,7 @@
 // `Content-Range`, exactly that many body bytes. A registry or CDN that answers 200 with the whole
 // blob, or a truncated or padded body, is an error here rather than wrong bytes later.
 
-import type { FetchLike } from "../../src/client/lazy-api.ts";
+import type { FetchLike, FetchResponse } from "../../src/client/lazy-api.ts";
 import { errorMessage } from "../../src/util/error-message.ts";
 
 export type { FetchLike };
@@ -13,7 +13,7 @@ export class TransientError extends Error {
 }
 
 export async function fetchRange(fetchImpl: FetchLike, url: string, start: number, end: number, signal: AbortSignal): Promise<Uint8Array> {
-  let res: Response;
+  let res: FetchResponse;
   try {
     res = await fetchImpl(url, {
       method: "GET",
@@ -39,7 +39,7 @@ export async function fetchRange(fetchImpl: FetchLike, url: string, start: numbe
 }
 
 /** Reads the body, giving up as soon as it is longer than expected; rejects a shorter one. */
-async function readExactly(res: Response, expected: number, url: string, signal: AbortSignal): Promise<Uint8Array> {
+async function readExactly(res: FetchResponse, expected: number, url: string, signal: AbortSignal): Promise<Uint8Array> {
   const out = new Uint8Array(expected);
   if (!res.body) {
     if (expected === 0) return out;

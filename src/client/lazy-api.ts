@@ -7,14 +7,25 @@ import { Bootstrap, BootstrapError } from "../format/decode.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import { parseParamsId } from "../format/params.ts";
 import { digestsThatFit, formatPrefetchList, MAX_REPORT_BYTES, MAX_REPORT_DIGESTS, parsePrefetchList, PREFETCH_LIST_TYPE } from "../format/prefetch-list.ts";
-import { toHex } from "../hash/hasher.ts";
+import { hashBytes, toHex, type HasherFactory } from "../hash/hasher.ts";
 import { errorMessage } from "../util/error-message.ts";
 import { parseRetryAfter } from "../util/retry-after.ts";
 import { sleep } from "../util/sleep.ts";
 import { concatBytes, readPrefix } from "../util/streams.ts";
 
-/** The subset of `fetch` the client uses; the agent passes its keep-alive client (proxy-http.ts). A body only on reportReads' POST. */
-export type FetchLike = (url: string, init: { method: string; headers: Record<string, string>; signal: AbortSignal; body?: string }) => Promise<Response>;
+/**
+ * The subset of `fetch` the client uses; the agent passes its keep-alive client (proxy-http.ts). A
+ * body only on reportReads' POST. Any fetch Response is a FetchResponse.
+ */
+export type FetchLike = (url: string, init: { method: string; headers: Record<string, string>; signal: AbortSignal; body?: string }) => Promise<FetchResponse>;
+
+/** What the client reads of a response. */
+export interface FetchResponse {
+  readonly status: number;
+  readonly statusText: string;
+  readonly headers: { get(name: string): string | null };
+  readonly body: ReadableStream<Uint8Array> | null;
+}
 
 /** Why the lazy API gave no bootstrap, on one line. */
 export class LazyApiError extends Error {
@@ -80,6 +91,8 @@ export interface FetchBootstrapOptions extends BootstrapQuery {
   /** Called about once a second while the proxy converts (202), with the seconds since the start. */
   onWait?: (seconds: number) => void;
   fetchImpl?: FetchLike;
+  /** Hashes the bootstrap for its digest check; crypto.subtle when absent. */
+  hasher?: HasherFactory;
 }
 
 export interface FetchedBootstrap {
@@ -124,7 +137,7 @@ export async function fetchBootstrap(proxy: string, name: string, reference: str
   };
   try {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      let res: Response;
+      let res: FetchResponse;
       try {
         res = await fetchImpl(url, { method: "GET", headers: { accept: BOOTSTRAP_MEDIA_TYPE }, signal });
       } catch (err) {
@@ -147,7 +160,7 @@ export async function fetchBootstrap(proxy: string, name: string, reference: str
         }
         throw new LazyApiError(why);
       }
-      return await checked(url, res.headers, await readBody(res, url));
+      return await checked(url, res.headers, await readBody(res, url), options.hasher);
     }
   } catch (err) {
     if (err instanceof LazyApiError) throw err;
@@ -167,7 +180,7 @@ async function waitOut(ms: number, signal: AbortSignal, started: number, onWait?
 }
 
 /** An OCI error body as `CODE: message`, or the status; the body is read only as far as 64 KiB. */
-async function failureMessage(res: Response, url: string, method = "GET"): Promise<string> {
+async function failureMessage(res: FetchResponse, url: string, method = "GET"): Promise<string> {
   try {
     const text = res.body ? new TextDecoder().decode(await readPrefix(res.body, 64 * 1024)) : "";
     const first = (JSON.parse(text) as { errors?: { code?: unknown; message?: unknown }[] }).errors?.[0];
@@ -179,7 +192,7 @@ async function failureMessage(res: Response, url: string, method = "GET"): Promi
 }
 
 /** The whole body, refused once its Content-Length or its bytes so far pass `max`. */
-async function readBody(res: Response, url: string, max = MAX_BOOTSTRAP_BYTES, what = "bootstrap"): Promise<Uint8Array<ArrayBuffer>> {
+async function readBody(res: FetchResponse, url: string, max = MAX_BOOTSTRAP_BYTES, what = "bootstrap"): Promise<Uint8Array<ArrayBuffer>> {
   const announced = Number(res.headers.get("content-length"));
   if (announced > max) {
     await res.body?.cancel().catch(() => undefined);
@@ -203,9 +216,9 @@ async function readBody(res: Response, url: string, max = MAX_BOOTSTRAP_BYTES, w
   return concatBytes(parts);
 }
 
-async function checked(url: string, headers: Headers, body: Uint8Array<ArrayBuffer>): Promise<FetchedBootstrap> {
+async function checked(url: string, headers: FetchResponse["headers"], body: Uint8Array<ArrayBuffer>, hasher?: HasherFactory): Promise<FetchedBootstrap> {
   const fail = (why: string) => new LazyApiError(`GET ${url}: ${why}`);
-  const digest = await checkedDigest(fail, headers, body);
+  const digest = await checkedDigest(fail, headers, body, hasher);
   const manifestDigest = headers.get("skiff-manifest-digest") ?? "";
   if (!DIGEST.test(manifestDigest)) throw fail(`missing or malformed Skiff-Manifest-Digest ${JSON.stringify(manifestDigest)}`);
   const params = headers.get("skiff-params") ?? "";
@@ -216,10 +229,11 @@ async function checked(url: string, headers: Headers, body: Uint8Array<ArrayBuff
 }
 
 /** Docker-Content-Digest, checked against the body. */
-async function checkedDigest(fail: (why: string) => LazyApiError, headers: Headers, body: Uint8Array<ArrayBuffer>): Promise<string> {
+async function checkedDigest(fail: (why: string) => LazyApiError, headers: FetchResponse["headers"], body: Uint8Array<ArrayBuffer>, hasher?: HasherFactory): Promise<string> {
   const digest = headers.get("docker-content-digest") ?? "";
   if (!DIGEST.test(digest)) throw fail(`missing or malformed Docker-Content-Digest ${JSON.stringify(digest)}`);
-  if (`sha256:${toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)))}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
+  const hex = hasher ? hashBytes(hasher, "sha256", body) : toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body)));
+  if (`sha256:${hex}` !== digest) throw fail(`body does not match Docker-Content-Digest ${digest}`);
   return digest;
 }
 
@@ -246,6 +260,8 @@ export interface FetchLayerBootstrapOptions {
   /** As in BootstrapQuery. */
   ns?: string;
   fetchImpl?: FetchLike;
+  /** As in FetchBootstrapOptions. */
+  hasher?: HasherFactory;
 }
 
 /**
@@ -262,7 +278,7 @@ export async function fetchLayerBootstrap(proxy: string, name: string, layerDige
     const res = await fetchImpl(url, { method: "GET", headers: { accept: BOOTSTRAP_MEDIA_TYPE }, signal: AbortSignal.timeout(options.timeoutMs) });
     if (res.status !== 200) throw new LazyApiError(await failureMessage(res, url));
     const body = await readBody(res, url);
-    await checkedDigest(fail, res.headers, body);
+    await checkedDigest(fail, res.headers, body, options.hasher);
     const bootstrap = decodeWithParams(fail, body, params);
     if (bootstrap.kind !== "layer" || bootstrap.blobCount !== 1) throw fail(`a ${bootstrap.kind} bootstrap of ${bootstrap.blobCount} blobs, expected one layer`);
     const blob = bootstrap.blob(0);
@@ -335,7 +351,7 @@ export async function reportReads(proxy: string, name: string, manifestDigest: s
 }
 
 /** One request of the learned-prefetch route, its failures as LazyApiErrors. */
-async function learnedRequest<T>(method: string, url: string, options: LearnedReadsOptions, body: string | undefined, answer: (res: Response) => Promise<T>): Promise<T> {
+async function learnedRequest<T>(method: string, url: string, options: LearnedReadsOptions, body: string | undefined, answer: (res: FetchResponse) => Promise<T>): Promise<T> {
   const fetchImpl: FetchLike = options.fetchImpl ?? ((u, init) => fetch(u, init));
   const headers: Record<string, string> = body === undefined ? { accept: "text/plain" } : { "content-type": PREFETCH_LIST_TYPE };
   try {

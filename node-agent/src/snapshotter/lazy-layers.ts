@@ -8,6 +8,7 @@ import { writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fetchBootstrap, fetchLayerBootstrap, type FetchedBootstrap, type FetchLike } from "../../../src/client/lazy-api.ts";
 import { toHex } from "../../../src/hash/hasher.ts";
+import { nodeHasher } from "../../../src/hash/node.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
 import type { LazyLayerRecord } from "./metadata.ts";
 import type { MountsClient } from "./mounts-client.ts";
@@ -73,7 +74,7 @@ export class LazyLayers implements RemoteLayers {
       const b = image.bootstrap;
       const blob = Array.from({ length: b.blobCount }, (_, i) => b.blob(i)).find((x) => x.layerDigest === layerDigest);
       if (!blob) throw new Error(`the image bootstrap has no layer ${layerDigest}`);
-      const layer = await fetchLayerBootstrap(proxy, name, layerDigest, image.params, { ns, dataDigest: toHex(blob.dataDigest), timeoutMs: this.#o.convertTimeoutMs, fetchImpl });
+      const layer = await fetchLayerBootstrap(proxy, name, layerDigest, image.params, { ns, dataDigest: toHex(blob.dataDigest), timeoutMs: this.#o.convertTimeoutMs, fetchImpl, hasher: nodeHasher });
       const bootstrapFile = join(dirname(mountpoint), "layer.bootstrap");
       await writeFile(bootstrapFile, layer.bytes);
       await this.#o.mounts.mount({ mountpoint, bootstrapFile, proxy, name, ns, params: image.params, image: imageRef, manifestDigest: image.manifestDigest, layerDigest });
@@ -102,7 +103,7 @@ export class LazyLayers implements RemoteLayers {
     let pending = this.#images.get(key);
     if (!pending) {
       const { proxy, fetchImpl, convertTimeoutMs, codec, chunkSize, platform } = this.#o;
-      pending = fetchBootstrap(proxy, name, manifest, { ns, codec, chunkSize, platform, timeoutMs: convertTimeoutMs, fetchImpl });
+      pending = fetchBootstrap(proxy, name, manifest, { ns, codec, chunkSize, platform, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher });
       this.#images.set(key, pending);
       // Kept while its layers are prepared; a failure is not remembered, so the next pull asks again.
       const forget = () => setTimeout(() => this.#images.delete(key), 60_000).unref();
