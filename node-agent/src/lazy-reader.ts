@@ -5,6 +5,7 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
 import type { FileReader } from "./file-reader.ts";
+import { elfDataSegments } from "./elf-segments.ts";
 import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
 import { toHex } from "../../src/hash/hasher.ts";
@@ -17,6 +18,12 @@ import { trace, tracing } from "./trace.ts";
  * "A first node's cold start").
  */
 export const AUTO_NEARBY = { bytes: 256 * 2 ** 10, minRoundTripMs: 10 };
+
+/**
+ * Program prefetch's bound per file, the default of `skiff mount` and the snapshotter: the largest
+ * programs and libraries (tens of MiB of code) keep well under this outside their code.
+ */
+export const PROGRAM_PREFETCH_BYTES = 16 * 2 ** 20;
 
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
@@ -32,6 +39,13 @@ export interface LazyReaderOptions {
    * they save. Default 0: whatever the link.
    */
   nearbyMinRoundTripMs?: number;
+  /**
+   * Program prefetch: when the first read of a file's start misses, its last chunk is fetched
+   * behind it, and once the start is in, if it is an ELF file (a program or shared library), the
+   * chunks of its segments that are not code, all in the background and up to this many bytes per
+   * file: the dynamic loader touches them next, far from the header (elf-segments.ts). Default 0: off.
+   */
+  programPrefetchBytes?: number;
   /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
   onChunkRead?: (chunkIndex: number) => void;
   /**
@@ -68,7 +82,10 @@ export class LazyReader implements FileReader {
   readonly #nearbyBytes: number;
   readonly #nearbyMinRoundTripMs: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
-  /** Nearby fetches in progress. */
+  readonly #programPrefetchBytes: number;
+  /** Files whose start has been read. */
+  readonly #looked = new Set<number>();
+  /** Nearby and program prefetch fetches in progress. */
   readonly #nearby = new Set<Promise<void>>();
   /** Fetched chunks on their way to the cache, and those writes. */
   readonly #writing = new Map<string, Uint8Array>();
@@ -89,6 +106,7 @@ export class LazyReader implements FileReader {
     this.#onChunkRead = options.onChunkRead;
     this.#nearbyBytes = Math.max(0, options.nearbyBytes ?? 0);
     this.#nearbyMinRoundTripMs = Math.max(0, options.nearbyMinRoundTripMs ?? 0);
+    this.#programPrefetchBytes = Math.max(0, options.programPrefetchBytes ?? 0);
     this.#recent = options.recent ?? new RecentChunks();
   }
 
@@ -128,7 +146,12 @@ export class LazyReader implements FileReader {
     const last = Math.floor((end - 1) / 2 ** shift);
     const indexes = this.#bootstrap.chunkIndexes(inode);
     if (this.#onChunkRead) for (let k = first; k <= last; k++) this.#onChunkRead(indexes[k]!);
-    const chunks = await this.#load(indexes.slice(first, last + 1), inode);
+    // The first read of a program or library: its header is in chunk 0 (elf-segments.ts).
+    const firstLook = first === 0 && this.#programPrefetchBytes > 0 && indexes.length > 1 && this.#firstLook(inode);
+    const chunks = await this.#load(indexes.slice(first, last + 1), inode, () => {
+      this.#fetchNearby(indexes[last]!);
+      if (firstLook) this.#fetchTail(indexes);
+    });
 
     const out = new Uint8Array(end - offset);
     for (let k = first; k <= last; k++) {
@@ -143,6 +166,7 @@ export class LazyReader implements FileReader {
       out.set(data.subarray(from - chunkStart, to - chunkStart), from - offset);
     }
     this.stats.bytesRead += out.length;
+    if (firstLook) this.#fetchElfSegments(chunks[0]!, ino.size, indexes);
     this.#maybeReadAhead(inode, offset, end, last, indexes);
     return out;
   }
@@ -165,8 +189,11 @@ export class LazyReader implements FileReader {
     return writing ? Promise.resolve(writing) : this.#cache.get(hex);
   }
 
-  /** The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest fetched in one go. */
-  async #load(chunkIndexes: number[], inode: number): Promise<Uint8Array[]> {
+  /**
+   * The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest
+   * fetched in one go; `onMiss` right after that request is sent, for background fetches to follow it.
+   */
+  async #load(chunkIndexes: number[], inode: number, onMiss: () => void): Promise<Uint8Array[]> {
     const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
     const hexes = records.map((r) => toHex(r.digest));
     const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#fromCache(hex))));
@@ -180,7 +207,7 @@ export class LazyReader implements FileReader {
     if (tracing) trace("read-wait", { wait, inode, chunks: missing.map((w) => toHex(w.record.digest).slice(0, 16)) });
     // The read's own request goes first: on a slow link the nearby one's bytes queue behind it.
     const fetching = this.#fetch(missing);
-    this.#fetchNearby(chunkIndexes[chunkIndexes.length - 1]!);
+    onMiss();
     const fetched = await fetching;
     if (tracing) trace("read-wait-end", { wait });
     return hexes.map((hex, i) => {
@@ -227,10 +254,54 @@ export class LazyReader implements FileReader {
       if (bytes > this.#nearbyBytes) break;
       wanted.push({ record, layerDigest: this.#bootstrap.blob(blob).layerDigest });
     }
+    this.#fetchInBackground(wanted);
+  }
+
+  /** Whether this is the first read of the file's start (remembered for up to MAX_TRACKED_FILES files). */
+  #firstLook(inode: number): boolean {
+    if (this.#looked.has(inode)) return false;
+    if (this.#looked.size >= MAX_TRACKED_FILES) this.#looked.clear();
+    this.#looked.add(inode);
+    return true;
+  }
+
+  /**
+   * A file's last chunk, fetched behind its first when the first misses. A program or library keeps
+   * its writable data at its end, and the loader touches it right after the header; this saves that
+   * round trip before the header is even in (elsewhere it costs at most one chunk per file).
+   */
+  #fetchTail(indexes: number[]): void {
+    const record = this.#bootstrap.chunk(indexes[indexes.length - 1]!);
+    if (this.#have(toHex(record.digest))) return;
+    this.#fetchInBackground([{ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest }]);
+  }
+
+  /** An ELF file's segments that are not code, fetched once its header is in. */
+  #fetchElfSegments(head: Uint8Array, size: number, indexes: number[]): void {
+    const shift = this.#bootstrap.chunkShift;
+    const wanted: WantedChunk[] = [];
+    const taken = new Set<number>([0]);
+    let bytes = 0;
+    for (const { start, end } of elfDataSegments(head, size)) {
+      for (let k = Math.floor(start / 2 ** shift); k <= Math.floor((end - 1) / 2 ** shift) && k < indexes.length; k++) {
+        if (taken.has(k)) continue;
+        taken.add(k);
+        const record = this.#bootstrap.chunk(indexes[k]!);
+        if (this.#have(toHex(record.digest))) continue;
+        bytes += record.size;
+        if (bytes > this.#programPrefetchBytes) return this.#fetchInBackground(wanted);
+        wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+      }
+    }
+    this.#fetchInBackground(wanted);
+  }
+
+  /** Fetches chunks no read waits for yet; a read that needs one before they arrive fetches it itself. */
+  #fetchInBackground(wanted: WantedChunk[]): void {
     if (wanted.length === 0) return;
     const run: Promise<void> = this.#fetch(wanted)
       .then(() => undefined)
-      .catch(() => undefined) // a read that needs one of them fetches it itself
+      .catch(() => undefined)
       .finally(() => this.#nearby.delete(run));
     this.#nearby.add(run);
   }

@@ -54,6 +54,8 @@ export interface LazyMountOptions {
   nearbyBytes?: number;
   /** Nearby fetches only while a round trip to the proxy takes at least this long (ms; 0: always). */
   nearbyMinRoundTripMs?: number;
+  /** Program prefetch's bound per file (LazyReaderOptions); 0 or absent: off. */
+  programPrefetchBytes?: number;
   /** Write the chunks reads need, in first-read order, to this prefetch list. */
   recordFile?: string;
   /**
@@ -151,7 +153,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
     recorder?.saw(i);
     firstReads?.saw(chunkHex(bootstrap, i));
   };
-  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
+  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, programPrefetchBytes: o.programPrefetchBytes, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
 
   const fuse = await (unserved
     ? unserved.then((u) => u.serve({ bootstrap, reader, readTimeoutMs: o.timeoutMs }))

@@ -20,6 +20,35 @@ const prng = new Prng("lazy-read");
 const SMALL = Buffer.from("a small file read lazily\n");
 const BIG = prng.bytes(10 * K64 + 321); // 11 chunks of 64 KiB, random so stored raw
 const TEXT = Buffer.from("compressible line of text, again and again\n".repeat(5000));
+/**
+ * A program of 9 chunks: its header and read-only tables in chunk 0, code in chunks 1–4, read-only
+ * data in chunk 5, nothing mapped in 6, writable data in 7 and a section table in 8 (random bytes
+ * around an ELF header, so each chunk differs and is stored raw).
+ */
+const PROGRAM = elfFile(prng.bytes(9 * K64), [
+  { offset: 0, size: 0x2000, flags: 4 },
+  { offset: K64, size: 4 * K64, flags: 5 },
+  { offset: 5 * K64, size: 0x3000, flags: 4 },
+  { offset: 7 * K64 + 0x80, size: 0x1000, flags: 6 },
+]);
+
+/** `body` with a little-endian ELF64 header and one PT_LOAD program header per segment. */
+function elfFile(body: Uint8Array, segments: { offset: number; size: number; flags: number }[]): Buffer {
+  const out = Buffer.from(body);
+  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0);
+  out.writeUInt16LE(3, 0x10); // ET_DYN
+  out.writeBigUInt64LE(64n, 0x20); // e_phoff
+  out.writeUInt16LE(56, 0x36);
+  out.writeUInt16LE(segments.length, 0x38);
+  segments.forEach((seg, i) => {
+    const p = 64 + i * 56;
+    out.writeUInt32LE(1, p); // PT_LOAD
+    out.writeUInt32LE(seg.flags, p + 4);
+    out.writeBigUInt64LE(BigInt(seg.offset), p + 8);
+    out.writeBigUInt64LE(BigInt(seg.size), p + 32);
+  });
+  return out;
+}
 
 let registry: Registry;
 let proxy: Skiff;
@@ -51,7 +80,7 @@ beforeAll(async () => {
   registry = await Registry.start({ name: "agent-registry" });
   const layout = new OciLayout(tempDir("agent-layout"));
   const file = (name: string, data: Uint8Array): TarEntry => ({ name, type: "file", data });
-  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT)]);
+  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT), { name: "bin", type: "dir" }, file("bin/program", PROGRAM)]);
   const written = writeImage(layout, "v1", [{ bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) }]);
   manifestDigest = written.manifest.digest;
   await pushImage(layout, "v1", `${registry.hostPort}/e2e/agent:v1`);
@@ -119,6 +148,41 @@ describe("lazy read path", () => {
     expect(Buffer.compare(all, TEXT)).toBe(0);
     expect(await served()).toEqual(before);
     expect(second.fetcher.stats.requests).toBe(0);
+  });
+
+  test("program prefetch: the first read of a program's start also fetches its last chunk and its segments that are not code", async () => {
+    const b = image.bootstrap;
+    const ino = b.lookup("bin/program")!;
+    const hexes = b.chunks(ino).map((c) => Buffer.from(c.digest).toString("hex"));
+    const cachedChunks = (cache: ChunkCache) => hexes.flatMap((hex, k) => (cache.has(hex) ? [k] : []));
+
+    const on = await newReader(tempDir("agent-cache"), { programPrefetchBytes: 16 * K64 });
+    expect(Buffer.compare(await on.reader.read(ino, 0, 4096), PROGRAM.subarray(0, 4096))).toBe(0);
+    await on.reader.idle();
+    expect(cachedChunks(on.cache)).toEqual([0, 5, 7, 8]);
+    // Once per file: reading the start again fetches nothing more.
+    const requests = on.fetcher.stats.requests;
+    await on.reader.read(ino, 0, 100);
+    await on.reader.idle();
+    expect(on.fetcher.stats.requests).toBe(requests);
+
+    // Within its bound: one chunk's worth takes the tail only (8), then stops before the segments.
+    const bounded = await newReader(tempDir("agent-cache"), { programPrefetchBytes: K64 });
+    await bounded.reader.read(ino, 0, 4096);
+    await bounded.reader.idle();
+    expect(cachedChunks(bounded.cache)).toEqual([0, 5, 8]);
+
+    // Off (the reader's default), and for a file that is not a program (only its tail, then nothing).
+    const off = await newReader();
+    await off.reader.read(ino, 0, 4096);
+    await off.reader.idle();
+    expect(cachedChunks(off.cache)).toEqual([0]);
+    const data = await newReader(tempDir("agent-cache"), { programPrefetchBytes: 16 * K64 });
+    const bigIno = b.lookup("data/big")!;
+    await data.reader.read(bigIno, 0, 100);
+    await data.reader.idle();
+    const big = b.chunks(bigIno).map((c) => Buffer.from(c.digest).toString("hex"));
+    expect(big.flatMap((hex, k) => (data.cache.has(hex) ? [k] : []))).toEqual([0, big.length - 1]);
   });
 
   test("with nearbyBytes a miss also fetches, in the background, the chunks stored after it up to that many bytes", async () => {

@@ -47,6 +47,9 @@ Options:
   --no-learned-prefetch
                        don't fetch first the chunks the proxy learned this image reads first, and
                        don't report what this mount reads first (default: learned prefetch on)
+  --no-program-prefetch
+                       when a program or library is first read, don't fetch what the loader reads
+                       next (its end, and its segments that are not code) in the background
   -h, --help           show this help
 
 Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;
@@ -77,6 +80,7 @@ export const agentFlags = {
   "prefetch-rate": { type: "string" },
   "prefetch-nearby": { type: "string" },
   "no-learned-prefetch": { type: "boolean" },
+  "no-program-prefetch": { type: "boolean" },
 } as const;
 
 type AgentFlagValues = { [K in keyof typeof agentFlags]?: (typeof agentFlags)[K] extends { multiple: true } ? string[] : (typeof agentFlags)[K] extends { type: "boolean" } ? boolean : string };
@@ -95,7 +99,7 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
   const prefetchRate = values["prefetch-rate"] === undefined ? undefined : sizeFlag(values["prefetch-rate"], "prefetch-rate", 0);
   if (prefetchRate === 0) throw new UsageError("--prefetch-rate must be more than 0");
   const autoNearby = (values["prefetch-nearby"] ?? "auto") === "auto";
-  const { AUTO_NEARBY } = await import("../../node-agent/src/lazy-reader.ts");
+  const { AUTO_NEARBY, PROGRAM_PREFETCH_BYTES } = await import("../../node-agent/src/lazy-reader.ts");
   const nearbyBytes = autoNearby ? AUTO_NEARBY.bytes : sizeFlag(values["prefetch-nearby"], "prefetch-nearby", 0);
   if (nearbyBytes > MAX_NEARBY_BYTES) throw new UsageError("--prefetch-nearby is at most 16m (--prefetch all fetches everything)");
   return {
@@ -115,6 +119,7 @@ export async function agentMountOptions(image: string, values: AgentFlagValues) 
     nearbyBytes,
     nearbyMinRoundTripMs: autoNearby ? AUTO_NEARBY.minRoundTripMs : 0,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
+    programPrefetchBytes: values["no-program-prefetch"] ? 0 : PROGRAM_PREFETCH_BYTES,
   };
 }
 

@@ -18,7 +18,8 @@ Options:
   --output FILE        where to write the prefetch list (required)
   --cache DIR, --cache-size SIZE, --timeout SECONDS, --platform OS/ARCH, --codec CODEC,
   --chunk-size SIZE, --token TOKEN, --user USER, --password PASS, --ca FILE, --http-proxy URL,
-  --prefetch all|FILE, --prefetch-rate SIZE, --prefetch-nearby SIZE|auto
+  --prefetch all|FILE, --prefetch-rate SIZE, --prefetch-nearby SIZE|auto,
+  --no-learned-prefetch, --no-program-prefetch
                        as for 'skiff mount'. Chunks are named by their bytes, so a list serves
                        mounts of any codec but only of the same --chunk-size
   -h, --help           show this help

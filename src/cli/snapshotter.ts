@@ -38,6 +38,9 @@ Options:
   --no-learned-prefetch
                        don't fetch first the chunks the proxy learned an image reads first, and
                        don't report what containers read first (default: learned prefetch on)
+  --no-program-prefetch
+                       when a program or library is first read, don't fetch what the loader reads
+                       next (its end, and its segments that are not code) in the background
   -h, --help           show this help
 
 When ready it prints one line: skiff snapshotter listening on PATH`;
@@ -59,6 +62,7 @@ const flags = {
   ca: { type: "string" },
   "http-proxy": { type: "string" },
   "no-learned-prefetch": { type: "boolean" },
+  "no-program-prefetch": { type: "boolean" },
   // Internal: this process is the mounts daemon the snapshotter started, or the FUSE keeper the
   // mounts daemon started.
   "mounts-daemon": { type: "boolean" },
@@ -88,6 +92,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     timeoutMs: integerFlag(values.timeout, "timeout", 30, 1, 3600) * 1000,
     convertTimeoutMs: integerFlag(values["convert-timeout"], "convert-timeout", 60, 1, 3600) * 1000,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
+    programPrefetch: values["no-program-prefetch"] !== true,
     codec: values.codec ?? AGENT_DEFAULT_CODEC,
     chunkSize: values["chunk-size"],
     platform: values.platform,

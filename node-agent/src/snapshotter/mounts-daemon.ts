@@ -24,7 +24,7 @@ import { KEEPER_THREADS } from "../fuse/keeper.ts";
 import { KeeperLink } from "../fuse/keeper-link.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { chunksIn } from "../prefetch-list.ts";
-import { AUTO_NEARBY, LazyReader } from "../lazy-reader.ts";
+import { AUTO_NEARBY, LazyReader, PROGRAM_PREFETCH_BYTES } from "../lazy-reader.ts";
 import { Prefetcher } from "../prefetcher.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
@@ -56,6 +56,8 @@ export interface MountsDaemonOptions extends ProxyHttpOptions {
   timeoutMs: number;
   /** Learned prefetch (default on): see learned-reads.ts. */
   learnedPrefetch?: boolean;
+  /** Program prefetch (default on): see lazy-reader.ts. */
+  programPrefetch?: boolean;
   keeperSocket: string;
   /** argv (after node) that starts the FUSE keeper. */
   keeperArgs: string[];
@@ -145,6 +147,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       recent,
       nearbyBytes: AUTO_NEARBY.bytes,
       nearbyMinRoundTripMs: AUTO_NEARBY.minRoundTripMs,
+      programPrefetchBytes: o.programPrefetch === false ? 0 : PROGRAM_PREFETCH_BYTES,
       onChunkRead: learned && ((i) => learned.firstReads.saw(chunkHex(bootstrap, i))),
     });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });

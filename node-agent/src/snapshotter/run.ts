@@ -26,6 +26,8 @@ export interface SnapshotterOptions extends ProxyHttpOptions {
   convertTimeoutMs: number;
   /** Learned prefetch (see learned-reads.ts); default on. */
   learnedPrefetch?: boolean;
+  /** Program prefetch (see lazy-reader.ts); default on. */
+  programPrefetch?: boolean;
   codec?: string;
   chunkSize?: string;
   platform?: string;

@@ -1,0 +1,54 @@
+// Where a program or shared library keeps what the dynamic loader reads before the code runs. The
+// loader maps an ELF file and then touches, page fault by page fault, its symbol and relocation
+// tables and its data (the segments that are not executable), usually far from the header and in
+// no order a readahead would follow: in a cold start each of those faults waits for a chunk.
+// Knowing them from the header, which is in the file's first chunk, lets them be fetched at once.
+//
+// The bytes are the image's and may be anything: everything is bounds-checked, and what comes out
+// is only byte ranges inside the file.
+
+const PT_LOAD = 1;
+const PF_X = 1;
+/** More program headers than any real ELF file has; past this the file is ignored. */
+const MAX_PROGRAM_HEADERS = 64;
+
+export interface ByteRange {
+  start: number;
+  /** Exclusive. */
+  end: number;
+}
+
+/**
+ * The file ranges of the loadable segments that are not executable (read-only data, relocations,
+ * symbols, writable data), from an ELF file's first bytes; [] for anything that is not an ELF
+ * file whose program headers lie within `head`.
+ */
+export function elfDataSegments(head: Uint8Array, fileSize: number): ByteRange[] {
+  if (head.length < 52 || head[0] !== 0x7f || head[1] !== 0x45 || head[2] !== 0x4c || head[3] !== 0x46) return [];
+  const is64 = head[4] === 2;
+  if (!is64 && head[4] !== 1) return [];
+  if (head[5] !== 1 && head[5] !== 2) return [];
+  const little = head[5] === 1;
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const u16 = (o: number) => view.getUint16(o, little);
+  const u32 = (o: number) => view.getUint32(o, little);
+  // Offsets past 2^53 can't be in a file we serve; the high half is checked, not trusted.
+  const u64 = (o: number) => (u32(o + (little ? 4 : 0)) === 0 ? u32(o + (little ? 0 : 4)) : Number.MAX_SAFE_INTEGER);
+  if (is64 && head.length < 64) return [];
+  const phoff = is64 ? u64(0x20) : u32(0x1c);
+  const phentsize = u16(is64 ? 0x36 : 0x2a);
+  const phnum = u16(is64 ? 0x38 : 0x2c);
+  if (phentsize < (is64 ? 56 : 32) || phnum === 0 || phnum > MAX_PROGRAM_HEADERS) return [];
+  if (phoff + phnum * phentsize > head.length) return [];
+  const out: ByteRange[] = [];
+  for (let i = 0; i < phnum; i++) {
+    const p = phoff + i * phentsize;
+    if (u32(p) !== PT_LOAD) continue;
+    const flags = u32(is64 ? p + 4 : p + 24);
+    const offset = is64 ? u64(p + 8) : u32(p + 4);
+    const size = is64 ? u64(p + 32) : u32(p + 16);
+    if (flags & PF_X || size === 0 || offset >= fileSize) continue;
+    out.push({ start: offset, end: Math.min(fileSize, offset + size) });
+  }
+  return out;
+}
