@@ -9,6 +9,7 @@
 //   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3]
 //        [--case 'LABEL=FLAGS']... [--json FILE] [--keep-traces DIR]
 // A case's FLAGS are `skiff mount` flags split on spaces; without --case, one: today's defaults.
+// Each round runs every case in turn, so that a changing load touches them alike.
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -143,11 +144,12 @@ try {
   ].filter(([name]) => values.link === "both" || (values.link === "slow") === name.startsWith("100"));
   if (values["keep-traces"]) mkdirSync(values["keep-traces"], { recursive: true });
   for (const [link, base] of links) {
-    for (const { label, flags } of cases) {
-      const runs = [];
-      const loadBefore = loadavg()[0];
-      for (let round = 0; round < ROUNDS; round++) {
-        const traceFile = join(work, `trace-${results.length}-${round}.jsonl`);
+    // Round by round, every case in turn: a load that changes during the run touches them alike.
+    const runsOf = cases.map(() => []);
+    const loadBefore = loadavg()[0];
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [c, { label, flags }] of cases.entries()) {
+        const traceFile = join(work, `trace-${link.length}-${c}-${round}.jsonl`);
         process.env.SKIFF_TRACE = traceFile;
         const spawnedAt = performance.timeOrigin + performance.now();
         const run = await coldStart(`${base}/bench/py:1`, flags, { work, workload: PYTHON_WORKLOAD });
@@ -160,10 +162,13 @@ try {
         s.seconds = run.seconds;
         s.spawnToOriginMs = origin - spawnedAt;
         s.fetched = stats.bytesFetched;
-        runs.push(s);
+        runsOf[c].push(s);
         console.error(`${link}, ${label}: ${run.seconds.toFixed(2)} s, ${s.waits} waits, blocked ${fmt(s.blockedMs)} s, ${(stats.bytesFetched / 1e6).toFixed(1)} MB in ${stats.requests} requests`);
       }
-      const load = `${loadBefore.toFixed(1)} → ${loadavg()[0].toFixed(1)} on ${cpus().length} cores`;
+    }
+    const load = `${loadBefore.toFixed(1)} → ${loadavg()[0].toFixed(1)} on ${cpus().length} cores`;
+    for (const [c, { label, flags }] of cases.entries()) {
+      const runs = runsOf[c];
       const med = Object.fromEntries(Object.keys(runs[0]).map((k) => [k, median(runs.map((r) => r[k]).filter((v) => typeof v === "number"))]));
       report(label, link, med, load);
       results.push({ link, label, flags, load, median: med, runs: runs.map((r) => ({ seconds: r.seconds, waits: r.waits, blockedMs: r.blockedMs, fetched: r.fetched })) });
