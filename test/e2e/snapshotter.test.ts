@@ -21,7 +21,7 @@ import type { DaemonStatus } from "../../node-agent/src/snapshotter/mounts-clien
 import { fetchLearnedReads } from "../../src/client/lazy-api.ts";
 import { AGENT_DEFAULT_CODEC } from "../../src/cli/mount.ts";
 import { Registry } from "./harness/registry.ts";
-import { Skiff } from "./harness/skiff.ts";
+import { parseMetrics, Skiff } from "./harness/skiff.ts";
 import { SnapshotterProcess } from "./harness/snapshotter.ts";
 import { MT, OciLayout, pushImage, sha256, tarArchive, type TarEntry } from "./harness/images.ts";
 import { tempDir } from "./harness/workdir.ts";
@@ -183,7 +183,11 @@ describe("skiff snapshotter over gRPC", () => {
   });
 
   test("CRI-labelled layers are served lazily: ALREADY_EXISTS, found by containerd's filter, and the container's overlay reads them right", async () => {
-    const top = await prepareLazily(call, list);
+    // Once the image's bootstrap is in, both layers' bootstraps are asked for together: the second
+    // Prepare finds its own on the way. Counted as the proxy's answered bootstrap GETs.
+    const bootstrapsServed = async () => parseMetrics(await skiff.metricsText()).filter((m) => m.name === "skiff_http_requests_total" && m.labels.kind === "lazy" && m.labels.method === "GET" && m.labels.status === "200").reduce((a, m) => a + m.value, 0);
+    const before = await bootstrapsServed();
+    const top = await prepareLazily(call, list, () => waitFor("both layers' bootstraps before the second Prepare", async () => ((await bootstrapsServed()) >= before + 3 ? true : undefined), { timeoutMs: 10_000, intervalMs: 50 }));
     // Each lazy layer is a FUSE mount of the mounts daemon.
     const fuseMounts = readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(join(dir, "root", "snapshots")) && l.includes("fuse"));
     expect(fuseMounts.length).toBe(2);
@@ -415,7 +419,7 @@ function daemonStatus(s: SnapshotterProcess): Promise<DaemonStatus> {
  * containerd's unpacker over the image's two layers with the CRI labels: each Prepare answers
  * ALREADY_EXISTS (served lazily) and the committed snapshot is found by containerd's filter.
  */
-async function prepareLazily(call: Call, list: (filters: string[]) => Promise<Info[]>): Promise<Info> {
+async function prepareLazily(call: Call, list: (filters: string[]) => Promise<Info[]>, between?: () => Promise<unknown>): Promise<Info> {
   const [l0, l1] = image.layers;
   const chain0 = l0!.diffId;
   const chain1 = sha256(Buffer.from(`${chain0} ${l1!.diffId}`));
@@ -429,6 +433,7 @@ async function prepareLazily(call: Call, list: (filters: string[]) => Promise<In
   expect(await grpcCode(call("Prepare", { key: `k8s.io/1/extract-1 ${chain0}`, parent: "", labels: labels(l0!, chain0, [l0!.digest, l1!.digest]) }))).toBe(ALREADY_EXISTS);
   const [base] = await list([`labels."${TARGET}"==${chain0},parent==""`]);
   expect(base).toMatchObject({ kind: "COMMITTED", parent: "" });
+  await between?.();
   expect(await grpcCode(call("Prepare", { key: `k8s.io/2/extract-2 ${chain1}`, parent: base!.name, labels: labels(l1!, chain1, [l1!.digest]) }))).toBe(ALREADY_EXISTS);
   const [top] = await list([`labels."${TARGET}"==${chain1},parent=="${base!.name}"`]);
   expect(top).toMatchObject({ kind: "COMMITTED", parent: base!.name });

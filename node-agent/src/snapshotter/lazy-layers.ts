@@ -7,6 +7,8 @@
 import { writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fetchBootstrap, fetchLayerBootstrap, type FetchedBootstrap, type FetchLike } from "../../../src/client/lazy-api.ts";
+import type { Bootstrap } from "../../../src/format/decode.ts";
+import type { BlobRef } from "../../../src/format/model.ts";
 import { toHex } from "../../../src/hash/hasher.ts";
 import { nodeHasher } from "../../../src/hash/node.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
@@ -53,6 +55,9 @@ export class LazyLayers implements RemoteLayers {
   readonly #o: LazyLayersOptions;
   // One image bootstrap request per image, shared by its layers' Prepares (containerd asks layer by layer).
   readonly #images = new Map<string, Promise<FetchedBootstrap>>();
+  // Every layer's bootstrap, asked for together once the image's is in: containerd prepares the
+  // layers one after another, and each then finds its own on the way or here.
+  readonly #layers = new Map<string, Promise<Bootstrap>>();
 
   constructor(o: LazyLayersOptions) {
     this.#o = o;
@@ -66,7 +71,7 @@ export class LazyLayers implements RemoteLayers {
       this.#o.count("ordinary", "no CRI labels");
       return null;
     }
-    const { proxy, fetchImpl } = this.#o;
+    const { proxy } = this.#o;
     try {
       const { name, ns } = locateImage(imageRef, proxy);
       const image = await this.#image(name, ns, manifest);
@@ -74,7 +79,7 @@ export class LazyLayers implements RemoteLayers {
       const b = image.bootstrap;
       const blob = Array.from({ length: b.blobCount }, (_, i) => b.blob(i)).find((x) => x.layerDigest === layerDigest);
       if (!blob) throw new Error(`the image bootstrap has no layer ${layerDigest}`);
-      const layer = await fetchLayerBootstrap(proxy, name, layerDigest, image.params, { ns, dataDigest: toHex(blob.dataDigest), timeoutMs: this.#o.convertTimeoutMs, fetchImpl, hasher: nodeHasher });
+      const layer = await this.#layer(name, ns, image.params, blob);
       const bootstrapFile = join(dirname(mountpoint), "layer.bootstrap");
       await writeFile(bootstrapFile, layer.bytes);
       await this.#o.mounts.mount({ mountpoint, bootstrapFile, proxy, name, ns, params: image.params, image: imageRef, manifestDigest: image.manifestDigest, layerDigest });
@@ -104,13 +109,35 @@ export class LazyLayers implements RemoteLayers {
     if (!pending) {
       const { proxy, fetchImpl, convertTimeoutMs, codec, chunkSize, platform } = this.#o;
       pending = fetchBootstrap(proxy, name, manifest, { ns, codec, chunkSize, platform, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher });
-      this.#images.set(key, pending);
-      // Kept while its layers are prepared; a failure is not remembered, so the next pull asks again.
-      const forget = () => setTimeout(() => this.#images.delete(key), 60_000).unref();
-      pending.then(forget, () => this.#images.delete(key));
+      remember(this.#images, key, pending);
+      void pending.then(
+        (image) => {
+          for (let i = 0; i < image.bootstrap.blobCount; i++) this.#layer(name, ns, image.params, image.bootstrap.blob(i)).catch(() => undefined);
+        },
+        () => undefined,
+      );
     }
     return pending;
   }
+
+  #layer(name: string, ns: string | undefined, params: string, blob: BlobRef): Promise<Bootstrap> {
+    const dataDigest = toHex(blob.dataDigest);
+    const key = `${ns ?? ""}/${name} ${blob.layerDigest} ${params} ${dataDigest}`;
+    let pending = this.#layers.get(key);
+    if (!pending) {
+      const { proxy, fetchImpl, convertTimeoutMs } = this.#o;
+      pending = fetchLayerBootstrap(proxy, name, blob.layerDigest, params, { ns, dataDigest, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher });
+      remember(this.#layers, key, pending);
+    }
+    return pending;
+  }
+}
+
+/** Keeps a request's answer for a minute (while an image's layers are prepared); a failure not at all, so the next pull asks again. */
+function remember<T>(map: Map<string, Promise<T>>, key: string, pending: Promise<T>): void {
+  map.set(key, pending);
+  const forget = () => setTimeout(() => map.delete(key), 60_000).unref();
+  pending.then(forget, () => map.delete(key));
 }
 
 /** A short, bounded label for the fallback counter. */
