@@ -12,9 +12,15 @@ export interface NodeHttpClient {
   close(): void;
 }
 
+/**
+ * A request on a kept-alive socket can meet the server closing it just then; a GET that failed so
+ * before any answer is sent again on another socket, this many times at most.
+ */
+const STALE_SOCKET_RETRIES = 3;
+
 export function nodeHttpClient(): NodeHttpClient {
   const agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) };
-  const fetch: FetchLike = (url, init) =>
+  const once = (url: string, init: Parameters<FetchLike>[1], retries: number): Promise<FetchResponse> =>
     new Promise<FetchResponse>((resolve, reject) => {
       const { signal } = init;
       if (signal.aborted) return reject(signal.reason);
@@ -25,9 +31,12 @@ export function nodeHttpClient(): NodeHttpClient {
       const onAbort = () => req.destroy(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
       signal.addEventListener("abort", onAbort, { once: true });
       const done = () => signal.removeEventListener("abort", onAbort);
-      req.once("error", (err) => {
+      req.once("error", (err: NodeJS.ErrnoException) => {
         done();
-        reject(signal.aborted ? signal.reason : err);
+        if (signal.aborted) return reject(signal.reason);
+        const stale = req.reusedSocket && (err.code === "ECONNRESET" || err.code === "EPIPE");
+        if (stale && retries > 0 && (init.method === "GET" || init.method === "HEAD")) return resolve(once(url, init, retries - 1));
+        reject(err);
       });
       req.once("response", (res) => {
         res.once("close", done);
@@ -36,7 +45,7 @@ export function nodeHttpClient(): NodeHttpClient {
       req.end(init.body);
     });
   return {
-    fetch,
+    fetch: (url, init) => once(url, init, STALE_SOCKET_RETRIES),
     close: () => {
       agents.http.destroy();
       agents.https.destroy();

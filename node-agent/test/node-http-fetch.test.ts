@@ -121,6 +121,31 @@ describe("nodeHttpClient", () => {
     }
   });
 
+  test("a GET that meets a kept-alive socket closing under it goes again on another; a POST does not", async () => {
+    const client = nodeHttpClient();
+    // The server drops every connection at its second request, unanswered, as one closing an idle
+    // socket just as the client reuses it would.
+    const served = new WeakMap<object, number>();
+    const sockets = new Set<object>();
+    handler = (req, res) => {
+      const n = (served.get(req.socket) ?? 0) + 1;
+      served.set(req.socket, n);
+      sockets.add(req.socket);
+      if (n > 1) return void req.socket.destroy();
+      res.end("ok");
+    };
+    try {
+      for (let i = 0; i < 3; i++) {
+        const res = await client.fetch(`${base}/again`, { method: "GET", headers: {}, signal: signal() });
+        expect((await readAll(res.body)).toString()).toBe("ok");
+      }
+      expect(sockets.size).toBe(3);
+      await expect(client.fetch(`${base}/post`, { method: "POST", headers: {}, signal: signal(), body: "x" })).rejects.toMatchObject({ code: "ECONNRESET" });
+    } finally {
+      client.close();
+    }
+  });
+
   test("a body read slowly holds the socket back instead of buffering it all", async () => {
     const client = nodeHttpClient();
     const total = 64 << 20;
