@@ -5,8 +5,10 @@
 // decoding, the mount, then the workload's reads: how many waited for chunks, and each wait split
 // into the request's round trip (sent to first byte), its transfer (first byte to last) and CPU
 // (inflating and hashing the chunks, writing them to the cache). Learned prefetch is off (a first
-// node has nothing learned) unless a case's flags say otherwise. Needs root (FUSE, chroot).
-//   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3]
+// node has nothing learned) unless a case's flags say otherwise, or with --second-node: then a first
+// mount runs the workload unmeasured on each link, so that every measured run is a second node.
+// Needs root (FUSE, chroot).
+//   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3] [--second-node]
 //        [--case 'LABEL=FLAGS']... [--json FILE] [--keep-traces DIR]
 // A case's FLAGS are `skiff mount` flags split on spaces; without --case, one: today's defaults.
 // Each round runs every case in turn, so that a changing load touches them alike.
@@ -26,6 +28,7 @@ const { values } = parseArgs({
     case: { type: "string", multiple: true },
     json: { type: "string" },
     "keep-traces": { type: "string" },
+    "second-node": { type: "boolean", default: false },
   },
 });
 const ROUNDS = Math.min(10, Math.max(1, Number(values.rounds)));
@@ -34,7 +37,8 @@ const cases = (values.case ?? ["defaults="]).map((c) => {
   const at = c.indexOf("=");
   const label = at < 0 ? c : c.slice(0, at);
   const flags = at < 0 ? [] : c.slice(at + 1).split(" ").filter(Boolean);
-  return { label, flags: flags.some((f) => f.includes("learned-prefetch")) ? flags : [...flags, "--no-learned-prefetch"] };
+  const learned = values["second-node"] || flags.some((f) => f.includes("learned-prefetch"));
+  return { label, flags: learned ? flags : [...flags, "--no-learned-prefetch"] };
 });
 requireTools("docker-registry", "skopeo", "chroot");
 if (process.getuid?.() !== 0) throw new Error("profile-cold-start needs root (FUSE mounts, chroot)");
@@ -146,6 +150,11 @@ try {
   for (const [link, base] of links) {
     // Round by round, every case in turn: a load that changes during the run touches them alike.
     const runsOf = cases.map(() => []);
+    if (values["second-node"]) {
+      // A first node runs the workload unmeasured; stopping, it reports what it read first.
+      const first = await coldStart(`${base}/bench/py:1`, cases[0].flags, { work, workload: PYTHON_WORKLOAD });
+      await finishMount(first);
+    }
     const loadBefore = loadavg()[0];
     for (let round = 0; round < ROUNDS; round++) {
       for (const [c, { label, flags }] of cases.entries()) {
