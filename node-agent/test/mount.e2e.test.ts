@@ -423,8 +423,9 @@ describe("skiff mount", () => {
     const url = `http://127.0.0.1:${(guard.address() as { port: number }).port}/e2e/rootfs:v1`;
     try {
       // Asynchronously: the guard answering it runs in this process.
+      const refusedAt = tempDir("mnt-refused");
       const refused = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-        const child = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", url, tempDir("mnt-refused"), "--cache", tempDir("cache-g"), "--timeout", "5"]);
+        const child = spawn("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", url, refusedAt, "--cache", tempDir("cache-g"), "--timeout", "5"]);
         let stderr = "";
         child.stderr.on("data", (d) => (stderr += d));
         child.once("exit", (status) => resolve({ status, stderr }));
@@ -432,6 +433,8 @@ describe("skiff mount", () => {
       expect(refused.status).not.toBe(0);
       expect(refused.stderr.trim().split("\n")).toHaveLength(1);
       expect(refused.stderr).toMatch(/401|UNAUTHORIZED/);
+      // The FUSE mount made while the bootstrap was asked for is gone with it.
+      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(` ${refusedAt} `);
 
       seen.length = 0;
       const { agent, mountpoint } = await mount(["--cache", tempDir("cache-h"), "--token", "s3cret"], url);
