@@ -46,6 +46,30 @@ describe("ChunkCache", () => {
     expect(cache.stats).toMatchObject({ entries: 0, bytes: 0, corrupt: 1 });
   });
 
+  test("every read from disk is verified: a file that changes after a good read is caught on the next", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir);
+    const data = bytes(200_000, 8);
+    const hex = hexOf(data);
+    await cache.put(hex, data);
+    expect(await cache.get(hex)).toEqual(data);
+    const flipped = Uint8Array.from(data);
+    flipped[123_456] ^= 1;
+    writeFileSync(join(dir, hex), flipped);
+    expect(await cache.get(hex)).toBeNull();
+    expect(cache.stats).toMatchObject({ hits: 1, corrupt: 1, entries: 0 });
+  });
+
+  test("reads on the worker threads return each chunk's own bytes when many run at once", async () => {
+    const cache = await ChunkCache.open(newDir());
+    // Sizes around the small-Buffer pool's (4 KiB): no answer may share memory with another.
+    const chunks = Array.from({ length: 24 }, (_, i) => bytes([1, 100, 4095, 4096, 70_000, 1 << 20][i % 6]!, i));
+    for (const c of chunks) await cache.put(hexOf(c), c);
+    const got = await Promise.all(chunks.map((c) => cache.get(hexOf(c))));
+    got.forEach((g, i) => expect(g).toEqual(chunks[i]));
+    expect(new Set(got.map((g) => g!.buffer)).size).toBe(chunks.length);
+  });
+
   test("reopen indexes existing chunks, drops temp files and verifies truncated leftovers on read", async () => {
     const dir = newDir();
     const a = bytes(300, 5);
