@@ -6,7 +6,7 @@
 // (bench/warm-reads.mjs). Prints each round and the medians; writes nothing. `--cpu-prof DIR` runs
 // the agent under `node --cpu-prof` (its profile lands in DIR when the mount stops). Root only;
 // loopback only (the image comes from the bench cache, built once by bench:cold-start).
-//   node bench/warm-read.mjs [--rounds 5] [--cpu-prof DIR] [--no-ceiling]
+//   node bench/warm-read.mjs [--rounds 5] [--cpu-prof DIR] [--no-ceiling] [--no-find]
 import { mkdtempSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,7 +16,7 @@ import { machine } from "./report.mjs";
 import { requireTools } from "./servers.mjs";
 import { warmReads } from "./warm-reads.mjs";
 
-const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, "cpu-prof": { type: "string" }, "no-ceiling": { type: "boolean", default: false } } });
+const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, "cpu-prof": { type: "string" }, "no-ceiling": { type: "boolean", default: false }, "no-find": { type: "boolean", default: false } } });
 requireTools("docker-registry", "skopeo");
 if (process.getuid?.() !== 0) throw new Error("bench/warm-read.mjs needs root (FUSE, dropping the page cache)");
 
@@ -32,9 +32,9 @@ process.once("SIGINT", () => void finish().then(() => process.exit(130)));
 try {
   const { layer, edge } = await warmPythonEdge(work, cleanups);
   const nodeArgs = values["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", values["cpu-prof"]] : [];
-  const r = await warmReads({ edgeUrl: edge.url, tarFile: layer.tarFile, work, cleanups, rounds: Number(values.rounds), nodeArgs, ceiling: !values["no-ceiling"] });
+  const r = await warmReads({ edgeUrl: edge.url, tarFile: layer.tarFile, work, cleanups, rounds: Number(values.rounds), nodeArgs, ceiling: !values["no-ceiling"], find: !values["no-find"] });
   console.log(`sequential read of ${(r.fileBytes / 1e6).toFixed(0)} MB: mount ${r.mountMBps.toFixed(0)} MB/s (rounds: ${r.mountRunsMBps.join(", ")})` + (r.localMBps ? `, local ${r.localMBps.toFixed(0)} MB/s, fuse-native ${r.ceilingMBps.toFixed(0)} MB/s` : ""));
-  console.log(`find + stat of ${r.entries} entries: mount ${r.mountFindS.toFixed(2)} s` + (r.localFindS ? `, local ${r.localFindS.toFixed(2)} s, fuse-native ${r.ceilingFindS.toFixed(2)} s` : ""));
+  if (r.mountFindS !== undefined) console.log(`find + stat of ${r.entries} entries: mount ${r.mountFindS.toFixed(2)} s` + (r.localFindS ? `, local ${r.localFindS.toFixed(2)} s, fuse-native ${r.ceilingFindS.toFixed(2)} s` : ""));
   console.log(`load average at the end: ${load(loadavg())}`);
 } finally {
   await finish();

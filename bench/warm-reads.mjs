@@ -17,9 +17,9 @@ const PREFETCH_POLLS = 600;
  * extracts `tarFile` beside it, and times `rounds` runs of each measurement (medians):
  * `{ fileBytes, mountMBps, localMBps, ceilingMBps, mountFindS, localFindS, ceilingFindS, entries, mountRunsMBps }`.
  * `nodeArgs` go to the agent's node (e.g. `--cpu-prof`); `ceiling: false` skips fuse-native and
- * local disk. Stops are pushed onto `cleanups`; the mount is stopped before returning.
+ * local disk, `find: false` the walks. Stops are pushed onto `cleanups`; the mount is stopped before returning.
  */
-export async function warmReads({ edgeUrl, tarFile, work, cleanups, rounds: count = 3, nodeArgs = [], ceiling: withCeiling = true, log = console.error }) {
+export async function warmReads({ edgeUrl, tarFile, work, cleanups, rounds: count = 3, nodeArgs = [], ceiling: withCeiling = true, find: withFind = true, log = console.error }) {
   const local = join(work, "local-root");
   mkdirSync(local, { recursive: true });
   execFileSync("tar", ["-C", local, "--numeric-owner", "-xf", tarFile]);
@@ -61,7 +61,7 @@ export async function warmReads({ edgeUrl, tarFile, work, cleanups, rounds: coun
     fileBytes,
     mountMBps: fileBytes / 1e6 / median(mountRuns),
     mountRunsMBps: mountRuns.map((s) => Math.round(fileBytes / 1e6 / s)),
-    mountFindS: findOf(mnt),
+    mountFindS: withFind ? findOf(mnt) : undefined,
     entries,
   };
   await stopAgent();
@@ -70,8 +70,8 @@ export async function warmReads({ edgeUrl, tarFile, work, cleanups, rounds: coun
     Object.assign(result, {
       localMBps: fileBytes / 1e6 / readOf(local),
       ceilingMBps: fileBytes / 1e6 / rounds(`cat '${join(fuse.mnt, "file")}' > /dev/null`),
-      localFindS: findOf(local),
-      ceilingFindS: findOf(join(fuse.mnt, "tree")),
+      localFindS: withFind ? findOf(local) : undefined,
+      ceilingFindS: withFind ? findOf(join(fuse.mnt, "tree")) : undefined,
     });
     await fuse.stop();
   }

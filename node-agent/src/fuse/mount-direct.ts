@@ -30,7 +30,7 @@ export async function mountDirect(o: DirectMountOptions): Promise<DirectMount> {
   const ended = new Promise<void>((resolve) =>
     readRequests(
       fd,
-      (req) => session.handle(req, (reply) => void writeReply(fd, reply)),
+      (req) => session.handle(req, (reply, body) => void writeReply(fd, reply, body)),
       () => resolve(),
     ),
   ).then(() => closeDevFuse(fd));
