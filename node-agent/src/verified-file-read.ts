@@ -54,8 +54,8 @@ class ReadWorker {
   #failed: Error | undefined;
 
   constructor() {
-    this.#worker = new Worker(WORKER_SOURCE, { eval: true });
-    this.#worker.unref();
+    // No inherited execArgv: a flag such as --input-type=module would make the source ESM, without require.
+    this.#worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
     this.#worker.on("message", (m: Reply) => {
       const p = this.#pending.get(m.id);
       if (!p) return;
@@ -64,6 +64,8 @@ class ReadWorker {
     });
     this.#worker.on("error", (err) => this.#fail(err));
     this.#worker.on("exit", (code) => this.#fail(new Error(`chunk read worker exited (${code})`)));
+    // After the listeners: adding a "message" listener refs the worker's port again.
+    this.#worker.unref();
   }
 
   get pending(): number {

@@ -1,8 +1,11 @@
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { afterEach, describe, expect, test } from "vitest";
+import { REPO_ROOT } from "../../test/e2e/harness/skiff.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 
 const hexOf = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -68,6 +71,18 @@ describe("ChunkCache", () => {
     const got = await Promise.all(chunks.map((c) => cache.get(hexOf(c))));
     got.forEach((g, i) => expect(g).toEqual(chunks[i]));
     expect(new Set(got.map((g) => g!.buffer)).size).toBe(chunks.length);
+  });
+
+  test("the read workers don't keep a process alive: one that read a chunk exits on its own", async () => {
+    const dir = newDir();
+    const data = bytes(1000, 9);
+    writeFileSync(join(dir, hexOf(data)), data);
+    // The built module (npm run build), in a process of its own: vitest's own would hide a hang.
+    const module = pathToFileURL(join(REPO_ROOT, "dist", "node-agent", "src", "verified-file-read.js")).href;
+    const script = `const m = await import(${JSON.stringify(module)}); console.log((await m.readVerified(${JSON.stringify(join(dir, hexOf(data)))}, ${JSON.stringify(hexOf(data))})).status);`;
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 10_000 });
+    expect(r.signal).toBeNull(); // not killed at the timeout
+    expect(r.stdout.trim()).toBe("ok");
   });
 
   test("reopen indexes existing chunks, drops temp files and verifies truncated leftovers on read", async () => {
