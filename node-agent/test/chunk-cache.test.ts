@@ -57,7 +57,7 @@ describe("ChunkCache", () => {
     await cache.put(hex, data);
     expect(await cache.get(hex)).toEqual(data);
     const flipped = Uint8Array.from(data);
-    flipped[123_456] ^= 1;
+    flipped[123_456] = flipped[123_456]! ^ 1;
     writeFileSync(join(dir, hex), flipped);
     expect(await cache.get(hex)).toBeNull();
     expect(cache.stats).toMatchObject({ hits: 1, corrupt: 1, entries: 0 });
