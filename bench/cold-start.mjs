@@ -11,12 +11,12 @@
 // lazy pull of an eStargz copy, and after `skiff pull` through CRI with the skiff snapshotter
 // (defaults, warm edge, cold node; bench/containerd.mjs), through the same links. Then warm reads: the
 // largest file and a walk of the tree through a fully prefetched mount, against the same tree on
-// local disk and fuse-native's own ceiling (bench/fuse-ceiling.mjs). Needs root (FUSE, chroot,
+// local disk and fuse-native's own ceiling (bench/fuse-ceiling.mjs; bench/warm-reads.mjs). Needs root (FUSE, chroot,
 // dropping the page cache) and Debian's debootstrap, docker-registry, skopeo, containerd, pigz,
 // stargz-snapshotter, golang-go and golang-github-containerd-stargz-snapshotter-dev.
 //   node bench/cold-start.mjs [--write] [--rounds 3]
-import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -26,6 +26,7 @@ import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
 import { requireTools, root } from "./servers.mjs";
+import { warmReads } from "./warm-reads.mjs";
 
 const { values } = parseArgs({ options: { write: { type: "boolean", default: false }, rounds: { type: "string", default: "3" } } });
 const ROUNDS = Number(values.rounds);
@@ -69,51 +70,6 @@ async function copyImage(registryBase, edge, repo, ns) {
 async function finish() {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
   rmSync(work, { recursive: true, force: true });
-}
-
-/** Warm reads: the largest file and a walk of the tree, through a fully prefetched mount and on local disk. */
-async function warmReads(edgeUrl, tarFile) {
-  const local = join(work, "local-root");
-  mkdirSync(local);
-  execFileSync("tar", ["-C", local, "--numeric-owner", "-xf", tarFile]);
-  const [size, path] = execFileSync("sh", ["-c", `find ${local} -type f -printf '%s %P\\n' | sort -n | tail -1`], { encoding: "utf8" }).trim().split(" ");
-  const dir = mkdtempSync(join(work, "warm-"));
-  const mnt = join(dir, "mnt");
-  const stats = join(dir, "stats.json");
-  const agent = spawn(process.execPath, [join(root, "bin", "skiff.js"), "mount", `${edgeUrl}/bench/py:1`, mnt, "--cache", join(dir, "cache"), "--stats", stats, "--prefetch", "all"], { stdio: ["ignore", "pipe", "inherit"] });
-  cleanups.push(() => finishMount({ agent, stats }));
-  await new Promise((resolve, reject) => {
-    agent.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
-    agent.once("exit", (code) => reject(new Error(`skiff mount exited ${code}`)));
-  });
-  for (let i = 0; i < 600 && !(existsSync(stats) && JSON.parse(readFileSync(stats, "utf8")).prefetchDone); i++) await new Promise((r) => setTimeout(r, 500));
-  if (!JSON.parse(readFileSync(stats, "utf8")).prefetchDone) throw new Error("prefetch did not finish in 300 s");
-
-  // Timed in a child process: this one serves nothing, but the mount must not be read from here synchronously.
-  const timed = (script) => {
-    execFileSync("sh", ["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"]);
-    const t = performance.now();
-    execFileSync("sh", ["-c", script], { stdio: "ignore" });
-    return (performance.now() - t) / 1000;
-  };
-  const rounds = (script) => median(Array.from({ length: ROUNDS }, () => timed(script)));
-  const readOf = (base) => rounds(`cat '${join(base, path)}' > /dev/null`);
-  const findOf = (base) => rounds(`find '${base}' -printf '%s %m %u\\n' > /dev/null`);
-  const entries = Number(execFileSync("sh", ["-c", `find '${local}' | wc -l`], { encoding: "utf8" }).trim());
-  const ceiling = await fuseCeiling(Number(size), entries);
-  const result = {
-    fileBytes: Number(size),
-    mountMBps: Number(size) / 1e6 / readOf(mnt),
-    localMBps: Number(size) / 1e6 / readOf(local),
-    ceilingMBps: Number(size) / 1e6 / rounds(`cat '${join(ceiling.mnt, "file")}' > /dev/null`),
-    mountFindS: findOf(mnt),
-    localFindS: findOf(local),
-    ceilingFindS: findOf(join(ceiling.mnt, "tree")),
-    entries,
-  };
-  await ceiling.stop();
-  console.error(`warm reads: ${JSON.stringify(result)}`);
-  return result;
 }
 
 /**
@@ -184,19 +140,6 @@ async function containerdBaselines(registryBase, edge) {
 }
 
 const containerdVersion = () => execFileSync("containerd", ["--version"], { encoding: "utf8" }).trim().split(/\s+/)[2];
-
-/** bench/fuse-ceiling.mjs mounted: fuse-native with handlers that do nothing, a file and a tree of this size. */
-async function fuseCeiling(fileBytes, entries) {
-  const mnt = mkdtempSync(join(work, "ceiling-"));
-  const child = spawn(process.execPath, [join(root, "bench", "fuse-ceiling.mjs"), mnt, "--file-bytes", String(fileBytes), "--entries", String(entries)], { stdio: ["ignore", "pipe", "inherit"] });
-  const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
-  cleanups.push(stop);
-  await new Promise((resolve, reject) => {
-    child.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());
-    child.once("exit", (code) => reject(new Error(`fuse-ceiling exited ${code}`)));
-  });
-  return { mnt, stop };
-}
 
 try {
   // The warm edge: converted once for each codec before any measured run.
@@ -279,7 +222,7 @@ try {
   }
 
   const baselines = await containerdBaselines(registry.base, edge);
-  const reads = await warmReads(edge.url, layer.tarFile);
+  const reads = await warmReads({ edgeUrl: edge.url, tarFile: layer.tarFile, work, cleanups, rounds: ROUNDS });
 
   const table = [
     "| link | edge | codec | prefetch | mount start to output (s) | fetched by the agent (MB) | requests | fetched ÷ touched |",

@@ -3,9 +3,10 @@
 // written to a temp file then renamed, so a crash mid-write leaves either nothing or a stray temp
 // file (removed at open) — never a half-written chunk under its real name.
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { HEX_DIGEST, sha256Hex } from "./sha256-hex.ts";
+import { readVerified, type VerifiedRead } from "./verified-file-read.ts";
 
 const TEMP_PREFIX = ".tmp-";
 
@@ -70,19 +71,22 @@ export class ChunkCache {
     return this.#sizes.has(hex);
   }
 
-  /** The chunk's bytes, verified; null when absent or when the file no longer matches its name (then it is deleted). */
+  /**
+   * The chunk's bytes, verified; null when absent or when the file no longer matches its name (then
+   * it is deleted). The file is read and hashed on a worker thread (verified-file-read.ts): every
+   * read from disk is checked, without the hash costing this thread.
+   */
   async get(hex: string): Promise<Uint8Array | null> {
     if (!HEX_DIGEST.test(hex) || !this.#sizes.has(hex)) {
       this.#misses++;
       return null;
     }
-    let bytes: Uint8Array;
+    let found: VerifiedRead;
     this.#reading.set(hex, (this.#reading.get(hex) ?? 0) + 1);
     try {
-      const buf = await readFile(this.#path(hex));
-      bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+      found = await readVerified(this.#path(hex), hex);
     } catch {
-      this.#remove(hex);
+      // The worker failed, not the file: a miss (the chunk is fetched again), the file kept.
       this.#misses++;
       return null;
     } finally {
@@ -90,7 +94,12 @@ export class ChunkCache {
       if (n === 0) this.#reading.delete(hex);
       else this.#reading.set(hex, n);
     }
-    if (sha256Hex(bytes) !== hex) {
+    if (found.status === "missing") {
+      this.#remove(hex);
+      this.#misses++;
+      return null;
+    }
+    if (found.status === "corrupt") {
       this.#corrupt++;
       this.#misses++;
       this.#remove(hex);
@@ -99,7 +108,7 @@ export class ChunkCache {
     }
     this.#touch(hex);
     this.#hits++;
-    return bytes;
+    return found.bytes;
   }
 
   /** Stores verified bytes under their digest; rejects bytes that are not what `hex` names. */

@@ -6,7 +6,8 @@ export interface FileReader {
   /**
    * Up to `length` bytes of regular file `inode` from `offset` (fewer only at end of file).
    * Rejects (the mount answers EIO) when the bytes can't be had or don't verify; never hangs past
-   * the reader's timeout.
+   * the reader's timeout. The bytes may be a view of memory the reader keeps (a cached chunk):
+   * callers copy them or send them, never write to them.
    */
   read(inode: number, offset: number, length: number): Promise<Uint8Array>;
 }

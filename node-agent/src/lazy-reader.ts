@@ -64,8 +64,13 @@ export interface LazyReaderStats {
 
 // How many files' read positions are remembered for readahead; the map is cleared past this.
 const MAX_TRACKED_FILES = 1024;
-// Chunks a sequential reader's next reads need, read from the node's cache into memory ahead.
-const DISK_READAHEAD_CHUNKS = 2;
+/**
+ * Chunks a sequential reader's next reads need, read from the node's cache into memory ahead (of
+ * those it has). Each costs a chunk file's lookup and read from disk, a few dependent disk reads
+ * when the page cache is cold: eight at once keep the cache's read workers (verified-file-read.ts)
+ * busy, and the mount's readahead asks for about four chunks ahead of the reader.
+ */
+export const DISK_READAHEAD_CHUNKS = 8;
 
 export class LazyReader implements FileReader {
   readonly stats: LazyReaderStats = { cacheHits: 0, bytesRead: 0 };
@@ -153,7 +158,10 @@ export class LazyReader implements FileReader {
       if (firstLook) this.#fetchTail(indexes);
     });
 
-    const out = new Uint8Array(end - offset);
+    // A read within one chunk (most of them: the kernel asks for at most 1 MiB, chunk-aligned when
+    // sequential) is a view of the chunk, not a copy: chunks are never written to once verified.
+    const out = first === last ? undefined : new Uint8Array(end - offset);
+    let view: Uint8Array | undefined;
     for (let k = first; k <= last; k++) {
       const data = chunks[k - first]!;
       const chunkStart = k * 2 ** shift;
@@ -163,12 +171,14 @@ export class LazyReader implements FileReader {
       if (data.length > 2 ** shift || (k < last && data.length !== 2 ** shift) || to < end && k === last) {
         throw new Error(`inode ${inode}: chunk ${k} is ${data.length} bytes, which does not cover the file`);
       }
-      out.set(data.subarray(from - chunkStart, to - chunkStart), from - offset);
+      view = data.subarray(from - chunkStart, to - chunkStart);
+      out?.set(view, from - offset);
     }
-    this.stats.bytesRead += out.length;
+    const bytes = out ?? view!;
+    this.stats.bytesRead += bytes.length;
     if (firstLook) this.#fetchElfSegments(chunks[0]!, ino.size, indexes);
     this.#maybeReadAhead(inode, offset, end, last, indexes);
-    return out;
+    return bytes;
   }
 
   /** Resolves when no readahead, nearby fetch or cache write is running (for tests and clean shutdown). */
@@ -333,10 +343,13 @@ export class LazyReader implements FileReader {
     this.#lastEnd.set(inode, end);
     if (!sequential || this.#readahead === 0) return;
     const wanted: WantedChunk[] = [];
-    for (let k = lastChunk + 1; k < indexes.length && k <= lastChunk + this.#readahead; k++) {
+    const reach = Math.max(this.#readahead, DISK_READAHEAD_CHUNKS);
+    for (let k = lastChunk + 1; k < indexes.length && k <= lastChunk + reach; k++) {
       const record = this.#bootstrap.chunk(indexes[k]!);
       const hex = toHex(record.digest);
-      if (!this.#have(hex)) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+      if (!this.#have(hex)) {
+        if (k <= lastChunk + this.#readahead) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
+      }
       // Cached ones are read from disk ahead too: a cold chunk file costs a few ms the reader would wait.
       else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) void this.#recent.get(hex, () => this.#fromCache(hex).catch(() => null));
     }

@@ -1,8 +1,11 @@
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { afterEach, describe, expect, test } from "vitest";
+import { REPO_ROOT } from "../../test/e2e/harness/skiff.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 
 const hexOf = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -44,6 +47,42 @@ describe("ChunkCache", () => {
     expect(await cache.get(hex)).toBeNull();
     expect(readdirSync(dir)).toEqual([]);
     expect(cache.stats).toMatchObject({ entries: 0, bytes: 0, corrupt: 1 });
+  });
+
+  test("every read from disk is verified: a file that changes after a good read is caught on the next", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir);
+    const data = bytes(200_000, 8);
+    const hex = hexOf(data);
+    await cache.put(hex, data);
+    expect(await cache.get(hex)).toEqual(data);
+    const flipped = Uint8Array.from(data);
+    flipped[123_456] = flipped[123_456]! ^ 1;
+    writeFileSync(join(dir, hex), flipped);
+    expect(await cache.get(hex)).toBeNull();
+    expect(cache.stats).toMatchObject({ hits: 1, corrupt: 1, entries: 0 });
+  });
+
+  test("reads on the worker threads return each chunk's own bytes when many run at once", async () => {
+    const cache = await ChunkCache.open(newDir());
+    // Sizes around the small-Buffer pool's (4 KiB): no answer may share memory with another.
+    const chunks = Array.from({ length: 24 }, (_, i) => bytes([1, 100, 4095, 4096, 70_000, 1 << 20][i % 6]!, i));
+    for (const c of chunks) await cache.put(hexOf(c), c);
+    const got = await Promise.all(chunks.map((c) => cache.get(hexOf(c))));
+    got.forEach((g, i) => expect(g).toEqual(chunks[i]));
+    expect(new Set(got.map((g) => g!.buffer)).size).toBe(chunks.length);
+  });
+
+  test("the read workers don't keep a process alive: one that read a chunk exits on its own", async () => {
+    const dir = newDir();
+    const data = bytes(1000, 9);
+    writeFileSync(join(dir, hexOf(data)), data);
+    // The built module (npm run build), in a process of its own: vitest's own would hide a hang.
+    const module = pathToFileURL(join(REPO_ROOT, "dist", "node-agent", "src", "verified-file-read.js")).href;
+    const script = `const m = await import(${JSON.stringify(module)}); console.log((await m.readVerified(${JSON.stringify(join(dir, hexOf(data)))}, ${JSON.stringify(hexOf(data))})).status);`;
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 10_000 });
+    expect(r.signal).toBeNull(); // not killed at the timeout
+    expect(r.stdout.trim()).toBe("ok");
   });
 
   test("reopen indexes existing chunks, drops temp files and verifies truncated leftovers on read", async () => {

@@ -7,6 +7,7 @@ import { describe, expect, test } from "vitest";
 import { Bootstrap } from "../../src/format/decode.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir, type FsNode } from "../../src/format/model.ts";
+import { READAHEAD_BYTES } from "../src/fuse/dev-fuse.ts";
 import { ImageSession } from "../src/fuse/image-session.ts";
 import * as K from "../src/fuse/kernel-abi.ts";
 import { encodeFrame, Frame, FrameReader } from "../src/fuse/keeper-protocol.ts";
@@ -42,7 +43,9 @@ function request(opcode: number, nodeid: bigint, body: Uint8Array = new Uint8Arr
 /** The session's reply to `req`: its errno (0 for success) and body. */
 function ask(session: ImageSession, req: Uint8Array): Promise<{ errno: number; body: Uint8Array } | null> {
   return new Promise((resolve) => {
-    session.handle(req, (reply) => {
+    session.handle(req, (header, body) => {
+      // As the kernel sees it: the header and the body that follows it, in one write.
+      const reply = body ? new Uint8Array([...header, ...body]) : header;
       const v = new DataView(reply.buffer, reply.byteOffset);
       expect(v.getUint32(0, true)).toBe(reply.byteLength);
       expect(v.getBigUint64(8, true)).toBe(new DataView(req.buffer).getBigUint64(8, true));
@@ -67,6 +70,20 @@ describe("the FUSE session answers raw requests", () => {
   const session = new ImageSession({ bootstrap: b, reader, view: "image", readTimeoutMs: 100 });
   const etc = BigInt(b.lookup("/etc")! + 1);
   const big = BigInt(b.lookup("/big")! + 1);
+
+  test("INIT asks for the mount's full readahead, not the kernel's smaller offer (which would lower what mounting raised)", async () => {
+    const init = new Uint8Array(16);
+    const v = new DataView(init.buffer);
+    v.setUint32(0, K.FUSE_KERNEL_VERSION, true);
+    v.setUint32(4, 31, true);
+    v.setUint32(8, 128 << 10, true); // the kernel's default offer
+    v.setUint32(12, K.InitFlag.ASYNC_READ | K.InitFlag.MAX_PAGES, true);
+    const reply = await ask(session, request(K.Op.INIT, 0n, init));
+    expect(reply!.errno).toBe(0);
+    const out = new DataView(reply!.body.buffer, reply!.body.byteOffset);
+    expect(out.getUint32(8, true)).toBe(READAHEAD_BYTES);
+    expect(READAHEAD_BYTES).toBeGreaterThan(128 << 10);
+  });
 
   test("LOOKUP finds a name, and caches a missing one as node 0", async () => {
     const found = await ask(session, request(K.Op.LOOKUP, BigInt(K.FUSE_ROOT_ID), name("etc")));

@@ -12,7 +12,7 @@ import { tempDir } from "../../test/e2e/harness/workdir.ts";
 import { fetchBootstrap, type FetchedBootstrap } from "../../src/client/lazy-api.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 import { ChunkFetcher } from "../src/chunk-fetcher.ts";
-import { LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";
+import { DISK_READAHEAD_CHUNKS, LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";
 import { RecentChunks } from "../src/recent-chunks.ts";
 
 const K64 = 64 * 1024;
@@ -224,6 +224,40 @@ describe("lazy read path", () => {
     expect(Buffer.compare(Buffer.concat(parts), BIG)).toBe(0);
     expect(cache.stats.hits).toBe(image.bootstrap.chunks(ino).length);
     expect(fetcher.stats.requests).toBe(0);
+  });
+
+  test("a sequential reader on a warm cache has the next DISK_READAHEAD_CHUNKS chunk files read ahead, beyond the fetch readahead", async () => {
+    const cacheDir = tempDir("agent-cache");
+    const warm = await newReader(cacheDir);
+    const ino = image.bootstrap.lookup("data/big")!;
+    expect(Buffer.compare(await warm.reader.read(ino, 0, BIG.length), BIG)).toBe(0);
+    await warm.reader.idle();
+
+    const { cache, reader } = await newReader(cacheDir, { readaheadChunks: 2 });
+    const chunkCount = image.bootstrap.chunks(ino).length;
+    expect(chunkCount).toBeGreaterThan(DISK_READAHEAD_CHUNKS + 2);
+    await reader.read(ino, 0, K64);
+    await reader.read(ino, K64, K64); // sequential: chunks 2 .. 1 + DISK_READAHEAD_CHUNKS are read ahead
+    const expected = 2 + DISK_READAHEAD_CHUNKS;
+    for (let i = 0; i < 200 && cache.stats.hits < expected; i++) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50)); // and no more than those
+    expect(cache.stats.hits).toBe(expected);
+    // Those reads are now served from memory.
+    expect(Buffer.compare(await reader.read(ino, 2 * K64, K64), BIG.subarray(2 * K64, 3 * K64))).toBe(0);
+    expect(cache.stats.hits).toBe(expected);
+  });
+
+  test("a read within one chunk is a view of the chunk in memory, not a copy", async () => {
+    const { reader } = await newReader();
+    const ino = image.bootstrap.lookup("data/big")!;
+    const a = await reader.read(ino, 3 * K64 + 10, 100);
+    const b = await reader.read(ino, 3 * K64 + 500, 100);
+    expect(Buffer.compare(a, BIG.subarray(3 * K64 + 10, 3 * K64 + 110))).toBe(0);
+    expect(b.buffer).toBe(a.buffer);
+    // Across a chunk boundary the bytes are gathered into a buffer of their own.
+    const across = await reader.read(ino, 4 * K64 - 50, 100);
+    expect(Buffer.compare(across, BIG.subarray(4 * K64 - 50, 4 * K64 + 50))).toBe(0);
+    expect(across.byteLength).toBe(100);
   });
 
   test("readers given one RecentChunks (the mounts daemon's layers) share it: what one read is in memory for the other", async () => {

@@ -6,16 +6,18 @@
 // Requests are read on the libuv thread pool, one blocking read outstanding per connection, so the
 // process must have a pool with a thread for each connection (UV_THREADPOOL_SIZE).
 import { spawn } from "node:child_process";
-import { close, open, read, writeSync } from "node:fs";
+import { close, open, read, writevSync } from "node:fs";
 import { access, readFile, writeFile } from "node:fs/promises";
 
 /** Big enough for any request a read-only mount gets (the kernel wants at least 8 KiB). */
 const READ_BUFFER = 64 << 10;
 /**
  * The kernel's readahead for the mount. Its default, 128 KiB, makes a sequential reader ask for
- * 128 KiB at a time; 1 MiB (the most one FUSE request carries here) takes a quarter of the requests.
+ * little at a time, one request after another; 4 MiB keeps about four 1 MiB requests (the most one
+ * FUSE request carries here) in flight, so the reader's chunks load while earlier ones are sent.
+ * The INIT reply must not ask for less (image-session.ts), or the kernel lowers it again.
  */
-const READAHEAD_KB = 1024;
+export const READAHEAD_BYTES = 4 << 20;
 
 export interface DevFuseMountOptions {
   /** Let users other than root in (default true): containers run as any user. */
@@ -80,7 +82,7 @@ async function abortConnection(dev: string): Promise<void> {
 /** Sets the readahead of the filesystem mounted at `mountpoint` (its backing device in sysfs). */
 async function raiseReadahead(mountpoint: string): Promise<void> {
   const dev = await deviceOf(mountpoint);
-  if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(READAHEAD_KB));
+  if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(READAHEAD_BYTES >> 10));
 }
 
 /**
@@ -105,12 +107,13 @@ export function readRequests(fd: number, onRequest: (req: Uint8Array) => void, o
 }
 
 /**
- * Writes one reply. A reply the kernel no longer waits for (ENOENT: the request was interrupted, or
- * already answered) is dropped; false when the connection is gone.
+ * Writes one reply: `reply`, then `body` if given, in one writev (the kernel takes a reply in one
+ * write). A reply the kernel no longer waits for (ENOENT: the request was interrupted, or already
+ * answered) is dropped; false when the connection is gone.
  */
-export function writeReply(fd: number, reply: Uint8Array): boolean {
+export function writeReply(fd: number, reply: Uint8Array, body?: Uint8Array): boolean {
   try {
-    writeSync(fd, reply);
+    writevSync(fd, body ? [reply, body] : [reply]);
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "ENOENT";

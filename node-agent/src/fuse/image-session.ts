@@ -10,6 +10,7 @@ import { attrOf, kernelStatfsOf } from "../fuse-attrs.ts";
 import type { FileReader } from "../file-reader.ts";
 import { CACHE_SECONDS, O_ACCMODE, viewOf, type ImageView, type ViewOf } from "../image-view.ts";
 import { withTimeout } from "../with-timeout.ts";
+import { READAHEAD_BYTES } from "./dev-fuse.ts";
 import * as K from "./kernel-abi.ts";
 
 export interface ImageSessionOptions {
@@ -20,8 +21,11 @@ export interface ImageSessionOptions {
   readTimeoutMs: number;
 }
 
-/** Sends one reply to the kernel. */
-export type SendReply = (reply: Uint8Array) => void;
+/**
+ * Sends one reply to the kernel: `reply`, followed by `body` when given (a read's bytes, passed as
+ * they are so that the sender can write both at once rather than copy them into one buffer).
+ */
+export type SendReply = (reply: Uint8Array, body?: Uint8Array) => void;
 
 const E = constants.errno;
 // Directory listings kept between READDIR calls of a large directory.
@@ -132,7 +136,10 @@ export class ImageSession {
       0,
       K.initOut({
         minor: Math.min(init.minor, K.FUSE_KERNEL_MINOR),
-        maxReadahead: init.maxReadahead,
+        // The kernel sets the mount's readahead to the smaller of this and what it has now, which
+        // mountDevFuse raised before the first request was read: echoing the kernel's offer (128
+        // KiB) undid that, and a sequential reader got 256 KiB requests one at a time.
+        maxReadahead: READAHEAD_BYTES,
         flags: init.flags & WANTED_INIT_FLAGS,
         maxBackground: MAX_BACKGROUND,
         congestionThreshold: (MAX_BACKGROUND * 3) / 4,
@@ -148,7 +155,10 @@ export class ImageSession {
     if (this.#b.inode(inode).type !== "file") return send(K.errorReply(h.unique, E.EISDIR));
     const { offset, size } = K.readReadIn(body);
     withTimeout(this.#reader.read(inode, offset, size), this.#timeoutMs).then(
-      (data) => send(K.reply(h.unique, 0, data.byteLength > size ? data.subarray(0, size) : data)),
+      (data) => {
+        const body = data.byteLength > size ? data.subarray(0, size) : data;
+        send(K.replyHeader(h.unique, body.byteLength), body);
+      },
       () => send(K.errorReply(h.unique, E.EIO)),
     );
   }

@@ -85,8 +85,9 @@ export class KeeperLink {
     this.#socket.write(encodeFrame(Frame.READY, 0));
   }
 
-  reply(id: number, reply: Uint8Array): void {
-    this.#socket.write(encodeFrame(Frame.REPLY, id, reply));
+  /** Passes a reply (and the body that follows it, if any) to the keeper, which writes it to the kernel. */
+  reply(id: number, reply: Uint8Array, body?: Uint8Array): void {
+    this.#socket.write(encodeFrame(Frame.REPLY, id, reply, body));
   }
 
   /** Detaches; the keeper keeps the mounts for the next server. */

@@ -36,12 +36,15 @@ export interface FrameIn {
   payload: Buffer;
 }
 
-export function encodeFrame(type: number, id: number, payload: Uint8Array = new Uint8Array(0)): Buffer {
-  const out = Buffer.allocUnsafe(HEADER + payload.byteLength);
-  out.writeUInt32LE(payload.byteLength, 0);
+/** One frame; its payload is `payload` then `tail`, when given (a reply and the read bytes that follow it). */
+export function encodeFrame(type: number, id: number, payload: Uint8Array = new Uint8Array(0), tail?: Uint8Array): Buffer {
+  const length = payload.byteLength + (tail?.byteLength ?? 0);
+  const out = Buffer.allocUnsafe(HEADER + length);
+  out.writeUInt32LE(length, 0);
   out.writeUInt8(type, 4);
   out.writeUInt32LE(id, 5);
   out.set(payload, HEADER);
+  if (tail) out.set(tail, HEADER + payload.byteLength);
   return out;
 }
 

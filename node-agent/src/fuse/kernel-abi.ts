@@ -118,12 +118,23 @@ export function requestOpcode(req: Uint8Array): number {
 /** A reply: the out header, then `body`. `error` is 0 or a negated errno. */
 export function reply(unique: bigint, error: number, body?: Uint8Array): Uint8Array {
   const out = new Uint8Array(OUT_HEADER_SIZE + (body?.byteLength ?? 0));
-  const v = view(out);
-  v.setUint32(0, out.byteLength, true);
-  v.setInt32(4, error, true);
-  v.setBigUint64(8, unique, true);
+  writeOutHeader(out, unique, error, out.byteLength);
   if (body) out.set(body, OUT_HEADER_SIZE);
   return out;
+}
+
+/** The out header alone of a successful reply whose body, `bodyLength` bytes, is sent right after it. */
+export function replyHeader(unique: bigint, bodyLength: number): Uint8Array {
+  const out = new Uint8Array(OUT_HEADER_SIZE);
+  writeOutHeader(out, unique, 0, OUT_HEADER_SIZE + bodyLength);
+  return out;
+}
+
+function writeOutHeader(out: Uint8Array, unique: bigint, error: number, length: number): void {
+  const v = view(out);
+  v.setUint32(0, length, true);
+  v.setInt32(4, error, true);
+  v.setBigUint64(8, unique, true);
 }
 
 export function errorReply(unique: bigint, errno: number): Uint8Array {

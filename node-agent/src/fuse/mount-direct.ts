@@ -59,7 +59,7 @@ function serve(fd: number, mountpoint: string, o: DirectServeOptions): DirectMou
   const ended = new Promise<void>((resolve) =>
     readRequests(
       fd,
-      (req) => session.handle(req, (reply) => void writeReply(fd, reply)),
+      (req) => session.handle(req, (reply, body) => void writeReply(fd, reply, body)),
       () => resolve(),
     ),
   ).then(() => closeDevFuse(fd));
