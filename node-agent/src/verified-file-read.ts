@@ -102,8 +102,9 @@ class ReadWorker {
 }
 
 /**
- * Workers shared by every cache in the process, started on first use. Two: on a small machine a
- * sequential reader's readahead keeps both busy, one reading from disk while the other hashes.
+ * Workers shared by every cache in the process, started on first use. Four: a chunk file not in the
+ * page cache costs a few dependent disk reads, so a sequential reader's readahead (8 chunks) keeps
+ * several reading at once while others hash.
  */
 const WORKERS = 4;
 const workers: ReadWorker[] = [];
