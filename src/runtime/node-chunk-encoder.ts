@@ -1,8 +1,9 @@
-// Chunk hashing and deflate on Node's worker threads: on a cold edge the thread that reads the tar
+// Chunk hashing and deflate on Node's worker threads (codec none: hashing only, on this thread): on a cold edge the thread that reads the tar
 // (gunzip feed, tar parsing, writing, the blob and data hashes) then only cuts chunks, and fflate,
 // most of a deflate-raw conversion's CPU, runs beside it on the other cores. Same bytes as
 // encodeStored (src/convert/chunk-encoder.ts): the same fflate call at the same level in each worker,
 // and the same rule for incompressible chunks; test/unit/node-chunk-encoder.test.ts compares them.
+import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
@@ -95,11 +96,15 @@ export function nodeChunkEncoder(threads = Math.min(4, availableParallelism())):
   };
   return {
     window: 2 * threads + 2,
-    encode: (data, codec) =>
-      new Promise<EncodedChunk>((resolve, reject) => {
+    encode: (data, codec) => {
+      // Without compression a chunk costs only its sha256, cheaper here than the copy and the
+      // round trip to a worker (bench:cold-edge --codec none was no faster with it).
+      if (codec === "none") return Promise.resolve({ hex: createHash("sha256").update(data).digest("hex"), stored: data, compressed: false });
+      return new Promise<EncodedChunk>((resolve, reject) => {
         while (lanes.length < threads) lanes.push(new Lane(gone));
         const lane = lanes.reduce((a, b) => (b.jobs.size < a.jobs.size ? b : a));
         lane.send(next++, data, codec, { resolve, reject });
-      }),
+      });
+    },
   };
 }
