@@ -10,9 +10,11 @@
 //   - the conversion alone: a new edge that pulled the layer through its registry API first (not
 //     timed), then the time to the bootstrap: one pass can't beat the larger of this and the transfer;
 //   - with `--baseline BIN` (bin/skiff.js of another build, e.g. before a change), its cold edge too.
+// Both workloads ask for the chunk codec `--codec`, by default the one node agents ask for
+// (deflate-raw: src/cli/mount.ts), whose conversion costs far more CPU than `none`'s.
 // Goal: a cold edge costs at most the upstream transfer time plus 20 % over a warm edge.
 // Needs root (FUSE, chroot), debootstrap the first time, docker-registry and skopeo.
-//   node bench/cold-edge.mjs [--write] [--rounds 3] [--rate 1gbit] [--latency 5ms] [--baseline PATH/bin/skiff.js]
+//   node bench/cold-edge.mjs [--write] [--rounds 3] [--rate 1gbit] [--latency 5ms] [--codec deflate-raw|none] [--baseline PATH/bin/skiff.js]
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -30,10 +32,13 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "3" },
     rate: { type: "string", default: "1gbit" },
     latency: { type: "string", default: "5ms" },
+    codec: { type: "string", default: "deflate-raw" },
     baseline: { type: "string" },
   },
 });
 const ROUNDS = Number(values.rounds);
+const CODEC = values.codec;
+if (!["none", "deflate-raw"].includes(CODEC)) throw new Error(`--codec ${CODEC}: none or deflate-raw`);
 const LINK = { latencyMs: parseLatency(values.latency), rateBitsPerSecond: parseRate(values.rate) };
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot");
 if (process.getuid?.() !== 0) throw new Error("bench:cold-edge needs root (FUSE mounts, chroot)");
@@ -69,10 +74,10 @@ async function withColdEdge(upstream, bin, fn) {
   }
 }
 
-const bootstrapUrl = (edge) => `${edge.url}/v2/bench/py/_skiff/bootstrap/1`;
+const bootstrapUrl = (edge) => `${edge.url}/v2/bench/py/_skiff/bootstrap/1?codec=${CODEC}`;
 
 async function mountRun(edge) {
-  const run = await coldStart(`${edge.url}/bench/py:1`, [], { work, workload: WORKLOAD });
+  const run = await coldStart(`${edge.url}/bench/py:1`, ["--codec", CODEC], { work, workload: WORKLOAD });
   await finishMount(run);
   return run.seconds;
 }
@@ -130,7 +135,7 @@ try {
     }
   }
   const load = (l) => l.map((x) => x.toFixed(1)).join(" / ");
-  const command = `node bench/cold-edge.mjs --write --rounds ${ROUNDS} --rate ${values.rate} --latency ${values.latency}${values.baseline ? " --baseline <build before>/bin/skiff.js" : ""}`;
+  const command = `node bench/cold-edge.mjs --write --rounds ${ROUNDS} --rate ${values.rate} --latency ${values.latency} --codec ${CODEC}${values.baseline ? " --baseline <build before>/bin/skiff.js" : ""}`;
   const body = `Machine: ${machine()}. Command: \`npm run build && ${command}\` (median of ${ROUNDS} rounds).
 Load average (1 / 5 / 15 min) at the start: ${load(loadAtStart)}; at the end: ${load(loadavg())}, on ${cpus().length} cores.
 
@@ -140,8 +145,8 @@ bench/link-relay.mjs at ${linkText} (the upstream's own link). Upstream transfer
 the layer blob through that link, read to its end. Warm edge: a skiff that converted the image
 before; cold edge: a new skiff process on an empty store, so its time includes fetching the
 manifest, config and layer, verifying the digest, storing the blob and converting. The workloads:
-the image bootstrap from the lazy API (default parameters), and the cold-start workload
-(\`skiff mount --overlay\` on an empty chunk cache, then \`${WORKLOAD.slice(0, 2).join(" ")} "${WORKLOAD[2]}"\` in a chroot; time to its output),
+the image bootstrap from the lazy API (chunk codec ${CODEC}, default chunk size), and the cold-start workload
+(\`skiff mount --overlay --codec ${CODEC}\` on an empty chunk cache, then \`${WORKLOAD.slice(0, 2).join(" ")} "${WORKLOAD[2]}"\` in a chroot; time to its output),
 the agent talking to skiff on loopback. Conversion alone: a new edge that pulled the layer through
 its registry API first (not timed), then the time to its bootstrap; converting while downloading
 can't take less than the larger of that and the transfer.

@@ -7,6 +7,7 @@ import { CHUNK_CODECS } from "../format/codec.ts";
 import { convertImage } from "../convert/image.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, type ConvertParams } from "../format/params.ts";
 import { nodeHasher } from "../hash/node.ts";
+import { nodeChunkEncoder } from "../runtime/node-chunk-encoder.ts";
 import { nodeGunzip } from "../runtime/node-gunzip.ts";
 import { FsStore } from "../store/fs.ts";
 import { parseFlags, UsageError } from "./args.ts";
@@ -64,6 +65,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     store,
     hasher: nodeHasher,
     gunzip: nodeGunzip,
+    chunkEncoder: nodeChunkEncoder(),
     params,
     platform: values.platform ?? "linux/amd64",
     onLayer: (i, layer) => {

@@ -1,5 +1,6 @@
 // Converts an image: resolve the platform's manifest, convert each layer (or reuse its stored
 // conversion), merge the layer bootstraps and publish the image bootstrap last.
+import type { ChunkEncoder } from "./chunk-encoder.ts";
 import { imageBootstrapKey } from "../store/keys.ts";
 import { encodeBootstrap } from "../format/encode.ts";
 import { Bootstrap } from "../format/decode.ts";
@@ -92,6 +93,8 @@ export interface ConvertImageOptions {
   store: ContentStore;
   hasher: HasherFactory;
   gunzip?: GunzipFactory;
+  /** Hashes and encodes the chunks (see ConvertLayerOptions). */
+  chunkEncoder?: ChunkEncoder;
   params: ConvertParams;
   platform: string;
   /** Called before each layer with its index, and as compressed bytes are read. */

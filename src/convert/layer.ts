@@ -16,7 +16,8 @@ import { fromHex, toHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from "./checkpoint.ts";
-import { codecId, encodeChunk } from "../format/codec.ts";
+import { codecId } from "../format/codec.ts";
+import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
 import { compressionForMediaType, decompressLayer, LayerFormatError, type GunzipFactory } from "./decompress.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
@@ -81,6 +82,8 @@ export interface ConvertLayerOptions {
   /** The runtime's gzip decoder, when faster than the built-in one (node:zlib). */
   gunzip?: GunzipFactory;
   params: ConvertParams;
+  /** Hashes and encodes the chunks (the runtime's, e.g. on worker threads); on this thread by default. */
+  chunkEncoder?: ChunkEncoder;
   /** Called as compressed bytes are read (for progress). */
   onBytes?: (n: number) => void;
   /**
@@ -109,6 +112,9 @@ export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
  * takes 1.2 GiB and 35 s (docs/reliability.md). The largest real layers hold a few hundred thousand.
  */
 export const DEFAULT_MAX_ENTRIES = 1_000_000;
+
+/** Chunk bytes cut but not yet written, at most: the encoder's window is cut down for large chunks. */
+const MAX_IN_FLIGHT_BYTES = 32 * 2 ** 20;
 
 /** Returns the stored conversion of the layer, converting it first if there is none. */
 export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
@@ -282,38 +288,61 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     return index;
   };
 
-  const addChunk = async (data: Uint8Array): Promise<number> => {
-    if (ordinal < replayed.length) return replayChunk(data);
-    ordinal++;
-    stats.chunks++;
-    const h = hasher("sha256");
-    h.update(data);
-    const hex = h.hex();
+  const encoder = opts.chunkEncoder ?? inlineChunkEncoder(hasher);
+  // Chunks handed to the encoder and not yet written, oldest first. Each is written, and its record
+  // index given to its file, in the order it was cut, so the blob and records are the same bytes
+  // whatever the encoder and however many chunks it has in flight.
+  const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
+  const pending: { result: Promise<EncodedChunk>; size: number; file: number[]; slot: number }[] = [];
+
+  /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */
+  const settleOldest = async (): Promise<void> => {
+    const { result, size, file, slot } = pending.shift()!;
+    const { hex, stored, compressed } = await result;
     let index = known.get(hex);
     if (index !== undefined) {
-      stats.bytesDeduplicated += data.byteLength;
+      stats.bytesDeduplicated += size;
     } else {
-      const encoded = params.codec === "none" ? data : encodeChunk(params.codec, data);
-      // Incompressible chunks are stored as they are; the chunk record says which.
-      const compressed = encoded.byteLength < data.byteLength;
-      const stored = compressed ? encoded : data;
       await write(stored);
       dataHash.update(stored);
-      const record: ChunkRecord = { digest: fromHex(hex), blob: 0, compressed, storedOffset, storedSize: stored.byteLength, size: data.byteLength, uncompressedOffset };
+      const record: ChunkRecord = { digest: fromHex(hex), blob: 0, compressed, storedOffset, storedSize: stored.byteLength, size, uncompressedOffset };
       storedOffset += stored.byteLength;
-      uncompressedOffset += data.byteLength;
+      uncompressedOffset += size;
       stats.bytesStored += stored.byteLength;
       stats.uniqueChunks++;
       chunks.push(record);
       index = chunks.length - 1;
       known.set(hex, index);
     }
+    file[slot] = index;
     ordinals?.push(index);
-    if (budget && (budget.remaining -= data.byteLength) <= 0) throw new Pause();
-    return index;
+  };
+  const drain = async (): Promise<void> => {
+    while (pending.length > 0) await settleOldest();
   };
 
-  const buffer = new Uint8Array(chunkSize);
+  /** Cuts a chunk of `file`: the encoder takes `data` over. */
+  const addChunk = async (data: Uint8Array, file: number[]): Promise<void> => {
+    if (ordinal < replayed.length) {
+      file.push(replayChunk(data));
+      return;
+    }
+    ordinal++;
+    stats.chunks++;
+    // Read before the encoder takes `data` over: its buffer may move to another thread.
+    const size = data.byteLength;
+    const result = encoder.encode(data, params.codec);
+    // Awaited in order by settleOldest; one that fails while older ones are awaited must not go unhandled.
+    result.catch(() => {});
+    pending.push({ result, size, file, slot: file.length });
+    file.push(-1);
+    if (pending.length >= inFlight) await settleOldest();
+    if (budget && (budget.remaining -= size) <= 0) throw new Pause();
+  };
+
+  // A full chunk hands its buffer to the encoder and a new one is taken; a file's last, partial
+  // chunk is copied out, so small files don't each cost a whole chunk's buffer.
+  let buffer = new Uint8Array(chunkSize);
   const maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
   try {
     for await (const entry of readTar(tarInput)) {
@@ -329,20 +358,24 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
           filled += take;
           piece = piece.subarray(take);
           if (filled === chunkSize) {
-            node.chunks.push(await addChunk(buffer));
+            const full = buffer;
+            buffer = new Uint8Array(chunkSize);
             filled = 0;
+            await addChunk(full, node.chunks);
           }
         }
       }
-      if (filled > 0) node.chunks.push(await addChunk(buffer.subarray(0, filled)));
+      if (filled > 0) await addChunk(buffer.slice(0, filled), node.chunks);
       node.size = entry.size;
       stats.bytesContent += entry.size;
     }
   } catch (err) {
     if (!(err instanceof Pause)) throw err;
+    await drain();
     await decompressed.cancel().catch(() => {});
     return { paused: { records: chunks, ordinals: Uint32Array.from(ordinals!) } };
   }
+  await drain();
   if (ordinal < replayed.length) throw new CheckpointError(`the layer has ${ordinal} chunks, the checkpoint ${replayed.length}`);
   for (;;) {
     const { done } = await decompressed.read();

@@ -1,6 +1,7 @@
 // The one Hono app every runtime serves. Runtime entry files build the store, hasher and fetch for
 // their platform and hand them here with the resolved configuration; nothing below this line knows
 // which runtime it is on.
+import type { ChunkEncoder } from "../convert/chunk-encoder.ts";
 import { Hono } from "hono";
 import { AccessPolicy, TOKEN_PATH } from "../access/policy.ts";
 import { tokenEndpoint } from "../access/token-endpoint.ts";
@@ -31,6 +32,8 @@ export interface AppOptions extends Partial<AppSettings> {
   hasher: HasherFactory;
   /** The layer gzip decoder for conversions, when the runtime has a faster one than the built-in. */
   gunzip?: GunzipFactory;
+  /** Chunk hashing and encoding for conversions, when the runtime can do it off the converting thread. */
+  chunkEncoder?: ChunkEncoder;
   /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   log?: (message: string) => void;
@@ -73,7 +76,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
   const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
   const reads = learnedReadsRoute({
     learned: new LearnedReads(store),

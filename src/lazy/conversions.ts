@@ -8,6 +8,7 @@
 // With a step budget (Workers, where CPU time per invocation is limited) each request converts at
 // most that much and the conversion goes on at the next request; a lease in the store keeps other
 // processes sharing it from converting the same layer meanwhile.
+import type { ChunkEncoder } from "../convert/chunk-encoder.ts";
 import type { BlobCache } from "../cache/blobs.ts";
 import { blobKey, imageBootstrapKey, layerBootstrapKey, layerLeaseKey } from "../store/keys.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
@@ -31,6 +32,8 @@ export interface ConversionsDeps {
   hasher: HasherFactory;
   /** The runtime's gzip decoder (the converter's built-in one when absent). */
   gunzip?: GunzipFactory;
+  /** The runtime's chunk hashing and encoding (on the converting thread when absent). */
+  chunkEncoder?: ChunkEncoder;
   metrics: Metrics;
   blobs: BlobCache;
   manifests: ManifestCache;
@@ -120,6 +123,7 @@ export class Conversions {
       store: this.#deps.store,
       hasher: this.#deps.hasher,
       gunzip: this.#deps.gunzip,
+      chunkEncoder: this.#deps.chunkEncoder,
       params,
       platform,
       // One budget for the whole request, however many layers it reaches.

@@ -1,6 +1,7 @@
 // What the Node and Deno entries share: the app over the filesystem store with node:crypto hashing
 // and node:zlib gunzip (on Deno through its node: compatibility, still several times faster than
 // the portable decoder: docs/deploy.md), started with `skiff serve`'s options.
+import type { ChunkEncoder } from "../convert/chunk-encoder.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import type { AppSettings } from "../config/serve-settings.ts";
 import { nodeHasher } from "../hash/node.ts";
@@ -23,9 +24,10 @@ export interface RunningServer extends SkiffApp {
   close(): Promise<void>;
 }
 
-export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamConfig) => typeof fetch): Promise<SkiffApp> {
+/** `chunkEncoder`: the entry's chunk hashing and encoding (Node's worker threads), if any. */
+export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamConfig) => typeof fetch, chunkEncoder?: ChunkEncoder): Promise<SkiffApp> {
   const store = await new FsStore(opts.dataDir).init();
-  return createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, fetchFor, ...opts.settings, log: opts.log });
+  return createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
 }
 
 /** The URL of a server listening at `address` (an IPv6 one goes in brackets). */

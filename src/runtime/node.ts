@@ -1,12 +1,13 @@
 // Node entry (`skiff serve`): the shared app on node:http over the filesystem store (fs-server.ts),
-// cached blob ranges answered by the shortcut first (node-shortcut.ts), and an undici connection
-// pool per upstream.
+// cached blob ranges answered by the shortcut first (node-shortcut.ts), an undici connection pool
+// per upstream, and chunks hashed and encoded on worker threads (node-chunk-encoder.ts).
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import type { UpstreamConfig } from "../config/config.ts";
 import { UPSTREAM_TIMEOUTS } from "../util/fetch-timeouts.ts";
 import { fsApp, serverUrl, type RunningServer, type ServerOptions } from "./fs-server.ts";
+import { nodeChunkEncoder } from "./node-chunk-encoder.ts";
 import { nodeListener } from "./node-shortcut.ts";
 
 export type { RunningServer, ServerOptions };
@@ -25,7 +26,8 @@ export async function startNodeServer(opts: ServerOptions): Promise<RunningServe
     const pool = dispatcher;
     return ((input: URL, init: RequestInit) => undiciFetch(input, { ...(init as object), dispatcher: pool })) as unknown as typeof fetch;
   };
-  const skiff = await fsApp(opts, fetchFor);
+  // Chunk hashing and deflate on worker threads, beside the thread that reads the layer.
+  const skiff = await fsApp(opts, fetchFor, nodeChunkEncoder());
 
   const server = createServer(nodeListener(skiff));
   await new Promise<void>((resolve, reject) => {

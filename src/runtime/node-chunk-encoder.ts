@@ -1,0 +1,110 @@
+// Chunk hashing and deflate on Node's worker threads (codec none: hashing only, on this thread): on a cold edge the thread that reads the tar
+// (gunzip feed, tar parsing, writing, the blob and data hashes) then only cuts chunks, and fflate,
+// most of a deflate-raw conversion's CPU, runs beside it on the other cores. Same bytes as
+// encodeStored (src/convert/chunk-encoder.ts): the same fflate call at the same level in each worker,
+// and the same rule for incompressible chunks; test/unit/node-chunk-encoder.test.ts compares them.
+import { createHash } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { createRequire } from "node:module";
+import { Worker } from "node:worker_threads";
+import type { ChunkEncoder, EncodedChunk } from "../convert/chunk-encoder.ts";
+import { DEFLATE_LEVEL, type ChunkCodec } from "../format/codec.ts";
+
+// The worker's source, evaluated as CommonJS (a file next to this one would not exist when the
+// TypeScript sources run directly, as in the tests). fflate's path and the level come in workerData.
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require("node:worker_threads");
+const { createHash } = require("node:crypto");
+const { deflateSync } = require(workerData.fflate);
+parentPort.on("message", ({ id, data, codec }) => {
+  try {
+    const hex = createHash("sha256").update(data).digest("hex");
+    let stored = data;
+    if (codec === "deflate-raw") {
+      const encoded = deflateSync(data, { level: workerData.level });
+      if (encoded.byteLength < data.byteLength) stored = encoded;
+    } else if (codec !== "none") {
+      throw new Error("unknown chunk codec " + codec);
+    }
+    parentPort.postMessage({ id, hex, stored, compressed: stored !== data }, [stored.buffer]);
+  } catch (err) {
+    parentPort.postMessage({ id, error: String(err && err.message ? err.message : err) });
+  }
+});
+`;
+
+interface Job {
+  resolve: (chunk: EncodedChunk) => void;
+  reject: (err: Error) => void;
+}
+
+interface Reply {
+  id: number;
+  hex?: string;
+  stored?: Uint8Array;
+  compressed?: boolean;
+  error?: string;
+}
+
+class Lane {
+  readonly worker: Worker;
+  readonly jobs = new Map<number, Job>();
+
+  constructor(onGone: (lane: Lane) => void) {
+    const fflate = createRequire(import.meta.url).resolve("fflate");
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fflate, level: DEFLATE_LEVEL } });
+    this.worker.unref();
+    this.worker.on("message", (reply: Reply) => {
+      const job = this.jobs.get(reply.id);
+      if (!job) return;
+      this.jobs.delete(reply.id);
+      // An idle worker must not keep the process alive; a busy one must, or a process whose only
+      // pending work is this job would exit under it.
+      if (this.jobs.size === 0) this.worker.unref();
+      if (reply.error !== undefined) job.reject(new Error(`chunk encoder: ${reply.error}`));
+      else job.resolve({ hex: reply.hex!, stored: reply.stored!, compressed: reply.compressed! });
+    });
+    const fail = (err: Error) => {
+      onGone(this);
+      for (const job of this.jobs.values()) job.reject(err);
+      this.jobs.clear();
+    };
+    this.worker.on("error", fail);
+    this.worker.on("exit", (code) => fail(new Error(`chunk encoder worker exited (${code})`)));
+  }
+
+  send(id: number, data: Uint8Array, codec: ChunkCodec, job: Job): void {
+    if (this.jobs.size === 0) this.worker.ref();
+    this.jobs.set(id, job);
+    // The buffer moves to the worker when the chunk is all of it; a view into a larger one is copied.
+    const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+    const own = whole ? data : data.slice();
+    this.worker.postMessage({ id, data: own, codec }, [own.buffer as ArrayBuffer]);
+  }
+}
+
+/**
+ * A pool of `threads` workers (default: one per core, at most 4), started on first use. Each chunk
+ * goes to the worker with the fewest chunks waiting; the converter keeps `window` in flight.
+ */
+export function nodeChunkEncoder(threads = Math.min(4, availableParallelism())): ChunkEncoder {
+  const lanes: Lane[] = [];
+  let next = 0;
+  const gone = (lane: Lane) => {
+    const at = lanes.indexOf(lane);
+    if (at >= 0) lanes.splice(at, 1);
+  };
+  return {
+    window: 2 * threads + 2,
+    encode: (data, codec) => {
+      // Without compression a chunk costs only its sha256, cheaper here than the copy and the
+      // round trip to a worker (bench:cold-edge --codec none was no faster with it).
+      if (codec === "none") return Promise.resolve({ hex: createHash("sha256").update(data).digest("hex"), stored: data, compressed: false });
+      return new Promise<EncodedChunk>((resolve, reject) => {
+        while (lanes.length < threads) lanes.push(new Lane(gone));
+        const lane = lanes.reduce((a, b) => (b.jobs.size < a.jobs.size ? b : a));
+        lane.send(next++, data, codec, { resolve, reject });
+      });
+    },
+  };
+}

@@ -1,0 +1,100 @@
+// Chunks hashed and encoded on Node's worker threads must give exactly the bytes of the converter's
+// own encoder: the same chunk digests and stored bytes, so the same data blob and bootstrap, in one
+// pass and in resumable steps, with several chunks in flight at once.
+import { createHash } from "node:crypto";
+import { gzipSync } from "node:zlib";
+import { describe, expect, it } from "vitest";
+import { encodeStored, inlineChunkEncoder, type ChunkEncoder } from "../../src/convert/chunk-encoder.ts";
+import { ConversionPaused, convertLayer, type ConvertLayerOptions, type LayerSource } from "../../src/convert/layer.ts";
+import { CHUNK_CODECS } from "../../src/format/codec.ts";
+import { paramsId, type ConvertParams } from "../../src/format/params.ts";
+import { nodeHasher } from "../../src/hash/node.ts";
+import { parseDigest } from "../../src/oci/reference.ts";
+import { nodeChunkEncoder } from "../../src/runtime/node-chunk-encoder.ts";
+import { layerBootstrapKey, layerDataKey } from "../../src/store/keys.ts";
+import { MemoryStore } from "../../src/store/memory.ts";
+import { getBytes } from "../../src/store/store.ts";
+import { Prng, sha256, tarArchive, type TarEntry } from "../e2e/harness/images.ts";
+
+const CHUNK = 64 * 1024;
+
+/** Compressible text of `size` bytes. */
+function text(seed: number, size: number): Uint8Array {
+  let s = "";
+  for (let i = seed; s.length < size; i++) s += `line ${i % 97} value=${(i * 7919) % 1000} ${"abcdefgh".repeat(i % 5)}\n`;
+  return new TextEncoder().encode(s.slice(0, size));
+}
+
+/** Text and random files of many sizes, whole chunks repeated inside and across files. */
+function layerBytes(): Uint8Array {
+  const prng = new Prng("node-chunk-encoder");
+  const shared = text(3, 2 * CHUNK);
+  const entries: TarEntry[] = [{ name: "d", type: "dir" }];
+  for (let i = 0; i < 30; i++) {
+    const size = [0, 100, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 7][i % 6]!;
+    entries.push({ name: `d/f${i}`, type: "file", data: i % 2 ? prng.bytes(size) : text(i, size) });
+    if (i % 7 === 0) entries.push({ name: `d/copy${i}`, type: "file", data: Buffer.concat([shared, text(i, i * 37)]) });
+  }
+  return gzipSync(tarArchive(entries));
+}
+
+function source(bytes: Uint8Array): LayerSource {
+  return {
+    digest: parseDigest(sha256(bytes))!,
+    mediaType: "application/vnd.oci.image.layer.v1.tar+gzip",
+    size: bytes.byteLength,
+    open: async () => new ReadableStream({ start: (c) => (c.enqueue(bytes.slice()), c.close()) }),
+  };
+}
+
+async function convert(layer: LayerSource, params: ConvertParams, chunkEncoder: ChunkEncoder, stepBytes?: number) {
+  const store = new MemoryStore();
+  const opts: ConvertLayerOptions = { store, hasher: nodeHasher, params, chunkEncoder };
+  for (;;) {
+    try {
+      await convertLayer(layer, { ...opts, budget: stepBytes ? { remaining: stepBytes } : undefined });
+      break;
+    } catch (err) {
+      if (!(err instanceof ConversionPaused)) throw err;
+    }
+  }
+  const id = paramsId(params);
+  // Compared by digest: deep equality of megabytes of Uint8Array is slow in the test runner.
+  const digest = (bytes: Uint8Array | null) => bytes && sha256(bytes);
+  return { bootstrap: digest(await getBytes(store, layerBootstrapKey(layer.digest, id))), data: digest(await getBytes(store, layerDataKey(layer.digest, id))) };
+}
+
+describe("node chunk encoder", () => {
+  const pool = nodeChunkEncoder(2);
+
+  it.each(CHUNK_CODECS)("hashes and encodes as the converter does (%s)", async (codec) => {
+    const backing = text(1, 3 * CHUNK);
+    const inputs = [text(0, CHUNK), new Prng("x").bytes(CHUNK), new Uint8Array(0), text(2, 10), backing.subarray(100, 100 + CHUNK)];
+    for (const data of inputs) {
+      const expected = { hex: createHash("sha256").update(data).digest("hex"), ...encodeStored(codec, data) };
+      const got = await pool.encode(new Uint8Array(data), codec);
+      expect(got.hex).toBe(expected.hex);
+      expect(got.compressed).toBe(expected.compressed);
+      expect(Buffer.from(got.stored).equals(Buffer.from(expected.stored))).toBe(true);
+    }
+    // A view into a larger buffer is copied, not taken: the rest of the buffer stays usable.
+    await pool.encode(backing.subarray(0, 10), codec);
+    expect(backing.byteLength).toBe(3 * CHUNK);
+  });
+
+  it("rejects an unknown codec", async () => {
+    await expect(pool.encode(text(0, 10), "zstd" as never)).rejects.toThrow(/unknown chunk codec/);
+  });
+
+  const layer = source(layerBytes());
+  for (const codec of CHUNK_CODECS) {
+    const params: ConvertParams = { chunkShift: 16, codec };
+    it(`converts a layer to the same bytes as the inline encoder (${codec})`, async () => {
+      const inline = await convert(layer, params, inlineChunkEncoder(nodeHasher));
+      expect(inline.bootstrap).not.toBeNull();
+      expect(await convert(layer, params, pool)).toEqual(inline);
+      // In steps, with chunks in flight when a step's budget runs out.
+      expect(await convert(layer, params, pool, 3 * CHUNK + 1)).toEqual(inline);
+    });
+  }
+});
