@@ -8,7 +8,7 @@
 // off, `--prefetch all` and a replayed prefetch list (recorded by `skiff record` first), and with
 // deflated chunks: off, `--prefetch-nearby` and the list. The bytes the workload touches are the
 // chunks in that list. The same workload after `ctr image pull`, after the stargz snapshotter's
-// lazy pull of an eStargz copy, and after `skiff pull` through CRI with the skiff snapshotter
+// lazy pull of an eStargz copy, and after a pull through CRI with the skiff snapshotter
 // (defaults, warm edge, cold node; bench/containerd.mjs), through the same links. Then warm reads: the
 // largest file and a walk of the tree through a fully prefetched mount, against the same tree on
 // local disk and fuse-native's own ceiling (bench/fuse-ceiling.mjs; bench/warm-reads.mjs). Needs root (FUSE, chroot,
@@ -74,7 +74,7 @@ async function finish() {
 
 /**
  * The same workload after `ctr image pull` (fetch, unpack into overlayfs), after the stargz
- * snapshotter's lazy pull of an eStargz copy, and after `skiff pull` through containerd's CRI plugin
+ * snapshotter's lazy pull of an eStargz copy, and after a pull through containerd's CRI plugin
  * with the skiff snapshotter (its defaults) from the warm edge
  * `edge`, each through the same links, on a fresh containerd (and snapshotter root: an empty chunk
  * cache) every run: { link, client, seconds, pullSeconds, mountSeconds, runSeconds }[] medians.
@@ -244,7 +244,7 @@ try {
     const line = (name, seconds) => `| ${link} | ${name} | ${seconds.toFixed(2)} | ${(full.seconds / seconds).toFixed(1)} | ${(lazy.seconds / seconds).toFixed(1)} |`;
     versus.push(line(`containerd: \`ctr image pull\` (${full.pullSeconds.toFixed(1)} s) + run`, full.seconds));
     versus.push(line(`stargz snapshotter: \`ctr-remote image rpull\` of the eStargz copy + run`, lazy.seconds));
-    versus.push(line(`containerd + skiff snapshotter, first node (defaults): \`skiff pull\` through CRI (${snap.pullSeconds.toFixed(1)} s) + run`, snap.seconds));
+    versus.push(line(`containerd + skiff snapshotter, first node (defaults): CRI PullImage (${snap.pullSeconds.toFixed(1)} s) + run`, snap.seconds));
     versus.push(line(`containerd + skiff snapshotter, second node (defaults, learned from the first)`, snapSecond.seconds));
     for (const r of learnedRows.filter((r) => r.link === link)) versus.push(line(`skiff mount, defaults: ${LEARNED_KINDS[r.kind]}`, r.seconds));
     for (const r of rows.filter((r) => r.link === link && r.edgeState === "warm edge")) versus.push(line(`skiff mount, ${r.codec}, prefetch ${r.prefetch}`, r.seconds));
@@ -286,8 +286,9 @@ with unpigz into overlayfs); the stargz snapshotter (Debian's stargz-snapshotter
 bench/stargz/main.go with the library's defaults: on-demand fetches and a background fetch of each
 layer) lazily pulling an eStargz copy made by \`ctr-remote image convert --estargz\` (no prefetch
 landmark: no workload was run to make it); and containerd + skiff snapshotter: containerd's CRI
-plugin with \`skiff snapshotter\` as its snapshotter and \`skiff pull\` pulling through CRI as kubelet
-does, the layers mounted lazily from the warm edge (the proxy had converted the image) on a cold
+plugin with \`skiff snapshotter\` as its snapshotter, pulled through CRI's PullImage called from the
+benchmark's own running process as kubelet calls it (\`skiff pull\` makes the same call from a new
+process, whose start adds about half a second), the layers mounted lazily from the warm edge (the proxy had converted the image) on a cold
 node (a new snapshotter root, so an empty chunk cache), with the snapshotter's defaults only, each
 round on a repository of its own (nothing learned); then a second node on the same repository,
 after the first one's mounts daemon reported what the container read first. For the first two the relay sits between containerd and
@@ -304,8 +305,9 @@ to the total): the pull, preparing and mounting the rootfs snapshot, and the wor
 
 ${steps.join("\n")}
 
-The skiff snapshotter's pull includes starting the \`skiff pull\` client, a Node.js process; the
-snapshotter starts its mounts daemon (and that its FUSE keeper) when it starts, before the pull
+The skiff snapshotter's pull is containerd resolving the image through the proxy and preparing
+each layer: the snapshotter fetches the image's bootstrap, then the layers' (all at once), and has
+them mounted. The snapshotter starts its mounts daemon (and that its FUSE keeper) when it starts, before the pull
 (once per node). On a first node its workload reads as \`skiff mount\` does with nothing learned:
 chunks fetched as files are read; on a second node each layer first fetches its share of the
 learned list behind the reads. The stargz snapshotter's defaults also fetch each layer in the
