@@ -2,6 +2,7 @@
 // lazy API client's FetchLike. Node's global fetch costs a process about 60 ms the first time it is
 // used (its bundled undici is compiled then), and every mount pays that on a container's critical
 // path; node:http is already loaded. docs/benchmarks.md, "A first node's cold start", has the numbers.
+import { setMaxListeners } from "node:events";
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import type { FetchLike, FetchResponse } from "../../src/client/lazy-api.ts";
@@ -24,6 +25,9 @@ export function nodeHttpClient(): NodeHttpClient {
     new Promise<FetchResponse>((resolve, reject) => {
       const { signal } = init;
       if (signal.aborted) return reject(signal.reason);
+      // One signal bounds all the requests of a batch (chunk-fetcher.ts), each listening to it:
+      // more than Node's default of 10 is expected, not a leak to warn about.
+      setMaxListeners(0, signal);
       const https = url.startsWith("https:");
       const headers: Record<string, string> = { ...init.headers };
       if (init.body !== undefined) headers["content-length"] = String(Buffer.byteLength(init.body));

@@ -146,6 +146,24 @@ describe("nodeHttpClient", () => {
     }
   });
 
+  test("many requests on one signal (a fetcher's batch) raise no listener-leak warning", async () => {
+    const client = nodeHttpClient();
+    handler = (_req, res) => res.end("ok");
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on("warning", onWarning);
+    try {
+      const shared = signal();
+      const answers = await Promise.all(Array.from({ length: 20 }, () => client.fetch(`${base}/many`, { method: "GET", headers: {}, signal: shared })));
+      for (const res of answers) expect((await readAll(res.body)).toString()).toBe("ok");
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+      expect(warnings).not.toContain("MaxListenersExceededWarning");
+    } finally {
+      process.off("warning", onWarning);
+      client.close();
+    }
+  });
+
   test("a body read slowly holds the socket back instead of buffering it all", async () => {
     const client = nodeHttpClient();
     const total = 64 << 20;
