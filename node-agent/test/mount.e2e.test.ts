@@ -250,9 +250,10 @@ describe("skiff mount", () => {
 
   test("after kill -9 the next mount recovers the mountpoint and reuses the cache", { timeout: 90_000 }, async () => {
     const cache = tempDir("cache-d");
-    // Nearby prefetch off (it turns itself on when a loaded machine makes round trips slow): the
-    // cache then holds big.bin's chunks and nothing else.
-    const first = await mount(["--cache", cache, "--prefetch-nearby", "0"]);
+    // Learned and nearby prefetch off (other tests here teach the edge what this image reads, and
+    // nearby turns itself on when a loaded machine makes round trips slow): the cache then holds
+    // big.bin's chunks and nothing else.
+    const first = await mount(["--cache", cache, "--no-learned-prefetch", "--prefetch-nearby", "0"]);
     const big = readFileSync(join(first.mountpoint, "data", "big.bin"));
     // Its 4 chunks are written to the cache just behind the read: killed once they are there.
     await waitFor("big.bin's chunks in the cache", async () => ((await readdir(cache)).filter((f) => !f.startsWith(".")).length >= 4 ? true : undefined), { timeoutMs: 10_000, intervalMs: 50 });
