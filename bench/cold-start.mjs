@@ -21,7 +21,7 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
-import { benchCacheDir as cacheDir, coldStart as mountAndRun, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, serveSkiff, warmPythonEdge } from "./lazy-mount.mjs";
+import { benchCacheDir as cacheDir, coldStart as mountAndRun, copyBenchImage, OTHER_PYTHON_WORKLOAD, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, serveSkiff, warmPythonEdge } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
@@ -36,8 +36,6 @@ const LEARNED_KINDS = {
   otherLearned: "another program, after the first was learned",
   otherFresh: "another program, nothing learned",
 };
-// A second program on the same image, for learned prefetch: other modules than WORKLOAD's.
-const OTHER_WORKLOAD = ["python3", "-c", "import email.mime.text, http.client, xml.dom.minidom, argparse, logging; print('ready', 2)"];
 const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way
 const NEARBY = "256k"; // --prefetch-nearby: the best of 128k, 256k, 512k and 1m on the slow link
 requireTools("debootstrap", "docker-registry", "skopeo", "chroot", "containerd", "ctr", "ctr-remote", "go", "unpigz");
@@ -52,20 +50,6 @@ const serve = (upstream, data) => serveSkiff(upstream, data, cleanups);
 
 /** Mounts the image, runs the workload in a chroot (bench/lazy-mount.mjs). */
 const coldStart = (imageUrl, extra) => mountAndRun(imageUrl, extra, { work, workload: WORKLOAD });
-
-/**
- * The bench image pushed again as `repo` (the same manifest and layers) and its bootstrap asked for
- * once, so the edge is warm for it (the conversion is shared) with nothing learned; returns `repo`.
- */
-async function copyImage(registryBase, edge, repo, ns) {
-  const host = new URL(registryBase).host;
-  execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${host}/bench/py:1`, `docker://${host}/${repo}:1`]);
-  // As the agents ask for it by default (deflate-raw chunks).
-  const res = await fetch(`${edge.url}/v2/${repo}/_skiff/bootstrap/1?codec=deflate-raw${ns ? `&ns=${encodeURIComponent(ns)}` : ""}`);
-  await res.arrayBuffer();
-  if (res.status !== 200) throw new Error(`bootstrap of ${repo} answered ${res.status}`);
-  return repo;
-}
 
 async function finish() {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
@@ -109,7 +93,7 @@ async function containerdBaselines(registryBase, edge) {
     // The skiff snapshotter on a repository of its own each round (the same image, warm at the
     // edge, nothing learned): its first node, then a second node after the first one's report.
     const snapRepos = [];
-    for (let round = 0; round < ROUNDS; round++) snapRepos.push(await copyImage(registryBase, edge, `bench/snap-${index}-${round}`, host));
+    for (let round = 0; round < ROUNDS; round++) snapRepos.push(await copyBenchImage(registryBase, edge, `bench/snap-${index}-${round}`, host));
     const skiff = { skiff: { proxy, registries: [host] } };
     const clients = [
       ["containerd pull + unpack", () => `${via}/bench/py:1`, pullAndRun, {}],
@@ -204,8 +188,8 @@ try {
   for (const [link, base] of links) {
     const runs = { first: [], second: [], otherLearned: [], otherFresh: [] };
     for (let round = 0; round < ROUNDS; round++) {
-      const repo = await copyImage(registry.base, edge, `bench/learn-${learnedRows.length}-${round}`);
-      const fresh = await copyImage(registry.base, edge, `bench/learn-${learnedRows.length}-${round}-other`);
+      const repo = await copyBenchImage(registry.base, edge, `bench/learn-${learnedRows.length}-${round}`);
+      const fresh = await copyBenchImage(registry.base, edge, `bench/learn-${learnedRows.length}-${round}-other`);
       const measure = async (kind, url, workload) => {
         const run = await mountAndRun(url, [], { work, workload });
         const stats = await finishMount(run);
@@ -214,8 +198,8 @@ try {
       };
       await measure("first", `${base}/${repo}:1`, WORKLOAD);
       await measure("second", `${base}/${repo}:1`, WORKLOAD);
-      await measure("otherLearned", `${base}/${repo}:1`, OTHER_WORKLOAD);
-      await measure("otherFresh", `${base}/${fresh}:1`, OTHER_WORKLOAD);
+      await measure("otherLearned", `${base}/${repo}:1`, OTHER_PYTHON_WORKLOAD);
+      await measure("otherFresh", `${base}/${fresh}:1`, OTHER_PYTHON_WORKLOAD);
     }
     const med = (kind, key) => median(runs[kind].map((r) => r[key]));
     for (const kind of Object.keys(runs)) learnedRows.push({ link, kind, seconds: med(kind, "seconds"), fetched: med(kind, "fetched"), requests: med(kind, "requests"), learned: med(kind, "learned") });
@@ -274,7 +258,7 @@ With the defaults (no flags; learned prefetch on), each round on a repository of
 the same image, warm at the edge with nothing learned yet: the first node runs the workload, and
 reports what it read first when it stops; a second node (an empty chunk cache) then starts with
 the list the edge merged, fetched behind its own reads. Then another program on the same image
-(\`${OTHER_WORKLOAD[2]}\`), once on that repository (the first program's list learned) and once on
+(\`${OTHER_PYTHON_WORKLOAD[2]}\`), once on that repository (the first program's list learned) and once on
 one with nothing learned: a list learned from one program must not slow another. "Touched" is the
 first workload's, as above.
 

@@ -16,6 +16,8 @@ export const benchCacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), 
 /** The image the lazy-start benchmarks run, and the workload that reads it. */
 export const PYTHON_PACKAGES = ["python3", "python3-numpy"];
 export const PYTHON_WORKLOAD = ["python3", "-c", "import json, decimal, numpy; print('ready', numpy.__version__)"];
+/** A second program on the same image, for learned prefetch: other modules than PYTHON_WORKLOAD's. */
+export const OTHER_PYTHON_WORKLOAD = ["python3", "-c", "import email.mime.text, http.client, xml.dom.minidom, argparse, logging; print('ready', 2)"];
 
 /** The Debian image with PYTHON_PACKAGES as one layer: its gzip bytes, tar file and size, diff id and digest (built once, bench/debian-layer.mjs). */
 export async function pythonImageLayer(work) {
@@ -55,6 +57,20 @@ export async function warmPythonEdge(work, cleanups) {
     if (warmed.status !== 200) throw new Error(`bootstrap (${codec}) answered ${warmed.status}`);
   }
   return { layer, registry, edge };
+}
+
+/**
+ * The bench image pushed again as `repo` (the same manifest and layers) and its bootstrap asked for
+ * once, so the edge is warm for it (the conversion is shared) with nothing learned; returns `repo`.
+ */
+export async function copyBenchImage(registryBase, edge, repo, ns) {
+  const host = new URL(registryBase).host;
+  execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${host}/bench/py:1`, `docker://${host}/${repo}:1`]);
+  // As the agents ask for it by default (deflate-raw chunks).
+  const res = await fetch(`${edge.url}/v2/${repo}/_skiff/bootstrap/1?codec=deflate-raw${ns ? `&ns=${encodeURIComponent(ns)}` : ""}`);
+  await res.arrayBuffer();
+  if (res.status !== 200) throw new Error(`bootstrap of ${repo} answered ${res.status}`);
+  return repo;
 }
 
 /** Mounts `imageUrl` under a new directory in `work`, runs `workload` in a chroot; the time to its output, and the running agent. */

@@ -5,10 +5,12 @@
 // decoding, the mount, then the workload's reads: how many waited for chunks, and each wait split
 // into the request's round trip (sent to first byte), its transfer (first byte to last) and CPU
 // (inflating and hashing the chunks, writing them to the cache). Learned prefetch is off (a first
-// node has nothing learned) unless a case's flags say otherwise, or with --second-node: then a first
-// mount runs the workload unmeasured on each link, so that every measured run is a second node.
+// node has nothing learned) unless a case's flags say otherwise, or with --second-node: then, in
+// each round, the image is copied to a repository of its own and a first mount runs the workload
+// there unmeasured, so that every measured run is a second node. `--workload other` measures another
+// program on the same image (after the first one's list was learned, with --second-node).
 // Needs root (FUSE, chroot).
-//   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3] [--second-node]
+//   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3] [--second-node] [--workload numpy|other]
 //        [--case 'LABEL=FLAGS']... [--json FILE] [--keep-traces DIR]
 // A case's FLAGS are `skiff mount` flags split on spaces; without --case, one: today's defaults.
 // Each round runs every case in turn, so that a changing load touches them alike.
@@ -16,7 +18,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSy
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { coldStart, finishMount, PYTHON_WORKLOAD, warmPythonEdge } from "./lazy-mount.mjs";
+import { coldStart, copyBenchImage, finishMount, OTHER_PYTHON_WORKLOAD, PYTHON_WORKLOAD, warmPythonEdge } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { median } from "./report.mjs";
 import { requireTools } from "./servers.mjs";
@@ -29,8 +31,12 @@ const { values } = parseArgs({
     json: { type: "string" },
     "keep-traces": { type: "string" },
     "second-node": { type: "boolean", default: false },
+    workload: { type: "string", default: "numpy" },
   },
 });
+const WORKLOADS = { numpy: PYTHON_WORKLOAD, other: OTHER_PYTHON_WORKLOAD };
+const workload = WORKLOADS[values.workload];
+if (!workload) throw new Error(`--workload: one of ${Object.keys(WORKLOADS).join(", ")}`);
 const ROUNDS = Math.min(10, Math.max(1, Number(values.rounds)));
 const SLOW = { latencyMs: 10, rateBitsPerSecond: 100e6 }; // 20 ms RTT, 100 Mbit/s each way, as bench:cold-start
 const cases = (values.case ?? ["defaults="]).map((c) => {
@@ -139,7 +145,7 @@ async function finish() {
 
 const results = [];
 try {
-  const { edge } = await warmPythonEdge(work, cleanups);
+  const { edge, registry } = await warmPythonEdge(work, cleanups);
   const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: edge.port }, ...SLOW });
   cleanups.push(() => relay.close());
   const links = [
@@ -150,18 +156,19 @@ try {
   for (const [link, base] of links) {
     // Round by round, every case in turn: a load that changes during the run touches them alike.
     const runsOf = cases.map(() => []);
-    if (values["second-node"]) {
-      // A first node runs the workload unmeasured; stopping, it reports what it read first.
-      const first = await coldStart(`${base}/bench/py:1`, cases[0].flags, { work, workload: PYTHON_WORKLOAD });
-      await finishMount(first);
-    }
     const loadBefore = loadavg()[0];
     for (let round = 0; round < ROUNDS; round++) {
+      let image = `${base}/bench/py:1`;
+      if (values["second-node"]) {
+        // A first node runs the first workload unmeasured; stopping, it reports what it read first.
+        image = `${base}/${await copyBenchImage(registry.base, edge, `bench/profile-${link.length}-${round}`)}:1`;
+        await finishMount(await coldStart(image, [], { work, workload: PYTHON_WORKLOAD }));
+      }
       for (const [c, { label, flags }] of cases.entries()) {
         const traceFile = join(work, `trace-${link.length}-${c}-${round}.jsonl`);
         process.env.SKIFF_TRACE = traceFile;
         const spawnedAt = performance.timeOrigin + performance.now();
-        const run = await coldStart(`${base}/bench/py:1`, flags, { work, workload: PYTHON_WORKLOAD });
+        const run = await coldStart(image, flags, { work, workload });
         delete process.env.SKIFF_TRACE;
         const stats = await finishMount(run);
         const events = readFileSync(traceFile, "utf8").trim().split("\n").map((l) => JSON.parse(l));

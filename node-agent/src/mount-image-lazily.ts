@@ -144,16 +144,18 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
       }
       const list = await readPrefetchList(source, bootstrap);
       if (list.unknown > 0) o.log(`${list.unknown} chunks of ${source} are not in this image`);
-      phases.push({ chunks: list.chunks, quietMs: 0 });
+      phases.push({ chunks: list.chunks, quietMs: 0, followsReads: true });
     }
   } catch (err) {
     return abandon(err as Error);
   }
+  let prefetcher: Prefetcher | undefined; // starts once the mount is up
   const onChunkRead = (i: number) => {
     recorder?.saw(i);
     firstReads?.saw(chunkHex(bootstrap, i));
+    prefetcher?.sawRead(i);
   };
-  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, programPrefetchBytes: o.programPrefetchBytes, onChunkRead: recorder || firstReads ? onChunkRead : undefined });
+  const reader = new LazyReader(bootstrap, cache, fetcher, { nearbyBytes: o.nearbyBytes, nearbyMinRoundTripMs: o.nearbyMinRoundTripMs, programPrefetchBytes: o.programPrefetchBytes, onChunkRead });
 
   const fuse = await (unserved
     ? unserved.then((u) => u.serve({ bootstrap, reader, readTimeoutMs: o.timeoutMs }))
@@ -196,8 +198,8 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   };
   // The learned list runs ahead of the reads, before any list given by hand.
   const learnedChunks = chunksIn(bootstrap, await learned);
-  if (learnedChunks.length > 0) phases.unshift({ chunks: learnedChunks, quietMs: 0 });
-  const prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
+  if (learnedChunks.length > 0) phases.unshift({ chunks: learnedChunks, quietMs: 0, followsReads: true });
+  prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
   await writeStats();
   prefetcher?.start();
   const timer = setInterval(() => {

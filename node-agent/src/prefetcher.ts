@@ -7,6 +7,7 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
+import { ListPace } from "./list-pace.ts";
 
 export interface PrefetcherOptions {
   /** Batches in flight at once (default 2; the fetcher's pool has 8 connections). */
@@ -42,10 +43,15 @@ export interface Foreground {
 export interface PrefetchPhase {
   chunks: number[];
   quietMs: number;
+  /** A guess at what the reads will need (a learned or recorded list), paced by them (list-pace.ts). */
+  followsReads?: boolean;
 }
 
 // A proxy that fails this many batches in a row is down for now; reads will say so themselves.
 const MAX_FAILED_BATCHES_IN_A_ROW = 3;
+// Off track (list-pace.ts), a list still fills pauses in the reads: one small batch at a time, after this much quiet.
+const OFF_TRACK_QUIET_MS = 100;
+const OFF_TRACK_BATCH_SHARE = 4;
 
 export class Prefetcher {
   readonly stats: PrefetchStats = { chunks: 0, bytes: 0, failed: 0, done: false };
@@ -68,7 +74,12 @@ export class Prefetcher {
   #stopped = false;
   /** Wakes each worker sleeping out the rate cap (on stop). */
   readonly #sleepers = new Set<() => void>();
+  /** Workers held back by the pace of the reads, until a batch settles or a read moves on. */
+  #held: (() => void)[] = [];
   #running: Promise<void> | undefined;
+  /** The running phase's pace, when it follows the reads. */
+  #pace: ListPace | undefined;
+  #inFlight = 0;
 
   /** A phase's chunks are all fetched before the next phase starts (a replayed list before `all`); repeats are fetched once. */
   constructor(bootstrap: Bootstrap, cache: ChunkCache, fetcher: ChunkFetcher, foreground: Foreground, phases: PrefetchPhase[], options: PrefetcherOptions = {}) {
@@ -94,6 +105,7 @@ export class Prefetcher {
       this.#order = phase.chunks;
       this.#quietMs = phase.quietMs;
       this.#cursor = 0;
+      this.#pace = phase.followsReads ? new ListPace(phase.chunks) : undefined;
       await Promise.all(Array.from({ length: this.#concurrency }, () => this.#worker(began)));
     }
     this.stats.done = true;
@@ -102,42 +114,91 @@ export class Prefetcher {
   /** Starts no more batches; resolves once those in flight have settled. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    for (const wake of this.#sleepers) wake();
+    for (const wake of [...this.#sleepers, ...this.#held.splice(0)]) wake();
     await this.#running;
+  }
+
+  /** A read needed this chunk: a list that follows the reads may run further, or give way. */
+  sawRead(chunkIndex: number): void {
+    const pace = this.#pace;
+    const wasOffTrack = pace?.offTrack;
+    if (!pace?.saw(chunkIndex)) return;
+    if (pace.offTrack !== wasOffTrack) this.#log(`prefetch list ${pace.offTrack ? "gives way: reads stopped matching it" : "runs ahead again: reads match it"}`);
+    for (const wake of this.#held.splice(0)) wake();
+  }
+
+  /** Whether the running list gives way to reads that do not match it (for tests). */
+  get offTrack(): boolean {
+    return this.#pace?.offTrack ?? false;
+  }
+
+  /** Whether the pace of the reads holds the next batch back: the list is far enough ahead, or off track with a batch in flight. */
+  #heldBack(): boolean {
+    return !!this.#pace && (this.#pace.full || (this.#pace.offTrack && this.#inFlight > 0));
+  }
+
+  /**
+   * Waits until a batch may start: reads have paused long enough and their pace allows it. Then
+   * counts the caller in flight (checked and counted in one step, so that two workers woken
+   * together do not both start); the caller takes it out when its batch has settled.
+   */
+  async #mayStart(): Promise<void> {
+    for (;;) {
+      const offTrack = this.offTrack;
+      if (this.#heldBack()) await new Promise<void>((resolve) => this.#held.push(resolve));
+      else await this.#foreground.idle(offTrack ? OFF_TRACK_QUIET_MS : this.#quietMs);
+      if (this.#stopped || (offTrack === this.offTrack && !this.#heldBack())) break;
+    }
+    this.#inFlight++;
   }
 
   async #worker(began: number): Promise<void> {
     while (!this.#stopped) {
-      await this.#foreground.idle(this.#quietMs);
-      if (this.#stopped) return;
-      const batch = this.#nextBatch();
-      if (batch.length === 0) return;
-      const bytes = batch.reduce((sum, c) => sum + c.record.storedSize, 0);
-      if (this.#rate) {
-        // Reserved before the wait, so that concurrent workers share one budget.
-        this.#reserved += bytes;
-        await this.#sleepUntil(began + ((this.#reserved - bytes) / this.#rate) * 1000);
-        if (this.#stopped) return;
-        await this.#foreground.idle(this.#quietMs); // a read may have come in while this one waited
-      }
+      await this.#mayStart();
       try {
-        const fetched = await this.#fetcher.fetchChunks(batch);
-        await Promise.all([...fetched].map(([hex, data]) => this.#cache.put(hex, data).catch(() => undefined)));
-        this.stats.chunks += batch.length;
-        this.stats.bytes += bytes;
-        this.#failedInARow = 0;
-      } catch (err) {
-        this.stats.failed += batch.length;
-        if (++this.#failedInARow >= MAX_FAILED_BATCHES_IN_A_ROW && !this.#stopped) {
-          this.#stopped = true;
-          this.#log(`prefetch stopped after ${MAX_FAILED_BATCHES_IN_A_ROW} failed requests in a row: ${(err as Error).message}`);
-        }
+        if (!(await this.#fetchBatch(began))) return;
+      } finally {
+        this.#inFlight--;
+        for (const wake of this.#held.splice(0)) wake();
       }
     }
   }
 
-  /** The next chunks in order that are neither cached nor taken, up to one batch's bytes of one layer. */
-  #nextBatch(): WantedChunk[] {
+  /** Fetches and caches the next batch; false when there is none (or prefetch stopped). */
+  async #fetchBatch(began: number): Promise<boolean> {
+    if (this.#stopped) return false;
+    const pace = this.#pace;
+    const places: number[] = [];
+    const batch = this.#nextBatch(this.offTrack ? this.#batchBytes / OFF_TRACK_BATCH_SHARE : this.#batchBytes, places);
+    if (batch.length === 0) return false;
+    batch.forEach((c, i) => pace?.took(places[i]!, c.record.storedSize));
+    const bytes = batch.reduce((sum, c) => sum + c.record.storedSize, 0);
+    if (this.#rate) {
+      // Reserved before the wait, so that concurrent workers share one budget.
+      this.#reserved += bytes;
+      await this.#sleepUntil(began + ((this.#reserved - bytes) / this.#rate) * 1000);
+      if (this.#stopped) return false;
+      await this.#foreground.idle(this.#quietMs); // a read may have come in while this one waited
+    }
+    try {
+      const fetched = await this.#fetcher.fetchChunks(batch);
+      await Promise.all([...fetched].map(([hex, data]) => this.#cache.put(hex, data).catch(() => undefined)));
+      this.stats.chunks += batch.length;
+      this.stats.bytes += bytes;
+      this.#failedInARow = 0;
+    } catch (err) {
+      this.stats.failed += batch.length;
+      for (const place of places) pace?.dropped(place);
+      if (++this.#failedInARow >= MAX_FAILED_BATCHES_IN_A_ROW && !this.#stopped) {
+        this.#stopped = true;
+        this.#log(`prefetch stopped after ${MAX_FAILED_BATCHES_IN_A_ROW} failed requests in a row: ${(err as Error).message}`);
+      }
+    }
+    return true;
+  }
+
+  /** The next chunks in order that are neither cached nor taken, up to `maxBytes` of one layer; their places in the order go to `places`. */
+  #nextBatch(maxBytes: number, places: number[]): WantedChunk[] {
     const batch: WantedChunk[] = [];
     let bytes = 0;
     while (this.#cursor < this.#order.length) {
@@ -147,9 +208,9 @@ export class Prefetcher {
         this.#cursor++;
         continue;
       }
-      if (batch.length > 0 && (record.blob !== batch[0]!.record.blob || bytes + record.storedSize > this.#batchBytes)) break;
+      if (batch.length > 0 && (record.blob !== batch[0]!.record.blob || bytes + record.storedSize > maxBytes)) break;
       this.#taken.add(hex);
-      this.#cursor++;
+      places.push(this.#cursor++);
       batch.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
       bytes += record.storedSize;
     }

@@ -1,5 +1,6 @@
 // Background prefetch (node-agent/src/prefetcher.ts) against a fake fetcher: it waits for reads,
-// keeps to its rate, runs its phases in turn and gives up on a proxy that keeps failing.
+// keeps to its rate, runs its phases in turn, gives way when the reads stop matching its list and
+// gives up on a proxy that keeps failing.
 import { createHash } from "node:crypto";
 import { describe, expect, test } from "vitest";
 import { Bootstrap } from "../../src/format/decode.ts";
@@ -14,8 +15,8 @@ const CHUNKS = 6;
 const data = (i: number) => new TextEncoder().encode(`chunk ${i}.....`); // 14 bytes each
 const hexOf = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
-function image(): Bootstrap {
-  const chunks: ChunkRecord[] = Array.from({ length: CHUNKS }, (_, i) => ({
+function image(count = CHUNKS): Bootstrap {
+  const chunks: ChunkRecord[] = Array.from({ length: count }, (_, i) => ({
     digest: createHash("sha256").update(data(i)).digest(),
     blob: 0,
     compressed: false,
@@ -24,21 +25,25 @@ function image(): Bootstrap {
     size: 14,
     uncompressedOffset: i * 14,
   }));
-  const blobs = [{ dataDigest: createHash("sha256").update("d").digest(), storedSize: CHUNKS * 14, layerDigest: `sha256:${"ab".repeat(32)}` }];
+  const blobs = [{ dataDigest: createHash("sha256").update("d").digest(), storedSize: count * 14, layerDigest: `sha256:${"ab".repeat(32)}` }];
   return Bootstrap.decode(encodeBootstrap({ kind: "image", codec: 0, chunkShift: 20, platform: "linux/amd64", blobs, chunks, root: newDir() }));
 }
 
-/** Records each batch asked for (as chunk numbers) and when. */
-function fakeFetcher(fail = false) {
+/** Records each batch asked for (as chunk numbers) and when, and the most batches in flight at once. */
+function fakeFetcher(fail = false, delayMs = 0) {
   const batches: { chunks: number[]; at: number }[] = [];
+  const flight = { now: 0, most: 0 };
   const fetcher = {
     async fetchChunks(wanted: WantedChunk[]) {
       batches.push({ chunks: wanted.map((w) => w.record.storedOffset / 14), at: Date.now() });
+      flight.most = Math.max(flight.most, ++flight.now);
+      await new Promise((r) => setTimeout(r, delayMs));
+      flight.now--;
       if (fail) throw new Error("proxy down");
       return new Map(wanted.map((w) => [hexOf(data(w.record.storedOffset / 14)), data(w.record.storedOffset / 14)]));
     },
   };
-  return { batches, fetcher: fetcher as unknown as ChunkFetcher };
+  return { batches, flight, fetcher: fetcher as unknown as ChunkFetcher };
 }
 
 const always = { idle: () => Promise.resolve() };
@@ -78,6 +83,55 @@ describe("Prefetcher", () => {
     expect(batches.slice(0, 2).flatMap((b) => b.chunks).sort()).toEqual([1, 4]);
     expect(quiets).toEqual(new Set([0, 250])); // each phase asks for its own pause in the reads
     expect(batches.at(-1)!.at - batches[0]!.at).toBeGreaterThanOrEqual((CHUNKS - 1) * 100 - 5);
+  });
+
+  test("a list the reads stop matching (another program's) gives way: one small batch at a time, after a pause in the reads; it runs ahead again when they match", async () => {
+    const cache = await ChunkCache.open(tempDir("prefetch-cache"));
+    const { batches, flight, fetcher } = fakeFetcher(false, 5);
+    const quiets: number[] = [];
+    let readDone!: () => void;
+    const reading = new Promise<void>((r) => (readDone = r)); // a read waits on the proxy until told otherwise
+    const foreground = { idle: (quietMs: number) => (quiets.push(quietMs), reading) };
+    const list = Array.from({ length: 40 }, (_, i) => i);
+    const logs: string[] = [];
+    const p = new Prefetcher(image(80), cache, fetcher, foreground, [{ chunks: list, quietMs: 0, followsReads: true }], { batchBytes: 56, concurrency: 2, log: (m) => logs.push(m) });
+    p.start();
+    for (let i = 0; i < 15; i++) p.sawRead(40 + i);
+    expect(p.offTrack).toBe(false); // not judged before 16 distinct chunks
+    p.sawRead(40); // the same chunk again counts once
+    expect(p.offTrack).toBe(false);
+    p.sawRead(55);
+    expect(p.offTrack).toBe(true);
+    expect(logs).toEqual(["prefetch list gives way: reads stopped matching it"]);
+    readDone();
+    for (let i = 0; i < 200 && batches.length < 6; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(batches.length).toBeGreaterThanOrEqual(6);
+    expect(batches.slice(0, 6).every((b) => b.chunks.length === 1)).toBe(true); // a quarter of a batch
+    expect(flight.most).toBe(1);
+    expect(quiets).toContain(100);
+    // Reads that match the list again: it runs ahead as before, in whole batches, two at a time.
+    for (let i = 0; i < 16; i++) p.sawRead(20 + i);
+    expect(p.offTrack).toBe(false);
+    for (let i = 0; i < 300 && !p.stats.done; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(p.stats).toMatchObject({ done: true, chunks: 40, failed: 0 });
+    expect(batches.some((b) => b.chunks.length === 4)).toBe(true);
+    expect(flight.most).toBe(2);
+  });
+
+  test("a list the reads keep matching never gives way, and the phase that fetches everything is never judged", async () => {
+    const cache = await ChunkCache.open(tempDir("prefetch-cache"));
+    const { fetcher } = fakeFetcher();
+    const list = Array.from({ length: 40 }, (_, i) => i);
+    const p = new Prefetcher(image(80), cache, fetcher, { idle: () => new Promise(() => {}) }, [{ chunks: list, quietMs: 0, followsReads: true }]);
+    p.start();
+    // Mostly matching, with a few strays: still on track.
+    for (let i = 0; i < 40; i++) p.sawRead(i % 3 === 0 ? 40 + i : i);
+    expect(p.offTrack).toBe(false);
+    const everything = new Prefetcher(image(80), cache, fetcher, { idle: () => new Promise(() => {}) }, [{ chunks: list, quietMs: 250 }]);
+    everything.start();
+    for (let i = 40; i < 80; i++) everything.sawRead(i);
+    expect(everything.offTrack).toBe(false);
+    await Promise.race([p.stop(), everything.stop(), new Promise((r) => setTimeout(r, 10))]);
   });
 
   test("gives up after three failed batches in a row, and says so once", async () => {

@@ -148,7 +148,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       nearbyBytes: AUTO_NEARBY.bytes,
       nearbyMinRoundTripMs: AUTO_NEARBY.minRoundTripMs,
       programPrefetchBytes: o.programPrefetch === false ? 0 : PROGRAM_PREFETCH_BYTES,
-      onChunkRead: learned && ((i) => learned.firstReads.saw(chunkHex(bootstrap, i))),
+      onChunkRead: learned && ((i) => (learned.firstReads.saw(chunkHex(bootstrap, i)), m.prefetcher?.sawRead(i))),
     });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
     const m: Mounted = { id, spec, session, reader, fetcher };
@@ -158,7 +158,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     void learned?.list.then((hexes) => {
       const chunks = chunksIn(bootstrap, hexes);
       if (chunks.length === 0 || byId.get(id) !== m) return;
-      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, [{ chunks, quietMs: 0 }], { log: o.log });
+      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, [{ chunks, quietMs: 0, followsReads: true }], { log: o.log });
       m.prefetcher.start();
     });
     return m;
