@@ -14,6 +14,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import { readFile, rm } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Bootstrap } from "../../../src/format/decode.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
 import { ChunkCache } from "../chunk-cache.ts";
@@ -75,6 +76,8 @@ interface Mounted {
 
 const TABLE = "mounts.json";
 const { EIO } = constants.errno;
+/** How long a daemon whose keeper went away spends reporting first reads before it exits. */
+const LOST_REPORT_MS = 3_000;
 
 export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close(): Promise<void> }> {
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
@@ -93,6 +96,10 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const saveTable = () => writeFileDurably(join(o.root, TABLE), JSON.stringify([...mounted.values()].map((m) => m.spec)));
 
   let closing = false;
+  // Listens only once the mounts are served again (below); created here for onLost to close.
+  const server = createServer((req, res) => {
+    handle(req, res).catch((err) => reply(res, 500, { error: errorMessage(err) }));
+  });
   const byId = new Map<number, Mounted>();
   const link = await KeeperLink.connect({
     socket: o.keeperSocket,
@@ -114,12 +121,16 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       mounted.delete(m.spec.mountpoint);
       void serially(saveTable);
     },
-    // Its mounts died with it: this daemon ends, and the next one (the snapshotter starts it)
-    // starts a keeper and mounts the table again.
+    // Its mounts died with it: this daemon ends, and the next one (the snapshotter starts it as
+    // soon as this one stops listening) starts a keeper and mounts the table again. What the
+    // images' starts read first is still reported on the way out: a keeper stopped together with
+    // this daemon (a node shutdown) often goes first.
     onLost: () => {
       if (closing) return;
+      closing = true;
       o.log("the FUSE keeper went away: exiting so that the layers are mounted again");
-      process.exit(1);
+      server.close();
+      void Promise.race([reportFirstReads(), sleep(LOST_REPORT_MS)]).finally(() => process.exit(1));
     },
   });
   let lastId = Math.max(0, ...link.held.map((h) => h.id));
@@ -137,6 +148,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     }
     return entry;
   };
+  const reportFirstReads = () => Promise.all([...learning.values()].map((e) => e.firstReads.report()));
 
   /** Serves a layer; `fresh` for one mounted now (for a pull), not one adopted from the daemon before. */
   const serve = async (spec: LayerMountSpec, id: number, fresh: boolean) => {
@@ -223,9 +235,6 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     })),
   });
 
-  const server = createServer((req, res) => {
-    handle(req, res).catch((err) => reply(res, 500, { error: errorMessage(err) }));
-  });
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (req.method === "GET" && req.url === "/status") return reply(res, 200, status());
     if (req.method !== "POST") return reply(res, 404, { error: `no route ${req.method} ${req.url}` });
@@ -264,7 +273,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       await stopped;
       await queue;
       // What the images' starts read first so far is still worth reporting.
-      await Promise.all([...learning.values()].map((e) => e.firstReads.report()));
+      await reportFirstReads();
       link.close();
       await http.close();
     },
