@@ -5,6 +5,8 @@
 import { setMaxListeners } from "node:events";
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
+import { pipeline, type Readable } from "node:stream";
+import { createGunzip } from "node:zlib";
 import type { FetchLike, FetchResponse } from "../../src/client/lazy-api.ts";
 
 export interface NodeHttpClient {
@@ -30,6 +32,10 @@ export function nodeHttpClient(): NodeHttpClient {
       setMaxListeners(0, signal);
       const https = url.startsWith("https:");
       const headers: Record<string, string> = { ...init.headers };
+      // Bootstraps come gzipped when asked (src/http/gzip.ts); a caller that names an encoding
+      // (ranges ask for identity) gets the bytes as sent.
+      const gunzips = !Object.keys(headers).some((h) => h.toLowerCase() === "accept-encoding");
+      if (gunzips) headers["accept-encoding"] = "gzip";
       if (init.body !== undefined) headers["content-length"] = String(Buffer.byteLength(init.body));
       const req = (https ? httpsRequest : httpRequest)(url, { method: init.method, headers, agent: https ? agents.https : agents.http });
       const onAbort = () => req.destroy(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
@@ -44,7 +50,8 @@ export function nodeHttpClient(): NodeHttpClient {
       });
       req.once("response", (res) => {
         res.once("close", done);
-        resolve(responseOf(res, () => (signal.aborted ? signal.reason : undefined)));
+        const gzipped = gunzips && /^\s*(x-)?gzip\s*$/i.test(String(res.headers["content-encoding"] ?? ""));
+        resolve(responseOf(res, gzipped, () => (signal.aborted ? signal.reason : undefined)));
       });
       req.end(init.body);
     });
@@ -57,8 +64,12 @@ export function nodeHttpClient(): NodeHttpClient {
   };
 }
 
-/** The response as the client reads it: its body a web stream that pauses the socket while unread. */
-function responseOf(res: IncomingMessage, abortReason: () => unknown): FetchResponse {
+/**
+ * The response as the client reads it: its body a web stream that pauses the socket while unread,
+ * inflated when `gzipped` (a gzip bomb is only as large as the reader lets the body grow).
+ */
+function responseOf(res: IncomingMessage, gzipped: boolean, abortReason: () => unknown): FetchResponse {
+  const source: Readable = gzipped ? pipeline(res, createGunzip(), () => {}) : res;
   let ended = false;
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
@@ -66,25 +77,25 @@ function responseOf(res: IncomingMessage, abortReason: () => unknown): FetchResp
         if (!ended) controller.error(abortReason() ?? err);
         ended = true;
       };
-      res.on("data", (piece: Buffer) => {
+      source.on("data", (piece: Buffer) => {
         if (ended) return;
         controller.enqueue(new Uint8Array(piece.buffer, piece.byteOffset, piece.byteLength));
-        if ((controller.desiredSize ?? 0) <= 0) res.pause();
+        if ((controller.desiredSize ?? 0) <= 0) source.pause();
       });
-      res.once("end", () => {
+      source.once("end", () => {
         if (!ended) controller.close();
         ended = true;
       });
-      res.once("error", fail);
+      source.once("error", fail);
       // A connection that closes before the body has ended.
-      res.once("close", () => fail(new Error("the connection closed before the body ended")));
+      source.once("close", () => fail(new Error("the connection closed before the body ended")));
     },
     pull() {
-      res.resume();
+      source.resume();
     },
     cancel() {
       ended = true;
-      res.destroy();
+      source.destroy();
     },
   }, { highWaterMark: 4 });
   return {

@@ -1,9 +1,11 @@
 // The agent's node:http client against a real local server: what the lazy API client reads of a
 // response, request bodies and headers, keep-alive reuse, and every way a request or its body can
-// end early (abort before and during the body, a connection cut mid-body, close()).
+// end early (abort before and during the body, a connection cut mid-body, close()), and gzipped
+// answers (bootstraps) inflated only when it asked for them.
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { nodeHttpClient } from "../src/node-http-fetch.ts";
 
@@ -40,6 +42,35 @@ async function readAll(body: ReadableStream<Uint8Array> | null): Promise<Buffer>
 }
 
 describe("nodeHttpClient", () => {
+  test("asks for gzip unless the caller names an encoding, and inflates a gzipped answer only then; a cut gzip body fails", async () => {
+    const client = nodeHttpClient();
+    const text = Buffer.from("a bootstrap's names and modes ".repeat(5000));
+    const zipped = gzipSync(text);
+    handler = (req, res) => {
+      if (req.url === "/cut") {
+        res.writeHead(200, { "content-encoding": "gzip", "content-length": zipped.length });
+        res.write(zipped.subarray(0, zipped.length >> 1));
+        setTimeout(() => res.destroy(), 20);
+        return;
+      }
+      // Gzipped whatever was asked, as a misbehaving server might.
+      res.writeHead(200, { "content-encoding": "gzip", "x-asked": String(req.headers["accept-encoding"]) });
+      res.end(zipped);
+    };
+    try {
+      const asked = await client.fetch(`${base}/bootstrap`, { method: "GET", headers: {}, signal: signal() });
+      expect(asked.headers.get("x-asked")).toBe("gzip");
+      expect((await readAll(asked.body)).equals(text)).toBe(true);
+      const identity = await client.fetch(`${base}/range`, { method: "GET", headers: { "Accept-Encoding": "identity" }, signal: signal() });
+      expect(identity.headers.get("x-asked")).toBe("identity");
+      expect((await readAll(identity.body)).equals(zipped)).toBe(true); // the bytes as sent
+      const cut = await client.fetch(`${base}/cut`, { method: "GET", headers: {}, signal: signal() });
+      await expect(readAll(cut.body)).rejects.toThrow();
+    } finally {
+      client.close();
+    }
+  });
+
   test("answers status, headers and the whole body; sends the method, headers and a body; reuses its connection", async () => {
     const client = nodeHttpClient();
     const big = Buffer.alloc(3 << 20, 7);

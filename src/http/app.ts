@@ -19,6 +19,7 @@ import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
+import type { GzipBody } from "./gzip.ts";
 import { lazyHandler } from "./lazy.ts";
 import { learnedReadsRoute } from "./learned-reads.ts";
 import { createMetrics, type Metrics } from "../util/metrics.ts";
@@ -34,6 +35,8 @@ export interface AppOptions extends Partial<AppSettings> {
   gunzip?: GunzipFactory;
   /** Chunk hashing and encoding for conversions, when the runtime can do it off the converting thread. */
   chunkEncoder?: ChunkEncoder;
+  /** How the runtime gzips a bootstrap for a node that takes gzip (src/http/gzip.ts; "stream" by default). */
+  gzipBody?: GzipBody;
   /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   log?: (message: string) => void;
@@ -98,6 +101,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     reads,
     convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
     defaultPlatform,
+    gzipBody: opts.gzipBody,
   });
 
   const app = new Hono();

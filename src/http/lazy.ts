@@ -21,6 +21,7 @@ import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/refer
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
+import { gzipWhenAccepted, type GzipBody } from "./gzip.ts";
 import { serveRanged, storedRegion } from "./ranged.ts";
 import type { CacheScope } from "./registry.ts";
 
@@ -37,6 +38,8 @@ export interface LazyDeps {
   /** How long a bootstrap request waits for a running conversion before answering 202. */
   convertWaitMs: number;
   defaultPlatform: string;
+  /** How this runtime gzips a bootstrap for a node that takes gzip (gzip.ts). */
+  gzipBody?: GzipBody;
 }
 
 const IMMUTABLE = "max-age=31536000, immutable";
@@ -127,7 +130,7 @@ export function lazyHandler(deps: LazyDeps) {
       contentType: BOOTSTRAP_MEDIA_TYPE,
       headers: { "Docker-Content-Digest": digest, ...headers },
       read: async (span) => bytesStream(span ? bytes.subarray(span.offset, span.offset + span.length) : bytes),
-    }).then((served) => served.response);
+    }).then((served) => gzipWhenAccepted(c.req.raw, served.response, deps.gzipBody));
   }
 
   async function data(c: Context, name: string, layerRef: string, paramsRef: string, cacheScope: CacheScope): Promise<Response> {

@@ -58,7 +58,7 @@ function build(env: WorkerEnv): NonNullable<typeof built> {
     const { tagTtlSeconds, ...settings } = parseServeSettings(Object.fromEntries(SETTING_NAMES.map((s) => [s, vars(varOf(s))])), WORKER_DEFAULTS);
     const config = resolveConfig(configDocument(vars), { env: strings, defaultTagTtlSeconds: tagTtlSeconds });
     const upstreamFetch = limitConnections(withTimeouts((input, init) => fetch(input, init), UPSTREAM_TIMEOUTS), 6);
-    const app = createApp({ config, store: new R2Store(env.STORE), hasher: nodeHasher, gunzip: nodeGunzip, fetchFor: () => upstreamFetch, ...settings, log: (m) => console.log(m) });
+    const app = createApp({ config, store: new R2Store(env.STORE), hasher: nodeHasher, gunzip: nodeGunzip, gzipBody: "runtime", fetchFor: () => upstreamFetch, ...settings, log: (m) => console.log(m) });
     console.log(`skiff ready: upstreams ${config.upstreams.map((u) => `${u.prefix}=${u.url}`).join(" ")}, access ${config.access.mode}`);
     return { env, app };
   } catch (err) {

@@ -240,7 +240,7 @@ describe("bootstraps", () => {
   test("a bootstrap through the proxy is byte-identical to `skiff convert` of the same layout (64k, default, deflate-raw)", async () => {
     for (const c of CONVERSIONS) {
       const want = local.get(c.query)!.bootstrap;
-      const byTag = await get(bootstrapUrl(proxy, "e2e/app", "v1", c.query));
+      const byTag = await get(bootstrapUrl(proxy, "e2e/app", "v1", c.query), { "accept-encoding": "identity" });
       expect(byTag.status, byTag.body.toString()).toBe(200);
       expect(byTag.body.equals(want), `bootstrap ${c.query || "(default)"}`).toBe(true);
       const digest = sha256(byTag.body);
@@ -252,6 +252,12 @@ describe("bootstraps", () => {
       expect(byTag.headers.get("skiff-platform")).toBe("linux/amd64");
       expect(byTag.headers.get("skiff-params")).toBe(c.params);
       expect(byTag.headers.get("cache-control")).toBe("no-cache");
+      // Gzipped for a client that takes it (fetch inflates it): the same bytes and digest, another ETag.
+      const zipped = await get(bootstrapUrl(proxy, "e2e/app", "v1", c.query), { "accept-encoding": "gzip" });
+      expect(zipped.headers.get("content-encoding")).toBe("gzip");
+      expect(zipped.body.equals(want)).toBe(true);
+      expect(zipped.headers.get("docker-content-digest")).toBe(digest);
+      expect(zipped.headers.get("etag")).toBe(`"${digest}+gzip"`);
 
       const byDigest = await get(bootstrapUrl(proxy, "e2e/app", app.manifest, c.query));
       expect(byDigest.status).toBe(200);
