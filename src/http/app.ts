@@ -19,7 +19,7 @@ import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
-import type { GzipBody } from "./gzip.ts";
+import { GzipCache, type GzipBody } from "./gzip.ts";
 import { lazyHandler } from "./lazy.ts";
 import { learnedReadsRoute } from "./learned-reads.ts";
 import { createMetrics, type Metrics } from "../util/metrics.ts";
@@ -101,7 +101,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     reads,
     convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
     defaultPlatform,
-    gzipBody: opts.gzipBody,
+    gzip: { how: opts.gzipBody ?? "stream", cache: opts.gzipBody === "runtime" ? undefined : new GzipCache() },
   });
 
   const app = new Hono();

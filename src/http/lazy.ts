@@ -21,7 +21,8 @@ import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/refer
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
-import { gzipWhenAccepted, type GzipBody } from "./gzip.ts";
+import { bytesStream } from "../util/streams.ts";
+import { gzipWhenAccepted, type GzipOptions } from "./gzip.ts";
 import { serveRanged, storedRegion } from "./ranged.ts";
 import type { CacheScope } from "./registry.ts";
 
@@ -39,7 +40,7 @@ export interface LazyDeps {
   convertWaitMs: number;
   defaultPlatform: string;
   /** How this runtime gzips a bootstrap for a node that takes gzip (gzip.ts). */
-  gzipBody?: GzipBody;
+  gzip: GzipOptions;
 }
 
 const IMMUTABLE = "max-age=31536000, immutable";
@@ -130,7 +131,7 @@ export function lazyHandler(deps: LazyDeps) {
       contentType: BOOTSTRAP_MEDIA_TYPE,
       headers: { "Docker-Content-Digest": digest, ...headers },
       read: async (span) => bytesStream(span ? bytes.subarray(span.offset, span.offset + span.length) : bytes),
-    }).then((served) => gzipWhenAccepted(c.req.raw, served.response, deps.gzipBody));
+    }).then((served) => gzipWhenAccepted(c.req.raw, served.response, deps.gzip, { key: digest, bytes }));
   }
 
   async function data(c: Context, name: string, layerRef: string, paramsRef: string, cacheScope: CacheScope): Promise<Response> {
@@ -219,11 +220,3 @@ function requestedParams(c: Context): ConvertParams {
   return params;
 }
 
-function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
-  return new ReadableStream({
-    start(controller) {
-      if (bytes.byteLength) controller.enqueue(bytes);
-      controller.close();
-    },
-  });
-}

@@ -78,3 +78,13 @@ export function coalesce(stream: ReadableStream<Uint8Array>, min: number): Reada
     cancel: (reason) => reader.cancel(reason),
   });
 }
+
+/** A stream of one piece: `bytes` (none when empty). */
+export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      if (bytes.byteLength) controller.enqueue(bytes);
+      controller.close();
+    },
+  });
+}

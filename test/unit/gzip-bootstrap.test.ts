@@ -7,7 +7,7 @@ import { describe, expect, test } from "vitest";
 import { resolveConfig } from "../../src/config/config.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
-import { acceptsGzip, gzipWhenAccepted } from "../../src/http/gzip.ts";
+import { acceptsGzip, GzipCache, gzipWhenAccepted } from "../../src/http/gzip.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { tarArchive } from "../e2e/harness/images.ts";
 import { FakeRegistry } from "./fakes.ts";
@@ -51,7 +51,7 @@ describe("gzipped bootstraps", () => {
     const zipped = await proxy.request(url, { headers: { "accept-encoding": "br;q=1, gzip;q=0.8" } });
     expect(zipped.status).toBe(200);
     expect(zipped.headers.get("content-encoding")).toBe("gzip");
-    expect(zipped.headers.get("content-length")).toBeNull();
+    expect(zipped.headers.get("content-length")).toBe(String((await zipped.clone().arrayBuffer()).byteLength)); // compressed once, kept
     expect(zipped.headers.get("vary")).toMatch(/accept-encoding/i);
     expect(zipped.headers.get("docker-content-digest")).toBe(sha256(bytes));
     expect(zipped.headers.get("etag")).toBe(`"${sha256(bytes)}+gzip"`);
@@ -78,9 +78,23 @@ describe("gzipped bootstraps", () => {
     expect(refused.headers.get("content-encoding")).toBeNull();
   });
 
+  test("GzipCache compresses a key once, answers it from memory after, and keeps within its bound, least recently used out first", async () => {
+    const cache = new GzipCache(1200); // two of these bodies, gzipped
+    const body = (n: number) => new TextEncoder().encode(`bootstrap ${n} `.repeat(20_000));
+    const [a, again] = await Promise.all([cache.gzip("a", body(1)), cache.gzip("a", body(1))]);
+    expect(again).toBe(a); // one compression for both
+    expect(Buffer.from(await inflate(new Response(a))).equals(Buffer.from(body(1)))).toBe(true);
+    expect(a.byteLength).toBeLessThan(1000);
+    const b = await cache.gzip("b", body(2));
+    expect(await cache.gzip("a", body(1))).toBe(a); // a used last: b goes first
+    await cache.gzip("c", body(3));
+    expect(await cache.gzip("a", body(1))).toBe(a);
+    expect(await cache.gzip("b", body(2))).not.toBe(b); // evicted, compressed again
+  });
+
   test("a runtime that compresses as it sends (workerd) gets the header and the identity body", async () => {
     const req = new Request("http://x/", { headers: { "accept-encoding": "gzip" } });
-    const res = gzipWhenAccepted(req, new Response("abc", { headers: { etag: '"t"', "content-length": "3" } }), "runtime");
+    const res = await gzipWhenAccepted(req, new Response("abc", { headers: { etag: '"t"', "content-length": "3" } }), { how: "runtime" });
     expect(res.headers.get("content-encoding")).toBe("gzip");
     expect(res.headers.get("etag")).toBe('"t+gzip"');
     expect(await res.text()).toBe("abc");
