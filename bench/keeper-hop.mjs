@@ -12,8 +12,8 @@
 // The image is bench:cold-start's Debian python3 + numpy layer (built once into the bench cache),
 // converted locally. `--dist DIR` (repeatable) compares builds: each a copy of `dist` (default this
 // tree's); rounds interleave them and the two paths. `--only walk,small` picks workloads.
-// KEEPER_THREADS overrides the keeper's thread pool size, KEEPER_NODE_ARGS adds node flags to it
-// (e.g. `--cpu-prof`). Root only (FUSE, chroot). Writes nothing.
+// `--keeper-threads 1024,16` runs a keeper of each pool size (default the one the daemon gives
+// it, KEEPER_THREADS). KEEPER_NODE_ARGS adds node flags to the keeper (e.g. `--cpu-prof`). Root only (FUSE, chroot). Writes nothing.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -24,7 +24,7 @@ import { writeLayout } from "./oci-layout.mjs";
 import { machine, median } from "./report.mjs";
 import { root } from "./servers.mjs";
 
-const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, dist: { type: "string", multiple: true }, only: { type: "string" } } });
+const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, dist: { type: "string", multiple: true }, only: { type: "string" }, "keeper-threads": { type: "string" } } });
 const ROUNDS = Number(values.rounds);
 if (process.getuid?.() !== 0) throw new Error("bench/keeper-hop.mjs needs root (FUSE, chroot)");
 const dists = (values.dist ?? [join(root, "dist")]).map((d) => resolve(d));
@@ -124,13 +124,13 @@ function directPath(b, bootstrap, reader) {
 }
 
 /** Through the keeper: a keeper process holds the mount, this one answers over its socket, as the mounts daemon does. */
-async function keeperPath(b, bootstrap, reader, dir) {
+async function keeperPath(b, bootstrap, reader, dir, threads) {
   const socket = join(dir, "keeper.sock");
   const script = `import(process.argv[1]).then((m) => m.runKeeperProcess({ socket: process.argv[2], timeoutMs: 60000, log: (s) => console.error(s) }))`;
   // As the mounts daemon starts it: a small young generation, a thread per mount in the pool.
   const keeper = spawn(process.execPath, ["--max-semi-space-size=1", ...(process.env.KEEPER_NODE_ARGS?.split(" ").filter(Boolean) ?? []), "-e", script, join(b.dist, "node-agent/src/fuse/keeper.js"), socket], {
     stdio: ["ignore", "ignore", "ignore"],
-    env: { ...process.env, UV_THREADPOOL_SIZE: process.env.KEEPER_THREADS ?? String(b.KEEPER_THREADS) },
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(threads ?? b.KEEPER_THREADS) },
   });
   cleanups.push(() => new Promise((r) => (keeper.exitCode !== null ? r() : (keeper.once("exit", r), keeper.kill("SIGTERM")))));
   let current;
@@ -151,7 +151,7 @@ async function keeperPath(b, bootstrap, reader, dir) {
   cleanups.push(async () => link.close());
   let id = 0;
   return {
-    name: "keeper",
+    name: threads ? `keeper(${threads} threads)` : "keeper",
     async mount(mnt, counter) {
       current = { counter, session: new b.ImageSession({ bootstrap, reader, view: "image", readTimeoutMs: 60_000 }) };
       const mine = ++id;
@@ -178,7 +178,13 @@ try {
     const b = await load_(dist);
     const dir = join(work, `build-${i}`);
     mkdirSync(dir);
-    builds.push({ label: dists.length > 1 ? `${i}:${dist}` : "", paths: [directPath(b, local.bootstrap, reader), await keeperPath(b, local.bootstrap, reader, dir)] });
+    const keepers = [];
+    for (const threads of values["keeper-threads"]?.split(",").map(Number) ?? [undefined]) {
+      const own = join(dir, `keeper-${threads ?? "default"}`);
+      mkdirSync(own);
+      keepers.push(await keeperPath(b, local.bootstrap, reader, own, threads));
+    }
+    builds.push({ label: dists.length > 1 ? `${i}:${dist}` : "", paths: [directPath(b, local.bootstrap, reader), ...keepers] });
   }
 
   const once = async (path, workload) => {
@@ -228,7 +234,7 @@ try {
     const perReq = (f) => median(runs.map((r) => f(r) / r.requests)).toFixed(1);
     const wall = runs.map((r) => ((r.seconds * 1e6) / r.requests).toFixed(1)).join(", ");
     const least = Math.min(...runs.map((r) => (r.seconds * 1e6) / r.requests)).toFixed(1);
-    console.log(`| ${w} | ${path.join(" ")} | ${requests} | ${(median(runs.map((r) => r.bytes)) / 1e6).toFixed(1)} | ${(median(runs.map((r) => r.seconds)) * 1000).toFixed(0)} | ${perReq((r) => r.seconds * 1e6)} (${least}) | ${perReq((r) => r.serverCpuUs)} | ${path[0] === "keeper" ? perReq((r) => r.keeperCpuUs) : "–"} | ${wall} |`);
+    console.log(`| ${w} | ${path.join(" ")} | ${requests} | ${(median(runs.map((r) => r.bytes)) / 1e6).toFixed(1)} | ${(median(runs.map((r) => r.seconds)) * 1000).toFixed(0)} | ${perReq((r) => r.seconds * 1e6)} (${least}) | ${perReq((r) => r.serverCpuUs)} | ${path[0].startsWith("keeper") ? perReq((r) => r.keeperCpuUs) : "–"} | ${wall} |`);
   }
   console.error(`load average at the end: ${load()}`);
 } finally {
