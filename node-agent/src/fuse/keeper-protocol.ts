@@ -50,14 +50,13 @@ export class FrameIn {
 
 /** One frame; its payload is `payload` then `tail`, when given (a reply and the read bytes that follow it). */
 export function encodeFrame(type: number, id: number, payload: Uint8Array = new Uint8Array(0), tail?: Uint8Array): Buffer {
-  const out = frameHead(type, id, payload, tail?.byteLength ?? 0);
-  if (tail) out.set(tail, HEADER + payload.byteLength);
-  return out;
+  const head = frameHead(type, id, payload, tail?.byteLength ?? 0);
+  return tail ? Buffer.concat([head, tail]) : head;
 }
 
-/** The header and `payload` of a frame whose payload goes on with `tailLength` more bytes (room left for them). */
-function frameHead(type: number, id: number, payload: Uint8Array, tailLength: number, room = tailLength): Buffer {
-  const out = Buffer.allocUnsafe(HEADER + payload.byteLength + room);
+/** The header and `payload` of a frame whose payload goes on with `tailLength` more bytes, sent apart. */
+function frameHead(type: number, id: number, payload: Uint8Array, tailLength: number): Buffer {
+  const out = Buffer.allocUnsafe(HEADER + payload.byteLength);
   out.writeUInt32LE(payload.byteLength + tailLength, 0);
   out.writeUInt8(type, 4);
   out.writeUInt32LE(id, 5);
@@ -87,7 +86,7 @@ export class FrameWriter {
       this.#socket.cork();
       setImmediate(this.#uncork);
     }
-    this.#socket.write(frameHead(type, id, payload, tail?.byteLength ?? 0, 0));
+    this.#socket.write(frameHead(type, id, payload, tail?.byteLength ?? 0));
     if (tail?.byteLength) this.#socket.write(tail);
   }
 
@@ -110,7 +109,8 @@ export class FrameReader {
     this.#length += chunk.length;
     const frames: FrameIn[] = [];
     while (this.#length >= HEADER) {
-      if (this.#pending[0]!.length < HEADER) this.#pending = [Buffer.concat(this.#pending, this.#length)];
+      // A header cut between chunks: join just the chunks that hold it.
+      while (this.#pending[0]!.length < HEADER) this.#pending.splice(0, 2, Buffer.concat(this.#pending.slice(0, 2)));
       const head = this.#pending[0]!;
       const size = head.readUInt32LE(0);
       if (size > MAX_PAYLOAD) throw new Error(`frame of ${size} bytes`);
