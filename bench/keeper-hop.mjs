@@ -189,11 +189,13 @@ try {
 
   const once = async (path, workload) => {
     const counter = { n: 0, bytes: 0 };
+    const m0 = performance.now();
     const unmount = await path.mount(mnt, counter);
+    const mountMs = performance.now() - m0;
     try {
       const [cpu0, keeper0] = [selfCpu(), path.pid && cpuOf(path.pid)];
       const seconds = await runWorkload(WORKLOADS[workload](mnt, list));
-      return { seconds, requests: counter.n, bytes: counter.bytes, serverCpuUs: selfCpu() - cpu0, keeperCpuUs: path.pid ? cpuOf(path.pid) - keeper0 : 0 };
+      return { mountMs, seconds, requests: counter.n, bytes: counter.bytes, serverCpuUs: selfCpu() - cpu0, keeperCpuUs: path.pid ? cpuOf(path.pid) - keeper0 : 0 };
     } finally {
       await unmount();
     }
@@ -235,6 +237,11 @@ try {
     const wall = runs.map((r) => ((r.seconds * 1e6) / r.requests).toFixed(1)).join(", ");
     const least = Math.min(...runs.map((r) => (r.seconds * 1e6) / r.requests)).toFixed(1);
     console.log(`| ${w} | ${path.join(" ")} | ${requests} | ${(median(runs.map((r) => r.bytes)) / 1e6).toFixed(1)} | ${(median(runs.map((r) => r.seconds)) * 1000).toFixed(0)} | ${perReq((r) => r.seconds * 1e6)} (${least}) | ${perReq((r) => r.serverCpuUs)} | ${path[0].startsWith("keeper") ? perReq((r) => r.keeperCpuUs) : "–"} | ${wall} |`);
+  }
+  // Mounting: the keeper runs mount(8) as the daemon's mounts do, a fork of a process with its pool's threads.
+  for (const b of builds) for (const p of b.paths) {
+    const runs = [...results].filter(([key]) => key.split(" ").slice(1).join(" ") === `${p.name}${b.label ? ` ${b.label}` : ""}`).flatMap(([, r]) => r);
+    console.log(`mount ${p.name}${b.label ? ` ${b.label}` : ""}: median ${median(runs.map((r) => r.mountMs)).toFixed(0)} ms`);
   }
   console.error(`load average at the end: ${load()}`);
 } finally {
