@@ -127,7 +127,7 @@ describe("the FUSE session answers raw requests", () => {
 });
 
 describe("the keeper's frames", () => {
-  test("come out whole however the stream is cut, and a length no frame can have breaks the stream", () => {
+  test("come out whole however the stream is cut (in the pieces it came in), and a length no frame can have breaks the stream", () => {
     const frames = [encodeFrame(Frame.REQUEST, 7, new Uint8Array(100_000).fill(3)), encodeFrame(Frame.READY, 0), encodeFrame(Frame.REPLY, 1, new Uint8Array([9]))];
     const stream = Buffer.concat(frames);
     for (const cut of [1, 5, 9, 4096, stream.length]) {
@@ -137,6 +137,15 @@ describe("the keeper's frames", () => {
       expect(out.map((f) => [f.type, f.id, f.payload.length])).toEqual([[Frame.REQUEST, 7, 100_000], [Frame.READY, 0, 0], [Frame.REPLY, 1, 1]]);
       expect(out[0]!.payload.every((x) => x === 3)).toBe(true);
     }
+    // A frame read in pieces is handed on in those pieces (not joined), bytes in order.
+    const payload = Uint8Array.from({ length: 70_000 }, (_, i) => i % 251);
+    const split = encodeFrame(Frame.REPLY, 2, payload.subarray(0, 16), payload.subarray(16));
+    const reader = new FrameReader();
+    const pieces = [split.subarray(0, 5), split.subarray(5, 30), split.subarray(30, 65_536), split.subarray(65_536)].flatMap((c) => reader.push(c));
+    expect(pieces).toHaveLength(1);
+    expect(pieces[0]!.parts.length).toBeGreaterThan(1);
+    expect(Buffer.concat(pieces[0]!.parts)).toEqual(Buffer.from(payload));
+    expect(pieces[0]!.payload).toEqual(Buffer.from(payload));
     const huge = Buffer.alloc(9);
     huge.writeUInt32LE(0xffff_ffff, 0);
     expect(() => new FrameReader().push(huge)).toThrow(/frame of/);

@@ -112,8 +112,13 @@ export function readRequests(fd: number, onRequest: (req: Uint8Array) => void, o
  * answered) is dropped; false when the connection is gone.
  */
 export function writeReply(fd: number, reply: Uint8Array, body?: Uint8Array): boolean {
+  return writeReplyParts(fd, body ? [reply, body] : [reply]);
+}
+
+/** writeReply of a reply in pieces (as it came from the keeper's socket), in one writev. */
+export function writeReplyParts(fd: number, parts: Uint8Array[]): boolean {
   try {
-    writevSync(fd, body ? [reply, body] : [reply]);
+    writevSync(fd, parts);
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "ENOENT";

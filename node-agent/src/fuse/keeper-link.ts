@@ -3,7 +3,7 @@
 // kernel's requests of every mount through it and answers them.
 import { connect, type Socket } from "node:net";
 import { errorMessage } from "../../../src/util/error-message.ts";
-import { encodeFrame, Frame, FrameReader, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
+import { encodeFrame, Frame, FrameReader, FrameWriter, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
 
 export interface HeldMount {
   id: number;
@@ -31,11 +31,13 @@ export class KeeperLink {
   /** The mounts the keeper held when this link attached. */
   readonly held: HeldMount[];
   readonly #socket: Socket;
+  readonly #replies: FrameWriter;
   readonly #waiting = new Map<string, { resolve: () => void; reject: (err: Error) => void }>();
   #closed = false;
 
   private constructor(socket: Socket, held: HeldMount[]) {
     this.#socket = socket;
+    this.#replies = new FrameWriter(socket);
     this.held = held;
   }
 
@@ -87,7 +89,7 @@ export class KeeperLink {
 
   /** Passes a reply (and the body that follows it, if any) to the keeper, which writes it to the kernel. */
   reply(id: number, reply: Uint8Array, body?: Uint8Array): void {
-    this.#socket.write(encodeFrame(Frame.REPLY, id, reply, body));
+    this.#replies.send(Frame.REPLY, id, reply, body);
   }
 
   /** Detaches; the keeper keeps the mounts for the next server. */

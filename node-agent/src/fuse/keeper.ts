@@ -14,9 +14,9 @@ import { constants } from "node:os";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { errorMessage } from "../../../src/util/error-message.ts";
-import { closeDevFuse, mountDevFuse, readRequests, unmountDevFuse, writeReply } from "./dev-fuse.ts";
-import { errorReply, requestOpcode, requestUnique, replyUnique, UNANSWERED_OPS } from "./kernel-abi.ts";
-import { encodeFrame, Frame, FrameReader, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
+import { closeDevFuse, mountDevFuse, readRequests, unmountDevFuse, writeReply, writeReplyParts } from "./dev-fuse.ts";
+import { errorReply, OUT_HEADER_SIZE, requestOpcode, requestUnique, replyUnique, UNANSWERED_OPS } from "./kernel-abi.ts";
+import { Frame, FrameReader, FrameWriter, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
 
 /** Where the keeper of a snapshotter root listens. */
 export const keeperSocketIn = (root: string) => join(root, "fuse-keeper.sock");
@@ -57,6 +57,7 @@ export interface RunningKeeper {
 export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   const held = new Map<number, Held>();
   let server: Socket | undefined;
+  let writer: FrameWriter | undefined;
   // Requests go to the server once it has said READY (it serves the held mounts by then).
   let ready = false;
   let stopping = false;
@@ -64,7 +65,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
 
   const send = (frame: Buffer) => server?.write(frame);
   const sendRequest = (id: number, req: Uint8Array) => {
-    if (ready) send(encodeFrame(Frame.REQUEST, id, req));
+    if (ready) writer?.send(Frame.REQUEST, id, req);
   };
 
   const onRequest = (id: number, req: Uint8Array) => {
@@ -104,13 +105,18 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     );
   };
 
+  const onReply = (f: FrameIn) => {
+    const h = held.get(f.id);
+    // The unique is in the reply's 16-byte header, nearly always within the first piece.
+    const head = f.parts[0]!.length >= OUT_HEADER_SIZE ? f.parts[0]! : f.payload;
+    // Not a reply: dropped (reading its unique would throw, and end the keeper with its mounts).
+    if (head.length < OUT_HEADER_SIZE) return o.log(`a reply of ${head.length} bytes for mount ${f.id}`);
+    const unique = replyUnique(head);
+    // Dropped if the keeper has already failed the request: the kernel has forgotten it.
+    if (h && h.pending.delete(unique)) writeReplyParts(h.fd, f.parts);
+  };
+
   const onFrame = async (socket: Socket, f: FrameIn) => {
-    if (f.type === Frame.REPLY) {
-      const h = held.get(f.id);
-      // Dropped if the keeper has already failed the request: the kernel has forgotten it.
-      if (h && h.pending.delete(replyUnique(f.payload))) writeReply(h.fd, f.payload);
-      return;
-    }
     if (f.type === Frame.READY) {
       ready = true;
       // What the last server left unanswered, and what came meanwhile, goes to this one.
@@ -143,6 +149,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     // One server at a time: a new one means the old one is gone (or about to be).
     server?.destroy();
     server = socket;
+    writer = new FrameWriter(socket);
     ready = false;
     socket.write(jsonFrame(Frame.HELLO, 0, { mounts: [...held].map(([id, h]) => ({ id, mountpoint: h.mountpoint })) }));
     const frames = new FrameReader();
@@ -157,7 +164,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
       }
       for (const f of list) {
         // Replies at once; mounts and unmounts one after another, in order.
-        if (f.type === Frame.REPLY) void onFrame(socket, f);
+        if (f.type === Frame.REPLY) onReply(f);
         else queue = queue.then(() => onFrame(socket, f)).catch((err) => o.log(errorMessage(err)));
       }
     });
@@ -165,6 +172,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     socket.on("close", () => {
       if (server === socket) {
         server = undefined;
+        writer = undefined;
         ready = false;
       }
       exitWhenIdle();
