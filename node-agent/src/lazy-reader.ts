@@ -128,6 +128,11 @@ export class LazyReader implements FileReader {
     }
   }
 
+  /** Whether a read (or readahead) is in progress. */
+  get busy(): boolean {
+    return this.#busy > 0;
+  }
+
   async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
     this.#busy++;
     try {

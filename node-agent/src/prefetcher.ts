@@ -35,6 +35,39 @@ export interface Foreground {
   idle(quietMs: number): Promise<void>;
 }
 
+/** A reader as a foreground: its reads in progress, and when there are none. */
+export interface ReaderForeground {
+  readonly busy: boolean;
+  foregroundIdle(quietMs: number): Promise<void>;
+}
+
+// A pass that finds a reader busy again starts over; past this many, a batch goes anyway.
+const MAX_IDLE_PASSES = 10;
+
+/**
+ * The reads of every layer of one image as one foreground: containerd mounts an image layer by
+ * layer, each with its own reader and its share of the learned list, and a layer's prefetch must
+ * let the reads of the others go first too, or it holds the link ahead of them.
+ */
+export class LayersForeground implements Foreground {
+  readonly #readers = new Set<ReaderForeground>();
+
+  add(reader: ReaderForeground): void {
+    this.#readers.add(reader);
+  }
+
+  delete(reader: ReaderForeground): void {
+    this.#readers.delete(reader);
+  }
+
+  async idle(quietMs: number): Promise<void> {
+    for (let pass = 0; pass < MAX_IDLE_PASSES; pass++) {
+      for (const reader of [...this.#readers]) await reader.foregroundIdle(quietMs);
+      if (![...this.#readers].some((r) => r.busy)) return;
+    }
+  }
+}
+
 /**
  * Chunk-table indexes, most wanted first, and how long reads must have paused before a batch
  * starts: 0 for a list meant to run ahead of the reads, longer for fetching everything, which on

@@ -9,7 +9,7 @@ import { newDir, type ChunkRecord } from "../../src/format/model.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "../src/chunk-fetcher.ts";
-import { Prefetcher } from "../src/prefetcher.ts";
+import { LayersForeground, Prefetcher } from "../src/prefetcher.ts";
 
 const CHUNKS = 6;
 const data = (i: number) => new TextEncoder().encode(`chunk ${i}.....`); // 14 bytes each
@@ -132,6 +132,33 @@ describe("Prefetcher", () => {
     for (let i = 40; i < 80; i++) everything.sawRead(i);
     expect(everything.offTrack).toBe(false);
     await Promise.race([p.stop(), everything.stop(), new Promise((r) => setTimeout(r, 10))]);
+  });
+
+  test("an image's layers as one foreground: idle only once no layer's reader is busy", async () => {
+    const reader = () => {
+      const r = { busy: false, waiters: [] as (() => void)[], foregroundIdle: async () => (r.busy ? new Promise<void>((w) => r.waiters.push(w)) : undefined) };
+      return r;
+    };
+    const settle = (r: ReturnType<typeof reader>) => ((r.busy = false), r.waiters.splice(0).forEach((w) => w()));
+    const [a, b] = [reader(), reader()];
+    const layers = new LayersForeground();
+    layers.add(a);
+    layers.add(b);
+    b.busy = true;
+    let idle = false;
+    void layers.idle(0).then(() => (idle = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(idle).toBe(false); // layer b's read waits on the proxy
+    a.busy = true; // and now a's too, before b's ends
+    settle(b);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(idle).toBe(false);
+    settle(a);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(idle).toBe(true);
+    layers.delete(a);
+    a.busy = true; // a layer unmounted holds nothing back
+    await layers.idle(0);
   });
 
   test("gives up after three failed batches in a row, and says so once", async () => {

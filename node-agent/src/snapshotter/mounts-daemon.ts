@@ -26,7 +26,7 @@ import { KeeperLink } from "../fuse/keeper-link.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { chunksIn } from "../prefetch-list.ts";
 import { AUTO_NEARBY, LazyReader, PROGRAM_PREFETCH_BYTES } from "../lazy-reader.ts";
-import { Prefetcher } from "../prefetcher.ts";
+import { LayersForeground, Prefetcher } from "../prefetcher.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { RecentChunks } from "../recent-chunks.ts";
@@ -72,6 +72,8 @@ interface Mounted {
   reader: LazyReader;
   fetcher: ChunkFetcher;
   prefetcher?: Prefetcher;
+  /** The image's reads across its layers, which this layer's prefetch lets go first. */
+  foreground?: LayersForeground;
 }
 
 const TABLE = "mounts.json";
@@ -101,6 +103,14 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     handle(req, res).catch((err) => reply(res, 500, { error: errorMessage(err) }));
   });
   const byId = new Map<number, Mounted>();
+  /** A layer no longer served: out of the tables and its image's foreground, its prefetch stopped. */
+  const forget = async (m: Mounted) => {
+    byId.delete(m.id);
+    if (mounted.get(m.spec.mountpoint) === m) mounted.delete(m.spec.mountpoint);
+    m.foreground?.delete(m.reader);
+    await m.prefetcher?.stop();
+  };
+
   const link = await KeeperLink.connect({
     socket: o.keeperSocket,
     startKeeper: () => {
@@ -117,8 +127,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       const m = byId.get(id);
       if (!m) return;
       o.log(`${m.spec.mountpoint} was unmounted from outside`);
-      byId.delete(id);
-      mounted.delete(m.spec.mountpoint);
+      void forget(m);
       void serially(saveTable);
     },
     // Its mounts died with it: this daemon ends, and the next one (the snapshotter starts it as
@@ -135,15 +144,16 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   });
   let lastId = Math.max(0, ...link.held.map((h) => h.id));
 
-  // Per image (its layers mounted in this daemon's life): the learned list, and what its start reads first.
-  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads }>();
+  // Per image (its layers mounted in this daemon's life): the learned list, what its start reads
+  // first, and its layers' reads as one foreground for their prefetch.
+  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads; foreground: LayersForeground }>();
   const learningFor = (spec: LayerMountSpec) => {
     if (o.learnedPrefetch === false || !spec.manifestDigest) return undefined;
     const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest} ${spec.params}`;
     let entry = learning.get(key);
     if (!entry) {
       const source: LearnedReadsSource = { proxy: spec.proxy, name: spec.name, ns: spec.ns, manifestDigest: spec.manifestDigest, params: spec.params, fetchImpl: http.fetch, log: o.log };
-      entry = { list: learnedReads(source), firstReads: new FirstReads(source) };
+      entry = { list: learnedReads(source), firstReads: new FirstReads(source), foreground: new LayersForeground() };
       learning.set(key, entry);
     }
     return entry;
@@ -163,14 +173,15 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       onChunkRead: learned && ((i) => (learned.firstReads.saw(chunkHex(bootstrap, i)), m.prefetcher?.sawRead(i))),
     });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
-    const m: Mounted = { id, spec, session, reader, fetcher };
+    const m: Mounted = { id, spec, session, reader, fetcher, foreground: learned?.foreground };
+    learned?.foreground.add(reader);
     byId.set(id, m);
     mounted.set(spec.mountpoint, m);
     // This layer's share of the learned list, fetched behind the container's own reads.
     void learned?.list.then((hexes) => {
       const chunks = chunksIn(bootstrap, hexes);
       if (chunks.length === 0 || byId.get(id) !== m) return;
-      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, [{ chunks, quietMs: 0, followsReads: true }], { log: o.log });
+      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, learned.foreground, [{ chunks, quietMs: 0, followsReads: true }], { log: o.log });
       m.prefetcher.start();
     });
     return m;
@@ -184,8 +195,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     try {
       await link.mount(m.id, spec.mountpoint);
     } catch (err) {
-      byId.delete(m.id);
-      mounted.delete(spec.mountpoint);
+      await forget(m);
       throw err;
     }
   };
@@ -195,8 +205,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     if (!m) return recoverStaleMount(mountpoint).then(() => {});
     await m.prefetcher?.stop();
     await link.unmount(m.id);
-    byId.delete(m.id);
-    mounted.delete(mountpoint);
+    await forget(m);
   };
 
   // The table of the daemon before this one: serve what the keeper still holds, mount the rest again.
