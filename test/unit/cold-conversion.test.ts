@@ -63,18 +63,7 @@ function image(seed: string) {
   const twin = big(new Prng(`${seed}-twin`));
   expect(twin.byteLength).toBe(layers[0]!.byteLength);
   const registry = new FakeRegistry();
-  const digests = layers.map((l) => registry.addBlob([REPO], l));
-  const config = registry.addBlob([REPO], new TextEncoder().encode(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } })));
-  registry.addManifest(
-    REPO,
-    "v1",
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
-      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: config, size: 0 },
-      layers: layers.map((l, i) => ({ mediaType: GZIP, digest: digests[i], size: l.byteLength })),
-    }),
-  );
+  const digests = registry.addImage(REPO, "v1", layers);
   return { registry, layers, digests, twin };
 }
 

@@ -111,6 +111,23 @@ export class FakeRegistry {
     return digest;
   }
 
+  /** An image of gzipped `layers` (an amd64 config, an OCI manifest) tagged `tag` in `repo`; the layers' digests. */
+  addImage(repo: string, tag: string, layers: Uint8Array<ArrayBuffer>[]): string[] {
+    const digests = layers.map((l) => this.addBlob([repo], l));
+    const config = this.addBlob([repo], new TextEncoder().encode(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } })));
+    this.addManifest(
+      repo,
+      tag,
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: config, size: 0 },
+        layers: layers.map((l, i) => ({ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: digests[i], size: l.byteLength })),
+      }),
+    );
+    return digests;
+  }
+
   removeBlob(repo: string, digest: string): void {
     this.#blobs.delete(`${repo}@${digest}`);
   }

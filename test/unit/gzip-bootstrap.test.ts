@@ -18,18 +18,7 @@ function app() {
   const registry = new FakeRegistry();
   const files = Array.from({ length: 300 }, (_, i) => ({ name: `dir/file-${i}.txt`, type: "file" as const, data: Buffer.from(`file ${i}\n`) }));
   const layer = new Uint8Array(gzipSync(tarArchive([{ name: "dir", type: "dir" }, ...files])));
-  const digest = registry.addBlob([REPO], layer);
-  const config = registry.addBlob([REPO], new TextEncoder().encode(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] } })));
-  registry.addManifest(
-    REPO,
-    "v1",
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
-      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: config, size: 0 },
-      layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest, size: layer.byteLength }],
-    }),
-  );
+  const [digest] = registry.addImage(REPO, "v1", [layer]);
   const cfg = resolveConfig({ upstreams: { "upstream.test": { url: registry.origin, public: true } }, defaultUpstream: "upstream.test", access: { mode: "open" } }, { env: {} });
   return { proxy: createApp({ config: cfg, store: new MemoryStore(), hasher: nodeHasher, fetchFor: () => registry.fetch, convertWaitSeconds: 30 }).app, layerDigest: digest };
 }
