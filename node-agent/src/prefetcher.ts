@@ -82,6 +82,8 @@ export interface PrefetchPhase {
 
 // A proxy that fails this many batches in a row is down for now; reads will say so themselves.
 const MAX_FAILED_BATCHES_IN_A_ROW = 3;
+// A list held back by the reads' pace ends its phase once they have not moved it for this long.
+const HELD_LIMIT_MS = 1_000;
 // Off track (list-pace.ts), a list still fills pauses in the reads: one small batch at a time, after this much quiet.
 const OFF_TRACK_QUIET_MS = 100;
 const OFF_TRACK_BATCH_SHARE = 4;
@@ -173,21 +175,38 @@ export class Prefetcher {
   /**
    * Waits until a batch may start: reads have paused long enough and their pace allows it. Then
    * counts the caller in flight (checked and counted in one step, so that two workers woken
-   * together do not both start); the caller takes it out when its batch has settled.
+   * together do not both start) and resolves true; the caller takes it out when its batch has
+   * settled. False when prefetch stopped, or when the reads have stopped taking the list: it is
+   * as far ahead as it may be, nothing is in flight, and no read moved it for HELD_LIMIT_MS.
+   * The phase then ends, and the next one (`all`, say) can start.
    */
-  async #mayStart(): Promise<void> {
+  async #mayStart(): Promise<boolean> {
     for (;;) {
       const offTrack = this.offTrack;
-      if (this.#heldBack()) await new Promise<void>((resolve) => this.#held.push(resolve));
-      else await this.#foreground.idle(offTrack ? OFF_TRACK_QUIET_MS : this.#quietMs);
-      if (this.#stopped || (offTrack === this.offTrack && !this.#heldBack())) break;
+      if (this.#heldBack()) {
+        const moved = await this.#change(HELD_LIMIT_MS);
+        if (!moved && this.#pace?.full && this.#inFlight === 0) return false;
+      } else await this.#foreground.idle(offTrack ? OFF_TRACK_QUIET_MS : this.#quietMs);
+      if (this.#stopped) return false;
+      if (offTrack === this.offTrack && !this.#heldBack()) break;
     }
     this.#inFlight++;
+    return true;
+  }
+
+  /** Resolves true when a read moves the list or a batch settles, false after `ms`. */
+  #change(ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      this.#held.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
   }
 
   async #worker(began: number): Promise<void> {
-    while (!this.#stopped) {
-      await this.#mayStart();
+    while (!this.#stopped && (await this.#mayStart())) {
       try {
         if (!(await this.#fetchBatch(began))) return;
       } finally {
@@ -201,10 +220,10 @@ export class Prefetcher {
   async #fetchBatch(began: number): Promise<boolean> {
     if (this.#stopped) return false;
     const pace = this.#pace;
-    const places: number[] = [];
-    const batch = this.#nextBatch(this.offTrack ? this.#batchBytes / OFF_TRACK_BATCH_SHARE : this.#batchBytes, places);
+    const indexes: number[] = [];
+    const batch = this.#nextBatch(this.offTrack ? this.#batchBytes / OFF_TRACK_BATCH_SHARE : this.#batchBytes, indexes);
     if (batch.length === 0) return false;
-    batch.forEach((c, i) => pace?.took(places[i]!, c.record.storedSize));
+    batch.forEach((c, i) => pace?.took(indexes[i]!, c.record.storedSize));
     const bytes = batch.reduce((sum, c) => sum + c.record.storedSize, 0);
     if (this.#rate) {
       // Reserved before the wait, so that concurrent workers share one budget.
@@ -221,7 +240,7 @@ export class Prefetcher {
       this.#failedInARow = 0;
     } catch (err) {
       this.stats.failed += batch.length;
-      for (const place of places) pace?.dropped(place);
+      for (const index of indexes) pace?.dropped(index);
       if (++this.#failedInARow >= MAX_FAILED_BATCHES_IN_A_ROW && !this.#stopped) {
         this.#stopped = true;
         this.#log(`prefetch stopped after ${MAX_FAILED_BATCHES_IN_A_ROW} failed requests in a row: ${(err as Error).message}`);
@@ -230,8 +249,8 @@ export class Prefetcher {
     return true;
   }
 
-  /** The next chunks in order that are neither cached nor taken, up to `maxBytes` of one layer; their places in the order go to `places`. */
-  #nextBatch(maxBytes: number, places: number[]): WantedChunk[] {
+  /** The next chunks in order that are neither cached nor taken, up to `maxBytes` of one layer; their chunk-table indexes go to `indexes`. */
+  #nextBatch(maxBytes: number, indexes: number[]): WantedChunk[] {
     const batch: WantedChunk[] = [];
     let bytes = 0;
     while (this.#cursor < this.#order.length) {
@@ -243,7 +262,7 @@ export class Prefetcher {
       }
       if (batch.length > 0 && (record.blob !== batch[0]!.record.blob || bytes + record.storedSize > maxBytes)) break;
       this.#taken.add(hex);
-      places.push(this.#cursor++);
+      indexes.push(this.#order[this.#cursor++]!);
       batch.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
       bytes += record.storedSize;
     }

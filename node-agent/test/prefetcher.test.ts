@@ -134,6 +134,33 @@ describe("Prefetcher", () => {
     await Promise.race([p.stop(), everything.stop(), new Promise((r) => setTimeout(r, 10))]);
   });
 
+  test("a list held back by reads that stopped (a mount with --prefetch all, nothing reading) ends its phase after a second, and the next phase fetches the rest", async () => {
+    const cache = await ChunkCache.open(tempDir("prefetch-cache"));
+    const MiB2 = 2 ** 21;
+    const big = Bootstrap.decode(encodeBootstrap({
+      kind: "image", codec: 0, chunkShift: 22, platform: "linux/amd64",
+      blobs: [{ dataDigest: createHash("sha256").update("d").digest(), storedSize: 12 * MiB2, layerDigest: `sha256:${"ab".repeat(32)}` }],
+      chunks: Array.from({ length: 12 }, (_, i) => ({ digest: createHash("sha256").update(data(i)).digest(), blob: 0, compressed: false, storedOffset: i * MiB2, storedSize: MiB2, size: MiB2, uncompressedOffset: i * MiB2 })),
+      root: newDir(),
+    }));
+    // 2 MiB chunks on the record, 14 bytes on the wire: only the pacing counts here.
+    const fetched: number[] = [];
+    const fetcher = {
+      async fetchChunks(wanted: WantedChunk[]) {
+        const indexes = wanted.map((w) => w.record.storedOffset / MiB2);
+        fetched.push(...indexes);
+        return new Map(indexes.map((i) => [hexOf(data(i)), data(i)]));
+      },
+    } as unknown as ChunkFetcher;
+    const everything = Array.from({ length: 12 }, (_, i) => i);
+    const p = new Prefetcher(big, cache, fetcher, always, [{ chunks: everything, quietMs: 0, followsReads: true }, phase(everything)], { concurrency: 2 });
+    p.start();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fetched).toHaveLength(2); // 4 MiB of 2 MiB chunks, unread: held
+    for (let i = 0; i < 300 && !p.stats.done; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(p.stats).toMatchObject({ done: true, chunks: 12, failed: 0 });
+  });
+
   test("an image's layers as one foreground: idle only once no layer's reader is busy", async () => {
     const reader = () => {
       const r = { busy: false, waiters: [] as (() => void)[], foregroundIdle: async () => (r.busy ? new Promise<void>((w) => r.waiters.push(w)) : undefined) };
