@@ -82,7 +82,7 @@ export interface PrefetchPhase {
 
 // A proxy that fails this many batches in a row is down for now; reads will say so themselves.
 const MAX_FAILED_BATCHES_IN_A_ROW = 3;
-// A list held back by the reads' pace ends its phase once they have not moved it for this long.
+// A list held back by the reads' pace gives way to the next phase once they have not moved it for this long.
 const HELD_LIMIT_MS = 1_000;
 // Off track (list-pace.ts), a list still fills pauses in the reads: one small batch at a time, after this much quiet.
 const OFF_TRACK_QUIET_MS = 100;
@@ -114,6 +114,8 @@ export class Prefetcher {
   #running: Promise<void> | undefined;
   /** The running phase's pace, when it follows the reads. */
   #pace: ListPace | undefined;
+  /** Whether another phase follows the running one. */
+  #phaseAfter = false;
   #inFlight = 0;
 
   /** A phase's chunks are all fetched before the next phase starts (a replayed list before `all`); repeats are fetched once. */
@@ -135,8 +137,9 @@ export class Prefetcher {
 
   async #run(): Promise<void> {
     const began = Date.now();
-    for (const phase of this.#phases) {
+    for (const [i, phase] of this.#phases.entries()) {
       if (this.#stopped) break;
+      this.#phaseAfter = i < this.#phases.length - 1;
       this.#order = phase.chunks;
       this.#quietMs = phase.quietMs;
       this.#cursor = 0;
@@ -176,16 +179,17 @@ export class Prefetcher {
    * Waits until a batch may start: reads have paused long enough and their pace allows it. Then
    * counts the caller in flight (checked and counted in one step, so that two workers woken
    * together do not both start) and resolves true; the caller takes it out when its batch has
-   * settled. False when prefetch stopped, or when the reads have stopped taking the list: it is
-   * as far ahead as it may be, nothing is in flight, and no read moved it for HELD_LIMIT_MS.
-   * The phase then ends, and the next one (`all`, say) can start.
+   * settled. False when prefetch stopped, or when the reads have stopped taking the list while a
+   * phase comes after it (`all`, say): it is as far ahead as it may be, nothing is in flight, and
+   * no read moved it for HELD_LIMIT_MS; that next phase starts then. A last list waits on: a
+   * program that pauses while it starts goes on reading it later.
    */
   async #mayStart(): Promise<boolean> {
     for (;;) {
       const offTrack = this.offTrack;
       if (this.#heldBack()) {
         const moved = await this.#change(HELD_LIMIT_MS);
-        if (!moved && this.#pace?.full && this.#inFlight === 0) return false;
+        if (!moved && this.#pace?.full && this.#inFlight === 0 && this.#phaseAfter) return false;
       } else await this.#foreground.idle(offTrack ? OFF_TRACK_QUIET_MS : this.#quietMs);
       if (this.#stopped) return false;
       if (offTrack === this.offTrack && !this.#heldBack()) break;

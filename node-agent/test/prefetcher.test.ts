@@ -134,7 +134,7 @@ describe("Prefetcher", () => {
     await Promise.race([p.stop(), everything.stop(), new Promise((r) => setTimeout(r, 10))]);
   });
 
-  test("a list held back by reads that stopped (a mount with --prefetch all, nothing reading) ends its phase after a second, and the next phase fetches the rest", async () => {
+  test("a list held back by reads that stopped (a mount with --prefetch all, nothing reading) gives way to the next phase after a second; a last list waits on", async () => {
     const cache = await ChunkCache.open(tempDir("prefetch-cache"));
     const MiB2 = 2 ** 21;
     const big = Bootstrap.decode(encodeBootstrap({
@@ -159,6 +159,21 @@ describe("Prefetcher", () => {
     expect(fetched).toHaveLength(2); // 4 MiB of 2 MiB chunks, unread: held
     for (let i = 0; i < 300 && !p.stats.done; i++) await new Promise((r) => setTimeout(r, 10));
     expect(p.stats).toMatchObject({ done: true, chunks: 12, failed: 0 });
+
+    // The same list alone waits on for the reads, however long they pause.
+    const alone = new Prefetcher(big, await ChunkCache.open(tempDir("prefetch-cache")), fetcher, always, [{ chunks: everything, quietMs: 0, followsReads: true }], { concurrency: 2 });
+    fetched.length = 0;
+    alone.start();
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(fetched).toHaveLength(2);
+    expect(alone.stats.done).toBe(false);
+    alone.sawRead(0); // a read takes one: more may come (a batch per worker woken)
+    for (let i = 0; i < 100 && fetched.length < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(fetched.length).toBeGreaterThanOrEqual(3);
+    expect(fetched.length).toBeLessThanOrEqual(4);
+    await alone.stop();
+    expect(alone.stats.done).toBe(true);
   });
 
   test("an image's layers as one foreground: idle only once no layer's reader is busy", async () => {
