@@ -6,7 +6,7 @@ export interface Transfer {
   headers: Headers;
   /** Bytes received before the body ended or failed. */
   body: Buffer;
-  /** Declared Content-Length, if any. */
+  /** Declared Content-Length, if any (and the body was not encoded). */
   contentLength: number | undefined;
   /** Set when reading the body rejected (aborted connection, reset, …). */
   error: unknown;
@@ -18,7 +18,9 @@ export interface Transfer {
 export async function transfer(url: string, init: RequestInit = {}, timeoutMs = 60_000): Promise<Transfer> {
   const res = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
   const cl = res.headers.get("content-length");
-  const contentLength = cl === null ? undefined : Number(cl);
+  // fetch inflates an encoded body (a gzipped bootstrap): its Content-Length counts the bytes as
+  // sent, and a cut gzip stream fails the read instead.
+  const contentLength = cl === null || res.headers.has("content-encoding") ? undefined : Number(cl);
   const chunks: Buffer[] = [];
   let error: unknown;
   if (res.body !== null) {
