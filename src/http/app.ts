@@ -101,7 +101,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     reads,
     convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
     defaultPlatform,
-    gzip: { how: opts.gzipBody ?? "stream", cache: opts.gzipBody === "runtime" ? undefined : new GzipCache() },
+    gzip: opts.gzipBody === "runtime" ? { how: "runtime" } : { how: "stream", cache: new GzipCache() },
   });
 
   const app = new Hono();

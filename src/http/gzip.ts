@@ -5,7 +5,7 @@
 import { bytesStream } from "../util/streams.ts";
 
 /**
- * How the runtime gzips a body: "stream" pipes it through CompressionStream (Node, Deno);
+ * How the runtime gzips a body: "stream" compresses it with CompressionStream, once (Node, Deno);
  * "runtime" only sets Content-Encoding, for a runtime that compresses such a body as it sends it
  * (workerd does, unless told the body is encoded already).
  */
@@ -73,19 +73,16 @@ async function gzipBytes(bytes: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
   return new Uint8Array(await new Response(stream.pipeThrough(new CompressionStream("gzip"))).arrayBuffer());
 }
 
-export interface GzipOptions {
-  how: GzipBody;
-  /** Where "stream" keeps what it compressed, for answers given with their whole body. */
-  cache?: GzipCache;
-}
+/** "stream" compresses each body once and keeps it in `cache`; "runtime" leaves it to the runtime. */
+export type GzipOptions = { how: "stream"; cache: GzipCache } | { how: "runtime" };
 
 /**
  * `res` gzipped when the request takes gzip and asks for the whole body (no Range): a full 200 GET
  * answer. Its ETag gets a suffix (an encoded answer is another representation); every answer says
  * it varies by Accept-Encoding, so that a cache in front keeps the two apart. `whole`: the body's
- * bytes and a key for them, to answer from `o.cache`.
+ * bytes and a key for them (its digest), to answer from `o.cache`.
  */
-export async function gzipWhenAccepted(req: Request, res: Response, o: GzipOptions, whole?: { key: string; bytes: Uint8Array }): Promise<Response> {
+export async function gzipWhenAccepted(req: Request, res: Response, o: GzipOptions, whole: { key: string; bytes: Uint8Array }): Promise<Response> {
   res.headers.append("Vary", "Accept-Encoding");
   if (req.method !== "GET" || res.status !== 200 || !res.body || req.headers.has("range") || !acceptsGzip(req.headers.get("accept-encoding"))) return res;
   const headers = new Headers(res.headers);
@@ -94,11 +91,8 @@ export async function gzipWhenAccepted(req: Request, res: Response, o: GzipOptio
   const etag = headers.get("ETag");
   if (etag?.endsWith('"')) headers.set("ETag", `${etag.slice(0, -1)}+gzip"`);
   if (o.how === "runtime") return new Response(res.body, { status: 200, headers });
-  if (whole && o.cache) {
-    await res.body.cancel();
-    const zipped = await o.cache.gzip(whole.key, whole.bytes);
-    headers.set("Content-Length", String(zipped.byteLength));
-    return new Response(zipped, { status: 200, headers });
-  }
-  return new Response(res.body.pipeThrough(new CompressionStream("gzip")), { status: 200, headers });
+  await res.body.cancel();
+  const zipped = await o.cache.gzip(whole.key, whole.bytes);
+  headers.set("Content-Length", String(zipped.byteLength));
+  return new Response(zipped, { status: 200, headers });
 }

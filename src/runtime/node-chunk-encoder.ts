@@ -1,9 +1,9 @@
 // Chunk hashing and deflate on Node's worker threads (codec none: only hashing, on this thread): on
 // a cold edge the thread that reads the tar (gunzip feed, tar parsing, writing, the blob and data
 // hashes) then only cuts chunks, and fflate, most of a deflate-raw conversion's CPU, runs beside it
-// on the other cores. Same bytes as
-// encodeStored (src/convert/chunk-encoder.ts): the same fflate call at the same level in each worker,
-// and the same rule for incompressible chunks; test/unit/node-chunk-encoder.test.ts compares them.
+// on the other cores. Same bytes as encodeStored (src/convert/chunk-encoder.ts): the same fflate call
+// at the same level in each worker, and the same rule for incompressible chunks;
+// test/unit/node-chunk-encoder.test.ts compares them.
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { createRequire } from "node:module";

@@ -48,10 +48,9 @@ export class FrameIn {
   }
 }
 
-/** One frame; its payload is `payload` then `tail`, when given (a reply and the read bytes that follow it). */
-export function encodeFrame(type: number, id: number, payload: Uint8Array = new Uint8Array(0), tail?: Uint8Array): Buffer {
-  const head = frameHead(type, id, payload, tail?.byteLength ?? 0);
-  return tail ? Buffer.concat([head, tail]) : head;
+/** One whole frame (the control frames; requests and replies go through FrameWriter). */
+export function encodeFrame(type: number, id: number, payload: Uint8Array = new Uint8Array(0)): Buffer {
+  return frameHead(type, id, payload, 0);
 }
 
 /** The header and `payload` of a frame whose payload goes on with `tailLength` more bytes, sent apart. */
