@@ -50,6 +50,10 @@ Options:
                             merged list (docs/api.md#learned-prefetch); default on, or the config
                             file's "learnedPrefetch"
   --no-learned-prefetch     the same as --learned-prefetch off
+  --none-first on|off       when a node asks for a codec other than none and the image is not
+                            converted with it yet, convert with none first (a fraction of the
+                            CPU) and answer with that bootstrap until the asked one is made
+                            (docs/api.md#bootstrap); default on
   -h, --help                show this help
 
 When ready it prints one line: skiff listening on http://HOST:PORT`;
@@ -91,6 +95,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     platform: { type: "string" },
     "learned-prefetch": { type: "string" },
     "no-learned-prefetch": { type: "boolean" },
+    "none-first": { type: "string" },
   });
   if (values.help) return null;
   if (values["no-learned-prefetch"] && values["learned-prefetch"] !== undefined) throw new UsageError("give one of --learned-prefetch and --no-learned-prefetch");

@@ -37,12 +37,14 @@ export interface ServeSettings {
   tagTtlSeconds?: number;
   /** Whether the learned-prefetch route takes and serves nodes' reports; when not given, the config file's `learnedPrefetch`, else on. */
   learnedPrefetch?: boolean;
+  /** Whether an image asked for with a chunk codec is converted with `none` first and answered with that meanwhile (on when absent). */
+  noneFirst?: boolean;
 }
 
 /** The settings the app takes; the tag TTL is the config's. */
 export type AppSettings = Omit<ServeSettings, "tagTtlSeconds">;
 
-export const SETTING_NAMES = ["max-layer-size", "max-expanded-size", "max-layer-entries", "convert-wait", "convert-step", "platform", "tag-ttl", "learned-prefetch"] as const;
+export const SETTING_NAMES = ["max-layer-size", "max-expanded-size", "max-layer-entries", "convert-wait", "convert-step", "platform", "tag-ttl", "learned-prefetch", "none-first"] as const;
 export type SettingName = (typeof SETTING_NAMES)[number];
 export type SettingValues = Partial<Record<SettingName, string>>;
 
@@ -87,6 +89,7 @@ export function parseServeSettings(values: SettingValues, defaults: SettingValue
     defaultPlatform: text("platform")!,
     tagTtlSeconds: whole("tag-ttl", 0),
     learnedPrefetch: onOff("learned-prefetch"),
+    noneFirst: onOff("none-first"),
   };
 }
 

@@ -79,7 +79,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
   const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
   const reads = learnedReadsRoute({
     learned: new LearnedReads(store),

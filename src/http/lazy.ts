@@ -87,9 +87,8 @@ export function lazyHandler(deps: LazyDeps) {
       waited = await Promise.race([job.result, job.converting.then(() => null)]);
       if (waited === null) {
         let timer: ReturnType<typeof setTimeout> | undefined;
-        waited = await Promise.race([job.result, new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)))]).finally(() =>
-          clearTimeout(timer),
-        );
+        const timeout = new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)));
+        waited = await Promise.race([job.result, job.early, timeout]).finally(() => clearTimeout(timer));
       }
     } catch (err) {
       // This request's step is done, or another process converts: the next request goes on.
@@ -100,7 +99,10 @@ export function lazyHandler(deps: LazyDeps) {
       keepRunning(c, job.result);
       return converting();
     }
-    return serveBootstrap(c, waited, params, byDigest, cacheScope);
+    // An early `none` answer stands in while the requested codec converts: nothing may cache it.
+    const early = paramsId(waited.params) !== paramsId(params);
+    if (early) keepRunning(c, job.result);
+    return serveBootstrap(c, waited, byDigest && !early ? "immutable" : early ? "no-store" : "no-cache", cacheScope);
   }
 
   function converting(): Response {
@@ -108,12 +110,12 @@ export function lazyHandler(deps: LazyDeps) {
     return new Response(body, { status: 202, headers: { "Content-Type": "application/json", "Retry-After": String(RETRY_AFTER_S), "Cache-Control": "no-store" } });
   }
 
-  function serveBootstrap(c: Context, image: ImageBootstrap, params: ConvertParams, immutable: boolean, cacheScope: CacheScope): Promise<Response> {
+  function serveBootstrap(c: Context, image: ImageBootstrap, caching: "immutable" | "no-cache" | "no-store", cacheScope: CacheScope): Promise<Response> {
     return bootstrapResponse(c, image.bootstrap.bytes, {
       "Skiff-Manifest-Digest": image.manifestDigest.value,
       "Skiff-Platform": image.platform,
-      "Skiff-Params": paramsId(params),
-      "Cache-Control": immutable ? `${cacheScope}, ${IMMUTABLE}` : "no-cache",
+      "Skiff-Params": paramsId(image.params),
+      "Cache-Control": caching === "immutable" ? `${cacheScope}, ${IMMUTABLE}` : caching,
     });
   }
 

@@ -8,6 +8,9 @@
 // With a step budget (Workers, where CPU time per invocation is limited) each request converts at
 // most that much and the conversion goes on at the next request; a lease in the store keeps other
 // processes sharing it from converting the same layer meanwhile.
+// With `noneFirst`, an image asked for with a chunk codec (deflate-raw) is converted with `none`
+// first, which takes a fraction of the CPU, and the requested codec after it from the stored blobs:
+// a node waiting on a cold edge gets the `none` bootstrap as soon as it is made (ImageJob.early).
 import type { ChunkEncoder } from "../convert/chunk-encoder.ts";
 import type { BlobCache } from "../cache/blobs.ts";
 import { blobKey, imageBootstrapKey, layerBootstrapKey, layerLeaseKey } from "../store/keys.ts";
@@ -47,6 +50,8 @@ export interface ConversionsDeps {
   stepBytes?: number;
   /** How long another process waits before taking over a layer whose converter went silent. */
   leaseMs?: number;
+  /** Convert with codec `none` before any other codec, and offer that bootstrap meanwhile (ImageJob.early). */
+  noneFirst?: boolean;
   log?: (message: string) => void;
   now?: () => number;
 }
@@ -60,6 +65,8 @@ export interface ImageBootstrap {
   bootstrap: Bootstrap;
   manifestDigest: Digest;
   platform: string;
+  /** The conversion's parameters: with `noneFirst`, an early answer's differ from those asked for. */
+  params: ConvertParams;
 }
 
 /** An image bootstrap being found or made, shared by every request that wants it meanwhile. */
@@ -70,6 +77,11 @@ export interface ImageJob {
    * then is there anything for a request to wait for. Never resolves for a stored bootstrap.
    */
   converting: Promise<void>;
+  /**
+   * With `noneFirst`, for a codec other than `none`: the image's `none` bootstrap, once it is made
+   * and the requested one is still being converted. Never resolves otherwise.
+   */
+  early: Promise<ImageBootstrap>;
 }
 
 export class Conversions {
@@ -88,8 +100,10 @@ export class Conversions {
     if (!job) {
       let startConverting!: () => void;
       const converting = new Promise<void>((resolve) => (startConverting = resolve));
-      const result = this.#image(name, root, platform, params, startConverting).finally(() => this.#images.delete(key));
-      job = { result, converting };
+      let offerEarly!: (early: ImageBootstrap) => void;
+      const early = new Promise<ImageBootstrap>((resolve) => (offerEarly = resolve));
+      const result = this.#image(name, root, platform, params, startConverting, offerEarly).finally(() => this.#images.delete(key));
+      job = { result, converting, early };
       this.#images.set(key, job);
     }
     return job;
@@ -111,14 +125,23 @@ export class Conversions {
   async #stored(source: ImageSource, platform: string, params: ConvertParams, manifestOnly = false): Promise<{ image: ResolvedImage; bootstrap: ImageBootstrap | null }> {
     const image = await resolveImage(source, platform, { manifestOnly });
     const stored = await getBytes(this.#deps.store, imageBootstrapKey(image.manifestDigest, paramsId(params), image.platform));
-    return { image, bootstrap: stored && { bootstrap: Bootstrap.decode(stored), manifestDigest: image.manifestDigest, platform: image.platform } };
+    return { image, bootstrap: stored && { bootstrap: Bootstrap.decode(stored), manifestDigest: image.manifestDigest, platform: image.platform, params } };
   }
 
-  async #image(name: string, root: Manifest, platform: string, params: ConvertParams, startConverting: () => void): Promise<ImageBootstrap> {
+  async #image(
+    name: string,
+    root: Manifest,
+    platform: string,
+    params: ConvertParams,
+    startConverting: () => void,
+    offerEarly: (early: ImageBootstrap) => void,
+  ): Promise<ImageBootstrap> {
     const source = this.#source(name, root);
     const { image, bootstrap } = await this.#stored(source, platform, params).catch(rethrowAsOci);
     if (bootstrap) return bootstrap;
     startConverting();
+    // The `none` conversion takes the one pass over the upstream; this one then reads the stored blobs.
+    if (this.#deps.noneFirst && params.codec !== "none") offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
     const converted = await convertImage(source, {
       store: this.#deps.store,
       hasher: this.#deps.hasher,
@@ -135,7 +158,7 @@ export class Conversions {
         return this.#layer(name, layer, opts);
       },
     }).catch(rethrowAsOci);
-    return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform };
+    return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
   }
 
   /** One conversion per layer and parameters at a time in this process. */

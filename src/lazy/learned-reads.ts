@@ -15,6 +15,7 @@ import { toHex } from "../hash/hasher.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Digest } from "../oci/reference.ts";
 import { learnedReadsKey } from "../store/keys.ts";
+import { paramsId, parseParamsId } from "../format/params.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { StreamTooLarge } from "../util/streams.ts";
 
@@ -143,6 +144,16 @@ export interface LearnedImage {
   params: string;
 }
 
+/**
+ * The image's record. A chunk's digest and its index in the image's chunk table depend on the chunk
+ * size, not the codec, so the nodes that read an image with either codec (an early `none` answer,
+ * then deflate-raw) learn one list.
+ */
+function keyOf(image: LearnedImage): string {
+  const params = parseParamsId(image.params);
+  return learnedReadsKey(image.repository, image.manifest, params ? paramsId({ ...params, codec: "none" }) : image.params);
+}
+
 export class LearnedReads {
   readonly #store: ContentStore;
   readonly #maxReports: number;
@@ -159,7 +170,7 @@ export class LearnedReads {
    * newest of the image's, dropping the oldest past the bound, and stores the new merged list.
    */
   report(image: LearnedImage, bootstrap: Bootstrap, chunks: readonly number[]): Promise<void> {
-    const key = learnedReadsKey(image.repository, image.manifest, image.params);
+    const key = keyOf(image);
     const report = Uint32Array.from(chunks.slice(0, Math.min(bootstrap.chunkCount, MAX_REPORT_DIGESTS)));
     const previous = this.#writing.get(key) ?? Promise.resolve();
     const write = previous.catch(() => {}).then(() => this.#add(key, bootstrap, report));
@@ -173,7 +184,7 @@ export class LearnedReads {
 
   /** The merged list (hex digests, best first), or null when nothing has been learned for the image. */
   async list(image: LearnedImage): Promise<string[] | null> {
-    const bytes = await this.#read(learnedReadsKey(image.repository, image.manifest, image.params));
+    const bytes = await this.#read(keyOf(image));
     const record = bytes && decodeRecord(bytes);
     if (!record || record.merged.byteLength === 0) return null;
     return Array.from({ length: record.merged.byteLength / 32 }, (_, i) => toHex(record.merged.subarray(32 * i, 32 * i + 32)));

@@ -88,3 +88,4 @@ export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
     },
   });
 }
+

@@ -67,9 +67,9 @@ function image(seed: string) {
   return { registry, layers, digests, twin };
 }
 
-function proxy(registry: FakeRegistry, store: MemoryStore): SkiffApp {
+function proxy(registry: FakeRegistry, store: MemoryStore, noneFirst = false): SkiffApp {
   const config = resolveConfig({ upstreams: { "upstream.test": { url: registry.origin, public: true } }, defaultUpstream: "upstream.test", access: { mode: "open" } }, { env: {} });
-  return createApp({ config, store, hasher: nodeHasher, fetchFor: () => registry.fetch, convertWaitSeconds: 30 });
+  return createApp({ config, store, hasher: nodeHasher, fetchFor: () => registry.fetch, convertWaitSeconds: 30, noneFirst });
 }
 
 const bootstrapUrl = (query: string) => `http://skiff.test/v2/${REPO}/_skiff/bootstrap/v1${query}`;
@@ -155,6 +155,32 @@ describe("a cold edge converts while it downloads", () => {
       for (const d of digests) expect(store.reads.get(blobKey(parseDigest(d)!)) ?? 0).toBe(0);
     });
   }
+
+  it("none first: a cold deflate-raw request is answered with the none conversion made in the one pass, uncacheable, then deflate-raw from the stored blobs", async () => {
+    const { registry, digests } = image("cold-none-first");
+    const reference = { none: await twoPass(registry, digests, "?chunk-size=64k"), deflate: await twoPass(registry, digests, "?chunk-size=64k&codec=deflate-raw") };
+    const store = new WatchedStore();
+    const app = proxy(registry, store, true).app;
+    const gets = () => digests.map((d) => registry.count(`/blobs/${d}`, "GET"));
+    const before = gets();
+    const early = await app.request(bootstrapUrl("?chunk-size=64k&codec=deflate-raw"));
+    expect(early.status, await early.clone().text()).toBe(200);
+    expect(early.headers.get("skiff-params")).toBe("v1-c16-none");
+    expect(early.headers.get("cache-control")).toBe("no-store");
+    expect(Buffer.from(await early.arrayBuffer()).equals(reference.none.bootstrap)).toBe(true);
+    // The deflate-raw conversion goes on after the answer; once stored, it is the answer.
+    let later: Response | undefined;
+    for (let i = 0; i < 200; i++) {
+      later = await app.request(bootstrapUrl("?chunk-size=64k&codec=deflate-raw"));
+      if (later.headers.get("skiff-params") === "v1-c16-deflate-raw") break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(later!.headers.get("skiff-params")).toBe("v1-c16-deflate-raw");
+    expect(later!.headers.get("cache-control")).toBe("no-cache");
+    expect(Buffer.from(await later!.arrayBuffer()).equals(reference.deflate.bootstrap)).toBe(true);
+    // One upstream GET per layer, for both conversions.
+    expect(gets().map((n, i) => n - before[i]!)).toEqual(digests.map(() => 1));
+  });
 
   it("a blob whose digest fails only at its end: 502, converted to the end yet nothing derived stored, no blob; the right bytes then convert", async () => {
     const { registry, digests, twin } = image("cold-tampered");

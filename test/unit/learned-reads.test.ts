@@ -110,6 +110,18 @@ describe("LearnedReads over a store", () => {
     expect(store.keys()).toEqual([learnedReadsKey(IMAGE.repository, IMAGE.manifest, IMAGE.params)]);
   });
 
+  it("one list per chunk size: the codec does not change a chunk's digest or index", async () => {
+    const store = new MemoryStore();
+    const learned = new LearnedReads(store);
+    const image = imageOf(6);
+    await learned.report(IMAGE, image, [3, 2]);
+    await learned.report({ ...IMAGE, params: "v1-c16-deflate-raw" }, image, [3, 2]);
+    const both = [3, 2].map((i) => hexOf(image, i));
+    expect(await learned.list({ ...IMAGE, params: "v1-c16-deflate-raw" })).toEqual(both);
+    expect(await learned.list(IMAGE)).toEqual(both);
+    expect(store.keys()).toEqual([learnedReadsKey(IMAGE.repository, IMAGE.manifest, "v1-c16-none")]);
+  });
+
   it("keeps only the newest MAX_REPORTS reports: the oldest stops counting", async () => {
     const store = new MemoryStore();
     const learned = new LearnedReads(store);

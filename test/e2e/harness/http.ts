@@ -117,3 +117,18 @@ export function parseByteranges(body: Buffer, contentType: string | null): ByteP
   }
   throw new Error("too many parts");
 }
+
+/**
+ * An answer to a bootstrap request with Skiff-Params `params`. While an edge converts an image with
+ * a codec other than none, it answers with the image's none conversion (same chunk size, Cache-Control
+ * no-store): such answers are asked again, a bounded number of times. Anything else is returned as it is.
+ */
+export async function bootstrapWithParams<T extends { status: number; headers: Headers }>(params: string, ask: () => Promise<T>, tries = 400): Promise<T> {
+  const standIn = params.replace(/^(v\d+-c\d+)-.*$/, "$1-none");
+  for (let i = 1; ; i++) {
+    const answer = await ask();
+    const got = answer.headers.get("skiff-params");
+    if (answer.status !== 200 || got === params || got !== standIn || answer.headers.get("cache-control") !== "no-store" || i === tries) return answer;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
