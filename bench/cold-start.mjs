@@ -21,7 +21,7 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
-import { benchCacheDir as cacheDir, coldStart as mountAndRun, copyBenchImage, OTHER_PYTHON_WORKLOAD, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, serveSkiff, warmPythonEdge } from "./lazy-mount.mjs";
+import { benchCacheDir as cacheDir, bootstrapWithCodec, coldStart as mountAndRun, copyBenchImage, OTHER_PYTHON_WORKLOAD, finishMount, PYTHON_PACKAGES, PYTHON_WORKLOAD as WORKLOAD, serveSkiff, warmPythonEdge } from "./lazy-mount.mjs";
 import { startLinkRelay } from "./link-relay.mjs";
 import { buildStargzSnapshotter, lazyPullAndRun, prepareEstargz, pullAndRun, skiffPullAndRun, startContainerd } from "./containerd.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
@@ -75,9 +75,7 @@ async function containerdBaselines(registryBase, edge) {
   }
   // The edge is warm for the snapshotter too: the image's bootstrap as it asks for it (the proxy's
   // default parameters, the registry named in ?ns=), converted before any measured run.
-  const warmed = await fetch(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}&codec=deflate-raw`);
-  await warmed.arrayBuffer();
-  if (warmed.status !== 200) throw new Error(`bootstrap (?ns=${host}) answered ${warmed.status}`);
+  await bootstrapWithCodec(`${edge.url}/v2/bench/py/_skiff/bootstrap/1?ns=${encodeURIComponent(host)}`, "deflate-raw");
   // The slow link: between containerd (and the stargz snapshotter) and the registry; between
   // containerd (and the skiff snapshotter) and the skiff proxy, which is then containerd's mirror.
   const relay = await startLinkRelay({ target: { host: "127.0.0.1", port: Number(new URL(registryBase).port) }, ...SLOW });

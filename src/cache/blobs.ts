@@ -11,7 +11,7 @@ import type { RegistryClient } from "../oci/upstreams.ts";
 import { StoreFullError, type ContentStore, type Upload } from "../store/store.ts";
 import { blobKey, blobLinkKey } from "../store/keys.ts";
 import { upstreamError } from "../oci/upstream-errors.ts";
-import { coalesce } from "../util/streams.ts";
+import { BatchedWriter, coalesce } from "../util/streams.ts";
 
 export interface BlobInfo {
   size: number;
@@ -38,6 +38,8 @@ export interface BlobCacheDeps {
 const LIVE_QUEUE_CHUNKS = 16;
 // Upstream bodies are handled in pieces of at least this size (see coalesce).
 const COALESCE_BYTES = 64 * 1024;
+/** Blob bytes gathered into one store write. */
+const STORE_WRITE_BYTES = 2 ** 20;
 // A live client that takes no data for this long is dropped so it can't stall the shared fetch.
 const STALLED_CLIENT_MS = 60_000;
 
@@ -132,6 +134,7 @@ export class BlobCache {
       storeFailed(err);
       return null;
     });
+    const batched = upload && new BatchedWriter((bytes) => upload!.write(bytes), STORE_WRITE_BYTES);
     const pipe = live ? new TransformStream<Uint8Array, Uint8Array>(undefined, undefined, { highWaterMark: LIVE_QUEUE_CHUNKS }) : null;
     const writer = pipe?.writable.getWriter() ?? null;
     let clientGone = !writer;
@@ -169,7 +172,7 @@ export class BlobCache {
           h.update(value);
           metrics.inc("skiff_upstream_bytes_total", {}, value.byteLength);
           try {
-            await upload?.write(value);
+            if (upload) await batched!.write(value);
           } catch (err) {
             storeFailed(err);
             await upload!.cancel();
@@ -186,6 +189,7 @@ export class BlobCache {
         }
         if (upload !== null) {
           try {
+            await batched!.flush();
             await upload.commit();
             await this.#link(name, digest);
           } catch (err) {

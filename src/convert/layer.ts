@@ -22,6 +22,7 @@ import { compressionForMediaType, decompressLayer, LayerFormatError, type Gunzip
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { readTar, TarError } from "./tar.ts";
+import { BatchedWriter } from "../util/streams.ts";
 
 export interface LayerSource {
   digest: Digest;
@@ -113,6 +114,9 @@ export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
  */
 export const DEFAULT_MAX_ENTRIES = 1_000_000;
 
+/** Data blob bytes gathered into one store write. */
+const WRITE_BATCH_BYTES = 2 ** 20;
+
 /** Chunk bytes cut but not yet written, at most: the encoder's window is cut down for large chunks. */
 const MAX_IN_FLIGHT_BYTES = 32 * 2 ** 20;
 
@@ -135,12 +139,15 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   const segmentKey = (fromChunk: number) => (fromChunk === 0 ? dataKey : layerSegmentKey(layer.digest, id, fromChunk));
   const segment = { from: from?.ordinals.length ?? 0, size: 0 };
   const upload = await store.put(segmentKey(segment.from));
+  // Most chunks are small files' only chunk: they reach the store in batches.
+  const batched = new BatchedWriter((bytes) => upload.write(bytes), WRITE_BATCH_BYTES);
   let outcome: Awaited<ReturnType<typeof streamLayer>>;
   try {
     outcome = await streamLayer(layer, opts, from, async (bytes) => {
       segment.size += bytes.byteLength;
-      await upload.write(bytes);
+      await batched.write(bytes);
     });
+    await batched.flush();
     await opts.guard?.();
     await upload.commit();
   } catch (err) {

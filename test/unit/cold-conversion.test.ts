@@ -56,7 +56,7 @@ function image(seed: string) {
   const shared = prng.bytes(K64);
   const big = (p: Prng) =>
     new Uint8Array(
-      gzipSync(tarArchive([{ name: "a", type: "dir" }, { name: "a/big", type: "file", data: p.bytes(9 * K64 + 5) }, { name: "a/dup", type: "file", data: Buffer.concat([shared, shared]) }, { name: "a/text", type: "file", data: Buffer.from("text\n".repeat(30_000)) }]), { level: 0 }),
+      gzipSync(tarArchive([{ name: "a", type: "dir" }, { name: "a/big", type: "file", data: p.bytes(20 * K64 + 5) }, { name: "a/dup", type: "file", data: Buffer.concat([shared, shared]) }, { name: "a/text", type: "file", data: Buffer.from("text\n".repeat(30_000)) }]), { level: 0 }),
     );
   const layers = [big(prng), new Uint8Array(gzipSync(tarArchive([{ name: "b", type: "file", data: prng.bytes(3 * K64) }, { name: "c", type: "file", data: shared }])))];
   // Another valid layer of exactly the first one's length: what a tampering upstream might send.
@@ -113,7 +113,11 @@ async function until(what: string, check: () => boolean, ms = 5000): Promise<voi
 async function twoPass(registry: FakeRegistry, digests: string[], query: string) {
   const store = new WatchedStore();
   const app = proxy(registry, store).app;
-  for (const d of digests) expect((await app.request(blobUrl(d))).status).toBe(200);
+  for (const d of digests) {
+    const pulled = await app.request(blobUrl(d));
+    expect(pulled.status).toBe(200);
+    await pulled.arrayBuffer(); // a client that stops reading would hold the download up
+  }
   const res = await app.request(bootstrapUrl(query));
   expect(res.status, await res.clone().text()).toBe(200);
   // It really read the layers back from the store.
@@ -130,7 +134,8 @@ describe("a cold edge converts while it downloads", () => {
     holdBlob(registry, digests[0]!, layers[0]!, held.opened);
     const layer = parseDigest(digests[0]!)!;
     const answer = app.request(bootstrapUrl("?chunk-size=64k"));
-    // All but the last 1000 bytes have arrived: the converter has stored most of the layer's chunks already.
+    // All but the last 1000 bytes have arrived: the converter has stored most of the layer's chunks already
+    // (written in batches of 1 MiB, so the big file is 1.3 MiB).
     await until("chunks of the held layer are written", () => (store.written.get(layerDataKey(layer, "v1-c16-none")) ?? 0) > 9 * K64);
     expect(store.written.get(blobKey(layer))).toBeLessThan(layers[0]!.byteLength);
     expect(await store.stat(layerDataKey(layer, "v1-c16-none"))).toBeNull();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { coalesce, readAll } from "../../src/util/streams.ts";
+import { BatchedWriter, coalesce, readAll } from "../../src/util/streams.ts";
 
 function pieces(sizes: number[]): ReadableStream<Uint8Array> {
   let i = 0;
@@ -61,5 +61,21 @@ describe("coalesce", () => {
     await reader.read();
     await reader.cancel("stop");
     expect(cancelled).toBe("stop");
+  });
+});
+
+describe("BatchedWriter", () => {
+  it("gathers small writes into pieces of at most the batch size, passes a large one through, keeps the order, and copies what it holds", async () => {
+    const pieces: Uint8Array[] = [];
+    const writer = new BatchedWriter(async (bytes) => void pieces.push(bytes.slice()), 8);
+    const input = [[1, 2, 3], [4, 5, 6], [7, 8, 9], Array.from({ length: 10 }, (_, i) => 10 + i), [20]].map((a) => Uint8Array.from(a));
+    for (const bytes of input) {
+      await writer.write(bytes);
+      bytes.fill(0); // the caller may reuse its bytes once the write resolved
+    }
+    await writer.flush();
+    expect(pieces.map((p) => Array.from(p))).toEqual([[1, 2, 3, 4, 5, 6], [7, 8, 9], Array.from({ length: 10 }, (_, i) => 10 + i), [20]]);
+    await writer.flush();
+    expect(pieces).toHaveLength(4);
   });
 });
