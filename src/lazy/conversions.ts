@@ -141,7 +141,11 @@ export class Conversions {
     if (bootstrap) return bootstrap;
     startConverting();
     // The `none` conversion takes the one pass over the upstream; this one then reads the stored blobs.
-    if (this.#deps.noneFirst && params.codec !== "none") offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
+    if (this.#deps.noneFirst && params.codec !== "none") {
+      offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
+      // The early answer goes out before this conversion takes the thread.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
     const converted = await convertImage(source, {
       store: this.#deps.store,
       hasher: this.#deps.hasher,

@@ -17,6 +17,9 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
 const { deflateSync } = require(workerData.fflate);
+// On Linux this lowers this thread's priority only: deflating gives way to the thread that answers
+// requests (an early none answer, chunk reads) when the cores are busy.
+try { require("node:os").setPriority(workerData.nice); } catch {}
 parentPort.on("message", ({ id, data, codec }) => {
   try {
     const hex = createHash("sha256").update(data).digest("hex");
@@ -33,6 +36,9 @@ parentPort.on("message", ({ id, data, codec }) => {
   }
 });
 `;
+
+/** The encoder threads' nice value. */
+const ENCODER_NICE = 10;
 
 interface Job {
   resolve: (chunk: EncodedChunk) => void;
@@ -53,7 +59,7 @@ class Lane {
 
   constructor(onGone: (lane: Lane) => void) {
     const fflate = createRequire(import.meta.url).resolve("fflate");
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fflate, level: DEFLATE_LEVEL } });
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fflate, level: DEFLATE_LEVEL, nice: ENCODER_NICE } });
     this.worker.unref();
     this.worker.on("message", (reply: Reply) => {
       const job = this.jobs.get(reply.id);
