@@ -56,6 +56,6 @@ export async function openLayout(reference: string): Promise<ImageSource & { des
     manifest: (d) => manifest(d),
     // Layers are verified by the converter as they stream.
     // A small chunk-count queue: toWeb would otherwise take the byte highWaterMark as a count.
-    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 256 << 10 }), { strategy: { highWaterMark: 4 } }) as ReadableStream<Uint8Array>,
+    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 1 << 20 }), { strategy: { highWaterMark: 4 } }) as ReadableStream<Uint8Array>,
   };
 }
