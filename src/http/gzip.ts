@@ -11,15 +11,18 @@ import { bytesStream } from "../util/streams.ts";
  */
 export type GzipBody = "stream" | "runtime";
 
-/** Whether an Accept-Encoding header takes gzip (a `gzip`, `x-gzip` or `*` coding whose q is not 0). */
+/** Whether an Accept-Encoding header takes gzip: its `gzip` (or `x-gzip`) coding, else its `*`, has a q above 0. */
 export function acceptsGzip(header: string | null): boolean {
   if (!header) return false;
-  return header.split(",").some((part) => {
+  // A coding named outright wins over `*`, which stands only for the codings not named (RFC 9110 12.5.3).
+  const weights = new Map<string, number>();
+  for (const part of header.split(",")) {
     const [coding, ...params] = part.trim().toLowerCase().split(";");
-    if (coding !== "gzip" && coding !== "x-gzip" && coding !== "*") return false;
     const q = params.map((p) => p.trim()).find((p) => p.startsWith("q="));
-    return q === undefined || Number(q.slice(2)) > 0;
-  });
+    weights.set(coding!.trim(), q === undefined ? 1 : Number(q.slice(2)));
+  }
+  const q = weights.get("gzip") ?? weights.get("x-gzip") ?? weights.get("*");
+  return q !== undefined && q > 0;
 }
 
 /**

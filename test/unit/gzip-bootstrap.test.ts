@@ -94,6 +94,10 @@ describe("gzipped bootstraps", () => {
     expect(acceptsGzip("deflate, X-GZIP")).toBe(true);
     expect(acceptsGzip("*;q=0.1")).toBe(true);
     expect(acceptsGzip("gzip;q=0")).toBe(false);
+    expect(acceptsGzip("gzip;q=0, *")).toBe(false);
+    expect(acceptsGzip("*, gzip; q=0")).toBe(false);
+    expect(acceptsGzip("*;q=0, gzip")).toBe(true);
+    expect(acceptsGzip("*;q=0")).toBe(false);
     expect(acceptsGzip("br, identity")).toBe(false);
     expect(acceptsGzip(null)).toBe(false);
   });
