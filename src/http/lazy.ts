@@ -101,7 +101,10 @@ export function lazyHandler(deps: LazyDeps) {
     }
     // An early `none` answer stands in while the requested codec converts: nothing may cache it.
     const early = paramsId(waited.params) !== paramsId(params);
-    if (early) keepRunning(c, job.result);
+    if (early) {
+      deps.metrics.inc("skiff_none_first_answers_total");
+      keepRunning(c, job.result);
+    }
     return serveBootstrap(c, waited, byDigest && !early ? "immutable" : early ? "no-store" : "no-cache", cacheScope);
   }
 

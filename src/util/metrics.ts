@@ -75,6 +75,7 @@ export function createMetrics(): Metrics {
     skiff_conversions_failed_total: "Layer conversions that failed and published nothing.",
     skiff_conversion_seconds_total: "Seconds spent in layer conversions that finished.",
     skiff_chunk_bytes_served_total: "Converted bytes served, by route (data, chunks).",
+    skiff_none_first_answers_total: "Bootstrap requests answered with the none conversion while the codec asked for was converted.",
     skiff_learned_reads_reports_total: "Learned-prefetch reports from nodes, by result (stored, refused: none of its digests was a chunk of the image).",
     skiff_learned_reads_dropped_total: "Digests in learned-prefetch reports that were not chunks of the image, dropped.",
   });

@@ -165,7 +165,8 @@ describe("a cold edge converts while it downloads", () => {
     const { registry, digests } = image("cold-none-first");
     const reference = { none: await twoPass(registry, digests, "?chunk-size=64k"), deflate: await twoPass(registry, digests, "?chunk-size=64k&codec=deflate-raw") };
     const store = new WatchedStore();
-    const app = proxy(registry, store, true).app;
+    const skiff = proxy(registry, store, true);
+    const app = skiff.app;
     const gets = () => digests.map((d) => registry.count(`/blobs/${d}`, "GET"));
     const before = gets();
     const early = await app.request(bootstrapUrl("?chunk-size=64k&codec=deflate-raw"));
@@ -173,6 +174,7 @@ describe("a cold edge converts while it downloads", () => {
     expect(early.headers.get("skiff-params")).toBe("v1-c16-none");
     expect(early.headers.get("cache-control")).toBe("no-store");
     expect(Buffer.from(await early.arrayBuffer()).equals(reference.none.bootstrap)).toBe(true);
+    expect(skiff.metrics.get("skiff_none_first_answers_total")).toBeGreaterThanOrEqual(1);
     // The deflate-raw conversion goes on after the answer; once stored, it is the answer.
     let later: Response | undefined;
     for (let i = 0; i < 200; i++) {

@@ -1,6 +1,7 @@
 // The learned-prefetch setting: `skiff serve --learned-prefetch on|off` and `--no-learned-prefetch`,
 // the config file's `learnedPrefetch`, the Worker's LEARNED_PREFETCH var; a flag or var wins over
 // the config file, and with the setting off the route answers 404 as if it did not exist.
+// Also `--none-first on|off` (docs/api.md, "None first"), parsed by the same rules.
 import { describe, expect, it } from "vitest";
 import { UsageError } from "../../src/cli/args.ts";
 import { parseServeOptions } from "../../src/cli/serve-options.ts";
@@ -52,5 +53,15 @@ describe("learned-prefetch setting", () => {
     const bad = await call({ LEARNED_PREFETCH: "maybe" });
     expect(bad.status).toBe(500);
     expect(await bad.text()).toMatch(/LEARNED_PREFETCH must be on or off/);
+  });
+});
+
+describe("none-first setting", () => {
+  it("skiff serve: not given by default (the app's default is on); on/off; a bad value is a usage error", () => {
+    const serve = (...argv: string[]) => parseServeOptions(["--upstream", "http://r.example", ...argv], {})!.settings.noneFirst;
+    expect(serve()).toBeUndefined();
+    expect(serve("--none-first", "off")).toBe(false);
+    expect(serve("--none-first", "on")).toBe(true);
+    expect(() => serve("--none-first", "sometimes")).toThrow(/--none-first must be on or off/);
   });
 });
