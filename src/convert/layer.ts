@@ -301,8 +301,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // whatever the encoder and however many chunks it has in flight.
   const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
   const pending: { result: Promise<EncodedChunk>; size: number; file: number[]; slot: number }[] = [];
-  // Chunk buffers to cut into again. Taking a fresh megabyte for every chunk made garbage collection
-  // a fifth of a conversion's time.
+  // Chunk buffers to cut into again: a fresh megabyte for every chunk was that much more garbage to
+  // collect, and collecting was about a fifth of a conversion's time.
   const spare: Uint8Array[] = [];
 
   /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */

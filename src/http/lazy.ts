@@ -105,7 +105,7 @@ export function lazyHandler(deps: LazyDeps) {
       deps.metrics.inc("skiff_none_first_answers_total");
       keepRunning(c, job.result);
     }
-    return serveBootstrap(c, waited, byDigest && !early ? "immutable" : early ? "no-store" : "no-cache", cacheScope);
+    return serveBootstrap(c, waited, early ? "no-store" : byDigest ? "immutable" : "no-cache", cacheScope);
   }
 
   function converting(): Response {
