@@ -10,7 +10,7 @@ export const nodeGunzip: GunzipFactory = () => {
   // Node's toWeb adapters take a byte stream's highWaterMark (16 KiB) as a count of chunks, so a
   // fast source would queue the whole compressed layer. Both sides here wait for zlib instead.
   const native = {
-    readable: Readable.toWeb(gunzip, { strategy: { highWaterMark: 4 } }) as unknown as ReadableStream<Uint8Array<ArrayBuffer>>,
+    readable: Readable.toWeb(gunzip, { strategy: { highWaterMark: 32 } }) as unknown as ReadableStream<Uint8Array<ArrayBuffer>>,
     writable: new WritableStream<Uint8Array>(
       {
         write: (chunk) =>
