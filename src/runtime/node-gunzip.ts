@@ -8,7 +8,8 @@ import type { GunzipFactory } from "../convert/decompress.ts";
 export const nodeGunzip: GunzipFactory = () => {
   const gunzip = createGunzip({ chunkSize: 256 * 1024 });
   // Node's toWeb adapters take a byte stream's highWaterMark (16 KiB) as a count of chunks, so a
-  // fast source would queue the whole compressed layer. Both sides here wait for zlib instead.
+  // fast source would queue the whole compressed layer. Both sides here wait for zlib instead; its
+  // output may run up to 32 pieces (8 MiB) ahead of the converter.
   const native = {
     readable: Readable.toWeb(gunzip, { strategy: { highWaterMark: 32 } }) as unknown as ReadableStream<Uint8Array<ArrayBuffer>>,
     writable: new WritableStream<Uint8Array>(

@@ -89,7 +89,6 @@ export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
   });
 }
 
-
 /**
  * Gathers small writes into pieces of up to `size` bytes before they reach `sink`: a store write
  * costs about as much for 1 KiB as for 1 MiB, and most files of a layer are a few KiB. Bytes given
