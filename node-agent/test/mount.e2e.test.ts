@@ -139,15 +139,25 @@ describe("skiff mount", () => {
     expect(existsSync(join(mountpoint, "etc"))).toBe(false); // unmounted on SIGTERM
   });
 
-  test("--codec and --chunk-size pick the conversion: the tree is the same, the stats name the params", async () => {
-    const stats = join(tempDir("stats"), "stats.json");
-    const { agent, mountpoint } = await mount(["--cache", tempDir("cache-codec"), "--stats", stats, "--codec", "deflate-raw", "--chunk-size", "64k"]);
-    try {
-      expect(diffTrees(snapshot(oracle), snapshot(mountpoint))).toEqual([]);
-    } finally {
-      await stop(agent);
-    }
-    expect(JSON.parse(readFileSync(stats, "utf8"))).toMatchObject({ params: "v1-c16-deflate-raw", errors: 0 });
+  test("--codec and --chunk-size pick the conversion: the tree is the same, the stats name the params; a cold edge's none answer mounts too", async () => {
+    // Nothing asked for 64k chunks before: the edge answers with its none conversion while it makes
+    // deflate-raw (docs/api.md, "None first"), and the mount reads that one.
+    const mountWith = async (params: string) => {
+      const stats = join(tempDir("stats"), "stats.json");
+      const { agent, mountpoint } = await mount(["--cache", tempDir("cache-codec"), "--stats", stats, "--codec", "deflate-raw", "--chunk-size", "64k"]);
+      try {
+        expect(diffTrees(snapshot(oracle), snapshot(mountpoint))).toEqual([]);
+      } finally {
+        await stop(agent);
+      }
+      expect(JSON.parse(readFileSync(stats, "utf8"))).toMatchObject({ params, errors: 0 });
+    };
+    await mountWith("v1-c16-none");
+    await waitFor("the edge to serve deflate-raw", async () => {
+      const fetched = await fetchBootstrap(skiff.url, "e2e/rootfs", "v1", { chunkSize: "64k", codec: "deflate-raw", timeoutMs: 10_000 });
+      return fetched.params === "v1-c16-deflate-raw" || undefined;
+    }, { timeoutMs: 30_000, intervalMs: 100 });
+    await mountWith("v1-c16-deflate-raw");
     for (const [flag, value] of [["--codec", "zstd"], ["--chunk-size", "3k"]]) {
       const r = spawnSync("node", [join(REPO_ROOT, "bin", "skiff.js"), "mount", imageUrl, tempDir("mnt-bad-codec"), flag!, value!], { encoding: "utf8" });
       expect(r.status, flag).toBe(2);
