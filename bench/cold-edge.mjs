@@ -75,8 +75,9 @@ async function withColdEdge(upstream, bin, fn) {
   }
 }
 
-const bootstrapUrl = (edge) => `${edge.url}/v2/bench/py/_skiff/bootstrap/1?codec=${CODEC}`;
-const untilCodec = (url, t0) => bootstrapWithCodec(url.replace(/\?codec=.*$/, ""), CODEC, t0);
+const bootstrapPath = (edge) => `${edge.url}/v2/bench/py/_skiff/bootstrap/1`;
+const bootstrapUrl = (edge) => `${bootstrapPath(edge)}?codec=${CODEC}`;
+const untilCodec = (edge, t0) => bootstrapWithCodec(bootstrapPath(edge), CODEC, t0);
 
 async function mountRun(edge) {
   const run = await coldStart(`${edge.url}/bench/py:1`, ["--codec", CODEC], { work, workload: WORKLOAD });
@@ -97,7 +98,7 @@ try {
   const upstream = `http://127.0.0.1:${relay.port}`;
 
   const warm = await serveSkiff(upstream, join(work, "warm-edge"), cleanups);
-  await untilCodec(bootstrapUrl(warm)); // converted once before any measured run
+  await untilCodec(warm); // converted once before any measured run
 
   const variants = [["cold edge", undefined], ...(values.baseline ? [["cold edge, baseline build", values.baseline]] : [])];
   const samples = { transfer: [], convertOnly: [], warmBootstrap: [], warmMount: [] };
@@ -122,7 +123,7 @@ try {
         const first = await timedGet(bootstrapUrl(edge));
         samples[`${name}:bootstrap`].push(first.seconds);
         (answered[name] ??= new Set()).add(first.params);
-        samples[`${name}:codec`].push(await untilCodec(bootstrapUrl(edge), t0));
+        samples[`${name}:codec`].push(await untilCodec(edge, t0));
       });
       samples[`${name}:mount`].push(await withColdEdge(upstream, bin, mountRun));
     }

@@ -4,6 +4,7 @@
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { MT, OciLayout, Prng, pushImage, tarArchive, type TarEntry } from "../../test/e2e/harness/images.ts";
+import { waitFor } from "../../test/e2e/harness/processes.ts";
 import { Registry } from "../../test/e2e/harness/registry.ts";
 import { diffIdOf, writeImage } from "../../test/e2e/harness/rootfs.ts";
 import { parseMetrics, Skiff } from "../../test/e2e/harness/skiff.ts";
@@ -89,12 +90,11 @@ beforeAll(async () => {
   proxy = await Skiff.start({ upstream: registry.url });
   // A cold edge answers with its none conversion while it makes deflate-raw (docs/api.md, "None first").
   const ask = () => fetchBootstrap(proxy.url, "e2e/agent", "v1", { chunkSize: "64k", codec: "deflate-raw", timeoutMs: 60_000 });
-  image = await ask();
-  firstParams = image.params;
-  for (let i = 0; i < 600 && image.params !== "v1-c16-deflate-raw"; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    image = await ask();
-  }
+  firstParams = (await ask()).params;
+  image = await waitFor("the edge to serve deflate-raw", async () => {
+    const fetched = await ask();
+    return fetched.params === "v1-c16-deflate-raw" ? fetched : undefined;
+  }, { timeoutMs: 60_000, intervalMs: 50 });
 }, 120_000);
 
 afterAll(async () => {
