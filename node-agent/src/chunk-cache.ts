@@ -74,7 +74,8 @@ export class ChunkCache {
   /**
    * The chunk's bytes, verified; null when absent or when the file no longer matches its name (then
    * it is deleted). The file is read and hashed on a worker thread (verified-file-read.ts): every
-   * read from disk is checked, without the hash costing this thread.
+   * read from disk is checked, without the hash costing this thread. The bytes may lie in the chunk
+   * slab: the caller holds them, and gives them back with releaseChunk (chunk-slab.ts) when done.
    */
   async get(hex: string): Promise<Uint8Array | null> {
     if (!HEX_DIGEST.test(hex) || !this.#sizes.has(hex)) {
@@ -84,7 +85,7 @@ export class ChunkCache {
     let found: VerifiedRead;
     this.#reading.set(hex, (this.#reading.get(hex) ?? 0) + 1);
     try {
-      found = await readVerified(this.#path(hex), hex);
+      found = await readVerified(this.#path(hex), hex, this.#sizes.get(hex));
     } catch {
       // The worker failed, not the file: a miss (the chunk is fetched again), the file kept.
       this.#misses++;

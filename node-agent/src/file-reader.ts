@@ -10,4 +10,15 @@ export interface FileReader {
    * callers copy them or send them, never write to them.
    */
   read(inode: number, offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * The same bytes as `read`, in consecutive pieces that are views of what the reader keeps: a read
+   * across two chunks is then sent as two pieces rather than joined into a new buffer (optional).
+   * The pieces stay as they are until `release` is called, once they have been sent.
+   */
+  readPieces?(inode: number, offset: number, length: number): Promise<FilePieces>;
+}
+
+export interface FilePieces {
+  pieces: Uint8Array[];
+  release(): void;
 }

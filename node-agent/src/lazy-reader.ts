@@ -4,7 +4,7 @@
 import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
-import type { FileReader } from "./file-reader.ts";
+import type { FilePieces, FileReader } from "./file-reader.ts";
 import { elfDataSegments } from "./elf-segments.ts";
 import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
@@ -133,7 +133,20 @@ export class LazyReader implements FileReader {
     return this.#busy > 0;
   }
 
+  /** The bytes in a buffer of their own (readPieces hands out views that are only lent). */
   async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
+    const { pieces, release } = await this.readPieces(inode, offset, length);
+    const out = new Uint8Array(pieces.reduce((n, piece) => n + piece.byteLength, 0));
+    let at = 0;
+    for (const piece of pieces) {
+      out.set(piece, at);
+      at += piece.byteLength;
+    }
+    release();
+    return out;
+  }
+
+  async readPieces(inode: number, offset: number, length: number): Promise<FilePieces> {
     this.#busy++;
     try {
       return await this.#read(inode, offset, length);
@@ -142,14 +155,14 @@ export class LazyReader implements FileReader {
     }
   }
 
-  async #read(inode: number, offset: number, length: number): Promise<Uint8Array> {
+  async #read(inode: number, offset: number, length: number): Promise<FilePieces> {
     const ino = this.#bootstrap.inode(inode);
     if (ino.type !== "file") throw new Error(`inode ${inode} is not a regular file`);
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new RangeError(`bad read of inode ${inode}: offset ${offset}, length ${length}`);
     }
     const end = Math.min(ino.size, offset + length);
-    if (end <= offset) return new Uint8Array(0);
+    if (end <= offset) return { pieces: [], release: () => {} };
 
     const shift = this.#bootstrap.chunkShift;
     const first = Math.floor(offset / 2 ** shift);
@@ -162,11 +175,13 @@ export class LazyReader implements FileReader {
       this.#fetchNearby(indexes[last]!);
       if (firstLook) this.#fetchTail(indexes);
     });
+    const release = () => chunks.forEach((chunk) => this.#recent.release(chunk));
 
-    // A read within one chunk (most of them: the kernel asks for at most 1 MiB, chunk-aligned when
-    // sequential) is a view of the chunk, not a copy: chunks are never written to once verified.
-    const out = first === last ? undefined : new Uint8Array(end - offset);
-    let view: Uint8Array | undefined;
+    // Views of the chunks, not copies: chunks are never written to once verified. The kernel's
+    // readahead windows do not keep to chunk boundaries, so a sequential reader's 1 MiB reads
+    // mostly span two chunks; joining them cost a 1 MiB buffer per read, and the garbage
+    // collections that external memory brings on.
+    const pieces: Uint8Array[] = [];
     for (let k = first; k <= last; k++) {
       const data = chunks[k - first]!;
       const chunkStart = k * 2 ** shift;
@@ -174,16 +189,15 @@ export class LazyReader implements FileReader {
       const to = Math.min(end, chunkStart + data.length);
       // Every chunk but a file's last is exactly one chunk size; the last must reach the end of the read.
       if (data.length > 2 ** shift || (k < last && data.length !== 2 ** shift) || to < end && k === last) {
+        release();
         throw new Error(`inode ${inode}: chunk ${k} is ${data.length} bytes, which does not cover the file`);
       }
-      view = data.subarray(from - chunkStart, to - chunkStart);
-      out?.set(view, from - offset);
+      pieces.push(data.subarray(from - chunkStart, to - chunkStart));
     }
-    const bytes = out ?? view!;
-    this.stats.bytesRead += bytes.length;
+    this.stats.bytesRead += end - offset;
     if (firstLook) this.#fetchElfSegments(chunks[0]!, ino.size, indexes);
     this.#maybeReadAhead(inode, offset, end, last, indexes);
-    return bytes;
+    return { pieces, release };
   }
 
   /** Resolves when no readahead, nearby fetch or cache write is running (for tests and clean shutdown). */
@@ -207,6 +221,7 @@ export class LazyReader implements FileReader {
   /**
    * The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest
    * fetched in one go; `onMiss` right after that request is sent, for background fetches to follow it.
+   * Each is held for the caller (RecentChunks.release gives it back); none when this fails.
    */
   async #load(chunkIndexes: number[], inode: number, onMiss: () => void): Promise<Uint8Array[]> {
     const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
@@ -223,8 +238,15 @@ export class LazyReader implements FileReader {
     // The read's own request goes first: on a slow link the nearby one's bytes queue behind it.
     const fetching = this.#fetch(missing);
     onMiss();
-    const fetched = await fetching;
+    let fetched: Map<string, Uint8Array>;
+    try {
+      fetched = await fetching;
+    } catch (err) {
+      for (const bytes of out) if (bytes) this.#recent.release(bytes);
+      throw err;
+    }
     if (tracing) trace("read-wait-end", { wait });
+    // Fetched bytes are never in the slab: they need no holding.
     return hexes.map((hex, i) => {
       const bytes = out[i] ?? fetched.get(hex);
       if (!bytes) throw new Error(`inode ${inode}: chunk ${hex} was not fetched`);
@@ -356,7 +378,9 @@ export class LazyReader implements FileReader {
         if (k <= lastChunk + this.#readahead) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
       }
       // Cached ones are read from disk ahead too: a cold chunk file costs a few ms the reader would wait.
-      else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) void this.#recent.get(hex, () => this.#fromCache(hex).catch(() => null));
+      else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) {
+        void this.#recent.get(hex, () => this.#fromCache(hex).catch(() => null)).then((bytes) => bytes && this.#recent.release(bytes));
+      }
     }
     if (wanted.length === 0 || this.#ahead.has(inode)) return;
     const run = this.#fetch(wanted)

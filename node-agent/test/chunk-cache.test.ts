@@ -7,6 +7,7 @@ import { pathToFileURL } from "node:url";
 import { afterEach, describe, expect, test } from "vitest";
 import { REPO_ROOT } from "../../test/e2e/harness/skiff.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
+import { releaseChunk } from "../src/chunk-slab.ts";
 
 const hexOf = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
@@ -69,8 +70,16 @@ describe("ChunkCache", () => {
     const chunks = Array.from({ length: 24 }, (_, i) => bytes([1, 100, 4095, 4096, 70_000, 1 << 20][i % 6]!, i));
     for (const c of chunks) await cache.put(hexOf(c), c);
     const got = await Promise.all(chunks.map((c) => cache.get(hexOf(c))));
-    got.forEach((g, i) => expect(g).toEqual(chunks[i]));
-    expect(new Set(got.map((g) => g!.buffer)).size).toBe(chunks.length);
+    got.forEach((g, i) => expect(Buffer.compare(g!, chunks[i]!)).toBe(0));
+    // No two answers share memory: buffers of their own, or slots of the chunk slab apart.
+    for (const [i, a] of got.entries()) {
+      for (const b of got.slice(i + 1)) {
+        if (a!.buffer !== b!.buffer) continue;
+        expect(a!.byteOffset + a!.byteLength <= b!.byteOffset || b!.byteOffset + b!.byteLength <= a!.byteOffset).toBe(true);
+      }
+    }
+    expect(got.some((g) => g!.buffer instanceof SharedArrayBuffer)).toBe(true);
+    for (const g of got) releaseChunk(g!);
   });
 
   test("the read workers don't keep a process alive: one that read a chunk exits on its own", async () => {

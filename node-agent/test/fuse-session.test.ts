@@ -7,6 +7,7 @@ import { describe, expect, test } from "vitest";
 import { Bootstrap } from "../../src/format/decode.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir, type FsNode } from "../../src/format/model.ts";
+import type { FilePieces } from "../src/file-reader.ts";
 import { READAHEAD_BYTES } from "../src/fuse/dev-fuse.ts";
 import { ImageSession } from "../src/fuse/image-session.ts";
 import * as K from "../src/fuse/kernel-abi.ts";
@@ -45,7 +46,7 @@ function ask(session: ImageSession, req: Uint8Array): Promise<{ errno: number; b
   return new Promise((resolve) => {
     session.handle(req, (header, body) => {
       // As the kernel sees it: the header and the body that follows it, in one write.
-      const reply = body ? new Uint8Array([...header, ...body]) : header;
+      const reply = body ? new Uint8Array([...header, ...body.flatMap((piece) => [...piece])]) : header;
       const v = new DataView(reply.buffer, reply.byteOffset);
       expect(v.getUint32(0, true)).toBe(reply.byteLength);
       expect(v.getBigUint64(8, true)).toBe(new DataView(req.buffer).getBigUint64(8, true));
@@ -123,6 +124,38 @@ describe("the FUSE session answers raw requests", () => {
     expect((await ask(stalled, request(K.Op.READ, big, readIn(0, 10))))!.errno).toBe(E.EIO);
     const served = await ask(session, request(K.Op.READ, big, readIn(0, 2)));
     expect(served).toEqual({ errno: 0, body: new Uint8Array([1, 2]) });
+  });
+
+  test("a read's pieces are sent as they are, and given back to the reader only once sent; a late read's at once", async () => {
+    const released: string[] = [];
+    const events: string[] = [];
+    let answer: (p: FilePieces) => void = () => {};
+    const pieced = new ImageSession({
+      bootstrap: b,
+      reader: {
+        read: () => Promise.reject(new Error("unused")),
+        readPieces: (_inode, offset) =>
+          offset === 0
+            ? Promise.resolve({ pieces: [new Uint8Array([1, 2]), new Uint8Array([3, 4])], release: () => (released.push("first"), events.push("released")) })
+            : new Promise((resolve) => (answer = resolve)),
+      },
+      view: "image",
+      readTimeoutMs: 50,
+    });
+    const sent = await new Promise<Uint8Array[]>((resolve) =>
+      pieced.handle(request(K.Op.READ, big, readIn(0, 3)), (_header, body, done) => {
+        events.push("sent");
+        resolve([...body!]);
+        done?.();
+      }),
+    );
+    expect(sent).toEqual([new Uint8Array([1, 2]), new Uint8Array([3])]);
+    expect(events).toEqual(["sent", "released"]);
+    // Past its timeout the read is EIO; its pieces, when they come, go straight back.
+    expect((await ask(pieced, request(K.Op.READ, big, readIn(8, 2))))!.errno).toBe(E.EIO);
+    answer({ pieces: [new Uint8Array([9, 9])], release: () => released.push("late") });
+    await new Promise((r) => setTimeout(r, 10));
+    expect(released).toEqual(["first", "late"]);
   });
 });
 

@@ -257,17 +257,23 @@ describe("lazy read path", () => {
     expect(cache.stats.hits).toBe(expected);
   });
 
-  test("a read within one chunk is a view of the chunk in memory, not a copy", async () => {
+  test("reads are handed out as views of the chunks in memory, not copies; read() copies", async () => {
     const { reader } = await newReader();
     const ino = image.bootstrap.lookup("data/big")!;
-    const a = await reader.read(ino, 3 * K64 + 10, 100);
-    const b = await reader.read(ino, 3 * K64 + 500, 100);
-    expect(Buffer.compare(a, BIG.subarray(3 * K64 + 10, 3 * K64 + 110))).toBe(0);
-    expect(b.buffer).toBe(a.buffer);
-    // Across a chunk boundary the bytes are gathered into a buffer of their own.
-    const across = await reader.read(ino, 4 * K64 - 50, 100);
-    expect(Buffer.compare(across, BIG.subarray(4 * K64 - 50, 4 * K64 + 50))).toBe(0);
-    expect(across.byteLength).toBe(100);
+    const a = await reader.readPieces(ino, 3 * K64 + 10, 100);
+    const b = await reader.readPieces(ino, 3 * K64 + 500, 100);
+    expect(a.pieces.length).toBe(1);
+    expect(Buffer.compare(a.pieces[0]!, BIG.subarray(3 * K64 + 10, 3 * K64 + 110))).toBe(0);
+    expect(b.pieces[0]!.buffer).toBe(a.pieces[0]!.buffer);
+    expect(b.pieces[0]!.byteOffset - a.pieces[0]!.byteOffset).toBe(490);
+    // Across a chunk boundary: a piece of each chunk, not joined.
+    const across = await reader.readPieces(ino, 4 * K64 - 50, 100);
+    expect(across.pieces.map((p) => p.byteLength)).toEqual([50, 50]);
+    expect(Buffer.compare(Buffer.concat(across.pieces), BIG.subarray(4 * K64 - 50, 4 * K64 + 50))).toBe(0);
+    for (const r of [a, b, across]) r.release();
+    const copied = await reader.read(ino, 3 * K64 + 10, 100);
+    expect(Buffer.compare(copied, BIG.subarray(3 * K64 + 10, 3 * K64 + 110))).toBe(0);
+    expect(copied.buffer).not.toBe(a.pieces[0]!.buffer);
   });
 
   test("readers given one RecentChunks (the mounts daemon's layers) share it: what one read is in memory for the other", async () => {

@@ -107,12 +107,12 @@ export function readRequests(fd: number, onRequest: (req: Uint8Array) => void, o
 }
 
 /**
- * Writes one reply: `reply`, then `body` if given, in one writev (the kernel takes a reply in one
- * write). A reply the kernel no longer waits for (ENOENT: the request was interrupted, or already
- * answered) is dropped; false when the connection is gone.
+ * Writes one reply: `reply`, then the pieces of `body` if given, in one writev (the kernel takes a
+ * reply in one write). A reply the kernel no longer waits for (ENOENT: the request was interrupted,
+ * or already answered) is dropped; false when the connection is gone.
  */
-export function writeReply(fd: number, reply: Uint8Array, body?: Uint8Array): boolean {
-  return writeReplyParts(fd, body ? [reply, body] : [reply]);
+export function writeReply(fd: number, reply: Uint8Array, body: readonly Uint8Array[] = []): boolean {
+  return writeReplyParts(fd, [reply, ...body]);
 }
 
 /** writeReply of a reply in pieces (as it came from the keeper's socket), in one writev. */

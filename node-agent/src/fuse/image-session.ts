@@ -22,10 +22,11 @@ export interface ImageSessionOptions {
 }
 
 /**
- * Sends one reply to the kernel: `reply`, followed by `body` when given (a read's bytes, passed as
- * they are so that the sender can write both at once rather than copy them into one buffer).
+ * Sends one reply to the kernel: `reply`, followed by the pieces of `body` when given (a read's
+ * bytes, passed as they are so that the sender can write them all at once rather than join them),
+ * then calls `sent`: the body's memory is the reader's again.
  */
-export type SendReply = (reply: Uint8Array, body?: Uint8Array) => void;
+export type SendReply = (reply: Uint8Array, body?: readonly Uint8Array[], sent?: () => void) => void;
 
 const E = constants.errno;
 // Directory listings kept between READDIR calls of a large directory.
@@ -154,13 +155,21 @@ export class ImageSession {
     if (inode === null) return send(K.errorReply(h.unique, E.ESTALE));
     if (this.#b.inode(inode).type !== "file") return send(K.errorReply(h.unique, E.EISDIR));
     const { offset, size } = K.readReadIn(body);
-    withTimeout(this.#reader.read(inode, offset, size), this.#timeoutMs).then(
-      (data) => {
-        const body = data.byteLength > size ? data.subarray(0, size) : data;
-        send(K.replyHeader(h.unique, body.byteLength), body);
+    const reader = this.#reader;
+    const read = reader.readPieces ? reader.readPieces(inode, offset, size) : reader.read(inode, offset, size).then((data) => ({ pieces: [data], release: () => {} }));
+    let failed = false;
+    withTimeout(read, this.#timeoutMs).then(
+      ({ pieces, release }) => {
+        const body = atMost(pieces, size);
+        send(K.replyHeader(h.unique, body.reduce((n, piece) => n + piece.byteLength, 0)), body, release);
       },
-      () => send(K.errorReply(h.unique, E.EIO)),
+      () => {
+        failed = true;
+        send(K.errorReply(h.unique, E.EIO));
+      },
     );
+    // A read that answers after its timeout: its bytes go back unsent.
+    read.then(({ release }) => failed && release(), () => {});
   }
 
   /** GETXATTR and LISTXATTR: the length when asked for 0 bytes, ERANGE when it doesn't fit. */
@@ -237,4 +246,15 @@ export class ImageSession {
     }
     return this.#parents[dir] ?? 0;
   }
+}
+
+/** The first `size` bytes of `pieces` (a reader never gives more than asked; this makes sure). */
+function atMost(pieces: Uint8Array[], size: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const piece of pieces) {
+    if (size <= 0) break;
+    out.push(piece.byteLength > size ? piece.subarray(0, size) : piece);
+    size -= piece.byteLength;
+  }
+  return out;
 }

@@ -87,9 +87,12 @@ export class KeeperLink {
     this.#socket.write(encodeFrame(Frame.READY, 0));
   }
 
-  /** Passes a reply (and the body that follows it, if any) to the keeper, which writes it to the kernel. */
-  reply(id: number, reply: Uint8Array, body?: Uint8Array): void {
-    this.#replies.send(Frame.REPLY, id, reply, body);
+  /**
+   * Passes a reply (and the body that follows it, if any) to the keeper, which writes it to the
+   * kernel; `sent` once the body is out of this process (or could not be sent).
+   */
+  reply(id: number, reply: Uint8Array, body?: readonly Uint8Array[], sent?: () => void): void {
+    this.#replies.send(Frame.REPLY, id, reply, body, sent);
   }
 
   /** Detaches; the keeper keeps the mounts for the next server. */

@@ -77,16 +77,20 @@ export class FrameWriter {
     this.#socket = socket;
   }
 
-  /** `tail` (a read's bytes, up to 1 MiB) is written as it is, not copied into the frame. */
-  send(type: number, id: number, payload: Uint8Array = new Uint8Array(0), tail?: Uint8Array): void {
-    if (this.#socket.destroyed) return;
+  /**
+   * `tail` (a read's bytes, up to 1 MiB, in pieces) is written as it is, not copied into the frame;
+   * `written` once the socket no longer needs it (written, or failed).
+   */
+  send(type: number, id: number, payload: Uint8Array = new Uint8Array(0), tail: readonly Uint8Array[] = [], written?: () => void): void {
+    if (this.#socket.destroyed) return written?.();
     if (!this.#corked) {
       this.#corked = true;
       this.#socket.cork();
       setImmediate(this.#uncork);
     }
-    this.#socket.write(frameHead(type, id, payload, tail?.byteLength ?? 0));
-    if (tail?.byteLength) this.#socket.write(tail);
+    const pieces = [frameHead(type, id, payload, tail.reduce((n, piece) => n + piece.byteLength, 0)), ...tail.filter((piece) => piece.byteLength > 0)];
+    // A write's callback comes once it is flushed, or with the error that ends the socket.
+    pieces.forEach((piece, i) => this.#socket.write(piece, i === pieces.length - 1 && written ? () => written() : undefined));
   }
 
   readonly #uncork = () => {

@@ -59,7 +59,11 @@ function serve(fd: number, mountpoint: string, o: DirectServeOptions): DirectMou
   const ended = new Promise<void>((resolve) =>
     readRequests(
       fd,
-      (req) => session.handle(req, (reply, body) => void writeReply(fd, reply, body)),
+      (req) =>
+        session.handle(req, (reply, body, sent) => {
+          writeReply(fd, reply, body);
+          sent?.();
+        }),
       () => resolve(),
     ),
   ).then(() => closeDevFuse(fd));

@@ -120,7 +120,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     },
     onRequest: (id, req) => {
       const m = byId.get(id);
-      if (m) return m.session.handle(req, (reply, body) => link.reply(id, reply, body));
+      if (m) return m.session.handle(req, (reply, body, sent) => link.reply(id, reply, body, sent));
       if (!UNANSWERED_OPS.has(requestOpcode(req))) link.reply(id, errorReply(requestUnique(req), EIO));
     },
     onGone: (id) => {
