@@ -1,6 +1,7 @@
 // What the FUSE filesystem needs from below: the bytes of a regular file of the mounted image.
 // Implementations: the lazy reader (chunk cache + fetches from the proxy) and, for tests and
 // local use, a reader over a `skiff convert` output directory.
+import { withTimeout } from "./with-timeout.ts";
 
 export interface FileReader {
   /**
@@ -21,4 +22,18 @@ export interface FileReader {
 export interface FilePieces {
   pieces: Uint8Array[];
   release(): void;
+}
+
+/**
+ * A read as pieces (one piece from a reader without readPieces) that fails after `timeoutMs`; the
+ * pieces of a read that answers after that go straight back to the reader.
+ */
+export function readPiecesWithin(reader: FileReader, inode: number, offset: number, length: number, timeoutMs: number): Promise<FilePieces> {
+  const read = reader.readPieces ? reader.readPieces(inode, offset, length) : reader.read(inode, offset, length).then((data) => ({ pieces: [data], release: () => {} }));
+  let late = false;
+  read.then(({ release }) => late && release(), () => {});
+  return withTimeout(read, timeoutMs).catch((err: unknown) => {
+    late = true;
+    throw err;
+  });
 }

@@ -9,9 +9,8 @@ import { constants } from "node:os";
 import Fuse, { type FuseOps } from "fuse-native";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import { statfsOf, statOf } from "./fuse-attrs.ts";
-import type { FileReader } from "./file-reader.ts";
+import { readPiecesWithin, type FileReader } from "./file-reader.ts";
 import { CACHE_SECONDS, O_ACCMODE, viewOf, type ImageView } from "./image-view.ts";
-import { withTimeout } from "./with-timeout.ts";
 
 export interface MountOptions {
   bootstrap: Bootstrap;
@@ -156,10 +155,15 @@ function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_M
     read(path, fd, buf, len, pos, cb) {
       const inode = handles.get(fd) ?? resolve(path);
       if (inode === null) return cb(-E.EBADF);
-      withTimeout(reader.read(inode, pos, len), readTimeoutMs).then(
-        (data) => {
-          const n = Math.min(len, data.byteLength);
-          buf.set(data.subarray(0, n));
+      readPiecesWithin(reader, inode, pos, len, readTimeoutMs).then(
+        ({ pieces, release }) => {
+          let n = 0;
+          for (const piece of pieces) {
+            const take = Math.min(piece.byteLength, len - n);
+            buf.set(piece.subarray(0, take), n);
+            n += take;
+          }
+          release();
           cb(n);
         },
         () => cb(-E.EIO),

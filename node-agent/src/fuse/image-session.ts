@@ -7,9 +7,8 @@ import { constants as fsConstants } from "node:fs";
 import { constants } from "node:os";
 import type { Bootstrap } from "../../../src/format/decode.ts";
 import { attrOf, kernelStatfsOf } from "../fuse-attrs.ts";
-import type { FileReader } from "../file-reader.ts";
+import { readPiecesWithin, type FileReader } from "../file-reader.ts";
 import { CACHE_SECONDS, O_ACCMODE, viewOf, type ImageView, type ViewOf } from "../image-view.ts";
-import { withTimeout } from "../with-timeout.ts";
 import { READAHEAD_BYTES } from "./dev-fuse.ts";
 import * as K from "./kernel-abi.ts";
 
@@ -155,21 +154,13 @@ export class ImageSession {
     if (inode === null) return send(K.errorReply(h.unique, E.ESTALE));
     if (this.#b.inode(inode).type !== "file") return send(K.errorReply(h.unique, E.EISDIR));
     const { offset, size } = K.readReadIn(body);
-    const reader = this.#reader;
-    const read = reader.readPieces ? reader.readPieces(inode, offset, size) : reader.read(inode, offset, size).then((data) => ({ pieces: [data], release: () => {} }));
-    let failed = false;
-    withTimeout(read, this.#timeoutMs).then(
+    readPiecesWithin(this.#reader, inode, offset, size, this.#timeoutMs).then(
       ({ pieces, release }) => {
         const body = atMost(pieces, size);
         send(K.replyHeader(h.unique, body.reduce((n, piece) => n + piece.byteLength, 0)), body, release);
       },
-      () => {
-        failed = true;
-        send(K.errorReply(h.unique, E.EIO));
-      },
+      () => send(K.errorReply(h.unique, E.EIO)),
     );
-    // A read that answers after its timeout: its bytes go back unsent.
-    read.then(({ release }) => failed && release(), () => {});
   }
 
   /** GETXATTR and LISTXATTR: the length when asked for 0 bytes, ERANGE when it doesn't fit. */
