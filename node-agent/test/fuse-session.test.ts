@@ -1,8 +1,12 @@
 // skiff's own FUSE session (node-agent/src/fuse/image-session.ts) fed raw kernel requests: what a
 // real mount never sends (unknown node ids, cut-short bodies, offsets past the end) is answered with
 // an errno and never throws; a reader that fails or stalls gives EIO. The keeper's frames are cut
-// right from a stream however it is split. Real mounts: fuse-fs.test.ts and the snapshotter e2e.
-import { constants } from "node:os";
+// right from a stream however it is split, and a reply's pieces are given back once written. Real
+// mounts: fuse-fs.test.ts and the snapshotter e2e.
+import { mkdtempSync, rmSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
+import { constants, tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, test } from "vitest";
 import { Bootstrap } from "../../src/format/decode.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
@@ -11,7 +15,7 @@ import type { FilePieces } from "../src/file-reader.ts";
 import { READAHEAD_BYTES } from "../src/fuse/dev-fuse.ts";
 import { ImageSession } from "../src/fuse/image-session.ts";
 import * as K from "../src/fuse/kernel-abi.ts";
-import { encodeFrame, Frame, FrameReader } from "../src/fuse/keeper-protocol.ts";
+import { encodeFrame, Frame, FrameReader, FrameWriter } from "../src/fuse/keeper-protocol.ts";
 
 const E = constants.errno;
 
@@ -183,4 +187,41 @@ describe("the keeper's frames", () => {
     huge.writeUInt32LE(0xffff_ffff, 0);
     expect(() => new FrameReader().push(huge)).toThrow(/frame of/);
   });
+
+  test("a reply sent in pieces arrives whole, and its pieces are given back only once the socket has written them", async () => {
+    const [a, b] = await socketPair();
+    try {
+      const writer = new FrameWriter(a);
+      const frames = new FrameReader();
+      const got: Buffer[] = [];
+      b.on("data", (d: Buffer) => got.push(...frames.push(d).map((f) => Buffer.concat(f.parts))));
+      const pieces = [new Uint8Array(200_000).fill(1), new Uint8Array(300_000).fill(2)];
+      const written = new Promise<number>((resolve) => writer.send(Frame.REPLY, 1, new Uint8Array([7]), pieces, () => resolve(a.writableLength)));
+      expect(await written).toBe(0); // nothing of it left in the socket's buffer
+      for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(Buffer.compare(got[0]!, Buffer.concat([Buffer.from([7]), ...pieces]))).toBe(0);
+      a.destroy();
+      let late = false;
+      writer.send(Frame.REPLY, 2, new Uint8Array([7]), pieces, () => (late = true));
+      expect(late).toBe(true); // a socket gone: given back at once
+    } finally {
+      a.destroy();
+      b.destroy();
+    }
+  });
 });
+
+/** Two connected unix sockets. */
+async function socketPair(): Promise<[Socket, Socket]> {
+  const dir = mkdtempSync(join(tmpdir(), "skiff-frames-"));
+  const path = join(dir, "s");
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  const accepted = new Promise<Socket>((resolve) => server.once("connection", resolve));
+  const client = connect(path);
+  await new Promise((resolve) => client.once("connect", resolve));
+  const other = await accepted;
+  server.close();
+  rmSync(dir, { recursive: true, force: true }); // connected: the socket's name is no longer needed
+  return [client, other];
+}
