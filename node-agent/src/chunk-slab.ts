@@ -1,7 +1,7 @@
 // Memory for the chunks read from the node's chunk cache, allocated once and reused. A warm
 // sequential read allocated a new buffer per chunk, and V8 counts such memory towards its next full
 // garbage collection: with the agent's small heap, one every 8 MiB or so read, which held a mount's
-// sequential reads to about half of what they reach without.
+// sequential reads to about a third of what they reach without (docs/benchmarks.md).
 //
 // It is a SharedArrayBuffer so that the read workers (verified-file-read.ts) fill its slots in
 // place: a buffer transferred from a worker counts as a new allocation too. Each slot is counted:
