@@ -34,6 +34,11 @@ export class ChunkCache {
   #bytes = 0;
   /** Chunks with a read in progress, and how many: eviction passes them over. */
   readonly #reading = new Map<string, number>();
+  /**
+   * Chunks being written, served from memory until they are on disk: a read right behind the
+   * prefetch that fetched a chunk would otherwise miss it and fetch it again.
+   */
+  readonly #landing = new Map<string, { bytes: Uint8Array; stored: Promise<void> }>();
   #hits = 0;
   #misses = 0;
   #evictions = 0;
@@ -67,8 +72,9 @@ export class ChunkCache {
     return cache;
   }
 
+  /** Whether the chunk is cached, or on its way to the disk. */
   has(hex: string): boolean {
-    return this.#sizes.has(hex);
+    return this.#sizes.has(hex) || this.#landing.has(hex);
   }
 
   /**
@@ -78,6 +84,11 @@ export class ChunkCache {
    * slab: the caller holds them, and gives them back with releaseChunk (chunk-slab.ts) when done.
    */
   async get(hex: string): Promise<Uint8Array | null> {
+    const landing = this.#landing.get(hex);
+    if (landing) {
+      this.#hits++;
+      return landing.bytes;
+    }
     if (!HEX_DIGEST.test(hex) || !this.#sizes.has(hex)) {
       this.#misses++;
       return null;
@@ -112,7 +123,10 @@ export class ChunkCache {
     return found.bytes;
   }
 
-  /** Stores verified bytes under their digest; rejects bytes that are not what `hex` names. */
+  /**
+   * Stores verified bytes under their digest; rejects bytes that are not what `hex` names. From the
+   * call on, get() answers with them (`bytes` must not change afterwards).
+   */
   async put(hex: string, bytes: Uint8Array): Promise<void> {
     if (!HEX_DIGEST.test(hex)) throw new Error(`not a sha256 hex digest: ${JSON.stringify(hex)}`);
     if (sha256Hex(bytes) !== hex) throw new Error(`chunk bytes do not match digest ${hex}`);
@@ -120,6 +134,14 @@ export class ChunkCache {
       this.#touch(hex);
       return;
     }
+    const landing = this.#landing.get(hex);
+    if (landing) return landing.stored; // being written already
+    const stored = this.#store(hex, bytes).finally(() => this.#landing.delete(hex));
+    this.#landing.set(hex, { bytes, stored });
+    return stored;
+  }
+
+  async #store(hex: string, bytes: Uint8Array): Promise<void> {
     const temp = join(this.dir, `${TEMP_PREFIX}${hex.slice(0, 16)}-${randomBytes(6).toString("hex")}`);
     try {
       await writeFile(temp, bytes);

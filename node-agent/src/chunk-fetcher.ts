@@ -93,8 +93,12 @@ export class ChunkFetcher {
     this.#fetch = o.fetchImpl ?? ((url, init) => fetch(url, init));
   }
 
-  /** Verified, uncompressed bytes of each wanted chunk, by digest hex. Rejects if any one can't be had. */
-  async fetchChunks(wanted: WantedChunk[]): Promise<Map<string, Uint8Array>> {
+  /**
+   * Verified, uncompressed bytes of each wanted chunk, by digest hex. Rejects if any one can't be
+   * had. `onChunk` gets each one as it arrives, before the rest: a chunk is no longer in flight
+   * from then on, so a caller that keeps it (the cache) must take it there for no read to miss it.
+   */
+  async fetchChunks(wanted: WantedChunk[], onChunk?: (hex: string, bytes: Uint8Array) => void): Promise<Map<string, Uint8Array>> {
     const pending = new Map<string, Promise<Uint8Array>>();
     const toFetch: { hex: string; record: ChunkRecord; layerDigest: string }[] = [];
     for (const w of wanted) {
@@ -111,7 +115,12 @@ export class ChunkFetcher {
       for (const [hex, p] of this.#start(toFetch)) pending.set(hex, p);
     }
     const out = new Map<string, Uint8Array>();
-    const results = await Promise.allSettled([...pending].map(async ([hex, p]) => out.set(hex, await p)));
+    const arrived = async (hex: string, p: Promise<Uint8Array>) => {
+      const bytes = await p;
+      onChunk?.(hex, bytes);
+      out.set(hex, bytes);
+    };
+    const results = await Promise.allSettled([...pending].map(([hex, p]) => arrived(hex, p)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
     return out;

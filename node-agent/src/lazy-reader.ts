@@ -92,8 +92,7 @@ export class LazyReader implements FileReader {
   readonly #looked = new Set<number>();
   /** Nearby and program prefetch fetches in progress. */
   readonly #nearby = new Set<Promise<void>>();
-  /** Fetched chunks on their way to the cache, and those writes. */
-  readonly #writing = new Map<string, Uint8Array>();
+  /** Writes of fetched chunks to the cache (which answers with them meanwhile). */
   readonly #writes = new Set<Promise<void>>();
   /** Reads, and readaheads waiting on the proxy, in progress; and who waits for there to be none. */
   #busy = 0;
@@ -207,17 +206,6 @@ export class LazyReader implements FileReader {
     }
   }
 
-  /** Whether a chunk is in the node's cache or on its way there. */
-  #have(hex: string): boolean {
-    return this.#cache.has(hex) || this.#writing.has(hex);
-  }
-
-  /** A chunk from the node's cache, or from memory while its cache write is in progress. */
-  #fromCache(hex: string): Promise<Uint8Array | null> {
-    const writing = this.#writing.get(hex);
-    return writing ? Promise.resolve(writing) : this.#cache.get(hex);
-  }
-
   /**
    * The bytes of the given chunk-table entries, in order: cached ones from the cache, the rest
    * fetched in one go; `onMiss` right after that request is sent, for background fetches to follow it.
@@ -226,7 +214,7 @@ export class LazyReader implements FileReader {
   async #load(chunkIndexes: number[], inode: number, onMiss: () => void): Promise<Uint8Array[]> {
     const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
     const hexes = records.map((r) => toHex(r.digest));
-    const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#fromCache(hex))));
+    const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#cache.get(hex))));
     const missing: WantedChunk[] = [];
     for (let i = 0; i < records.length; i++) {
       if (out[i]) this.stats.cacheHits++;
@@ -255,17 +243,17 @@ export class LazyReader implements FileReader {
   }
 
   /**
-   * Fetches chunks, counted as waiting until they are verified. They are written to the cache
-   * behind the read (a write per chunk costs the read a few ms each); until then they are served
-   * from memory.
+   * Fetches chunks, counted as waiting until they are verified. Each is written to the cache behind
+   * the read (a write per chunk costs the read a few ms each) as it arrives; until it is on disk the
+   * cache answers with it from memory.
    */
   async #fetch(wanted: WantedChunk[]): Promise<Map<string, Uint8Array>> {
     this.#busy++;
     try {
-      const fetched = await this.#fetcher.fetchChunks(wanted);
-      for (const [hex, bytes] of fetched) this.#recent.put(hex, bytes);
-      this.#storeBehind(fetched);
-      return fetched;
+      return await this.#fetcher.fetchChunks(wanted, (hex, bytes) => {
+        this.#recent.put(hex, bytes);
+        this.#storeBehind(hex, bytes);
+      });
     } finally {
       this.#done();
     }
@@ -286,7 +274,7 @@ export class LazyReader implements FileReader {
     let bytes = 0;
     for (let p = position[chunkIndex]! + 1; p < order.length; p++) {
       const record = this.#bootstrap.chunk(order[p]!);
-      if (record.blob !== blob || this.#have(toHex(record.digest))) break;
+      if (record.blob !== blob || this.#cache.has(toHex(record.digest))) break;
       bytes += record.storedSize;
       if (bytes > this.#nearbyBytes) break;
       wanted.push({ record, layerDigest: this.#bootstrap.blob(blob).layerDigest });
@@ -309,7 +297,7 @@ export class LazyReader implements FileReader {
    */
   #fetchTail(indexes: number[]): void {
     const record = this.#bootstrap.chunk(indexes[indexes.length - 1]!);
-    if (this.#have(toHex(record.digest))) return;
+    if (this.#cache.has(toHex(record.digest))) return;
     this.#fetchInBackground([{ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest }]);
   }
 
@@ -324,7 +312,7 @@ export class LazyReader implements FileReader {
         if (taken.has(k)) continue;
         taken.add(k);
         const record = this.#bootstrap.chunk(indexes[k]!);
-        if (this.#have(toHex(record.digest))) continue;
+        if (this.#cache.has(toHex(record.digest))) continue;
         bytes += record.size;
         if (bytes > this.#programPrefetchBytes) return this.#fetchInBackground(wanted);
         wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
@@ -349,18 +337,16 @@ export class LazyReader implements FileReader {
     for (const resolve of this.#idleWaiters.splice(0)) resolve();
   }
 
-  /** Caches fetched chunks in the background; a full or failing disk costs a refetch later, never a read. */
-  #storeBehind(chunks: Map<string, Uint8Array>): void {
+  /** Caches a fetched chunk in the background; a full or failing disk costs a refetch later, never a read. */
+  #storeBehind(hex: string, bytes: Uint8Array): void {
     const started = tracing ? performance.now() : 0;
-    for (const [hex, bytes] of chunks) this.#writing.set(hex, bytes);
-    const write: Promise<void> = Promise.all([...chunks].map(([hex, bytes]) => this.#cache.put(hex, bytes).catch(() => undefined)))
+    const write: Promise<void> = this.#cache
+      .put(hex, bytes)
+      .catch(() => undefined)
       .then(() => {
-        if (tracing) trace("cache-write", { chunks: chunks.size, ms: performance.now() - started });
+        if (tracing) trace("cache-write", { chunks: 1, ms: performance.now() - started });
       })
-      .finally(() => {
-        for (const [hex, bytes] of chunks) if (this.#writing.get(hex) === bytes) this.#writing.delete(hex);
-        this.#writes.delete(write);
-      });
+      .finally(() => this.#writes.delete(write));
     this.#writes.add(write);
   }
 
@@ -374,12 +360,12 @@ export class LazyReader implements FileReader {
     for (let k = lastChunk + 1; k < indexes.length && k <= lastChunk + reach; k++) {
       const record = this.#bootstrap.chunk(indexes[k]!);
       const hex = toHex(record.digest);
-      if (!this.#have(hex)) {
+      if (!this.#cache.has(hex)) {
         if (k <= lastChunk + this.#readahead) wanted.push({ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest });
       }
       // Cached ones are read from disk ahead too: a cold chunk file costs a few ms the reader would wait.
       else if (k <= lastChunk + DISK_READAHEAD_CHUNKS) {
-        void this.#recent.get(hex, () => this.#fromCache(hex).catch(() => null)).then((bytes) => bytes && this.#recent.release(bytes));
+        void this.#recent.get(hex, () => this.#cache.get(hex).catch(() => null)).then((bytes) => bytes && this.#recent.release(bytes));
       }
     }
     if (wanted.length === 0 || this.#ahead.has(inode)) return;

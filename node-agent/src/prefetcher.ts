@@ -237,8 +237,10 @@ export class Prefetcher {
       await this.#foreground.idle(this.#quietMs); // a read may have come in while this one waited
     }
     try {
-      const fetched = await this.#fetcher.fetchChunks(batch);
-      await Promise.all([...fetched].map(([hex, data]) => this.#cache.put(hex, data).catch(() => undefined)));
+      // Each chunk to the cache as it arrives: from then on the cache answers reads with it.
+      const writes: Promise<void>[] = [];
+      await this.#fetcher.fetchChunks(batch, (hex, data) => writes.push(this.#cache.put(hex, data).catch(() => undefined)));
+      await Promise.all(writes);
       this.stats.chunks += batch.length;
       this.stats.bytes += bytes;
       this.#failedInARow = 0;

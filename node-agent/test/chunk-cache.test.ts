@@ -110,6 +110,24 @@ describe("ChunkCache", () => {
     expect(readdirSync(dir)).toEqual([hexOf(a)]);
   });
 
+  test("a chunk being written is answered from memory until it is on disk, and a second put of it waits for the first", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir);
+    const data = bytes(5000, 3);
+    const hex = hexOf(data);
+    const first = cache.put(hex, data);
+    expect(cache.has(hex)).toBe(true);
+    expect(await cache.get(hex)).toBe(data); // the very bytes: no file yet to read
+    const second = cache.put(hex, data);
+    await second;
+    expect(readdirSync(dir)).toEqual([hex]);
+    await first;
+    const read = await cache.get(hex);
+    expect(read).not.toBe(data);
+    expect(Buffer.compare(read!, data)).toBe(0);
+    releaseChunk(read!);
+  });
+
   test("writes go through a temp file: only complete chunks appear under their names", async () => {
     const dir = newDir();
     const cache = await ChunkCache.open(dir);

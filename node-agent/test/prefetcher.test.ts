@@ -34,13 +34,15 @@ function fakeFetcher(fail = false, delayMs = 0) {
   const batches: { chunks: number[]; at: number }[] = [];
   const flight = { now: 0, most: 0 };
   const fetcher = {
-    async fetchChunks(wanted: WantedChunk[]) {
+    async fetchChunks(wanted: WantedChunk[], onChunk?: (hex: string, bytes: Uint8Array) => void) {
       batches.push({ chunks: wanted.map((w) => w.record.storedOffset / 14), at: Date.now() });
       flight.most = Math.max(flight.most, ++flight.now);
       await new Promise((r) => setTimeout(r, delayMs));
       flight.now--;
       if (fail) throw new Error("proxy down");
-      return new Map(wanted.map((w) => [hexOf(data(w.record.storedOffset / 14)), data(w.record.storedOffset / 14)]));
+      const got = new Map(wanted.map((w) => [hexOf(data(w.record.storedOffset / 14)), data(w.record.storedOffset / 14)]));
+      for (const [hex, bytes] of got) onChunk?.(hex, bytes);
+      return got;
     },
   };
   return { batches, flight, fetcher: fetcher as unknown as ChunkFetcher };
@@ -146,10 +148,12 @@ describe("Prefetcher", () => {
     // 2 MiB chunks on the record, 14 bytes on the wire: only the pacing counts here.
     const fetched: number[] = [];
     const fetcher = {
-      async fetchChunks(wanted: WantedChunk[]) {
+      async fetchChunks(wanted: WantedChunk[], onChunk?: (hex: string, bytes: Uint8Array) => void) {
         const indexes = wanted.map((w) => w.record.storedOffset / MiB2);
         fetched.push(...indexes);
-        return new Map(indexes.map((i) => [hexOf(data(i)), data(i)]));
+        const got = new Map(indexes.map((i) => [hexOf(data(i)), data(i)]));
+        for (const [hex, bytes] of got) onChunk?.(hex, bytes);
+        return got;
       },
     } as unknown as ChunkFetcher;
     const everything = Array.from({ length: 12 }, (_, i) => i);
