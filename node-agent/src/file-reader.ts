@@ -24,6 +24,17 @@ export interface FilePieces {
   release(): void;
 }
 
+/** Copies `pieces` one after another into `into`, as far as they fit; the bytes copied. */
+export function copyPieces(pieces: readonly Uint8Array[], into: Uint8Array): number {
+  let at = 0;
+  for (const piece of pieces) {
+    const take = Math.min(piece.byteLength, into.byteLength - at);
+    into.set(piece.subarray(0, take), at);
+    at += take;
+  }
+  return at;
+}
+
 /**
  * A read as pieces (one piece from a reader without readPieces) that fails after `timeoutMs`; the
  * pieces of a read that answers after that go straight back to the reader.

@@ -9,7 +9,7 @@ import { constants } from "node:os";
 import Fuse, { type FuseOps } from "fuse-native";
 import type { Bootstrap } from "../../src/format/decode.ts";
 import { statfsOf, statOf } from "./fuse-attrs.ts";
-import { readPiecesWithin, type FileReader } from "./file-reader.ts";
+import { copyPieces, readPiecesWithin, type FileReader } from "./file-reader.ts";
 import { CACHE_SECONDS, O_ACCMODE, viewOf, type ImageView } from "./image-view.ts";
 
 export interface MountOptions {
@@ -157,12 +157,7 @@ function imageOps({ bootstrap: b, reader, readTimeoutMs = DEFAULT_READ_TIMEOUT_M
       if (inode === null) return cb(-E.EBADF);
       readPiecesWithin(reader, inode, pos, len, readTimeoutMs).then(
         ({ pieces, release }) => {
-          let n = 0;
-          for (const piece of pieces) {
-            const take = Math.min(piece.byteLength, len - n);
-            buf.set(piece.subarray(0, take), n);
-            n += take;
-          }
+          const n = copyPieces(pieces, buf.subarray(0, len));
           release();
           cb(n);
         },

@@ -4,7 +4,7 @@
 import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
-import type { FilePieces, FileReader } from "./file-reader.ts";
+import { copyPieces, type FilePieces, type FileReader } from "./file-reader.ts";
 import { elfDataSegments } from "./elf-segments.ts";
 import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
@@ -136,11 +136,7 @@ export class LazyReader implements FileReader {
   async read(inode: number, offset: number, length: number): Promise<Uint8Array> {
     const { pieces, release } = await this.readPieces(inode, offset, length);
     const out = new Uint8Array(pieces.reduce((n, piece) => n + piece.byteLength, 0));
-    let at = 0;
-    for (const piece of pieces) {
-      out.set(piece, at);
-      at += piece.byteLength;
-    }
+    copyPieces(pieces, out);
     release();
     return out;
   }
