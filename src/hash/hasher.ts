@@ -11,9 +11,12 @@ export interface Hasher {
 
 export type HasherFactory = (algorithm: HashAlgorithm) => Hasher;
 
+/** Each byte's two hex digits: a table look-up per byte is several times faster than formatting it. */
+const HEX_PAIRS = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
 export function toHex(bytes: Uint8Array): string {
   let out = "";
-  for (const b of bytes) out += b.toString(16).padStart(2, "0");
+  for (let i = 0; i < bytes.length; i++) out += HEX_PAIRS[bytes[i]!]!;
   return out;
 }
 

@@ -104,6 +104,21 @@ describe("bootstrap round trip", () => {
     expect(b.chunkIndexOf(hex(0).toUpperCase())).toBeNull();
   });
 
+  it("tells apart chunks whose digests share their first bytes, and refuses what is not a digest it holds", () => {
+    const m = sampleModel();
+    const twin = new Uint8Array(m.chunks[1]!.digest);
+    twin[31]! ^= 0xff; // the same first 31 bytes as chunk 1's digest
+    m.chunks.push({ ...m.chunks[1]!, digest: twin });
+    const b = Bootstrap.decode(encodeBootstrap(m));
+    const hex = (d: Uint8Array) => Buffer.from(d).toString("hex");
+    expect(b.chunkIndexOf(hex(m.chunks[1]!.digest))).toBe(1);
+    expect(b.chunkIndexOf(hex(twin))).toBe(m.chunks.length - 1);
+    const third = new Uint8Array(twin);
+    third[20]! ^= 0x01;
+    expect(b.chunkIndexOf(hex(third))).toBeNull();
+    for (const bad of ["", "zz", hex(twin).slice(0, 12), `${hex(twin)}00`]) expect(b.chunkIndexOf(bad)).toBeNull();
+  });
+
   it("encodes equal trees equally whatever order their children were added in", () => {
     const a = sampleModel();
     const b = sampleModel();
