@@ -255,8 +255,12 @@ function decodeWithParams(fail: (why: string) => LazyApiError, body: Uint8Array,
 
 export interface FetchLayerBootstrapOptions {
   timeoutMs: number;
-  /** The layer's data blob digest (hex) as the image bootstrap records it: ties the two conversions together. */
-  dataDigest: string;
+  /**
+   * The layer's data blob digest (hex) as the image bootstrap records it: ties the two conversions
+   * together. Null only for a request made before the image bootstrap is in, whose caller checks
+   * the answer's blob against that record itself.
+   */
+  dataDigest: string | null;
   /** As in BootstrapQuery. */
   ns?: string;
   fetchImpl?: FetchLike;
@@ -283,7 +287,7 @@ export async function fetchLayerBootstrap(proxy: string, name: string, layerDige
     if (bootstrap.kind !== "layer" || bootstrap.blobCount !== 1) throw fail(`a ${bootstrap.kind} bootstrap of ${bootstrap.blobCount} blobs, expected one layer`);
     const blob = bootstrap.blob(0);
     if (blob.layerDigest !== layerDigest) throw fail(`the bootstrap is of layer ${blob.layerDigest}`);
-    if (toHex(blob.dataDigest) !== options.dataDigest) throw fail("the bootstrap is not of the conversion the image bootstrap names");
+    if (options.dataDigest !== null && toHex(blob.dataDigest) !== options.dataDigest) throw fail("the bootstrap is not of the conversion the image bootstrap names");
     return bootstrap;
   } catch (err) {
     if (err instanceof LazyApiError) throw err;

@@ -2,13 +2,17 @@
 // CRI plugin labelled it (image reference, manifest and layer digests) and the skiff proxy has a
 // lazy view of that image: the image bootstrap (pinned to the manifest digest, waited for while
 // the proxy converts) names the layer, and the layer's own bootstrap is the same conversion. Then
-// the mounts daemon mounts the layer, and the snapshotter commits it without a download.
+// the mounts daemon mounts the layer, and the snapshotter commits it without a download. The layer
+// bootstraps are asked for beside the image's, with the parameters this node asks for: a warm
+// proxy answers them with the conversion the image bootstrap then names, one round trip sooner.
 // Anything else falls back to an ordinary unpack: the reason is logged and counted, never fatal.
 import { writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fetchBootstrap, fetchLayerBootstrap, type FetchedBootstrap, type FetchLike } from "../../../src/client/lazy-api.ts";
 import type { Bootstrap } from "../../../src/format/decode.ts";
+import type { ChunkCodec } from "../../../src/format/chunk-codec.ts";
 import type { BlobRef } from "../../../src/format/model.ts";
+import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId } from "../../../src/format/params.ts";
 import { toHex } from "../../../src/hash/hasher.ts";
 import { nodeHasher } from "../../../src/hash/node.ts";
 import { errorMessage } from "../../../src/util/error-message.ts";
@@ -19,6 +23,8 @@ import type { RemoteLayers } from "./snapshotter.ts";
 export const CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref";
 export const CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest";
 export const CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest";
+/** The image's layers from this one up, comma-separated (as many as fit a label). */
+export const CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers";
 
 export interface LazyLayersOptions {
   /** The skiff proxy's origin, e.g. `http://10.0.0.1:8080`. */
@@ -58,9 +64,15 @@ export class LazyLayers implements RemoteLayers {
   // Every layer's bootstrap, asked for together once the image's is in: containerd prepares the
   // layers one after another, and each then finds its own on the way or here.
   readonly #layers = new Map<string, Promise<Bootstrap>>();
+  // Layer bootstraps asked for before the image's was in, with the parameters this node asks for;
+  // null when the proxy had none (it answered the image with other parameters, or converts still).
+  readonly #early = new Map<string, Promise<Bootstrap | null>>();
+  /** The parameters this node asks for, as the proxy names them (`v1-c20-deflate-raw`); null when they can't be told. */
+  readonly #asked: string | null;
 
   constructor(o: LazyLayersOptions) {
     this.#o = o;
+    this.#asked = askedParams(o);
   }
 
   async prepare(labels: Record<string, string>, mountpoint: string): Promise<{ lazy: LazyLayerRecord; size: number; inodes: number } | null> {
@@ -74,7 +86,9 @@ export class LazyLayers implements RemoteLayers {
     const { proxy } = this.#o;
     try {
       const { name, ns } = locateImage(imageRef, proxy);
-      const image = await this.#image(name, ns, manifest);
+      const pending = this.#image(name, ns, manifest);
+      for (const digest of new Set([layerDigest, ...(labels[CRI_IMAGE_LAYERS]?.split(",") ?? [])])) this.#askEarly(name, ns, digest.trim());
+      const image = await pending;
       if (image.manifestDigest !== manifest) throw new Error(`the proxy converted manifest ${image.manifestDigest}, not ${manifest}`);
       const b = image.bootstrap;
       const blob = Array.from({ length: b.blobCount }, (_, i) => b.blob(i)).find((x) => x.layerDigest === layerDigest);
@@ -126,10 +140,32 @@ export class LazyLayers implements RemoteLayers {
     let pending = this.#layers.get(key);
     if (!pending) {
       const { proxy, fetchImpl, convertTimeoutMs } = this.#o;
-      pending = fetchLayerBootstrap(proxy, name, blob.layerDigest, params, { ns, dataDigest, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher });
+      const early = this.#early.get(`${ns ?? ""}/${name} ${blob.layerDigest} ${params}`) ?? Promise.resolve(null);
+      // The early answer when it is this very conversion; else (none, or another) asked for again.
+      pending = early.then((b) => (b && toHex(b.blob(0).dataDigest) === dataDigest ? b : fetchLayerBootstrap(proxy, name, blob.layerDigest, params, { ns, dataDigest, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher })));
       remember(this.#layers, key, pending);
     }
     return pending;
+  }
+
+  /** Asks for a layer's bootstrap with this node's parameters before the image bootstrap names them. */
+  #askEarly(name: string, ns: string | undefined, layerDigest: string): void {
+    const params = this.#asked;
+    const key = `${ns ?? ""}/${name} ${layerDigest} ${params}`;
+    if (params === null || this.#early.has(key)) return;
+    const { proxy, fetchImpl, convertTimeoutMs } = this.#o;
+    const early = fetchLayerBootstrap(proxy, name, layerDigest, params, { ns, dataDigest: null, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher }).catch(() => null);
+    remember(this.#early, key, early);
+  }
+}
+
+/** `v<format>-c<shift>-<codec>` for the codec and chunk size this node asks for (the proxy's own defaults where it names none). */
+function askedParams(o: Pick<LazyLayersOptions, "codec" | "chunkSize">): string | null {
+  try {
+    const id = paramsId({ codec: (o.codec ?? DEFAULT_PARAMS.codec) as ChunkCodec, chunkShift: o.chunkSize ? parseChunkSize(o.chunkSize) : DEFAULT_PARAMS.chunkShift });
+    return parseParamsId(id) ? id : null;
+  } catch {
+    return null;
   }
 }
 
