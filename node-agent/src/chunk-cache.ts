@@ -124,12 +124,13 @@ export class ChunkCache {
   }
 
   /**
-   * Stores verified bytes under their digest; rejects bytes that are not what `hex` names. From the
-   * call on, get() answers with them (`bytes` must not change afterwards).
+   * Stores verified bytes under their digest; rejects bytes that are not what `hex` names, unless
+   * the caller has just checked them itself (`verified`: the fetcher's chunks, hashed as they came).
+   * From the call on, get() answers with them (`bytes` must not change afterwards).
    */
-  async put(hex: string, bytes: Uint8Array): Promise<void> {
+  async put(hex: string, bytes: Uint8Array, { verified = false } = {}): Promise<void> {
     if (!HEX_DIGEST.test(hex)) throw new Error(`not a sha256 hex digest: ${JSON.stringify(hex)}`);
-    if (sha256Hex(bytes) !== hex) throw new Error(`chunk bytes do not match digest ${hex}`);
+    if (!verified && sha256Hex(bytes) !== hex) throw new Error(`chunk bytes do not match digest ${hex}`);
     if (this.#sizes.has(hex)) {
       this.#touch(hex);
       return;

@@ -337,7 +337,7 @@ export class LazyReader implements FileReader {
   #storeBehind(hex: string, bytes: Uint8Array): void {
     const started = tracing ? performance.now() : 0;
     const write: Promise<void> = this.#cache
-      .put(hex, bytes)
+      .put(hex, bytes, { verified: true }) // as the fetcher checked them
       .catch(() => undefined)
       .then(() => {
         if (tracing) trace("cache-write", { chunks: 1, ms: performance.now() - started });

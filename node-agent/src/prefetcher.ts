@@ -239,7 +239,7 @@ export class Prefetcher {
     try {
       // Each chunk to the cache as it arrives: from then on the cache answers reads with it.
       const writes: Promise<void>[] = [];
-      await this.#fetcher.fetchChunks(batch, (hex, data) => writes.push(this.#cache.put(hex, data).catch(() => undefined)));
+      await this.#fetcher.fetchChunks(batch, (hex, data) => writes.push(this.#cache.put(hex, data, { verified: true }).catch(() => undefined)));
       await Promise.all(writes);
       this.stats.chunks += batch.length;
       this.stats.bytes += bytes;

@@ -38,6 +38,18 @@ describe("ChunkCache", () => {
     expect(cache.stats.entries).toBe(0);
   });
 
+  test("bytes the caller has verified are not hashed again, and the reads from disk still check them", async () => {
+    const dir = newDir();
+    const cache = await ChunkCache.open(dir);
+    const hex = hexOf(bytes(300, 5));
+    // A caller that lies: taken as it is, then refused at its first read from disk.
+    await cache.put(hex, bytes(300, 6), { verified: true });
+    expect(readdirSync(dir)).toEqual([hex]);
+    const reopened = await ChunkCache.open(dir);
+    expect(await reopened.get(hex)).toBeNull();
+    expect(reopened.stats).toMatchObject({ entries: 0, corrupt: 1 });
+  });
+
   test("a corrupted file is a miss and is deleted", async () => {
     const dir = newDir();
     const cache = await ChunkCache.open(dir);
