@@ -4,7 +4,9 @@
 // first byte, end, with its bytes and the CPU spent inflating and hashing), the cache writes, and
 // every read that had to wait for chunks. bench/profile-cold-start.mjs summarises it. Lines are
 // buffered and written at most every 100 ms and at exit, so tracing adds no disk write to a read.
-import { appendFileSync, writeFileSync } from "node:fs";
+// The snapshotter's processes (the snapshotter, its mounts daemon) inherit the variable and share the
+// file: each appends a header with its time origin, and every line names its process (`pid`).
+import { appendFileSync } from "node:fs";
 
 const file = process.env.SKIFF_TRACE || undefined;
 let lines: string[] = [];
@@ -27,7 +29,7 @@ function flush(): void {
 
 if (file !== undefined) {
   try {
-    writeFileSync(file, JSON.stringify({ t: performance.now(), event: "trace", timeOrigin: performance.timeOrigin, pid: process.pid }) + "\n");
+    appendFileSync(file, JSON.stringify({ t: performance.now(), event: "trace", timeOrigin: performance.timeOrigin, pid: process.pid }) + "\n");
   } catch {
     // as above
   }
@@ -37,6 +39,6 @@ if (file !== undefined) {
 /** Records one event (nothing unless `SKIFF_TRACE` is set). */
 export function trace(event: string, fields?: Record<string, unknown>): void {
   if (file === undefined) return;
-  lines.push(JSON.stringify({ t: Math.round(performance.now() * 1000) / 1000, event, ...fields }));
+  lines.push(JSON.stringify({ t: Math.round(performance.now() * 1000) / 1000, event, pid: process.pid, ...fields }));
   timer ??= setTimeout(flush, 100).unref();
 }
