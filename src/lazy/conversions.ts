@@ -195,6 +195,8 @@ export class Conversions {
       const result = await convertLayer(
         {
           ...layer,
+          // Both ways in are the verified blob cache: its live stream, checked as it passes, or its store.
+          checked: true,
           open: async () => {
             began = true;
             metrics.inc("skiff_conversions_started_total");

@@ -119,6 +119,13 @@ describe("conversion in resumable steps", () => {
     expect(store.keys()).toEqual([]);
   });
 
+  it("a source that checks the digest itself (checked) is not hashed again; one that does not is", async () => {
+    const params: ConvertParams = { chunkShift: 16, codec: "none" };
+    const vouched = { ...source(bytes, sha256(new Uint8Array([1]))), checked: true };
+    await expect(convertLayer(vouched, { store: new MemoryStore(), hasher: nodeHasher, params })).resolves.toMatchObject({ converted: true });
+    await expect(convertLayer({ ...vouched, checked: false }, { store: new MemoryStore(), hasher: nodeHasher, params })).rejects.toThrow(LayerDigestError);
+  });
+
   it("a decompression bomb is refused once it expands past the limit, in one pass or in steps, and publishes nothing", async () => {
     // 8 MiB of zeros in one file: about 8 KiB of gzip.
     const bomb = source(gzipSync(tarArchive([{ name: "zeros", type: "file", data: new Uint8Array(8 * 2 ** 20) }])));
