@@ -18,37 +18,66 @@ export interface ByteRange {
   end: number;
 }
 
-/**
- * The file ranges of the loadable segments that are not executable (read-only data, relocations,
- * symbols, writable data), from an ELF file's first bytes; [] for anything that is not an ELF
- * file whose program headers lie within `head`.
- */
-export function elfDataSegments(head: Uint8Array, fileSize: number): ByteRange[] {
-  if (head.length < 52 || head[0] !== 0x7f || head[1] !== 0x45 || head[2] !== 0x4c || head[3] !== 0x46) return [];
+export interface ProgramHeader {
+  type: number;
+  flags: number;
+  /** Where the segment's bytes start in the file, and how many there are. */
+  offset: number;
+  fileSize: number;
+  /** Where it is mapped (for turning the dynamic section's addresses into file offsets). */
+  vaddr: number;
+}
+
+export interface ElfHeaders {
+  is64: boolean;
+  little: boolean;
+  /** e_machine: which architecture, hence which system library directories. */
+  machine: number;
+  programs: ProgramHeader[];
+}
+
+/** The ELF header and program headers from a file's first bytes; null for anything that is not an ELF file whose program headers lie within `head`. */
+export function elfHeaders(head: Uint8Array): ElfHeaders | null {
+  if (head.length < 52 || head[0] !== 0x7f || head[1] !== 0x45 || head[2] !== 0x4c || head[3] !== 0x46) return null;
   const is64 = head[4] === 2;
-  if (!is64 && head[4] !== 1) return [];
-  if (head[5] !== 1 && head[5] !== 2) return [];
+  if (!is64 && head[4] !== 1) return null;
+  if (head[5] !== 1 && head[5] !== 2) return null;
   const little = head[5] === 1;
   const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
   const u16 = (o: number) => view.getUint16(o, little);
   const u32 = (o: number) => view.getUint32(o, little);
   // Offsets past 2^53 can't be in a file we serve; the high half is checked, not trusted.
   const u64 = (o: number) => (u32(o + (little ? 4 : 0)) === 0 ? u32(o + (little ? 0 : 4)) : Number.MAX_SAFE_INTEGER);
-  if (is64 && head.length < 64) return [];
+  if (is64 && head.length < 64) return null;
   const phoff = is64 ? u64(0x20) : u32(0x1c);
   const phentsize = u16(is64 ? 0x36 : 0x2a);
   const phnum = u16(is64 ? 0x38 : 0x2c);
-  if (phentsize < (is64 ? 56 : 32) || phnum === 0 || phnum > MAX_PROGRAM_HEADERS) return [];
-  if (phoff + phnum * phentsize > head.length) return [];
-  const out: ByteRange[] = [];
+  if (phentsize < (is64 ? 56 : 32) || phnum === 0 || phnum > MAX_PROGRAM_HEADERS) return null;
+  if (phoff + phnum * phentsize > head.length) return null;
+  const programs: ProgramHeader[] = [];
   for (let i = 0; i < phnum; i++) {
     const p = phoff + i * phentsize;
-    if (u32(p) !== PT_LOAD) continue;
-    const flags = u32(is64 ? p + 4 : p + 24);
-    const offset = is64 ? u64(p + 8) : u32(p + 4);
-    const size = is64 ? u64(p + 32) : u32(p + 16);
-    if (flags & PF_X || size === 0 || offset >= fileSize) continue;
-    out.push({ start: offset, end: Math.min(fileSize, offset + size) });
+    programs.push({
+      type: u32(p),
+      flags: u32(is64 ? p + 4 : p + 24),
+      offset: is64 ? u64(p + 8) : u32(p + 4),
+      vaddr: is64 ? u64(p + 16) : u32(p + 8),
+      fileSize: is64 ? u64(p + 32) : u32(p + 16),
+    });
+  }
+  return { is64, little, machine: u16(0x12), programs };
+}
+
+/**
+ * The file ranges of the loadable segments that are not executable (read-only data, relocations,
+ * symbols, writable data), from an ELF file's first bytes; [] for anything that is not an ELF
+ * file whose program headers lie within `head`.
+ */
+export function elfDataSegments(head: Uint8Array, fileSize: number): ByteRange[] {
+  const out: ByteRange[] = [];
+  for (const p of elfHeaders(head)?.programs ?? []) {
+    if (p.type !== PT_LOAD || p.flags & PF_X || p.fileSize === 0 || p.offset >= fileSize) continue;
+    out.push({ start: p.offset, end: Math.min(fileSize, p.offset + p.fileSize) });
   }
   return out;
 }

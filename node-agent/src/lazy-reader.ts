@@ -5,7 +5,8 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { ChunkCache } from "./chunk-cache.ts";
 import type { ChunkFetcher, WantedChunk } from "./chunk-fetcher.ts";
 import { copyPieces, type FilePieces, type FileReader } from "./file-reader.ts";
-import { elfDataSegments } from "./elf-segments.ts";
+import { findLibrary, neededLibraries } from "./elf-libraries.ts";
+import { elfDataSegments, elfHeaders, type ByteRange, type ElfHeaders } from "./elf-segments.ts";
 import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
 import { toHex } from "../../src/hash/hasher.ts";
@@ -25,6 +26,9 @@ export const AUTO_NEARBY = { bytes: 256 * 2 ** 10, minRoundTripMs: 10 };
  */
 export const PROGRAM_PREFETCH_BYTES = 16 * 2 ** 20;
 
+/** How many levels of libraries program prefetch follows: a program, the libraries it needs, theirs, and theirs. */
+const MAX_LIBRARY_DEPTH = 3;
+
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
   readaheadChunks?: number;
@@ -43,7 +47,8 @@ export interface LazyReaderOptions {
    * Program prefetch: when the first read of a file's start misses, its last chunk is fetched
    * behind it, and once the start is in, if it is an ELF file (a program or shared library), the
    * chunks of its segments that are not code, all in the background and up to this many bytes per
-   * file: the dynamic loader touches them next, far from the header (elf-segments.ts). Default 0: off.
+   * file: the dynamic loader touches them next, far from the header (elf-segments.ts). The
+   * libraries it loads get the same, found in the image (elf-libraries.ts). Default 0: off.
    */
   programPrefetchBytes?: number;
   /** Told each chunk-table index a read needs, in the order reads need them (`--record`). */
@@ -190,7 +195,7 @@ export class LazyReader implements FileReader {
       pieces.push(data.subarray(from - chunkStart, to - chunkStart));
     }
     this.stats.bytesRead += end - offset;
-    if (firstLook) this.#fetchElfSegments(chunks[0]!, ino.size, indexes);
+    if (firstLook) this.#prefetchProgram(chunks[0]!, ino.size, indexes, 0);
     this.#maybeReadAhead(inode, offset, end, last, indexes);
     return { pieces, release };
   }
@@ -207,18 +212,18 @@ export class LazyReader implements FileReader {
    * fetched in one go; `onMiss` right after that request is sent, for background fetches to follow it.
    * Each is held for the caller (RecentChunks.release gives it back); none when this fails.
    */
-  async #load(chunkIndexes: number[], inode: number, onMiss: () => void): Promise<Uint8Array[]> {
+  async #load(chunkIndexes: number[], inode: number, onMiss: () => void, background = false): Promise<Uint8Array[]> {
     const records = chunkIndexes.map((i) => this.#bootstrap.chunk(i));
     const hexes = records.map((r) => toHex(r.digest));
     const out = await Promise.all(hexes.map((hex) => this.#recent.get(hex, () => this.#cache.get(hex))));
     const missing: WantedChunk[] = [];
     for (let i = 0; i < records.length; i++) {
-      if (out[i]) this.stats.cacheHits++;
+      if (out[i]) this.stats.cacheHits += background ? 0 : 1;
       else missing.push({ record: records[i]!, layerDigest: this.#bootstrap.blob(records[i]!.blob).layerDigest });
     }
     if (missing.length === 0) return out as Uint8Array[];
-    const wait = tracing ? ++this.#traceWaits : 0;
-    if (tracing) trace("read-wait", { wait, inode, chunks: missing.map((w) => toHex(w.record.digest).slice(0, 16)) });
+    const wait = tracing && !background ? ++this.#traceWaits : 0;
+    if (wait) trace("read-wait", { wait, inode, chunks: missing.map((w) => toHex(w.record.digest).slice(0, 16)) });
     // The read's own request goes first: on a slow link the nearby one's bytes queue behind it.
     const fetching = this.#fetch(missing);
     onMiss();
@@ -229,7 +234,7 @@ export class LazyReader implements FileReader {
       for (const bytes of out) if (bytes) this.#recent.release(bytes);
       throw err;
     }
-    if (tracing) trace("read-wait-end", { wait });
+    if (wait) trace("read-wait-end", { wait });
     // Fetched bytes are never in the slab: they need no holding.
     return hexes.map((hex, i) => {
       const bytes = out[i] ?? fetched.get(hex);
@@ -295,6 +300,59 @@ export class LazyReader implements FileReader {
     const record = this.#bootstrap.chunk(indexes[indexes.length - 1]!);
     if (this.#cache.has(toHex(record.digest))) return;
     this.#fetchInBackground([{ record, layerDigest: this.#bootstrap.blob(record.blob).layerDigest }]);
+  }
+
+  /**
+   * A program's or library's first look, its header in hand: the segments the loader touches next,
+   * and the libraries it loads (each with a first look of its own), fetched in the background.
+   * `head` is only read before this returns: the read that lent it may give it back then.
+   */
+  #prefetchProgram(head: Uint8Array, size: number, indexes: number[], depth: number): void {
+    this.#fetchElfSegments(head, size, indexes);
+    const h = depth < MAX_LIBRARY_DEPTH ? elfHeaders(head) : null;
+    if (!h) return;
+    const run: Promise<void> = this.#fetchLibraries(h, size, indexes, depth)
+      .catch(() => undefined)
+      .finally(() => this.#nearby.delete(run));
+    this.#nearby.add(run);
+  }
+
+  /** The libraries an ELF object loads, found in this image as the loader would find them: each one's header, tail and segments, and its own libraries. */
+  async #fetchLibraries(h: ElfHeaders, size: number, indexes: number[], depth: number): Promise<void> {
+    const libraries = await neededLibraries(h, size, (range) => this.#backgroundRange(indexes, range));
+    if (!libraries) return;
+    const names = [...(libraries.interp ? [libraries.interp] : []), ...libraries.needed];
+    await Promise.all(
+      names.map(async (name) => {
+        const inode = findLibrary(this.#bootstrap, name, libraries.runPath, h.machine);
+        if (inode === null || !this.#firstLook(inode)) return;
+        const libIndexes = this.#bootstrap.chunkIndexes(inode);
+        if (libIndexes.length === 0) return;
+        if (libIndexes.length > 1) this.#fetchTail(libIndexes);
+        const [head] = await this.#load(libIndexes.slice(0, 1), inode, () => {}, true);
+        try {
+          this.#prefetchProgram(head!, this.#bootstrap.inode(inode).size, libIndexes, depth + 1);
+        } finally {
+          this.#recent.release(head!);
+        }
+      }),
+    );
+  }
+
+  /** A copy of a file's bytes in `range`, from the cache or fetched (not a read: no read waits for it). */
+  async #backgroundRange(indexes: number[], { start, end }: ByteRange): Promise<Uint8Array> {
+    const chunkSize = 2 ** this.#bootstrap.chunkShift;
+    const first = Math.floor(start / chunkSize);
+    const chunks = await this.#load(indexes.slice(first, Math.floor((end - 1) / chunkSize) + 1), -1, () => {}, true);
+    const out = new Uint8Array(end - start);
+    chunks.forEach((data, i) => {
+      const chunkStart = (first + i) * chunkSize;
+      const from = Math.max(start, chunkStart);
+      const to = Math.min(end, chunkStart + data.length);
+      if (to > from) out.set(data.subarray(from - chunkStart, to - chunkStart), from - start);
+      this.#recent.release(data);
+    });
+    return out;
   }
 
   /** An ELF file's segments that are not code, fetched once its header is in. */

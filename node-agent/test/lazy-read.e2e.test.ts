@@ -51,6 +51,66 @@ function elfFile(body: Uint8Array, segments: { offset: number; size: number; fla
   return out;
 }
 
+/**
+ * A dynamically linked ELF64 object of `chunks` chunks (random bytes around its tables): one
+ * read-only PT_LOAD over the whole file, its interpreter's path and string table in chunk 0, and
+ * its dynamic section (DT_NEEDED of each of `needed`) in its last chunk.
+ */
+function dynamicElf(chunks: number, o: { interp?: string; needed: string[] }): Buffer {
+  const size = chunks * K64;
+  const out = Buffer.from(prng.bytes(size));
+  out.fill(0, 0, 0x1000);
+  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0);
+  out.writeUInt16LE(3, 0x10); // ET_DYN
+  out.writeUInt16LE(62, 0x12); // x86-64
+  out.writeBigUInt64LE(64n, 0x20);
+  out.writeUInt16LE(56, 0x36);
+  const strings = Buffer.from(`\0${o.needed.join("\0")}\0`);
+  const dynamicAt = size - 0x400;
+  const headers = [
+    { type: 1, offset: 0, size }, // PT_LOAD, read-only, mapped at 0
+    ...(o.interp ? [{ type: 3, offset: 0x300, size: o.interp.length + 1 }] : []),
+    { type: 2, offset: dynamicAt, size: (o.needed.length + 3) * 16 },
+  ];
+  out.writeUInt16LE(headers.length, 0x38);
+  headers.forEach((h, i) => {
+    const p = 64 + i * 56;
+    out.writeUInt32LE(h.type, p);
+    out.writeUInt32LE(4, p + 4);
+    out.writeBigUInt64LE(BigInt(h.offset), p + 8);
+    out.writeBigUInt64LE(BigInt(h.offset), p + 16);
+    out.writeBigUInt64LE(BigInt(h.size), p + 32);
+  });
+  if (o.interp) out.write(`${o.interp}\0`, 0x300);
+  strings.copy(out, 0x400);
+  let at = dynamicAt;
+  const entry = (tag: number, value: number) => {
+    out.writeBigUInt64LE(BigInt(tag), at);
+    out.writeBigUInt64LE(BigInt(value), at + 8);
+    at += 16;
+  };
+  let name = 1;
+  for (const n of o.needed) {
+    entry(1, name); // DT_NEEDED
+    name += n.length + 1;
+  }
+  entry(5, 0x400); // DT_STRTAB
+  entry(10, strings.length); // DT_STRSZ
+  entry(0, 0);
+  return out;
+}
+
+/** A program, the libraries it needs (one through merged /usr's /lib link), theirs, and its interpreter. */
+const LINKED = {
+  "usr/bin/linked": dynamicElf(3, { interp: "/lib64/ld-test.so", needed: ["liba.so", "libb.so", "libmissing.so"] }),
+  "usr/lib/x86_64-linux-gnu/liba.so": dynamicElf(2, { needed: ["libc-test.so"] }),
+  "usr/lib/libb.so": dynamicElf(2, { needed: [] }),
+  "usr/lib/x86_64-linux-gnu/libc-test.so": dynamicElf(2, { needed: ["libd.so"] }),
+  "usr/lib/x86_64-linux-gnu/libd.so": dynamicElf(2, { needed: ["libe.so"] }),
+  "usr/lib/x86_64-linux-gnu/libe.so": dynamicElf(2, { needed: [] }),
+  "usr/lib64/ld-test.so": dynamicElf(2, { needed: [] }),
+};
+
 let registry: Registry;
 let proxy: Skiff;
 let image: FetchedBootstrap;
@@ -83,7 +143,13 @@ beforeAll(async () => {
   registry = await Registry.start({ name: "agent-registry" });
   const layout = new OciLayout(tempDir("agent-layout"));
   const file = (name: string, data: Uint8Array): TarEntry => ({ name, type: "file", data });
-  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT), { name: "bin", type: "dir" }, file("bin/program", PROGRAM)]);
+  const linked: TarEntry[] = [
+    ...["usr", "usr/bin", "usr/lib", "usr/lib/x86_64-linux-gnu", "usr/lib64"].map((name): TarEntry => ({ name, type: "dir" })),
+    { name: "lib", type: "symlink", linkname: "usr/lib" },
+    { name: "lib64", type: "symlink", linkname: "usr/lib64" },
+    ...Object.entries(LINKED).map(([name, data]) => file(name, data)),
+  ];
+  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT), { name: "bin", type: "dir" }, file("bin/program", PROGRAM), ...linked]);
   const written = writeImage(layout, "v1", [{ bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) }]);
   manifestDigest = written.manifest.digest;
   await pushImage(layout, "v1", `${registry.hostPort}/e2e/agent:v1`);
@@ -193,6 +259,31 @@ describe("lazy read path", () => {
     await data.reader.idle();
     const big = b.chunks(bigIno).map((c) => Buffer.from(c.digest).toString("hex"));
     expect(big.flatMap((hex, k) => (data.cache.has(hex) ? [k] : []))).toEqual([0, big.length - 1]);
+  });
+
+  test("program prefetch follows libraries: the interpreter and what the program needs, found as the loader would, three levels deep", async () => {
+    const b = image.bootstrap;
+    const firstChunkCached = (cache: ChunkCache, path: string) => cache.has(Buffer.from(b.chunks(b.lookup(path)!)[0]!.digest).toString("hex"));
+    const libraries = Object.keys(LINKED).filter((path) => path !== "usr/bin/linked");
+    const cachedLibraries = (cache: ChunkCache) => libraries.filter((path) => firstChunkCached(cache, path));
+
+    const on = await newReader(tempDir("agent-cache"), { programPrefetchBytes: 16 * K64 });
+    const linked = b.lookup("usr/bin/linked")!;
+    expect(Buffer.compare(await on.reader.read(linked, 0, 4096), LINKED["usr/bin/linked"].subarray(0, 4096))).toBe(0);
+    await on.reader.idle();
+    // libe.so is a fourth level (linked → liba → libc-test → libd → libe): past the bound.
+    expect(cachedLibraries(on.cache).sort()).toEqual(libraries.filter((path) => !path.endsWith("libe.so")).sort());
+    // The libraries' own first reads then fetch nothing: their prefetch is done.
+    const requests = on.fetcher.stats.requests;
+    for (const path of ["usr/lib/libb.so", "usr/lib64/ld-test.so"]) await on.reader.read(b.lookup(path)!, 0, 4096);
+    await on.reader.idle();
+    expect(on.fetcher.stats.requests).toBe(requests);
+
+    // Off: the program's own chunk only.
+    const off = await newReader();
+    await off.reader.read(linked, 0, 4096);
+    await off.reader.idle();
+    expect(cachedLibraries(off.cache)).toEqual([]);
   });
 
   test("with nearbyBytes a miss also fetches, in the background, the chunks stored after it up to that many bytes", async () => {

@@ -49,7 +49,8 @@ Options:
                        don't report what this mount reads first (default: learned prefetch on)
   --no-program-prefetch
                        when a program or library is first read, don't fetch what the loader reads
-                       next (its end, and its segments that are not code) in the background
+                       next (its end, its segments that are not code, the libraries it loads) in
+                       the background
   -h, --help           show this help
 
 Example: skiff mount http://127.0.0.1:8080/library/alpine:3.19 /mnt/alpine --overlay /var/lib/skiff/alpine`;

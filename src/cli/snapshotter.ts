@@ -40,7 +40,8 @@ Options:
                        don't report what containers read first (default: learned prefetch on)
   --no-program-prefetch
                        when a program or library is first read, don't fetch what the loader reads
-                       next (its end, and its segments that are not code) in the background
+                       next (its end, its segments that are not code, the libraries it loads) in
+                       the background
   -h, --help           show this help
 
 When ready it prints one line: skiff snapshotter listening on PATH`;

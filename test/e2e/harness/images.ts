@@ -57,7 +57,9 @@ export class Prng {
 
 export interface TarEntry {
   name: string;
-  type: "file" | "dir";
+  type: "file" | "dir" | "symlink";
+  /** A symlink's target. */
+  linkname?: string;
   data?: Uint8Array;
   /** Size for a header written without data (streamed entries). */
   size?: number;
@@ -79,15 +81,16 @@ export function tarHeader(entry: TarEntry): Buffer {
     name = name.slice(cut + 1);
     if (Buffer.byteLength(name) > 100 || Buffer.byteLength(prefix) > 155) throw new Error(`tar name too long: ${entry.name}`);
   }
-  const size = entry.type === "dir" ? 0 : (entry.size ?? entry.data?.length ?? 0);
+  const size = entry.type === "file" ? (entry.size ?? entry.data?.length ?? 0) : 0;
   h.write(name, 0, 100, "utf8");
-  h.write(octal(entry.mode ?? (entry.type === "dir" ? 0o755 : 0o644), 8), 100, "ascii");
+  h.write(octal(entry.mode ?? (entry.type === "file" ? 0o644 : entry.type === "dir" ? 0o755 : 0o777), 8), 100, "ascii");
   h.write(octal(0, 8), 108, "ascii"); // uid
   h.write(octal(0, 8), 116, "ascii"); // gid
   h.write(octal(size, 12), 124, "ascii");
   h.write(octal(1_700_000_000, 12), 136, "ascii"); // mtime, fixed for determinism
   h.write("        ", 148, "ascii"); // checksum placeholder
-  h.write(entry.type === "dir" ? "5" : "0", 156, "ascii");
+  h.write(entry.type === "dir" ? "5" : entry.type === "symlink" ? "2" : "0", 156, "ascii");
+  if (entry.linkname !== undefined) h.write(entry.linkname, 157, 100, "utf8");
   h.write("ustar\0", 257, "ascii");
   h.write("00", 263, "ascii");
   h.write("root", 265, "ascii");
