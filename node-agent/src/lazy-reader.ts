@@ -29,6 +29,36 @@ export const PROGRAM_PREFETCH_BYTES = 16 * 2 ** 20;
 /** How many levels of libraries program prefetch follows: a program, the libraries it needs, theirs, and theirs. */
 const MAX_LIBRARY_DEPTH = 3;
 
+/**
+ * The readers of one image's layers, lowest first, when each layer is mounted on its own (a kernel
+ * overlayfs joins them): a program in one layer loads libraries from the others.
+ */
+export class LayerGroup {
+  readonly #readers: LazyReader[] = [];
+  readonly #onEmpty: () => void;
+
+  /** `onEmpty`: called when the last reader leaves (its image is no longer mounted). */
+  constructor(onEmpty: () => void = () => {}) {
+    this.#onEmpty = onEmpty;
+  }
+
+  add(reader: LazyReader): void {
+    if (!this.#readers.includes(reader)) this.#readers.push(reader);
+  }
+
+  delete(reader: LazyReader): void {
+    const at = this.#readers.indexOf(reader);
+    if (at < 0) return;
+    this.#readers.splice(at, 1);
+    if (this.#readers.length === 0) this.#onEmpty();
+  }
+
+  /** The readers other than `reader`, top layer first, as overlayfs looks names up. */
+  others(reader: LazyReader): LazyReader[] {
+    return this.#readers.filter((r) => r !== reader).reverse();
+  }
+}
+
 export interface LazyReaderOptions {
   /** Chunks fetched ahead of a sequential reader; 0 turns readahead off. Default 4. */
   readaheadChunks?: number;
@@ -43,6 +73,11 @@ export interface LazyReaderOptions {
    * they save. Default 0: whatever the link.
    */
   nearbyMinRoundTripMs?: number;
+  /**
+   * The readers of the image's other layers, when each layer is a mount of its own (the
+   * snapshotter): a library program prefetch does not find in this layer is looked for there.
+   */
+  layers?: LayerGroup;
   /**
    * Program prefetch: when the first read of a file's start misses, its last chunk is fetched
    * behind it, and once the start is in, if it is an ELF file (a program or shared library), the
@@ -93,6 +128,7 @@ export class LazyReader implements FileReader {
   readonly #nearbyMinRoundTripMs: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
   readonly #programPrefetchBytes: number;
+  readonly #layers: LayerGroup | undefined;
   /** Files whose start has been read. */
   readonly #looked = new Set<number>();
   /** Nearby and program prefetch fetches in progress. */
@@ -116,6 +152,7 @@ export class LazyReader implements FileReader {
     this.#nearbyBytes = Math.max(0, options.nearbyBytes ?? 0);
     this.#nearbyMinRoundTripMs = Math.max(0, options.nearbyMinRoundTripMs ?? 0);
     this.#programPrefetchBytes = Math.max(0, options.programPrefetchBytes ?? 0);
+    this.#layers = options.layers;
     this.#recent = options.recent ?? new RecentChunks();
   }
 
@@ -321,22 +358,36 @@ export class LazyReader implements FileReader {
   async #fetchLibraries(h: ElfHeaders, size: number, indexes: number[], depth: number): Promise<void> {
     const libraries = await neededLibraries(h, size, (range) => this.#backgroundRange(indexes, range));
     if (!libraries) return;
-    const names = [...(libraries.interp ? [libraries.interp] : []), ...libraries.needed];
-    await Promise.all(
-      names.map(async (name) => {
-        const inode = findLibrary(this.#bootstrap, name, libraries.runPath, h.machine);
-        if (inode === null || !this.#firstLook(inode)) return;
-        const libIndexes = this.#bootstrap.chunkIndexes(inode);
-        if (libIndexes.length === 0) return;
-        if (libIndexes.length > 1) this.#fetchTail(libIndexes);
-        const [head] = await this.#load(libIndexes.slice(0, 1), inode, () => {}, true);
+    for (const name of [...(libraries.interp ? [libraries.interp] : []), ...libraries.needed]) {
+      for (const reader of [this, ...(this.#layers?.others(this) ?? [])]) {
+        if (reader.prefetchLibrary(name, libraries.runPath, h.machine, depth + 1)) break;
+      }
+    }
+  }
+
+  /**
+   * Program prefetch of a library another object loads, when this reader's tree has it: its first
+   * look (header, tail, segments, its own libraries) in the background. False when it is not here.
+   */
+  prefetchLibrary(name: string, runPath: string[], machine: number, depth: number): boolean {
+    if (this.#programPrefetchBytes <= 0) return false;
+    const inode = findLibrary(this.#bootstrap, name, runPath, machine);
+    if (inode === null) return false;
+    const indexes = this.#bootstrap.chunkIndexes(inode);
+    if (indexes.length === 0 || !this.#firstLook(inode)) return true;
+    if (indexes.length > 1) this.#fetchTail(indexes);
+    const run: Promise<void> = this.#load(indexes.slice(0, 1), inode, () => {}, true)
+      .then(([head]) => {
         try {
-          this.#prefetchProgram(head!, this.#bootstrap.inode(inode).size, libIndexes, depth + 1);
+          this.#prefetchProgram(head!, this.#bootstrap.inode(inode).size, indexes, depth);
         } finally {
           this.#recent.release(head!);
         }
-      }),
-    );
+      })
+      .catch(() => undefined)
+      .finally(() => this.#nearby.delete(run));
+    this.#nearby.add(run);
+    return true;
   }
 
   /** A copy of a file's bytes in `range`, from the cache or fetched (not a read: no read waits for it). */

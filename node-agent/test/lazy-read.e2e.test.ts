@@ -10,10 +10,11 @@ import { diffIdOf, writeImage } from "../../test/e2e/harness/rootfs.ts";
 import { parseMetrics, Skiff } from "../../test/e2e/harness/skiff.ts";
 import { teardown } from "../../test/e2e/harness/teardown.ts";
 import { tempDir } from "../../test/e2e/harness/workdir.ts";
-import { fetchBootstrap, type FetchedBootstrap } from "../../src/client/lazy-api.ts";
+import { fetchBootstrap, fetchLayerBootstrap, type FetchedBootstrap } from "../../src/client/lazy-api.ts";
+import { toHex } from "../../src/hash/hasher.ts";
 import { ChunkCache } from "../src/chunk-cache.ts";
 import { ChunkFetcher } from "../src/chunk-fetcher.ts";
-import { DISK_READAHEAD_CHUNKS, LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";
+import { DISK_READAHEAD_CHUNKS, LayerGroup, LazyReader, type LazyReaderOptions } from "../src/lazy-reader.ts";
 import { RecentChunks } from "../src/recent-chunks.ts";
 
 const K64 = 64 * 1024;
@@ -284,6 +285,44 @@ describe("lazy read path", () => {
     await off.reader.read(linked, 0, 4096);
     await off.reader.idle();
     expect(cachedLibraries(off.cache)).toEqual([]);
+  });
+
+  test("layer by layer (the snapshotter): a program's libraries are found in the image's other layers", async () => {
+    // The libraries and merged /usr's links in a lower layer, the program in the one above.
+    const dirs = ["usr", "usr/bin", "usr/lib", "usr/lib/x86_64-linux-gnu", "usr/lib64"].map((name): TarEntry => ({ name, type: "dir" }));
+    const file = (name: string): TarEntry => ({ name, type: "file", data: LINKED[name as keyof typeof LINKED] });
+    const lower = tarArchive([...dirs, { name: "lib", type: "symlink", linkname: "usr/lib" }, { name: "lib64", type: "symlink", linkname: "usr/lib64" }, ...Object.keys(LINKED).filter((n) => n !== "usr/bin/linked").map(file)]);
+    const upper = tarArchive([...dirs.slice(0, 2), file("usr/bin/linked")]);
+    const layout = new OciLayout(tempDir("agent-layers-layout"));
+    writeImage(layout, "layers", [lower, upper].map((tar) => ({ bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) })));
+    await pushImage(layout, "layers", `${registry.hostPort}/e2e/agent:layers`);
+    const ask = () => fetchBootstrap(proxy.url, "e2e/agent", "layers", { chunkSize: "64k", codec: "none", timeoutMs: 60_000 });
+    const whole = await ask();
+    const cache = await ChunkCache.open(tempDir("agent-cache"));
+    const group = new LayerGroup();
+    const readers = [];
+    for (let i = 0; i < whole.bootstrap.blobCount; i++) {
+      const blob = whole.bootstrap.blob(i);
+      const layer = await fetchLayerBootstrap(proxy.url, "e2e/agent", blob.layerDigest, whole.params, { dataDigest: toHex(blob.dataDigest), timeoutMs: 10_000 });
+      const fetcher = new ChunkFetcher({ proxy: proxy.url, name: "e2e/agent", params: whole.params, timeoutMs: 10_000 });
+      readers.push({ layer, reader: new LazyReader(layer, cache, fetcher, { programPrefetchBytes: 16 * K64, layers: group }) });
+      group.add(readers.at(-1)!.reader);
+    }
+    const [below, above] = readers;
+    await above!.reader.read(above!.layer.lookup("usr/bin/linked")!, 0, 4096);
+    // One layer's prefetch starts work in the other: idle until neither has any left.
+    for (let pass = 0; pass < 5; pass++) for (const { reader } of readers) await reader.idle();
+    const firstChunk = (path: string) => toHex(below!.layer.chunks(below!.layer.lookup(path)!)[0]!.digest);
+    expect(["usr/lib/x86_64-linux-gnu/liba.so", "usr/lib/libb.so", "usr/lib64/ld-test.so", "usr/lib/x86_64-linux-gnu/libd.so"].filter((p) => !cache.has(firstChunk(p)))).toEqual([]);
+
+    // A layer that leaves the group is not asked any more.
+    const alone = await ChunkCache.open(tempDir("agent-cache"));
+    const lone = new LazyReader(above!.layer, alone, new ChunkFetcher({ proxy: proxy.url, name: "e2e/agent", params: whole.params, timeoutMs: 10_000 }), { programPrefetchBytes: 16 * K64, layers: group });
+    group.add(lone);
+    group.delete(below!.reader);
+    await lone.read(above!.layer.lookup("usr/bin/linked")!, 0, 4096);
+    await lone.idle();
+    expect(alone.stats.entries).toBeLessThanOrEqual(above!.layer.chunks(above!.layer.lookup("usr/bin/linked")!).length);
   });
 
   test("with nearbyBytes a miss also fetches, in the background, the chunks stored after it up to that many bytes", async () => {

@@ -25,7 +25,7 @@ import { KEEPER_THREADS } from "../fuse/keeper.ts";
 import { KeeperLink } from "../fuse/keeper-link.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { chunksIn } from "../prefetch-list.ts";
-import { AUTO_NEARBY, LazyReader, PROGRAM_PREFETCH_BYTES } from "../lazy-reader.ts";
+import { AUTO_NEARBY, LayerGroup, LazyReader, PROGRAM_PREFETCH_BYTES } from "../lazy-reader.ts";
 import { LayersForeground, Prefetcher } from "../prefetcher.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
@@ -74,6 +74,8 @@ interface Mounted {
   prefetcher?: Prefetcher;
   /** The image's reads across its layers, which this layer's prefetch lets go first. */
   foreground?: LayersForeground;
+  /** The image's layers, where this layer's program prefetch finds libraries it does not hold. */
+  layers?: LayerGroup;
 }
 
 const TABLE = "mounts.json";
@@ -108,6 +110,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     byId.delete(m.id);
     if (mounted.get(m.spec.mountpoint) === m) mounted.delete(m.spec.mountpoint);
     m.foreground?.delete(m.reader);
+    m.layers?.delete(m.reader);
     await m.prefetcher?.stop();
   };
 
@@ -160,12 +163,24 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   };
   const reportFirstReads = () => Promise.all([...learning.values()].map((e) => e.firstReads.report()));
 
+  // The layers of each image, in the order they were mounted (lowest first, as containerd prepares them).
+  const layerGroups = new Map<string, LayerGroup>();
+  const layersOf = (spec: LayerMountSpec) => {
+    if (!spec.manifestDigest) return undefined;
+    const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest}`;
+    let group = layerGroups.get(key);
+    if (!group) layerGroups.set(key, (group = new LayerGroup(() => layerGroups.delete(key))));
+    return group;
+  };
+
   /** Serves a layer; `fresh` for one mounted now (for a pull), not one adopted from the daemon before. */
   const serve = async (spec: LayerMountSpec, id: number, fresh: boolean) => {
     const bootstrap = Bootstrap.decode(new Uint8Array(await readFile(spec.bootstrapFile)));
     const fetcher = new ChunkFetcher({ proxy: spec.proxy, name: spec.name, ns: spec.ns, params: spec.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
     const learned = fresh ? learningFor(spec) : undefined;
+    const layers = layersOf(spec);
     const reader = new LazyReader(bootstrap, cache, fetcher, {
+      layers,
       recent,
       nearbyBytes: AUTO_NEARBY.bytes,
       nearbyMinRoundTripMs: AUTO_NEARBY.minRoundTripMs,
@@ -173,8 +188,9 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       onChunkRead: learned && ((i) => (learned.firstReads.saw(chunkHex(bootstrap, i)), m.prefetcher?.sawRead(i))),
     });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
-    const m: Mounted = { id, spec, session, reader, fetcher, foreground: learned?.foreground };
+    const m: Mounted = { id, spec, session, reader, fetcher, foreground: learned?.foreground, layers };
     learned?.foreground.add(reader);
+    layers?.add(reader);
     byId.set(id, m);
     mounted.set(spec.mountpoint, m);
     // This layer's share of the learned list, fetched behind the container's own reads.
