@@ -83,13 +83,13 @@ export async function copyBenchImage(registryBase, edge, repo, ns) {
   return repo;
 }
 
-/** Mounts `imageUrl` under a new directory in `work`, runs `workload` in a chroot; the time to its output, and the running agent. */
-export async function coldStart(imageUrl, extra, { work, workload, expect = "ready" }) {
+/** Mounts `imageUrl` under a new directory in `work` (with `bin`, this tree's skiff by default), runs `workload` in a chroot; the time to its output, and the running agent. */
+export async function coldStart(imageUrl, extra, { work, workload, expect = "ready", bin = join(root, "bin", "skiff.js") }) {
   const dir = mkdtempSync(join(work, "run-"));
   const mnt = join(dir, "mnt");
   const stats = join(dir, "stats.json");
   const t0 = performance.now();
-  const agent = spawn(process.execPath, [join(root, "bin", "skiff.js"), "mount", imageUrl, mnt, "--cache", join(dir, "cache"), "--overlay", join(dir, "overlay"), "--stats", stats, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+  const agent = spawn(process.execPath, [bin, "mount", imageUrl, mnt, "--cache", join(dir, "cache"), "--overlay", join(dir, "overlay"), "--stats", stats, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
   try {
     await new Promise((resolve, reject) => {
       agent.stdout.on("data", (d) => String(d).includes("mounted ") && resolve());

@@ -13,6 +13,7 @@
 //   node bench/profile-cold-start.mjs [--link slow|loopback|both] [--rounds 3] [--second-node] [--workload numpy|other]
 //        [--case 'LABEL=FLAGS']... [--json FILE] [--keep-traces DIR]
 // A case's FLAGS are `skiff mount` flags split on spaces; without --case, one: today's defaults.
+// `--baseline PATH` (another build's bin/skiff.js) runs every case with that build too.
 // Each round runs every case in turn, so that a changing load touches them alike.
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -32,6 +33,7 @@ const { values } = parseArgs({
     "keep-traces": { type: "string" },
     "second-node": { type: "boolean", default: false },
     workload: { type: "string", default: "numpy" },
+    baseline: { type: "string" },
   },
 });
 const WORKLOADS = { numpy: PYTHON_WORKLOAD, other: OTHER_PYTHON_WORKLOAD };
@@ -46,6 +48,7 @@ const cases = (values.case ?? ["defaults="]).map((c) => {
   const learned = values["second-node"] || flags.some((f) => f.includes("learned-prefetch"));
   return { label, flags: learned ? flags : [...flags, "--no-learned-prefetch"] };
 });
+if (values.baseline) cases.push(...cases.map((c) => ({ ...c, label: `${c.label} (baseline)`, bin: values.baseline })));
 requireTools("docker-registry", "skopeo", "chroot");
 if (process.getuid?.() !== 0) throw new Error("profile-cold-start needs root (FUSE mounts, chroot)");
 
@@ -168,7 +171,7 @@ try {
         const traceFile = join(work, `trace-${link.length}-${c}-${round}.jsonl`);
         process.env.SKIFF_TRACE = traceFile;
         const spawnedAt = performance.timeOrigin + performance.now();
-        const run = await coldStart(image, flags, { work, workload });
+        const run = await coldStart(image, flags, { work, workload, bin: cases[c].bin });
         delete process.env.SKIFF_TRACE;
         const stats = await finishMount(run);
         const events = readFileSync(traceFile, "utf8").trim().split("\n").map((l) => JSON.parse(l));

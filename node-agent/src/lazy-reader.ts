@@ -131,7 +131,7 @@ export class LazyReader implements FileReader {
   readonly #layers: LayerGroup | undefined;
   /** Files whose start has been read. */
   readonly #looked = new Set<number>();
-  /** Nearby and program prefetch fetches in progress. */
+  /** Nearby and program prefetch work in progress. */
   readonly #nearby = new Set<Promise<void>>();
   /** Writes of fetched chunks to the cache (which answers with them meanwhile). */
   readonly #writes = new Set<Promise<void>>();
@@ -232,7 +232,7 @@ export class LazyReader implements FileReader {
       pieces.push(data.subarray(from - chunkStart, to - chunkStart));
     }
     this.stats.bytesRead += end - offset;
-    if (firstLook) this.#prefetchProgram(chunks[0]!, ino.size, indexes, 0);
+    if (firstLook) this.#prefetchProgram(inode, chunks[0]!, 0);
     this.#maybeReadAhead(inode, offset, end, last, indexes);
     return { pieces, release };
   }
@@ -344,19 +344,17 @@ export class LazyReader implements FileReader {
    * and the libraries it loads (each with a first look of its own), fetched in the background.
    * `head` is only read before this returns: the read that lent it may give it back then.
    */
-  #prefetchProgram(head: Uint8Array, size: number, indexes: number[], depth: number): void {
+  #prefetchProgram(inode: number, head: Uint8Array, depth: number): void {
+    const size = this.#bootstrap.inode(inode).size;
+    const indexes = this.#bootstrap.chunkIndexes(inode);
     this.#fetchElfSegments(head, size, indexes);
     const h = depth < MAX_LIBRARY_DEPTH ? elfHeaders(head) : null;
-    if (!h) return;
-    const run: Promise<void> = this.#fetchLibraries(h, size, indexes, depth)
-      .catch(() => undefined)
-      .finally(() => this.#nearby.delete(run));
-    this.#nearby.add(run);
+    if (h) this.#inBackground(this.#fetchLibraries(inode, h, size, indexes, depth));
   }
 
   /** The libraries an ELF object loads, found in this image as the loader would find them: each one's header, tail and segments, and its own libraries. */
-  async #fetchLibraries(h: ElfHeaders, size: number, indexes: number[], depth: number): Promise<void> {
-    const libraries = await neededLibraries(h, size, (range) => this.#backgroundRange(indexes, range));
+  async #fetchLibraries(inode: number, h: ElfHeaders, size: number, indexes: number[], depth: number): Promise<void> {
+    const libraries = await neededLibraries(h, size, (range) => this.#backgroundRange(inode, indexes, range));
     if (!libraries) return;
     for (const name of [...(libraries.interp ? [libraries.interp] : []), ...libraries.needed]) {
       for (const reader of [this, ...(this.#layers?.others(this) ?? [])]) {
@@ -376,25 +374,23 @@ export class LazyReader implements FileReader {
     const indexes = this.#bootstrap.chunkIndexes(inode);
     if (indexes.length === 0 || !this.#firstLook(inode)) return true;
     if (indexes.length > 1) this.#fetchTail(indexes);
-    const run: Promise<void> = this.#load(indexes.slice(0, 1), inode, () => {}, true)
-      .then(([head]) => {
+    this.#inBackground(
+      this.#load(indexes.slice(0, 1), inode, () => {}, true).then(([head]) => {
         try {
-          this.#prefetchProgram(head!, this.#bootstrap.inode(inode).size, indexes, depth);
+          this.#prefetchProgram(inode, head!, depth);
         } finally {
           this.#recent.release(head!);
         }
-      })
-      .catch(() => undefined)
-      .finally(() => this.#nearby.delete(run));
-    this.#nearby.add(run);
+      }),
+    );
     return true;
   }
 
   /** A copy of a file's bytes in `range`, from the cache or fetched (not a read: no read waits for it). */
-  async #backgroundRange(indexes: number[], { start, end }: ByteRange): Promise<Uint8Array> {
+  async #backgroundRange(inode: number, indexes: number[], { start, end }: ByteRange): Promise<Uint8Array> {
     const chunkSize = 2 ** this.#bootstrap.chunkShift;
     const first = Math.floor(start / chunkSize);
-    const chunks = await this.#load(indexes.slice(first, Math.floor((end - 1) / chunkSize) + 1), -1, () => {}, true);
+    const chunks = await this.#load(indexes.slice(first, Math.floor((end - 1) / chunkSize) + 1), inode, () => {}, true);
     const out = new Uint8Array(end - start);
     chunks.forEach((data, i) => {
       const chunkStart = (first + i) * chunkSize;
@@ -428,10 +424,13 @@ export class LazyReader implements FileReader {
 
   /** Fetches chunks no read waits for yet; a read that needs one before they arrive fetches it itself. */
   #fetchInBackground(wanted: WantedChunk[]): void {
-    if (wanted.length === 0) return;
-    const run: Promise<void> = this.#fetch(wanted)
-      .then(() => undefined)
-      .catch(() => undefined)
+    if (wanted.length > 0) this.#inBackground(this.#fetch(wanted));
+  }
+
+  /** Background work: its failure only costs a later read a fetch of its own; idle() waits for it. */
+  #inBackground(work: Promise<unknown>): void {
+    const run: Promise<void> = work
+      .then(() => undefined, () => undefined)
       .finally(() => this.#nearby.delete(run));
     this.#nearby.add(run);
   }
