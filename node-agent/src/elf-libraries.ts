@@ -7,7 +7,7 @@
 // The bytes are the image's and may be anything: every offset is bounds-checked, and what comes out
 // is only names looked up in the image's tree.
 import type { Bootstrap } from "../../src/format/decode.ts";
-import type { ByteRange, ElfHeaders } from "./elf-segments.ts";
+import { elfWords, type ByteRange, type ElfHeaders } from "./elf-segments.ts";
 
 const PT_LOAD = 1;
 const PT_DYNAMIC = 2;
@@ -62,9 +62,9 @@ export async function neededLibraries(h: ElfHeaders, fileSize: number, read: (ra
   const [interpBytes, dynamic] = await Promise.all([interpRange ? read(interpRange) : null, read(dynamicRange)]);
 
   // The dynamic section: (tag, value) pairs of the object's word size, up to DT_NULL.
-  const view = new DataView(dynamic.buffer, dynamic.byteOffset, dynamic.byteLength);
+  const { u32, u64 } = elfWords(dynamic, h.little);
   const word = h.is64 ? 8 : 4;
-  const at = (o: number) => (h.is64 ? (view.getUint32(o + (h.little ? 4 : 0), h.little) === 0 ? view.getUint32(o + (h.little ? 0 : 4), h.little) : Number.MAX_SAFE_INTEGER) : view.getUint32(o, h.little));
+  const at = h.is64 ? u64 : u32;
   const neededAt: number[] = [];
   let runPathAt: number | null = null;
   let rPathAt: number | null = null;

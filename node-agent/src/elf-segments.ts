@@ -36,6 +36,20 @@ export interface ElfHeaders {
   programs: ProgramHeader[];
 }
 
+/**
+ * Readers of an ELF file's 16-, 32- and 64-bit words in its byte order. Offsets past 2^53 can't be
+ * in a file we serve: a 64-bit word's high half is checked, not trusted (MAX_SAFE_INTEGER if set).
+ */
+export function elfWords(bytes: Uint8Array, little: boolean) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const u32 = (o: number) => view.getUint32(o, little);
+  return {
+    u16: (o: number) => view.getUint16(o, little),
+    u32,
+    u64: (o: number) => (u32(o + (little ? 4 : 0)) === 0 ? u32(o + (little ? 0 : 4)) : Number.MAX_SAFE_INTEGER),
+  };
+}
+
 /** The ELF header and program headers from a file's first bytes; null for anything that is not an ELF file whose program headers lie within `head`. */
 export function elfHeaders(head: Uint8Array): ElfHeaders | null {
   if (head.length < 52 || head[0] !== 0x7f || head[1] !== 0x45 || head[2] !== 0x4c || head[3] !== 0x46) return null;
@@ -43,11 +57,7 @@ export function elfHeaders(head: Uint8Array): ElfHeaders | null {
   if (!is64 && head[4] !== 1) return null;
   if (head[5] !== 1 && head[5] !== 2) return null;
   const little = head[5] === 1;
-  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
-  const u16 = (o: number) => view.getUint16(o, little);
-  const u32 = (o: number) => view.getUint32(o, little);
-  // Offsets past 2^53 can't be in a file we serve; the high half is checked, not trusted.
-  const u64 = (o: number) => (u32(o + (little ? 4 : 0)) === 0 ? u32(o + (little ? 0 : 4)) : Number.MAX_SAFE_INTEGER);
+  const { u16, u32, u64 } = elfWords(head, little);
   if (is64 && head.length < 64) return null;
   const phoff = is64 ? u64(0x20) : u32(0x1c);
   const phentsize = u16(is64 ? 0x36 : 0x2a);

@@ -218,18 +218,12 @@ export class LazyReader implements FileReader {
     // readahead windows do not keep to chunk boundaries, so a sequential reader's 1 MiB reads
     // mostly span two chunks; joining them cost a 1 MiB buffer per read, and the garbage
     // collections that external memory brings on.
-    const pieces: Uint8Array[] = [];
-    for (let k = first; k <= last; k++) {
-      const data = chunks[k - first]!;
-      const chunkStart = k * 2 ** shift;
-      const from = Math.max(offset, chunkStart);
-      const to = Math.min(end, chunkStart + data.length);
-      // Every chunk but a file's last is exactly one chunk size; the last must reach the end of the read.
-      if (data.length > 2 ** shift || (k < last && data.length !== 2 ** shift) || to < end && k === last) {
-        release();
-        throw new Error(`inode ${inode}: chunk ${k} is ${data.length} bytes, which does not cover the file`);
-      }
-      pieces.push(data.subarray(from - chunkStart, to - chunkStart));
+    let pieces: Uint8Array[];
+    try {
+      pieces = piecesOf(chunks, first, shift, offset, end, inode);
+    } catch (err) {
+      release();
+      throw err;
     }
     this.stats.bytesRead += end - offset;
     if (firstLook) this.#prefetchProgram(inode, chunks[0]!, 0);
@@ -388,18 +382,16 @@ export class LazyReader implements FileReader {
 
   /** A copy of a file's bytes in `range`, from the cache or fetched (not a read: no read waits for it). */
   async #backgroundRange(inode: number, indexes: number[], { start, end }: ByteRange): Promise<Uint8Array> {
-    const chunkSize = 2 ** this.#bootstrap.chunkShift;
-    const first = Math.floor(start / chunkSize);
-    const chunks = await this.#load(indexes.slice(first, Math.floor((end - 1) / chunkSize) + 1), inode, () => {}, true);
-    const out = new Uint8Array(end - start);
-    chunks.forEach((data, i) => {
-      const chunkStart = (first + i) * chunkSize;
-      const from = Math.max(start, chunkStart);
-      const to = Math.min(end, chunkStart + data.length);
-      if (to > from) out.set(data.subarray(from - chunkStart, to - chunkStart), from - start);
-      this.#recent.release(data);
-    });
-    return out;
+    const shift = this.#bootstrap.chunkShift;
+    const first = Math.floor(start / 2 ** shift);
+    const chunks = await this.#load(indexes.slice(first, Math.floor((end - 1) / 2 ** shift) + 1), inode, () => {}, true);
+    try {
+      const out = new Uint8Array(end - start);
+      copyPieces(piecesOf(chunks, first, shift, start, end, inode), out);
+      return out;
+    } finally {
+      for (const data of chunks) this.#recent.release(data);
+    }
   }
 
   /** An ELF file's segments that are not code, fetched once its header is in. */
@@ -487,4 +479,23 @@ function storedOrder(bootstrap: Bootstrap): { order: number[]; position: Int32Ar
   const position = new Int32Array(bootstrap.chunkCount);
   order.forEach((index, p) => (position[index] = p));
   return { order, position };
+}
+
+/**
+ * Views of a file's bytes [start, end) in its chunks `first`, `first` + 1, … (`chunks`), of 2^shift
+ * bytes each. Throws when a chunk does not cover its part of the file: every chunk but a file's
+ * last is exactly one chunk size, and the last must reach the end of the range.
+ */
+function piecesOf(chunks: readonly Uint8Array[], first: number, shift: number, start: number, end: number, inode: number): Uint8Array[] {
+  const last = first + chunks.length - 1;
+  return chunks.map((data, i) => {
+    const k = first + i;
+    const chunkStart = k * 2 ** shift;
+    const from = Math.max(start, chunkStart);
+    const to = Math.min(end, chunkStart + data.length);
+    if (data.length > 2 ** shift || (k < last && data.length !== 2 ** shift) || (to < end && k === last)) {
+      throw new Error(`inode ${inode}: chunk ${k} is ${data.length} bytes, which does not cover the file`);
+    }
+    return data.subarray(from - chunkStart, to - chunkStart);
+  });
 }

@@ -52,10 +52,9 @@ export class Bootstrap {
   readonly #counts: L.Counts;
   // Index of each inode's first xattr record (xattrs are sorted by inode), -1 when none.
   readonly #xattrStart: Int32Array;
-  // Chunk-table index by the sha256 hex of the chunk's content; built on first use.
   /**
-   * Chunk-table indexes by the first 48 bits of their digest, in ascending order where several
-   * share them. Numbers, not hex strings: building it for a table of thousands of chunks then makes
+   * Chunk-table indexes by the first 48 bits of their digest (built on first use), in ascending
+   * order where several share them. Numbers, not hex strings: building it for a table of thousands of chunks then makes
    * no garbage, which had held a node's thread for tens of milliseconds while it mounted.
    */
   #byPrefix: Map<number, number | number[]> | undefined;

@@ -151,8 +151,9 @@ export class LazyLayers implements RemoteLayers {
   /** Asks for a layer's bootstrap with this node's parameters before the image bootstrap names them. */
   #askEarly(name: string, ns: string | undefined, layerDigest: string): void {
     const params = this.#asked;
+    if (params === null) return;
     const key = `${ns ?? ""}/${name} ${layerDigest} ${params}`;
-    if (params === null || this.#early.has(key)) return;
+    if (this.#early.has(key)) return;
     const { proxy, fetchImpl, convertTimeoutMs } = this.#o;
     const early = fetchLayerBootstrap(proxy, name, layerDigest, params, { ns, dataDigest: null, timeoutMs: convertTimeoutMs, fetchImpl, hasher: nodeHasher }).catch(() => null);
     remember(this.#early, key, early);
