@@ -55,6 +55,8 @@ async function load_(dist) {
   return {
     dist,
     devFuse: await m("node-agent/src/fuse/dev-fuse.js"),
+    // Builds before request-reader.js read on the thread pool, from dev-fuse.js.
+    requestReader: await m("node-agent/src/fuse/request-reader.js").catch(() => undefined),
     K: await m("node-agent/src/fuse/kernel-abi.js"),
     ImageSession: (await m("node-agent/src/fuse/image-session.js")).ImageSession,
     KeeperLink: (await m("node-agent/src/fuse/keeper-link.js")).KeeperLink,
@@ -100,8 +102,10 @@ function directPath(b, bootstrap, reader) {
     async mount(mnt, counter) {
       const fd = await b.devFuse.mountDevFuse(mnt);
       const session = new b.ImageSession({ bootstrap, reader, view: "image", readTimeoutMs: 60_000 });
-      const ended = new Promise((resolve) =>
-        b.devFuse.readRequests(
+      const readRequests = b.requestReader?.readRequests ?? b.devFuse.readRequests;
+      let requests;
+      const ended = new Promise((resolve) => {
+        requests = readRequests(
           fd,
           (req) => {
             if (!b.K.UNANSWERED_OPS.has(b.K.requestOpcode(req))) counter.n++;
@@ -111,12 +115,12 @@ function directPath(b, bootstrap, reader) {
             });
           },
           () => resolve(),
-        ),
-      );
+        );
+      });
       return async () => {
         await b.devFuse.unmountDevFuse(mnt);
         await ended;
-        await b.devFuse.closeDevFuse(fd);
+        await (requests?.close?.() ?? b.devFuse.closeDevFuse(fd));
       };
     },
     pid: undefined,

@@ -2,15 +2,11 @@
 // util-linux `mount -i`, which hands our descriptor to the kernel as `fd=3`), without libfuse. The
 // process holding the descriptor holds the connection: the kernel ends it only when the last copy
 // closes, which is what lets fuse/keeper keep mounts alive across restarts of the process serving them.
-//
-// Requests are read on the libuv thread pool, one blocking read outstanding per connection, so the
-// process must have a pool with a thread for each connection (UV_THREADPOOL_SIZE).
+// Its requests are read by request-reader.ts.
 import { spawn } from "node:child_process";
-import { close, open, read, writevSync } from "node:fs";
+import { close, open, writevSync } from "node:fs";
 import { access, readFile, writeFile } from "node:fs/promises";
 
-/** Big enough for any request a read-only mount gets (the kernel wants at least 8 KiB). */
-const READ_BUFFER = 64 << 10;
 /**
  * The kernel's readahead for the mount. Its default, 128 KiB, makes a sequential reader ask for
  * little at a time, one request after another; 4 MiB keeps about four 1 MiB requests (the most one
@@ -86,27 +82,6 @@ async function raiseReadahead(mountpoint: string): Promise<void> {
 }
 
 /**
- * Reads the connection's requests one by one into `onRequest` (each its own copy), until the
- * connection ends (unmounted or aborted): then `onEnd`.
- */
-export function readRequests(fd: number, onRequest: (req: Uint8Array) => void, onEnd: (err?: Error) => void): void {
-  const buf = Buffer.allocUnsafe(READ_BUFFER);
-  const next = () =>
-    read(fd, buf, 0, buf.length, null, (err, n) => {
-      if (err) {
-        // ENOENT: the request was interrupted before we read it. EINTR, EAGAIN: try again.
-        if (["ENOENT", "EINTR", "EAGAIN"].includes(err.code ?? "")) return next();
-        // ENODEV: unmounted. EBADF: closed by us.
-        return onEnd(["ENODEV", "EBADF"].includes(err.code ?? "") ? undefined : err);
-      }
-      if (n === 0) return onEnd();
-      onRequest(Uint8Array.prototype.slice.call(buf, 0, n));
-      next();
-    });
-  next();
-}
-
-/**
  * Writes one reply: `reply`, then the pieces of `body` if given, in one writev (the kernel takes a
  * reply in one write). A reply the kernel no longer waits for (ENOENT: the request was interrupted,
  * or already answered) is dropped; false when the connection is gone.
@@ -125,6 +100,7 @@ export function writeReplyParts(fd: number, parts: Uint8Array[]): boolean {
   }
 }
 
+/** Closes a connection nobody reads (a reader closes its own: RequestReader.close). */
 export function closeDevFuse(fd: number): Promise<void> {
   return new Promise((resolve) => close(fd, () => resolve()));
 }

@@ -14,9 +14,10 @@ import { constants } from "node:os";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { errorMessage } from "../../../src/util/error-message.ts";
-import { closeDevFuse, mountDevFuse, readRequests, unmountDevFuse, writeReply, writeReplyParts } from "./dev-fuse.ts";
+import { mountDevFuse, unmountDevFuse, writeReply, writeReplyParts } from "./dev-fuse.ts";
 import { errorReply, OUT_HEADER_SIZE, requestOpcode, requestUnique, replyUnique, UNANSWERED_OPS } from "./kernel-abi.ts";
 import { Frame, FrameReader, FrameWriter, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
+import { readRequests, readsOnEventLoop, type RequestReader } from "./request-reader.ts";
 
 /** Where the keeper of a snapshotter root listens. */
 export const keeperSocketIn = (root: string) => join(root, "fuse-keeper.sock");
@@ -31,6 +32,7 @@ export interface KeeperOptions {
 interface Held {
   mountpoint: string;
   fd: number;
+  requests?: RequestReader;
   /** Requests sent to no server yet or not answered yet, in arrival order, with when they came. */
   pending: Map<bigint, { req: Uint8Array; at: number }>;
   unmounting: boolean;
@@ -40,12 +42,14 @@ const { EIO } = constants.errno;
 /** How long a server that is attached gets beyond the timeout (it enforces the timeout itself). */
 const SERVER_GRACE_MS = 1_000;
 const SWEEP_MS = 250;
+/** The most mounts one keeper holds. */
+const MAX_MOUNTS = 1016;
 /**
- * The keeper's thread pool (UV_THREADPOOL_SIZE, set by whoever starts it): each mount keeps one
- * thread in a blocking read of /dev/fuse, so this (libuv's most) bounds the mounts.
+ * The keeper's thread pool (UV_THREADPOOL_SIZE, set by whoever starts it). Where requests are read
+ * on the thread pool, each mount keeps a thread there (libuv's most is 1,024). Otherwise libuv's
+ * default: a process with 1,000 threads more takes 150 ms to fork each mount(8).
  */
-export const KEEPER_THREADS = 1024;
-const MAX_MOUNTS = KEEPER_THREADS - 8;
+export const KEEPER_THREADS = readsOnEventLoop ? 4 : MAX_MOUNTS + 8;
 
 export interface RunningKeeper {
   /** Unmounts everything and stops. */
@@ -79,7 +83,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
 
   const release = async (id: number, h: Held) => {
     held.delete(id);
-    await closeDevFuse(h.fd);
+    await h.requests?.close();
   };
 
   /** Unmounts a held mount on purpose (its connection's end is then no news) and lets it go. */
@@ -91,7 +95,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
 
   const startHolding = (id: number, h: Held) => {
     held.set(id, h);
-    readRequests(
+    h.requests = readRequests(
       h.fd,
       (req) => onRequest(id, req),
       (err) => {

@@ -6,8 +6,9 @@
 import type { Bootstrap } from "../../../src/format/decode.ts";
 import type { FileReader } from "../file-reader.ts";
 import type { ImageView } from "../image-view.ts";
-import { closeDevFuse, mountDevFuse, readRequests, unmountDevFuse, writeReply } from "./dev-fuse.ts";
+import { closeDevFuse, mountDevFuse, unmountDevFuse, writeReply } from "./dev-fuse.ts";
 import { ImageSession } from "./image-session.ts";
+import { readRequests, type RequestReader } from "./request-reader.ts";
 
 export interface DirectServeOptions {
   bootstrap: Bootstrap;
@@ -56,8 +57,9 @@ export async function mountDirect(o: DirectMountOptions): Promise<DirectMount> {
 
 function serve(fd: number, mountpoint: string, o: DirectServeOptions): DirectMount {
   const session = new ImageSession({ bootstrap: o.bootstrap, reader: o.reader, view: o.view ?? "image", readTimeoutMs: o.readTimeoutMs ?? 60_000 });
-  const ended = new Promise<void>((resolve) =>
-    readRequests(
+  let requests: RequestReader;
+  const ended = new Promise<void>((resolve) => {
+    requests = readRequests(
       fd,
       (req) =>
         session.handle(req, (reply, body, sent) => {
@@ -65,8 +67,8 @@ function serve(fd: number, mountpoint: string, o: DirectServeOptions): DirectMou
           sent?.();
         }),
       () => resolve(),
-    ),
-  ).then(() => closeDevFuse(fd));
+    );
+  }).then(() => requests.close());
   let unmounted: Promise<void> | undefined;
   return {
     mountpoint,
