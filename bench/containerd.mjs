@@ -20,7 +20,8 @@
 // root (and stargz root): start one per run, before the timing. Needs root, containerd, ctr,
 // ctr-remote, fusermount and Go with Debian's packaged sources (apt-get install containerd
 // stargz-snapshotter golang-github-containerd-stargz-snapshotter-dev golang-go). Registries are
-// plain HTTP on 127.0.0.1.
+// plain HTTP on 127.0.0.1. SKIFF_SNAPSHOTTER_NODE_ARGS adds node flags to `skiff snapshotter`,
+// which hands them on to its mounts daemon and FUSE keeper (e.g. `--cpu-prof --cpu-prof-dir DIR`).
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -239,7 +240,7 @@ export async function startContainerd(workDir, { stargzBinary, skiff, ns: defaul
     if (skiff) {
       // Started before containerd: CRI's snapshotter must answer when the plugin loads.
       const log = openSync(join(dir, "skiff.log"), "a");
-      const sn = spawn(process.execPath, [SKIFF_BIN, "snapshotter", "--proxy", skiff.proxy, "--root", skiffRoot, "--address", skiffSocket, "--metrics", "off"], { stdio: ["ignore", "pipe", log] });
+      const sn = spawn(process.execPath, [...(process.env.SKIFF_SNAPSHOTTER_NODE_ARGS?.split(" ").filter(Boolean) ?? []), SKIFF_BIN, "snapshotter", "--proxy", skiff.proxy, "--root", skiffRoot, "--address", skiffSocket, "--metrics", "off"], { stdio: ["ignore", "pipe", log] });
       closeSync(log);
       children.push(sn);
       let said = "";
