@@ -110,7 +110,7 @@ function directPath(b, bootstrap, reader) {
           (req) => {
             if (!b.K.UNANSWERED_OPS.has(b.K.requestOpcode(req))) counter.n++;
             session.handle(req, (reply, body) => {
-              counter.bytes += reply.byteLength + (body?.byteLength ?? 0);
+              counter.bytes += reply.byteLength + (body ?? []).reduce((n, piece) => n + piece.byteLength, 0);
               b.devFuse.writeReply(fd, reply, body);
             });
           },
@@ -144,7 +144,7 @@ async function keeperPath(b, bootstrap, reader, dir, threads) {
     onRequest: (id, req) => {
       if (!b.K.UNANSWERED_OPS.has(b.K.requestOpcode(req))) current.counter.n++;
       current.session.handle(req, (reply, body) => {
-        current.counter.bytes += reply.byteLength + (body?.byteLength ?? 0);
+        current.counter.bytes += reply.byteLength + (body ?? []).reduce((n, piece) => n + piece.byteLength, 0);
         link.reply(id, reply, body);
       });
     },
