@@ -208,7 +208,7 @@ async function chunkDecodeSection(content) {
     const chunks = chunksOf(content.subarray(0, (size < 64 * 1024 ? 8 : 64) * MiB), size);
     const stored = chunks.map((c) => encodeChunk("deflate-raw", c));
     const total = chunks.reduce((n, c) => n + c.length, 0);
-    const [ds, ff, skiff, zlibRaw] = await compare(total, [
+    const [ds, ff, skiff, zlibRaw, zlibDefault] = await compare(total, [
       [
         "DecompressionStream",
         async () => {
@@ -233,8 +233,15 @@ async function chunkDecodeSection(content) {
           for (let i = 0; i < stored.length; i++) expectBytes((await decodeChunk("deflate-raw", stored[i], chunks[i].length, zlibInflateRaw)).length, chunks[i].length, "decodeChunk + node:zlib");
         },
       ],
+      [
+        // node:zlib with its default output buffers (16 KiB, joined at the end), for comparison.
+        "node:zlib, default output buffers",
+        () => {
+          for (let i = 0; i < stored.length; i++) expectBytes(zlib.inflateRawSync(stored[i], { maxOutputLength: chunks[i].length + 1 }).length, chunks[i].length, "node:zlib, default output buffers");
+        },
+      ],
     ]);
-    rows.push([`${size / 1024} KiB`, ds[1], ff[1], skiff[1], zlibRaw[1]]);
+    rows.push([`${size / 1024} KiB`, ds[1], ff[1], skiff[1], zlibRaw[1], zlibDefault[1]]);
   }
   return rows;
 }
@@ -336,7 +343,7 @@ async function main() {
       "",
       `**Chunk decode (deflate-raw).** 64 MiB of the same content (8 MiB for chunks under 64 KiB) cut into chunks, each encoded with fflate level ${DEFLATE_LEVEL}, decoded one at a time.`,
       "",
-      table(["chunk size", "DecompressionStream", "fflate inflateSync", "skiff `decodeChunk`", "`decodeChunk` + node:zlib (the agent's)"], decode),
+      table(["chunk size", "DecompressionStream", "fflate inflateSync", "skiff `decodeChunk`", "`decodeChunk` + node:zlib (the agent's)", "node:zlib `inflateRawSync`, default output buffers"], decode),
       "",
       "**Chunk encode (deflate-raw).** 1 MiB chunks: 32 MiB of the mixed layer, 16 MiB of text only, 16 MiB of random bytes. Stored size counts a chunk that does not shrink as stored uncompressed, as the converter does.",
       "",
@@ -371,13 +378,14 @@ function conclusions({ gunzip, zstd, decode, encode, hash }) {
   const [, l6mixed, l6text, , l6stored, l6storedText] = level(6);
   const decodeFaster = decode.filter(([, ds, ff]) => ff >= ds).map(([size]) => size);
   const [, , , fflateAt1m, zlibAt1m] = decode.find(([size]) => size === "1024 KiB");
+  const [, , , , sizedAt16k, defaultAt16k] = decode.find(([size]) => size === "16 KiB");
   return [
     "**What skiff uses, and why.**",
     "",
     `- *gzip layers*: the built-in decoder is fflate's streaming Gunzip plus skiff's own CRC-32 and size check of every member (fflate checks neither), on every runtime, so a layer is accepted or refused the same way everywhere. Node's DecompressionStream and node:zlib stop quietly at trailing bytes that begin with 0x00 when they come in the same read as the end of the last member, so their verdict would depend on how the network cut the stream. On Node, node:zlib with 256 KiB output chunks and a check that it consumed every input byte is strict and ${x(zlibInjected, builtIn)} faster than the built-in (${fmt(zlibInjected)} vs ${fmt(builtIn)} MB/s; it inflates on the libuv pool, beside the hashing): the runtime entries pass it as the \`gunzip\` option (\`nodeGunzip\`, src/runtime/node-gunzip.ts). DecompressionStream (${fmt(stream)} MB/s) pushes 16 KiB pieces through Node's web-stream adapter and is not worth injecting on Node.`,
     `- *zstd layers*: fzstd (${fmt(get(zstd, "fzstd"))} MB/s; the CLI, for scale, ${fmt(get(zstd, "zstd -dc"))}). skiff reads every frame header before fzstd does: windows above 128 MiB and dictionary frames are refused, skippable frames are skipped, and fzstd is fed a few blocks at a time so output stays ≤ 1 MiB per step. fzstd does not verify content checksums; the layer digest covers the bytes.`,
     `- *Chunk encode*: fflate \`deflateSync\` level ${DEFLATE_LEVEL}, the same bytes on every runtime (a test pins them). Level 1 is ${x(l1mixed, l6mixed)} (mixed) and ${x(l1text, l6text)} (text) faster than level 6, which stores ${l6stored} instead of ${l1stored} of mixed content and ${l6storedText} instead of ${l1storedText} of text. Conversion sits in front of an image's first pull and Workers bill CPU time, while lazy fetching already avoids most transfer, so speed wins.`,
-    `- *Chunk decode*: fflate \`inflateSync\` into a buffer of the expected size, as fast as or faster than DecompressionStream one chunk at a time here (at ${decodeFaster.join(", ") || "none of the sizes"} in this run) and steadier under load. DecompressionStream inflates on the libuv pool, so it could only pay off with several chunks decoding at once. The Node agent, which inflates every chunk a cold start reads, injects node:zlib's \`inflateRawSync\` instead (node-agent/src/zlib-inflate.ts): ${x(zlibAt1m, fflateAt1m)} the built-in at 1 MiB chunks (${fmt(zlibAt1m)} vs ${fmt(fflateAt1m)} MB/s).`,
+    `- *Chunk decode*: fflate \`inflateSync\` into a buffer of the expected size, as fast as or faster than DecompressionStream one chunk at a time here (at ${decodeFaster.join(", ") || "none of the sizes"} in this run) and steadier under load. DecompressionStream inflates on the libuv pool, so it could only pay off with several chunks decoding at once. The Node agent, which inflates every chunk a cold start reads, injects node:zlib's \`inflateRawSync\` instead (node-agent/src/zlib-inflate.ts): ${x(zlibAt1m, fflateAt1m)} the built-in at 1 MiB chunks (${fmt(zlibAt1m)} vs ${fmt(fflateAt1m)} MB/s). It inflates into one output buffer of the chunk's size, where node:zlib's default is 16 KiB buffers joined at the end: ${x(sizedAt16k, defaultAt16k)} the default at 16 KiB chunks (${fmt(sizedAt16k)} vs ${fmt(defaultAt16k)} MB/s), and most of a layer's files are that small.`,
     `- *sha256*: node:crypto on Node (${fmt(get(hash, "node:crypto"))} MB/s). For a whole 1 MiB chunk, \`crypto.subtle.digest\` (${fmt(get(hash, "subtle"))} MB/s) is ${x(get(hash, "subtle"), get(hash, "noble"))} the pure-JS @noble/hashes, which should stay the fallback for incremental hashing only.`,
   ].join("\n");
 }
