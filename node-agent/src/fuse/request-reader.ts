@@ -58,16 +58,21 @@ export function readRequests(
 function readOnLoop(b: LoopBindings, fd: number, onRequest: (req: Uint8Array) => void, onEnd: (err?: Error) => void): RequestReader {
   let ended = false;
   let closed: Promise<void> | undefined;
-  let pipe: PipeHandle;
+  /** The handle that owns the descriptor now (closing it closes the descriptor); none if opening failed. */
+  let pipe: PipeHandle | undefined;
   // Reported after readRequests has returned, whenever the end comes: its caller holds the reader by then.
   const end = (err?: Error) => {
     if (!ended) (ended = true), queueMicrotask(() => onEnd(err));
   };
   const start = () => {
-    pipe = b.newPipe();
-    const opened = pipe.open(fd);
-    if (opened !== 0) return end(new Error(`reading /dev/fuse: ${b.errorName(opened)}`));
-    pipe.onread = (buffer) => {
+    const next = b.newPipe();
+    const opened = next.open(fd);
+    if (opened !== 0) {
+      pipe = undefined;
+      return end(new Error(`reading /dev/fuse: ${b.errorName(opened)}`));
+    }
+    pipe = next;
+    next.onread = (buffer) => {
       const { n, offset } = b.lastRead();
       if (n > 0 && buffer) return onRequest(new Uint8Array(buffer, offset, n));
       if (n === 0 || closed) return;
@@ -78,7 +83,7 @@ function readOnLoop(b: LoopBindings, fd: number, onRequest: (req: Uint8Array) =>
       // is left as it is (closing it would close the descriptor); a new one reads on.
       start();
     };
-    const started = pipe.readStart();
+    const started = next.readStart();
     if (started !== 0) end(new Error(`reading /dev/fuse: ${b.errorName(started)}`));
   };
   start();
@@ -86,7 +91,8 @@ function readOnLoop(b: LoopBindings, fd: number, onRequest: (req: Uint8Array) =>
     close: () =>
       (closed ??= new Promise<void>((resolve) => {
         end();
-        pipe.close(resolve);
+        if (pipe) pipe.close(resolve);
+        else close(fd, () => resolve());
       })),
   };
 }
