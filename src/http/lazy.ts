@@ -80,22 +80,19 @@ export function lazyHandler(deps: LazyDeps) {
 
     const job = deps.conversions.image(name, root, platform, params);
     job.result.catch(() => {}); // a request that stopped waiting must not leave an unhandled rejection
-    let waited: ImageBootstrap | null;
+    let waited: ImageBootstrap | null | "timeout";
     try {
       // A stored bootstrap is answered as soon as it is read; the wait (and the 202 after it) only
-      // applies once layers actually have to be converted.
-      waited = await Promise.race([job.result, job.converting.then(() => null)]);
-      if (waited === null) {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const timeout = new Promise<null>((resolve) => (timer = setTimeout(resolve, deps.convertWaitMs, null)));
-        waited = await Promise.race([job.result, job.early, timeout]).finally(() => clearTimeout(timer));
-      }
+      // applies once layers actually have to be converted. Finding out is bounded too: a job that
+      // never gets that far (its work lost with the invocation that ran it) must not hold this request.
+      waited = await within(Math.max(deps.convertWaitMs, FIND_WAIT_MS), Promise.race([job.result, job.converting.then(() => null)]));
+      if (waited === null) waited = await within(deps.convertWaitMs, Promise.race([job.result, job.early]));
     } catch (err) {
       // This request's step is done, or another process converts: the next request goes on.
       if (err instanceof ConversionPending) return converting();
       throw err;
     }
-    if (waited === null) {
+    if (waited === "timeout") {
       keepRunning(c, job.result);
       return converting();
     }
@@ -195,6 +192,16 @@ const vanished = () => new OciError("BLOB_UNKNOWN", "converted data vanished fro
  * The conversion goes on after the 202: on Workers the invocation is kept alive for it (for a limited
  * time); runtimes without an execution context keep running promises anyway.
  */
+/** How long a bootstrap request may take to find its image's bootstrap stored, or its conversion started. */
+const FIND_WAIT_MS = 5_000;
+
+/** `work`'s answer, or "timeout" once `ms` have passed. */
+async function within<T>(ms: number, work: Promise<T>): Promise<T | "timeout"> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(resolve, ms, "timeout")));
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
 function keepRunning(c: Context, work: Promise<unknown>): void {
   let ctx: { waitUntil(p: Promise<unknown>): void } | undefined;
   try {

@@ -86,8 +86,8 @@ export interface ImageJob {
 
 export class Conversions {
   readonly #deps: ConversionsDeps;
-  readonly #layers = new Map<string, Promise<ConvertedLayer>>();
-  readonly #images = new Map<string, ImageJob>();
+  readonly #layers = new Map<string, { job: Promise<ConvertedLayer>; started: number }>();
+  readonly #images = new Map<string, { job: ImageJob; started: number }>();
 
   constructor(deps: ConversionsDeps) {
     this.#deps = deps;
@@ -96,17 +96,33 @@ export class Conversions {
   /** The bootstrap of `name` at `root` (a manifest or index) for a platform, converting as needed. */
   image(name: string, root: Manifest, platform: string, params: ConvertParams): ImageJob {
     const key = `${root.digest.value}\n${platform}\n${paramsId(params)}`;
-    let job = this.#images.get(key);
-    if (!job) {
+    return this.#shared(this.#images, key, () => {
       let startConverting!: () => void;
       const converting = new Promise<void>((resolve) => (startConverting = resolve));
       let offerEarly!: (early: ImageBootstrap) => void;
       const early = new Promise<ImageBootstrap>((resolve) => (offerEarly = resolve));
-      const result = this.#image(name, root, platform, params, startConverting, offerEarly).finally(() => this.#images.delete(key));
-      job = { result, converting, early };
-      this.#images.set(key, job);
-    }
-    return job;
+      const result = this.#image(name, root, platform, params, startConverting, offerEarly);
+      return { job: { result, converting, early }, settled: result };
+    });
+  }
+
+  /**
+   * The job running under `key`, or a new one from `start`, kept until it settles. In steps
+   * (Workers) a job is one invocation's step: one that has run longer than a lease without settling
+   * belongs to an invocation that ended, taking its I/O along, and is started again.
+   */
+  #shared<J>(jobs: Map<string, { job: J; started: number }>, key: string, start: () => { job: J; settled: Promise<unknown> }): J {
+    const now = (this.#deps.now ?? Date.now)();
+    const running = jobs.get(key);
+    const stale = running && this.#deps.stepBytes && now - running.started > (this.#deps.leaseMs ?? DEFAULT_LEASE_MS);
+    if (running && !stale) return running.job;
+    const entry = { ...start(), started: now };
+    jobs.set(key, entry);
+    const forget = () => {
+      if (jobs.get(key) === entry) jobs.delete(key);
+    };
+    entry.settled.then(forget, forget);
+    return entry.job;
   }
 
   /**
@@ -168,12 +184,10 @@ export class Conversions {
   /** One conversion per layer and parameters at a time in this process. */
   #layer(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
     const key = `${layer.digest.value}\n${paramsId(opts.params)}`;
-    let pending = this.#layers.get(key);
-    if (!pending) {
-      pending = this.#convertLayer(name, layer, opts).finally(() => this.#layers.delete(key));
-      this.#layers.set(key, pending);
-    }
-    return pending;
+    return this.#shared(this.#layers, key, () => {
+      const job = this.#convertLayer(name, layer, opts);
+      return { job, settled: job };
+    });
   }
 
   async #convertLayer(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {

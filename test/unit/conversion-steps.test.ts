@@ -97,9 +97,21 @@ function imageRegistry() {
   return { registry, repo, layerDigests };
 }
 
-function proxy(registry: FakeRegistry, store: ContentStore, convertStepBytes?: number) {
+function proxy(registry: FakeRegistry, store: ContentStore, convertStepBytes?: number, more: { convertWaitSeconds?: number; now?: () => number } = {}) {
   const config = resolveConfig({ upstreams: { "upstream.test": { url: registry.origin, public: true } }, defaultUpstream: "upstream.test", access: { mode: "open" } }, { env: {} });
-  return createApp({ config, store, hasher: nodeHasher, fetchFor: () => registry.fetch, convertStepBytes, convertWaitSeconds: 30 }).app;
+  return createApp({ config, store, hasher: nodeHasher, fetchFor: () => registry.fetch, convertStepBytes, convertWaitSeconds: 30, ...more }).app;
+}
+
+/**
+ * A store whose reads of image bootstraps never answer while `hang` is set: what a job's I/O does
+ * once the invocation that ran it has ended (Workers).
+ */
+class HangingStore extends MemoryStore {
+  hang = false;
+  override async get(key: string, span?: { offset: number; length: number }) {
+    if (this.hang && key.startsWith("converted/images/")) return new Promise<never>(() => {});
+    return super.get(key, span);
+  }
 }
 
 const bootstrapPath = (repo: string) => `http://skiff.test/v2/${repo}/_skiff/bootstrap/v1?chunk-size=64k`;
@@ -134,6 +146,25 @@ describe("bootstrap requests converting in steps", () => {
     expect(shared.keys().filter((k) => k.includes("/steps/segment-"))).toEqual([]);
     expect(shared.keys().filter((k) => k.includes("/steps/checkpoint"))).toEqual([]);
   });
+
+  it("never wait on a job that does not move: 202 within the bound, and the job started again once it has outlived a lease", async () => {
+    const { registry, repo } = imageRegistry();
+    const expected = new Uint8Array(await (await proxy(registry, new MemoryStore()).request(bootstrapPath(repo))).arrayBuffer());
+    const store = new HangingStore();
+    const clock = { t: 1_000 };
+    const app = proxy(registry, store, 2 * K64, { convertWaitSeconds: 1, now: () => clock.t });
+    store.hang = true;
+    const stuck = await app.request(bootstrapPath(repo));
+    expect(stuck.status).toBe(202);
+    store.hang = false;
+    // Within a lease, later requests join the job that does not move, and are answered 202 too.
+    expect((await app.request(bootstrapPath(repo))).status).toBe(202);
+    clock.t += 121_000;
+    let res = await app.request(bootstrapPath(repo));
+    for (let i = 0; i < 200 && res.status === 202; i++) res = await app.request(bootstrapPath(repo));
+    expect(res.status).toBe(200);
+    expect(Buffer.from(await res.arrayBuffer()).equals(Buffer.from(expected))).toBe(true);
+  }, 30_000);
 
   it("leave a layer another instance holds the lease on alone, and go on once it is free", async () => {
     const { registry, repo, layerDigests } = imageRegistry();
