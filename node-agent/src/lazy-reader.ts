@@ -9,6 +9,7 @@ import { findLibrary, neededLibraries } from "./elf-libraries.ts";
 import { elfDataSegments, elfHeaders, type ByteRange, type ElfHeaders } from "./elf-segments.ts";
 import { allChunks } from "./prefetch-list.ts";
 import { RecentChunks } from "./recent-chunks.ts";
+import { SiblingPrefetch } from "./sibling-prefetch.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { sleep } from "../../src/util/sleep.ts";
 import { trace, tracing } from "./trace.ts";
@@ -64,7 +65,9 @@ export interface LazyReaderOptions {
   readaheadChunks?: number;
   /**
    * After a read misses, fetch up to this many stored bytes of the chunks that follow the missed
-   * one in its layer's data blob, in the background (`--prefetch-nearby`). Default 0: off.
+   * one in its layer's data blob, in the background (`--prefetch-nearby`); and once two small
+   * files of one kind in one directory have missed, the others beside them (sibling-prefetch.ts).
+   * Default 0: off.
    */
   nearbyBytes?: number;
   /**
@@ -127,6 +130,7 @@ export class LazyReader implements FileReader {
   readonly #nearbyBytes: number;
   readonly #nearbyMinRoundTripMs: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
+  #siblings: SiblingPrefetch | undefined;
   readonly #programPrefetchBytes: number;
   readonly #layers: LayerGroup | undefined;
   /** Files whose start has been read. */
@@ -154,6 +158,18 @@ export class LazyReader implements FileReader {
     this.#programPrefetchBytes = Math.max(0, options.programPrefetchBytes ?? 0);
     this.#layers = options.layers;
     this.#recent = options.recent ?? new RecentChunks();
+    this.#siblings =
+      this.#nearbyBytes > 0
+        ? new SiblingPrefetch(bootstrap, {
+            has: (index) => this.#cache.has(toHex(bootstrap.chunk(index).digest)),
+            fetch: (wanted) => {
+              const run = this.#fetch(wanted).then(() => undefined, () => undefined);
+              this.#inBackground(run);
+              return run;
+            },
+            storedPosition: () => (this.#storedOrder ??= storedOrder(bootstrap)).position,
+          })
+        : undefined;
   }
 
   /**
@@ -167,6 +183,14 @@ export class LazyReader implements FileReader {
       if (left <= 0) return;
       await sleep(left);
     }
+  }
+
+  /**
+   * A learned list now leads this mount's prefetch: it holds what the image's start reads, so
+   * guessing at a directory's other files would only add bytes. Sibling prefetch stops.
+   */
+  followLearnedList(): void {
+    this.#siblings = undefined;
   }
 
   /** Whether a read (or readahead) is in progress. */
@@ -210,6 +234,7 @@ export class LazyReader implements FileReader {
     const firstLook = first === 0 && this.#programPrefetchBytes > 0 && indexes.length > 1 && this.#firstLook(inode);
     const chunks = await this.#load(indexes.slice(first, last + 1), inode, () => {
       this.#fetchNearby(indexes[last]!);
+      if (this.#siblings && this.#nearbyPays()) this.#siblings.missed(inode);
       if (firstLook) this.#fetchTail(indexes);
     });
     const release = () => chunks.forEach((chunk) => this.#recent.release(chunk));
@@ -297,8 +322,7 @@ export class LazyReader implements FileReader {
    * opened one is likely to open next, and each read that finds them cached saves a round trip.
    */
   #fetchNearby(chunkIndex: number): void {
-    if (this.#nearbyBytes <= 0) return;
-    if (this.#nearbyMinRoundTripMs > 0 && this.#fetcher.stats.roundTripMs < this.#nearbyMinRoundTripMs) return;
+    if (!this.#nearbyPays()) return;
     this.#storedOrder ??= storedOrder(this.#bootstrap);
     const { order, position } = this.#storedOrder;
     const blob = this.#bootstrap.chunk(chunkIndex).blob;
@@ -415,6 +439,12 @@ export class LazyReader implements FileReader {
   }
 
   /** Fetches chunks no read waits for yet; a read that needs one before they arrive fetches it itself. */
+  /** Nearby fetches are on, and round trips cost enough for them (nearbyMinRoundTripMs). */
+  #nearbyPays(): boolean {
+    if (this.#nearbyBytes <= 0) return false;
+    return this.#nearbyMinRoundTripMs <= 0 || this.#fetcher.stats.roundTripMs >= this.#nearbyMinRoundTripMs;
+  }
+
   #fetchInBackground(wanted: WantedChunk[]): void {
     if (wanted.length > 0) this.#inBackground(this.#fetch(wanted));
   }

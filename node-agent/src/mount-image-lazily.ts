@@ -199,7 +199,10 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   // The learned list runs ahead of the reads, before any list given by hand.
   const learnedChunks = chunksIn(bootstrap, await learned);
   trace("learned-list", { chunks: learnedChunks.length });
-  if (learnedChunks.length > 0) phases.unshift({ chunks: learnedChunks, quietMs: 0, followsReads: true });
+  if (learnedChunks.length > 0) {
+    phases.unshift({ chunks: learnedChunks, quietMs: 0, followsReads: true });
+    reader.followLearnedList();
+  }
   prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
   // The stats file is written once the prefetch has started: its chunks are on the critical path.
   trace("prefetch-start");

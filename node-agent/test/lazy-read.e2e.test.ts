@@ -150,7 +150,14 @@ beforeAll(async () => {
     { name: "lib64", type: "symlink", linkname: "usr/lib64" },
     ...Object.entries(LINKED).map(([name, data]) => file(name, data)),
   ];
-  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT), { name: "bin", type: "dir" }, file("bin/program", PROGRAM), ...linked]);
+  // Last in the layer, so that the other files keep their places: a package's compiled modules.
+  const modules: TarEntry[] = [
+    { name: "pkg", type: "dir" },
+    { name: "pkg/__pycache__", type: "dir" },
+    ...["a", "b", "c", "d"].map((m) => file(`pkg/__pycache__/${m}.cpython-313.pyc`, new Uint8Array(Buffer.from(`${m} module `.repeat(300))))),
+    file("pkg/__pycache__/notes.txt", new Uint8Array(Buffer.from("notes ".repeat(300)))),
+  ];
+  const tar = tarArchive([{ name: "etc", type: "dir" }, file("etc/small", SMALL), { name: "data", type: "dir" }, file("data/big", BIG), file("data/text", TEXT), { name: "bin", type: "dir" }, file("bin/program", PROGRAM), ...linked, ...modules]);
   const written = writeImage(layout, "v1", [{ bytes: gzipSync(tar), mediaType: MT.layerGzip, diffId: diffIdOf(tar) }]);
   manifestDigest = written.manifest.digest;
   await pushImage(layout, "v1", `${registry.hostPort}/e2e/agent:v1`);
@@ -345,6 +352,29 @@ describe("lazy read path", () => {
     await reader.idle();
     expect(fetcher.stats.requests).toBe(requests + 1);
     expect(big.map((hex) => cache.has(hex))).toEqual(big.map((_, k) => k < 2 || (k >= 4 && k <= 7)));
+  });
+
+  test("sibling prefetch: once two modules of a directory have missed, its other modules are fetched in the background; not once a learned list leads", async () => {
+    const b = image.bootstrap;
+    const module = (m: string) => b.lookup(`pkg/__pycache__/${m}`)!;
+    const cachedOf = (cache: ChunkCache) => ["a", "b", "c", "d"].map((m) => cache.has(Buffer.from(b.chunks(module(`${m}.cpython-313.pyc`))[0]!.digest).toString("hex")));
+    const notes = (cache: ChunkCache) => cache.has(Buffer.from(b.chunks(module("notes.txt"))[0]!.digest).toString("hex"));
+    // One byte of nearby chunks: nothing but the siblings is fetched beside the reads.
+    const { cache, reader } = await newReader(tempDir("agent-cache"), { nearbyBytes: 1 });
+    await reader.read(module("a.cpython-313.pyc"), 0, 10);
+    await reader.idle();
+    expect(cachedOf(cache)).toEqual([true, false, false, false]);
+    await reader.read(module("c.cpython-313.pyc"), 0, 10);
+    await reader.idle();
+    expect(cachedOf(cache)).toEqual([true, true, true, true]);
+    expect(notes(cache)).toBe(false); // another kind of file
+
+    const led = await newReader(tempDir("agent-cache"), { nearbyBytes: 1 });
+    led.reader.followLearnedList();
+    await led.reader.read(module("a.cpython-313.pyc"), 0, 10);
+    await led.reader.read(module("c.cpython-313.pyc"), 0, 10);
+    await led.reader.idle();
+    expect(cachedOf(led.cache)).toEqual([true, false, true, false]);
   });
 
   test("a sequential reader on a warm cache reads each chunk file once, not once per read", async () => {

@@ -40,9 +40,10 @@ Options:
   --prefetch-rate SIZE limit prefetch to SIZE bytes per second, e.g. 20m (default: no limit)
   --prefetch-nearby SIZE|auto
                        when a read has to fetch, also fetch up to SIZE (e.g. 256k) of the chunks
-                       stored after it in the layer, the files next to it, in the background;
-                       0 turns it off (default auto: 256k while a round trip to the proxy takes
-                       10 ms or more, off on a faster link)
+                       stored after it in the layer, the files next to it, in the background,
+                       and once two small files of a kind in one directory had to be fetched,
+                       the others beside them; 0 turns it off (default auto: 256k while a round
+                       trip to the proxy takes 10 ms or more, off on a faster link)
   --record FILE        write the chunks reads need, in the order first needed, as a prefetch list
   --no-learned-prefetch
                        don't fetch first the chunks the proxy learned this image reads first, and
