@@ -130,7 +130,9 @@ export class LazyReader implements FileReader {
   readonly #nearbyBytes: number;
   readonly #nearbyMinRoundTripMs: number;
   #storedOrder: { order: number[]; position: Int32Array } | undefined;
-  #siblings: SiblingPrefetch | undefined;
+  readonly #siblings: SiblingPrefetch | undefined;
+  /** While this says so, a learned list leads the mount's prefetch, and sibling prefetch waits. */
+  #listLeads: () => boolean = () => false;
   readonly #programPrefetchBytes: number;
   readonly #layers: LayerGroup | undefined;
   /** Files whose start has been read. */
@@ -186,11 +188,12 @@ export class LazyReader implements FileReader {
   }
 
   /**
-   * A learned list now leads this mount's prefetch: it holds what the image's start reads, so
-   * guessing at a directory's other files would only add bytes. Sibling prefetch stops.
+   * A learned list now leads this mount's prefetch: while it matches the reads it holds what they
+   * need, and guessing at a directory's other files would only add bytes. So sibling prefetch waits
+   * while `offTrack` says the reads match the list, and resumes once they stop matching it.
    */
-  followLearnedList(): void {
-    this.#siblings = undefined;
+  followLearnedList(offTrack: () => boolean): void {
+    this.#listLeads = () => !offTrack();
   }
 
   /** Whether a read (or readahead) is in progress. */
@@ -234,7 +237,7 @@ export class LazyReader implements FileReader {
     const firstLook = first === 0 && this.#programPrefetchBytes > 0 && indexes.length > 1 && this.#firstLook(inode);
     const chunks = await this.#load(indexes.slice(first, last + 1), inode, () => {
       this.#fetchNearby(indexes[last]!);
-      if (this.#siblings && this.#nearbyPays()) this.#siblings.missed(inode);
+      if (this.#siblings && this.#nearbyPays()) this.#siblings.missed(inode, !this.#listLeads());
       if (firstLook) this.#fetchTail(indexes);
     });
     const release = () => chunks.forEach((chunk) => this.#recent.release(chunk));

@@ -201,7 +201,7 @@ export async function mountLazily(o: LazyMountOptions): Promise<LazyMount> {
   trace("learned-list", { chunks: learnedChunks.length });
   if (learnedChunks.length > 0) {
     phases.unshift({ chunks: learnedChunks, quietMs: 0, followsReads: true });
-    reader.followLearnedList();
+    reader.followLearnedList(() => prefetcher?.offTrack ?? true);
   }
   prefetcher = phases.length > 0 ? new Prefetcher(bootstrap, cache, fetcher, { idle: (quietMs) => reader.foregroundIdle(quietMs) }, phases, { bytesPerSecond: o.prefetchBytesPerSecond, log: o.log }) : undefined;
   // The stats file is written once the prefetch has started: its chunks are on the critical path.

@@ -165,7 +165,7 @@ export class Prefetcher {
     for (const wake of this.#held.splice(0)) wake();
   }
 
-  /** Whether the running list gives way to reads that do not match it (for tests). */
+  /** Whether the running (or last) list gives way to reads that do not match it: sibling prefetch waits until it does. */
   get offTrack(): boolean {
     return this.#pace?.offTrack ?? false;
   }

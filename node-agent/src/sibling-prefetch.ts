@@ -43,8 +43,11 @@ export class SiblingPrefetch {
     this.#o = options;
   }
 
-  /** A foreground read of `inode` had to wait for the proxy. */
-  missed(inode: number): void {
+  /**
+   * A foreground read of `inode` had to wait for the proxy. With `start` false the miss is only
+   * counted: a later one, allowed to start, then starts the group.
+   */
+  missed(inode: number, start = true): void {
     if (this.#budget <= 0) return;
     const ino = this.#b.inode(inode);
     if (ino.type !== "file" || ino.size > SIBLING_MAX_FILE_BYTES) return;
@@ -57,7 +60,7 @@ export class SiblingPrefetch {
     if (group === "started") return;
     if (!group) this.#groups.set(key, (group = new Set()));
     group.add(inode);
-    if (group.size < MISSES_TO_START) return;
+    if (group.size < MISSES_TO_START || !start) return;
     this.#groups.set(key, "started");
     this.#enqueue(dir, ext);
   }

@@ -197,7 +197,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     void learned?.list.then((hexes) => {
       const chunks = chunksIn(bootstrap, hexes);
       if (chunks.length === 0 || byId.get(id) !== m) return;
-      reader.followLearnedList();
+      reader.followLearnedList(() => m.prefetcher?.offTrack ?? true);
       m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, learned.foreground, [{ chunks, quietMs: 0, followsReads: true }], { log: o.log });
       m.prefetcher.start();
     });
