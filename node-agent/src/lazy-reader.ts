@@ -441,13 +441,13 @@ export class LazyReader implements FileReader {
     this.#fetchInBackground(wanted);
   }
 
-  /** Fetches chunks no read waits for yet; a read that needs one before they arrive fetches it itself. */
   /** Nearby fetches are on, and round trips cost enough for them (nearbyMinRoundTripMs). */
   #nearbyPays(): boolean {
     if (this.#nearbyBytes <= 0) return false;
     return this.#nearbyMinRoundTripMs <= 0 || this.#fetcher.stats.roundTripMs >= this.#nearbyMinRoundTripMs;
   }
 
+  /** Fetches chunks no read waits for yet; a read that needs one before they arrive fetches it itself. */
   #fetchInBackground(wanted: WantedChunk[]): void {
     if (wanted.length > 0) this.#inBackground(this.#fetch(wanted));
   }

@@ -7,7 +7,7 @@ import type { Bootstrap } from "../../src/format/decode.ts";
 import type { WantedChunk } from "./chunk-fetcher.ts";
 
 export interface SiblingPrefetchOptions {
-  /** Whether the chunk-table entry is cached already (or being fetched), so not to be fetched again. */
+  /** Whether the chunk-table entry is in the node's cache already (then it is not fetched). */
   has(chunkIndex: number): boolean;
   /** Fetches and caches chunks in the background; settles when they are in (or failed). */
   fetch(wanted: WantedChunk[]): Promise<void>;
