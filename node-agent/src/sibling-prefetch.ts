@@ -112,10 +112,11 @@ export class SiblingPrefetch {
 
   #parentOf(inode: number): number {
     if (!this.#parents) {
+      // Without decoding names: a few ms for 10,000 entries, and only once.
       const parents = new Int32Array(this.#b.inodeCount);
       for (let i = 0; i < this.#b.inodeCount; i++) {
         if (this.#b.inode(i).type !== "dir") continue;
-        for (const entry of this.#b.readdir(i)) if (entry.inode !== i) parents[entry.inode] = i;
+        for (const child of this.#b.childInodes(i)) if (child !== i) parents[child] = i;
       }
       this.#parents = parents;
     }

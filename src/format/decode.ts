@@ -372,6 +372,15 @@ export class Bootstrap {
     return out;
   }
 
+  /** The inodes of a directory's entries, in name order, without decoding their names. */
+  childInodes(dir: number): number[] {
+    if (this.inode(dir).type !== "dir") throw new Error(`inode ${dir} is not a directory`);
+    const [a, b] = this.#ab(dir);
+    const out: number[] = [];
+    for (let k = a; k < a + b; k++) out.push(this.#u32(this.#at.dirents + k * L.DIRENT_RECORD_SIZE + 8));
+    return out;
+  }
+
   #dirent(k: number): DirEntry {
     const d = this.#at.dirents + k * L.DIRENT_RECORD_SIZE;
     return { name: this.#string(this.#u32(d), this.#view.getUint16(d + 4, true), "name"), inode: this.#u32(d + 8) };

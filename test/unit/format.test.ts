@@ -178,6 +178,9 @@ describe("bootstrap round trip", () => {
     expect(names.indexOf(WIDE)).toBeLessThan(names.indexOf(EMOJI)); // not JavaScript's string order
     expect(names).toHaveLength(11);
     for (const n of names) expect(b.child(dir, n)).not.toBeNull();
+    // The same entries' inodes without their names, in the same order.
+    expect(b.childInodes(dir)).toEqual(b.readdir(dir).map((e) => e.inode));
+    expect(() => b.childInodes(b.lookup("/bin/su")!)).toThrow(/not a directory/);
     expect(b.lookup(`/names/${LONG_NAME}`)).not.toBeNull();
     expect(utf8(LONG_NAME)).toHaveLength(255);
     for (const missing of ["", "b", "ä".normalize("NFD"), "日", `${LONG_NAME}x`, "zz", "A"]) expect(b.child(dir, missing)).toBeNull();
