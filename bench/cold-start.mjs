@@ -102,6 +102,9 @@ async function containerdBaselines(registryBase, edge) {
     for (const [client, refOf, pull, options] of clients) {
       const runs = [];
       for (let round = 0; round < ROUNDS; round++) {
+        // What the run before left for the disk to write back (a full unpack is 330 MB) is written
+        // first: no run waits behind another's writeback.
+        execFileSync("sync");
         const containerd = await startContainerd(work, options);
         try {
           runs.push(await pull(containerd, refOf(round), WORKLOAD, { expect: "ready" }));
@@ -263,7 +266,7 @@ first workload's, as above.
 ${learnedTable.join("\n")}
 
 The same workload started the ways containerd starts it, in the same run and through the same links,
-on a fresh containerd every run: a full \`ctr image pull\` (containerd ${containerdVersion()}, unpacking
+on a fresh containerd every run, after a \`sync\` (no run waits behind the writeback of the one before): a full \`ctr image pull\` (containerd ${containerdVersion()}, unpacking
 with unpigz into overlayfs); the stargz snapshotter (Debian's stargz-snapshotter library, served by
 bench/stargz/main.go with the library's defaults: on-demand fetches and a background fetch of each
 layer) lazily pulling an eStargz copy made by \`ctr-remote image convert --estargz\` (no prefetch
