@@ -188,10 +188,6 @@ export function lazyHandler(deps: LazyDeps) {
 
 const vanished = () => new OciError("BLOB_UNKNOWN", "converted data vanished from the store");
 
-/**
- * The conversion goes on after the 202: on Workers the invocation is kept alive for it (for a limited
- * time); runtimes without an execution context keep running promises anyway.
- */
 /** How long a bootstrap request may take to find its image's bootstrap stored, or its conversion started. */
 const FIND_WAIT_MS = 5_000;
 
@@ -202,6 +198,10 @@ async function within<T>(ms: number, work: Promise<T>): Promise<T | "timeout"> {
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * The conversion goes on after the 202: on Workers the invocation is kept alive for it (for a limited
+ * time); runtimes without an execution context keep running promises anyway.
+ */
 function keepRunning(c: Context, work: Promise<unknown>): void {
   let ctx: { waitUntil(p: Promise<unknown>): void } | undefined;
   try {
