@@ -18,7 +18,7 @@ export interface SiblingPrefetchOptions {
 /** Only files this small count, and are fetched: modules, scripts, not the libraries beside them. */
 export const SIBLING_MAX_FILE_BYTES = 256 * 2 ** 10;
 /** Stored bytes fetched for one directory and extension at most. */
-const MAX_GROUP_BYTES = 4 * 2 ** 20;
+const MAX_GROUP_BYTES = 2 * 2 ** 20;
 /** Stored bytes fetched for siblings by one reader at most. */
 const MAX_TOTAL_BYTES = 32 * 2 ** 20;
 /** Stored bytes per background request: 10 ms of a 100 Mbit/s link. */
