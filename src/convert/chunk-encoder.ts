@@ -1,14 +1,11 @@
-// What becomes of one chunk cut from a layer: its sha256 (its name) and the bytes stored for it.
-// Behind an interface so a runtime can do this work off the thread that reads the tar (Node's
-// worker threads: src/runtime/node-chunk-encoder.ts), which on a cold edge is most of a deflate-raw
+// What becomes of one chunk cut from a layer (./cut.ts names it): the bytes stored for it. Behind an
+// interface so a runtime can do this work off the thread that writes the layer (Node's worker
+// threads: src/runtime/node-chunk-encoder.ts), which on a cold edge is most of a deflate-raw
 // conversion's CPU. Whatever does it must give the same bytes as `encodeStored` here: converted
 // blobs are content-addressed.
 import { encodeChunk, type ChunkCodec } from "../format/codec.ts";
-import type { HasherFactory } from "../hash/hasher.ts";
 
 export interface EncodedChunk {
-  /** Lowercase hex sha256 of the chunk's uncompressed bytes. */
-  hex: string;
   /** The bytes to store: the encoded chunk, or the chunk itself when encoding did not make it smaller. */
   stored: Uint8Array;
   /** Whether `stored` is encoded (the chunk record's flag). */
@@ -18,7 +15,7 @@ export interface EncodedChunk {
 export interface ChunkEncoder {
   /** How many chunks the converter may have in flight at once; 1 encodes each before cutting the next. */
   readonly window: number;
-  /** Hashes and encodes `data`, which it takes over: the caller must not touch its bytes afterwards. */
+  /** Encodes `data`, which it takes over: the caller must not touch its bytes afterwards. */
   encode(data: Uint8Array, codec: ChunkCodec): Promise<EncodedChunk>;
 }
 
@@ -29,14 +26,8 @@ export function encodeStored(codec: ChunkCodec, data: Uint8Array): { stored: Uin
   return { stored: compressed ? encoded : data, compressed };
 }
 
-/** Hashes and encodes on the calling thread, one chunk at a time: every runtime's default. */
-export function inlineChunkEncoder(hasher: HasherFactory): ChunkEncoder {
-  return {
-    window: 1,
-    encode: async (data, codec) => {
-      const h = hasher("sha256");
-      h.update(data);
-      return { hex: h.hex(), ...encodeStored(codec, data) };
-    },
-  };
-}
+/** Encodes on the calling thread, one chunk at a time: every runtime's default. */
+export const inlineChunkEncoder: ChunkEncoder = {
+  window: 1,
+  encode: async (data, codec) => encodeStored(codec, data),
+};

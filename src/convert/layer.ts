@@ -1,5 +1,5 @@
 // Converts one layer, streaming: compressed bytes → (digest check) → decompress → tar → fixed-size
-// chunks → sha256 → codec → one data blob, plus the layer's bootstrap. The result depends only on
+// chunks → sha256 (those three: ./cut.ts) → codec → one data blob, plus the layer's bootstrap. The result depends only on
 // the layer and the parameters (chunks are deduplicated inside the layer only), so a base layer
 // shared by many images is converted once. Nothing is visible until the layer digest has matched:
 // the data blob is committed first and the bootstrap, which is what readers look for, last.
@@ -18,10 +18,11 @@ import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from "./checkpoint.ts";
 import { codecId } from "../format/codec.ts";
 import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
-import { compressionForMediaType, decompressLayer, LayerFormatError, type GunzipFactory } from "./decompress.ts";
+import { compressionForMediaType, LayerFormatError, type GunzipFactory } from "./decompress.ts";
+import { cutLayer } from "./cut.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
-import { readTar, TarError } from "./tar.ts";
+import { TarError } from "./tar.ts";
 import { BatchedWriter } from "../util/streams.ts";
 
 export interface LayerSource {
@@ -88,7 +89,7 @@ export interface ConvertLayerOptions {
   /** The runtime's gzip decoder, when faster than the built-in one (node:zlib). */
   gunzip?: GunzipFactory;
   params: ConvertParams;
-  /** Hashes and encodes the chunks (the runtime's, e.g. on worker threads); on this thread by default. */
+  /** Encodes the chunks (the runtime's, e.g. on worker threads); on this thread by default. */
   chunkEncoder?: ChunkEncoder;
   /** Called as compressed bytes are read (for progress). */
   onBytes?: (n: number) => void;
@@ -147,6 +148,8 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   // Most chunks are small files' only chunk: they reach the store in batches.
   const batched = new BatchedWriter((bytes) => upload.write(bytes), WRITE_BATCH_BYTES);
   let outcome: Awaited<ReturnType<typeof streamLayer>>;
+  // The bootstrap, when its model is complete already, encoded while the data blob goes to disk.
+  let encoded: Uint8Array | null = null;
   try {
     outcome = await streamLayer(layer, opts, from, async (bytes) => {
       segment.size += bytes.byteLength;
@@ -154,7 +157,12 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     });
     await batched.flush();
     await opts.guard?.();
-    await upload.commit();
+    const committed = upload.commit();
+    if ("model" in outcome && !from) {
+      committed.catch(() => {}); // awaited just below
+      encoded = encodeBootstrap(outcome.model);
+    }
+    await committed;
   } catch (err) {
     await upload.cancel();
     // A checkpoint that does not fit the layer, or steps over bytes that can never convert (not a
@@ -176,7 +184,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   }
   const { model, stats } = outcome;
   if (from) model.blobs[0]!.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size })));
-  const bytes = encodeBootstrap(model);
+  const bytes = encoded ?? encodeBootstrap(model);
   await opts.guard?.();
   await putBytes(store, bootstrapKey, bytes);
   if (opts.budget) {
@@ -254,24 +262,6 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
       },
     }),
   );
-  const decompressed = decompressLayer(tapped, layer.mediaType, opts.gunzip).getReader();
-  const maxExpanded = opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES;
-  let expanded = 0;
-  // The tar reader stops at the end-of-archive marker; whatever follows (padding, the gzip
-  // trailer) must still be read so the digest covers every byte. So it gets a view it can't cancel.
-  const tarInput = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const { done, value } = await decompressed.read();
-      if (done) return controller.close();
-      expanded += value.byteLength;
-      // Converting costs time in the expanded size: a decompression bomb stops here, not at its end.
-      if (expanded > maxExpanded) {
-        void decompressed.cancel().catch(() => {});
-        throw new LayerFormatError(`layer ${layer.digest.value} expands past ${maxExpanded} bytes, this converter's limit`);
-      }
-      controller.enqueue(value);
-    },
-  });
 
   const dataHash = hasher("sha256");
   const chunks: ChunkRecord[] = from ? [...from.records] : [];
@@ -300,20 +290,19 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     return index;
   };
 
-  const encoder = opts.chunkEncoder ?? inlineChunkEncoder(hasher);
+  const encoder = opts.chunkEncoder ?? inlineChunkEncoder;
   // Chunks handed to the encoder and not yet written, oldest first. Each is written, and its record
   // index given to its file, in the order it was cut, so the blob and records are the same bytes
   // whatever the encoder and however many chunks it has in flight.
   const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
-  const pending: { result: Promise<EncodedChunk>; size: number; file: number[]; slot: number }[] = [];
-  // Chunk buffers to cut into again: a fresh megabyte for every chunk was that much more garbage to
-  // collect, and collecting was about a fifth of a conversion's time.
+  const pending: { result: Promise<EncodedChunk>; hex: string; size: number; file: number[]; slot: number }[] = [];
+  // Whole-chunk buffers written and hashed, for the cutter to cut into again.
   const spare: Uint8Array[] = [];
 
   /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */
   const settleOldest = async (): Promise<void> => {
-    const { result, size, file, slot } = pending.shift()!;
-    const { hex, stored, compressed } = await result;
+    const { result, hex, size, file, slot } = pending.shift()!;
+    const { stored, compressed } = await result;
     let index = known.get(hex);
     if (index !== undefined) {
       stats.bytesDeduplicated += size;
@@ -338,8 +327,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     while (pending.length > 0) await settleOldest();
   };
 
-  /** Cuts a chunk of `file`: the encoder takes `data` over. */
-  const addChunk = async (data: Uint8Array, file: number[]): Promise<void> => {
+  /** Takes a chunk of `file`: the encoder takes `data` over. */
+  const addChunk = async (data: Uint8Array, hex: string, file: number[]): Promise<void> => {
     if (ordinal < replayed.length) {
       file.push(replayChunk(data));
       return;
@@ -351,53 +340,39 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     const result = encoder.encode(data, params.codec);
     // Awaited in order by settleOldest; one that fails while older ones are awaited must not go unhandled.
     result.catch(() => {});
-    pending.push({ result, size, file, slot: file.length });
+    pending.push({ result, hex, size, file, slot: file.length });
     file.push(-1);
     if (pending.length >= inFlight) await settleOldest();
     if (budget && (budget.remaining -= size) <= 0) throw new Pause();
   };
 
-  // A full chunk hands its buffer to the encoder and a new one is taken; a file's last, partial
-  // chunk is copied out, so small files don't each cost a whole chunk's buffer.
-  let buffer: Uint8Array = new Uint8Array(chunkSize);
+  const cut = cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, opts.gunzip);
   const maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
+  // The chunk list of the file being cut; null while the entry is not a file the tree keeps.
+  let file: number[] | null = null;
   try {
-    for await (const entry of readTar(tarInput)) {
+    // Leaving this loop early (a pause, an error) stops the cutter and cancels the source.
+    for await (const item of cut) {
+      if ("chunk" in item) {
+        // A chunk of a file the tree leaves out is dropped.
+        if (file) await addChunk(item.chunk, item.hex, file);
+        continue;
+      }
       if (tree.entries >= maxEntries) throw new LayerFormatError(`layer ${layer.digest.value} has more than ${maxEntries} entries, this converter's limit`);
-      const node = tree.add(entry);
+      const node = tree.add(item.entry);
+      file = node?.chunks ?? null;
       if (!node) continue;
       stats.files++;
-      let filled = 0;
-      for await (let piece of entry.body()) {
-        while (piece.byteLength > 0) {
-          const take = Math.min(piece.byteLength, chunkSize - filled);
-          buffer.set(piece.subarray(0, take), filled);
-          filled += take;
-          piece = piece.subarray(take);
-          if (filled === chunkSize) {
-            const full = buffer;
-            buffer = spare.pop() ?? new Uint8Array(chunkSize);
-            filled = 0;
-            await addChunk(full, node.chunks);
-          }
-        }
-      }
-      if (filled > 0) await addChunk(buffer.slice(0, filled), node.chunks);
-      node.size = entry.size;
-      stats.bytesContent += entry.size;
+      node.size = item.entry.size;
+      stats.bytesContent += item.entry.size;
     }
   } catch (err) {
     if (!(err instanceof Pause)) throw err;
     await drain();
-    await decompressed.cancel().catch(() => {});
     return { paused: { records: chunks, ordinals: Uint32Array.from(ordinals!) } };
   }
   await drain();
   if (ordinal < replayed.length) throw new CheckpointError(`the layer has ${ordinal} chunks, the checkpoint ${replayed.length}`);
-  for (;;) {
-    const { done } = await decompressed.read();
-    if (done) break;
-  }
 
   if (layer.size !== undefined && stats.bytesIn !== layer.size) {
     throw new LayerDigestError(`layer ${layer.digest.value} is ${stats.bytesIn} bytes, its descriptor says ${layer.size}`);

@@ -1,10 +1,8 @@
-// Chunk hashing and deflate on Node's worker threads (codec none: only hashing, on this thread): on
-// a cold edge the thread that reads the tar (gunzip feed, tar parsing, writing, the blob and data
-// hashes) then only cuts chunks, and fflate, most of a deflate-raw conversion's CPU, runs beside it
-// on the other cores. Same bytes as encodeStored (src/convert/chunk-encoder.ts): the same fflate call
-// at the same level in each worker, and the same rule for incompressible chunks;
-// test/unit/node-chunk-encoder.test.ts compares them.
-import { createHash } from "node:crypto";
+// Chunk deflate on Node's worker threads (codec none: nothing to do): fflate, most of a deflate-raw
+// conversion's CPU, runs beside the threads that cut and write the layer, on the other cores. Same
+// bytes as encodeStored (src/convert/chunk-encoder.ts): the same fflate call at the same level in
+// each worker, and the same rule for incompressible chunks; test/unit/node-chunk-encoder.test.ts
+// compares them.
 import { availableParallelism } from "node:os";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
@@ -15,14 +13,12 @@ import { DEFLATE_LEVEL, type ChunkCodec } from "../format/codec.ts";
 // TypeScript sources run directly, as in the tests). fflate's path and the level come in workerData.
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads");
-const { createHash } = require("node:crypto");
 const { deflateSync } = require(workerData.fflate);
 // On Linux this lowers this thread's priority only: deflating gives way to the thread that answers
 // requests (an early none answer, chunk reads) when the cores are busy.
 try { require("node:os").setPriority(workerData.nice); } catch {}
 parentPort.on("message", ({ id, data, codec }) => {
   try {
-    const hex = createHash("sha256").update(data).digest("hex");
     let stored = data;
     if (codec === "deflate-raw") {
       const encoded = deflateSync(data, { level: workerData.level });
@@ -30,7 +26,7 @@ parentPort.on("message", ({ id, data, codec }) => {
     } else if (codec !== "none") {
       throw new Error("unknown chunk codec " + codec);
     }
-    parentPort.postMessage({ id, hex, stored, compressed: stored !== data }, [stored.buffer]);
+    parentPort.postMessage({ id, stored, compressed: stored !== data }, [stored.buffer]);
   } catch (err) {
     parentPort.postMessage({ id, error: String(err && err.message ? err.message : err) });
   }
@@ -47,7 +43,6 @@ interface Job {
 
 interface Reply {
   id: number;
-  hex?: string;
   stored?: Uint8Array;
   compressed?: boolean;
   error?: string;
@@ -69,7 +64,7 @@ class Lane {
       // pending work is this job would exit under it.
       if (this.jobs.size === 0) this.worker.unref();
       if (reply.error !== undefined) job.reject(new Error(`chunk encoder: ${reply.error}`));
-      else job.resolve({ hex: reply.hex!, stored: reply.stored!, compressed: reply.compressed! });
+      else job.resolve({ stored: reply.stored!, compressed: reply.compressed! });
     });
     const fail = (err: Error) => {
       onGone(this);
@@ -104,9 +99,7 @@ export function nodeChunkEncoder(threads = Math.min(4, availableParallelism())):
   return {
     window: 2 * threads + 2,
     encode: (data, codec) => {
-      // Without compression a chunk costs only its sha256, cheaper here than the copy and the
-      // round trip to a worker (bench:cold-edge --codec none was no faster with it).
-      if (codec === "none") return Promise.resolve({ hex: createHash("sha256").update(data).digest("hex"), stored: data, compressed: false });
+      if (codec === "none") return Promise.resolve({ stored: data, compressed: false });
       return new Promise<EncodedChunk>((resolve, reject) => {
         while (lanes.length < threads) lanes.push(new Lane(gone));
         const lane = lanes.reduce((a, b) => (b.jobs.size < a.jobs.size ? b : a));

@@ -1,17 +1,36 @@
 // Node's zlib as the layer gunzip: about 3× the portable decoder, and it inflates on a worker
 // thread while the main thread hashes (docs/benchmarks.md). It stays as strict as the portable
 // one: every input byte must belong to a gzip member, so trailing bytes are an error.
-import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import type { GunzipFactory } from "../convert/decompress.ts";
 
+/** Inflated bytes that may wait for the reader before zlib is paused. */
+const OUTPUT_AHEAD = 8 * 2 ** 20;
+
 export const nodeGunzip: GunzipFactory = () => {
-  const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-  // Node's toWeb adapters take a byte stream's highWaterMark (16 KiB) as a count of chunks, so a
-  // fast source would queue the whole compressed layer. Both sides here wait for zlib instead; its
-  // output may run up to 32 pieces (8 MiB) ahead of the converter.
+  // Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and a 256 KiB piece cost
+  // that hop four times as often (bench:convert).
+  const gunzip = createGunzip({ chunkSize: 2 ** 20 });
   const native = {
-    readable: Readable.toWeb(gunzip, { strategy: { highWaterMark: 32 } }) as unknown as ReadableStream<Uint8Array<ArrayBuffer>>,
+    // Not Readable.toWeb: it copies every piece, and on a cold edge that was a third of a gigabyte
+    // of copying and garbage per layer. zlib writes each piece into a buffer it then lets go of, so
+    // a view of it is the reader's own. At most OUTPUT_AHEAD bytes wait for the converter.
+    readable: new ReadableStream<Uint8Array<ArrayBuffer>>(
+      {
+        start(controller) {
+          gunzip.on("data", (piece: Buffer) => {
+            controller.enqueue(new Uint8Array(piece.buffer as ArrayBuffer, piece.byteOffset, piece.byteLength));
+            if ((controller.desiredSize ?? 0) <= 0) gunzip.pause();
+          });
+          gunzip.once("end", () => controller.close());
+          gunzip.once("error", (err) => controller.error(err));
+          gunzip.pause();
+        },
+        pull: () => void gunzip.resume(),
+        cancel: () => void gunzip.destroy(),
+      },
+      { highWaterMark: OUTPUT_AHEAD, size: (piece) => piece.byteLength },
+    ),
     writable: new WritableStream<Uint8Array>(
       {
         write: (chunk) =>

@@ -1,7 +1,6 @@
 // Chunks hashed and encoded on Node's worker threads must give exactly the bytes of the converter's
 // own encoder: the same chunk digests and stored bytes, so the same data blob and bootstrap, in one
 // pass and in resumable steps, with several chunks in flight at once.
-import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { encodeStored, inlineChunkEncoder, type ChunkEncoder } from "../../src/convert/chunk-encoder.ts";
@@ -67,13 +66,12 @@ async function convert(layer: LayerSource, params: ConvertParams, chunkEncoder: 
 describe("node chunk encoder", () => {
   const pool = nodeChunkEncoder(2);
 
-  it.each(CHUNK_CODECS)("hashes and encodes as the converter does (%s)", async (codec) => {
+  it.each(CHUNK_CODECS)("encodes as the converter does (%s)", async (codec) => {
     const backing = text(1, 3 * CHUNK);
     const inputs = [text(0, CHUNK), new Prng("x").bytes(CHUNK), new Uint8Array(0), text(2, 10), backing.subarray(100, 100 + CHUNK)];
     for (const data of inputs) {
-      const expected = { hex: createHash("sha256").update(data).digest("hex"), ...encodeStored(codec, data) };
+      const expected = encodeStored(codec, data);
       const got = await pool.encode(new Uint8Array(data), codec);
-      expect(got.hex).toBe(expected.hex);
       expect(got.compressed).toBe(expected.compressed);
       expect(Buffer.from(got.stored).equals(Buffer.from(expected.stored))).toBe(true);
     }
@@ -90,7 +88,7 @@ describe("node chunk encoder", () => {
   for (const codec of CHUNK_CODECS) {
     const params: ConvertParams = { chunkShift: 16, codec };
     it(`converts a layer to the same bytes as the inline encoder (${codec})`, async () => {
-      const inline = await convert(layer, params, inlineChunkEncoder(nodeHasher));
+      const inline = await convert(layer, params, inlineChunkEncoder);
       expect(inline.bootstrap).not.toBeNull();
       expect(await convert(layer, params, pool)).toEqual(inline);
       // In steps, with chunks in flight when a step's budget runs out.
