@@ -11,6 +11,7 @@ export const nodeGunzip: GunzipFactory = () => {
   // Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and a 256 KiB piece cost
   // that hop four times as often (bench:convert).
   const gunzip = createGunzip({ chunkSize: 2 ** 20 });
+  let input: WritableStreamDefaultController | undefined;
   const native = {
     // Not Readable.toWeb: it copies every piece, and on a cold edge that was a third of a gigabyte
     // of copying and garbage per layer. zlib writes each piece into a buffer it then lets go of, so
@@ -27,23 +28,34 @@ export const nodeGunzip: GunzipFactory = () => {
           gunzip.pause();
         },
         pull: () => void gunzip.resume(),
-        cancel: () => void gunzip.destroy(),
+        // The writable side fails too, so the cancel goes back up the pipe to the layer's source.
+        cancel: () => {
+          const cancelled = new Error("layer read cancelled");
+          gunzip.destroy(cancelled);
+          input?.error(cancelled);
+        },
       },
       { highWaterMark: OUTPUT_AHEAD, size: (piece) => piece.byteLength },
     ),
     writable: new WritableStream<Uint8Array>(
       {
+        start: (controller) => void (input = controller),
         write: (chunk) =>
           new Promise<void>((resolve, reject) => {
+            if (gunzip.destroyed) return reject(new Error("layer read cancelled"));
             if (gunzip.write(chunk)) return resolve();
             const done = (err?: Error) => {
-              gunzip.off("drain", done);
+              gunzip.off("drain", drained);
               gunzip.off("error", done);
+              gunzip.off("close", closed);
               if (err) reject(err);
               else resolve();
             };
-            gunzip.once("drain", done);
+            const drained = () => done();
+            const closed = () => done(new Error("layer read cancelled"));
+            gunzip.once("drain", drained);
             gunzip.once("error", done);
+            gunzip.once("close", closed);
           }),
         close: () => new Promise<void>((resolve) => gunzip.end(resolve)),
         abort: (reason) => void gunzip.destroy(reason instanceof Error ? reason : new Error(String(reason))),
