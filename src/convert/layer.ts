@@ -1,8 +1,9 @@
 // Converts one layer, streaming: compressed bytes → (digest check) → decompress → tar → fixed-size
-// chunks → sha256 (those three: ./cut.ts) → codec → one data blob, plus the layer's bootstrap. The result depends only on
-// the layer and the parameters (chunks are deduplicated inside the layer only), so a base layer
-// shared by many images is converted once. Nothing is visible until the layer digest has matched:
-// the data blob is committed first and the bootstrap, which is what readers look for, last.
+// chunks → sha256 (cutting: ./cut.ts) → codec → one data blob, plus the layer's bootstrap. The
+// result depends only on the layer and the parameters (chunks are deduplicated inside the layer
+// only), so a base layer shared by many images is converted once. Nothing is visible until the
+// layer digest has matched: the data blob is committed first and the bootstrap, which is what
+// readers look for, last.
 //
 // Where CPU time per invocation is limited (Workers), the conversion can go in steps: each stops at
 // a chunk boundary once its budget is spent, leaving a checkpoint (./checkpoint.ts) and the data it

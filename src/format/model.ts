@@ -76,11 +76,11 @@ export function compareNames(a: Uint8Array, b: Uint8Array): number {
   return a.length - b.length;
 }
 
+const utf8 = new TextEncoder();
+
 /** A directory entry name the format accepts: 1–255 bytes, no `/`, no NUL, not `.` or `..`. */
 export function isValidName(name: string): boolean {
   if (name === "" || name === "." || name === ".." || name.includes("/") || name.includes("\0")) return false;
   // No UTF-16 code unit takes more than 3 bytes of UTF-8: most names need no encoding to check.
   return name.length <= 85 || utf8.encode(name).length <= 255;
 }
-
-const utf8 = new TextEncoder();

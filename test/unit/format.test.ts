@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { Bootstrap, BootstrapError, encodeBootstrap } from "../../src/format/index.ts";
 import * as L from "../../src/format/layout.ts";
-import { baseNode, newDir, type BootstrapModel, type ChunkRecord, type FsNode } from "../../src/format/model.ts";
+import { baseNode, isValidName, newDir, type BootstrapModel, type ChunkRecord, type FsNode } from "../../src/format/model.ts";
 
 const SHIFT = 16;
 const CHUNK = 1 << SHIFT;
@@ -427,5 +427,20 @@ describe("bootstrap validation", () => {
       // /tmp's entry count is 0, so bump the root's: the extra entry is the next directory's first.
       l.view.setUint32(l.inode("/") + 44, l.u32(l.inode("/") + 44) - 1, true);
     }, /not in inode order|unreachable|names but link count/);
+  });
+});
+
+describe("entry names", () => {
+  it("takes 1–255 bytes of UTF-8, whatever the characters", () => {
+    const valid = (name: string) => [isValidName(name), new TextEncoder().encode(name).length];
+    expect(valid("a".repeat(255))).toEqual([true, 255]);
+    expect(valid("a".repeat(256))).toEqual([false, 256]);
+    // Three bytes a unit: 85 units fill the bound exactly, 86 pass it.
+    expect(valid("€".repeat(85))).toEqual([true, 255]);
+    expect(valid("€".repeat(86))).toEqual([false, 258]);
+    // Four bytes a pair of units.
+    expect(valid("😀".repeat(63))).toEqual([true, 252]);
+    expect(valid("😀".repeat(64))).toEqual([false, 256]);
+    for (const name of ["", ".", "..", "a/b", "a\0b"]) expect(isValidName(name)).toBe(false);
   });
 });
