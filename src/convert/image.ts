@@ -93,7 +93,7 @@ export interface ConvertImageOptions {
   store: ContentStore;
   hasher: HasherFactory;
   gunzip?: GunzipFactory;
-  /** Hashes and encodes the chunks (see ConvertLayerOptions). */
+  /** Encodes the chunks (see ConvertLayerOptions). */
   chunkEncoder?: ChunkEncoder;
   params: ConvertParams;
   platform: string;

@@ -33,7 +33,7 @@ export interface AppOptions extends Partial<AppSettings> {
   hasher: HasherFactory;
   /** The layer gzip decoder for conversions, when the runtime has a faster one than the built-in. */
   gunzip?: GunzipFactory;
-  /** Chunk hashing and encoding for conversions, when the runtime can do it off the converting thread. */
+  /** Chunk encoding for conversions, when the runtime can do it off the converting thread. */
   chunkEncoder?: ChunkEncoder;
   /** How the runtime gzips a bootstrap for a node that takes gzip (src/http/gzip.ts; "stream" by default). */
   gzipBody?: GzipBody;

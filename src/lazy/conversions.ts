@@ -35,7 +35,7 @@ export interface ConversionsDeps {
   hasher: HasherFactory;
   /** The runtime's gzip decoder (the converter's built-in one when absent). */
   gunzip?: GunzipFactory;
-  /** The runtime's chunk hashing and encoding (on the converting thread when absent). */
+  /** The runtime's chunk encoding (on the converting thread when absent). */
   chunkEncoder?: ChunkEncoder;
   metrics: Metrics;
   blobs: BlobCache;

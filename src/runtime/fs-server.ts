@@ -24,7 +24,7 @@ export interface RunningServer extends SkiffApp {
   close(): Promise<void>;
 }
 
-/** `chunkEncoder`: the entry's chunk hashing and encoding (Node's worker threads), if any. */
+/** `chunkEncoder`: the entry's chunk encoding (Node's worker threads), if any. */
 export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamConfig) => typeof fetch, chunkEncoder?: ChunkEncoder): Promise<SkiffApp> {
   const store = await new FsStore(opts.dataDir).init();
   return createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });

@@ -1,6 +1,6 @@
 // Node entry (`skiff serve`): the shared app on node:http over the filesystem store (fs-server.ts),
 // cached blob ranges answered by the shortcut first (node-shortcut.ts), an undici connection pool
-// per upstream, and chunks hashed and encoded on worker threads (node-chunk-encoder.ts).
+// per upstream, and chunks deflated on worker threads (node-chunk-encoder.ts).
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
@@ -26,7 +26,7 @@ export async function startNodeServer(opts: ServerOptions): Promise<RunningServe
     const pool = dispatcher;
     return ((input: URL, init: RequestInit) => undiciFetch(input, { ...(init as object), dispatcher: pool })) as unknown as typeof fetch;
   };
-  // Chunk hashing and deflate on worker threads, beside the thread that reads the layer.
+  // Chunks deflated on worker threads, beside the thread that reads the layer.
   const skiff = await fsApp(opts, fetchFor, nodeChunkEncoder());
 
   const server = createServer(nodeListener(skiff));

@@ -1,6 +1,6 @@
-// Chunks hashed and encoded on Node's worker threads must give exactly the bytes of the converter's
-// own encoder: the same chunk digests and stored bytes, so the same data blob and bootstrap, in one
-// pass and in resumable steps, with several chunks in flight at once.
+// Chunks encoded on Node's worker threads must give exactly the bytes of the converter's own
+// encoder: the same stored bytes, so the same data blob and bootstrap, in one pass and in resumable
+// steps, with several chunks in flight at once.
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { encodeStored, inlineChunkEncoder, type ChunkEncoder } from "../../src/convert/chunk-encoder.ts";
