@@ -10,6 +10,13 @@ import { assertValidKey, StoreFullError, type ByteSpan, type ContentStore, type 
 
 const READ_SIZE = 256 * 1024;
 
+/**
+ * An upload is flushed to disk in the background each time this much more has been written, so
+ * that its commit waits for the last stretch only: a 311 MB data blob's fsync took 0.2 s at the end
+ * of a conversion, 0.04 s after flushes along the way.
+ */
+const FLUSH_EVERY_BYTES = 64 * 2 ** 20;
+
 export class FsStore implements ContentStore {
   readonly root: string;
   readonly #tmp: string;
@@ -110,6 +117,10 @@ export class FsStore implements ContentStore {
       throw asStoreFull(err, key);
     });
     let finished = false;
+    let unflushed = 0;
+    // The background flush in progress. Its error is the commit's: the kernel reports a failed
+    // write-back to one fsync only, so it must not be lost here.
+    let flushing: Promise<unknown> | null = null;
     const discard = async () => {
       if (finished) return;
       finished = true;
@@ -127,10 +138,21 @@ export class FsStore implements ContentStore {
         } catch (err) {
           throw asStoreFull(err, key);
         }
+        unflushed += chunk.byteLength;
+        if (unflushed >= FLUSH_EVERY_BYTES && flushing === null) {
+          unflushed = 0;
+          const flush = fh.datasync();
+          flushing = flush;
+          flush.then(
+            () => void (flushing === flush && (flushing = null)),
+            () => {}, // kept in `flushing`: the commit throws it
+          );
+        }
       },
       commit: async () => {
         if (finished) throw new Error("upload already finished");
         try {
+          await flushing;
           await fh.sync();
           await fh.close();
           await mkdir(dirname(finalPath), { recursive: true });

@@ -236,6 +236,20 @@ describe("FsStore on disk", () => {
     expect(await readdir(join(root, ".tmp"))).toEqual([]);
   });
 
+  it("commits a large upload flushed to disk along the way, every byte in place", async () => {
+    const root = await tempRoot();
+    const store = await new FsStore(root).init();
+    const upload = await store.put("large/object");
+    // 150 MiB in 1 MiB pieces, each filled with its index: two flushes start before the commit.
+    const piece = new Uint8Array(2 ** 20);
+    for (let i = 0; i < 150; i++) await upload.write(piece.fill(i));
+    await upload.commit();
+    const bytes = await readFile(join(root, "large/object"));
+    expect(bytes.byteLength).toBe(150 * 2 ** 20);
+    for (let i = 0; i < 150; i++) expect([bytes[i * 2 ** 20], bytes[(i + 1) * 2 ** 20 - 1]]).toEqual([i, i]);
+    expect(await readdir(join(root, ".tmp"))).toEqual([]);
+  });
+
   it("init clears temporaries left by a crash but keeps committed objects", async () => {
     const root = await tempRoot();
     const first = await new FsStore(root).init();
