@@ -8,8 +8,8 @@ import type { GunzipFactory } from "../convert/decompress.ts";
 const OUTPUT_AHEAD = 8 * 2 ** 20;
 
 export const nodeGunzip: GunzipFactory = () => {
-  // Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and a 256 KiB piece cost
-  // that hop four times as often (bench:convert).
+  // Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and 256 KiB pieces cost
+  // that hop four times as often (docs/benchmarks.md, "A cold edge against a warm one").
   const gunzip = createGunzip({ chunkSize: 2 ** 20 });
   let input: WritableStreamDefaultController | undefined;
   const native = {
