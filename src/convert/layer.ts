@@ -159,11 +159,12 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await batched.flush();
     await opts.guard?.();
     const committed = upload.commit();
-    if ("model" in outcome && !from) {
-      committed.catch(() => {}); // awaited just below
-      encoded = encodeBootstrap(outcome.model);
+    try {
+      if ("model" in outcome && !from) encoded = encodeBootstrap(outcome.model);
+    } finally {
+      // Settled before anything can cancel the upload under its commit.
+      await committed;
     }
-    await committed;
   } catch (err) {
     await upload.cancel();
     // A checkpoint that does not fit the layer, or steps over bytes that can never convert (not a

@@ -7,6 +7,8 @@ import type { GunzipFactory } from "../convert/decompress.ts";
 /** Inflated bytes that may wait for the reader before zlib is paused. */
 const OUTPUT_AHEAD = 8 * 2 ** 20;
 
+const cancelled = () => new Error("layer read cancelled");
+
 export const nodeGunzip: GunzipFactory = () => {
   // Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and 256 KiB pieces cost
   // that hop four times as often (docs/benchmarks.md, "A cold edge against a warm one").
@@ -30,9 +32,9 @@ export const nodeGunzip: GunzipFactory = () => {
         pull: () => void gunzip.resume(),
         // The writable side fails too, so the cancel goes back up the pipe to the layer's source.
         cancel: () => {
-          const cancelled = new Error("layer read cancelled");
-          gunzip.destroy(cancelled);
-          input?.error(cancelled);
+          const reason = cancelled();
+          gunzip.destroy(reason);
+          input?.error(reason);
         },
       },
       { highWaterMark: OUTPUT_AHEAD, size: (piece) => piece.byteLength },
@@ -42,7 +44,7 @@ export const nodeGunzip: GunzipFactory = () => {
         start: (controller) => void (input = controller),
         write: (chunk) =>
           new Promise<void>((resolve, reject) => {
-            if (gunzip.destroyed) return reject(new Error("layer read cancelled"));
+            if (gunzip.destroyed) return reject(cancelled());
             if (gunzip.write(chunk)) return resolve();
             const done = (err?: Error) => {
               gunzip.off("drain", drained);
@@ -52,7 +54,7 @@ export const nodeGunzip: GunzipFactory = () => {
               else resolve();
             };
             const drained = () => done();
-            const closed = () => done(new Error("layer read cancelled"));
+            const closed = () => done(cancelled());
             gunzip.once("drain", drained);
             gunzip.once("error", done);
             gunzip.once("close", closed);
