@@ -125,7 +125,7 @@ export async function convertImage(source: ImageSource, opts: ConvertImageOption
   const stored = await getBytes(opts.store, bootstrapKey);
   if (stored) return { image, bootstrap: Bootstrap.decode(stored), bootstrapKey, layers, skipped: [] };
   const { model, skipped } = mergeLayers(
-    layers.map((l) => l.bootstrap),
+    layers.map((l) => l.model ?? l.bootstrap.toModel()),
     image.platform,
   );
   const bytes = encodeBootstrap(model);

@@ -61,6 +61,11 @@ export interface ConvertedLayer {
   dataKey: string;
   /** False when the store already held this conversion. */
   converted: boolean;
+  /**
+   * The tree as this call converted it (absent for a stored conversion): an image merges it as it
+   * is, rather than rebuilding it from the bootstrap just encoded.
+   */
+  model?: BootstrapModel;
   stats?: LayerStats;
 }
 
@@ -193,7 +198,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await store.delete(checkpointKey);
     for (const s of segments.slice(1)) await store.delete(segmentKey(s.from));
   }
-  return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, stats };
+  return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, model, stats };
 }
 
 async function loadCheckpoint(store: ContentStore, key: string, layer: string, params: string): Promise<Checkpoint | null> {

@@ -1,7 +1,6 @@
 // Merges layer bootstraps, bottom first, into one image bootstrap — the rootfs OverlayFS (or GNU
 // tar extracting the layers in order with whiteout rules) would present. Layer i's data blob becomes
 // blob i of the image; chunk records are concatenated, so merging never touches chunk data.
-import type { Bootstrap } from "../format/decode.ts";
 import { newDir, type BootstrapModel, type ChunkRecord, type FsNode } from "../format/model.ts";
 import { pathComponents, type SkippedEntry } from "./layer-tree.ts";
 
@@ -11,7 +10,8 @@ export interface MergeResult {
   skipped: SkippedEntry[];
 }
 
-export function mergeLayers(layers: Bootstrap[], platform: string): MergeResult {
+/** `layers` are the layers' trees: a fresh conversion's own, or a stored bootstrap's `toModel()`. */
+export function mergeLayers(layers: BootstrapModel[], platform: string): MergeResult {
   if (layers.length === 0) throw new Error("an image needs at least one layer");
   const first = layers[0]!;
   for (const l of layers) {
@@ -23,8 +23,7 @@ export function mergeLayers(layers: Bootstrap[], platform: string): MergeResult 
   const blobs: BootstrapModel["blobs"] = [];
   const skipped: SkippedEntry[] = [];
 
-  layers.forEach((layer, blobIndex) => {
-    const model = layer.toModel();
+  layers.forEach((model, blobIndex) => {
     if (model.blobs.length !== 1) throw new Error("a layer bootstrap has exactly one data blob");
     blobs.push(model.blobs[0]!);
     const chunkBase = chunks.length;

@@ -1,13 +1,14 @@
 // Merging layer bootstraps into an image: the whiteout rules of the OCI image spec and OverlayFS,
 // hardlinks within and across layers, and directory metadata. Each layer is built from tar-like
-// entries with LayerTree, encoded as a layer bootstrap and decoded again, as the converter does.
+// entries with LayerTree and encoded as a layer bootstrap, as the converter does; every merge is made
+// both from the trees as built and from the bootstraps decoded again, and must encode the same.
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { LayerTree } from "../../src/convert/layer-tree.ts";
 import { mergeLayers } from "../../src/convert/merge.ts";
 import type { TarEntry } from "../../src/convert/tar.ts";
 import { Bootstrap, encodeBootstrap } from "../../src/format/index.ts";
-import type { ChunkRecord } from "../../src/format/model.ts";
+import type { BootstrapModel, ChunkRecord } from "../../src/format/model.ts";
 
 const sha = (s: string) => new Uint8Array(createHash("sha256").update(s).digest());
 
@@ -33,8 +34,8 @@ function entry(s: Spec): TarEntry {
   };
 }
 
-/** A layer bootstrap; each file's content becomes one chunk in the layer's single blob. */
-function layer(n: number, specs: Spec[]): Bootstrap {
+/** A layer as converted, its bootstrap and its tree; each file's content becomes one chunk in the layer's single blob. */
+function converted(n: number, specs: Spec[]): { bootstrap: Bootstrap; model: BootstrapModel } {
   const tree = new LayerTree();
   const chunks: ChunkRecord[] = [];
   let offset = 0;
@@ -49,7 +50,7 @@ function layer(n: number, specs: Spec[]): Bootstrap {
     }
   }
   expect(tree.skipped).toEqual([]);
-  const bytes = encodeBootstrap({
+  const model: BootstrapModel = {
     kind: "layer",
     codec: 0,
     chunkShift: 16,
@@ -57,16 +58,27 @@ function layer(n: number, specs: Spec[]): Bootstrap {
     blobs: [{ dataDigest: sha(`blob ${n}`), storedSize: offset, layerDigest: `sha256:${String(n).repeat(64)}` }],
     chunks,
     root: tree.root,
-  });
-  return Bootstrap.decode(bytes);
+  };
+  return { bootstrap: Bootstrap.decode(encodeBootstrap(model)), model };
 }
 
+/** A layer bootstrap, as stored. */
+const layer = (n: number, specs: Spec[]): Bootstrap => converted(n, specs).bootstrap;
+
 function merge(...layers: Spec[][]) {
+  const built = layers.map((specs, i) => converted(i, specs));
   const { model, skipped } = mergeLayers(
-    layers.map((specs, i) => layer(i, specs)),
+    built.map((l) => l.bootstrap.toModel()),
     "linux/amd64",
   );
-  return { image: Bootstrap.decode(encodeBootstrap(model)), skipped };
+  const bytes = encodeBootstrap(model);
+  const fresh = mergeLayers(
+    built.map((l) => l.model),
+    "linux/amd64",
+  );
+  expect(Buffer.from(encodeBootstrap(fresh.model)).equals(bytes)).toBe(true);
+  expect(fresh.skipped).toEqual(skipped);
+  return { image: Bootstrap.decode(bytes), skipped };
 }
 
 const paths = (b: Bootstrap) => [...b.walk()].map((e) => e.path);
@@ -144,7 +156,7 @@ describe("merging layers", () => {
     const lower = layer(0, [{ path: "usr/", type: "dir" }, { path: "usr/lib.so", content: "lib" }]);
     const upper = layer(1, [{ path: "alias.so", type: "hardlink", linkName: "./usr/lib.so" }]);
     expect(upper.inode(upper.lookup("/alias.so")!).type).toBe("hardlink-ref");
-    const { model, skipped } = mergeLayers([lower, upper], "linux/amd64");
+    const { model, skipped } = mergeLayers([lower.toModel(), upper.toModel()], "linux/amd64");
     const image = Bootstrap.decode(encodeBootstrap(model));
     expect(skipped).toEqual([]);
     expect(image.lookup("/alias.so")).toBe(image.lookup("/usr/lib.so"));
@@ -209,10 +221,9 @@ describe("merging layers", () => {
 
   it("refuses layers converted with different parameters", () => {
     const a = layer(0, [{ path: "a", content: "a" }]);
-    const m = a.toModel();
-    m.chunkShift = 20;
-    const b = Bootstrap.decode(encodeBootstrap(m));
-    expect(() => mergeLayers([a, b], "linux/amd64")).toThrow(/different parameters/);
+    const b = a.toModel();
+    b.chunkShift = 20;
+    expect(() => mergeLayers([a.toModel(), b], "linux/amd64")).toThrow(/different parameters/);
     expect(() => mergeLayers([], "linux/amd64")).toThrow(/at least one layer/);
   });
 });
