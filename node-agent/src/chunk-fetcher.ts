@@ -52,12 +52,6 @@ export interface ChunkFetcherStats {
    * (ms; 0 before the first): what one more round trip to the proxy costs a read.
    */
   roundTripMs: number;
-  /**
-   * The shortest such time seen (ms; 0 before the first): the link's own round trip. Unlike the
-   * smoothed one it does not grow while the proxy or this node is busy, so it tells a far proxy
-   * from a loaded near one.
-   */
-  minRoundTripMs: number;
 }
 
 const BACKOFF_FIRST_MS = 100;
@@ -66,7 +60,7 @@ const RETRY_MS = 1_000;
 const RETRY_QUIET_MS = 250;
 
 export class ChunkFetcher {
-  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0, roundTripMs: 0, minRoundTripMs: 0 };
+  readonly stats: ChunkFetcherStats = { bytesFetched: 0, chunksFetched: 0, requests: 0, errors: 0, fetches: 0, fetchMs: 0, roundTripMs: 0 };
   readonly #proxy: string;
   readonly #name: string;
   readonly #ns: string | undefined;
@@ -193,7 +187,6 @@ export class ChunkFetcher {
           const res = await this.#fetch(u, init);
           const ms = performance.now() - sent;
           this.stats.roundTripMs = this.stats.roundTripMs === 0 ? ms : 0.75 * this.stats.roundTripMs + 0.25 * ms;
-          this.stats.minRoundTripMs = this.stats.minRoundTripMs === 0 ? ms : Math.min(this.stats.minRoundTripMs, ms);
           if (tracing) trace("chunk-response", { id, status: res.status });
           return res;
         };

@@ -71,10 +71,9 @@ export interface LazyReaderOptions {
    */
   nearbyBytes?: number;
   /**
-   * Nearby fetches only once a round trip to the proxy (the fetcher's shortest time to a
+   * Nearby fetches only while a round trip to the proxy (the fetcher's smoothed time to a
    * response) takes at least this long: on a fast link the bytes cost more than the round trips
-   * they save. The shortest, not the smoothed time, so a busy proxy or node on a near link does not
-   * count as a far one. Default 0: whatever the link.
+   * they save. Default 0: whatever the link.
    */
   nearbyMinRoundTripMs?: number;
   /**
@@ -445,7 +444,7 @@ export class LazyReader implements FileReader {
   /** Nearby fetches are on, and round trips cost enough for them (nearbyMinRoundTripMs). */
   #nearbyPays(): boolean {
     if (this.#nearbyBytes <= 0) return false;
-    return this.#nearbyMinRoundTripMs <= 0 || this.#fetcher.stats.minRoundTripMs >= this.#nearbyMinRoundTripMs;
+    return this.#nearbyMinRoundTripMs <= 0 || this.#fetcher.stats.roundTripMs >= this.#nearbyMinRoundTripMs;
   }
 
   /** Fetches chunks no read waits for yet; a read that needs one before they arrive fetches it itself. */

@@ -354,39 +354,6 @@ describe("lazy read path", () => {
     expect(big.map((hex) => cache.has(hex))).toEqual(big.map((_, k) => k < 2 || (k >= 4 && k <= 7)));
   });
 
-  test("nearbyMinRoundTripMs goes by the shortest round trip: a near proxy that is slow once stays near, a far one turns nearby fetches on", async () => {
-    const b = image.bootstrap;
-    const bigIno = b.lookup("data/big")!;
-    const big = b.chunks(bigIno).map((c) => Buffer.from(c.digest).toString("hex"));
-    /** A reader whose proxy answers its nth request (from 0) after `delayMs(n)`. */
-    const delayed = async (delayMs: (n: number) => number) => {
-      const cache = await ChunkCache.open(tempDir("agent-cache"));
-      let n = 0;
-      const fetchImpl = async (url: string, init?: RequestInit) => {
-        await new Promise((resolve) => setTimeout(resolve, delayMs(n++)));
-        return fetch(url, init);
-      };
-      const fetcher = new ChunkFetcher({ proxy: proxy.url, name: "e2e/agent", params: image.params, timeoutMs: 10_000, fetchImpl });
-      return { cache, fetcher, reader: new LazyReader(b, cache, fetcher, { nearbyBytes: 2 * K64 + 100, nearbyMinRoundTripMs: 300 }) };
-    };
-    const missTwice = async (r: Awaited<ReturnType<typeof delayed>>) => {
-      await r.reader.read(bigIno, 0, 10);
-      await r.reader.read(bigIno, 5 * K64, 10);
-      await r.reader.idle();
-      return big.map((hex) => r.cache.has(hex));
-    };
-    // Near, one slow answer: a smoothed round trip would pass 300 ms (0.75 × fast + 0.25 × 1200) and fetch chunks 6 and 7.
-    const near = await delayed((n) => (n === 1 ? 1_200 : 0));
-    expect(await missTwice(near)).toEqual(big.map((_, k) => k === 0 || k === 5));
-    await near.reader.read(bigIno, 8 * K64, 10);
-    await near.reader.idle();
-    expect(near.cache.has(big[9]!)).toBe(false);
-    expect(near.fetcher.stats.minRoundTripMs).toBeLessThan(300);
-    // Far: every answer takes 350 ms, so the second miss brings its neighbours.
-    const far = await delayed(() => 350);
-    expect(await missTwice(far)).toEqual(big.map((_, k) => k === 0 || (k >= 5 && k <= 7)));
-  });
-
   test("sibling prefetch: once two modules of a directory have missed, its other modules are fetched in the background; not while a learned list leads", async () => {
     const b = image.bootstrap;
     const module = (m: string) => b.lookup(`pkg/__pycache__/${m}`)!;
