@@ -30,7 +30,6 @@ export class SiblingPrefetch {
   readonly #b: Bootstrap;
   readonly #o: SiblingPrefetchOptions;
   /** The directory holding each inode, found once for the whole tree when first needed. */
-  #parents: Int32Array | undefined;
   /** Files that missed, per directory and extension; a group once started is kept with no files. */
   readonly #groups = new Map<string, Set<number> | "started">();
   /** Chunk-table entries to fetch, in order. */
@@ -51,7 +50,7 @@ export class SiblingPrefetch {
     if (this.#budget <= 0) return;
     const ino = this.#b.inode(inode);
     if (ino.type !== "file" || ino.size > SIBLING_MAX_FILE_BYTES) return;
-    const dir = this.#parentOf(inode);
+    const dir = this.#b.parentOf(inode);
     const name = this.#b.readdir(dir).find((e) => e.inode === inode)?.name;
     if (name === undefined) return;
     const ext = extensionOf(name);
@@ -108,19 +107,6 @@ export class SiblingPrefetch {
     } finally {
       this.#pumping = false;
     }
-  }
-
-  #parentOf(inode: number): number {
-    if (!this.#parents) {
-      // Without decoding names: a few ms for 10,000 entries, and only once.
-      const parents = new Int32Array(this.#b.inodeCount);
-      for (let i = 0; i < this.#b.inodeCount; i++) {
-        if (this.#b.inode(i).type !== "dir") continue;
-        for (const child of this.#b.childInodes(i)) if (child !== i) parents[child] = i;
-      }
-      this.#parents = parents;
-    }
-    return this.#parents[inode] ?? 0;
   }
 }
 

@@ -58,6 +58,8 @@ export class Bootstrap {
    * no garbage, which had held a node's thread for tens of milliseconds while it mounted.
    */
   #byPrefix: Map<number, number | number[]> | undefined;
+  /** parentOf's table (built on first use). */
+  #parents: Int32Array | undefined;
 
   private constructor(bytes: Uint8Array) {
     if (bytes.length < L.HEADER_SIZE) throw new BootstrapError(`${bytes.length} bytes is shorter than the header`);
@@ -379,6 +381,23 @@ export class Bootstrap {
     const out: number[] = [];
     for (let k = a; k < a + b; k++) out.push(this.#u32(this.#at.dirents + k * L.DIRENT_RECORD_SIZE + 8));
     return out;
+  }
+
+  /**
+   * The directory that holds `inode` (the root holds itself; a file with several names, the
+   * directory of its first), from a table made once for the whole tree without decoding names.
+   */
+  parentOf(inode: number): number {
+    if (!this.#parents) {
+      const parents = new Int32Array(this.inodeCount).fill(-1);
+      parents[0] = 0;
+      for (let i = 0; i < this.inodeCount; i++) {
+        if (this.inode(i).type !== "dir") continue;
+        for (const child of this.childInodes(i)) if (parents[child] === -1) parents[child] = i;
+      }
+      this.#parents = parents;
+    }
+    return Math.max(0, this.#parents[inode] ?? 0);
   }
 
   #dirent(k: number): DirEntry {

@@ -169,6 +169,19 @@ describe("bootstrap round trip", () => {
     expect(b.xattrs(0).size).toBe(0);
   });
 
+  it("knows each entry's directory: the root its own, a hardlinked file its first name's", () => {
+    const b = Bootstrap.decode(bytesOf());
+    expect(b.parentOf(0)).toBe(0);
+    expect(b.parentOf(b.lookup("/bin")!)).toBe(0);
+    expect(b.parentOf(b.lookup("/bin/su")!)).toBe(b.lookup("/bin"));
+    expect(b.parentOf(b.lookup("/bin/sh")!)).toBe(b.lookup("/bin"));
+    expect(b.parentOf(b.lookup(`/names/${LONG_NAME}`)!)).toBe(b.lookup("/names"));
+    const bottom = b.lookup("/deep" + "/d".repeat(DEEP - 1) + "/bottom")!;
+    expect(b.parentOf(bottom)).toBe(b.lookup("/deep" + "/d".repeat(DEEP - 1)));
+    // Every entry is among its directory's children.
+    for (let i = 1; i < b.inodeCount; i++) expect(b.childInodes(b.parentOf(i))).toContain(i);
+  });
+
   it("sorts entries by UTF-8 bytes and finds every name, 255-byte and multi-byte ones included", () => {
     const b = Bootstrap.decode(bytesOf());
     const dir = b.lookup("/names")!;

@@ -52,7 +52,6 @@ export class ImageSession {
   readonly #decoder = new TextDecoder("utf-8", { fatal: true });
   readonly #encoder = new TextEncoder();
   readonly #listings = new Map<number, Listing>();
-  #parents: Int32Array | undefined;
   #statfs: Uint8Array | undefined;
 
   constructor(o: ImageSessionOptions) {
@@ -214,7 +213,7 @@ export class ImageSession {
     let listing = this.#listings.get(dir);
     if (listing) return listing;
     if (this.#b.inode(dir).type !== "dir") throw new Error(`inode ${dir} is not a directory`);
-    listing = { names: [this.#encoder.encode("."), this.#encoder.encode("..")], inodes: [-1, -1], dotIno: dir + 1, dotDotIno: this.#parentOf(dir) + 1 };
+    listing = { names: [this.#encoder.encode("."), this.#encoder.encode("..")], inodes: [-1, -1], dotIno: dir + 1, dotDotIno: this.#b.parentOf(dir) + 1 };
     for (const entry of this.#b.readdir(dir)) {
       if (!this.#view.isVisible(entry.inode)) continue;
       listing.names.push(this.#encoder.encode(entry.name));
@@ -225,18 +224,6 @@ export class ImageSession {
     return listing;
   }
 
-  /** The directory that holds `dir` (the root holds itself), found once for the whole tree. */
-  #parentOf(dir: number): number {
-    if (!this.#parents) {
-      const parents = new Int32Array(this.#b.inodeCount).fill(0);
-      for (let i = 0; i < this.#b.inodeCount; i++) {
-        if (this.#b.inode(i).type !== "dir") continue;
-        for (const entry of this.#b.readdir(i)) if (this.#b.inode(entry.inode).type === "dir") parents[entry.inode] = i;
-      }
-      this.#parents = parents;
-    }
-    return this.#parents[dir] ?? 0;
-  }
 }
 
 /** The first `size` bytes of `pieces` (a reader never gives more than asked; this makes sure). */
