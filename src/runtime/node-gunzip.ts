@@ -6,6 +6,8 @@ import type { GunzipFactory } from "../convert/decompress.ts";
 
 /** Inflated bytes that may wait for the reader before zlib is paused. */
 const OUTPUT_AHEAD = 8 * 2 ** 20;
+/** Compressed bytes that may wait for zlib before the writer is held back. */
+const INPUT_BATCH = 2 ** 20;
 
 const cancelled = () => new Error("layer read cancelled");
 
@@ -42,28 +44,48 @@ export const nodeGunzip: GunzipFactory = () => {
     writable: new WritableStream<Uint8Array>(
       {
         start: (controller) => void (input = controller),
-        write: (chunk) =>
-          new Promise<void>((resolve, reject) => {
-            if (gunzip.destroyed) return reject(cancelled());
-            if (gunzip.write(chunk)) return resolve();
-            const done = (err?: Error) => {
-              gunzip.off("drain", drained);
-              gunzip.off("error", done);
-              gunzip.off("close", closed);
-              if (err) reject(err);
-              else resolve();
-            };
-            const drained = () => done();
-            const closed = () => done(cancelled());
-            gunzip.once("drain", drained);
-            gunzip.once("error", done);
-            gunzip.once("close", closed);
+        write: (piece) => {
+          if (gunzip.destroyed) throw cancelled();
+          pending.push(piece);
+          pendingBytes += piece.byteLength;
+          inflateNext();
+          if (pendingBytes < INPUT_BATCH) return;
+          return new Promise<void>((resolve, reject) => (roomWaiter = { resolve, reject }));
+        },
+        close: () =>
+          new Promise<void>((resolve) => {
+            if (pendingBytes > 0) gunzip.write(takePending());
+            gunzip.end(resolve);
           }),
-        close: () => new Promise<void>((resolve) => gunzip.end(resolve)),
         abort: (reason) => void gunzip.destroy(reason instanceof Error ? reason : new Error(String(reason))),
       },
       { highWaterMark: 1 },
     ),
+  };
+  // Pieces that arrive while zlib inflates wait and go in as one write when it is done: every write
+  // is a trip to the thread pool and back, and a cold edge's 64 KiB pieces each took one
+  // (docs/benchmarks.md, "A cold edge against a warm one"). A piece that finds zlib idle goes at once.
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  let inflating = false;
+  let roomWaiter: { resolve: () => void; reject: (err: Error) => void } | null = null;
+  const takePending = (): Uint8Array => {
+    const piece = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    pending = [];
+    pendingBytes = 0;
+    return piece;
+  };
+  const inflateNext = () => {
+    if (inflating || pendingBytes === 0) return;
+    inflating = true;
+    gunzip.write(takePending(), (err) => {
+      inflating = false;
+      const waiter = roomWaiter;
+      roomWaiter = null;
+      if (err) return waiter?.reject(gunzip.destroyed ? cancelled() : err);
+      inflateNext();
+      waiter?.resolve();
+    });
   };
   let fed = 0;
   const count = new TransformStream<Uint8Array, Uint8Array>({

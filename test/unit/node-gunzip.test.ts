@@ -1,5 +1,7 @@
 // Node's gunzip for layers (src/runtime/node-gunzip.ts) waits for its reader: a layer that inflates a
-// thousand times is not inflated into memory ahead of a converter that has stopped reading.
+// thousand times is not inflated into memory ahead of a converter that has stopped reading. Pieces
+// written while zlib is busy are joined, and their writer is held back once a batch waits.
+import { createHash, randomBytes } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { expect, it } from "vitest";
 import { nodeGunzip } from "../../src/runtime/node-gunzip.ts";
@@ -25,4 +27,37 @@ it("stops inflating while its reader waits", async () => {
     total += value.byteLength;
   }
   expect(total).toBe(expanded);
+});
+
+
+it("inflates a layer written in thousands of small pieces to the same bytes, holding its writer back while the reader waits", async () => {
+  // Incompressible, so that the input is larger than what the output queue and a batch take.
+  const original = new Uint8Array(randomBytes(24 * 2 ** 20));
+  const gz = new Uint8Array(gzipSync(original, { level: 1 }));
+  const { writable, readable } = nodeGunzip();
+  const writer = writable.getWriter();
+  let written = 0;
+  const writing = (async () => {
+    for (let at = 0; at < gz.length; at += 1000) {
+      await writer.write(gz.subarray(at, at + 1000));
+      written = Math.min(gz.length, at + 1000);
+    }
+    await writer.close();
+  })();
+  const reader = readable.getReader();
+  const pieces: Uint8Array[] = [];
+  const first = await reader.read();
+  pieces.push(first.value!);
+  // The reader stops: the writer gets only so far (the output queue, then a batch of input).
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  expect(written).toBeLessThan(gz.length);
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    pieces.push(value);
+  }
+  await writing;
+  const out = Buffer.concat(pieces);
+  expect(out.length).toBe(original.length);
+  expect(createHash("sha256").update(out).digest("hex")).toBe(createHash("sha256").update(original).digest("hex"));
 });
