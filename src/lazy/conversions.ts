@@ -172,10 +172,17 @@ export class Conversions {
       // One budget for the whole request, however many layers it reaches.
       budget: this.#deps.stepBytes ? { remaining: this.#deps.stepBytes } : undefined,
       layerConverter: async (layer, opts) => {
-        // A conversion made for another repository (or still running for one) is shared only
-        // once this repository is confirmed to have the layer too.
-        if (!(await this.#deps.blobs.cached(name, layer.digest))) await this.#deps.blobs.upstreamHead(name, layer.digest);
-        return this.#layer(name, layer, opts);
+        if (await this.#deps.blobs.cached(name, layer.digest)) return this.#layer(name, layer, opts);
+        // A conversion made for another repository (or still running for one) is shared only once
+        // this repository is confirmed to have the layer too. One this call starts downloads the
+        // layer under this name, which confirms it: a HEAD first would only cost a round trip.
+        const stored = await this.#deps.store.stat(layerBootstrapKey(layer.digest, paramsId(opts.params)));
+        const starts = !stored && !this.#layers.has(layerJobKey(layer, opts));
+        if (!starts) await this.#deps.blobs.upstreamHead(name, layer.digest);
+        const converted = await this.#layer(name, layer, opts);
+        // Stored meanwhile by another instance, so not downloaded here after all.
+        if (starts && !converted.converted) await this.#deps.blobs.upstreamHead(name, layer.digest);
+        return converted;
       },
     }).catch(rethrowAsOci);
     return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
@@ -183,8 +190,7 @@ export class Conversions {
 
   /** One conversion per layer and parameters at a time in this process. */
   #layer(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
-    const key = `${layer.digest.value}\n${paramsId(opts.params)}`;
-    return this.#shared(this.#layers, key, () => {
+    return this.#shared(this.#layers, layerJobKey(layer, opts), () => {
       const job = this.#convertLayer(name, layer, opts);
       return { job, settled: job };
     });
@@ -266,6 +272,8 @@ export class Conversions {
     };
   }
 }
+
+const layerJobKey = (layer: LayerSource, opts: ConvertLayerOptions) => `${layer.digest.value}\n${paramsId(opts.params)}`;
 
 /** Conversion failures as the OCI errors a client sees. */
 function rethrowAsOci(err: unknown): never {

@@ -161,6 +161,31 @@ describe("a cold edge converts while it downloads", () => {
     });
   }
 
+  it("asks no HEAD for a layer it downloads; a repository that joins the conversion is asked about first, and refused without the layer", async () => {
+    const { registry, layers, digests } = image("cold-head");
+    // Another image, in another repository, naming the first layer, which its upstream does not have.
+    const other = "lib/other";
+    registry.addImage(other, "v1", [layers[0]!]);
+    registry.removeBlob(other, digests[0]!);
+    const app = proxy(registry, new WatchedStore()).app;
+    const held = gate();
+    holdBlob(registry, digests[0]!, layers[0]!, held.opened);
+    const answer = app.request(bootstrapUrl("?chunk-size=64k"));
+    await until("the layer's download has begun", () => registry.count(`${REPO}/blobs/${digests[0]}`, "GET") === 1);
+    // The first layer is being converted for REPO: the other image would join that conversion.
+    const refused = await app.request(`http://skiff.test/v2/${other}/_skiff/bootstrap/v1?chunk-size=64k`);
+    expect(refused.status).toBe(404);
+    expect(registry.count(`${other}/blobs/${digests[0]}`, "HEAD")).toBe(1);
+    expect(registry.count(`${other}/blobs/${digests[0]}`, "GET")).toBe(0);
+    held.open();
+    const res = await answer;
+    expect(res.status, await res.clone().text()).toBe(200);
+    for (const d of digests) {
+      expect(registry.count(`${REPO}/blobs/${d}`, "HEAD")).toBe(0);
+      expect(registry.count(`${REPO}/blobs/${d}`, "GET")).toBe(1);
+    }
+  });
+
   it("none first: a cold deflate-raw request is answered with the none conversion made in the one pass, uncacheable, then deflate-raw from the stored blobs", async () => {
     const { registry, digests } = image("cold-none-first");
     const reference = { none: await twoPass(registry, digests, "?chunk-size=64k"), deflate: await twoPass(registry, digests, "?chunk-size=64k&codec=deflate-raw") };
