@@ -29,7 +29,6 @@ const MISSES_TO_START = 2;
 export class SiblingPrefetch {
   readonly #b: Bootstrap;
   readonly #o: SiblingPrefetchOptions;
-  /** The directory holding each inode, found once for the whole tree when first needed. */
   /** Files that missed, per directory and extension; a group once started is kept with no files. */
   readonly #groups = new Map<string, Set<number> | "started">();
   /** Chunk-table entries to fetch, in order. */

@@ -75,6 +75,12 @@ export const nodeGunzip: GunzipFactory = () => {
     pendingBytes = 0;
     return piece;
   };
+  // A writer held back when zlib goes away (cancelled, failed) is let go with an error.
+  gunzip.once("close", () => {
+    const waiter = roomWaiter;
+    roomWaiter = null;
+    waiter?.reject(cancelled());
+  });
   const inflateNext = () => {
     if (inflating || pendingBytes === 0) return;
     inflating = true;

@@ -3,7 +3,7 @@
 // written while zlib is busy are joined, and their writer is held back once a batch waits.
 import { createHash, randomBytes } from "node:crypto";
 import { gzipSync } from "node:zlib";
-import { expect, it } from "vitest";
+import { expect, it, vi } from "vitest";
 import { nodeGunzip } from "../../src/runtime/node-gunzip.ts";
 
 it("stops inflating while its reader waits", async () => {
@@ -60,4 +60,27 @@ it("inflates a layer written in thousands of small pieces to the same bytes, hol
   const out = Buffer.concat(pieces);
   expect(out.length).toBe(original.length);
   expect(createHash("sha256").update(out).digest("hex")).toBe(createHash("sha256").update(original).digest("hex"));
+});
+
+it("lets a writer it holds back go with an error when its reader cancels", async () => {
+  const gz = new Uint8Array(gzipSync(randomBytes(24 * 2 ** 20), { level: 1 }));
+  const { writable, readable } = nodeGunzip();
+  const writer = writable.getWriter();
+  let written = 0;
+  const writing = (async () => {
+    for (let at = 0; at < gz.length; at += 1000) {
+      await writer.write(gz.subarray(at, at + 1000));
+      written = at + 1000;
+    }
+  })();
+  const reader = readable.getReader();
+  await reader.read();
+  // Held back: the output queue is full and a batch of input waits.
+  await vi.waitFor(() => {
+    const before = written;
+    return new Promise<void>((resolve, reject) => setTimeout(() => (written === before && written > 0 ? resolve() : reject(new Error("still writing"))), 50));
+  });
+  expect(written).toBeLessThan(gz.length);
+  await reader.cancel();
+  await expect(writing).rejects.toThrow();
 });

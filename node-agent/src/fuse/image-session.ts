@@ -223,7 +223,6 @@ export class ImageSession {
     this.#listings.set(dir, listing);
     return listing;
   }
-
 }
 
 /** The first `size` bytes of `pieces` (a reader never gives more than asked; this makes sure). */
