@@ -29,12 +29,8 @@ it("stops inflating while its reader waits", async () => {
   expect(total).toBe(expanded);
 });
 
-
-it("inflates a layer written in thousands of small pieces to the same bytes, holding its writer back while the reader waits", async () => {
-  // Incompressible, so that the input is larger than what the output queue and a batch take.
-  const original = new Uint8Array(randomBytes(24 * 2 ** 20));
-  const gz = new Uint8Array(gzipSync(original, { level: 1 }));
-  const { writable, readable } = nodeGunzip();
+/** Writes `gz` in pieces of 1,000 bytes, then closes; `written()` tells how far it got. */
+function writeInPieces(writable: WritableStream<Uint8Array>, gz: Uint8Array) {
   const writer = writable.getWriter();
   let written = 0;
   const writing = (async () => {
@@ -44,13 +40,22 @@ it("inflates a layer written in thousands of small pieces to the same bytes, hol
     }
     await writer.close();
   })();
+  return { writing, written: () => written };
+}
+
+it("inflates a layer written in thousands of small pieces to the same bytes, holding its writer back while the reader waits", async () => {
+  // Incompressible, so that the input is larger than what the output queue and a batch take.
+  const original = new Uint8Array(randomBytes(24 * 2 ** 20));
+  const gz = new Uint8Array(gzipSync(original, { level: 1 }));
+  const { writable, readable } = nodeGunzip();
+  const { writing, written } = writeInPieces(writable, gz);
   const reader = readable.getReader();
   const pieces: Uint8Array[] = [];
   const first = await reader.read();
   pieces.push(first.value!);
   // The reader stops: the writer gets only so far (the output queue, then a batch of input).
   await new Promise((resolve) => setTimeout(resolve, 300));
-  expect(written).toBeLessThan(gz.length);
+  expect(written()).toBeLessThan(gz.length);
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
@@ -65,22 +70,15 @@ it("inflates a layer written in thousands of small pieces to the same bytes, hol
 it("lets a writer it holds back go with an error when its reader cancels", async () => {
   const gz = new Uint8Array(gzipSync(randomBytes(24 * 2 ** 20), { level: 1 }));
   const { writable, readable } = nodeGunzip();
-  const writer = writable.getWriter();
-  let written = 0;
-  const writing = (async () => {
-    for (let at = 0; at < gz.length; at += 1000) {
-      await writer.write(gz.subarray(at, at + 1000));
-      written = at + 1000;
-    }
-  })();
+  const { writing, written } = writeInPieces(writable, gz);
   const reader = readable.getReader();
   await reader.read();
   // Held back: the output queue is full and a batch of input waits.
   await vi.waitFor(() => {
-    const before = written;
-    return new Promise<void>((resolve, reject) => setTimeout(() => (written === before && written > 0 ? resolve() : reject(new Error("still writing"))), 50));
+    const before = written();
+    return new Promise<void>((resolve, reject) => setTimeout(() => (written() === before && before > 0 ? resolve() : reject(new Error("still writing"))), 50));
   });
-  expect(written).toBeLessThan(gz.length);
+  expect(written()).toBeLessThan(gz.length);
   await reader.cancel();
   await expect(writing).rejects.toThrow();
 });
