@@ -173,15 +173,14 @@ export class Conversions {
       budget: this.#deps.stepBytes ? { remaining: this.#deps.stepBytes } : undefined,
       layerConverter: async (layer, opts) => {
         if (await this.#deps.blobs.cached(name, layer.digest)) return this.#layer(name, layer, opts);
-        // A conversion made for another repository (or still running for one) is shared only once
-        // this repository is confirmed to have the layer too. One this call starts downloads the
-        // layer under this name, which confirms it: a HEAD first would only cost a round trip.
-        const stored = await this.#deps.store.stat(layerBootstrapKey(layer.digest, paramsId(opts.params)));
-        const starts = !stored && !this.#layers.has(layerJobKey(layer, opts));
-        if (!starts) await this.#deps.blobs.upstreamHead(name, layer.digest);
+        // A conversion made for another repository (stored, or still running for one) is shared
+        // only once this repository is confirmed to have the layer too. One this call converts
+        // downloads the layer under this name, which confirms it: a HEAD would only cost a round trip.
+        const joins = this.#layers.has(layerJobKey(layer, opts));
+        if (joins) await this.#deps.blobs.upstreamHead(name, layer.digest);
         const converted = await this.#layer(name, layer, opts);
-        // Stored meanwhile by another instance, so not downloaded here after all.
-        if (starts && !converted.converted) await this.#deps.blobs.upstreamHead(name, layer.digest);
+        // Found stored rather than converted: not downloaded here, so confirmed before it is used.
+        if (!joins && !converted.converted) await this.#deps.blobs.upstreamHead(name, layer.digest);
         return converted;
       },
     }).catch(rethrowAsOci);

@@ -75,22 +75,23 @@ export const nodeGunzip: GunzipFactory = () => {
     pendingBytes = 0;
     return piece;
   };
-  // A writer held back when zlib goes away (cancelled, failed) is let go with an error.
-  gunzip.once("close", () => {
+  /** Lets the writer held back (if any) go on, or fail with `err`. */
+  const letGo = (err?: Error) => {
     const waiter = roomWaiter;
     roomWaiter = null;
-    waiter?.reject(cancelled());
-  });
+    if (err) waiter?.reject(err);
+    else waiter?.resolve();
+  };
+  // When zlib goes away (cancelled, failed) the write it had may never call back.
+  gunzip.once("close", () => letGo(cancelled()));
   const inflateNext = () => {
     if (inflating || pendingBytes === 0) return;
     inflating = true;
     gunzip.write(takePending(), (err) => {
       inflating = false;
-      const waiter = roomWaiter;
-      roomWaiter = null;
-      if (err) return waiter?.reject(gunzip.destroyed ? cancelled() : err);
+      if (err) return letGo(gunzip.destroyed ? cancelled() : err);
       inflateNext();
-      waiter?.resolve();
+      letGo();
     });
   };
   let fed = 0;
