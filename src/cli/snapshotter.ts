@@ -105,8 +105,11 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     log: (m: string) => process.stderr.write(`skiff snapshotter${values["mounts-daemon"] ? " (mounts)" : values["fuse-keeper"] ? " (fuse keeper)" : ""}: ${m}\n`),
   };
   if (values["fuse-keeper"]) {
-    const { runKeeperProcess, keeperSocketIn } = await import("../../node-agent/src/fuse/keeper.ts");
-    return runKeeperProcess({ socket: keeperSocketIn(root), timeoutMs: options.timeoutMs, log: options.log });
+    const { runKeeperProcess, keeperSocketIn, takenOverSocketIn } = await import("../../node-agent/src/fuse/keeper.ts");
+    const { handedDownToThisProcess } = await import("../../node-agent/src/fuse/connection-holder.ts");
+    const handedDown = handedDownToThisProcess(root);
+    const socket = handedDown ? takenOverSocketIn(root, process.pid) : keeperSocketIn(root);
+    return runKeeperProcess({ socket, timeoutMs: options.timeoutMs, log: options.log, handedDown });
   }
   const { runSnapshotter, runDaemon } = await import("../../node-agent/src/snapshotter/run.ts");
   if (values["mounts-daemon"]) {

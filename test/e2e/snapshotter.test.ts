@@ -4,7 +4,9 @@
 // ALREADY_EXISTS and the committed snapshot is found by containerd's List filter), the container's
 // overlay over lazy layers with whiteouts and opaque directories read for real, the fallback when the
 // proxy can't serve, learned prefetch from one node to the next, a kill -9 of the snapshotter that
-// leaves mounts and metadata intact, and kill -9 of the mounts daemon and of the FUSE keeper.
+// leaves mounts and metadata intact, and kill -9 of the mounts daemon and of the FUSE keeper, both
+// when the keeper relays the requests and when the daemon reads them itself (the keeper holding
+// copies of its connections).
 // The real registry is the upstream; containerd itself drives it in cri-snapshotter.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
@@ -94,7 +96,7 @@ beforeAll(async () => {
   // Two layers: the second deletes a file of the first (whiteout) and replaces a directory (opaque).
   const layout = new OciLayout(tempDir("snapshotter-layout"));
   bigBytes = randomBytes(3 * 2 ** 20);
-  lateBytes = [randomBytes(2 ** 21), randomBytes(2 ** 21)];
+  lateBytes = [randomBytes(2 ** 21), randomBytes(2 ** 21), randomBytes(2 ** 21)];
   const l0 = layerOf(layout, [
     { name: "etc", type: "dir" },
     { name: "etc/keep", type: "file", data: Buffer.from("kept\n") },
@@ -333,21 +335,20 @@ describe("skiff snapshotter over gRPC", () => {
     await call("Remove", { key: "k8s.io/6/container" });
   });
 
-  test("kill -9 of the FUSE keeper: the mounts daemon exits, the snapshotter starts it again, the lazy layers are mounted again, and new containers read them", async () => {
+  test("kill -9 of the FUSE keeper that relays: the daemon mounts its layers again and reads them itself, and new containers read them", async () => {
+    // The keeper that took over the first daemon's connections relays them to the daemon now.
     const keeper = snapshotter.keeperPid();
     expect(keeper).toBeGreaterThan(0);
     const daemon = snapshotter.daemonPid();
     process.kill(keeper, "SIGKILL");
-    await waitFor("a new mounts daemon and keeper", async () => {
-      const [d, k] = [snapshotter.daemonPid(), snapshotter.keeperPid()];
-      return d > 0 && d !== daemon && k > 0 && k !== keeper ? true : undefined;
-    }, { timeoutMs: 20_000, intervalMs: 100 });
     // The dead keeper's mounts answered ENOTCONN until they were cleared and mounted again.
-    await waitFor("both lazy layers mounted again", async () => {
+    await waitFor("both lazy layers mounted again, a new keeper holding them", async () => {
       const points = lazyMounts().map((m) => m.point);
       const live = await Promise.all(points.map((p) => statfs(p).then(() => true, () => false)));
-      return live.length === 2 && live.every(Boolean) ? true : undefined;
-    }, { timeoutMs: 15_000, intervalMs: 100 });
+      const k = snapshotter.keeperPid();
+      return live.length === 2 && live.every(Boolean) && k > 0 && k !== keeper ? true : undefined;
+    }, { timeoutMs: 20_000, intervalMs: 100 });
+    expect(snapshotter.daemonPid()).toBe(daemon);
     const rootfs = await containerOverTop("k8s.io/7/container", "rootfs-remount");
     try {
       expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
@@ -356,6 +357,48 @@ describe("skiff snapshotter over gRPC", () => {
       execFileSync("umount", [rootfs]);
     }
     await call("Remove", { key: "k8s.io/7/container" });
+  });
+
+  test("a daemon that reads its connections itself: kill -9 of the keeper holding copies changes nothing, and a read the daemon had taken when it was killed is answered by the next one", async () => {
+    const before = lazyMounts();
+    expect(before.length).toBe(2);
+    const daemon = snapshotter.daemonPid();
+    // The keeper that holds the daemon's connections now (an older one may still be on its way out).
+    const holder = () => Number(readFileSync(join(snapshotter.root, "fuse-holder.pid"), "utf8"));
+    const keeper = holder();
+    expect(keeper).toBeGreaterThan(0);
+    process.kill(keeper, "SIGKILL");
+    await waitFor("another keeper", async () => {
+      const k = holder();
+      return k > 0 && k !== keeper && existsSync(`/proc/${k}`) ? true : undefined;
+    }, { timeoutMs: 10_000, intervalMs: 100 });
+    expect(snapshotter.daemonPid()).toBe(daemon);
+    expect(lazyMounts()).toEqual(before);
+    const rootfs = await containerOverTop("k8s.io/8/container", "rootfs-own-kill");
+    try {
+      // The proxy stopped: the daemon takes the read and waits for its chunks when it is killed.
+      // Only the kernel still knows that read; it queues it again for the keeper, which gives it
+      // to the next daemon.
+      process.kill(skiff.pid, "SIGSTOP");
+      let reading: Promise<{ stdout: string }>;
+      try {
+        reading = execFileAsync("sha256sum", [join(rootfs, "late2.bin")], { timeout: 60_000 });
+        await new Promise((r) => setTimeout(r, 500));
+        process.kill(daemon, "SIGKILL");
+        await waitFor("a new mounts daemon", async () => {
+          const d = snapshotter.daemonPid();
+          return d > 0 && d !== daemon ? true : undefined;
+        }, { timeoutMs: 15_000, intervalMs: 50 });
+      } finally {
+        process.kill(skiff.pid, "SIGCONT");
+      }
+      const { stdout } = await reading;
+      expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[2]!).slice("sha256:".length));
+      expect(lazyMounts()).toEqual(before);
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/8/container" });
   });
 });
 

@@ -6,6 +6,8 @@
 import { spawn } from "node:child_process";
 import { close, open, writevSync } from "node:fs";
 import { access, readFile, writeFile } from "node:fs/promises";
+import { release } from "node:os";
+import { notifyResend } from "./kernel-abi.ts";
 
 /**
  * The kernel's readahead for the mount. Its default, 128 KiB, makes a sequential reader ask for
@@ -97,6 +99,25 @@ export function writeReplyParts(fd: number, parts: Uint8Array[]): boolean {
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "ENOENT";
+  }
+}
+
+/**
+ * Whether this kernel queues again what a dead server had read (FUSE_NOTIFY_RESEND, Linux 6.9):
+ * only then may the serving process read a connection itself, with the keeper holding a copy.
+ */
+export function kernelResends(kernelRelease = release()): boolean {
+  const [major = 0, minor = 0] = kernelRelease.split(/[.-]/).map(Number);
+  return major > 6 || (major === 6 && minor >= 9);
+}
+
+/** Sends FUSE_NOTIFY_RESEND (kernel-abi.ts) on the connection; false if the kernel refused it. */
+export function resendUnanswered(fd: number): boolean {
+  try {
+    writevSync(fd, [notifyResend()]);
+    return true;
+  } catch {
+    return false;
   }
 }
 

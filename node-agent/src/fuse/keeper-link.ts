@@ -12,8 +12,8 @@ export interface HeldMount {
 
 export interface KeeperLinkOptions {
   socket: string;
-  /** Starts a keeper; called when none answers on the socket. */
-  startKeeper: () => void;
+  /** Starts a keeper; called when none answers on the socket. Without it, no answer is an error. */
+  startKeeper?: () => void;
   onRequest: (id: number, req: Uint8Array) => void;
   /** A mount ended without being asked to (unmounted from outside). */
   onGone: (id: number) => void;
@@ -133,7 +133,7 @@ async function connectOrStart(o: KeeperLinkOptions): Promise<Socket> {
         socket.once("error", reject);
       });
     } catch (err) {
-      if (!isAbsent(err)) throw err;
+      if (!isAbsent(err) || !o.startKeeper) throw err;
       if (!started) {
         started = true;
         o.startKeeper();

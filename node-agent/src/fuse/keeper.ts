@@ -9,24 +9,48 @@
 //
 // It does no parsing beyond the request header and has no state but the connections, so there is
 // little in it to fail. If it is killed, its mounts end (ENOTCONN), as any FUSE server's would.
+//
+// On a kernel that can queue again what a dead server had read (dev-fuse.ts, kernelResends), the
+// mounts daemon reads its connections itself, with no hop through a keeper, and hands copies of
+// them down to a keeper it starts (fuse/connection-holder.ts), which only holds them: if the
+// daemon goes, that keeper takes them over, has the kernel queue again what the daemon had left
+// unanswered, and relays them to the next daemon as above.
 import { createServer, type Socket } from "node:net";
 import { constants } from "node:os";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { errorMessage } from "../../../src/util/error-message.ts";
-import { mountDevFuse, unmountDevFuse, writeReply, writeReplyParts } from "./dev-fuse.ts";
+import { closeDevFuse, mountDevFuse, resendUnanswered, unmountDevFuse, writeReply, writeReplyParts } from "./dev-fuse.ts";
 import { errorReply, OUT_HEADER_SIZE, requestOpcode, requestUnique, replyUnique, UNANSWERED_OPS } from "./kernel-abi.ts";
 import { Frame, FrameReader, FrameWriter, jsonFrame, type FrameIn } from "./keeper-protocol.ts";
 import { readRequests, readsOnEventLoop, type RequestReader } from "./request-reader.ts";
 
-/** Where the keeper of a snapshotter root listens. */
+/** Where the keeper of a snapshotter root listens (the one that mounts for the daemon). */
 export const keeperSocketIn = (root: string) => join(root, "fuse-keeper.sock");
+/** Where a keeper that took over a daemon's own connections listens: one per keeper. */
+export const takenOverSocketIn = (root: string, pid: number) => join(root, `fuse-keeper-${pid}.sock`);
+/** Every keeper socket of a root: the mounting keeper's and those of keepers that took over. */
+export const isKeeperSocket = (name: string) => /^fuse-keeper(-\d+)?\.sock$/.test(name);
+
+/** A connection the serving process handed down to the keeper it started: inherited as `fd`. */
+export interface HandedDown {
+  id: number;
+  mountpoint: string;
+  fd: number;
+}
 
 export interface KeeperOptions {
   socket: string;
   /** A request nobody answers for this long fails with EIO. */
   timeoutMs: number;
   log: (message: string) => void;
+  /**
+   * Connections the serving process reads itself: the keeper holds them without reading until
+   * `takeOver` settles. True: that process has gone and this keeper is the one to hold its
+   * connections; it has the kernel queue again what was left unanswered, then holds and relays
+   * them like its own, listening on `socket`. False: a newer keeper holds them; this one ends.
+   */
+  handedDown?: { connections: HandedDown[]; takeOver: Promise<boolean> };
 }
 
 interface Held {
@@ -196,15 +220,19 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   }, SWEEP_MS);
 
   const listener = createServer(attach);
-  await rm(o.socket, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    listener.once("error", reject);
-    listener.listen(o.socket, () => resolve());
-  });
-  o.log(`fuse keeper ${process.pid} listening on ${o.socket}`);
+  const listen = async () => {
+    await rm(o.socket, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.listen(o.socket, () => resolve());
+    });
+    o.log(`fuse keeper ${process.pid} listening on ${o.socket}`);
+  };
 
   let stopped = () => {};
   const finished = new Promise<void>((resolve) => (stopped = resolve));
+  // Handed down and not taken over (yet): held without reading.
+  let waiting = o.handedDown?.connections ?? [];
   const close = async () => {
     if (stopping) return finished;
     stopping = true;
@@ -214,9 +242,32 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
     // What waits now waits in vain: fail it, so that nothing (the unmount included) hangs on it.
     for (const h of held.values()) for (const unique of h.pending.keys()) writeReply(h.fd, errorReply(unique, EIO));
     for (const [id, h] of [...held]) await unmountHeld(id, h);
+    // Stopped while the daemon still serves them (a node shutdown stops both): they go too.
+    for (const c of waiting.splice(0)) await unmountDevFuse(c.mountpoint).catch((err) => o.log(`unmounting ${c.mountpoint}: ${errorMessage(err)}`));
     clearInterval(sweep);
     stopped();
   };
+
+  if (!o.handedDown) await listen();
+  else
+    void o.handedDown.takeOver.then(async (mine) => {
+      if (stopping) return;
+      const connections = waiting.splice(0);
+      if (!mine) {
+        // A newer keeper holds these connections: let go of them, without unmounting anything.
+        stopping = true;
+        clearInterval(sweep);
+        await Promise.all(connections.map((c) => closeDevFuse(c.fd)));
+        return stopped();
+      }
+      // Queued again before the first read, so that nothing read here comes twice.
+      for (const c of connections) {
+        if (!resendUnanswered(c.fd)) o.log(`${c.mountpoint}: the kernel did not queue its unanswered requests again`);
+        startHolding(c.id, { mountpoint: c.mountpoint, fd: c.fd, pending: new Map(), unmounting: false });
+      }
+      o.log(`took over ${connections.length} connections from the mounts daemon that served them`);
+      await listen().catch((err) => o.log(`listening on ${o.socket}: ${errorMessage(err)}`));
+    });
   // Nothing held and nobody to serve: the keeper's work is done.
   exitWhenIdle = () => {
     if (!server && held.size === 0) void close();

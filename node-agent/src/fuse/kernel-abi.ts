@@ -141,6 +141,20 @@ export function errorReply(unique: bigint, errno: number): Uint8Array {
   return reply(unique, -Math.abs(errno));
 }
 
+/** FUSE_NOTIFY_RESEND's code (Linux 6.9 on): a notification is a reply header with unique 0 and the code as its error. */
+const NOTIFY_RESEND = 7;
+
+/**
+ * The notification that makes the kernel queue again every request read from the connection and
+ * not answered yet (it sets bit 63 of their unique): what a server that died had read reaches the
+ * next reader instead of waiting forever. Kernels before 6.9 refuse it (EINVAL).
+ */
+export function notifyResend(): Uint8Array {
+  const out = new Uint8Array(OUT_HEADER_SIZE);
+  writeOutHeader(out, 0n, NOTIFY_RESEND, OUT_HEADER_SIZE);
+  return out;
+}
+
 export interface InitIn {
   major: number;
   minor: number;

@@ -3,15 +3,18 @@
 // adopts them. All mounts share one chunk cache (bounded, LRU), the 16 MiB of chunks last read in
 // memory, and one HTTP client to the proxy.
 //
-// The /dev/fuse connections themselves are held by the FUSE keeper (fuse/keeper.ts), which this
-// daemon starts when none runs, so that a crash of this daemon doesn't end them: a daemon started
-// again attaches to the keeper and serves the same mounts, with what the kernel asked meanwhile.
+// The /dev/fuse connections outlive this daemon through the FUSE keeper (fuse/keeper.ts), so that a
+// crash of this daemon doesn't end them: a daemon started again attaches to the keeper and serves
+// the same mounts, with what the kernel asked meanwhile. Where the kernel can queue again what a
+// dead server had read (Linux 6.9 on), this daemon mounts and reads its connections itself and a
+// keeper only holds copies (fuse/connection-holder.ts): no request takes a hop through another
+// process. On older kernels the keeper mounts them and relays every request.
 // The mount table is kept in <root>/mounts.json, replaced durably: it says how each mount is
 // served. If the keeper itself died, its mounts are dead; they are cleared and mounted again.
 //
 // It answers on a unix socket, JSON over HTTP: POST /mount, POST /unmount, GET /status.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import { readFile, rm } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { constants } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -20,9 +23,12 @@ import { errorMessage } from "../../../src/util/error-message.ts";
 import { ChunkCache } from "../chunk-cache.ts";
 import { ChunkFetcher } from "../chunk-fetcher.ts";
 import { ImageSession } from "../fuse/image-session.ts";
+import { ConnectionHolder } from "../fuse/connection-holder.ts";
+import { kernelResends, mountDevFuse, unmountDevFuse, writeReply } from "../fuse/dev-fuse.ts";
 import { errorReply, requestOpcode, requestUnique, UNANSWERED_OPS } from "../fuse/kernel-abi.ts";
-import { KEEPER_THREADS } from "../fuse/keeper.ts";
-import { KeeperLink } from "../fuse/keeper-link.ts";
+import { isKeeperSocket, KEEPER_THREADS } from "../fuse/keeper.ts";
+import { isAbsent, KeeperLink } from "../fuse/keeper-link.ts";
+import { readRequests, type RequestReader } from "../fuse/request-reader.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
 import { chunksIn } from "../prefetch-list.ts";
 import { AUTO_NEARBY, LayerGroup, LazyReader, PROGRAM_PREFETCH_BYTES } from "../lazy-reader.ts";
@@ -62,12 +68,18 @@ export interface MountsDaemonOptions extends ProxyHttpOptions {
   keeperSocket: string;
   /** argv (after node) that starts the FUSE keeper. */
   keeperArgs: string[];
+  /** Read the connections here, a keeper holding copies (default: where the kernel allows it). */
+  direct?: boolean;
   log: (message: string) => void;
 }
 
 interface Mounted {
   id: number;
   spec: LayerMountSpec;
+  /** The keeper that relays this mount's requests; none when this daemon reads them itself. */
+  link?: KeeperLink;
+  /** The connection this daemon reads itself. */
+  own?: { fd: number; requests?: RequestReader; unmounting: boolean };
   session: ImageSession;
   reader: LazyReader;
   fetcher: ChunkFetcher;
@@ -112,40 +124,90 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     m.foreground?.delete(m.reader);
     m.layers?.delete(m.reader);
     await m.prefetcher?.stop();
+    await m.own?.requests?.close();
   };
 
-  const link = await KeeperLink.connect({
-    socket: o.keeperSocket,
-    startKeeper: () => {
-      // A small young generation: the keeper only passes buffers along, and they die young.
-      const pid = spawnDetached(["--max-semi-space-size=1", ...o.keeperArgs], join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: String(KEEPER_THREADS) });
-      o.log(`started the FUSE keeper (pid ${pid})`);
-    },
-    onRequest: (id, req) => {
-      const m = byId.get(id);
-      if (m) return m.session.handle(req, (reply, body, sent) => link.reply(id, reply, body, sent));
-      if (!UNANSWERED_OPS.has(requestOpcode(req))) link.reply(id, errorReply(requestUnique(req), EIO));
-    },
-    onGone: (id) => {
-      const m = byId.get(id);
-      if (!m) return;
-      o.log(`${m.spec.mountpoint} was unmounted from outside`);
-      void forget(m);
-      void serially(saveTable);
-    },
-    // Its mounts died with it: this daemon ends, and the next one (the snapshotter starts it as
+  const direct = o.direct ?? kernelResends();
+  const holder = direct ? new ConnectionHolder({ root: o.root, keeperArgs: o.keeperArgs, log: o.log }) : undefined;
+  /** A keeper holds copies of exactly the connections this daemon reads itself. */
+  const handDown = () => holder?.hold([...byId.values()].flatMap((m) => (m.own ? [{ id: m.id, mountpoint: m.spec.mountpoint, fd: m.own.fd }] : [])));
+
+  /** A mount that ended without being asked to (unmounted from outside). */
+  const gone = (m: Mounted) => {
+    o.log(`${m.spec.mountpoint} was unmounted from outside`);
+    void forget(m).then(() => m.own && handDown());
+    void serially(saveTable);
+  };
+
+  const links = new Set<KeeperLink>();
+  const connectKeeper = async (socket: string, startKeeper?: () => void): Promise<KeeperLink> => {
+    const link: KeeperLink = await KeeperLink.connect({
+      socket,
+      startKeeper,
+      // Requests come only after ready(), when `link` is set.
+      onRequest: (id, req) => {
+        const m = byId.get(id);
+        if (m?.link === link) return m.session.handle(req, (reply, body, sent) => link.reply(id, reply, body, sent));
+        if (!UNANSWERED_OPS.has(requestOpcode(req))) link.reply(id, errorReply(requestUnique(req), EIO));
+      },
+      onGone: (id) => {
+        const m = byId.get(id);
+        if (m?.link === link) gone(m);
+      },
+      onLost: () => lost(link),
+    });
+    return link;
+  };
+
+  // A keeper that went away took its mounts with it.
+  const lost = (link: KeeperLink) => {
+    if (closing) return;
+    links.delete(link);
+    if (direct) {
+      // Only the mounts it relayed died: they are mounted again, here.
+      const dead = [...byId.values()].filter((m) => m.link === link);
+      o.log(`a FUSE keeper went away: mounting its ${dead.length} layers again`);
+      void serially(async () => {
+        for (const m of dead) {
+          await forget(m);
+          await mount(m.spec).catch((err) => o.log(`remounting ${m.spec.mountpoint}: ${errorMessage(err)}`));
+        }
+        await saveTable();
+      });
+      return;
+    }
+    // All mounts died with it: this daemon ends, and the next one (the snapshotter starts it as
     // soon as this one stops listening) starts a keeper and mounts the table again. What the
     // images' starts read first is still reported on the way out: a keeper stopped together with
     // this daemon (a node shutdown) often goes first.
-    onLost: () => {
-      if (closing) return;
-      closing = true;
-      o.log("the FUSE keeper went away: exiting so that the layers are mounted again");
-      server.close();
-      void Promise.race([reportFirstReads(), sleep(LOST_REPORT_MS)]).finally(() => process.exit(1));
-    },
-  });
-  let lastId = Math.max(0, ...link.held.map((h) => h.id));
+    closing = true;
+    o.log("the FUSE keeper went away: exiting so that the layers are mounted again");
+    server.close();
+    void Promise.race([reportFirstReads(), sleep(LOST_REPORT_MS)]).finally(() => process.exit(1));
+  };
+
+  // The keeper that mounts and relays (older kernels), started if none runs; or the keepers that
+  // took over the connections of a daemon before this one, if any.
+  let mounter: KeeperLink | undefined;
+  if (!direct) {
+    mounter = await connectKeeper(o.keeperSocket, () => {
+      // A small young generation: the keeper only passes buffers along, and they die young.
+      const pid = spawnDetached(["--max-semi-space-size=1", ...o.keeperArgs], join(o.root, "fuse-keeper.log"), { UV_THREADPOOL_SIZE: String(KEEPER_THREADS) });
+      o.log(`started the FUSE keeper (pid ${pid})`);
+    });
+    links.add(mounter);
+  } else {
+    for (const name of (await readdir(o.root)).filter(isKeeperSocket)) {
+      const socket = join(o.root, name);
+      await connectKeeper(socket).then(
+        (link) => links.add(link),
+        (err) => (isAbsent(err) ? rm(socket, { force: true }) : o.log(`FUSE keeper at ${socket}: ${errorMessage(err)}`)),
+      );
+    }
+  }
+  const held = new Map<string, { id: number; link: KeeperLink }>();
+  for (const link of links) for (const h of link.held) held.set(h.mountpoint, { id: h.id, link });
+  let lastId = Math.max(0, ...[...held.values()].map((h) => h.id));
 
   // Per image (its layers mounted in this daemon's life): the learned list, what its start reads
   // first, and its layers' reads as one foreground for their prefetch.
@@ -174,7 +236,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   };
 
   /** Serves a layer; `fresh` for one mounted now (for a pull), not one adopted from the daemon before. */
-  const serve = async (spec: LayerMountSpec, id: number, fresh: boolean) => {
+  const serve = async (spec: LayerMountSpec, id: number, fresh: boolean, link?: KeeperLink) => {
     const bootstrap = Bootstrap.decode(new Uint8Array(await readFile(spec.bootstrapFile)));
     const fetcher = new ChunkFetcher({ proxy: spec.proxy, name: spec.name, ns: spec.ns, params: spec.params, timeoutMs: o.timeoutMs, fetchImpl: http.fetch });
     const learned = fresh ? learningFor(spec) : undefined;
@@ -188,7 +250,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       onChunkRead: learned && ((i) => (learned.firstReads.saw(chunkHex(bootstrap, i)), m.prefetcher?.sawRead(i))),
     });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
-    const m: Mounted = { id, spec, session, reader, fetcher, foreground: learned?.foreground, layers };
+    const m: Mounted = { id, spec, link, session, reader, fetcher, foreground: learned?.foreground, layers };
     learned?.foreground.add(reader);
     layers?.add(reader);
     byId.set(id, m);
@@ -208,21 +270,47 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     if (mounted.has(spec.mountpoint)) return;
     await recoverStaleMount(spec.mountpoint);
     // Served before it is mounted: the kernel's first request (INIT) comes at once.
-    const m = await serve(spec, ++lastId, true);
+    const m = await serve(spec, ++lastId, true, mounter);
     try {
-      await link.mount(m.id, spec.mountpoint);
+      if (mounter) await mounter.mount(m.id, spec.mountpoint);
+      else await mountOwn(m);
     } catch (err) {
       await forget(m);
       throw err;
     }
   };
 
+  /** Mounts a connection this daemon reads and answers itself; a keeper gets a copy. */
+  const mountOwn = async (m: Mounted) => {
+    const fd = await mountDevFuse(m.spec.mountpoint);
+    const own: NonNullable<Mounted["own"]> = { fd, unmounting: false };
+    m.own = own;
+    const send = (reply: Uint8Array, body?: readonly Uint8Array[], sent?: () => void) => {
+      writeReply(fd, reply, body);
+      sent?.();
+    };
+    own.requests = readRequests(
+      fd,
+      (req) => m.session.handle(req, send),
+      (err) => {
+        if (own.unmounting || byId.get(m.id) !== m) return;
+        if (err) o.log(`${m.spec.mountpoint}: ${errorMessage(err)}`);
+        gone(m);
+      },
+    );
+    handDown();
+  };
+
   const unmount = async (mountpoint: string) => {
     const m = mounted.get(mountpoint);
     if (!m) return recoverStaleMount(mountpoint).then(() => {});
     await m.prefetcher?.stop();
-    await link.unmount(m.id);
+    if (m.own) {
+      m.own.unmounting = true;
+      await unmountDevFuse(mountpoint);
+    } else await m.link?.unmount(m.id);
     await forget(m);
+    if (m.own) handDown();
   };
 
   // The table of the daemon before this one: serve what the keeper still holds, mount the rest again.
@@ -232,17 +320,16 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") o.log(`cannot read the mount table: ${errorMessage(err)}`);
   }
-  const held = new Map(link.held.map((h) => [h.mountpoint, h.id]));
   let adopted = 0;
   for (const spec of table) {
-    const id = held.get(spec.mountpoint);
+    const h = held.get(spec.mountpoint);
     held.delete(spec.mountpoint);
-    const step = id !== undefined ? serve(spec, id, false).then(() => adopted++) : mount(spec);
-    await step.catch((err) => o.log(`${id !== undefined ? "serving" : "remounting"} ${spec.mountpoint}: ${errorMessage(err)}`));
+    const step = h ? serve(spec, h.id, false, h.link).then(() => adopted++) : mount(spec);
+    await step.catch((err) => o.log(`${h ? "serving" : "remounting"} ${spec.mountpoint}: ${errorMessage(err)}`));
   }
-  link.ready();
-  // Held by the keeper but in no table (a daemon died between the two): nobody can serve them.
-  for (const id of held.values()) await link.unmount(id).catch(() => {});
+  for (const link of links) link.ready();
+  // Held by a keeper but in no table (a daemon died between the two): nobody can serve them.
+  for (const { id, link } of held.values()) await link.unmount(id).catch(() => {});
   if (table.length > 0) o.log(`serving ${mounted.size} of ${table.length} layers again (${adopted} kept up by the FUSE keeper)`);
   await saveTable();
 
@@ -300,7 +387,10 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       await queue;
       // What the images' starts read first so far is still worth reporting.
       await reportFirstReads();
-      link.close();
+      // This daemon's own connections: read no more; the keeper holding copies takes them over.
+      for (const m of byId.values()) await m.own?.requests?.close();
+      holder?.close();
+      for (const link of links) link.close();
       await http.close();
     },
   };

@@ -1,0 +1,128 @@
+// Copies of the connections a mounts daemon reads itself, held by a FUSE keeper it starts, so that
+// they outlive the daemon (fuse/keeper.ts says what the keeper then does with them).
+//
+// A descriptor travels between Node processes only from parent to child, when the child starts, so
+// each change to the daemon's set of connections starts a new keeper that inherits all of them;
+// the file `fuse-holder.pid` names the one that holds them now. Every such keeper reads its stdin,
+// whose other end only the daemon has: it ends when the daemon exits (then the keeper the file
+// names takes over, and the others end) or when the daemon has started a newer one.
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync, renameSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { errorMessage } from "../../../src/util/error-message.ts";
+import { KEEPER_THREADS, type HandedDown, type KeeperOptions } from "./keeper.ts";
+
+/** How the daemon tells a keeper what it inherited: `[{ id, mountpoint, fd }]`. */
+const HANDED_DOWN_ENV = "SKIFF_FUSE_HANDED_DOWN";
+/** A holding keeper that died is replaced after this long (it should not die: bounded retries). */
+const RESTART_MS = 1_000;
+
+/** The file naming the keeper that holds a daemon's own connections now. */
+export const holderFileIn = (root: string) => join(root, "fuse-holder.pid");
+
+export interface ConnectionHolderOptions {
+  root: string;
+  /** argv (after node) that starts a FUSE keeper. */
+  keeperArgs: string[];
+  log: (message: string) => void;
+}
+
+/** The daemon's side: keeps one keeper holding copies of exactly the connections it is given. */
+export class ConnectionHolder {
+  readonly #o: ConnectionHolderOptions;
+  #current: ChildProcess | undefined;
+  #connections: HandedDown[] = [];
+  #closed = false;
+  #restart: NodeJS.Timeout | undefined;
+
+  constructor(o: ConnectionHolderOptions) {
+    this.#o = o;
+  }
+
+  /** Has a new keeper hold `connections` (descriptors of this process), and the one before let go. */
+  hold(connections: HandedDown[]): void {
+    if (this.#closed) return;
+    clearTimeout(this.#restart);
+    this.#connections = connections;
+    const previous = this.#current;
+    let next: ChildProcess | undefined;
+    if (connections.length > 0) {
+      try {
+        next = this.#start(connections);
+      } catch (err) {
+        this.#o.log(`starting a FUSE keeper to hold ${connections.length} connections: ${errorMessage(err)}`);
+        this.#restartSoon();
+      }
+    }
+    // Named before the previous one is let go: whichever the file names takes over if this process dies.
+    const file = holderFileIn(this.#o.root);
+    writeFileSync(`${file}.tmp`, next?.pid ? String(next.pid) : "");
+    renameSync(`${file}.tmp`, file);
+    this.#current = next;
+    previous?.stdin?.end();
+  }
+
+  /**
+   * Lets the current keeper take over now (the daemon stops on purpose): call once this process
+   * no longer reads the connections.
+   */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#restart);
+    this.#current?.stdin?.end();
+  }
+
+  #start(connections: HandedDown[]): ChildProcess {
+    const log = openSync(join(this.#o.root, "fuse-keeper.log"), "a");
+    try {
+      const inherited = connections.map((c, i) => ({ ...c, fd: 3 + i }));
+      // A small young generation: the keeper only passes buffers along, and they die young.
+      const child = spawn(process.execPath, ["--max-semi-space-size=1", ...this.#o.keeperArgs], {
+        detached: true,
+        stdio: ["pipe", log, log, ...connections.map((c) => c.fd)],
+        env: { ...process.env, UV_THREADPOOL_SIZE: String(KEEPER_THREADS), [HANDED_DOWN_ENV]: JSON.stringify(inherited) },
+      });
+      child.unref();
+      (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+      child.stdin?.on("error", () => {});
+      child.on("error", (err) => this.#o.log(`FUSE keeper: ${errorMessage(err)}`));
+      child.on("exit", (code, signal) => {
+        if (this.#current !== child || this.#closed) return;
+        this.#o.log(`the FUSE keeper holding this daemon's connections exited (${signal ?? code}); starting another`);
+        this.#current = undefined;
+        this.#restartSoon();
+      });
+      return child;
+    } finally {
+      closeSync(log);
+    }
+  }
+
+  #restartSoon(): void {
+    this.#restart = setTimeout(() => this.hold(this.#connections), RESTART_MS);
+    this.#restart.unref();
+  }
+}
+
+/**
+ * In a keeper process: the connections its daemon handed down, if it was started to hold them,
+ * and whether it takes them over once its stdin ends (see the top of this file).
+ */
+export function handedDownToThisProcess(root: string): KeeperOptions["handedDown"] {
+  const text = process.env[HANDED_DOWN_ENV];
+  if (!text) return undefined;
+  delete process.env[HANDED_DOWN_ENV];
+  const connections = JSON.parse(text) as HandedDown[];
+  const takeOver = new Promise<boolean>((resolve) => {
+    const settle = () =>
+      void readFile(holderFileIn(root), "utf8").then(
+        (pid) => resolve(pid.trim() === String(process.pid)),
+        () => resolve(false),
+      );
+    process.stdin.once("end", settle);
+    process.stdin.once("error", settle);
+    process.stdin.on("data", () => {});
+  });
+  return { connections, takeOver };
+}
