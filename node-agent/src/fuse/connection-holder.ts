@@ -2,10 +2,12 @@
 // they outlive the daemon (fuse/keeper.ts says what the keeper then does with them).
 //
 // A descriptor travels between Node processes only from parent to child, when the child starts, so
-// each change to the daemon's set of connections starts a new keeper that inherits all of them;
-// the file `fuse-holder.pid` names the one that holds them now. Every such keeper reads its stdin,
-// whose other end only the daemon has: it ends when the daemon exits (then the keeper the file
-// names takes over, and the others end) or when the daemon has started a newer one.
+// each change to the daemon's set of connections starts a new holder that inherits all of them;
+// the file `fuse-holder.pid` names the one that holds them now. A holder is a shell waiting on its
+// stdin, whose other end only the daemon has: it ends when the daemon exits or has started a newer
+// holder. Then the holder the file names becomes the keeper (exec, same pid, same descriptors) and
+// takes over; the others end. A shell starts in a millisecond where a keeper takes 180 ms of CPU,
+// and a pull mounts its layers while the container is about to start.
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, renameSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -15,8 +17,13 @@ import { KEEPER_THREADS, type HandedDown, type KeeperOptions } from "./keeper.ts
 
 /** How the daemon tells a keeper what it inherited: `[{ id, mountpoint, fd }]`. */
 const HANDED_DOWN_ENV = "SKIFF_FUSE_HANDED_DOWN";
-/** A holding keeper that died is replaced after this long (it should not die: bounded retries). */
+/** A holder that died is replaced after this long (it should not die: bounded retries). */
 const RESTART_MS = 1_000;
+/**
+ * The holder: waits for the end of its stdin, then becomes the keeper if the file in
+ * SKIFF_FUSE_HOLDER_FILE names it (`$$`, its pid, which exec keeps). Only shell builtins until then.
+ */
+const HOLDER_SCRIPT = 'read -r _; read -r holder < "$SKIFF_FUSE_HOLDER_FILE"; [ "$holder" = "$$" ] && exec "$@"';
 
 /** The file naming the keeper that holds a daemon's own connections now. */
 export const holderFileIn = (root: string) => join(root, "fuse-holder.pid");
@@ -28,7 +35,7 @@ export interface ConnectionHolderOptions {
   log: (message: string) => void;
 }
 
-/** The daemon's side: keeps one keeper holding copies of exactly the connections it is given. */
+/** The daemon's side: keeps one holder of copies of exactly the connections it is given. */
 export class ConnectionHolder {
   readonly #o: ConnectionHolderOptions;
   #current: ChildProcess | undefined;
@@ -40,7 +47,7 @@ export class ConnectionHolder {
     this.#o = o;
   }
 
-  /** Has a new keeper hold `connections` (descriptors of this process), and the one before let go. */
+  /** Has a new holder keep `connections` (descriptors of this process), and the one before let go. */
   hold(connections: HandedDown[]): void {
     if (this.#closed) return;
     clearTimeout(this.#restart);
@@ -64,7 +71,7 @@ export class ConnectionHolder {
   }
 
   /**
-   * Lets the current keeper take over now (the daemon stops on purpose): call once this process
+   * Lets the current holder take over now (the daemon stops on purpose): call once this process
    * no longer reads the connections.
    */
   close(): void {
@@ -78,10 +85,16 @@ export class ConnectionHolder {
     try {
       const inherited = connections.map((c, i) => ({ ...c, fd: 3 + i }));
       // A small young generation: the keeper only passes buffers along, and they die young.
-      const child = spawn(process.execPath, ["--max-semi-space-size=1", ...this.#o.keeperArgs], {
+      const keeper = [process.execPath, "--max-semi-space-size=1", ...this.#o.keeperArgs];
+      const child = spawn("/bin/sh", ["-c", HOLDER_SCRIPT, "skiff-fuse-holder", ...keeper], {
         detached: true,
         stdio: ["pipe", log, log, ...connections.map((c) => c.fd)],
-        env: { ...process.env, UV_THREADPOOL_SIZE: String(KEEPER_THREADS), [HANDED_DOWN_ENV]: JSON.stringify(inherited) },
+        env: {
+          ...process.env,
+          UV_THREADPOOL_SIZE: String(KEEPER_THREADS),
+          SKIFF_FUSE_HOLDER_FILE: holderFileIn(this.#o.root),
+          [HANDED_DOWN_ENV]: JSON.stringify(inherited),
+        },
       });
       child.unref();
       (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
@@ -89,7 +102,7 @@ export class ConnectionHolder {
       child.on("error", (err) => this.#o.log(`FUSE keeper: ${errorMessage(err)}`));
       child.on("exit", (code, signal) => {
         if (this.#current !== child || this.#closed) return;
-        this.#o.log(`the FUSE keeper holding this daemon's connections exited (${signal ?? code}); starting another`);
+        this.#o.log(`the holder of this daemon's FUSE connections exited (${signal ?? code}); starting another`);
         this.#current = undefined;
         this.#restartSoon();
       });
