@@ -12,7 +12,7 @@ import { Bootstrap } from "../../src/format/decode.ts";
 import { encodeBootstrap } from "../../src/format/encode.ts";
 import { newDir, type FsNode } from "../../src/format/model.ts";
 import type { FilePieces } from "../src/file-reader.ts";
-import { READAHEAD_BYTES } from "../src/fuse/dev-fuse.ts";
+import { kernelResends, READAHEAD_BYTES } from "../src/fuse/dev-fuse.ts";
 import { ImageSession } from "../src/fuse/image-session.ts";
 import * as K from "../src/fuse/kernel-abi.ts";
 import { encodeFrame, Frame, FrameReader, FrameWriter } from "../src/fuse/keeper-protocol.ts";
@@ -225,3 +225,16 @@ async function socketPair(): Promise<[Socket, Socket]> {
   rmSync(dir, { recursive: true, force: true }); // connected: the socket's name is no longer needed
   return [client, other];
 }
+
+describe("whether the mounts daemon may read its connections itself", () => {
+  test("only from Linux 6.9, which queues again what a dead server had read", () => {
+    expect(["5.15.0-91-generic", "6.1.0-18-amd64", "6.8.12"].map((r) => kernelResends(r))).toEqual([false, false, false]);
+    expect(["6.9.0", "6.18.44-fc-v1272", "7.0.1", "10.2"].map((r) => kernelResends(r))).toEqual([true, true, true, true]);
+  });
+
+  test("the resend notification is a bare reply header with unique 0 and code 7", () => {
+    const n = K.notifyResend();
+    const v = new DataView(n.buffer, n.byteOffset, n.byteLength);
+    expect([n.byteLength, v.getUint32(0, true), v.getInt32(4, true), v.getBigUint64(8, true)]).toEqual([16, 16, 7, 0n]);
+  });
+});

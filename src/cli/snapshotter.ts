@@ -42,6 +42,9 @@ Options:
                        when a program or library is first read, don't fetch what the loader reads
                        next (its end, its segments that are not code, the libraries it loads) in
                        the background
+  --fuse-relay         relay every FUSE request through the FUSE keeper, as on kernels before 6.9
+                       (default there): on newer ones the mounts daemon reads its connections
+                       itself and the keeper only holds copies, for the case the daemon dies
   -h, --help           show this help
 
 When ready it prints one line: skiff snapshotter listening on PATH`;
@@ -64,6 +67,7 @@ const flags = {
   "http-proxy": { type: "string" },
   "no-learned-prefetch": { type: "boolean" },
   "no-program-prefetch": { type: "boolean" },
+  "fuse-relay": { type: "boolean" },
   // Internal: this process is the mounts daemon the snapshotter started, or the FUSE keeper the
   // mounts daemon started.
   "mounts-daemon": { type: "boolean" },
@@ -94,6 +98,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     convertTimeoutMs: integerFlag(values["convert-timeout"], "convert-timeout", 60, 1, 3600) * 1000,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
     programPrefetch: values["no-program-prefetch"] !== true,
+    direct: values["fuse-relay"] ? false : undefined,
     codec: values.codec ?? AGENT_DEFAULT_CODEC,
     chunkSize: values["chunk-size"],
     platform: values.platform,

@@ -402,6 +402,65 @@ describe("skiff snapshotter over gRPC", () => {
   });
 });
 
+// The way on kernels before 6.9 (chosen there by default): the FUSE keeper mounts the layers and
+// relays every request to the mounts daemon.
+describe("skiff snapshotter --fuse-relay", () => {
+  beforeAll(async () => {
+    client.close();
+    await snapshotter.stop();
+    snapshotter = await SnapshotterProcess.start(skiff.url, ["--timeout", "10", "--fuse-relay"]);
+    dir = snapshotter.dir;
+    connect();
+    await prepareLazily(call, list);
+  }, 60_000);
+
+  test("the keeper relays: a read the daemon never answered goes to the next daemon after a kill -9", async () => {
+    const before = lazyMounts();
+    expect(before.length).toBe(2);
+    // No daemon reads its connections itself: nothing names a holder.
+    expect(existsSync(join(snapshotter.root, "fuse-holder.pid"))).toBe(false);
+    const rootfs = await containerOverTop("k8s.io/10/container", "rootfs-relay");
+    try {
+      expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
+      const first = snapshotter.daemonPid();
+      process.kill(first, "SIGSTOP");
+      const reading = execFileAsync("sha256sum", [join(rootfs, "late0.bin")], { timeout: 60_000 });
+      await new Promise((r) => setTimeout(r, 500));
+      process.kill(first, "SIGKILL");
+      const { stdout } = await reading;
+      expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[0]!).slice("sha256:".length));
+      expect(snapshotter.daemonPid()).not.toBe(first);
+      expect(lazyMounts()).toEqual(before);
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/10/container" });
+  });
+
+  test("kill -9 of the keeper that mounts: the mounts daemon exits, the snapshotter starts it again, the lazy layers are mounted again, and new containers read them", async () => {
+    const keeper = snapshotter.keeperPid();
+    expect(keeper).toBeGreaterThan(0);
+    const daemon = snapshotter.daemonPid();
+    process.kill(keeper, "SIGKILL");
+    await waitFor("a new mounts daemon and keeper", async () => {
+      const [d, k] = [snapshotter.daemonPid(), snapshotter.keeperPid()];
+      return d > 0 && d !== daemon && k > 0 && k !== keeper ? true : undefined;
+    }, { timeoutMs: 20_000, intervalMs: 100 });
+    await waitFor("both lazy layers mounted again", async () => {
+      const points = lazyMounts().map((m) => m.point);
+      const live = await Promise.all(points.map((p) => statfs(p).then(() => true, () => false)));
+      return live.length === 2 && live.every(Boolean) ? true : undefined;
+    }, { timeoutMs: 15_000, intervalMs: 100 });
+    const rootfs = await containerOverTop("k8s.io/11/container", "rootfs-relay-remount");
+    try {
+      expect(readFileSync(join(rootfs, "late1.bin")).equals(lateBytes[1]!)).toBe(true);
+    } finally {
+      execFileSync("umount", [rootfs]);
+    }
+    await call("Remove", { key: "k8s.io/11/container" });
+  });
+});
+
 /** The lazy layers' FUSE mounts under the snapshotter's root, from mountinfo (no syscall reaches them). */
 function lazyMounts(): { point: string; dev: string }[] {
   return readFileSync("/proc/self/mountinfo", "utf8")
