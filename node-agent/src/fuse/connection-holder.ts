@@ -22,8 +22,15 @@ const RESTART_MS = 1_000;
 /**
  * The holder: waits for the end of its stdin, then becomes the keeper if the file in
  * SKIFF_FUSE_HOLDER_FILE names it (`$$`, its pid, which exec keeps). Only shell builtins until then.
+ * SIGTERM (a node shutting down) makes it the keeper at once, told to unmount what it holds, as a
+ * keeper stopped with SIGTERM does.
  */
-const HOLDER_SCRIPT = 'read -r _; read -r holder < "$SKIFF_FUSE_HOLDER_FILE"; [ "$holder" = "$$" ] && exec "$@"';
+const HOLDER_SCRIPT = [
+  `trap 'export ${"SKIFF_FUSE_STOP"}=1; exec "$@"' TERM`,
+  "read -r _",
+  'read -r holder < "$SKIFF_FUSE_HOLDER_FILE"',
+  '[ "$holder" = "$$" ] && exec "$@"',
+].join("\n");
 
 /** The file naming the keeper that holds a daemon's own connections now. */
 export const holderFileIn = (root: string) => join(root, "fuse-holder.pid");
@@ -127,6 +134,8 @@ export function handedDownToThisProcess(root: string): KeeperOptions["handedDown
   if (!text) return undefined;
   delete process.env[HANDED_DOWN_ENV];
   const connections = JSON.parse(text) as HandedDown[];
+  const stopAtOnce = process.env.SKIFF_FUSE_STOP === "1";
+  delete process.env.SKIFF_FUSE_STOP;
   const takeOver = new Promise<boolean>((resolve) => {
     const settle = () =>
       void readFile(holderFileIn(root), "utf8").then(
@@ -137,5 +146,5 @@ export function handedDownToThisProcess(root: string): KeeperOptions["handedDown
     process.stdin.once("error", settle);
     process.stdin.on("data", () => {});
   });
-  return { connections, takeOver };
+  return { connections, takeOver, stopAtOnce };
 }

@@ -49,8 +49,9 @@ export interface KeeperOptions {
    * `takeOver` settles. True: that process has gone and this keeper is the one to hold its
    * connections; it has the kernel queue again what was left unanswered, then holds and relays
    * them like its own, listening on `socket`. False: a newer keeper holds them; this one ends.
+   * `stopAtOnce`: stopped before it took over (a node shutting down): unmounts them and ends.
    */
-  handedDown?: { connections: HandedDown[]; takeOver: Promise<boolean> };
+  handedDown?: { connections: HandedDown[]; takeOver: Promise<boolean>; stopAtOnce?: boolean };
 }
 
 interface Held {
@@ -168,6 +169,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
       const h = held.get(f.id);
       if (h) await unmountHeld(f.id, h);
       socket.write(jsonFrame(Frame.UNMOUNTED, f.id, {}));
+      exitWhenIdle();
       return;
     }
     o.log(`unknown frame type ${f.type}`);
@@ -249,6 +251,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   };
 
   if (!o.handedDown) await listen();
+  else if (o.handedDown.stopAtOnce) void close();
   else
     void o.handedDown.takeOver.then(async (mine) => {
       if (stopping) return;
@@ -268,9 +271,10 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
       o.log(`took over ${connections.length} connections from the mounts daemon that served them`);
       await listen().catch((err) => o.log(`listening on ${o.socket}: ${errorMessage(err)}`));
     });
-  // Nothing held and nobody to serve: the keeper's work is done.
+  // Nothing held and nobody to serve, or nothing held by a keeper that took over (nothing more
+  // comes to it): the keeper's work is done.
   exitWhenIdle = () => {
-    if (!server && held.size === 0) void close();
+    if (held.size === 0 && (!server || o.handedDown)) void close();
   };
   return { close, finished };
 }

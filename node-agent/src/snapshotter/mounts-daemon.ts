@@ -79,7 +79,7 @@ interface Mounted {
   /** The keeper that relays this mount's requests; none when this daemon reads them itself. */
   link?: KeeperLink;
   /** The connection this daemon reads itself. */
-  own?: { fd: number; requests?: RequestReader; unmounting: boolean };
+  own?: OwnConnection;
   session: ImageSession;
   reader: LazyReader;
   fetcher: ChunkFetcher;
@@ -90,10 +90,26 @@ interface Mounted {
   layers?: LayerGroup;
 }
 
+interface OwnConnection {
+  fd: number;
+  requests?: RequestReader;
+  unmounting: boolean;
+  /** Cleared before the descriptor closes: a reply that comes later must not go to whatever file reuses its number. */
+  open: boolean;
+}
+
+/** Stops reading a connection and closes this process's descriptor (a keeper may hold a copy). */
+const closeOwn = (own: OwnConnection) => {
+  own.open = false;
+  return own.requests?.close();
+};
+
 const TABLE = "mounts.json";
 const { EIO } = constants.errno;
 /** How long a daemon whose keeper went away spends reporting first reads before it exits. */
 const LOST_REPORT_MS = 3_000;
+/** How long a daemon waits before it mounts again the layers of a keeper that went away. */
+const LOST_REMOUNT_MS = 1_000;
 
 export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close(): Promise<void> }> {
   const cache = await ChunkCache.open(o.cacheDir, { maxBytes: o.cacheMaxBytes });
@@ -124,7 +140,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     m.foreground?.delete(m.reader);
     m.layers?.delete(m.reader);
     await m.prefetcher?.stop();
-    await m.own?.requests?.close();
+    if (m.own) await closeOwn(m.own);
   };
 
   const direct = o.direct ?? kernelResends();
@@ -163,31 +179,39 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const lost = (link: KeeperLink) => {
     if (closing) return;
     links.delete(link);
-    if (direct) {
-      // Only the mounts it relayed died: they are mounted again, here.
+    if (link !== mounter) {
+      // Only the mounts it relayed died: they are mounted again, here. Not at once: a keeper
+      // stopped together with this daemon (a node shutdown) often goes first, and this daemon
+      // then stops rather than mount anything.
       const dead = [...byId.values()].filter((m) => m.link === link);
-      o.log(`a FUSE keeper went away: mounting its ${dead.length} layers again`);
-      void serially(async () => {
-        for (const m of dead) {
-          await forget(m);
-          await mount(m.spec).catch((err) => o.log(`remounting ${m.spec.mountpoint}: ${errorMessage(err)}`));
-        }
-        await saveTable();
-      });
+      if (dead.length === 0) return;
+      setTimeout(() => {
+        if (closing) return;
+        o.log(`a FUSE keeper went away: mounting its ${dead.length} layers again`);
+        void serially(async () => {
+          for (const m of dead) {
+            if (byId.get(m.id) !== m) continue; // unmounted meanwhile
+            await forget(m);
+            await mount(m.spec).catch((err) => o.log(`remounting ${m.spec.mountpoint}: ${errorMessage(err)}`));
+          }
+          await saveTable();
+        });
+      }, LOST_REMOUNT_MS).unref();
       return;
     }
-    // All mounts died with it: this daemon ends, and the next one (the snapshotter starts it as
-    // soon as this one stops listening) starts a keeper and mounts the table again. What the
-    // images' starts read first is still reported on the way out: a keeper stopped together with
-    // this daemon (a node shutdown) often goes first.
+    // The keeper that mounts for this daemon: all mounts died with it. This daemon ends, and the
+    // next one (the snapshotter starts it as soon as this one stops listening) starts a keeper and
+    // mounts the table again. What the images' starts read first is still reported on the way
+    // out: a keeper stopped together with this daemon (a node shutdown) often goes first.
     closing = true;
     o.log("the FUSE keeper went away: exiting so that the layers are mounted again");
     server.close();
     void Promise.race([reportFirstReads(), sleep(LOST_REPORT_MS)]).finally(() => process.exit(1));
   };
 
-  // The keeper that mounts and relays (older kernels), started if none runs; or the keepers that
-  // took over the connections of a daemon before this one, if any.
+  // The keeper that mounts and relays (older kernels), started if none runs; and the keepers that
+  // hold mounts of a daemon before this one, if any: those that took over its own connections,
+  // and where this daemon reads its connections itself, a keeper that mounted for an earlier one.
   let mounter: KeeperLink | undefined;
   if (!direct) {
     mounter = await connectKeeper(o.keeperSocket, () => {
@@ -196,14 +220,14 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       o.log(`started the FUSE keeper (pid ${pid})`);
     });
     links.add(mounter);
-  } else {
-    for (const name of (await readdir(o.root)).filter(isKeeperSocket)) {
-      const socket = join(o.root, name);
-      await connectKeeper(socket).then(
-        (link) => links.add(link),
-        (err) => (isAbsent(err) ? rm(socket, { force: true }) : o.log(`FUSE keeper at ${socket}: ${errorMessage(err)}`)),
-      );
-    }
+  }
+  for (const name of (await readdir(o.root)).filter(isKeeperSocket)) {
+    const socket = join(o.root, name);
+    if (mounter && socket === o.keeperSocket) continue;
+    await connectKeeper(socket).then(
+      (link) => links.add(link),
+      (err) => (isAbsent(err) ? rm(socket, { force: true }) : o.log(`FUSE keeper at ${socket}: ${errorMessage(err)}`)),
+    );
   }
   const held = new Map<string, { id: number; link: KeeperLink }>();
   for (const link of links) for (const h of link.held) held.set(h.mountpoint, { id: h.id, link });
@@ -283,10 +307,10 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   /** Mounts a connection this daemon reads and answers itself; a keeper gets a copy. */
   const mountOwn = async (m: Mounted) => {
     const fd = await mountDevFuse(m.spec.mountpoint);
-    const own: NonNullable<Mounted["own"]> = { fd, unmounting: false };
+    const own: OwnConnection = { fd, unmounting: false, open: true };
     m.own = own;
     const send = (reply: Uint8Array, body?: readonly Uint8Array[], sent?: () => void) => {
-      writeReply(fd, reply, body);
+      if (own.open) writeReply(fd, reply, body);
       sent?.();
     };
     own.requests = readRequests(
@@ -374,7 +398,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     server.once("error", reject);
     server.listen(o.socket, () => resolve());
   });
-  o.log(`mounts daemon ${process.pid} listening on ${o.socket}`);
+  o.log(`mounts daemon ${process.pid} listening on ${o.socket}; ${direct ? "it reads its FUSE connections itself, a keeper holding copies" : "the FUSE keeper relays its requests"}`);
 
   return {
     // Stopping the daemon on purpose (an upgrade) leaves the mounts with the keeper: containers
@@ -388,7 +412,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       // What the images' starts read first so far is still worth reporting.
       await reportFirstReads();
       // This daemon's own connections: read no more; the keeper holding copies takes them over.
-      for (const m of byId.values()) await m.own?.requests?.close();
+      for (const m of byId.values()) if (m.own) await closeOwn(m.own);
       holder?.close();
       for (const link of links) link.close();
       await http.close();
