@@ -285,26 +285,11 @@ describe("skiff snapshotter over gRPC", () => {
   test("kill -9 of the mounts daemon while a container reads: the FUSE keeper keeps the mounts up, a new daemon answers what the dead one left, and the read finishes right", async () => {
     const before = lazyMounts();
     expect(before.length).toBe(2);
-    const rootfs = await containerOverTop("k8s.io/5/container", "rootfs-daemon-kill");
-    try {
-      const first = snapshotter.daemonPid();
-      expect(first).toBeGreaterThan(0);
-      // Stopped, the daemon can't answer: the read below waits in the kernel when it is killed.
-      process.kill(first, "SIGSTOP");
-      const reading = execFileAsync("sha256sum", [join(rootfs, "late0.bin")], { timeout: 60_000 });
-      await new Promise((r) => setTimeout(r, 500));
-      process.kill(first, "SIGKILL");
-      const { stdout } = await reading;
-      expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[0]!).slice("sha256:".length));
-      const second = snapshotter.daemonPid();
-      expect(second).toBeGreaterThan(0);
-      expect(second).not.toBe(first);
+    await inContainer("k8s.io/5/container", async (rootfs) => {
+      await readAcrossDaemonKill(rootfs, 0);
       // The very same mounts (same devices): nothing was mounted again.
       expect(lazyMounts()).toEqual(before);
-    } finally {
-      execFileSync("umount", [rootfs]);
-    }
-    await call("Remove", { key: "k8s.io/5/container" });
+    });
   });
 
   test("with no mounts daemon a read fails with EIO within the timeout, never hangs, and the same mount reads again once a daemon is back", async () => {
@@ -343,20 +328,14 @@ describe("skiff snapshotter over gRPC", () => {
     process.kill(keeper, "SIGKILL");
     // The dead keeper's mounts answered ENOTCONN until they were cleared and mounted again.
     await waitFor("both lazy layers mounted again, a new keeper holding them", async () => {
-      const points = lazyMounts().map((m) => m.point);
-      const live = await Promise.all(points.map((p) => statfs(p).then(() => true, () => false)));
       const k = snapshotter.keeperPid();
-      return live.length === 2 && live.every(Boolean) && k > 0 && k !== keeper ? true : undefined;
+      return (await bothLayersLive()) && k > 0 && k !== keeper ? true : undefined;
     }, { timeoutMs: 20_000, intervalMs: 100 });
     expect(snapshotter.daemonPid()).toBe(daemon);
-    const rootfs = await containerOverTop("k8s.io/7/container", "rootfs-remount");
-    try {
+    await inContainer("k8s.io/7/container", async (rootfs) => {
       expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
       expect(existsSync(join(rootfs, "etc/gone"))).toBe(false);
-    } finally {
-      execFileSync("umount", [rootfs]);
-    }
-    await call("Remove", { key: "k8s.io/7/container" });
+    });
   });
 
   test("a daemon that reads its connections itself: kill -9 of the keeper holding copies changes nothing, and a read the daemon had taken when it was killed is answered by the next one", async () => {
@@ -374,8 +353,7 @@ describe("skiff snapshotter over gRPC", () => {
     }, { timeoutMs: 10_000, intervalMs: 100 });
     expect(snapshotter.daemonPid()).toBe(daemon);
     expect(lazyMounts()).toEqual(before);
-    const rootfs = await containerOverTop("k8s.io/8/container", "rootfs-own-kill");
-    try {
+    await inContainer("k8s.io/8/container", async (rootfs) => {
       // The proxy stopped: the daemon takes the read and waits for its chunks when it is killed.
       // Only the kernel still knows that read; it queues it again for the keeper, which gives it
       // to the next daemon.
@@ -395,10 +373,7 @@ describe("skiff snapshotter over gRPC", () => {
       const { stdout } = await reading;
       expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[2]!).slice("sha256:".length));
       expect(lazyMounts()).toEqual(before);
-    } finally {
-      execFileSync("umount", [rootfs]);
-    }
-    await call("Remove", { key: "k8s.io/8/container" });
+    });
   });
 });
 
@@ -419,22 +394,11 @@ describe("skiff snapshotter --fuse-relay", () => {
     expect(before.length).toBe(2);
     // No daemon reads its connections itself: nothing names a holder.
     expect(existsSync(join(snapshotter.root, "fuse-holder.pid"))).toBe(false);
-    const rootfs = await containerOverTop("k8s.io/10/container", "rootfs-relay");
-    try {
+    await inContainer("k8s.io/10/container", async (rootfs) => {
       expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
-      const first = snapshotter.daemonPid();
-      process.kill(first, "SIGSTOP");
-      const reading = execFileAsync("sha256sum", [join(rootfs, "late0.bin")], { timeout: 60_000 });
-      await new Promise((r) => setTimeout(r, 500));
-      process.kill(first, "SIGKILL");
-      const { stdout } = await reading;
-      expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[0]!).slice("sha256:".length));
-      expect(snapshotter.daemonPid()).not.toBe(first);
+      await readAcrossDaemonKill(rootfs, 0);
       expect(lazyMounts()).toEqual(before);
-    } finally {
-      execFileSync("umount", [rootfs]);
-    }
-    await call("Remove", { key: "k8s.io/10/container" });
+    });
   });
 
   test("kill -9 of the keeper that mounts: the mounts daemon exits, the snapshotter starts it again, the lazy layers are mounted again, and new containers read them", async () => {
@@ -446,18 +410,10 @@ describe("skiff snapshotter --fuse-relay", () => {
       const [d, k] = [snapshotter.daemonPid(), snapshotter.keeperPid()];
       return d > 0 && d !== daemon && k > 0 && k !== keeper ? true : undefined;
     }, { timeoutMs: 20_000, intervalMs: 100 });
-    await waitFor("both lazy layers mounted again", async () => {
-      const points = lazyMounts().map((m) => m.point);
-      const live = await Promise.all(points.map((p) => statfs(p).then(() => true, () => false)));
-      return live.length === 2 && live.every(Boolean) ? true : undefined;
-    }, { timeoutMs: 15_000, intervalMs: 100 });
-    const rootfs = await containerOverTop("k8s.io/11/container", "rootfs-relay-remount");
-    try {
+    await waitFor("both lazy layers mounted again", async () => ((await bothLayersLive()) ? true : undefined), { timeoutMs: 15_000, intervalMs: 100 });
+    await inContainer("k8s.io/11/container", async (rootfs) => {
       expect(readFileSync(join(rootfs, "late1.bin")).equals(lateBytes[1]!)).toBe(true);
-    } finally {
-      execFileSync("umount", [rootfs]);
-    }
-    await call("Remove", { key: "k8s.io/11/container" });
+    });
   });
 });
 
@@ -477,6 +433,41 @@ async function containerOverTop(key: string, name: string): Promise<string> {
   const rootfs = join(dir, name);
   mountOverlay((await call("Prepare", { key, parent: top!.name })).mounts as Mount[], rootfs);
   return rootfs;
+}
+
+/** `fn` with a container's rootfs over the image's top lazy layer, then unmounted and removed. */
+async function inContainer(key: string, fn: (rootfs: string) => Promise<void>): Promise<void> {
+  const rootfs = await containerOverTop(key, `rootfs-${key.replace(/\W+/g, "-")}`);
+  try {
+    await fn(rootfs);
+  } finally {
+    execFileSync("umount", [rootfs]);
+  }
+  await call("Remove", { key });
+}
+
+/**
+ * Reads late file `i` while the mounts daemon is stopped, so that the read waits in the kernel,
+ * then kills the daemon: the read must finish right, answered by the next daemon.
+ */
+async function readAcrossDaemonKill(rootfs: string, i: number): Promise<void> {
+  const first = snapshotter.daemonPid();
+  expect(first).toBeGreaterThan(0);
+  process.kill(first, "SIGSTOP");
+  const reading = execFileAsync("sha256sum", [join(rootfs, `late${i}.bin`)], { timeout: 60_000 });
+  await new Promise((r) => setTimeout(r, 500));
+  process.kill(first, "SIGKILL");
+  const { stdout } = await reading;
+  expect(stdout.split(" ")[0]).toBe(sha256(lateBytes[i]!).slice("sha256:".length));
+  const second = snapshotter.daemonPid();
+  expect(second).toBeGreaterThan(0);
+  expect(second).not.toBe(first);
+}
+
+/** Whether both lazy layers are mounted and answer. */
+async function bothLayersLive(): Promise<boolean> {
+  const live = await Promise.all(lazyMounts().map((m) => statfs(m.point).then(() => true, () => false)));
+  return live.length === 2 && live.every(Boolean);
 }
 
 /** The params id the snapshotter's layers were converted with (its default codec, the proxy's chunk size). */
