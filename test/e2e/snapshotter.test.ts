@@ -245,9 +245,10 @@ describe("skiff snapshotter over gRPC", () => {
       otherClient.close();
       await other.stop();
     }
-    // SIGTERM to the daemon and the keeper together: the keeper unmounts its layers (nothing waits
-    // on the daemon that is gone) and both end.
+    // SIGTERM to the daemon and the holder of its connections together (a node shutting down):
+    // the holder becomes the keeper and unmounts the layers, and both end.
     expect(other.stoppedByKill).toBe(false);
+    expect(other.mountsLeftAtStop).toEqual([]);
   }, 120_000);
 
   test("a layer the proxy can't serve (unknown repository) falls back to an ordinary snapshot", async () => {

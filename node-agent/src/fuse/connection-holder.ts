@@ -9,7 +9,7 @@
 // takes over; the others end. A shell starts in a millisecond where a keeper takes 180 ms of CPU,
 // and a pull mounts its layers while the container is about to start.
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync, renameSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, renameSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { errorMessage } from "../../../src/util/error-message.ts";
@@ -31,6 +31,12 @@ const HOLDER_SCRIPT = [
   'read -r holder < "$SKIFF_FUSE_HOLDER_FILE"',
   '[ "$holder" = "$$" ] && exec "$@"',
 ].join("\n");
+
+/** The shell a holder runs in. */
+const SHELL = "/bin/sh";
+
+/** Whether this host can start holders (it has a POSIX shell). */
+export const canHoldCopies = () => existsSync(SHELL);
 
 /** The file naming the keeper that holds a daemon's own connections now. */
 export const holderFileIn = (root: string) => join(root, "fuse-holder.pid");
@@ -93,7 +99,7 @@ export class ConnectionHolder {
       const inherited = connections.map((c, i) => ({ ...c, fd: 3 + i }));
       // A small young generation: the keeper only passes buffers along, and they die young.
       const keeper = [process.execPath, "--max-semi-space-size=1", ...this.#o.keeperArgs];
-      const child = spawn("/bin/sh", ["-c", HOLDER_SCRIPT, "skiff-fuse-holder", ...keeper], {
+      const child = spawn(SHELL, ["-c", HOLDER_SCRIPT, "skiff-fuse-holder", ...keeper], {
         detached: true,
         stdio: ["pipe", log, log, ...connections.map((c) => c.fd)],
         env: {

@@ -23,7 +23,7 @@ import { errorMessage } from "../../../src/util/error-message.ts";
 import { ChunkCache } from "../chunk-cache.ts";
 import { ChunkFetcher } from "../chunk-fetcher.ts";
 import { ImageSession } from "../fuse/image-session.ts";
-import { ConnectionHolder } from "../fuse/connection-holder.ts";
+import { canHoldCopies, ConnectionHolder } from "../fuse/connection-holder.ts";
 import { kernelResends, mountDevFuse, unmountDevFuse, writeReply } from "../fuse/dev-fuse.ts";
 import { errorReply, requestOpcode, requestUnique, UNANSWERED_OPS } from "../fuse/kernel-abi.ts";
 import { isKeeperSocket, KEEPER_THREADS } from "../fuse/keeper.ts";
@@ -68,7 +68,7 @@ export interface MountsDaemonOptions extends ProxyHttpOptions {
   keeperSocket: string;
   /** argv (after node) that starts the FUSE keeper. */
   keeperArgs: string[];
-  /** Read the connections here, a keeper holding copies (default: where the kernel allows it). */
+  /** Read the connections here, a keeper holding copies (default: where the kernel and a shell allow it). */
   direct?: boolean;
   log: (message: string) => void;
 }
@@ -143,7 +143,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     if (m.own) await closeOwn(m.own);
   };
 
-  const direct = o.direct ?? kernelResends();
+  const direct = o.direct ?? (kernelResends() && canHoldCopies());
   const holder = direct ? new ConnectionHolder({ root: o.root, keeperArgs: o.keeperArgs, log: o.log }) : undefined;
   /** A keeper holds copies of exactly the connections this daemon reads itself. */
   const handDown = () => holder?.hold([...byId.values()].flatMap((m) => (m.own ? [{ id: m.id, mountpoint: m.spec.mountpoint, fd: m.own.fd }] : [])));

@@ -28,7 +28,7 @@ export interface SnapshotterOptions extends ProxyHttpOptions {
   learnedPrefetch?: boolean;
   /** Program prefetch (see lazy-reader.ts); default on. */
   programPrefetch?: boolean;
-  /** The mounts daemon reads its FUSE connections itself (default: where the kernel allows it; see mounts-daemon.ts). */
+  /** The mounts daemon reads its FUSE connections itself (default: where the kernel and a shell allow it; see mounts-daemon.ts). */
   direct?: boolean;
   codec?: string;
   chunkSize?: string;

@@ -2,6 +2,7 @@
 // its metrics read, and at the end stopped together with the mounts daemon and FUSE keeper it
 // started (found by its root in their command lines), with every mount under its root gone.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { SKIFF_BIN, parseMetrics, type Sample } from "./skiff.ts";
 import { freePort, waitFor } from "./processes.ts";
@@ -103,6 +104,9 @@ export class SnapshotterProcess {
   /** Whether stop() had to SIGKILL the mounts daemon or the FUSE keeper: they did not end on SIGTERM. */
   stoppedByKill = false;
 
+  /** The lazy layers' FUSE mounts still there once stop() had stopped every process (it then unmounts them). */
+  mountsLeftAtStop: string[] = [];
+
   /** Stops the snapshotter and its mounts daemon and FUSE keeper (SIGTERM, then SIGKILL), and unmounts what is left. */
   async stop(): Promise<void> {
     await this.kill();
@@ -129,6 +133,11 @@ export class SnapshotterProcess {
         }
       });
     }
+    this.mountsLeftAtStop = readFileSync("/proc/self/mountinfo", "utf8")
+      .split("\n")
+      .map((l) => l.split(" "))
+      .filter((f) => f[4]?.startsWith(this.dir) && f.includes("fuse.skiff"))
+      .map((f) => f[4]!);
     await unmountAllUnder(this.dir);
   }
 }
