@@ -274,7 +274,7 @@ landmark: no workload was run to make it); and containerd + skiff snapshotter: c
 plugin with \`skiff snapshotter\` as its snapshotter, pulled through CRI's PullImage called from the
 benchmark's own running process as kubelet calls it (\`skiff pull\` makes the same call from a new
 process, whose start adds about half a second), the layers mounted lazily from the warm edge (the proxy had converted the image) on a cold
-node (a new snapshotter root, so an empty chunk cache; its mounts daemon and FUSE keeper up before the pull, as on a node), with the snapshotter's defaults only, each
+node (a new snapshotter root, so an empty chunk cache; its mounts daemon up before the pull, as on a node), with the snapshotter's defaults only, each
 round on a repository of its own (nothing learned); then a second node on the same repository,
 after the first one's mounts daemon reported what the container read first. For the first two the relay sits between containerd and
 the registry; for skiff's, between the node and the proxy, which is containerd's registry mirror
@@ -292,7 +292,7 @@ ${steps.join("\n")}
 
 The skiff snapshotter's pull is containerd resolving the image through the proxy and preparing
 each layer: the snapshotter fetches the image's bootstrap, then the layers' (all at once), and has
-them mounted. The snapshotter starts its mounts daemon (and that its FUSE keeper) when it starts, before the pull
+them mounted. The snapshotter starts its mounts daemon when it starts, before the pull
 (once per node). On a first node its workload reads as \`skiff mount\` does with nothing learned:
 chunks fetched as files are read; on a second node each layer first fetches its share of the
 learned list behind the reads. The stargz snapshotter's defaults also fetch each layer in the

@@ -249,7 +249,7 @@ export async function startContainerd(workDir, { stargzBinary, skiff, ns: defaul
         if (sn.exitCode !== null) throw new Error(`skiff snapshotter exited (${sn.exitCode}): ${tail(join(dir, "skiff.log"))}`);
         return said.includes(`skiff snapshotter listening on ${skiffSocket}`);
       });
-      // Its mounts daemon and FUSE keeper, started with it: on a node they are up long before a pull.
+      // Its mounts daemon (and on kernels before 6.9 its FUSE keeper), started with it: on a node they are up long before a pull.
       await waitFor("the skiff mounts daemon to listen", () => canConnect(join(skiffRoot, "mounts.sock")));
       snapshotters.skiff = skiffSocket;
       const hostsDir = join(dir, "certs.d");
