@@ -12,8 +12,8 @@
 //
 // On a kernel that can queue again what a dead server had read (dev-fuse.ts, kernelResends), the
 // mounts daemon reads its connections itself, with no hop through a keeper, and hands copies of
-// them down to a keeper it starts (fuse/connection-holder.ts), which only holds them: if the
-// daemon goes, that keeper takes them over, has the kernel queue again what the daemon had left
+// them down to a holder it starts (fuse/connection-holder.ts), which becomes a keeper only if the
+// daemon goes: it then takes them over, has the kernel queue again what the daemon had left
 // unanswered, and relays them to the next daemon as above.
 import { createServer, type Socket } from "node:net";
 import { constants } from "node:os";
