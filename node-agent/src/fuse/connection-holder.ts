@@ -1,5 +1,6 @@
-// Copies of the connections a mounts daemon reads itself, held by a FUSE keeper it starts, so that
-// they outlive the daemon (fuse/keeper.ts says what the keeper then does with them).
+// Copies of the connections a mounts daemon reads itself, held by a process it starts that becomes a
+// FUSE keeper if the daemon goes, so that they outlive it (fuse/keeper.ts says what the keeper
+// then does with them).
 //
 // A descriptor travels between Node processes only from parent to child, when the child starts, so
 // each change to the daemon's set of connections starts a new holder that inherits all of them;
@@ -26,7 +27,7 @@ const RESTART_MS = 1_000;
  * keeper stopped with SIGTERM does.
  */
 const HOLDER_SCRIPT = [
-  `trap 'export ${"SKIFF_FUSE_STOP"}=1; exec "$@"' TERM`,
+  `trap 'export SKIFF_FUSE_STOP=1; exec "$@"' TERM`,
   "read -r _",
   'read -r holder < "$SKIFF_FUSE_HOLDER_FILE"',
   '[ "$holder" = "$$" ] && exec "$@"',
@@ -71,14 +72,19 @@ export class ConnectionHolder {
       try {
         next = this.#start(connections);
       } catch (err) {
-        this.#o.log(`starting a FUSE keeper to hold ${connections.length} connections: ${errorMessage(err)}`);
+        this.#o.log(`starting a holder of ${connections.length} FUSE connections: ${errorMessage(err)}`);
         this.#restartSoon();
       }
     }
     // Named before the previous one is let go: whichever the file names takes over if this process dies.
     const file = holderFileIn(this.#o.root);
-    writeFileSync(`${file}.tmp`, next?.pid ? String(next.pid) : "");
-    renameSync(`${file}.tmp`, file);
+    try {
+      writeFileSync(`${file}.tmp`, next?.pid ? String(next.pid) : "");
+      renameSync(`${file}.tmp`, file);
+    } catch (err) {
+      // The previous holder stays named, and holds all but the newest connections.
+      this.#o.log(`naming the holder of the FUSE connections: ${errorMessage(err)}`);
+    }
     this.#current = next;
     previous?.stdin?.end();
   }
@@ -112,7 +118,7 @@ export class ConnectionHolder {
       child.unref();
       (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
       child.stdin?.on("error", () => {});
-      child.on("error", (err) => this.#o.log(`FUSE keeper: ${errorMessage(err)}`));
+      child.on("error", (err) => this.#o.log(`the holder of the FUSE connections: ${errorMessage(err)}`));
       child.on("exit", (code, signal) => {
         if (this.#current !== child || this.#closed) return;
         this.#o.log(`the holder of this daemon's FUSE connections exited (${signal ?? code}); starting another`);
