@@ -18,6 +18,7 @@ import { readFile, statfs } from "node:fs/promises";
 import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
 import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from "@grpc/grpc-js";
+import { holderFileIn } from "../../node-agent/src/fuse/connection-holder.ts";
 import { SNAPSHOTS_SERVICE, type Info, type Mount } from "../../node-agent/src/snapshotter/snapshots-api.ts";
 import type { DaemonStatus } from "../../node-agent/src/snapshotter/mounts-client.ts";
 import { fetchLearnedReads } from "../../src/client/lazy-api.ts";
@@ -344,7 +345,7 @@ describe("skiff snapshotter over gRPC", () => {
     expect(before.length).toBe(2);
     const daemon = snapshotter.daemonPid();
     // The keeper that holds the daemon's connections now (an older one may still be on its way out).
-    const holder = () => Number(readFileSync(join(snapshotter.root, "fuse-holder.pid"), "utf8"));
+    const holder = () => Number(readFileSync(holderFileIn(snapshotter.root), "utf8"));
     const keeper = holder();
     expect(keeper).toBeGreaterThan(0);
     process.kill(keeper, "SIGKILL");
@@ -394,7 +395,7 @@ describe("skiff snapshotter --fuse-relay", () => {
     const before = lazyMounts();
     expect(before.length).toBe(2);
     // No daemon reads its connections itself: nothing names a holder.
-    expect(existsSync(join(snapshotter.root, "fuse-holder.pid"))).toBe(false);
+    expect(existsSync(holderFileIn(snapshotter.root))).toBe(false);
     await inContainer("k8s.io/10/container", async (rootfs) => {
       expect(readFileSync(join(rootfs, "big.bin")).equals(bigBytes)).toBe(true);
       await readAcrossDaemonKill(rootfs, 0);

@@ -234,7 +234,7 @@ export async function runKeeper(o: KeeperOptions): Promise<RunningKeeper> {
   let stopped = () => {};
   const finished = new Promise<void>((resolve) => (stopped = resolve));
   // Handed down and not taken over (yet): held without reading.
-  let waiting = o.handedDown?.connections ?? [];
+  const waiting = o.handedDown?.connections.slice() ?? [];
   const close = async () => {
     if (stopping) return finished;
     stopping = true;
