@@ -2,7 +2,7 @@
 // conversion), merge the layer bootstraps and publish the image bootstrap last.
 import type { ChunkEncoder } from "./chunk-encoder.ts";
 import { imageBootstrapKey } from "../store/keys.ts";
-import { encodeBootstrap } from "../format/encode.ts";
+import { encodeBootstrap, imageOfOneLayer } from "../format/encode.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
@@ -124,13 +124,19 @@ export async function convertImage(source: ImageSource, opts: ConvertImageOption
   }
   const stored = await getBytes(opts.store, bootstrapKey);
   if (stored) return { image, bootstrap: Bootstrap.decode(stored), bootstrapKey, layers, skipped: [] };
-  const { model, skipped } = mergeLayers(
-    layers.map((l) => l.model ?? l.bootstrap.toModel()),
-    image.platform,
-  );
-  const bytes = encodeBootstrap(model);
+  // One layer that a merge would not change (most single-layer base images) is its own image.
+  const alone = layers.length === 1 ? imageOfOneLayer(layers[0]!.bootstrap, image.platform) : null;
+  const { bytes, skipped } = alone ? { bytes: alone, skipped: [] } : mergeAndEncode(layers, image.platform);
   await putBytes(opts.store, bootstrapKey, bytes);
   return { image, bootstrap: Bootstrap.decode(bytes), bootstrapKey, layers, skipped };
+}
+
+function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntry[] } {
+  const { model, skipped } = mergeLayers(
+    layers.map((l) => l.model ?? l.bootstrap.toModel()),
+    platform,
+  );
+  return { bytes: encodeBootstrap(model), skipped };
 }
 
 async function configPlatform(source: ImageSource, config: Descriptor | undefined): Promise<string | null> {

@@ -47,6 +47,8 @@ export class Bootstrap {
   readonly inodeCount: number;
   readonly chunkCount: number;
   readonly blobCount: number;
+  /** Every layer flag (L.FLAG_*) some inode carries: 0 for an image, and for a layer a merge would not change. */
+  readonly layerFlags: number;
   readonly #view: DataView;
   readonly #at: L.SectionOffsets;
   readonly #counts: L.Counts;
@@ -83,7 +85,7 @@ export class Bootstrap {
     this.blobCount = this.#counts.blobCount;
     this.platform = this.#string(u(L.H.platformOffset), u(L.H.platformLength), "platform");
     this.#xattrStart = new Int32Array(this.inodeCount).fill(-1);
-    this.#validate();
+    this.layerFlags = this.#validate();
   }
 
   static decode(bytes: Uint8Array): Bootstrap {
@@ -123,7 +125,7 @@ export class Bootstrap {
    * One pass over every record; afterwards all accessors are safe. It reads fields in place and
    * allocates nothing per record: a bootstrap of 100,000 files validates in milliseconds.
    */
-  #validate(): void {
+  #validate(): number {
     const c = this.#counts;
     const view = this.#view;
     const bytes = this.bytes;
@@ -175,12 +177,14 @@ export class Bootstrap {
     const types: NodeType[] = new Array(c.inodeCount);
     const nlinks = new Uint32Array(c.inodeCount);
     let direntsUsed = 0;
+    let flagsUsed = 0;
     for (let i = 0; i < c.inodeCount; i++) {
       const o = at.inodes + i * L.INODE_RECORD_SIZE;
       const mode = u32(o);
       const flags = u32(o + 36);
       if (flags & ~L.KNOWN_FLAGS) throw new BootstrapError(`inode ${i} has unknown flags ${flags}`);
       if (this.kind === "image" && flags !== 0) throw new BootstrapError(`image inode ${i} has layer flags`);
+      flagsUsed |= flags;
       const type = nodeType(mode, flags);
       if (!type) throw new BootstrapError(`inode ${i} has file type bits ${(mode & L.S_IFMT).toString(8)}`);
       if (i === 0 && type !== "dir") throw new BootstrapError("the root is not a directory");
@@ -246,6 +250,7 @@ export class Bootstrap {
       this.#string(u32(x + 4), view.getUint16(x + 8, true), `xattr ${k} name`);
       checkString(u32(x + 12), u32(x + 16), `xattr ${k} value`);
     }
+    return flagsUsed;
   }
 
   #ab(i: number): [number, number] {

@@ -1,5 +1,6 @@
 // Writes a BootstrapModel as format version 1 bytes. The output depends only on the model: inodes
 // are numbered in depth-first order over name-sorted directories, so equal trees encode equally.
+import type { Bootstrap } from "./decode.ts";
 import * as L from "./layout.ts";
 import { compareNames, isValidName, type BootstrapModel, type FsNode } from "./model.ts";
 
@@ -94,7 +95,6 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
   };
   visit(model.root);
 
-  const platform = strings.text(model.platform);
   const blobLayer = model.blobs.map((b) => strings.text(b.layerDigest));
   let direntCount = 0;
   let chunkRefCount = 0;
@@ -117,6 +117,9 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
       xattrRefs.set(node, keys.map((k) => [strings.text(k), strings.bytes(node.xattrs.get(k)!)]));
     }
   }
+  // Last, and never shared: the image of one layer is then that layer's bootstrap with the platform
+  // appended (imageOfOneLayer).
+  const platform = strings.bytes(strings.utf8(model.platform));
 
   const counts: L.Counts = {
     blobCount: model.blobs.length,
@@ -234,5 +237,27 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
   });
 
   strings.writeTo(out, at.strings);
+  return out;
+}
+
+/**
+ * The image bootstrap of an image made of this one layer, without merging and encoding again:
+ * the layer's bytes with an image header and the platform appended to the string table. Byte for
+ * byte what `encodeBootstrap(mergeLayers([layer], platform))` gives, since the encoder puts the
+ * platform last. Null when a merge would change the tree: the layer has whiteouts, opaque or
+ * implicit directories, or links to files of other layers.
+ */
+export function imageOfOneLayer(layer: Bootstrap, platform: string): Uint8Array | null {
+  if (layer.kind !== "layer" || layer.layerFlags !== 0 || layer.blobCount !== 1) return null;
+  const text = new TextEncoder().encode(platform);
+  const out = new Uint8Array(layer.bytes.length + text.length);
+  out.set(layer.bytes);
+  out.set(text, layer.bytes.length);
+  const view = new DataView(out.buffer);
+  const stringsSize = view.getUint32(L.H.stringsSize, true);
+  out[L.H.kind] = L.KIND_IMAGE;
+  view.setUint32(L.H.stringsSize, stringsSize + text.length, true);
+  view.setUint32(L.H.platformOffset, stringsSize, true);
+  view.setUint32(L.H.platformLength, text.length, true);
   return out;
 }

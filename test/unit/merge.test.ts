@@ -8,6 +8,7 @@ import { LayerTree } from "../../src/convert/layer-tree.ts";
 import { mergeLayers } from "../../src/convert/merge.ts";
 import type { TarEntry } from "../../src/convert/tar.ts";
 import { Bootstrap, encodeBootstrap } from "../../src/format/index.ts";
+import { imageOfOneLayer } from "../../src/format/encode.ts";
 import type { BootstrapModel, ChunkRecord } from "../../src/format/model.ts";
 
 const sha = (s: string) => new Uint8Array(createHash("sha256").update(s).digest());
@@ -78,7 +79,10 @@ function merge(...layers: Spec[][]) {
   );
   expect(Buffer.from(encodeBootstrap(fresh.model)).equals(bytes)).toBe(true);
   expect(fresh.skipped).toEqual(skipped);
-  return { image: Bootstrap.decode(bytes), skipped };
+  // A lone layer without layer flags is its own image, with no merge: the same bytes.
+  const alone = layers.length === 1 ? imageOfOneLayer(built[0]!.bootstrap, "linux/amd64") : null;
+  if (alone) expect(Buffer.from(alone).equals(bytes)).toBe(true);
+  return { image: Bootstrap.decode(bytes), skipped, alone };
 }
 
 const paths = (b: Bootstrap) => [...b.walk()].map((e) => e.path);
@@ -217,6 +221,28 @@ describe("merging layers", () => {
       [{ path: ".wh.cfg" }, { path: "cfg/", type: "dir" }, { path: "cfg/new", content: "n" }],
     );
     expect(paths(image)).toEqual(["/", "/cfg", "/cfg/new"]);
+  });
+
+  it("writes a lone layer without layer flags as its image directly, and merges one that has them", () => {
+    const plain: Spec[] = [
+      { path: "./", type: "dir", mode: 0o750, mtime: 77 },
+      { path: "etc/", type: "dir" },
+      { path: "etc/hostname", content: "edge\n", xattrs: new Map([["user.k", new Uint8Array([1, 2])]]) },
+      { path: "etc/link", type: "hardlink", linkName: "etc/hostname" },
+      { path: "bin", type: "symlink", linkName: "usr/bin" },
+      { path: "dev/", type: "dir" },
+      { path: "dev/null", type: "char", devMajor: 1, devMinor: 3 },
+    ];
+    expect(merge(plain).alone).not.toBeNull();
+    // Each of these makes the merged tree differ from the layer's.
+    const changed: [string, Spec[]][] = [
+      ["implicit root", plain.slice(1)],
+      ["implicit directory", [...plain, { path: "a/b/c", content: "c" }]],
+      ["whiteout", [...plain, { path: "etc/.wh.motd" }]],
+      ["opaque directory", [...plain, { path: "etc/.wh..wh..opq" }]],
+      ["hardlink to a lower layer", [...plain, { path: "etc/lower", type: "hardlink", linkName: "usr/lib/x" }]],
+    ];
+    for (const [what, specs] of changed) expect(merge(specs).alone, what).toBeNull();
   });
 
   it("refuses layers converted with different parameters", () => {
