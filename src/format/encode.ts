@@ -29,6 +29,8 @@ function utf8(s: string, encoder: TextEncoder): Uint8Array {
   return out;
 }
 
+const SURROGATE = /[\uD800-\uDFFF]/;
+
 class StringTable {
   readonly #encoder = new TextEncoder();
   /** Each string's UTF-8, made once however often it is used (names repeat a lot: `__init__.py`, `LICENSE`). */
@@ -75,19 +77,24 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
   // Number inodes depth-first; a hardlinked node keeps the number of its first name.
   const order: FsNode[] = [];
   const index = new Map<FsNode, number>();
-  const names = new Map<FsNode, [string, Uint8Array, FsNode][]>();
+  const names = new Map<FsNode, [string, FsNode][]>();
   const refs = new Map<FsNode, number>();
   const visit = (node: FsNode) => {
     index.set(node, order.length);
     order.push(node);
     if (node.type !== "dir") return;
-    const sorted = [...(node.children ?? new Map<string, FsNode>())].map(([name, child]) => {
+    const sorted = [...(node.children ?? new Map<string, FsNode>())];
+    let surrogates = false;
+    for (const [name] of sorted) {
       if (!isValidName(name)) throw new Error(`invalid entry name ${JSON.stringify(name)}`);
-      return [name, strings.utf8(name), child] as [string, Uint8Array, FsNode];
-    });
-    sorted.sort((a, b) => compareNames(a[1], b[1]));
+      surrogates ||= SURROGATE.test(name);
+    }
+    // UTF-8 byte order is code point order, which JavaScript's own string order (by UTF-16 unit)
+    // matches unless a surrogate meets a unit above it; names are unique keys, never equal.
+    if (surrogates) sorted.sort((a, b) => compareNames(strings.utf8(a[0]), strings.utf8(b[0])));
+    else sorted.sort((a, b) => (a[0] < b[0] ? -1 : 1));
     names.set(node, sorted);
-    for (const [, , child] of sorted) {
+    for (const [, child] of sorted) {
       refs.set(child, (refs.get(child) ?? 0) + 1);
       if (child.type === "dir" && index.has(child)) throw new Error("a directory may have only one name");
       if (!index.has(child)) visit(child);
@@ -166,7 +173,7 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
   order.forEach((node, i) => {
     const o = at.inodes + i * L.INODE_RECORD_SIZE;
     const isDir = node.type === "dir";
-    const nlink = isDir ? 2 + (names.get(node) ?? []).filter(([, , c]) => c.type === "dir").length : Math.max(1, refs.get(node) ?? 1);
+    const nlink = isDir ? 2 + (names.get(node) ?? []).filter(([, c]) => c.type === "dir").length : Math.max(1, refs.get(node) ?? 1);
     u32(o, TYPE_BITS[node.type] | (node.perm & 0o7777));
     u32(o + 4, node.uid);
     u32(o + 8, node.gid);
@@ -187,7 +194,7 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
       const refsForNames = nameRefs.get(node)!;
       a = dirent;
       b = children.length;
-      children.forEach(([, , child], k) => {
+      children.forEach(([, child], k) => {
         const d = at.dirents + dirent * L.DIRENT_RECORD_SIZE;
         u32(d, refsForNames[k]!.offset);
         view.setUint16(d + 4, refsForNames[k]!.length, true);
