@@ -77,16 +77,35 @@ export async function resolveImage(source: ImageSource, platform: string, opts: 
     json = parseJson(top);
     resolvedPlatform = platform;
   }
-  const mediaType = mediaTypeOf(top, json);
+  const layers = layersOf(top, json);
+  // A lone manifest says its platform only in its config; the bootstrap is labelled with that.
+  resolvedPlatform ??= await configPlatform(source, json.config as Descriptor | undefined);
+  return { manifestDigest: top.digest, platform: resolvedPlatform ?? platform, layers };
+}
+
+/**
+ * The layers and config of a platform manifest as they are, before any upstream request; null for
+ * an index, or for anything resolveImage would refuse.
+ */
+export function platformManifest(m: FetchedManifest): { layers: ResolvedImage["layers"]; config: Descriptor | undefined } | null {
+  try {
+    const json = parseJson(m);
+    return { layers: layersOf(m, json), config: json.config as Descriptor | undefined };
+  } catch (err) {
+    if (err instanceof ImageError) return null;
+    throw err;
+  }
+}
+
+function layersOf(m: FetchedManifest, json: Record<string, unknown>): ResolvedImage["layers"] {
+  const mediaType = mediaTypeOf(m, json);
   if (!MANIFEST_TYPES.has(mediaType)) throw new ImageError(`unsupported manifest media type ${JSON.stringify(mediaType)}`);
   const layers = ((json.layers ?? []) as Descriptor[]).map((l) => {
     if (typeof l.mediaType !== "string" || !Number.isSafeInteger(l.size)) throw new ImageError("manifest has a malformed layer descriptor");
     return { digest: requireDigest(l.digest), mediaType: l.mediaType, size: l.size };
   });
   if (layers.length === 0) throw new ImageError("manifest has no layers");
-  // A lone manifest says its platform only in its config; the bootstrap is labelled with that.
-  resolvedPlatform ??= await configPlatform(source, json.config as Descriptor | undefined);
-  return { manifestDigest: top.digest, platform: resolvedPlatform ?? platform, layers };
+  return layers;
 }
 
 export interface ConvertImageOptions {

@@ -19,13 +19,13 @@ import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
-import { convertImage, ImageError, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image.ts";
+import { convertImage, ImageError, platformManifest, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
 import { LayerFormatError, type GunzipFactory } from "../convert/decompress.ts";
 import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
-import type { Digest } from "../oci/reference.ts";
+import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, type ContentStore } from "../store/store.ts";
 import { LayerFeed } from "./layer-feed.ts";
 import { Lease, LeaseLost } from "./lease.ts";
@@ -88,6 +88,8 @@ export class Conversions {
   readonly #deps: ConversionsDeps;
   readonly #layers = new Map<string, { job: Promise<ConvertedLayer>; started: number }>();
   readonly #images = new Map<string, { job: ImageJob; started: number }>();
+  /** The repository each running layer conversion downloads for (#layerFor). */
+  readonly #repositoryOf = new WeakMap<Promise<ConvertedLayer>, string>();
 
   constructor(deps: ConversionsDeps) {
     this.#deps = deps;
@@ -153,6 +155,19 @@ export class Conversions {
     offerEarly: (early: ImageBootstrap) => void,
   ): Promise<ImageBootstrap> {
     const source = this.#source(name, root);
+    const options = {
+      store: this.#deps.store,
+      hasher: this.#deps.hasher,
+      gunzip: this.#deps.gunzip,
+      chunkEncoder: this.#deps.chunkEncoder,
+      params,
+      platform,
+      // One budget for the whole request, however many layers it reaches.
+      budget: this.#deps.stepBytes ? { remaining: this.#deps.stepBytes } : undefined,
+    };
+    // The conversion that makes the one pass over the upstream (see noneFirst) may start at once.
+    const onePass: ConvertParams = this.#deps.noneFirst ? { ...params, codec: "none" } : params;
+    void this.#startFirstLayer(name, root, source, { ...options, params: onePass }).catch(() => {});
     const { image, bootstrap } = await this.#stored(source, platform, params).catch(rethrowAsOci);
     if (bootstrap) return bootstrap;
     startConverting();
@@ -162,35 +177,47 @@ export class Conversions {
       // The early answer goes out before this conversion takes the thread.
       await new Promise((resolve) => setTimeout(resolve, 0));
     }
-    const converted = await convertImage(source, {
-      store: this.#deps.store,
-      hasher: this.#deps.hasher,
-      gunzip: this.#deps.gunzip,
-      chunkEncoder: this.#deps.chunkEncoder,
-      params,
-      platform,
-      // One budget for the whole request, however many layers it reaches.
-      budget: this.#deps.stepBytes ? { remaining: this.#deps.stepBytes } : undefined,
-      layerConverter: async (layer, opts) => {
-        if (await this.#deps.blobs.cached(name, layer.digest)) return this.#layer(name, layer, opts);
-        // A conversion made for another repository (stored, or still running for one) is shared
-        // only once this repository is confirmed to have the layer too. One this call converts
-        // downloads the layer under this name, which confirms it: a HEAD would only cost a round trip.
-        const joins = this.#layers.has(layerJobKey(layer, opts));
-        if (joins) await this.#deps.blobs.upstreamHead(name, layer.digest);
-        const converted = await this.#layer(name, layer, opts);
-        // Found stored rather than converted: not downloaded here, so confirmed before it is used.
-        if (!joins && !converted.converted) await this.#deps.blobs.upstreamHead(name, layer.digest);
-        return converted;
-      },
-    }).catch(rethrowAsOci);
+    const converted = await convertImage(source, { ...options, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
     return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
+  }
+
+  /** The conversion of `layer` for repository `name`: one running or stored, or a new one. */
+  async #layerFor(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+    if (await this.#deps.blobs.cached(name, layer.digest)) return this.#layer(name, layer, opts);
+    // A conversion made for another repository (stored, or still running for one) is shared
+    // only once this repository is confirmed to have the layer too. One this call converts, or one
+    // running for this repository, downloads the layer under this name, which confirms it: a HEAD
+    // would only cost a round trip.
+    const running = this.#layers.get(layerJobKey(layer, opts));
+    const joins = running !== undefined && this.#repositoryOf.get(running.job) !== name;
+    if (joins) await this.#deps.blobs.upstreamHead(name, layer.digest);
+    const converted = await this.#layer(name, layer, opts);
+    // Found stored rather than converted: not downloaded here, so confirmed before it is used.
+    if (!joins && !converted.converted) await this.#deps.blobs.upstreamHead(name, layer.digest);
+    return converted;
+  }
+
+  /**
+   * A lone manifest names its platform only in its config, and the stored image bootstrap is found
+   * by platform: on a cold edge, a round trip to the upstream before anything else. Layers need no
+   * platform, so the first one starts converting (downloading) beside the config; the image's
+   * conversion joins it (#layer). Not when the config is cached: then the image bootstrap may well
+   * be stored, and finding out is quick.
+   */
+  async #startFirstLayer(name: string, root: Manifest, source: ImageSource, options: ConvertLayerOptions): Promise<void> {
+    const manifest = root.bytes ? platformManifest({ digest: root.digest, mediaType: root.mediaType, bytes: root.bytes }) : null;
+    const config = typeof manifest?.config?.digest === "string" ? parseDigest(manifest.config.digest) : null;
+    if (!manifest || !config || (await this.#deps.blobs.cached(name, config))) return;
+    const first = manifest.layers[0]!;
+    // Its failure is the image conversion's to report, when it gets that far.
+    await this.#layerFor(name, { ...first, open: () => source.blob(first.digest) }, options);
   }
 
   /** One conversion per layer and parameters at a time in this process. */
   #layer(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
     return this.#shared(this.#layers, layerJobKey(layer, opts), () => {
       const job = this.#convertLayer(name, layer, opts);
+      this.#repositoryOf.set(job, name);
       return { job, settled: job };
     });
   }

@@ -186,6 +186,31 @@ describe("a cold edge converts while it downloads", () => {
     }
   });
 
+  it("asks for a lone manifest's first layer beside its config, not after it; a warm edge asks for neither", async () => {
+    const { registry, digests } = image("cold-config");
+    const app = proxy(registry, new WatchedStore(), true).app;
+    let layerAsked!: () => void;
+    const layerSeen = new Promise<boolean>((resolve) => (layerAsked = () => resolve(true)));
+    let layerBeforeConfig: boolean | undefined;
+    registry.override = async (req) => {
+      if (req.method !== "GET" || !req.url.pathname.includes("/blobs/")) return undefined;
+      if (req.url.pathname.endsWith(`/blobs/${digests[0]}`)) layerAsked();
+      else if (!digests.some((d) => req.url.pathname.endsWith(d))) {
+        // The config is answered once the first layer was asked for, or after a second if it never is.
+        layerBeforeConfig = await Promise.race([layerSeen, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 1000))]);
+      }
+      return undefined;
+    };
+    const res = await app.request(bootstrapUrl("?codec=deflate-raw&chunk-size=64k"));
+    expect(res.status, await res.clone().text()).toBe(200);
+    expect(layerBeforeConfig).toBe(true);
+    const asked = registry.requests.length;
+    const again = await app.request(bootstrapUrl("?codec=none&chunk-size=64k"));
+    expect(again.status).toBe(200);
+    expect(registry.requests.slice(asked).filter((r) => r.url.pathname.includes("/blobs/"))).toEqual([]);
+    for (const d of digests) expect(registry.count(`${REPO}/blobs/${d}`, "GET")).toBe(1);
+  });
+
   it("none first: a cold deflate-raw request is answered with the none conversion made in the one pass, uncacheable, then deflate-raw from the stored blobs", async () => {
     const { registry, digests } = image("cold-none-first");
     const reference = { none: await twoPass(registry, digests, "?chunk-size=64k"), deflate: await twoPass(registry, digests, "?chunk-size=64k&codec=deflate-raw") };
