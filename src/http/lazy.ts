@@ -21,7 +21,7 @@ import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/refer
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
-import { bytesStream } from "../util/streams.ts";
+import { bytesStream, onStreamEnd } from "../util/streams.ts";
 import { gzipWhenAccepted, type GzipOptions } from "./gzip.ts";
 import { serveRanged, storedRegion } from "./ranged.ts";
 import type { CacheScope } from "./registry.ts";
@@ -98,11 +98,19 @@ export function lazyHandler(deps: LazyDeps) {
     }
     // An early `none` answer stands in while the requested codec converts: nothing may cache it.
     const early = paramsId(waited.params) !== paramsId(params);
-    if (early) {
-      deps.metrics.inc("skiff_none_first_answers_total");
-      keepRunning(c, job.result);
+    if (!early) return serveBootstrap(c, waited, byDigest ? "immutable" : "no-cache", cacheScope);
+    deps.metrics.inc("skiff_none_first_answers_total");
+    keepRunning(c, job.result);
+    // The requested codec's conversion waits until this answer has gone out.
+    const res = await serveBootstrap(c, waited, "no-store", cacheScope).catch((err: unknown) => {
+      job.earlySent();
+      throw err;
+    });
+    if (!res.body) {
+      job.earlySent();
+      return res;
     }
-    return serveBootstrap(c, waited, early ? "no-store" : byDigest ? "immutable" : "no-cache", cacheScope);
+    return new Response(onStreamEnd(res.body, job.earlySent), res);
   }
 
   function converting(): Response {

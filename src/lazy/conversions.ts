@@ -82,7 +82,16 @@ export interface ImageJob {
    * and the requested one is still being converted. Never resolves otherwise.
    */
   early: Promise<ImageBootstrap>;
+  /**
+   * Called by a request once it has sent the early answer (its body read to the end, or dropped).
+   * The requested codec's conversion would take the thread and the thread pool from that answer:
+   * it starts at the first call, or EARLY_ANSWER_MS after the early bootstrap was made.
+   */
+  earlySent(): void;
 }
+
+/** How long the requested codec's conversion waits at most for the early answer to go out. */
+const EARLY_ANSWER_MS = 1000;
 
 export class Conversions {
   readonly #deps: ConversionsDeps;
@@ -103,8 +112,10 @@ export class Conversions {
       const converting = new Promise<void>((resolve) => (startConverting = resolve));
       let offerEarly!: (early: ImageBootstrap) => void;
       const early = new Promise<ImageBootstrap>((resolve) => (offerEarly = resolve));
-      const result = this.#image(name, root, platform, params, startConverting, offerEarly);
-      return { job: { result, converting, early }, settled: result };
+      let earlySent!: () => void;
+      const sent = new Promise<void>((resolve) => (earlySent = resolve));
+      const result = this.#image(name, root, platform, params, { startConverting, offerEarly, sent });
+      return { job: { result, converting, early, earlySent }, settled: result };
     });
   }
 
@@ -151,8 +162,7 @@ export class Conversions {
     root: Manifest,
     platform: string,
     params: ConvertParams,
-    startConverting: () => void,
-    offerEarly: (early: ImageBootstrap) => void,
+    job: { startConverting: () => void; offerEarly: (early: ImageBootstrap) => void; sent: Promise<void> },
   ): Promise<ImageBootstrap> {
     const source = this.#source(name, root);
     const options = {
@@ -170,12 +180,13 @@ export class Conversions {
     void this.#startFirstLayer(name, root, source, { ...options, params: onePass }).catch(() => {});
     const { image, bootstrap } = await this.#stored(source, platform, params).catch(rethrowAsOci);
     if (bootstrap) return bootstrap;
-    startConverting();
+    job.startConverting();
     // The `none` conversion takes the one pass over the upstream; this one then reads the stored blobs.
     if (this.#deps.noneFirst && params.codec !== "none") {
-      offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
-      // The early answer goes out before this conversion takes the thread.
-      await new Promise((resolve) => setTimeout(resolve, 0));
+      job.offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([job.sent, new Promise((resolve) => (timer = setTimeout(resolve, EARLY_ANSWER_MS)))]);
+      clearTimeout(timer);
     }
     const converted = await convertImage(source, { ...options, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
     return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };

@@ -79,6 +79,32 @@ export function coalesce(stream: ReadableStream<Uint8Array>, min: number): Reada
   });
 }
 
+/** `stream` as it is, calling `done` once it has been read to its end, has failed or was cancelled. */
+export function onStreamEnd<T>(stream: ReadableStream<T>, done: () => void): ReadableStream<T> {
+  const reader = stream.getReader();
+  return new ReadableStream<T>({
+    async pull(controller) {
+      let next: ReadableStreamReadResult<T>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        done();
+        throw err;
+      }
+      if (next.done) {
+        controller.close();
+        done();
+      } else {
+        controller.enqueue(next.value);
+      }
+    },
+    cancel(reason) {
+      done();
+      return reader.cancel(reason);
+    },
+  });
+}
+
 /** A stream of one piece: `bytes` (none when empty). */
 export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
   return new ReadableStream({
