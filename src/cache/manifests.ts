@@ -122,9 +122,7 @@ export class ManifestCache {
       const res = await this.#deps.upstream.request(name, `manifests/${tag}`, { headers });
       if (res.status >= 500) throw await upstreamError(res, "manifest", what);
       if (!res.ok && res.status !== 429) await this.#deps.store.delete(key);
-      const manifest = await this.#store(name, what, res, null);
-      await this.#record(key, manifest);
-      return manifest;
+      return await this.#store(name, what, res, null, key);
     } catch (err) {
       // An outage or a rate limit is no news about the tag: the last answer is better than none.
       const failing = err instanceof UpstreamUnreachable || (err instanceof OciError && (err.code === "UNAVAILABLE" || err.code === "TOOMANYREQUESTS"));
@@ -137,8 +135,11 @@ export class ManifestCache {
     }
   }
 
-  /** Verifies an upstream manifest response against `expected` (or its Docker-Content-Digest) and stores it. */
-  async #store(name: string, what: string, res: Response, expected: Digest | null): Promise<Manifest> {
+  /**
+   * Verifies an upstream manifest response against `expected` (or its Docker-Content-Digest) and
+   * stores it, with the record of tag `tagKey` when given.
+   */
+  async #store(name: string, what: string, res: Response, expected: Digest | null, tagKey?: string): Promise<Manifest> {
     if (!res.ok || !res.body) throw await upstreamError(res, "manifest", what);
     const mediaType = (res.headers.get("content-type") ?? "").split(";")[0]!.trim();
     if (!mediaType) throw new OciError("UNAVAILABLE", `upstream sent ${what} without a Content-Type`);
@@ -158,12 +159,14 @@ export class ManifestCache {
       throw new OciError("UNAVAILABLE", `upstream ${what} does not match its digest`);
     }
     const meta: ManifestMeta = { mediaType, size: bytes.byteLength };
-    await this.#keep(async () => {
-      // Metadata first: the manifest itself becomes visible last, complete with its type.
-      await putJson(this.#deps.store, manifestMetaKey(digest), meta);
-      await putBytes(this.#deps.store, manifestKey(digest), bytes);
-      await this.#link(name, digest);
-    });
+    // All at once: each is a write and an fsync. A manifest is found only with its metadata, and a
+    // tag or a link only leads to a manifest that is found (#stored), so no order is needed.
+    await Promise.all([
+      this.#keep(() => putJson(this.#deps.store, manifestMetaKey(digest), meta)),
+      this.#keep(() => putBytes(this.#deps.store, manifestKey(digest), bytes)),
+      this.#link(name, digest),
+      tagKey && this.#record(tagKey, { digest, ...meta }),
+    ]);
     return { digest, ...meta, bytes, hit: false };
   }
 
