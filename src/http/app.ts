@@ -19,7 +19,7 @@ import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
-import { GzipCache, type GzipBody } from "./gzip.ts";
+import { GzipCache, type Gzip, type GzipBody } from "./gzip.ts";
 import { lazyHandler } from "./lazy.ts";
 import { learnedReadsRoute } from "./learned-reads.ts";
 import { createMetrics, type Metrics } from "../util/metrics.ts";
@@ -37,6 +37,8 @@ export interface AppOptions extends Partial<AppSettings> {
   chunkEncoder?: ChunkEncoder;
   /** How the runtime gzips a bootstrap for a node that takes gzip (src/http/gzip.ts; "stream" by default). */
   gzipBody?: GzipBody;
+  /** How "stream" compresses a body, when the runtime has a faster way than CompressionStream. */
+  gzip?: Gzip;
   /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   log?: (message: string) => void;
@@ -101,7 +103,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     reads,
     convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
     defaultPlatform,
-    gzip: opts.gzipBody === "runtime" ? { how: "runtime" } : { how: "stream", cache: new GzipCache() },
+    gzip: opts.gzipBody === "runtime" ? { how: "runtime" } : { how: "stream", cache: new GzipCache(undefined, opts.gzip) },
   });
 
   const app = new Hono();

@@ -8,6 +8,7 @@ import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
 import { FsStore } from "../store/fs.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
+import { nodeGzip } from "./node-gzip.ts";
 
 export interface ServerOptions {
   config: SkiffConfig;
@@ -27,7 +28,7 @@ export interface RunningServer extends SkiffApp {
 /** `chunkEncoder`: the entry's chunk encoding (Node's worker threads), if any. */
 export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamConfig) => typeof fetch, chunkEncoder?: ChunkEncoder): Promise<SkiffApp> {
   const store = await new FsStore(opts.dataDir).init();
-  return createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
+  return createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, gzip: nodeGzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
 }
 
 /** The URL of a server listening at `address` (an IPv6 one goes in brackets). */

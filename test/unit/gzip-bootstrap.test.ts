@@ -8,6 +8,7 @@ import { resolveConfig } from "../../src/config/config.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
 import { acceptsGzip, GzipCache, gzipWhenAccepted } from "../../src/http/gzip.ts";
+import { nodeGzip } from "../../src/runtime/node-gzip.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { tarArchive } from "../e2e/harness/images.ts";
 import { FakeRegistry } from "./fakes.ts";
@@ -79,6 +80,13 @@ describe("gzipped bootstraps", () => {
     await cache.gzip("c", body(3));
     expect(await cache.gzip("a", body(1))).toBe(a);
     expect(await cache.gzip("b", body(2))).not.toBe(b); // evicted, compressed again
+  });
+
+  test("Node's gzip (node:zlib, the Node and Deno entries') makes the same bytes as the CompressionStream default", async () => {
+    const body = new TextEncoder().encode(Array.from({ length: 5000 }, (_, i) => `usr/lib/python3/dist-packages/m${i}.py `).join(""));
+    const [ours, portable] = await Promise.all([new GzipCache(undefined, nodeGzip).gzip("k", body), new GzipCache().gzip("k", body)]);
+    expect(Buffer.from(ours).equals(Buffer.from(portable))).toBe(true);
+    expect(Buffer.from(await inflate(new Response(ours))).equals(Buffer.from(body))).toBe(true);
   });
 
   test("a runtime that compresses as it sends (workerd) gets the header and the identity body", async () => {
