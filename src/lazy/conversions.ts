@@ -97,6 +97,8 @@ export class Conversions {
   readonly #deps: ConversionsDeps;
   readonly #layers = new Map<string, { job: Promise<ConvertedLayer>; started: number }>();
   readonly #images = new Map<string, { job: ImageJob; started: number }>();
+  /** Layer conversions started before their image was resolved (#startFirstLayer), by repository and job. */
+  readonly #startedEarly = new Map<string, EarlyLayer>();
   /** The repository each running layer conversion downloads for (#layerFor). */
   readonly #repositoryOf = new WeakMap<Promise<ConvertedLayer>, string>();
 
@@ -127,8 +129,7 @@ export class Conversions {
   #shared<J>(jobs: Map<string, { job: J; started: number }>, key: string, start: () => { job: J; settled: Promise<unknown> }): J {
     const now = (this.#deps.now ?? Date.now)();
     const running = jobs.get(key);
-    const stale = running && this.#deps.stepBytes && now - running.started > (this.#deps.leaseMs ?? DEFAULT_LEASE_MS);
-    if (running && !stale) return running.job;
+    if (running && !this.#stale(running.started)) return running.job;
     const entry = { ...start(), started: now };
     jobs.set(key, entry);
     const forget = () => {
@@ -136,6 +137,11 @@ export class Conversions {
     };
     entry.settled.then(forget, forget);
     return entry.job;
+  }
+
+  /** A job started this long ago belongs to an invocation that ended (steps only; see #shared). */
+  #stale(started: number): boolean {
+    return !!this.#deps.stepBytes && (this.#deps.now ?? Date.now)() - started > (this.#deps.leaseMs ?? DEFAULT_LEASE_MS);
   }
 
   /**
@@ -177,23 +183,31 @@ export class Conversions {
     };
     // The conversion that makes the one pass over the upstream (see noneFirst) may start at once.
     const onePass: ConvertParams = this.#deps.noneFirst ? { ...params, codec: "none" } : params;
-    void this.#startFirstLayer(name, root, source, { ...options, params: onePass }).catch(() => {});
-    const { image, bootstrap } = await this.#stored(source, platform, params).catch(rethrowAsOci);
-    if (bootstrap) return bootstrap;
-    job.startConverting();
-    // The `none` conversion takes the one pass over the upstream; this one then reads the stored blobs.
-    if (this.#deps.noneFirst && params.codec !== "none") {
-      job.offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([job.sent, new Promise((resolve) => (timer = setTimeout(resolve, EARLY_ANSWER_MS)))]);
-      clearTimeout(timer);
+    const early = this.#startFirstLayer(name, root, source, { ...options, params: onePass }).catch(() => null);
+    try {
+      const { image, bootstrap } = await this.#stored(source, platform, params).catch(rethrowAsOci);
+      if (bootstrap) return bootstrap;
+      job.startConverting();
+      // The `none` conversion takes the one pass over the upstream; this one then reads the stored blobs.
+      if (this.#deps.noneFirst && params.codec !== "none") {
+        job.offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([job.sent, new Promise((resolve) => (timer = setTimeout(resolve, EARLY_ANSWER_MS)))]);
+        clearTimeout(timer);
+      }
+      const converted = await convertImage(source, { ...options, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
+      return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
+    } finally {
+      const started = await early;
+      if (started && this.#startedEarly.get(started.key) === started.entry) this.#startedEarly.delete(started.key);
     }
-    const converted = await convertImage(source, { ...options, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
-    return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
   }
 
-  /** The conversion of `layer` for repository `name`: one running or stored, or a new one. */
+  /** The conversion of `layer` for repository `name`: one started early, one running or stored, or a new one. */
   async #layerFor(name: string, layer: LayerSource, opts: ConvertLayerOptions): Promise<ConvertedLayer> {
+    // Kept until the image job that started it ends, failed or not: that failure is the image's, not a cue to download again.
+    const early = this.#startedEarly.get(earlyKey(name, layer, opts));
+    if (early && !this.#stale(early.started)) return early.job;
     if (await this.#deps.blobs.cached(name, layer.digest)) return this.#layer(name, layer, opts);
     // A conversion made for another repository (stored, or still running for one) is shared
     // only once this repository is confirmed to have the layer too. One this call converts, or one
@@ -211,17 +225,22 @@ export class Conversions {
   /**
    * A lone manifest names its platform only in its config, and the stored image bootstrap is found
    * by platform: on a cold edge, a round trip to the upstream before anything else. Layers need no
-   * platform, so the first one starts converting (downloading) beside the config; the image's
-   * conversion joins it (#layer). Not when the config is cached: then the image bootstrap may well
-   * be stored, and finding out is quick.
+   * platform, so the first one starts converting (downloading) beside the config, and the image's
+   * conversion takes it up (#layerFor) while the image job that started it runs. Not when the
+   * config is cached: then the image bootstrap may well be stored, and finding out is quick.
    */
-  async #startFirstLayer(name: string, root: Manifest, source: ImageSource, options: ConvertLayerOptions): Promise<void> {
+  async #startFirstLayer(name: string, root: Manifest, source: ImageSource, options: ConvertLayerOptions): Promise<{ key: string; entry: EarlyLayer } | null> {
     const manifest = root.bytes ? platformManifest({ digest: root.digest, mediaType: root.mediaType, bytes: root.bytes }) : null;
     const config = typeof manifest?.config?.digest === "string" ? parseDigest(manifest.config.digest) : null;
-    if (!manifest || !config || (await this.#deps.blobs.cached(name, config))) return;
-    const first = manifest.layers[0]!;
-    // Its failure is the image conversion's to report, when it gets that far.
-    await this.#layerFor(name, { ...first, open: () => source.blob(first.digest) }, options);
+    if (!manifest || !config || (await this.#deps.blobs.cached(name, config))) return null;
+    const first: LayerSource = { ...manifest.layers[0]!, open: () => source.blob(manifest.layers[0]!.digest) };
+    const key = earlyKey(name, first, options);
+    const running = this.#startedEarly.get(key);
+    if (running && !this.#stale(running.started)) return null;
+    const entry = { job: this.#layerFor(name, first, options), started: (this.#deps.now ?? Date.now)() };
+    entry.job.catch(() => {}); // the image's conversion reports it, unless the image turns out to be stored
+    this.#startedEarly.set(key, entry);
+    return { key, entry };
   }
 
   /** One conversion per layer and parameters at a time in this process. */
@@ -311,6 +330,12 @@ export class Conversions {
 }
 
 const layerJobKey = (layer: LayerSource, opts: ConvertLayerOptions) => `${layer.digest.value}\n${paramsId(opts.params)}`;
+const earlyKey = (name: string, layer: LayerSource, opts: ConvertLayerOptions) => `${name}\n${layerJobKey(layer, opts)}`;
+
+interface EarlyLayer {
+  job: Promise<ConvertedLayer>;
+  started: number;
+}
 
 /** Conversion failures as the OCI errors a client sees. */
 function rethrowAsOci(err: unknown): never {
