@@ -80,8 +80,12 @@ export function coalesce(stream: ReadableStream<Uint8Array>, min: number): Reada
 }
 
 /** `stream` as it is, calling `done` once it has been read to its end, has failed or was cancelled. */
-export function onStreamEnd<T>(stream: ReadableStream<T>, done: () => void): ReadableStream<T> {
+export function onStreamEnd<T>(stream: ReadableStream<T>, onEnd: () => void): ReadableStream<T> {
   const reader = stream.getReader();
+  let ended = false;
+  const done = () => {
+    if (!ended) (ended = true), onEnd();
+  };
   return new ReadableStream<T>({
     async pull(controller) {
       let next: ReadableStreamReadResult<T>;
