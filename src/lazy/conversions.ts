@@ -227,9 +227,12 @@ export class Conversions {
    * by platform: on a cold edge, a round trip to the upstream before anything else. Layers need no
    * platform, so the first one starts converting (downloading) beside the config, and the image's
    * conversion takes it up (#layerFor) while the image job that started it runs. Not when the
-   * config is cached: then the image bootstrap may well be stored, and finding out is quick.
+   * config is cached: then the image bootstrap may well be stored, and finding out is quick. Nor in
+   * steps (Workers): there, work that no request awaits (when finding the image fails) dies with
+   * its invocation, leaving the layer's job and lease to hold up the next requests.
    */
   async #startFirstLayer(name: string, root: Manifest, source: ImageSource, options: ConvertLayerOptions): Promise<{ key: string; entry: EarlyLayer } | null> {
+    if (this.#deps.stepBytes) return null;
     const manifest = root.bytes ? platformManifest({ digest: root.digest, mediaType: root.mediaType, bytes: root.bytes }) : null;
     const config = typeof manifest?.config?.digest === "string" ? parseDigest(manifest.config.digest) : null;
     if (!manifest || !config || (await this.#deps.blobs.cached(name, config))) return null;
