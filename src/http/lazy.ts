@@ -21,6 +21,7 @@ import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/refer
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
+import { within } from "../util/sleep.ts";
 import { bytesStream, onStreamEnd } from "../util/streams.ts";
 import { gzipWhenAccepted, type GzipOptions } from "./gzip.ts";
 import { serveRanged, storedRegion } from "./ranged.ts";
@@ -198,13 +199,6 @@ const vanished = () => new OciError("BLOB_UNKNOWN", "converted data vanished fro
 
 /** How long a bootstrap request may take to find its image's bootstrap stored, or its conversion started. */
 const FIND_WAIT_MS = 5_000;
-
-/** `work`'s answer, or "timeout" once `ms` have passed. */
-async function within<T>(ms: number, work: Promise<T>): Promise<T | "timeout"> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(resolve, ms, "timeout")));
-  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
-}
 
 /**
  * The conversion goes on after the 202: on Workers the invocation is kept alive for it (for a limited

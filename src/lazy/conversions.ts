@@ -27,6 +27,7 @@ import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, type ContentStore } from "../store/store.ts";
+import { within } from "../util/sleep.ts";
 import { LayerFeed } from "./layer-feed.ts";
 import { Lease, LeaseLost } from "./lease.ts";
 
@@ -191,9 +192,7 @@ export class Conversions {
       // The `none` conversion takes the one pass over the upstream; this one then reads the stored blobs.
       if (this.#deps.noneFirst && params.codec !== "none") {
         job.offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([job.sent, new Promise((resolve) => (timer = setTimeout(resolve, EARLY_ANSWER_MS)))]);
-        clearTimeout(timer);
+        await within(EARLY_ANSWER_MS, job.sent);
       }
       const converted = await convertImage(source, { ...options, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
       return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
@@ -236,7 +235,8 @@ export class Conversions {
     const manifest = root.bytes ? platformManifest({ digest: root.digest, mediaType: root.mediaType, bytes: root.bytes }) : null;
     const config = typeof manifest?.config?.digest === "string" ? parseDigest(manifest.config.digest) : null;
     if (!manifest || !config || (await this.#deps.blobs.cached(name, config))) return null;
-    const first: LayerSource = { ...manifest.layers[0]!, open: () => source.blob(manifest.layers[0]!.digest) };
+    const layer = manifest.layers[0]!;
+    const first: LayerSource = { ...layer, open: () => source.blob(layer.digest) };
     const key = earlyKey(name, first, options);
     const running = this.#startedEarly.get(key);
     if (running && !this.#stale(running.started)) return null;
