@@ -35,7 +35,7 @@ export async function serveSkiff(upstream, data, cleanups, bin = join(root, "bin
   await waitUrl(`http://127.0.0.1:${port}/v2/`, child);
   const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
   cleanups.push(stop);
-  return { url: `http://127.0.0.1:${port}`, port, stop };
+  return { url: `http://127.0.0.1:${port}`, port, pid: child.pid, stop };
 }
 
 /**
