@@ -9,20 +9,25 @@
 //     storing and conversion included);
 //   - the conversion alone: a new edge that pulled the layer through its registry API first (not
 //     timed), then the time to the bootstrap: one pass can't beat the larger of this and the transfer;
+//   - a long-running edge (converted another variant of the image first) asked for a variant of
+//     the image it has not seen: a cold image without a cold process;
 //   - with `--baseline BIN` (bin/skiff.js of another build, e.g. before a change), its cold edge too.
+// The transfer is timed with curl; the edge's CPU seconds and the relay's are reported as well.
 // Both workloads ask for the chunk codec `--codec`, by default the one node agents ask for
 // (deflate-raw: src/cli/mount.ts), whose conversion costs far more CPU than `none`'s.
 // Goal: a cold edge costs at most the upstream transfer time plus 20 % over a warm edge.
 // Needs root (FUSE, chroot), debootstrap the first time, docker-registry and skopeo.
 //   node bench/cold-edge.mjs [--write] [--rounds 3] [--rate 1gbit] [--latency 5ms] [--codec deflate-raw|none] [--baseline PATH/bin/skiff.js]
 import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createReadStream, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { gzipSync } from "node:zlib";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs, promisify } from "node:util";
 import { bootstrapWithCodec, coldStart, finishMount, PYTHON_PACKAGES as PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
 import { parseLatency, parseRate, startLinkRelay } from "./link-relay.mjs";
-import { writeLayout } from "./oci-layout.mjs";
+import { tarFileEntry, writeLayout } from "./oci-layout.mjs";
 import { machine, median, replaceSection } from "./report.mjs";
 import { requireTools, root, startRegistry } from "./servers.mjs";
 
@@ -95,9 +100,25 @@ async function withColdEdge(upstream, bin, fn) {
   }
 }
 
-const bootstrapPath = (edge) => `${edge.url}/v2/bench/py/_skiff/bootstrap/1`;
-const bootstrapUrl = (edge) => `${bootstrapPath(edge)}?codec=${CODEC}`;
-const untilCodec = (edge, t0) => bootstrapWithCodec(bootstrapPath(edge), CODEC, t0);
+const bootstrapPath = (edge, repo = "bench/py") => `${edge.url}/v2/${repo}/_skiff/bootstrap/1`;
+const bootstrapUrl = (edge, repo) => `${bootstrapPath(edge, repo)}?codec=${CODEC}`;
+const untilCodec = (edge, t0, repo) => bootstrapWithCodec(bootstrapPath(edge, repo), CODEC, t0);
+
+/**
+ * The bench image with one small file more, `n` in it, as a gzip member before the layer's own:
+ * the same conversion work under another digest, so an edge that has converted the image before
+ * meets it cold. Pushed as bench/variant-n:1.
+ */
+async function pushVariant(layer, registry, n) {
+  const entry = tarFileEntry("etc/skiff-bench-variant", Buffer.from(`${n}\n`));
+  const diffId = createHash("sha256").update(entry);
+  for await (const piece of createReadStream(layer.tarFile)) diffId.update(piece);
+  const layout = join(work, `variant-${n}`);
+  writeLayout(layout, [Buffer.concat([gzipSync(entry), layer.gz])], [`sha256:${diffId.digest("hex")}`]);
+  execFileSync("skopeo", ["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/variant-${n}:1`]);
+  rmSync(layout, { recursive: true });
+  return `bench/variant-${n}`;
+}
 
 async function mountRun(edge) {
   const run = await coldStart(`${edge.url}/bench/py:1`, ["--codec", CODEC], { work, workload: WORKLOAD });
@@ -119,9 +140,16 @@ try {
 
   const warm = await serveSkiff(upstream, join(work, "warm-edge"), cleanups);
   await untilCodec(warm); // converted once before any measured run
+  // A long-running edge: its process has converted a layer before (its code compiled and
+  // optimised, as an edge's is after its first image), and each round asks it for a variant it
+  // has never seen.
+  const variantRepos = [];
+  for (let n = 0; n <= ROUNDS; n++) variantRepos.push(await pushVariant(layer, registry, n));
+  const running = await serveSkiff(upstream, join(work, "running-edge"), cleanups);
+  await untilCodec(running, undefined, variantRepos[0]);
 
   const variants = [["cold edge", undefined], ...(values.baseline ? [["cold edge, baseline build", values.baseline]] : [])];
-  const samples = { transfer: [], convertOnly: [], convertOnlyCpu: [], warmBootstrap: [], warmMount: [] };
+  const samples = { transfer: [], convertOnly: [], convertOnlyCpu: [], warmBootstrap: [], warmMount: [], running: [], runningCpu: [] };
   for (const [name] of variants) Object.assign(samples, { [`${name}:bootstrap`]: [], [`${name}:cpu`]: [], [`${name}:relayCpu`]: [], [`${name}:mount`]: [], [`${name}:codec`]: [] });
   /** Skiff-Params of each variant's first cold answer. */
   const answered = {};
@@ -137,7 +165,9 @@ try {
     });
     samples.warmBootstrap.push((await timedGet(bootstrapUrl(warm))).seconds);
     samples.warmMount.push(await mountRun(warm));
-    for (const [name, bin] of variants) {
+    // The new processes and the long-running edge take turns going first, so that what a round's
+    // earlier runs leave behind (pages still being written back) falls on each in turn.
+    const coldRuns = variants.map(([name, bin]) => async () => {
       await withColdEdge(upstream, bin, async (edge) => {
         const t0 = performance.now();
         const [cpu0, relayCpu0] = [cpuSeconds(edge.pid), process.cpuUsage()];
@@ -150,7 +180,15 @@ try {
         samples[`${name}:codec`].push(await untilCodec(edge, t0));
       });
       samples[`${name}:mount`].push(await withColdEdge(upstream, bin, mountRun));
-    }
+    });
+    const runningRun = async () => {
+      const repo = variantRepos[round + 1];
+      const cpu0 = cpuSeconds(running.pid);
+      samples.running.push((await timedGet(bootstrapUrl(running, repo))).seconds);
+      samples.runningCpu.push(cpuSeconds(running.pid) - cpu0);
+      await untilCodec(running, undefined, repo); // its other codec converted before the next measurement
+    };
+    for (const run of round % 2 === 0 ? [runningRun, ...coldRuns] : [...coldRuns, runningRun]) await run();
     console.error(`round ${round + 1}: ${Object.entries(samples).map(([k, v]) => `${k} ${v.at(-1).toFixed(2)} s`).join(", ")}`);
   }
 
@@ -171,10 +209,12 @@ try {
     }
     rows.push(`| image bootstrap with ${CODEC} (asked again every 0.1 s)${label} | ${m.transfer.toFixed(2)} | | ${m.warmBootstrap.toFixed(2)} | ${m[`${name}:codec`].toFixed(2)} | ${extra(m[`${name}:codec`], m.warmBootstrap)} | |`);
   }
+  rows.push(`| image bootstrap, a long-running edge meeting an image it has not seen | ${m.transfer.toFixed(2)} | | ${m.warmBootstrap.toFixed(2)} | ${m.running.toFixed(2)} | ${extra(m.running, m.warmBootstrap)} | ${m.running <= m.warmBootstrap + 1.2 * m.transfer ? "met" : "not met"} |`);
   const cpuRows = [
     "| CPU seconds (user + system) until the first bootstrap answer | median |",
     "|---|---:|",
     `| the edge, conversion alone (blob cached) | ${m.convertOnlyCpu.toFixed(2)} |`,
+    `| the long-running edge, cold image | ${m.runningCpu.toFixed(2)} |`,
     ...variants.flatMap(([name]) => {
       const label = name === "cold edge" ? "" : " (baseline build)";
       return [`| the edge, cold${label} | ${m[`${name}:cpu`].toFixed(2)} |`, `| the link relay, during that cold edge${label} | ${m[`${name}:relayCpu`].toFixed(2)} |`];
@@ -198,7 +238,10 @@ its registry API first (not timed), then the time to its first bootstrap answer;
 downloading can't take less than the larger of that and the transfer. With \`--none-first\` (the
 default), an edge asked for a codec other than none answers with its \`none\` conversion, made in
 the one pass over the upstream, until the asked codec is converted from the stored blob; the last
-row is the time until that answer.
+row is the time until that answer. Every cold edge above is a new process, which also compiles
+and optimises its code during the conversion; the long-running edge's row is an edge that converted
+another image before (the same image with one small file more, under another digest) and meets a
+new variant each round.
 
 ${rows.join("\n")}
 

@@ -8,6 +8,7 @@ import { createCipheriv, createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
+import { tarFileEntry } from "./oci-layout.mjs";
 import { machine, replaceSection } from "./report.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -29,24 +30,7 @@ function tarLayer(count, size) {
   const key = createHash("sha256").update("convert-steps").digest().subarray(0, 16);
   const cipher = createCipheriv("aes-128-ctr", key, Buffer.alloc(16));
   const text = Buffer.from("the quick brown fox jumps over the lazy dog 0123456789\n".repeat(Math.ceil(size / 55))).subarray(0, size);
-  for (let i = 0; i < count; i++) {
-    const h = Buffer.alloc(512);
-    h.write(`f${i}`, 0);
-    h.write("0000644\0", 100);
-    h.write("0000000\0", 108);
-    h.write("0000000\0", 116);
-    h.write(`${size.toString(8).padStart(11, "0")}\0`, 124);
-    h.write("00000000000\0", 136);
-    h.write("        ", 148);
-    h.write("0", 156);
-    h.write("ustar\0", 257);
-    h.write("00", 263);
-    let sum = 0;
-    for (const b of h) sum += b;
-    h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-    parts.push(h, i % 2 === 0 ? cipher.update(Buffer.alloc(size)) : text);
-    parts.push(Buffer.alloc((512 - (size % 512)) % 512));
-  }
+  for (let i = 0; i < count; i++) parts.push(tarFileEntry(`f${i}`, i % 2 === 0 ? cipher.update(Buffer.alloc(size)) : text));
   parts.push(Buffer.alloc(1024));
   return Buffer.concat(parts);
 }
