@@ -238,10 +238,10 @@ its registry API first (not timed), then the time to its first bootstrap answer;
 downloading can't take less than the larger of that and the transfer. With \`--none-first\` (the
 default), an edge asked for a codec other than none answers with its \`none\` conversion, made in
 the one pass over the upstream, until the asked codec is converted from the stored blob; the last
-row is the time until that answer. Every cold edge above is a new process, which also compiles
-and optimises its code during the conversion; the long-running edge's row is an edge that converted
-another image before (the same image with one small file more, under another digest) and meets a
-new variant each round.
+row is the time until that answer. Every cold edge in the table but the last row's is a new
+process, which also compiles and optimises its code during the conversion; the last row is an edge
+that converted another image before (the same image with one small file more, under another
+digest) and meets a new variant each round.
 
 ${rows.join("\n")}
 
