@@ -19,7 +19,7 @@
 // Needs root (FUSE, chroot), debootstrap the first time, docker-registry and skopeo.
 //   node bench/cold-edge.mjs [--write] [--rounds 3] [--rate 1gbit] [--latency 5ms] [--codec deflate-raw|none] [--baseline PATH/bin/skiff.js]
 import { execFile, execFileSync } from "node:child_process";
-import { createReadStream, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createReadStream, mkdtempSync, rmSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { cpus, loadavg, tmpdir } from "node:os";
@@ -28,7 +28,7 @@ import { parseArgs, promisify } from "node:util";
 import { bootstrapWithCodec, coldStart, finishMount, PYTHON_PACKAGES as PACKAGES, PYTHON_WORKLOAD as WORKLOAD, pythonImageLayer, serveSkiff } from "./lazy-mount.mjs";
 import { parseLatency, parseRate, startLinkRelay } from "./link-relay.mjs";
 import { tarFileEntry, writeLayout } from "./oci-layout.mjs";
-import { machine, median, replaceSection } from "./report.mjs";
+import { cpuSeconds, machine, median, replaceSection } from "./report.mjs";
 import { requireTools, root, startRegistry } from "./servers.mjs";
 
 const { values } = parseArgs({
@@ -72,13 +72,6 @@ async function curlTransfer(url) {
   if (status !== 200) throw new Error(`${url}: ${status}`);
   return { seconds: total, bytes };
 }
-
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-}
-const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
 
 /** Seconds to GET `url` to its end; throws unless 200. */
 async function timedGet(url) {

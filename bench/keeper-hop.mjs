@@ -15,13 +15,13 @@
 // `--keeper-threads 1024,16` runs a keeper of each pool size (default the one the daemon gives
 // it, KEEPER_THREADS). KEEPER_NODE_ARGS adds node flags to the keeper (e.g. `--cpu-prof`). Root only (FUSE, chroot). Writes nothing.
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { pythonImageLayer } from "./lazy-mount.mjs";
 import { writeLayout } from "./oci-layout.mjs";
-import { machine, median } from "./report.mjs";
+import { cpuSeconds, machine, median } from "./report.mjs";
 import { root } from "./servers.mjs";
 
 const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, dist: { type: "string", multiple: true }, only: { type: "string" }, "keeper-threads": { type: "string" } } });
@@ -77,10 +77,7 @@ function memoryReader(local) {
 }
 
 /** utime + stime of a process, in µs. */
-function cpuOf(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100; // clock ticks of 10 ms
-}
+const cpuOf = (pid) => cpuSeconds(pid) * 1e6;
 const selfCpu = () => {
   const u = process.cpuUsage();
   return u.user + u.system;

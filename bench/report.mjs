@@ -1,5 +1,6 @@
-// Shared by the benchmark scripts: a description of the machine, and the rewrite of one marked
-// section of docs/benchmarks.md so each script owns its part of the page.
+// Shared by the benchmark scripts: a description of the machine, a process's CPU time, and the
+// rewrite of one marked section of docs/benchmarks.md so each script owns its part of the page.
+import { execFileSync } from "node:child_process";
 import { cpus, totalmem } from "node:os";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 
@@ -7,6 +8,14 @@ export function machine() {
   const cpu = cpus()[0]?.model?.trim() ?? "unknown CPU";
   const date = new Date().toISOString().slice(0, 10);
   return `${cpu}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${date}`;
+}
+
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
+
+/** CPU seconds (user + system) process `pid` has used so far, from /proc. */
+export function cpuSeconds(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
 /** The middle value; of an even count, the upper of the two middle ones (always a measured run). */
