@@ -96,6 +96,7 @@ const EARLY_ANSWER_MS = 1000;
 
 export class Conversions {
   readonly #deps: ConversionsDeps;
+  readonly #now: () => number;
   readonly #layers = new Map<string, { job: Promise<ConvertedLayer>; started: number }>();
   readonly #images = new Map<string, { job: ImageJob; started: number }>();
   /** Layer conversions started before their image was resolved (#startFirstLayer), by repository and job. */
@@ -105,6 +106,7 @@ export class Conversions {
 
   constructor(deps: ConversionsDeps) {
     this.#deps = deps;
+    this.#now = deps.now ?? Date.now;
   }
 
   /** The bootstrap of `name` at `root` (a manifest or index) for a platform, converting as needed. */
@@ -128,7 +130,7 @@ export class Conversions {
    * belongs to an invocation that ended, taking its I/O along, and is started again.
    */
   #shared<J>(jobs: Map<string, { job: J; started: number }>, key: string, start: () => { job: J; settled: Promise<unknown> }): J {
-    const now = (this.#deps.now ?? Date.now)();
+    const now = this.#now();
     const running = jobs.get(key);
     if (running && !this.#stale(running.started)) return running.job;
     const entry = { ...start(), started: now };
@@ -142,7 +144,7 @@ export class Conversions {
 
   /** A job started this long ago belongs to an invocation that ended (steps only; see #shared). */
   #stale(started: number): boolean {
-    return !!this.#deps.stepBytes && (this.#deps.now ?? Date.now)() - started > (this.#deps.leaseMs ?? DEFAULT_LEASE_MS);
+    return !!this.#deps.stepBytes && this.#now() - started > (this.#deps.leaseMs ?? DEFAULT_LEASE_MS);
   }
 
   /**
@@ -240,7 +242,7 @@ export class Conversions {
     const key = earlyKey(name, first, options);
     const running = this.#startedEarly.get(key);
     if (running && !this.#stale(running.started)) return null;
-    const entry = { job: this.#layerFor(name, first, options), started: (this.#deps.now ?? Date.now)() };
+    const entry = { job: this.#layerFor(name, first, options), started: this.#now() };
     entry.job.catch(() => {}); // the image's conversion reports it, unless the image turns out to be stored
     this.#startedEarly.set(key, entry);
     return { key, entry };
@@ -260,7 +262,7 @@ export class Conversions {
     if (layer.size !== undefined && layer.size > maxLayerBytes) {
       throw new OciError("SIZE_INVALID", `layer ${layer.digest.value} is ${layer.size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
     }
-    const now = this.#deps.now ?? Date.now;
+    const now = this.#now;
     const id = paramsId(opts.params);
     let lease: Lease | null = null;
     if (opts.budget && !(await store.stat(layerBootstrapKey(layer.digest, id)))) {
