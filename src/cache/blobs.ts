@@ -77,6 +77,17 @@ export class BlobCache {
     return info;
   }
 
+  /**
+   * Throws unless `name` may see the blob, whether or not it is cached: a link records that it was
+   * fetched or confirmed under `name` before; without one, the upstream is asked. For what was made
+   * from a blob (converted layers), which may outlive it in a bounded store.
+   */
+  async entitled(name: string, digest: Digest): Promise<void> {
+    if (this.remembered(name, digest) || (await this.#deps.store.stat(blobLinkKey(name, digest)))) return;
+    await this.upstreamHead(name, digest);
+    await this.#link(name, digest);
+  }
+
   /** `cached` without touching the store or the upstream: the answer when it is in memory, else null. */
   remembered(name: string, digest: Digest): BlobInfo | null {
     const key = `${name}@${digest.value}`;

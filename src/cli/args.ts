@@ -1,5 +1,6 @@
 // Small helpers shared by the subcommands: flag parsing with one-line errors, and help output.
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parseDuration } from "../util/duration.ts";
 import { parseSize } from "../util/size.ts";
 
 /** A mistake in how the command was called: printed as one line, exit status 2. */
@@ -21,12 +22,19 @@ export function integerFlag(value: string | undefined, name: string, fallback: n
   return n;
 }
 
-/** A byte size such as `8g`, `500m`, `64k` or `1048576`. */
-export function sizeFlag(value: string | undefined, name: string, fallback: number): number {
+/** A byte size such as `8g`, `500m`, `64k` or `1048576`, at least `min`. */
+export function sizeFlag(value: string | undefined, name: string, fallback: number, min = 0): number {
   if (value === undefined) return fallback;
   const bytes = parseSize(value);
-  if (bytes === null) throw new UsageError(`--${name} must be a size like 500m or 8g, got ${JSON.stringify(value)}`);
+  if (bytes === null || bytes < min) throw new UsageError(`--${name} must be a size${min > 0 ? " above 0" : ""} like 500m or 8g, got ${JSON.stringify(value)}`);
   return bytes;
+}
+
+/** A duration above 0 such as `30d`, `12h`, `90m`, `45s` or plain seconds, in milliseconds. */
+export function durationFlag(value: string, name: string): number {
+  const ms = parseDuration(value);
+  if (ms === null || ms === 0) throw new UsageError(`--${name} must be a duration above 0 like 12h or 30d, got ${JSON.stringify(value)}`);
+  return ms;
 }
 
 /** A `--header 'Name: value'` flag: a valid field name (RFC 9110 token) and its value. */

@@ -35,6 +35,7 @@ const commands: Record<string, { summary: string; run: (argv: string[], startSer
     summary: "write a converted image's root filesystem into a directory, verifying every chunk",
     run: async (argv) => (await import("./extract.ts")).extractCommand(argv),
   },
+  gc: { summary: "remove what nothing uses from a stopped proxy's store", run: async (argv) => (await import("./gc.ts")).gcCommand(argv) },
   "check-ranges": { summary: "probe a blob URL for HTTP Range correctness (RFC 9110)", run: async (argv) => (await import("./check-ranges.ts")).checkRangesCommand(argv) },
   bench: { summary: "load-test a running registry: 'bench ranges' checks every range answer", run: async (argv) => (await import("./bench.ts")).benchCommand(argv) },
 };

@@ -5,7 +5,7 @@ import { ConfigError, resolveConfig, type SkiffConfig } from "../config/config.t
 import { parseServeSettings, SERVE_DEFAULTS, SettingsError, type AppSettings } from "../config/serve-settings.ts";
 import { DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED_BYTES } from "../convert/layer.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
-import { integerFlag, parseFlags, UsageError } from "./args.ts";
+import { durationFlag, integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 
 export const serveHelp = `Usage: skiff serve [--config FILE | --upstream URL ...] [options]
 
@@ -34,6 +34,11 @@ Options:
   --host HOST               address to listen on (default 0.0.0.0)
   --port N                  port to listen on; 0 picks a free one (default 8080)
   --data DIR                filesystem store directory (default ./data)
+  --max-store-size SIZE     keep the store within SIZE, e.g. 50g, evicting what has gone unused
+                            longest; evicted content is fetched or converted again when asked
+                            for (default: no bound, or the config file's store.maxSize)
+  --max-age DURATION        also evict what has not been used for DURATION, e.g. 30d, 12h
+                            (default: never, or the config file's store.maxAge)
   --tag-ttl SECONDS         how long a tag answer is served before asking upstream again, for
                             upstreams that set no tagTtl (default 60)
   --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default ${SERVE_DEFAULTS["max-layer-size"]})
@@ -67,6 +72,9 @@ export interface ServeOptions {
   host: string;
   port: number;
   dataDir: string;
+  /** The store's bound and max age: the flags, else the config file's `store`. */
+  maxStoreBytes?: number;
+  maxAgeMs?: number;
   settings: AppSettings;
 }
 
@@ -86,6 +94,8 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     host: { type: "string" },
     port: { type: "string" },
     data: { type: "string" },
+    "max-store-size": { type: "string" },
+    "max-age": { type: "string" },
     "tag-ttl": { type: "string" },
     "max-layer-size": { type: "string" },
     "max-expanded-size": { type: "string" },
@@ -115,8 +125,11 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
         "upstream-password": values["upstream-password"] ?? env.SKIFF_UPSTREAM_PASSWORD,
       });
     }
+    const config = resolveConfig(raw, { env, readFile: (path) => readFileSync(path, "utf8"), defaultTagTtlSeconds: tagTtlSeconds });
     return {
-      config: resolveConfig(raw, { env, readFile: (path) => readFileSync(path, "utf8"), defaultTagTtlSeconds: tagTtlSeconds }),
+      config,
+      maxStoreBytes: values["max-store-size"] === undefined ? config.store?.maxBytes : sizeFlag(values["max-store-size"], "max-store-size", 0, 1),
+      maxAgeMs: values["max-age"] === undefined ? config.store?.maxAgeMs : durationFlag(values["max-age"], "max-age"),
       check: values.check ?? false,
       host: values.host ?? "0.0.0.0",
       port: integerFlag(values.port, "port", 8080, 0, 65535),

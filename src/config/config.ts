@@ -6,6 +6,8 @@ import type { Credentials } from "../oci/upstream.ts";
 import type { Route } from "../oci/upstreams.ts";
 import { isRepositoryComponent } from "../oci/reference.ts";
 import { PRESETS } from "./presets.ts";
+import { parseDuration } from "../util/duration.ts";
+import { parseSize } from "../util/size.ts";
 import { compileRepositoryPattern } from "./patterns.ts";
 
 export type AccessMode = "open" | "credentials" | "passthrough";
@@ -56,6 +58,13 @@ export interface SkiffConfig {
   access: AccessConfig;
   /** Whether nodes' read reports are taken and merged (docs/api.md, "Learned prefetch"); on when absent. A flag or Worker var overrides it. */
   learnedPrefetch?: boolean;
+  /** The filesystem store's bound (`"store"`: Node and Deno); flags override it. */
+  store?: StoreConfig;
+}
+
+export interface StoreConfig {
+  maxBytes?: number;
+  maxAgeMs?: number;
 }
 
 export interface ConfigEnvironment {
@@ -86,7 +95,7 @@ export function upstreamEnvName(prefix: string): string {
 export function resolveConfig(raw: unknown, environment: ConfigEnvironment = {}): SkiffConfig {
   const env = environment.env ?? {};
   const root = object(raw, "");
-  allowKeys(root, "", ["upstreams", "defaultUpstream", "access", "learnedPrefetch"]);
+  allowKeys(root, "", ["upstreams", "defaultUpstream", "access", "learnedPrefetch", "store"]);
   const upstreamsRaw = object(root.upstreams, "upstreams");
   const upstreams = Object.entries(upstreamsRaw).map(([prefix, entry]) => resolveUpstream(prefix, entry, environment));
   if (upstreams.length === 0) throw new ConfigError("upstreams", "name at least one upstream");
@@ -114,7 +123,21 @@ export function resolveConfig(raw: unknown, environment: ConfigEnvironment = {})
       );
     }
   }
-  return { upstreams, defaultUpstream, access, learnedPrefetch: optionalBoolean(root, "learnedPrefetch", "") };
+  return { upstreams, defaultUpstream, access, learnedPrefetch: optionalBoolean(root, "learnedPrefetch", ""), store: resolveStore(root.store) };
+}
+
+/** `"store": { "maxSize": "50g", "maxAge": "30d" }`. */
+function resolveStore(raw: unknown): StoreConfig | undefined {
+  if (raw === undefined) return undefined;
+  const o = object(raw, "store");
+  allowKeys(o, "store", ["maxSize", "maxAge"]);
+  const maxSize = optionalString(o, "maxSize", "store");
+  const maxAge = optionalString(o, "maxAge", "store");
+  const maxBytes = maxSize === undefined ? undefined : parseSize(maxSize);
+  const maxAgeMs = maxAge === undefined ? undefined : parseDuration(maxAge);
+  if (maxBytes === null || maxBytes === 0) throw new ConfigError("store.maxSize", `must be a size above 0 like 500m or 50g, got ${JSON.stringify(maxSize)}`);
+  if (maxAgeMs === null || maxAgeMs === 0) throw new ConfigError("store.maxAge", `must be a duration above 0 like 12h or 30d, got ${JSON.stringify(maxAge)}`);
+  return { maxBytes, maxAgeMs };
 }
 
 function resolveUpstream(prefix: string, raw: unknown, environment: ConfigEnvironment): UpstreamConfig {

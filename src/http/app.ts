@@ -17,6 +17,8 @@ import { LearnedReads } from "../lazy/learned-reads.ts";
 import { Upstream, UpstreamUnreachable, type Credentials } from "../oci/upstream.ts";
 import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
+import { BoundedStore } from "../store/bounded.ts";
+import { watchBoundedStore } from "./bounded-store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
 import { GzipCache, type Gzip, type GzipBody } from "./gzip.ts";
@@ -83,6 +85,8 @@ export function createApp(opts: AppOptions): SkiffApp {
   });
   const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
   const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
+  const layers = new LayerIndex(store);
+  if (store instanceof BoundedStore) watchBoundedStore(store, metrics, { blobs, layers });
   const reads = learnedReadsRoute({
     learned: new LearnedReads(store),
     enabled: opts.learnedPrefetch ?? config.learnedPrefetch ?? true,
@@ -99,7 +103,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     blobs,
     manifests,
     conversions,
-    layers: new LayerIndex(store),
+    layers,
     reads,
     convertWaitMs: (opts.convertWaitSeconds ?? DEFAULT_SETTINGS.convertWaitSeconds) * 1000,
     defaultPlatform,

@@ -17,7 +17,7 @@ import { parsePlatform } from "../convert/image.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { ConversionPending, type Conversions, type ImageBootstrap } from "../lazy/conversions.ts";
 import type { LayerIndex } from "../lazy/layer-index.ts";
-import { isDigestLike, isValidTag, parseDigest, type Digest } from "../oci/reference.ts";
+import { isDigestLike, isValidTag, parseDigest } from "../oci/reference.ts";
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
@@ -130,7 +130,7 @@ export function lazyHandler(deps: LazyDeps) {
 
   /** A converted layer's own bootstrap (whiteouts and opaque directories kept), for a node that mounts layer by layer. */
   async function layerBootstrap(c: Context, name: string, layerRef: string, paramsRef: string, cacheScope: CacheScope): Promise<Response> {
-    const layer = await convertedLayer(name, layerRef, paramsRef);
+    const layer = await convertedLayer(c, name, layerRef, paramsRef);
     return bootstrapResponse(c, layer.bootstrap.bytes, { "Skiff-Params": paramsRef, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` });
   }
 
@@ -146,7 +146,7 @@ export function lazyHandler(deps: LazyDeps) {
   }
 
   async function data(c: Context, name: string, layerRef: string, paramsRef: string, cacheScope: CacheScope): Promise<Response> {
-    const layer = await convertedLayer(name, layerRef, paramsRef);
+    const layer = await convertedLayer(c, name, layerRef, paramsRef);
     const served = await serveRanged(c.req.raw, {
       size: layer.dataSize,
       etag: `"sha256:${layer.dataDigest}"`,
@@ -161,7 +161,7 @@ export function lazyHandler(deps: LazyDeps) {
   async function chunk(c: Context, name: string, layerRef: string, paramsRef: string, file: string, cacheScope: CacheScope): Promise<Response> {
     const m = /^([0-9a-f]{64})\.([a-z0-9-]+)$/.exec(file);
     if (!m || !CHUNK_CODECS.some((codec) => codec === m[2])) throw new OciError("DIGEST_INVALID", `invalid chunk name ${JSON.stringify(file.slice(0, 200))} (want <sha256 hex>.<codec>)`);
-    const layer = await convertedLayer(name, layerRef, paramsRef);
+    const layer = await convertedLayer(c, name, layerRef, paramsRef);
     const record = layer.chunk(m[1]!);
     // The form in the URL must be the one stored: a chunk kept raw in a deflate layer is `.none`.
     const form = record?.compressed ? parseParamsId(paramsRef)!.codec : "none";
@@ -177,20 +177,35 @@ export function lazyHandler(deps: LazyDeps) {
     return served.response;
   }
 
-  /** A published conversion of a layer the repository is entitled to. */
-  async function convertedLayer(name: string, layerRef: string, paramsRef: string) {
+  /**
+   * A published conversion of a layer the repository is entitled to; converted (again) when the
+   * store lacks it, e.g. after eviction, so a node holding a bootstrap made before is still served.
+   */
+  async function convertedLayer(c: Context, name: string, layerRef: string, paramsRef: string) {
     const layer = parseDigest(layerRef);
     if (!layer) throw new OciError("DIGEST_INVALID", `invalid layer digest ${JSON.stringify(layerRef.slice(0, 200))}`);
-    if (!parseParamsId(paramsRef)) throw new OciError("NAME_UNKNOWN", `unknown conversion parameters ${JSON.stringify(paramsRef.slice(0, 100))}`, { status: 404 });
-    await entitled(name, layer);
+    const params = parseParamsId(paramsRef);
+    if (!params) throw new OciError("NAME_UNKNOWN", `unknown conversion parameters ${JSON.stringify(paramsRef.slice(0, 100))}`, { status: 404 });
+    // Converted data is shown only to repositories that may see the layer it came from.
+    await deps.blobs.entitled(name, layer);
     const index = await deps.layers.get(layer, paramsRef);
-    if (!index) throw new OciError("BLOB_UNKNOWN", `layer ${layer.value} has not been converted with ${paramsRef}: request the image's bootstrap first`);
-    return index;
-  }
-
-  /** Converted data is shown only to repositories that may see the layer it came from. */
-  async function entitled(name: string, layer: Digest): Promise<void> {
-    if (!(await deps.blobs.cached(name, layer))) throw new OciError("BLOB_UNKNOWN", `layer ${layer.value} is not known in ${name}`);
+    if (index) return index;
+    const job = deps.conversions.layerAgain(name, layer, params);
+    let waited: void | "timeout";
+    try {
+      waited = await within(deps.convertWaitMs, job);
+    } catch (err) {
+      if (!(err instanceof ConversionPending)) throw err;
+      waited = "timeout";
+    }
+    if (waited === "timeout") {
+      keepRunning(c, job);
+      const headers = { "Retry-After": String(RETRY_AFTER_S) };
+      throw new OciError("UNAVAILABLE", `layer ${layer.value} is being converted with ${paramsRef}; retry`, { status: 503, headers });
+    }
+    const converted = await deps.layers.get(layer, paramsRef);
+    if (!converted) throw new OciError("UNAVAILABLE", `layer ${layer.value} was converted but is gone from the store again; retry`, { status: 503 });
+    return converted;
   }
 
 }

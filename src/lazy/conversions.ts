@@ -22,7 +22,7 @@ import type { Metrics } from "../util/metrics.ts";
 import { convertImage, ImageError, platformManifest, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
-import { LayerFormatError, type GunzipFactory } from "../convert/decompress.ts";
+import { LayerFormatError, sniffCompression, type GunzipFactory, type LayerCompression } from "../convert/decompress.ts";
 import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
@@ -315,22 +315,59 @@ export class Conversions {
     }
   }
 
+  /**
+   * `name`'s layer converted with `params` again, when the store lacks it (evicted from a bounded
+   * store, or taken by a bucket's lifecycle rule): nodes reach the data routes with bootstraps made
+   * before, and a conversion is deterministic, so the data comes back byte for byte. The media type,
+   * which the manifest gave the first time, is taken from the layer's first bytes, which the
+   * converter checks against it anyway.
+   */
+  async layerAgain(name: string, digest: Digest, params: ConvertParams): Promise<void> {
+    const open = () => this.#blob(name, digest);
+    const mediaType = LAYER_MEDIA_TYPE[sniffCompression(await firstPiece(await open()))];
+    const { store, hasher, gunzip, chunkEncoder, stepBytes } = this.#deps;
+    const options = { store, hasher, gunzip, chunkEncoder, params, budget: stepBytes ? { remaining: stepBytes } : undefined };
+    await this.#layerFor(name, { digest, mediaType, open }, options).catch(rethrowAsOci);
+  }
+
   /** The image as the converter sees it, read through the verified caches under `name`. */
   #source(name: string, root: Manifest): ImageSource {
-    const { manifests, blobs, store } = this.#deps;
+    const { manifests } = this.#deps;
     const asFetched = (m: Manifest) => ({ digest: m.digest, mediaType: m.mediaType, bytes: m.bytes ?? new Uint8Array() });
     return {
       root: async () => asFetched(root.bytes ? root : await manifests.byDigest(name, root.digest, null)),
       manifest: async (digest) => asFetched(await manifests.byDigest(name, digest, null)),
-      blob: async (digest) => {
-        // Pulled into the verified cache first (a layer already being downloaded for someone else,
-        // a config), so it is read verified and a later pull is a cache hit.
-        if (!(await blobs.cached(name, digest))) await (await blobs.fetch(name, digest, false)).done;
-        const body = await store.get(blobKey(digest));
-        if (!body) throw new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
-        return body;
-      },
+      blob: (digest) => this.#blob(name, digest),
     };
+  }
+
+  /**
+   * A blob read verified: pulled into the cache first (a layer already being downloaded for someone
+   * else, a config), so a later pull is a cache hit.
+   */
+  async #blob(name: string, digest: Digest): Promise<ReadableStream<Uint8Array>> {
+    const { blobs, store } = this.#deps;
+    if (!(await blobs.cached(name, digest))) await (await blobs.fetch(name, digest, false)).done;
+    const body = await store.get(blobKey(digest));
+    if (!body) throw new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+    return body;
+  }
+}
+
+/** A media type for each compression, as the converter maps them back. */
+const LAYER_MEDIA_TYPE: Record<LayerCompression, string> = {
+  none: "application/vnd.oci.image.layer.v1.tar",
+  gzip: "application/vnd.oci.image.layer.v1.tar+gzip",
+  zstd: "application/vnd.oci.image.layer.v1.tar+zstd",
+};
+
+/** The stream's first piece (empty when it has none); the rest is dropped. */
+async function firstPiece(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  const reader = stream.getReader();
+  try {
+    return (await reader.read()).value ?? new Uint8Array();
+  } finally {
+    reader.cancel().catch(() => {});
   }
 }
 

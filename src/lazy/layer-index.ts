@@ -28,14 +28,14 @@ export class LayerIndex {
 
   /** The published conversion of a layer, or null when there is none (yet). */
   async get(layer: Digest, params: string): Promise<ConvertedLayerIndex | null> {
-    const key = `${layer.value}/${params}`;
+    const key = layerBootstrapKey(layer, params);
     const hit = this.#entries.get(key);
     if (hit) {
       this.#entries.delete(key); // re-insert: most recently used last
       this.#entries.set(key, hit);
       return hit;
     }
-    const bytes = await getBytes(this.#store, layerBootstrapKey(layer, params));
+    const bytes = await getBytes(this.#store, key);
     if (!bytes) return null;
     const bootstrap = Bootstrap.decode(bytes);
     const blob = bootstrap.blob(0);
@@ -52,5 +52,10 @@ export class LayerIndex {
     this.#entries.set(key, entry);
     if (this.#entries.size > this.#capacity) this.#entries.delete(this.#entries.keys().next().value!);
     return entry;
+  }
+
+  /** The store lost `key` (evicted): a layer bootstrap kept here is looked up afresh next time. */
+  forget(key: string): void {
+    this.#entries.delete(key);
   }
 }

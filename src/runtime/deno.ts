@@ -33,6 +33,7 @@ export async function startDenoServer(opts: ServerOptions): Promise<RunningServe
     close: async () => {
       // shutdown() stops accepting and waits for requests in flight.
       await server.shutdown();
+      skiff.stopSweeps();
       for (const client of clients.values()) client.close();
     },
   };

@@ -6,7 +6,10 @@ import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import type { AppSettings } from "../config/serve-settings.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
+import { BoundedStore } from "../store/bounded.ts";
 import { FsStore } from "../store/fs.ts";
+import { sweepGarbage } from "../store/gc.ts";
+import type { ContentStore } from "../store/store.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
 import { nodeGzip } from "./node-gzip.ts";
 
@@ -16,8 +19,22 @@ export interface ServerOptions {
   port: number;
   dataDir: string;
   settings?: Partial<AppSettings>;
+  /** Keep the store within this many bytes, evicting what has gone unused longest (no bound when absent). */
+  maxStoreBytes?: number;
+  /** Evict what has not been used for this long (never when absent). */
+  maxAgeMs?: number;
   log?: (message: string) => void;
 }
+
+/** The app over the filesystem store, and how to stop the store's periodic sweeps. */
+export interface FsApp extends SkiffApp {
+  stopSweeps(): void;
+}
+
+/** How often a running proxy sweeps its store (garbage, and content past --max-age). */
+const SWEEP_EVERY_MS = 3600_000;
+/** A running proxy's sweep leaves what was written this recently: a conversion between two commits. */
+const SWEEP_GRACE_MS = 3600_000;
 
 export interface RunningServer extends SkiffApp {
   url: string;
@@ -26,9 +43,33 @@ export interface RunningServer extends SkiffApp {
 }
 
 /** `chunkEncoder`: the entry's chunk encoding (Node's worker threads), if any. */
-export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamConfig) => typeof fetch, chunkEncoder?: ChunkEncoder): Promise<SkiffApp> {
-  const store = await new FsStore(opts.dataDir).init();
-  return createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, gzip: nodeGzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
+export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamConfig) => typeof fetch, chunkEncoder?: ChunkEncoder): Promise<FsApp> {
+  const log = opts.log ?? (() => {});
+  // No conversion runs yet: whatever a crash left unpublished is garbage now.
+  const files = await new FsStore(opts.dataDir).init();
+  await sweep(files, 0, log);
+  const store: ContentStore = opts.maxStoreBytes === undefined ? files : await BoundedStore.open(files, { maxBytes: opts.maxStoreBytes, maxAgeMs: opts.maxAgeMs, log });
+  if (store instanceof BoundedStore) {
+    const { bytes, objects } = store.usage();
+    log(`store bounded at ${opts.maxStoreBytes} bytes: ${bytes} bytes in ${objects} objects${opts.maxAgeMs === undefined ? "" : `, evicted after ${opts.maxAgeMs / 1000} s unused`}`);
+  }
+  const timer = setInterval(() => {
+    void (async () => {
+      if (store instanceof BoundedStore) {
+        const aged = await store.sweepAged();
+        if (aged > 0) log(`store: evicted ${aged} unused for longer than --max-age`);
+      }
+      await sweep(store, SWEEP_GRACE_MS, log);
+      await files.removeEmptyDirectories();
+    })().catch((err: unknown) => log(`store sweep failed: ${(err as Error).message}`));
+  }, SWEEP_EVERY_MS);
+  const app = createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, gzip: nodeGzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
+  return { ...app, stopSweeps: () => clearInterval(timer) };
+}
+
+async function sweep(store: ContentStore, graceMs: number, log: (message: string) => void): Promise<void> {
+  const garbage = await sweepGarbage(store, { graceMs });
+  if (garbage.length > 0) log(`store: removed ${garbage.length} objects nothing uses (${garbage.reduce((n, g) => n + g.size, 0)} bytes)`);
 }
 
 /** The URL of a server listening at `address` (an IPv6 one goes in brackets). */

@@ -43,6 +43,7 @@ export async function startNodeServer(opts: ServerOptions): Promise<RunningServe
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
       await closed;
+      skiff.stopSweeps();
       await Promise.all([...dispatchers.values()].map((d) => d.close()));
     },
   };

@@ -3,10 +3,10 @@
 // kept open between reads (./read-handles.ts); this process's own writes and deletes retire them,
 // so the store is for one process, as the other single-process parts of the proxy assume.
 import { readSync } from "node:fs";
-import { mkdir, open, rename, rm, stat, unlink } from "node:fs/promises";
+import { mkdir, open, opendir, rename, rm, rmdir, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ReadHandles, type ReadHandle } from "./read-handles.ts";
-import { assertValidKey, StoreFullError, type ByteSpan, type ContentStore, type Upload } from "./store.ts";
+import { assertValidKey, StoreFullError, type ByteSpan, type ContentStore, type ListedObject, type Upload } from "./store.ts";
 
 const READ_SIZE = 256 * 1024;
 
@@ -25,6 +25,11 @@ export class FsStore implements ContentStore {
   constructor(root: string) {
     this.root = root;
     this.#tmp = join(root, ".tmp");
+  }
+
+  /** Whether the store's directory exists. */
+  async exists(): Promise<boolean> {
+    return (await stat(this.root).catch(() => null))?.isDirectory() ?? false;
   }
 
   /** Creates the directories and clears temporaries left by a crash. */
@@ -155,8 +160,7 @@ export class FsStore implements ContentStore {
           await flushing;
           await fh.sync();
           await fh.close();
-          await mkdir(dirname(finalPath), { recursive: true });
-          await rename(tmpPath, finalPath);
+          await renameInto(tmpPath, finalPath);
           this.#handles.forget(finalPath);
           finished = true;
         } catch (err) {
@@ -172,6 +176,81 @@ export class FsStore implements ContentStore {
     const path = this.#path(key);
     await rm(path, { force: true });
     this.#handles.forget(path);
+  }
+
+  /** Walks the directories under the prefix's folder; uploads in progress (`.tmp`) are not objects. */
+  async *list(prefix = ""): AsyncIterable<ListedObject> {
+    const folder = prefix.includes("/") ? prefix.slice(0, prefix.lastIndexOf("/")) : "";
+    yield* this.#walk(folder, prefix);
+  }
+
+  async *#walk(folder: string, prefix: string): AsyncIterable<ListedObject> {
+    let dir;
+    try {
+      dir = await opendir(folder ? this.#path(folder) : this.root);
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw err;
+    }
+    for await (const entry of dir) {
+      const key = folder ? `${folder}/${entry.name}` : entry.name;
+      if (key === ".tmp" || !(key.startsWith(prefix) || prefix.startsWith(`${key}/`))) continue;
+      if (entry.isDirectory()) {
+        yield* this.#walk(key, prefix);
+      } else if (entry.isFile()) {
+        const s = await stat(join(this.root, key)).catch(() => null); // gone meanwhile: not listed
+        if (s) yield { key, size: s.size, modifiedMs: s.mtimeMs };
+      }
+    }
+  }
+
+  /** Removes the empty directories under the root (left by deletes), deepest first; how many (would have been, with `dryRun`). */
+  async removeEmptyDirectories(dryRun = false): Promise<number> {
+    let removed = 0;
+    // Whether `folder` is empty once its empty subdirectories are gone.
+    const sweep = async (folder: string): Promise<boolean> => {
+      let empty = true;
+      for await (const entry of await opendir(join(this.root, folder))) {
+        const child = folder ? `${folder}/${entry.name}` : entry.name;
+        if (!entry.isDirectory() || child === ".tmp" || !(await sweep(child))) {
+          empty = false;
+          continue;
+        }
+        // rmdir refuses a directory a write has filled meanwhile: exactly the test wanted.
+        if (dryRun || (await rmdir(join(this.root, child)).then(() => true, () => false))) removed++;
+        else empty = false;
+      }
+      return empty;
+    };
+    await sweep("");
+    return removed;
+  }
+
+  /** Uploads in progress, or left by a crash when no proxy runs: how many and their bytes. */
+  async uploadsInProgress(): Promise<{ count: number; bytes: number }> {
+    let count = 0;
+    let bytes = 0;
+    const dir = await opendir(this.#tmp).catch((err: unknown) => {
+      if (isNotFound(err)) return [];
+      throw err;
+    });
+    for await (const entry of dir) {
+      const s = await stat(join(this.#tmp, entry.name)).catch(() => null);
+      if (s?.isFile()) (count++, (bytes += s.size));
+    }
+    return { count, bytes };
+  }
+}
+
+/** rename() into a directory made first; once more when a sweep of empty directories removed it in between. */
+async function renameInto(from: string, to: string): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    await mkdir(dirname(to), { recursive: true });
+    try {
+      return await rename(from, to);
+    } catch (err) {
+      if (attempt > 0 || (err as { code?: string }).code !== "ENOENT") throw err;
+    }
   }
 }
 

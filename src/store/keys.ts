@@ -32,3 +32,22 @@ export const imageBootstrapKey = (manifest: Digest, params: string, platform: st
  * repository, so one repository's reports never show in another's list for the same image.
  */
 export const learnedReadsKey = (name: string, manifest: Digest, params: string) => `repositories/${name}/_learned/${manifest.algorithm}/${manifest.hex}/${params}`;
+
+/**
+ * What goes when `key` is evicted (./bounded.ts), or null for what is never evicted: manifests,
+ * tags and repository links (small, and what a cached image needs to be found), and conversions in
+ * progress (their steps, swept by ./gc.ts instead). A converted layer's data and bootstrap go
+ * together: one without the other is of no use.
+ */
+export function evictionUnit(key: string): string | null {
+  if (key.startsWith("blobs/") || key.startsWith("converted/images/")) return key;
+  if (key.startsWith("converted/layers/")) return /^(converted\/layers\/[^/]+\/[^/]+\/[^/]+\/[^/]+)\/(data|bootstrap)$/.exec(key)?.[1] ?? null;
+  if (/^repositories\/.+\/_learned\//.test(key)) return key;
+  return null;
+}
+
+/** The digest `key` (a blobKey) stores, or null for any other key. */
+export function blobKeyDigest(key: string): string | null {
+  const m = /^blobs\/([a-z0-9]+)\/[0-9a-f]{2}\/([0-9a-f]+)$/.exec(key);
+  return m ? `${m[1]}:${m[2]}` : null;
+}

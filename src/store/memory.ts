@@ -1,12 +1,13 @@
 // In-memory store for tests and ephemeral deployments.
 import { concatBytes } from "../util/streams.ts";
-import { assertValidKey, type ContentStore, type Upload, type Versioned } from "./store.ts";
+import { assertValidKey, type ContentStore, type ListedObject, type Upload, type Versioned } from "./store.ts";
 
 export class MemoryStore implements ContentStore {
   readonly #objects = new Map<string, Uint8Array>();
   /** Versions for compare-and-swap: every write of a key gets a new one. */
   readonly #versions = new Map<string, string>();
   #writes = 0;
+  readonly #written = new Map<string, number>();
 
   async stat(key: string) {
     assertValidKey(key);
@@ -52,6 +53,7 @@ export class MemoryStore implements ContentStore {
     assertValidKey(key);
     this.#objects.delete(key);
     this.#versions.delete(key);
+    this.#written.delete(key);
   }
 
   async getVersioned(key: string): Promise<Versioned | null> {
@@ -70,7 +72,12 @@ export class MemoryStore implements ContentStore {
     const version = String(++this.#writes);
     this.#objects.set(key, bytes);
     this.#versions.set(key, version);
+    this.#written.set(key, Date.now());
     return version;
+  }
+
+  async *list(prefix = ""): AsyncIterable<ListedObject> {
+    for (const [key, bytes] of this.#objects) if (key.startsWith(prefix)) yield { key, size: bytes.byteLength, modifiedMs: this.#written.get(key) ?? 0 };
   }
 
   /** Number of stored objects (tests use it to prove nothing was published). */

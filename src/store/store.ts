@@ -8,6 +8,14 @@ export interface ObjectInfo {
   size: number;
 }
 
+/** One object as a listing names it: for eviction and garbage collection, not for serving. */
+export interface ListedObject {
+  key: string;
+  size: number;
+  /** When it was last written (ms since the epoch). */
+  modifiedMs: number;
+}
+
 export interface ByteSpan {
   offset: number;
   length: number;
@@ -48,6 +56,8 @@ export interface ContentStore {
   getVersioned?(key: string): Promise<Versioned | null>;
   /** Writes `bytes` only if the object's version is still `expected` (null: only if there is none); the new version, or null when it was not. */
   putIfVersion?(key: string, bytes: Uint8Array, expected: string | null): Promise<string | null>;
+  /** Every object whose key starts with `prefix` (all when empty), in no particular order. */
+  list?(prefix?: string): AsyncIterable<ListedObject>;
 }
 
 /**

@@ -8,8 +8,16 @@ interface Counter {
   values: Map<string, { labels: Labels; value: number }>;
 }
 
+interface Reading {
+  help: string;
+  type: "counter" | "gauge";
+  read: () => number;
+}
+
 export class Metrics {
   readonly #counters = new Map<string, Counter>();
+  /** Metrics whose value is read from their owner when rendered. */
+  readonly #readings = new Map<string, Reading>();
 
   constructor(definitions: Record<string, string>) {
     for (const [name, help] of Object.entries(definitions)) this.#counters.set(name, { help, values: new Map() });
@@ -41,8 +49,14 @@ export class Metrics {
     return this.#counters.get(name)?.values.get(JSON.stringify(labels))?.value ?? 0;
   }
 
+  /** A metric kept by another part (the store's usage), read at each render. */
+  observe(name: string, type: Reading["type"], help: string, read: () => number): void {
+    this.#readings.set(name, { help, type, read });
+  }
+
   render(): string {
     const lines: string[] = [];
+    for (const [name, { help, type, read }] of this.#readings) lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, `${name} ${read()}`);
     for (const [name, counter] of this.#counters) {
       lines.push(`# HELP ${name} ${counter.help}`, `# TYPE ${name} counter`);
       if (counter.values.size === 0) lines.push(`${name} 0`);
