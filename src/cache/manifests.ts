@@ -54,6 +54,8 @@ export interface ManifestCacheDeps {
   metrics: Metrics;
   /** How long a tag answer of a repository is served without asking the upstream again. */
   tagTtlMs: (repository: string) => number;
+  /** Called with each manifest fetched and stored (a bounded store keeps the config it names). */
+  onStored?: (bytes: Uint8Array) => void;
   now?: () => number;
   log?: (message: string) => void;
 }
@@ -167,6 +169,7 @@ export class ManifestCache {
       this.#link(name, digest),
       tagKey && this.#record(tagKey, { digest, ...meta }),
     ]);
+    this.#deps.onStored?.(bytes);
     return { digest, ...meta, bytes, hit: false };
   }
 

@@ -18,7 +18,7 @@ import { Upstream, UpstreamUnreachable, type Credentials } from "../oci/upstream
 import { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
 import { BoundedStore } from "../store/bounded.ts";
-import { watchBoundedStore } from "./bounded-store.ts";
+import { keepConfigOf, watchBoundedStore } from "./bounded-store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
 import { GzipCache, type Gzip, type GzipBody } from "./gzip.ts";
@@ -80,13 +80,14 @@ export function createApp(opts: AppOptions): SkiffApp {
     hasher,
     metrics,
     tagTtlMs: (repository) => upstreams.configOf(repository).tagTtlSeconds * 1000,
+    onStored: store instanceof BoundedStore ? (bytes) => keepConfigOf(store, bytes) : undefined,
     now: opts.now,
     log,
   });
   const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
   const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
   const layers = new LayerIndex(store);
-  if (store instanceof BoundedStore) watchBoundedStore(store, metrics, { blobs, layers });
+  if (store instanceof BoundedStore) watchBoundedStore(store, metrics, { blobs, layers }, log);
   const reads = learnedReadsRoute({
     learned: new LearnedReads(store),
     enabled: opts.learnedPrefetch ?? config.learnedPrefetch ?? true,

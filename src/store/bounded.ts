@@ -54,6 +54,8 @@ export class BoundedStore implements ContentStore {
   /** Units being written or read, with how many writes and reads each: not evicted meanwhile. */
   readonly #busy = new Map<string, number>();
   readonly #evicted = new Set<string>();
+  /** Keys never evicted although their kind may be (keep()). */
+  readonly #kept = new Set<string>();
   readonly #listeners: ((keys: string[]) => void)[] = [];
   #bytes = 0;
   #objects = 0;
@@ -115,6 +117,18 @@ export class BoundedStore implements ContentStore {
     this.#listeners.push(listener);
   }
 
+  /**
+   * Never evicts `key` from now on, stored yet or not: what the store's layout can't tell apart
+   * from what may go (an image's config is a blob like its layers). Not remembered across restarts.
+   */
+  keep(key: string): void {
+    if (this.#kept.has(key)) return;
+    const size = this.#units.get(evictionUnit(key) ?? "")?.keys.get(key);
+    if (size !== undefined) this.#remove(key);
+    this.#kept.add(key);
+    if (size !== undefined) this.#add(key, size, this.#now());
+  }
+
   usage(): StoreUsage {
     return { bytes: this.#bytes, objects: this.#objects, maxBytes: this.#max, evictions: this.#evictions, evictedBytes: this.#evictedBytes, restored: this.#restored };
   }
@@ -139,7 +153,7 @@ export class BoundedStore implements ContentStore {
 
   async put(key: string): Promise<Upload> {
     const upload = await this.#inner.put(key);
-    const unit = evictionUnit(key);
+    const unit = this.#unitOf(key);
     if (unit !== null) this.#hold(unit);
     let written = 0;
     let open = true;
@@ -227,7 +241,7 @@ export class BoundedStore implements ContentStore {
 
   /** Marks the key's unit used now; its unit, or null for a key never evicted. */
   #touch(key: string): string | null {
-    const name = evictionUnit(key);
+    const name = this.#unitOf(key);
     if (name === null) return null;
     const unit = this.#units.get(name);
     if (unit) {
@@ -236,6 +250,10 @@ export class BoundedStore implements ContentStore {
       this.#units.set(name, unit);
     }
     return name;
+  }
+
+  #unitOf(key: string): string | null {
+    return this.#kept.has(key) ? null : evictionUnit(key);
   }
 
   #hold(unit: string): void {
@@ -251,7 +269,7 @@ export class BoundedStore implements ContentStore {
   /** A committed write: replaces whatever the key held. */
   #record(key: string, size: number): void {
     this.#remove(key);
-    const name = evictionUnit(key);
+    const name = this.#unitOf(key);
     if (name !== null && this.#evicted.delete(name)) this.#restored++;
     this.#add(key, size, this.#now());
   }
@@ -259,7 +277,7 @@ export class BoundedStore implements ContentStore {
   #add(key: string, size: number, usedMs: number): void {
     this.#bytes += size;
     this.#objects++;
-    const name = evictionUnit(key);
+    const name = this.#unitOf(key);
     if (name === null) {
       this.#fixed.set(key, size);
       return;
@@ -280,7 +298,7 @@ export class BoundedStore implements ContentStore {
       this.#objects--;
       return;
     }
-    const name = evictionUnit(key);
+    const name = this.#unitOf(key);
     const unit = name === null ? undefined : this.#units.get(name);
     const size = unit?.keys.get(key);
     if (!unit || size === undefined) return;

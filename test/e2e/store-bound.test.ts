@@ -2,9 +2,10 @@
 // store's files, sampled every few milliseconds while skopeo pulls and the lazy API converts, never
 // add up to more than the bound. Every pull is byte-identical to a direct one, including the
 // repeat of an image evicted meanwhile, and a node holding that image's bootstrap from before
-// still gets every chunk (converted again) without asking for the bootstrap first.
+// still gets every chunk (converted again) without asking for the bootstrap first. The images'
+// configs are never evicted.
 import { createHash } from "node:crypto";
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Bootstrap } from "../../src/format/decode.ts";
@@ -137,6 +138,11 @@ describe("a store bounded below what three images need", () => {
       const largest = sampler.stop();
       expect(sampler.samples()).toBeGreaterThan(10);
       expect(largest, `largest store size sampled: ${largest} bytes`).toBeLessThanOrEqual(BOUND);
+    }
+    // The configs of the cached images stay, as their manifests do.
+    for (const image of images) {
+      const hex = image.config.digest.slice("sha256:".length);
+      expect(existsSync(join(skiff.dataDir, "blobs", "sha256", hex.slice(0, 2), hex)), image.config.digest).toBe(true);
     }
     expect(await skiff.metric("skiff_store_bytes")).toBeLessThanOrEqual(BOUND);
     expect(await skiff.metric("skiff_store_max_bytes")).toBe(BOUND);

@@ -74,6 +74,18 @@ describe("BoundedStore", () => {
     expect(store.usage().bytes).toBeLessThanOrEqual(1000);
   });
 
+  it("keeps a key it was told to keep, stored before or after", async () => {
+    const { inner, store } = await bounded(1000);
+    await putBytes(store, blob(1), bytes(300));
+    store.keep(blob(1));
+    store.keep(blob(2));
+    await putBytes(store, blob(2), bytes(300));
+    await putBytes(store, blob(3), bytes(300));
+    await putBytes(store, blob(4), bytes(300)); // only blob 3 may go
+    expect(inner.keys().sort()).toEqual([blob(1), blob(2), blob(4)]);
+    await expect(putBytes(store, blob(5), bytes(500))).rejects.toBeInstanceOf(StoreFullError); // blob 4 is not enough
+  });
+
   it("evicts at start what a store holds over the bound, oldest first", async () => {
     const inner = new MemoryStore();
     for (let i = 0; i < 4; i++) {
