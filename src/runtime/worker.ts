@@ -10,7 +10,9 @@ import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
 import { errorResponse } from "../http/errors.ts";
 import { OciError } from "../oci/errors.ts";
+import { sweepGarbage } from "../store/gc.ts";
 import { R2Store, type R2BucketLike } from "../store/r2.ts";
+import { parseDuration } from "../util/duration.ts";
 import { limitConnections } from "../util/connection-limit.ts";
 import { UPSTREAM_TIMEOUTS, withTimeouts } from "../util/fetch-timeouts.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
@@ -32,7 +34,22 @@ export default {
     if ("error" in built) return errorResponse(new OciError("UNKNOWN", `skiff is misconfigured: ${built.error}`), request.method);
     return withFixedLength(await built.app.app.fetch(request, env, ctx));
   },
+
+  /**
+   * The cron trigger (wrangler.toml): the bucket's garbage (src/store/gc.ts), which an R2 lifecycle
+   * rule can't tell apart. Objects written within SWEEP_GRACE (default 1h) are left: a conversion
+   * may be between two commits.
+   */
+  async scheduled(_controller: unknown, env: WorkerEnv): Promise<void> {
+    const text = typeof env.SWEEP_GRACE === "string" && env.SWEEP_GRACE !== "" ? env.SWEEP_GRACE : "1h";
+    const graceMs = parseDuration(text) ?? DEFAULT_SWEEP_GRACE_MS;
+    if (parseDuration(text) === null) console.error(`skiff sweep: SWEEP_GRACE must be a duration like 1h or 3600, got ${JSON.stringify(text)}; using 1h`);
+    const garbage = await sweepGarbage(new R2Store(env.STORE), { graceMs });
+    console.log(`skiff sweep: removed ${garbage.length} objects nothing uses (${garbage.reduce((n, g) => n + g.size, 0)} bytes)`);
+  },
 };
+
+const DEFAULT_SWEEP_GRACE_MS = 3600_000;
 
 /** workerd's stream of a known length: it sends Content-Length, and a body that ends short is an error. */
 declare const FixedLengthStream: new (length: number) => TransformStream<Uint8Array, Uint8Array>;

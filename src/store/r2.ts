@@ -2,7 +2,7 @@
 // multipart upload: parts go up while the caller streams (and hashes), complete() publishes the
 // object in commit() and abort() discards it. An isolate has 128 MB for all its requests, so an
 // upload holds at most one part being filled and one part in flight, never the whole object.
-import { assertValidKey, type ByteSpan, type ContentStore, type ObjectInfo, type Upload, type Versioned } from "./store.ts";
+import { assertValidKey, type ByteSpan, type ContentStore, type ListedObject, type ObjectInfo, type Upload, type Versioned } from "./store.ts";
 
 // The subset of the Workers R2 API used here (names and shapes as in @cloudflare/workers-types),
 // declared structurally so the core needs no Cloudflare dependency.
@@ -36,6 +36,13 @@ export interface R2BucketLike {
   put(key: string, value: Uint8Array, options?: { onlyIf?: { etagMatches?: string; etagDoesNotMatch?: string } }): Promise<R2ObjectLike | null>;
   delete(keys: string | string[]): Promise<void>;
   createMultipartUpload(key: string): Promise<R2MultipartUploadLike>;
+  list(options: { prefix?: string; cursor?: string; limit?: number }): Promise<R2ObjectsLike>;
+}
+
+export interface R2ObjectsLike {
+  objects: { key: string; size: number; uploaded: Date }[];
+  truncated: boolean;
+  cursor?: string;
 }
 
 // R2's multipart rules: every part but the last the same size, 5 MiB to 5 GiB, at most 10,000 parts.
@@ -61,6 +68,16 @@ export class R2Store implements ContentStore {
     }
     this.#bucket = bucket;
     this.#partSize = partSize;
+  }
+
+  /** A page of up to 1,000 objects per call to the bucket, as R2 lists them. */
+  async *list(prefix = ""): AsyncIterable<ListedObject> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.#bucket.list({ prefix, cursor, limit: 1000 });
+      for (const o of page.objects) yield { key: o.key, size: o.size, modifiedMs: o.uploaded.getTime() };
+      cursor = page.truncated ? page.cursor : undefined;
+    } while (cursor);
   }
 
   async stat(key: string): Promise<ObjectInfo | null> {

@@ -63,6 +63,7 @@ function spyOn(real: R2BucketLike): Spy {
     head: (key) => real.head(key),
     get: (key, options) => real.get(key, options),
     delete: (k) => real.delete(k),
+    list: (o) => real.list(o),
     put: (key, value) => {
       spy.puts.push(value.byteLength);
       return real.put(key, value);
@@ -225,6 +226,36 @@ describe("R2Store multipart uploads", () => {
     await Promise.all([upload.write(enc("a")), upload.write(enc("b")), upload.write(enc("c"))]);
     await upload.commit();
     expect(new TextDecoder().decode((await readAllOf(store, key))!)).toBe("abc");
+  });
+});
+
+describe("R2Store listing", () => {
+  it("lists the objects under a prefix with their sizes and upload times", async () => {
+    const store = new R2Store(local);
+    const before = Date.now() - 1000;
+    await putBytes(store, "listing/a/one", new Uint8Array(3));
+    await putBytes(store, "listing/b/two", new Uint8Array(5));
+    await putBytes(store, "elsewhere/three", new Uint8Array(1));
+    const listed = [];
+    for await (const o of store.list("listing/")) listed.push(o);
+    expect(listed.map(({ key, size }) => ({ key, size }))).toEqual([
+      { key: "listing/a/one", size: 3 },
+      { key: "listing/b/two", size: 5 },
+    ]);
+    for (const o of listed) expect(o.modifiedMs).toBeGreaterThan(before);
+  });
+
+  it("follows the bucket's cursor over pages", async () => {
+    const pages = [
+      { objects: [{ key: "k1", size: 1, uploaded: new Date(1) }], truncated: true, cursor: "c1" },
+      { objects: [{ key: "k2", size: 2, uploaded: new Date(2) }], truncated: false },
+    ];
+    const asked: (string | undefined)[] = [];
+    const bucket = { ...local, list: async (o: { cursor?: string }) => (asked.push(o.cursor), pages[asked.length - 1]!) };
+    const keys = [];
+    for await (const o of new R2Store(bucket).list()) keys.push(o.key);
+    expect(keys).toEqual(["k1", "k2"]);
+    expect(asked).toEqual([undefined, "c1"]);
   });
 });
 

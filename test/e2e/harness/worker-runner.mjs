@@ -26,13 +26,28 @@ const { Miniflare, Log, LogLevel } = createRequire(wranglerPath)("miniflare");
 // 1.4 GB VmHWM). A single-part object streams with backpressure (the same read: no growth), as R2
 // itself does. `POST /single-part?key=K` rewrites object K as one part, reading
 // it in 8 MiB ranges (a range spans at most two parts), so a test can measure skiff's own buffering.
+// `GET /list?prefix=P` lists the bucket's keys, `PUT /object?key=K` writes one: for the sweep's tests.
 const LOCAL_R2_TOOLS = `
 const STEP = 8 * 1024 * 1024;
 export default {
   async fetch(request, env) {
     const url = new URL(request.url);
     const key = url.searchParams.get("key");
-    if (request.method !== "POST" || url.pathname !== "/single-part" || !key) return new Response("POST /single-part?key=K", { status: 404 });
+    if (request.method === "GET" && url.pathname === "/list") {
+      const keys = [];
+      let cursor;
+      do {
+        const page = await env.STORE.list({ prefix: url.searchParams.get("prefix") ?? "", cursor });
+        keys.push(...page.objects.map((o) => o.key));
+        cursor = page.truncated ? page.cursor : undefined;
+      } while (cursor);
+      return Response.json(keys);
+    }
+    if (request.method === "PUT" && url.pathname === "/object" && key) {
+      await env.STORE.put(key, await request.arrayBuffer());
+      return new Response(null, { status: 201 });
+    }
+    if (request.method !== "POST" || url.pathname !== "/single-part" || !key) return new Response("POST /single-part?key=K, GET /list?prefix=P, PUT /object?key=K", { status: 404 });
     const head = await env.STORE.head(key);
     if (!head) return new Response("no such object", { status: 404 });
     const body = new FixedLengthStream(head.size);
@@ -82,6 +97,8 @@ const mf = new Miniflare({
   port,
   // The placeholder `request.cf`: the default would fetch it from the Internet.
   cf: false,
+  // GET /cdn-cgi/handler/scheduled runs the Worker's scheduled handler, as its cron trigger would.
+  unsafeTriggerHandlers: true,
   // Local R2 (and any other local state) under persistDir.
   defaultPersistRoot: persistDir,
   // Request lines and warnings, as wrangler dev logs them.

@@ -123,6 +123,29 @@ export class WorkerSkiff {
     if (!res.ok) throw new Error(`rewriting ${key} as one part: HTTP ${res.status}: ${text.slice(0, 500)}`);
   }
 
+  /** The keys in local R2 under `prefix`, all of them. */
+  async bucketKeys(prefix = ""): Promise<string[]> {
+    return (await this.#tools(`/list?prefix=${encodeURIComponent(prefix)}`, { method: "GET" })).json() as Promise<string[]>;
+  }
+
+  /** Writes `bytes` to local R2 at `key`, behind skiff's back. */
+  async putObject(key: string, bytes: Uint8Array): Promise<void> {
+    await this.#tools(`/object?key=${encodeURIComponent(key)}`, { method: "PUT", body: bytes });
+  }
+
+  /** Runs the Worker's scheduled handler as its cron trigger would, and waits for it to end. */
+  async runScheduled(): Promise<void> {
+    const res = await fetch(`${this.url}/cdn-cgi/handler/scheduled?cron=${encodeURIComponent("17 * * * *")}`, { signal: AbortSignal.timeout(120_000) });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`scheduled handler: HTTP ${res.status}: ${text.slice(0, 500)}`);
+  }
+
+  async #tools(path: string, init: RequestInit): Promise<Response> {
+    const res = await fetch(`${this.url}${path}`, { ...init, headers: { "MF-Route-Override": "local-r2-tools" }, signal: AbortSignal.timeout(60_000) });
+    if (!res.ok) throw new Error(`local R2 tools ${path}: HTTP ${res.status}: ${(await res.text()).slice(0, 500)}`);
+    return res;
+  }
+
   /** Peak resident set size of the workerd process serving the Worker (VmHWM), in bytes. */
   workerdVmHWMBytes(): number {
     return this.workerdStatusBytes("VmHWM");
