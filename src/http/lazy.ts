@@ -16,7 +16,7 @@ import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import { parsePlatform } from "../convert/image.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { ConversionPending, type Conversions, type ImageBootstrap } from "../lazy/conversions.ts";
-import type { LayerIndex } from "../lazy/layer-index.ts";
+import type { ConvertedLayerIndex, LayerIndex } from "../lazy/layer-index.ts";
 import { isDigestLike, isValidTag, parseDigest } from "../oci/reference.ts";
 import type { ContentStore } from "../store/store.ts";
 import { OciError } from "../oci/errors.ts";
@@ -152,7 +152,7 @@ export function lazyHandler(deps: LazyDeps) {
       etag: `"sha256:${layer.dataDigest}"`,
       contentType: "application/octet-stream",
       headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
-      ...storedRegion(deps.store, layer.dataKey, { offset: 0, length: layer.dataSize }, vanished),
+      ...storedRegion(deps.store, layer.dataKey, { offset: 0, length: layer.dataSize }, () => vanished(layer)),
     });
     deps.metrics.inc("skiff_chunk_bytes_served_total", { route: "data" }, served.bytes);
     return served.response;
@@ -171,10 +171,20 @@ export function lazyHandler(deps: LazyDeps) {
       etag: `"${file}"`,
       contentType: "application/octet-stream",
       headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
-      ...storedRegion(deps.store, layer.dataKey, { offset: record.storedOffset, length: record.storedSize }, vanished),
+      ...storedRegion(deps.store, layer.dataKey, { offset: record.storedOffset, length: record.storedSize }, () => vanished(layer)),
     });
     deps.metrics.inc("skiff_chunk_bytes_served_total", { route: "chunks" }, served.bytes);
     return served.response;
+  }
+
+  /**
+   * The layer's data went behind the app's back (an R2 lifecycle rule, a hand in the directory):
+   * its bootstrap goes too, so that the next request converts the layer again; the node retries.
+   */
+  async function vanished(layer: ConvertedLayerIndex): Promise<OciError> {
+    deps.layers.forget(layer.bootstrapKey);
+    await deps.store.delete(layer.bootstrapKey).catch(() => {}); // if it stays, the next request comes here again
+    return new OciError("UNAVAILABLE", "converted data vanished from the store: it is converted again at the next request", { status: 503, headers: { "Retry-After": "1" } });
   }
 
   /**
@@ -210,7 +220,6 @@ export function lazyHandler(deps: LazyDeps) {
 
 }
 
-const vanished = () => new OciError("BLOB_UNKNOWN", "converted data vanished from the store");
 
 /** How long a bootstrap request may take to find its image's bootstrap stored, or its conversion started. */
 const FIND_WAIT_MS = 5_000;

@@ -92,10 +92,10 @@ export function etagListMatches(header: string | null, etag: string): boolean {
  * Reads for a region of a stored object (a whole blob, or one chunk inside a data blob); spans are
  * relative to the region. `missing` makes the error for an object that has vanished.
  */
-export function storedRegion(store: ContentStore, key: string, region: { offset: number; length: number }, missing: () => Error): Pick<RangedSource, "read" | "readBytes"> {
+export function storedRegion(store: ContentStore, key: string, region: { offset: number; length: number }, missing: () => Error | Promise<Error>): Pick<RangedSource, "read" | "readBytes"> {
   const absolute = (span?: { offset: number; length: number }) => (span ? { offset: region.offset + span.offset, length: span.length } : region);
   return {
-    read: async (span) => (await store.get(key, absolute(span))) ?? Promise.reject(missing()),
-    readBytes: store.readSpan ? async (span) => (await store.readSpan!(key, absolute(span))) ?? Promise.reject(missing()) : undefined,
+    read: async (span) => (await store.get(key, absolute(span))) ?? Promise.reject(await missing()),
+    readBytes: store.readSpan ? async (span) => (await store.readSpan!(key, absolute(span))) ?? Promise.reject(await missing()) : undefined,
   };
 }

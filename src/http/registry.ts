@@ -94,8 +94,14 @@ export function registryRoutes(deps: RegistryDeps): Hono {
     const request = c.req.raw;
     const cached = await deps.blobs.cached(name, digest);
     if (cached) {
-      deps.metrics.inc("skiff_cache_hits_total", { kind: "blob" });
-      return counted(await serveStoredBlob(request, digest, cached.size, cacheScope));
+      try {
+        const served = await serveStoredBlob(request, digest, cached.size, cacheScope);
+        deps.metrics.inc("skiff_cache_hits_total", { kind: "blob" });
+        return counted(served);
+      } catch (err) {
+        // Gone between the lookup and the read (evicted, or a bucket's lifecycle rule): a miss.
+        if (!(err instanceof BlobVanished)) throw err;
+      }
     }
     deps.metrics.inc("skiff_cache_misses_total", { kind: "blob" });
     if (request.method === "HEAD") {
@@ -176,9 +182,16 @@ export function storedBlob(deps: Pick<RegistryDeps, "store" | "blobs">, digest: 
     headers: { "Docker-Content-Digest": digest.value, "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
     ...storedRegion(deps.store, blobKey(digest), { offset: 0, length: size }, () => {
       deps.blobs.forget(digest);
-      return new OciError("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+      return new BlobVanished(digest);
     }),
   };
+}
+
+/** A blob found cached was gone when it was read. */
+class BlobVanished extends OciError {
+  constructor(digest: Digest) {
+    super("BLOB_UNKNOWN", `blob ${digest.value} vanished from the store`);
+  }
 }
 
 export function apiVersionResponse(method: string): Response {

@@ -9,6 +9,7 @@ import { getBytes, type ContentStore } from "../store/store.ts";
 
 export interface ConvertedLayerIndex {
   bootstrap: Bootstrap;
+  bootstrapKey: string;
   dataKey: string;
   /** sha256 hex of the data blob, its strong validator. */
   dataDigest: string;
@@ -41,6 +42,7 @@ export class LayerIndex {
     const blob = bootstrap.blob(0);
     const entry: ConvertedLayerIndex = {
       bootstrap,
+      bootstrapKey: key,
       dataKey: layerDataKey(layer, params),
       dataDigest: toHex(blob.dataDigest),
       dataSize: blob.storedSize,

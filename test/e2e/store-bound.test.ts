@@ -5,7 +5,7 @@
 // still gets every chunk (converted again) without asking for the bootstrap first. The images'
 // configs are never evicted.
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Bootstrap } from "../../src/format/decode.ts";
@@ -147,4 +147,19 @@ describe("a store bounded below what three images need", () => {
     expect(await skiff.metric("skiff_store_bytes")).toBeLessThanOrEqual(BOUND);
     expect(await skiff.metric("skiff_store_max_bytes")).toBe(BOUND);
   }, 300_000);
+
+  test("a converted layer whose data went behind skiff's back: 503 + Retry-After once, then converted again", async () => {
+    const boot = Bootstrap.decode(await bootstrapOf(2));
+    const rec = boot.chunk(0);
+    const layer = boot.blob(rec.blob).layerDigest;
+    const hex = layer.slice("sha256:".length);
+    rmSync(join(skiff.dataDir, "converted", "layers", "sha256", hex.slice(0, 2), hex, "v1-c20-none", "data"));
+    const url = `${skiff.url}/v2/${repo(2)}/_skiff/layers/${layer}/v1-c20-none/chunks/${toHex(rec.digest)}.none`;
+    const first = await transfer(url, {}, 60_000);
+    expect(first.status, first.body.toString("utf8").slice(0, 300)).toBe(503);
+    expect(first.headers.get("retry-after")).toBe("1");
+    const again = await transfer(url, {}, 120_000);
+    expect(again.status, again.body.toString("utf8").slice(0, 300)).toBe(200);
+    expect(createHash("sha256").update(again.body).digest("hex")).toBe(toHex(rec.digest));
+  }, 180_000);
 });

@@ -129,7 +129,7 @@ export class WorkerSkiff {
   }
 
   /** Writes `bytes` to local R2 at `key`, behind skiff's back. */
-  async putObject(key: string, bytes: Uint8Array): Promise<void> {
+  async putObject(key: string, bytes: Uint8Array<ArrayBuffer>): Promise<void> {
     await this.#tools(`/object?key=${encodeURIComponent(key)}`, { method: "PUT", body: bytes });
   }
 
