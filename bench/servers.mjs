@@ -138,12 +138,15 @@ export async function pushBlob(registryBase, name, bytes, digest) {
   return `${registryBase}/v2/${name}/blobs/${digest}`;
 }
 
-/** skiff in front of `upstream` on one runtime: "node", "deno" or "workerd". */
-export async function startSkiff(runtime, dir, upstream) {
+/**
+ * skiff in front of `upstream` on one runtime: "node", "deno" or "workerd". `name` tells apart the
+ * store directories of several on one runtime; `args` are more `skiff serve` flags (Node and Deno).
+ */
+export async function startSkiff(runtime, dir, upstream, { name = runtime, args = [] } = {}) {
   const port = await freePort();
-  const data = join(dir, `skiff-${runtime}`);
+  const data = join(dir, `skiff-${name}`);
   mkdirSync(data, { recursive: true });
-  const serveArgs = ["--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data];
+  const serveArgs = ["--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, ...args];
   let server;
   if (runtime === "node") {
     server = pinned(process.execPath, [join(root, "bin", "skiff.js"), "serve", ...serveArgs]);
