@@ -108,7 +108,11 @@ export class BoundedStore implements ContentStore {
     const units = [...store.#units].sort(([, a], [, b]) => a.usedMs - b.usedMs);
     store.#units.clear();
     for (const [name, unit] of units) store.#units.set(name, unit);
-    await store.#reserve(0, "the store as found at start");
+    await store.#reserve(0, "the store as found at start").catch((err: unknown) => {
+      // What can't be evicted (manifests, tags, links) is over the bound: serve anyway, caching less.
+      if (!(err instanceof StoreFullError)) throw err;
+      store.#log(`store: ${store.#bytes} bytes that are never evicted are over the bound of ${store.#max}`);
+    });
     return store;
   }
 
