@@ -29,7 +29,11 @@ export async function serveCommand(argv: string[], start?: StartServer): Promise
   let stop!: () => void;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
   for (const s of SIGNALS) process.on(s, stop);
+  // With TLS, SIGHUP reads the certificate and key again (the server logs what came of it).
+  const reload = server.reloadTls && (() => void server.reloadTls!("SIGHUP"));
+  if (reload) process.on("SIGHUP", reload);
   await stopped;
+  if (reload) process.off("SIGHUP", reload);
   // A second signal kills as usual; close() stops accepting and waits for requests in flight.
   for (const s of SIGNALS) process.off(s, stop);
   await server.close();
