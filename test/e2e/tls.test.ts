@@ -164,6 +164,12 @@ describe.each(["node", "deno"] as const)("skiff serving https on %s", (runtime) 
   test("over HTTP/2, whole layers and byte ranges of them (cold and cached) are the registry's bytes", async () => {
     const session = http2Connect(skiff.url, { ca: readFileSync(first.ca) });
     try {
+      // HEAD, as clients resolve a tag: the manifest's length and digest, no body.
+      const head = await h2Get(session, "/v2/e2e/tls/manifests/v1", { ":method": "HEAD", accept: image.manifest.mediaType });
+      expect(head.status).toBe(200);
+      expect(head.headers["docker-content-digest"]).toBe(image.manifest.digest);
+      expect(head.headers["content-length"]).toBe(String(image.manifestBytes.length));
+      expect(head.body.length).toBe(0);
       for (const layer of image.layers) {
         const bytes = image.layout.readBlob(layer.digest);
         const path = `/v2/e2e/tls/blobs/${layer.digest}`;
