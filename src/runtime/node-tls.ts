@@ -26,21 +26,24 @@ const FIRST_BYTE_MS = 10_000;
 /** An HTTP/2 connection with no activity for this long is closed; an idle HTTP/1.1 one after 5 s, as node:http does. */
 const H2_IDLE_MS = 120_000;
 const HTTP1_KEEP_ALIVE_MS = 5_000;
+/** An HTTP/1.1 connection must send its first request within this (node:http's headers timeout). */
+const FIRST_REQUEST_MS = 60_000;
 
 export function tlsServer(pair: TlsPair, listener: NodeRequestListener): TlsServer {
   let closing = false;
   const sessions = new Set<Http2Session>();
-  // HTTP/1.1 connections and how many requests each has in flight, to close the idle ones on close().
-  const http1 = new Map<TLSSocket, number>();
+  // HTTP/1.1 connections: how many requests each has in flight, to close the idle ones on close(),
+  // and until its first request, the timer that drops it if none comes.
+  const http1 = new Map<TLSSocket, { inFlight: number; firstRequest: NodeJS.Timeout }>();
 
   const secure = createSecureServer({ allowHTTP1: true, cert: pair.cert, key: pair.key }, (req, res) => {
-    if (req.httpVersionMajor === 1) {
+    const connection = req.httpVersionMajor === 1 && http1.get(req.socket as TLSSocket);
+    if (connection) {
       const socket = req.socket as TLSSocket;
-      http1.set(socket, (http1.get(socket) ?? 0) + 1);
+      clearTimeout(connection.firstRequest);
+      connection.inFlight++;
       res.once("close", () => {
-        const left = (http1.get(socket) ?? 1) - 1;
-        http1.set(socket, left);
-        if (closing && left === 0) socket.end();
+        if (--connection.inFlight === 0 && closing) socket.end();
       });
     }
     listener(req, res);
@@ -49,8 +52,15 @@ export function tlsServer(pair: TlsPair, listener: NodeRequestListener): TlsServ
   Object.assign(secure, { keepAliveTimeout: HTTP1_KEEP_ALIVE_MS });
   secure.on("secureConnection", (socket: TLSSocket) => {
     if (socket.alpnProtocol === "h2") return;
-    http1.set(socket, 0);
-    socket.once("close", () => http1.delete(socket));
+    if (closing) return void socket.end();
+    // node:http's headers timeout needs connection tracking that only a listening server sets up;
+    // this one is handed its connections, so a connection that sends no request in time is dropped here.
+    const firstRequest = setTimeout(() => socket.destroy(), FIRST_REQUEST_MS);
+    http1.set(socket, { inFlight: 0, firstRequest });
+    socket.once("close", () => {
+      clearTimeout(firstRequest);
+      http1.delete(socket);
+    });
   });
   secure.on("session", (session: Http2Session) => {
     if (closing) return void session.close();
@@ -84,7 +94,7 @@ export function tlsServer(pair: TlsPair, listener: NodeRequestListener): TlsServ
         // Resolves once every connection the front door took has closed.
         server.close(() => resolve());
         for (const session of sessions) session.close();
-        for (const [socket, inFlight] of http1) if (inFlight === 0) socket.end();
+        for (const [socket, { inFlight }] of http1) if (inFlight === 0) socket.end();
       }),
   };
 }
