@@ -41,7 +41,7 @@ Options:
   --max-age DURATION        also evict what has not been used for DURATION, e.g. 30d, 12h
                             (default: never, or the config file's store.maxAge)
   --tls-cert FILE           serve https with this PEM certificate chain (leaf first), HTTP/2 to
-                            clients that offer it; read again on SIGHUP and when the file changes
+                            clients that offer it; read again on SIGHUP and when the files change
   --tls-key FILE            the PEM private key of --tls-cert (give both or neither)
   --tag-ttl SECONDS         how long a tag answer is served before asking upstream again, for
                             upstreams that set no tagTtl (default 60)
