@@ -27,10 +27,6 @@ export async function startDenoServer(opts: ServerOptions): Promise<RunningServe
     return withTimeouts(((input: RequestInfo | URL, init?: RequestInit) => fetch(input, { ...init, client: own })) as typeof fetch, UPSTREAM_TIMEOUTS);
   };
   const skiff = await fsApp(opts, fetchFor);
-  const closeClients = () => {
-    for (const client of clients.values()) client.close();
-  };
-
   if (pair) {
     const https = denoTlsServer(opts.host, opts.port, pair, (request) => skiff.app.fetch(request));
     const log = opts.log ?? (() => {});
@@ -43,7 +39,8 @@ export async function startDenoServer(opts: ServerOptions): Promise<RunningServe
       close: async () => {
         reloader.stop();
         await https.close();
-        closeClients();
+        skiff.stopSweeps();
+        for (const client of clients.values()) client.close();
       },
     };
   }
