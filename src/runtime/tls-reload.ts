@@ -1,10 +1,11 @@
 // When to read the TLS pair again: on request (SIGHUP, wired by the serve command) and when its
 // files change. The files are polled rather than watched: renewal tools and Kubernetes secrets
-// replace them by rename or swap a symlink, which a watch on the old inode never sees; two stats
-// every couple of seconds cost nothing. A pair that fails to read or check is logged and the one in
-// use is kept; a change is acted on once both files have held still for a poll, because renewal
-// tools write the certificate and the key one after the other.
-import { stat } from "node:fs/promises";
+// replace them by rename or swap a symlink, which a watch on the old inode never sees. A poll reads
+// both (a few KB every couple of seconds) and compares their bytes, which no coarse mtime or
+// same-size rewrite can fool. A pair that fails to read or check is logged and the one in use is
+// kept; a change is acted on once both files have held still for a poll, because renewal tools
+// write the certificate and the key one after the other.
+import { readFile } from "node:fs/promises";
 import { readTlsPair, type TlsFiles, type TlsPair } from "./tls-pair.ts";
 
 export interface TlsReloader {
@@ -27,8 +28,9 @@ export function watchTlsPair(
   pollMs = TLS_POLL_MS,
 ): TlsReloader {
   let inUse = current;
-  // The files' state last acted on, and a change seen but not yet held still for a poll.
-  let settled: string | undefined;
+  // The files' contents last acted on (at first, those of the pair in use), and a change seen but
+  // not yet held still for a poll.
+  let settled = stateOf(current.cert, current.key);
   let pending: string | undefined;
   let queue = Promise.resolve();
 
@@ -38,7 +40,7 @@ export function watchTlsPair(
       pending = undefined;
       try {
         const pair = await readTlsPair(files);
-        if (pair.fingerprint === inUse.fingerprint && pair.key === inUse.key) return log(`TLS ${why}: certificate unchanged (${pair.summary})`);
+        if (pair.cert === inUse.cert && pair.key === inUse.key) return log(`TLS ${why}: certificate unchanged (${pair.summary})`);
         await apply(pair);
         inUse = pair;
         log(`TLS certificate reloaded (${why}): ${pair.summary}`);
@@ -49,12 +51,10 @@ export function watchTlsPair(
 
   const poll = async () => {
     const now = await filesState(files);
-    if (settled === undefined) settled = now; // the state the first pair was read in
-    else if (now === settled) pending = undefined;
+    if (now === settled) pending = undefined;
     else if (now !== pending) pending = now; // changed: wait for it to hold still
     else await reload("files changed", now);
   };
-  void poll();
   let polling = false;
   const timer = setInterval(() => {
     if (polling) return;
@@ -68,15 +68,11 @@ export function watchTlsPair(
   };
 }
 
-/** What tells a file's new version from the old: inode, size, mtime (symlinks followed). */
+/** The files' contents as they are now (or why they can't be read), to compare with a later poll. */
 async function filesState(files: TlsFiles): Promise<string> {
-  const states = await Promise.all(
-    [files.cert, files.key].map((path) =>
-      stat(path).then(
-        (s) => `${s.ino}:${s.size}:${s.mtimeMs}`,
-        (err: { code?: string }) => `missing:${err.code}`,
-      ),
-    ),
-  );
-  return states.join("|");
+  const read = (path: string) => readFile(path, "utf8").catch((err: { code?: string }) => ({ unreadable: err.code }));
+  const [cert, key] = await Promise.all([read(files.cert), read(files.key)]);
+  return stateOf(cert, key);
 }
+
+const stateOf = (cert: unknown, key: unknown) => JSON.stringify([cert, key]);
