@@ -15,7 +15,8 @@ Runs the pull-through registry mirror, caching verified content under --data.
 Upstreams and access (docs/configuration.md):
   --config FILE             JSON config: several upstreams by prefix, credentials, access mode
                             (or $SKIFF_CONFIG)
-  --check                   validate the config, print what it resolves to (no secrets), exit
+  --check                   validate the config (and the --tls-cert pair), print what it
+                            resolves to (no secrets), exit
 Or a single upstream, without a config file:
   --upstream URL            upstream registry origin (default https://registry-1.docker.io,
                             or $SKIFF_UPSTREAM)

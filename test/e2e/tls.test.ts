@@ -285,4 +285,14 @@ describe("serve's TLS flags", () => {
       expect(r.stdout).toBe("");
     }
   }, 30_000);
+
+  test("--check checks the pair too", async () => {
+    const good = await serve(["--check", "--tls-cert", first.certificate, "--tls-key", first.key]);
+    expect(good.code, good.stderr).toBe(0);
+    expect(good.stdout).toContain(`TLS certificate CN=127.0.0.1, valid until `);
+    expect(good.stdout).toContain(`sha256 ${fingerprintOf(first)}\n`);
+    const bad = await serve(["--check", "--tls-cert", first.certificate, "--tls-key", second.key]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toBe(`skiff serve: TLS key ${second.key} does not match the certificate in ${first.certificate}\n`);
+  }, 30_000);
 });
