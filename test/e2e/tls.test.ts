@@ -225,6 +225,7 @@ describe.each(["node", "deno"] as const)("skiff serving https on %s", (runtime) 
       const seen = await waitFor("the new certificate", async () => ((await handshake(skiff)).fingerprint === fingerprintOf(second) ? true : undefined), { timeoutMs: 10_000, intervalMs: 100 });
       expect(seen).toBe(true);
       expect(skiff.log()).toMatch(/TLS certificate reloaded \(SIGHUP\): .*CN=127\.0\.0\.1/);
+      expect(await handshake(skiff, ["h2", "http/1.1"])).toEqual({ fingerprint: fingerprintOf(second), alpn: "h2" });
       expect(skiff.pid).toBe(pid);
       expect(skiff.running).toBe(true);
       // A client that trusts only the new CA pulls; on Node the connection opened before the reload
