@@ -1,14 +1,17 @@
 // skiff serving https itself (`--tls-cert --tls-key`), on Node and on Deno, with a certificate from
-// a private CA: skopeo and containerd pull through it trusting only that CA; HTTP/2 is negotiated
+// a private CA: skopeo and containerd pull through it, and `skiff mount` mounts from it, trusting
+// only that CA; HTTP/2 is negotiated
 // when the client offers it and HTTP/1.1 otherwise; a plain-http request to the port is refused
 // cleanly; and a new certificate is served after SIGHUP or a rewrite of the files, by the same
 // process, while a bad new pair is refused and the old one kept.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { spawn, spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { copyFileSync, mkdirSync, readFileSync } from "node:fs";
 import { connect as http2Connect, type ClientHttp2Session, type IncomingHttpHeaders } from "node:http2";
 import { connect as netConnect } from "node:net";
 import { connect as tlsConnect } from "node:tls";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Registry, type TlsFiles } from "./harness/registry.ts";
 import { Skiff, SKIFF_BIN, type SkiffRuntime } from "./harness/skiff.ts";
@@ -258,6 +261,31 @@ describe.each(["node", "deno"] as const)("skiff serving https on %s", (runtime) 
     expect(skiff.pid).toBe(pid);
     expect(skiff.running).toBe(true);
   }, 60_000);
+});
+
+describe("the node side over https", () => {
+  test("skiff mount --ca mounts an image from an https skiff and reads its files", async () => {
+    const { skiff } = await startTls("node");
+    const mountpoint = tempDir("tls-mnt");
+    const agent = spawn(process.execPath, [SKIFF_BIN, "mount", `${skiff.url}/e2e/tls:v1`, mountpoint, "--ca", first.ca, "--cache", tempDir("tls-chunks")], { stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    agent.stdout.on("data", (d) => (output += d));
+    agent.stderr.on("data", (d) => (output += d));
+    try {
+      await waitFor("the mount", async () => {
+        if (agent.exitCode !== null) throw new Error(`skiff mount exited ${agent.exitCode}: ${output}`);
+        return output.includes("mounted ") ? true : undefined;
+      }, { timeoutMs: 60_000, intervalMs: 100 });
+      // The agent is another process: reading its mount from here can't deadlock it.
+      for (let i = 0; i < image.layers.length; i++) expect(await readFile(join(mountpoint, `data/l${i}/seed.txt`), "utf8")).toBe(`skiff-tls layer ${i}\n`);
+    } finally {
+      if (agent.exitCode === null) {
+        agent.kill("SIGTERM");
+        await new Promise((r) => agent.once("exit", r));
+      }
+      spawnSync("fusermount", ["-uz", mountpoint]);
+    }
+  }, 120_000);
 });
 
 describe("serve's TLS flags", () => {
