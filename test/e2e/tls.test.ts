@@ -1,9 +1,8 @@
 // skiff serving https itself (`--tls-cert --tls-key`), on Node and on Deno, with a certificate from
 // a private CA: skopeo and containerd pull through it, and `skiff mount` mounts from it, trusting
-// only that CA; HTTP/2 is negotiated
-// when the client offers it and HTTP/1.1 otherwise; a plain-http request to the port is refused
-// cleanly; and a new certificate is served after SIGHUP or a rewrite of the files, by the same
-// process, while a bad new pair is refused and the old one kept.
+// only that CA; HTTP/2 is negotiated when the client offers it and HTTP/1.1 otherwise; a plain-http
+// request to the port is refused cleanly; and a new certificate is served after SIGHUP or a rewrite
+// of the files, by the same process, while a bad new pair is refused and the old one kept.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { spawn, spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
