@@ -5,6 +5,7 @@ import { ConfigError, resolveConfig, type SkiffConfig } from "../config/config.t
 import { parseServeSettings, SERVE_DEFAULTS, SettingsError, type AppSettings } from "../config/serve-settings.ts";
 import { DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED_BYTES } from "../convert/layer.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
+import type { TlsFiles } from "../runtime/tls-pair.ts";
 import { durationFlag, integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
 
 export const serveHelp = `Usage: skiff serve [--config FILE | --upstream URL ...] [options]
@@ -14,7 +15,8 @@ Runs the pull-through registry mirror, caching verified content under --data.
 Upstreams and access (docs/configuration.md):
   --config FILE             JSON config: several upstreams by prefix, credentials, access mode
                             (or $SKIFF_CONFIG)
-  --check                   validate the config, print what it resolves to (no secrets), exit
+  --check                   validate the config (and the --tls-cert pair), print what it
+                            resolves to (no secrets), exit
 Or a single upstream, without a config file:
   --upstream URL            upstream registry origin (default https://registry-1.docker.io,
                             or $SKIFF_UPSTREAM)
@@ -39,6 +41,9 @@ Options:
                             for (default: no bound, or the config file's store.maxSize)
   --max-age DURATION        also evict what has not been used for DURATION, e.g. 30d, 12h
                             (default: never, or the config file's store.maxAge)
+  --tls-cert FILE           serve https with this PEM certificate chain (leaf first), HTTP/2 to
+                            clients that offer it; read again on SIGHUP and when the files change
+  --tls-key FILE            the PEM private key of --tls-cert (give both or neither)
   --tag-ttl SECONDS         how long a tag answer is served before asking upstream again, for
                             upstreams that set no tagTtl (default 60)
   --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default ${SERVE_DEFAULTS["max-layer-size"]})
@@ -61,7 +66,7 @@ Options:
                             (docs/api.md#bootstrap); default on
   -h, --help                show this help
 
-When ready it prints one line: skiff listening on http://HOST:PORT`;
+When ready it prints one line: skiff listening on http://HOST:PORT (https:// with --tls-cert)`;
 
 const SINGLE_UPSTREAM_FLAGS = ["upstream", "upstream-user", "upstream-password", "upstream-ca", "upstream-public", "access", "allow-host", "registry-alias"] as const;
 
@@ -76,6 +81,8 @@ export interface ServeOptions {
   maxStoreBytes?: number;
   maxAgeMs?: number;
   settings: AppSettings;
+  /** `--tls-cert` and `--tls-key`: serve https. */
+  tls?: TlsFiles;
 }
 
 /** The options the arguments and environment describe, or null when they ask for help. */
@@ -96,6 +103,8 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     data: { type: "string" },
     "max-store-size": { type: "string" },
     "max-age": { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
     "tag-ttl": { type: "string" },
     "max-layer-size": { type: "string" },
     "max-expanded-size": { type: "string" },
@@ -109,6 +118,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
   });
   if (values.help) return null;
   if (values["no-learned-prefetch"] && values["learned-prefetch"] !== undefined) throw new UsageError("give one of --learned-prefetch and --no-learned-prefetch");
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) throw new UsageError("give both --tls-cert and --tls-key, or neither");
   try {
     const { tagTtlSeconds, ...settings } = parseServeSettings({ ...values, "learned-prefetch": values["no-learned-prefetch"] ? "off" : values["learned-prefetch"] });
     const configFile = values.config ?? env.SKIFF_CONFIG;
@@ -135,6 +145,7 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
       port: integerFlag(values.port, "port", 8080, 0, 65535),
       dataDir: values.data ?? "./data",
       settings,
+      ...(values["tls-cert"] !== undefined && { tls: { cert: values["tls-cert"], key: values["tls-key"]! } }),
     };
   } catch (err) {
     if (err instanceof SettingsError) throw new UsageError(err.spelled((s) => `--${s}`));

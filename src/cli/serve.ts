@@ -1,6 +1,7 @@
 // `skiff serve`: the pull-through registry proxy, on Node (src/runtime/node.ts) or on the runtime
 // whose skiff command brings its own server (Deno: src/cli/deno.ts).
 import type { RunningServer, ServerOptions } from "../runtime/fs-server.ts";
+import { readTlsPair } from "../runtime/tls-pair.ts";
 import { describeConfig, parseServeOptions, serveHelp } from "./serve-options.ts";
 
 export { serveHelp };
@@ -17,6 +18,8 @@ export async function serveCommand(argv: string[], start?: StartServer): Promise
   }
   if (opts.check) {
     console.log(describeConfig(opts.config));
+    // A renewed certificate can be checked before the running server is asked to take it.
+    if (opts.tls) console.log(`TLS certificate ${(await readTlsPair(opts.tls)).summary}`);
     return 0;
   }
   const log = (message: string) => process.stderr.write(`${new Date().toISOString()} ${message}\n`);
@@ -29,7 +32,11 @@ export async function serveCommand(argv: string[], start?: StartServer): Promise
   let stop!: () => void;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
   for (const s of SIGNALS) process.on(s, stop);
+  // With TLS, SIGHUP reads the certificate and key again (the server logs what came of it).
+  const reload = server.reloadTls && (() => void server.reloadTls!("SIGHUP"));
+  if (reload) process.on("SIGHUP", reload);
   await stopped;
+  if (reload) process.off("SIGHUP", reload);
   // A second signal kills as usual; close() stops accepting and waits for requests in flight.
   for (const s of SIGNALS) process.off(s, stop);
   await server.close();

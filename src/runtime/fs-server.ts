@@ -12,6 +12,7 @@ import { sweepGarbage } from "../store/gc.ts";
 import type { ContentStore } from "../store/store.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
 import { nodeGzip } from "./node-gzip.ts";
+import type { TlsFiles } from "./tls-pair.ts";
 
 export interface ServerOptions {
   config: SkiffConfig;
@@ -24,6 +25,8 @@ export interface ServerOptions {
   /** Evict what has not been used for this long (never when absent). */
   maxAgeMs?: number;
   log?: (message: string) => void;
+  /** Serve https with this certificate and key, read again when they change (tls-reload.ts). */
+  tls?: TlsFiles;
 }
 
 /** The app over the filesystem store, and how to stop the store's periodic sweeps. */
@@ -40,6 +43,8 @@ export interface RunningServer extends SkiffApp {
   url: string;
   /** Stops accepting, lets requests in flight finish, then closes the upstream connections. */
   close(): Promise<void>;
+  /** With `tls`: reads the certificate and key again now (SIGHUP); `why` goes in the log. */
+  reloadTls?(why: string): Promise<void>;
 }
 
 /** `chunkEncoder`: the entry's chunk encoding (Node's worker threads), if any. */
@@ -73,6 +78,6 @@ async function sweep(store: ContentStore, graceMs: number, log: (message: string
 }
 
 /** The URL of a server listening at `address` (an IPv6 one goes in brackets). */
-export function serverUrl(address: string, port: number): string {
-  return `http://${address.includes(":") ? `[${address}]` : address}:${port}`;
+export function serverUrl(address: string, port: number, scheme: "http" | "https" = "http"): string {
+  return `${scheme}://${address.includes(":") ? `[${address}]` : address}:${port}`;
 }

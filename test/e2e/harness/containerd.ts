@@ -16,9 +16,10 @@ export interface PulledImage {
 
 /**
  * Write `<hostsDir>/<registryHostPort>/hosts.toml` making `mirrorUrl` a pull/resolve mirror of the
- * registry (containerd then asks the mirror first, with `?ns=<registryHostPort>`).
+ * registry (containerd then asks the mirror first, with `?ns=<registryHostPort>`); an https mirror's
+ * certificate is checked against the CA certificate file `ca` when given.
  */
-export function writeMirrorHostsToml(hostsDir: string, registryHostPort: string, mirrorUrl: string): string {
+export function writeMirrorHostsToml(hostsDir: string, registryHostPort: string, mirrorUrl: string, ca?: string): string {
   const dir = join(hostsDir, registryHostPort);
   mkdirSync(dir, { recursive: true });
   const path = join(dir, "hosts.toml");
@@ -30,6 +31,7 @@ export function writeMirrorHostsToml(hostsDir: string, registryHostPort: string,
       "",
       `[host."${mirror}"]`,
       `  capabilities = ["pull", "resolve"]`,
+      ...(ca !== undefined ? [`  ca = ${JSON.stringify(ca)}`] : []),
       "",
     ].join("\n"),
   );

@@ -1,10 +1,12 @@
 // The skiff proxy under test, as a child process: `node bin/skiff.js serve …` (needs `npm run build`),
-// or on Deno the command of deno.json's `serve` task. Parses the `skiff listening on http://HOST:PORT`
+// or on Deno the command of deno.json's `serve` task. Parses the `skiff listening on http(s)://HOST:PORT`
 // line, and reads memory use and /metrics.
 import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ChildProcess } from "node:child_process";
+import { Agent, fetch as undiciFetch } from "undici";
+import type { TlsFiles } from "./registry.ts";
 import { tempDir } from "./workdir.ts";
 import { childEnv, hasExited, spawnService, stopChild } from "./processes.ts";
 
@@ -54,9 +56,11 @@ export interface SkiffOptions {
   startTimeoutMs?: number;
   /** Runtime of the server (default: defaultRuntime()). */
   runtime?: SkiffRuntime;
+  /** Serve https with these files (`--tls-cert`, `--tls-key`); the harness's own requests trust `ca`. */
+  tls?: TlsFiles;
 }
 
-const LISTENING = /^skiff listening on (http:\/\/\S+?)\/?$/;
+const LISTENING = /^skiff listening on (https?:\/\/\S+?)\/?$/;
 
 export class Skiff {
   readonly dataDir: string;
@@ -64,9 +68,12 @@ export class Skiff {
   readonly url: string;
   readonly runtime: SkiffRuntime;
   private readonly child: ChildProcess;
+  /** With TLS: a client that trusts skiff's CA, for the harness's own requests. */
+  private readonly dispatcher: Agent | undefined;
 
-  private constructor(child: ChildProcess, url: string, dataDir: string, logPath: string, runtime: SkiffRuntime) {
+  private constructor(child: ChildProcess, url: string, dataDir: string, logPath: string, runtime: SkiffRuntime, tls?: TlsFiles) {
     this.child = child;
+    this.dispatcher = tls && new Agent({ connect: { ca: readFileSync(tls.ca, "utf8") } });
     this.url = url;
     this.dataDir = dataDir;
     this.logPath = logPath;
@@ -95,6 +102,7 @@ export class Skiff {
     if (o.upstreamPassword !== undefined) args.push("--upstream-password", o.upstreamPassword);
     for (const h of o.allowHosts ?? []) args.push("--allow-host", h);
     for (const a of o.registryAliases ?? []) args.push("--registry-alias", a);
+    if (o.tls !== undefined) args.push("--tls-cert", o.tls.certificate, "--tls-key", o.tls.key);
     args.push(...(o.extraArgs ?? []));
 
     const err = openSync(logPath, "a");
@@ -148,7 +156,7 @@ export class Skiff {
       await stopChild(child, 2_000);
       throw e;
     });
-    return new Skiff(child, url, dataDir, logPath, runtime);
+    return new Skiff(child, url, dataDir, logPath, runtime, o.tls);
   }
 
   get pid(): number {
@@ -179,6 +187,7 @@ export class Skiff {
 
   async stop(): Promise<void> {
     await stopChild(this.child);
+    await this.dispatcher?.close();
   }
 
   /** Peak resident set size (VmHWM from /proc/PID/status), in bytes. */
@@ -193,7 +202,7 @@ export class Skiff {
 
   /** GET /metrics (raw text). */
   async metricsText(): Promise<string> {
-    const res = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    const res = await undiciFetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000), dispatcher: this.dispatcher });
     const text = await res.text();
     if (res.status !== 200) throw new Error(`GET /metrics: ${res.status} ${text.slice(0, 500)}`);
     return text;

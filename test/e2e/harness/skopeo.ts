@@ -32,10 +32,13 @@ export interface SkopeoCopyOptions {
   /** Fail rather than change any digest (`--preserve-digests`). */
   preserveDigests?: boolean;
   timeoutMs?: number;
+  /** Verify the source's TLS certificate against the CA certificates (`*.crt`) in this directory. */
+  srcCertDir?: string;
 }
 
 function copyArgs(src: string, dest: string, o: SkopeoCopyOptions, policy: string): string[] {
-  const args = ["--policy", policy, "copy", "--src-tls-verify=false", "--dest-tls-verify=false"];
+  const srcTls = o.srcCertDir !== undefined ? ["--src-tls-verify=true", "--src-cert-dir", o.srcCertDir] : ["--src-tls-verify=false"];
+  const args = ["--policy", policy, "copy", ...srcTls, "--dest-tls-verify=false"];
   args.push(o.srcCreds !== undefined ? `--src-creds=${o.srcCreds}` : "--src-no-creds");
   if (o.destCreds !== undefined) args.push(`--dest-creds=${o.destCreds}`);
   if (o.all === true) args.push("--all");
