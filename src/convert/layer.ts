@@ -16,7 +16,7 @@ import type { BootstrapModel, ChunkRecord } from "../format/model.ts";
 import { fromHex, toHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
-import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint } from "./checkpoint.ts";
+import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint, type Segment } from "./checkpoint.ts";
 import { codecId } from "../format/codec.ts";
 import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
 import { compressionForMediaType, LayerFormatError, type GunzipFactory } from "./decompress.ts";
@@ -141,15 +141,30 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   const checkpointKey = layerCheckpointKey(layer.digest, id);
   // Refused before anything is downloaded.
   if (compressionForMediaType(layer.mediaType) === null) throw new LayerFormatError(`unsupported layer media type ${JSON.stringify(layer.mediaType)}`);
-  const existing = await getBytes(store, bootstrapKey);
-  if (existing) return { bootstrap: Bootstrap.decode(existing), bootstrapKey, dataKey, converted: false };
-
-  const from = opts.budget ? await loadCheckpoint(store, checkpointKey, layer.digest.value, id) : null;
   // The first step writes at the data key itself, so a layer done in one step is never copied.
   // The others are named by the chunk they begin at: two steps that raced from one checkpoint wrote
   // the same bytes under one name, or differ in size, which joining notices.
   const segmentKey = (fromChunk: number) => (fromChunk === 0 ? dataKey : layerSegmentKey(layer.digest, id, fromChunk));
+  /** After the bootstrap is written: the segments but the first (the data blob), then the checkpoint that lists them. */
+  const dropFinishedSteps = async (segments: Segment[]) => {
+    for (const s of segments.slice(1)) await store.delete(segmentKey(s.from));
+    await store.delete(checkpointKey);
+  };
+  const existing = await getBytes(store, bootstrapKey);
+  if (existing) {
+    // A process stopped between writing the bootstrap and clearing its steps away leaves them to the
+    // next: those the checkpoint lists, and the last step's, which begins where the checkpoint ends.
+    const left = opts.budget ? await loadCheckpoint(store, checkpointKey, layer.digest.value, id) : null;
+    if (left) await dropFinishedSteps([...left.segments, { from: left.ordinals.length, size: 0 }]);
+    return { bootstrap: Bootstrap.decode(existing), bootstrapKey, dataKey, converted: false };
+  }
+
+  const from = opts.budget ? await loadCheckpoint(store, checkpointKey, layer.digest.value, id) : null;
   const segment = { from: from?.ordinals.length ?? 0, size: 0 };
+  const dropSteps = async () => {
+    await store.delete(checkpointKey);
+    for (const s of from?.segments ?? []) await store.delete(segmentKey(s.from));
+  };
   const upload = await store.put(segmentKey(segment.from));
   // Most chunks are small files' only chunk: they reach the store in batches.
   const batched = new BatchedWriter((bytes) => upload.write(bytes), WRITE_BATCH_BYTES);
@@ -176,10 +191,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     // layer, or not the layer its digest names), are dropped with their segments: the next attempt
     // starts over, and a bad layer leaves nothing behind. Other failures (the upstream, the store)
     // keep the steps done so far for the next attempt.
-    if (err instanceof CheckpointError || err instanceof LayerFormatError || err instanceof TarError || err instanceof LayerDigestError) {
-      await store.delete(checkpointKey);
-      for (const s of from?.segments ?? []) await store.delete(segmentKey(s.from));
-    }
+    if (err instanceof CheckpointError || err instanceof LayerFormatError || err instanceof TarError || err instanceof LayerDigestError) await dropSteps();
     throw err;
   }
 
@@ -190,14 +202,17 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     throw new ConversionPaused(layer.digest.value, ordinals.length, segments.reduce((sum, s) => sum + s.size, 0));
   }
   const { model, stats } = outcome;
-  if (from) model.blobs[0]!.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size })));
+  if (from) {
+    model.blobs[0]!.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size }))).catch(async (err: unknown) => {
+      // Segments that don't add up can't be joined by trying again: start over.
+      if (err instanceof CheckpointError) await dropSteps();
+      throw err;
+    });
+  }
   const bytes = encoded ?? encodeBootstrap(model);
   await opts.guard?.();
   await putBytes(store, bootstrapKey, bytes);
-  if (opts.budget) {
-    await store.delete(checkpointKey);
-    for (const s of segments.slice(1)) await store.delete(segmentKey(s.from));
-  }
+  if (opts.budget) await dropFinishedSteps(segments);
   return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, model, stats };
 }
 
@@ -220,7 +235,10 @@ async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, data
   const upload = await store.put(dataKey);
   try {
     for (const { key, size } of segments) {
-      const body = await store.get(key);
+      // The first segment is the data key itself, which an earlier join may have replaced with the
+      // whole blob before it was cut off (a process stopped before the bootstrap was written): the
+      // blob begins with that segment, so its first `size` bytes are the segment all the same.
+      const body = await store.get(key, key === dataKey ? { offset: 0, length: size } : undefined);
       if (!body) throw new CheckpointError(`conversion segment ${key} is missing`);
       const reader = body.getReader();
       let got = 0;

@@ -10,7 +10,7 @@ import { nodeHasher } from "../../src/hash/node.ts";
 import { LayerFormatError } from "../../src/convert/decompress.ts";
 import { parseDigest } from "../../src/oci/reference.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import { getBytes, putBytes } from "../../src/store/store.ts";
+import { getBytes, putBytes, type ContentStore, type Upload } from "../../src/store/store.ts";
 import { Prng, sha256, tarArchive, type TarEntry } from "../e2e/harness/images.ts";
 
 const KiB = 1024;
@@ -190,6 +190,80 @@ describe("conversion in resumable steps", () => {
     expect(await getBytes(store, layerCheckpointKey(layer.digest, paramsId(params)))).toBeNull();
     expect((await published(store, layer, params)).bootstrap).not.toBeNull();
   });
+});
+
+/** The process stopped (SIGKILL, or a shutdown's exit): nothing more reaches the store, not even a cleanup. */
+class Stopped extends Error {}
+
+/**
+ * `inner` as a process sees it that stops at its `stopAt`-th change to the store (a commit or a
+ * delete), before that change is made. `changes` counts them.
+ */
+function stoppingStore(inner: MemoryStore, stopAt: number): ContentStore & { changes: number } {
+  let stopped = false;
+  const change = () => {
+    if (stopped || ++store.changes >= stopAt) {
+      stopped = true;
+      throw new Stopped();
+    }
+  };
+  const alive = () => {
+    if (stopped) throw new Stopped();
+  };
+  const store = {
+    changes: 0,
+    stat: async (key: string) => (alive(), inner.stat(key)),
+    get: async (key: string, span?: { offset: number; length: number }) => (alive(), inner.get(key, span)),
+    delete: async (key: string) => (change(), inner.delete(key)),
+    put: async (key: string): Promise<Upload> => {
+      alive();
+      const upload = await inner.put(key);
+      return {
+        write: async (chunk) => (alive(), upload.write(chunk)),
+        commit: async () => (change(), upload.commit()),
+        cancel: async () => (alive(), upload.cancel()),
+      };
+    },
+  };
+  return store;
+}
+
+describe("a conversion stopped at any point", () => {
+  const bytes = layerBytes("stopped");
+  const layer = source(bytes);
+  const params: ConvertParams = { chunkShift: 16, codec: "none" };
+
+  for (const [how, budget] of [
+    ["in one pass", undefined],
+    ["in steps", 8 * CHUNK],
+  ] as const) {
+    it(`publishes nothing half-made, and the next process finishes it to the one-pass result (${how})`, async () => {
+      const once = new MemoryStore();
+      await convertLayer(layer, { store: once, hasher: nodeHasher, params });
+      const expected = await published(once, layer, params);
+      const convert = (store: ContentStore) => (budget === undefined ? convertLayer(layer, { store, hasher: nodeHasher, params }) : convertInSteps(layer, { store, hasher: nodeHasher, params }, budget));
+
+      // How many changes a whole conversion makes: it is stopped before each of them in turn.
+      const counting = stoppingStore(new MemoryStore(), Infinity);
+      await convert(counting);
+      expect(counting.changes).toBeGreaterThan(budget === undefined ? 1 : 8);
+      for (let stopAt = 1; stopAt <= counting.changes; stopAt++) {
+        const store = new MemoryStore();
+        await expect(convert(stoppingStore(store, stopAt))).rejects.toThrow(Stopped);
+        const left = await published(store, layer, params);
+        // A bootstrap is what readers look for: there is none, or it is whole and its data is too.
+        if (left.bootstrap) {
+          expect(Buffer.from(left.bootstrap).equals(Buffer.from(expected.bootstrap!)), `stopped at change ${stopAt}`).toBe(true);
+          expect(Buffer.from(left.data!).equals(Buffer.from(expected.data!)), `stopped at change ${stopAt}`).toBe(true);
+        }
+        await convert(store);
+        const got = await published(store, layer, params);
+        expect(Buffer.from(got.bootstrap!).equals(Buffer.from(expected.bootstrap!)), `stopped at change ${stopAt}`).toBe(true);
+        expect(Buffer.from(got.data!).equals(Buffer.from(expected.data!)), `stopped at change ${stopAt}`).toBe(true);
+        expect(store.keys().sort(), `stopped at change ${stopAt}`).toEqual(once.keys().sort());
+      }
+    });
+  }
 });
 
 describe("checkpoint encoding", () => {
