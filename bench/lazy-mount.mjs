@@ -31,7 +31,9 @@ export async function pythonImageLayer(work) {
  */
 export async function serveSkiff(upstream, data, cleanups, bin = join(root, "bin", "skiff.js")) {
   const port = await freePort();
-  const child = spawn(process.execPath, [bin, "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"], { stdio: ["ignore", "ignore", "inherit"] });
+  // No metrics listener (edges run side by side); a baseline build from before --metrics-address has none anyway.
+  const metricsOff = bin === join(root, "bin", "skiff.js") ? ["--metrics-address", "off"] : [];
+  const child = spawn(process.execPath, [bin, "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600", ...metricsOff], { stdio: ["ignore", "ignore", "inherit"] });
   await waitUrl(`http://127.0.0.1:${port}/v2/`, child);
   const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
   cleanups.push(stop);

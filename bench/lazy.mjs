@@ -69,7 +69,7 @@ function gzipLayer(seed, megabytes) {
 
 async function startSkiff(upstream, data) {
   const port = await freePort();
-  const child = start("node", [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600"], "ignore");
+  const child = start("node", [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600", "--metrics-address", "off"], "ignore");
   await waitFor(`http://127.0.0.1:${port}/v2/`);
   return { child, url: `http://127.0.0.1:${port}` };
 }

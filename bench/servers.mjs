@@ -141,12 +141,14 @@ export async function pushBlob(registryBase, name, bytes, digest) {
 /**
  * skiff in front of `upstream` on one runtime: "node", "deno" or "workerd". `name` tells apart the
  * store directories of several on one runtime; `args` are more `skiff serve` flags (Node and Deno).
+ * `metricsBase` is where /metrics is served (node and deno: a listener of its own; none on workerd).
  */
 export async function startSkiff(runtime, dir, upstream, { name = runtime, args = [] } = {}) {
   const port = await freePort();
+  const metricsPort = await freePort();
   const data = join(dir, `skiff-${name}`);
   mkdirSync(data, { recursive: true });
-  const serveArgs = ["--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, ...args];
+  const serveArgs = ["--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--metrics-address", `127.0.0.1:${metricsPort}`, ...args];
   let server;
   if (runtime === "node") {
     server = pinned(process.execPath, [join(root, "bin", "skiff.js"), "serve", ...serveArgs]);
@@ -164,7 +166,7 @@ export async function startSkiff(runtime, dir, upstream, { name = runtime, args 
   }
   const base = `http://127.0.0.1:${port}`;
   await waitUrl(`${base}/v2/`, server.child, 120_000);
-  return { ...server, base };
+  return { ...server, base, metricsBase: runtime === "workerd" ? undefined : `http://127.0.0.1:${metricsPort}` };
 }
 
 /** The wrk script: a random single range of RANGE_LEN bytes of a BLOB_SIZE blob per request. */

@@ -472,7 +472,7 @@ function judge(key) {
 }
 
 async function skiffCounters() {
-  const text = await fetch(`${skiff.base}/metrics`).then((res) => res.text(), () => null);
+  const text = await fetch(`${skiff.metricsBase}/metrics`).then((res) => res.text(), () => null);
   if (text === null) return null;
   const sum = (name) => text.split("\n").filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `)).reduce((n, l) => n + Number(l.split(" ").pop()), 0);
   return { requests: sum("skiff_http_requests_total"), conversions: sum("skiff_conversions_finished_total"), upstreamBytes: sum("skiff_upstream_bytes_total") };

@@ -70,7 +70,7 @@ try {
     ["unbounded", []],
     ["bounded", ["--max-store-size", "64g"]],
   ]) {
-    const skiff = await startSkiff("node", dir, registry.base, { name, args: [...args, "--metrics-address", "127.0.0.1:0"] });
+    const skiff = await startSkiff("node", dir, registry.base, { name, args });
     servers.push(skiff);
     const url = `${skiff.base}/v2/bench/blob/blobs/${digest}`;
     const warm = await fetch(url);

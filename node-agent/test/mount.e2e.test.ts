@@ -68,7 +68,7 @@ async function stop(agent: ChildProcess): Promise<void> {
 }
 
 async function lazyCounters(): Promise<{ requests: number; dataBytes: number }> {
-  const text = await (await fetch(`${skiff.url}/metrics`)).text();
+  const text = await skiff.metricsText();
   let requests = 0;
   let dataBytes = 0;
   for (const line of text.split("\n")) {

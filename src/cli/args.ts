@@ -22,6 +22,14 @@ export function integerFlag(value: string | undefined, name: string, fallback: n
   return n;
 }
 
+/** A `HOST:PORT` flag (an IPv6 host in brackets), or null for `off`; port 0 picks a free one. */
+export function addressFlag(value: string, name: string): { host: string; port: number } | null {
+  if (value === "off") return null;
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[^\s:/[\]]+):(\d{1,5})$/.exec(value);
+  if (!m || Number(m[2]) > 65535) throw new UsageError(`--${name} must be HOST:PORT or off, got ${JSON.stringify(value)}`);
+  return { host: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2]) };
+}
+
 /** A byte size such as `8g`, `500m`, `64k` or `1048576`, at least `min`. */
 export function sizeFlag(value: string | undefined, name: string, fallback: number, min = 0): number {
   if (value === undefined) return fallback;

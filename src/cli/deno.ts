@@ -4,6 +4,5 @@
 import { startDenoServer } from "../runtime/deno.ts";
 import { main } from "./main.ts";
 
-// The exit status is set, not forced: a conversion still running after shutdown may finish first,
-// as on Node.
+// The exit status is set, not forced, as on Node; `serve` exits by itself once shut down (serve.ts).
 if (import.meta.main) Deno.exitCode = await main(Deno.args, startDenoServer);

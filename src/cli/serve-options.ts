@@ -6,7 +6,11 @@ import { parseServeSettings, SERVE_DEFAULTS, SettingsError, type AppSettings } f
 import { DEFAULT_MAX_ENTRIES, DEFAULT_MAX_EXPANDED_BYTES } from "../convert/layer.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
 import type { TlsFiles } from "../runtime/tls-pair.ts";
-import { durationFlag, integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
+import { addressFlag, durationFlag, integerFlag, parseFlags, sizeFlag, UsageError } from "./args.ts";
+
+export const DEFAULT_METRICS_ADDRESS = "127.0.0.1:9107";
+/** Under Kubernetes' default grace period of 30 s, which ends in SIGKILL. */
+export const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 25;
 
 export const serveHelp = `Usage: skiff serve [--config FILE | --upstream URL ...] [options]
 
@@ -44,6 +48,15 @@ Options:
   --tls-cert FILE           serve https with this PEM certificate chain (leaf first), HTTP/2 to
                             clients that offer it; read again on SIGHUP and when the files change
   --tls-key FILE            the PEM private key of --tls-cert (give both or neither)
+  --metrics-address HOST:PORT
+                            where /metrics is served, on a listener of its own beside /healthz
+                            and /readyz; port 0 picks a free one; off for none
+                            (default ${DEFAULT_METRICS_ADDRESS}). The public port answers /healthz and
+                            /readyz, never /metrics
+  --shutdown-timeout SECONDS
+                            on SIGTERM or SIGINT, how long responses in flight may take to
+                            finish before they are cut and skiff exits; a second signal exits
+                            at once (default ${DEFAULT_SHUTDOWN_TIMEOUT_SECONDS})
   --tag-ttl SECONDS         how long a tag answer is served before asking upstream again, for
                             upstreams that set no tagTtl (default 60)
   --max-layer-size SIZE     largest layer the lazy API converts, e.g. 8g, 500m (default ${SERVE_DEFAULTS["max-layer-size"]})
@@ -66,7 +79,8 @@ Options:
                             (docs/api.md#bootstrap); default on
   -h, --help                show this help
 
-When ready it prints one line: skiff listening on http://HOST:PORT (https:// with --tls-cert)`;
+When ready it prints: skiff listening on http://HOST:PORT (https:// with --tls-cert)
+and, unless --metrics-address is off: skiff metrics on http://HOST:PORT`;
 
 const SINGLE_UPSTREAM_FLAGS = ["upstream", "upstream-user", "upstream-password", "upstream-ca", "upstream-public", "access", "allow-host", "registry-alias"] as const;
 
@@ -80,6 +94,9 @@ export interface ServeOptions {
   /** The store's bound and max age: the flags, else the config file's `store`. */
   maxStoreBytes?: number;
   maxAgeMs?: number;
+  /** The operator's listener for /metrics, or null for none. */
+  metrics: { host: string; port: number } | null;
+  shutdownTimeoutSeconds: number;
   settings: AppSettings;
   /** `--tls-cert` and `--tls-key`: serve https. */
   tls?: TlsFiles;
@@ -105,6 +122,8 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
     "max-age": { type: "string" },
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
+    "metrics-address": { type: "string" },
+    "shutdown-timeout": { type: "string" },
     "tag-ttl": { type: "string" },
     "max-layer-size": { type: "string" },
     "max-expanded-size": { type: "string" },
@@ -144,6 +163,8 @@ export function parseServeOptions(argv: string[], env: Record<string, string | u
       host: values.host ?? "0.0.0.0",
       port: integerFlag(values.port, "port", 8080, 0, 65535),
       dataDir: values.data ?? "./data",
+      metrics: addressFlag(values["metrics-address"] ?? DEFAULT_METRICS_ADDRESS, "metrics-address"),
+      shutdownTimeoutSeconds: integerFlag(values["shutdown-timeout"], "shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, 0, 3600),
       settings,
       ...(values["tls-cert"] !== undefined && { tls: { cert: values["tls-cert"], key: values["tls-key"]! } }),
     };

@@ -9,6 +9,8 @@ export { serveHelp };
 export type StartServer = (opts: ServerOptions) => Promise<RunningServer>;
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
+/** A second signal's exit status: 128 + its number, as a shell reports a process killed by it. */
+const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
 
 export async function serveCommand(argv: string[], start?: StartServer): Promise<number> {
   const opts = parseServeOptions(argv, process.env);
@@ -26,19 +28,28 @@ export async function serveCommand(argv: string[], start?: StartServer): Promise
   start ??= (await import("../runtime/node.ts")).startNodeServer;
   const server = await start({ ...opts, log });
   console.log(`skiff listening on ${server.url}`);
+  if (server.metricsUrl) console.log(`skiff metrics on ${server.metricsUrl}`);
   for (const line of describeConfig(opts.config).split("\n")) log(line);
   log(`store ${opts.dataDir}`);
 
-  let stop!: () => void;
-  const stopped = new Promise<void>((resolve) => (stop = resolve));
-  for (const s of SIGNALS) process.on(s, stop);
   // With TLS, SIGHUP reads the certificate and key again (the server logs what came of it).
   const reload = server.reloadTls && (() => void server.reloadTls!("SIGHUP"));
   if (reload) process.on("SIGHUP", reload);
-  await stopped;
-  if (reload) process.off("SIGHUP", reload);
-  // A second signal kills as usual; close() stops accepting and waits for requests in flight.
-  for (const s of SIGNALS) process.off(s, stop);
-  await server.close();
-  return 0;
+  const signal = await new Promise<(typeof SIGNALS)[number]>((resolve) => {
+    for (const s of SIGNALS) process.once(s, () => resolve(s));
+  });
+  // The reload stays: a SIGHUP during the drain must not kill the process by default.
+  for (const s of SIGNALS) {
+    process.on(s, () => {
+      log(`${s} during shutdown: exiting now`);
+      process.exit(SIGNAL_EXIT[s]);
+    });
+  }
+  const timeout = opts.shutdownTimeoutSeconds;
+  log(`${signal}: shutting down; ${server.inFlight()} requests in flight, waiting up to ${timeout} s for them`);
+  const { cut } = await server.close(timeout * 1000);
+  log(cut === 0 ? "shutdown: no response in flight was cut" : `shutdown: cut ${cut} responses still in flight after ${timeout} s`);
+  // Work no response waits for (a conversion whose client stopped waiting) ends here: it has
+  // published nothing half-made, and the next start on the same store resumes or redoes it.
+  return process.exit(0);
 }

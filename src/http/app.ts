@@ -22,6 +22,7 @@ import { keepConfigOf, watchBoundedStore } from "./bounded-store.ts";
 import { errorResponse, toOciError } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
 import { GzipCache, type Gzip, type GzipBody } from "./gzip.ts";
+import { Health } from "./health.ts";
 import { lazyHandler } from "./lazy.ts";
 import { learnedReadsRoute } from "./learned-reads.ts";
 import { createMetrics, type Metrics } from "../util/metrics.ts";
@@ -51,8 +52,11 @@ export interface SkiffApp {
   app: Hono;
   /** Answers a cached blob's single ranges as `app` would, for an entry that can write plain answers. */
   shortcut: RangeShortcut;
+  /** Counters, served by the entry on a listener of their own (./ops.ts), not by `app`. */
   metrics: Metrics;
   upstreams: Upstreams<UpstreamConfig>;
+  /** What /healthz and /readyz answer; the entry says when shutdown begins. */
+  health: Health;
 }
 
 export function createApp(opts: AppOptions): SkiffApp {
@@ -119,7 +123,9 @@ export function createApp(opts: AppOptions): SkiffApp {
     c.res.headers.set("Docker-Distribution-API-Version", "registry/2.0");
   });
 
-  app.get("/metrics", () => new Response(metrics.render(), { headers: { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" } }));
+  const health = new Health({ store, upstreams: config.upstreams.length, log, now: opts.now });
+  app.get("/healthz", () => health.live());
+  app.get("/readyz", () => health.ready());
   app.on(["GET", "POST"], TOKEN_PATH, (c) => tokenEndpoint(c.req.raw, access));
   const base = async (request: Request) => {
     const headers = await access.authorizeBase(request);
@@ -138,5 +144,5 @@ export function createApp(opts: AppOptions): SkiffApp {
     return errorResponse(oci, c.req.method);
   });
 
-  return { app, shortcut: rangeShortcut({ store, upstreams, access, blobs, metrics }), metrics, upstreams };
+  return { app, shortcut: rangeShortcut({ store, upstreams, access, blobs, metrics }), metrics, upstreams, health };
 }

@@ -19,6 +19,8 @@ export interface ServerOptions {
   host: string;
   port: number;
   dataDir: string;
+  /** Where the operator's listener serves /metrics and the health routes (src/http/ops.ts); none when absent. */
+  metrics?: { host: string; port: number } | null;
   settings?: Partial<AppSettings>;
   /** Keep the store within this many bytes, evicting what has gone unused longest (no bound when absent). */
   maxStoreBytes?: number;
@@ -41,8 +43,16 @@ const SWEEP_GRACE_MS = 3600_000;
 
 export interface RunningServer extends SkiffApp {
   url: string;
-  /** Stops accepting, lets requests in flight finish, then closes the upstream connections. */
-  close(): Promise<void>;
+  /** The operator's listener, when there is one. */
+  metricsUrl?: string;
+  /** Requests being answered now, on the public port. */
+  inFlight(): number;
+  /**
+   * Turns /readyz to 503, stops accepting, closes idle connections, lets the responses in flight
+   * finish for up to `timeoutMs` (no limit by default) and cuts the rest, then drops the upstream
+   * connections. Resolves with how many responses were cut.
+   */
+  close(timeoutMs?: number): Promise<{ cut: number }>;
   /** With `tls`: reads the certificate and key again now (SIGHUP); `why` goes in the log. */
   reloadTls?(why: string): Promise<void>;
 }

@@ -1,16 +1,19 @@
 // Node entry (`skiff serve`): the shared app on node:http over the filesystem store (fs-server.ts),
 // cached blob ranges answered by the shortcut first (node-shortcut.ts), an undici connection pool
 // per upstream, and chunks deflated on worker threads (node-chunk-encoder.ts). With `tls`, https
-// with HTTP/2 (node-tls.ts), the certificate reloaded when it changes (tls-reload.ts).
-import { createServer } from "node:http";
+// with HTTP/2 (node-tls.ts), the certificate reloaded when it changes (tls-reload.ts). /metrics on a
+// plain-http listener of its own (src/http/ops.ts); both stop gracefully (node-drain.ts).
+import { getRequestListener } from "@hono/node-server";
 import type { AddressInfo, Server } from "node:net";
 import { Agent, fetch as undiciFetch } from "undici";
 import type { UpstreamConfig } from "../config/config.ts";
 import { UPSTREAM_TIMEOUTS } from "../util/fetch-timeouts.ts";
+import { opsHandler } from "../http/ops.ts";
 import { fsApp, serverUrl, type RunningServer, type ServerOptions } from "./fs-server.ts";
 import { nodeChunkEncoder } from "./node-chunk-encoder.ts";
+import { counted, httpServer, stopWithin } from "./node-drain.ts";
 import { nodeListener } from "./node-shortcut.ts";
-import { tlsServer, type NodeRequestListener } from "./node-tls.ts";
+import { tlsServer } from "./node-tls.ts";
 import { readTlsPair } from "./tls-pair.ts";
 import { watchTlsPair } from "./tls-reload.ts";
 
@@ -35,39 +38,51 @@ export async function startNodeServer(opts: ServerOptions): Promise<RunningServe
   // Chunks deflated on worker threads, beside the thread that reads the layer.
   const skiff = await fsApp(opts, fetchFor, nodeChunkEncoder());
 
-  const listener = nodeListener(skiff);
+  const { listener, inFlight } = counted(nodeListener(skiff));
   const https = pair && tlsServer(pair, listener);
-  const { server, close } = https ?? httpServer(listener);
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port, opts.host, () => resolve());
-  });
+  const publicSide = https ?? httpServer(listener);
+  const opsSide = opts.metrics ? httpServer(getRequestListener(opsHandler(skiff))) : null;
+  try {
+    await listen(publicSide.server, opts.port, opts.host);
+    if (opsSide && opts.metrics) await listen(opsSide.server, opts.metrics.port, opts.metrics.host);
+  } catch (err) {
+    // Neither listener nor the sweeps' timer may outlive a failed start: they would keep the process running.
+    await Promise.all([stopWithin(publicSide, inFlight, 0), opsSide && stopWithin(opsSide, () => 0, 0)]);
+    skiff.stopSweeps();
+    throw err;
+  }
   const log = opts.log ?? (() => {});
   const reloader = https && watchTlsPair(opts.tls!, pair, (next) => https.setPair(next), log);
   if (pair) log(`TLS certificate ${pair.summary}`);
-  const address = server.address() as AddressInfo;
   return {
     ...skiff,
-    url: serverUrl(address.address, address.port, https ? "https" : "http"),
+    url: urlOf(publicSide.server, https ? "https" : "http"),
+    metricsUrl: opsSide ? urlOf(opsSide.server, "http") : undefined,
+    inFlight,
     reloadTls: reloader?.reload,
-    close: async () => {
+    close: async (timeoutMs) => {
+      skiff.health.stopping();
       reloader?.stop();
-      await close();
+      const [cut] = await Promise.all([stopWithin(publicSide, inFlight, timeoutMs), opsSide && stopWithin(opsSide, () => 0, timeoutMs)]);
       skiff.stopSweeps();
-      await Promise.all([...dispatchers.values()].map((d) => d.close()));
+      // Only work no response waits for still uses them (a conversion its client gave up on).
+      await Promise.all([...dispatchers.values()].map((d) => d.destroy()));
+      return { cut };
     },
   };
 }
 
-function httpServer(listener: NodeRequestListener): { server: Server; close(): Promise<void> } {
-  const server = createServer(listener);
-  return {
-    server,
-    close: () => {
-      // Idle keep-alive connections are dropped now rather than after their timeout.
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      return closed;
-    },
-  };
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+function urlOf(server: Server, scheme: "http" | "https"): string {
+  const address = server.address() as AddressInfo;
+  return serverUrl(address.address, address.port, scheme);
 }

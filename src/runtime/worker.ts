@@ -2,6 +2,8 @@
 // secrets (docs/deploy.md). One app per isolate, built on its first request; node:crypto hashing and
 // node:zlib gunzip through the nodejs_compat flag (docs/benchmarks.md), at most 6 upstream responses
 // open at once (the platform's limit per invocation), and layer conversion in resumable steps.
+// There is no second listener for /metrics: it is served only when the secret METRICS_TOKEN is
+// set, to requests that bear it.
 import type { ExecutionContext } from "hono";
 import { resolveConfig } from "../config/config.ts";
 import { parseServeSettings, SETTING_NAMES, SettingsError } from "../config/serve-settings.ts";
@@ -9,6 +11,7 @@ import { singleUpstreamConfig } from "../config/single.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
 import { errorResponse } from "../http/errors.ts";
+import { metricsResponse } from "../http/ops.ts";
 import { OciError } from "../oci/errors.ts";
 import { sweepGarbage } from "../store/gc.ts";
 import { R2Store, type R2BucketLike } from "../store/r2.ts";
@@ -32,6 +35,9 @@ export default {
   async fetch(request: Request, env: WorkerEnv, ctx: ExecutionContext): Promise<Response> {
     if (built?.env !== env) built = build(env);
     if ("error" in built) return errorResponse(new OciError("UNKNOWN", `skiff is misconfigured: ${built.error}`), request.method);
+    if (new URL(request.url).pathname === "/metrics" && typeof env.METRICS_TOKEN === "string" && env.METRICS_TOKEN !== "") {
+      return bearerMatches(request, env.METRICS_TOKEN) ? metricsResponse(built.app.metrics) : new Response("unauthorized\n", { status: 401, headers: { "WWW-Authenticate": "Bearer" } });
+    }
     return withFixedLength(await built.app.app.fetch(request, env, ctx));
   },
 
@@ -50,6 +56,15 @@ export default {
 };
 
 const DEFAULT_SWEEP_GRACE_MS = 3600_000;
+
+/** `Authorization: Bearer TOKEN`, compared in time independent of where a wrong guess differs. */
+function bearerMatches(request: Request, token: string): boolean {
+  const given = new TextEncoder().encode(request.headers.get("authorization") ?? "");
+  const wanted = new TextEncoder().encode(`Bearer ${token}`);
+  let diff = given.length ^ wanted.length;
+  for (let i = 0; i < wanted.length; i++) diff |= wanted[i]! ^ (given[i] ?? 0);
+  return diff === 0;
+}
 
 /** workerd's stream of a known length: it sends Content-Length, and a body that ends short is an error. */
 declare const FixedLengthStream: new (length: number) => TransformStream<Uint8Array, Uint8Array>;

@@ -210,7 +210,7 @@ describe("skiff snapshotter over gRPC", () => {
       execFileSync("umount", [rootfs]);
     }
     // Nothing was downloaded whole: the registry served no layer blob to anyone but the proxy's conversion.
-    const metrics = await (await fetch(`${skiff.url}/metrics`)).text();
+    const metrics = await skiff.metricsText();
     expect(metrics).toMatch(/skiff_chunk_bytes_served_total\{route="data"\} [1-9]/);
   });
 

@@ -41,7 +41,7 @@ async function bootstrapOf(i: number): Promise<Transfer> {
 }
 
 async function upstreamBytes(): Promise<number> {
-  return sumMetrics(parseMetrics(await (await fetch(`${worker.url}/metrics`)).text())).get("skiff_upstream_bytes_total") ?? 0;
+  return sumMetrics(parseMetrics(await worker.metricsText())).get("skiff_upstream_bytes_total") ?? 0;
 }
 
 beforeAll(async () => {

@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
 import { resolveConfig } from "../../src/config/config.ts";
+import { opsHandler } from "../../src/http/ops.ts";
 import { startNodeServer, type RunningServer } from "../../src/runtime/node.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { StoreFullError, type ContentStore, type Upload } from "../../src/store/store.ts";
@@ -483,7 +484,7 @@ describe("manifests", () => {
     expect(res.headers.get("docker-content-digest")).toBe(digest);
     expect(res.headers.get("warning")).toMatch(/^110 /);
     expect(t.metric("skiff_stale_served_total")).toBe(1);
-    expect(await (await t.skiff.app.fetch(new Request("http://skiff.test/metrics"))).text()).toMatch(/^skiff_stale_served_total 1$/m);
+    expect(await (await opsHandler(t.skiff)(new Request("http://ops.test/metrics"))).text()).toMatch(/^skiff_stale_served_total 1$/m);
   });
 
   it("serves the stale copy when the upstream answers 503 after the TTL", async () => {
@@ -749,12 +750,13 @@ describe("upstream presets and tag lists", () => {
 });
 
 describe("metrics", () => {
-  it("exposes the counters on /metrics and moves them", async () => {
+  it("exposes the counters on the operator's /metrics, not on the public app, and moves them", async () => {
     const t = setup();
     const data = bytesOf(3000, 20);
     const digest = t.upstream.addBlob(["lib/app"], data);
+    expect((await t.skiff.app.fetch(new Request("http://skiff.test/metrics"))).status).toBe(404);
     const scrape = async () => {
-      const res = await t.skiff.app.fetch(new Request("http://skiff.test/metrics"));
+      const res = await opsHandler(t.skiff)(new Request("http://ops.test/metrics"));
       expect(res.headers.get("content-type")).toMatch(/^text\/plain/);
       return res.text();
     };
@@ -792,7 +794,7 @@ describe("over real sockets (startNodeServer)", () => {
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const config = resolveConfig({ upstreams: { up: { url: up.url } } }, { defaultTagTtlSeconds: TTL_S });
     const skiff = await startNodeServer({ config, host: "127.0.0.1", port: 0, dataDir });
-    cleanups.push(() => skiff.close());
+    cleanups.push(async () => void (await skiff.close()));
     return { skiff, up, dataDir };
   }
 

@@ -1,11 +1,11 @@
 // The skiff proxy under test, as a child process: `node bin/skiff.js serve …` (needs `npm run build`),
 // or on Deno the command of deno.json's `serve` task. Parses the `skiff listening on http(s)://HOST:PORT`
-// line, and reads memory use and /metrics.
+// line (and the `skiff metrics on http://HOST:PORT` line of its own listener for /metrics, on a free
+// port unless the test gives --metrics-address), and reads memory use and /metrics.
 import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ChildProcess } from "node:child_process";
-import { Agent, fetch as undiciFetch } from "undici";
 import type { TlsFiles } from "./registry.ts";
 import { tempDir } from "./workdir.ts";
 import { childEnv, hasExited, spawnService, stopChild } from "./processes.ts";
@@ -56,25 +56,26 @@ export interface SkiffOptions {
   startTimeoutMs?: number;
   /** Runtime of the server (default: defaultRuntime()). */
   runtime?: SkiffRuntime;
-  /** Serve https with these files (`--tls-cert`, `--tls-key`); the harness's own requests trust `ca`. */
+  /** Serve https with these files (`--tls-cert`, `--tls-key`); /metrics stays plain http on its own listener. */
   tls?: TlsFiles;
 }
 
 const LISTENING = /^skiff listening on (https?:\/\/\S+?)\/?$/;
+const METRICS = /^skiff metrics on (http:\/\/\S+?)\/?$/;
 
 export class Skiff {
   readonly dataDir: string;
   readonly logPath: string;
   readonly url: string;
+  /** The listener for /metrics; undefined with --metrics-address off. */
+  readonly metricsUrl: string | undefined;
   readonly runtime: SkiffRuntime;
   private readonly child: ChildProcess;
-  /** With TLS: a client that trusts skiff's CA, for the harness's own requests. */
-  private readonly dispatcher: Agent | undefined;
 
-  private constructor(child: ChildProcess, url: string, dataDir: string, logPath: string, runtime: SkiffRuntime, tls?: TlsFiles) {
+  private constructor(child: ChildProcess, url: string, metricsUrl: string | undefined, dataDir: string, logPath: string, runtime: SkiffRuntime) {
     this.child = child;
-    this.dispatcher = tls && new Agent({ connect: { ca: readFileSync(tls.ca, "utf8") } });
     this.url = url;
+    this.metricsUrl = metricsUrl;
     this.dataDir = dataDir;
     this.logPath = logPath;
     this.runtime = runtime;
@@ -104,6 +105,10 @@ export class Skiff {
     for (const a of o.registryAliases ?? []) args.push("--registry-alias", a);
     if (o.tls !== undefined) args.push("--tls-cert", o.tls.certificate, "--tls-key", o.tls.key);
     args.push(...(o.extraArgs ?? []));
+    // Suites run in parallel: the default 127.0.0.1:9107 would be taken by the first.
+    const metricsFlag = o.extraArgs?.indexOf("--metrics-address") ?? -1;
+    const metricsOff = metricsFlag >= 0 && o.extraArgs![metricsFlag + 1] === "off";
+    if (metricsFlag < 0) args.push("--metrics-address", "127.0.0.1:0");
 
     const err = openSync(logPath, "a");
     let child: ChildProcess;
@@ -124,22 +129,22 @@ export class Skiff {
         return "";
       }
     };
-    const url = await new Promise<string>((resolveUrl, reject) => {
+    const urls = await new Promise<{ url: string; metricsUrl?: string }>((resolveUrl, reject) => {
       let buf = "";
       const timer = setTimeout(() => {
         reject(new Error(`skiff printed no listening line within ${o.startTimeoutMs ?? 20_000} ms; stdout: ${buf}\nstderr: ${log()}`));
       }, o.startTimeoutMs ?? 20_000);
       const onData = (d: string) => {
         buf += d;
-        for (const line of buf.split("\n")) {
-          const m = LISTENING.exec(line.trim());
-          if (m !== null) {
-            clearTimeout(timer);
-            child.stdout?.off("data", onData);
-            child.stdout?.resume(); // keep draining later output
-            resolveUrl(m[1]!);
-            return;
-          }
+        const lines = buf.split("\n").map((line) => line.trim());
+        const url = lines.map((line) => LISTENING.exec(line)?.[1]).find(Boolean);
+        const metricsUrl = lines.map((line) => METRICS.exec(line)?.[1]).find(Boolean);
+        if (url && (metricsUrl || metricsOff)) {
+          clearTimeout(timer);
+          child.stdout?.off("data", onData);
+          child.stdout?.resume(); // keep draining later output
+          resolveUrl({ url, metricsUrl });
+          return;
         }
         if (buf.length > 100_000) buf = buf.slice(-10_000);
       };
@@ -156,7 +161,7 @@ export class Skiff {
       await stopChild(child, 2_000);
       throw e;
     });
-    return new Skiff(child, url, dataDir, logPath, runtime, o.tls);
+    return new Skiff(child, urls.url, urls.metricsUrl, dataDir, logPath, runtime);
   }
 
   get pid(): number {
@@ -187,7 +192,23 @@ export class Skiff {
 
   async stop(): Promise<void> {
     await stopChild(this.child);
-    await this.dispatcher?.close();
+  }
+
+  /** Sends `signal` and leaves the process to stop by itself (see exited()). */
+  signal(signal: NodeJS.Signals): void {
+    this.child.kill(signal);
+  }
+
+  /** How the process ended, once it has; rejects after `timeoutMs`. */
+  exited(timeoutMs = 60_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (hasExited(this.child)) return Promise.resolve({ code: this.child.exitCode, signal: this.child.signalCode });
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`skiff did not exit within ${timeoutMs} ms`)), timeoutMs);
+      this.child.once("exit", (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal });
+      });
+    });
   }
 
   /** Peak resident set size (VmHWM from /proc/PID/status), in bytes. */
@@ -200,9 +221,10 @@ export class Skiff {
     return procStatusKb(this.pid, "VmRSS") * 1024;
   }
 
-  /** GET /metrics (raw text). */
+  /** GET /metrics from the metrics listener (raw text). */
   async metricsText(): Promise<string> {
-    const res = await undiciFetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000), dispatcher: this.dispatcher });
+    if (!this.metricsUrl) throw new Error("skiff was started with --metrics-address off");
+    const res = await fetch(`${this.metricsUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
     const text = await res.text();
     if (res.status !== 200) throw new Error(`GET /metrics: ${res.status} ${text.slice(0, 500)}`);
     return text;

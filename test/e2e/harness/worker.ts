@@ -26,6 +26,9 @@ const WRANGLER_ENV = { WRANGLER_SEND_METRICS: "false", WRANGLER_HIDE_BANNER: "tr
 
 let bundled: string | undefined;
 
+/** The secret the Workers started here are given, so that they serve /metrics (src/runtime/worker.ts). */
+export const METRICS_TOKEN = "e2e-metrics-token";
+
 /** The Worker bundled from wrangler.toml's main, once while the run directory holds it. */
 async function bundle(): Promise<string> {
   if (bundled && existsSync(bundled)) return bundled;
@@ -57,7 +60,8 @@ export class WorkerSkiff {
     const logPath = join(dir, "worker.log");
     const port = await freePort();
     // Strings, as `wrangler dev --var NAME:value` gives them; they replace wrangler.toml's [vars].
-    const vars = { ...(o.upstream ? { UPSTREAM: o.upstream } : {}), ...o.vars };
+    // METRICS_TOKEN: the Worker serves /metrics only to requests that bear it (metricsText()).
+    const vars = { METRICS_TOKEN, ...(o.upstream ? { UPSTREAM: o.upstream } : {}), ...o.vars };
     const spec = { config: CONFIG, script, port, persistDir, vars };
     const out = openSync(logPath, "a");
     let child: ChildProcess;
@@ -183,9 +187,12 @@ export class WorkerSkiff {
     throw new Error("no workerd process found in the runner's process group");
   }
 
+  /** GET /metrics with the harness's METRICS_TOKEN. */
   async metricsText(): Promise<string> {
-    const res = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000) });
-    return res.text();
+    const res = await fetch(`${this.url}/metrics`, { headers: { Authorization: `Bearer ${METRICS_TOKEN}` }, signal: AbortSignal.timeout(10_000) });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`GET /metrics: ${res.status} ${text.slice(0, 500)}`);
+    return text;
   }
 
   async stop(): Promise<void> {
