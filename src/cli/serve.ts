@@ -46,9 +46,9 @@ export async function serveCommand(argv: string[], start?: StartServer): Promise
     });
   }
   const timeout = opts.shutdownTimeoutSeconds;
-  log(`${signal}: shutting down; ${server.inFlight()} requests in flight, waiting up to ${timeout} s for them`);
+  log(`${signal}: shutting down; waiting up to ${timeout} s for ${server.inFlight()} response(s) in flight`);
   const { cut } = await server.close(timeout * 1000);
-  log(cut === 0 ? "shutdown: no response in flight was cut" : `shutdown: cut ${cut} responses still in flight after ${timeout} s`);
+  log(cut === 0 ? "shutdown: every response in flight finished" : `shutdown: cut ${cut} response(s) still in flight after ${timeout} s`);
   // Work no response waits for (a conversion whose client stopped waiting) ends here: it has
   // published nothing half-made, and the next start on the same store resumes or redoes it.
   return process.exit(0);
