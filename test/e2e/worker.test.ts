@@ -53,6 +53,15 @@ describe("skiff in workerd with R2", () => {
     }
   }, 300_000);
 
+  test("/healthz and /readyz (a probe write to R2); /metrics only to requests bearing METRICS_TOKEN", async () => {
+    expect(await (await fetch(`${worker.url}/healthz`)).text()).toBe("ok\n");
+    const ready = await fetch(`${worker.url}/readyz`);
+    expect([ready.status, await ready.text()]).toEqual([200, "ready\n"]);
+    expect((await fetch(`${worker.url}/metrics`)).status).toBe(401);
+    expect((await fetch(`${worker.url}/metrics`, { headers: { Authorization: "Bearer wrong" } })).status).toBe(401);
+    expect(await worker.metricsText()).toMatch(/^skiff_http_requests_total\{kind="other",method="GET",status="200"\} [1-9]/m);
+  });
+
   test("ranges of a cached blob come from R2", async () => {
     const layer = image.layers[1]!;
     const end = Math.min(layer.size - 1, 9_000_000);
