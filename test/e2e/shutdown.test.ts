@@ -3,10 +3,11 @@
 // exits 0. A containerd pull in flight (the registry behind a 40 Mbit/s link, so the layer takes
 // seconds) finishes; a response that would never end is cut at the timeout; a conversion cut
 // by the exit publishes nothing, and the next start on the same store finishes it.
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { connect, type AddressInfo } from "node:net";
 import { join, relative } from "node:path";
+import { Agent, fetch as undiciFetch } from "undici";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { startLinkRelay, type LinkRelay } from "../../bench/link-relay.mjs";
 import { Containerd } from "./harness/containerd.ts";
@@ -16,6 +17,7 @@ import { sleep, waitFor } from "./harness/processes.ts";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
 import { teardown } from "./harness/teardown.ts";
+import { makeTls } from "./harness/tls.ts";
 import { tempDir } from "./harness/workdir.ts";
 
 const MiB = 2 ** 20;
@@ -117,40 +119,46 @@ describe.each(["node", "deno"] as const)("SIGTERM on %s", (runtime) => {
     }
   }, 120_000);
 
-  test("a response that would never finish is cut at --shutdown-timeout, and skiff still exits 0", async () => {
-    // An upstream that sends the start of a blob and then nothing, for longer than the test.
-    const stalled: Server = createServer((req, res) => {
-      if (req.url === "/v2/") return void res.writeHead(200, { "Content-Type": "application/json" }).end("{}");
-      res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(8 * MiB) });
-      res.write(Buffer.alloc(256 * 1024, 1));
-    });
-    await new Promise<void>((resolve) => stalled.listen(0, "127.0.0.1", resolve));
-    try {
-      const skiff = await Skiff.start({ upstream: `http://127.0.0.1:${(stalled.address() as AddressInfo).port}`, extraArgs: ["--shutdown-timeout", "2"], runtime });
-      const res = await fetch(`${skiff.url}/v2/e2e/stalled/blobs/sha256:${"ab".repeat(32)}`);
-      expect(res.status).toBe(200);
-      const reader = res.body!.getReader();
-      expect((await reader.read()).done).toBe(false);
+  for (const https of [false, true]) {
+    test(`a response that would never finish is cut at --shutdown-timeout, and skiff still exits 0 (${https ? "https" : "http"})`, async () => {
+      // An upstream that sends the start of a blob and then nothing, for longer than the test.
+      const stalled: Server = createServer((req, res) => {
+        if (req.url === "/v2/") return void res.writeHead(200, { "Content-Type": "application/json" }).end("{}");
+        res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(8 * MiB) });
+        res.write(Buffer.alloc(256 * 1024, 1));
+      });
+      await new Promise<void>((resolve) => stalled.listen(0, "127.0.0.1", resolve));
+      const tls = https ? await makeTls("shutdown-tls") : undefined;
+      const dispatcher = tls && new Agent({ connect: { ca: readFileSync(tls.ca, "utf8") } });
+      try {
+        const upstream = `http://127.0.0.1:${(stalled.address() as AddressInfo).port}`;
+        const skiff = await Skiff.start({ upstream, extraArgs: ["--shutdown-timeout", "2"], runtime, tls });
+        const res = await undiciFetch(`${skiff.url}/v2/e2e/stalled/blobs/sha256:${"ab".repeat(32)}`, { dispatcher });
+        expect(res.status).toBe(200);
+        const reader = res.body!.getReader();
+        expect((await reader.read()).done).toBe(false);
 
-      const signalled = Date.now();
-      skiff.signal("SIGTERM");
-      expect(await skiff.exited(15_000)).toEqual({ code: 0, signal: null });
-      const took = Date.now() - signalled;
-      expect(took).toBeGreaterThanOrEqual(1_900);
-      expect(took).toBeLessThan(10_000);
-      expect(skiff.log()).toMatch(/waiting up to 2 s for 1 response\(s\) in flight/);
-      expect(skiff.log()).toMatch(/shutdown: cut 1 response\(s\) still in flight after 2 s/);
-      // The client sees the answer broken off, never a clean end.
-      const rest = (async () => {
-        for (let i = 0; i < 10_000; i++) if ((await reader.read()).done) return "ended";
-        return "endless";
-      })();
-      await expect(rest).rejects.toThrow();
-    } finally {
-      stalled.closeAllConnections();
-      await new Promise((resolve) => stalled.close(resolve));
-    }
-  }, 60_000);
+        const signalled = Date.now();
+        skiff.signal("SIGTERM");
+        expect(await skiff.exited(15_000)).toEqual({ code: 0, signal: null });
+        const took = Date.now() - signalled;
+        expect(took).toBeGreaterThanOrEqual(1_900);
+        expect(took).toBeLessThan(10_000);
+        expect(skiff.log()).toMatch(/waiting up to 2 s for 1 response\(s\) in flight/);
+        expect(skiff.log()).toMatch(/shutdown: cut 1 response\(s\) still in flight after 2 s/);
+        // The client sees the answer broken off, never a clean end.
+        const rest = (async () => {
+          for (let i = 0; i < 10_000; i++) if ((await reader.read()).done) return "ended";
+          return "endless";
+        })();
+        await expect(rest).rejects.toThrow();
+      } finally {
+        await dispatcher?.destroy();
+        stalled.closeAllConnections();
+        await new Promise((resolve) => stalled.close(resolve));
+      }
+    }, 60_000);
+  }
 
   test("a second signal exits at once", async () => {
     const skiff = await Skiff.start({ upstream: slowUpstream(), runtime });
