@@ -1,6 +1,7 @@
 // The operator's listener (`--metrics-address`): Prometheus text at /metrics, and the health routes
-// beside it. Counters say which upstreams and repositories are in use, so they stay off the public
-// port; an entry that has no second listener (Workers) decides for itself whether to offer them.
+// beside it. Counters name the upstreams and show the traffic and access decisions, which are no
+// client's business, so they stay off the public port; an entry with no second listener (Workers)
+// decides for itself whether to offer them.
 import type { Metrics } from "../util/metrics.ts";
 import type { Health } from "./health.ts";
 
