@@ -63,6 +63,7 @@ export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamCo
   // No conversion runs yet: whatever a crash left unpublished is garbage now.
   const files = await new FsStore(opts.dataDir).init();
   await sweep(files, 0, log);
+  await files.removeEmptyDirectories();
   const store: ContentStore = opts.maxStoreBytes === undefined ? files : await BoundedStore.open(files, { maxBytes: opts.maxStoreBytes, maxAgeMs: opts.maxAgeMs, log });
   if (store instanceof BoundedStore) {
     const { bytes, objects } = store.usage();
