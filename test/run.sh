@@ -11,9 +11,10 @@ export DEBIAN_FRONTEND=noninteractive
 # converter's tests zstd (fixtures), setfattr (xattrs) and python3 (hand-made tar members); nginx as
 # a reference server for `skiff check-ranges`. The CRI suite runs pods: runc, the CNI plugins
 # (bridge, host-local, loopback in /usr/lib/cni), ip (iproute2) for its bridge, debootstrap for its
-# Debian image, and gcc with libc's static archive (libc6-dev) for its sandbox image.
+# Debian image, and gcc with libc's static archive (libc6-dev) for its sandbox image. buildah builds
+# skiff's own image (deploy/image/build.sh); python3-yaml reads the Kubernetes manifest.
 need=()
-for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl zstd setfattr python3 nginx runc ip debootstrap gcc; do
+for bin in docker-registry skopeo containerd ctr fusermount3 openssl curl zstd setfattr python3 nginx runc ip debootstrap gcc buildah; do
   command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 # fuse-native's binary links libfuse 2 (libfuse.so.2), which fuse3 doesn't provide.
@@ -21,7 +22,8 @@ ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || need+=(libfuse.so.2)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] || need+=(cni-plugins)
 # `gcc -static` needs libc.a; gcc answers a bare name when it has none.
 command -v gcc >/dev/null 2>&1 && [ -f "$(gcc -print-file-name=libc.a)" ] || need+=(libc.a)
-packages="docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 nginx runc containernetworking-plugins iproute2 debootstrap gcc libc6-dev"
+python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
+packages="docker-registry skopeo containerd fuse3 libfuse2 openssl curl zstd attr python3 python3-yaml nginx runc containernetworking-plugins iproute2 debootstrap gcc libc6-dev buildah"
 if [ "${#need[@]}" -gt 0 ]; then
   echo "run.sh: missing ${need[*]}: installing Debian packages" >&2
   if [ "$(id -u)" -ne 0 ]; then

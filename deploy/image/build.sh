@@ -94,8 +94,11 @@ cp "$repo/deploy/image/Containerfile" "$work/context/"
 
 # 4. The image, in buildah's private storage (vfs: plain directories, no mounts to leave behind).
 step "buildah build"
-export CONTAINERS_REGISTRIES_CONF=$work/registries.conf  # no registry is looked up (FROM scratch)
+# No registry is looked up (FROM scratch), and no network is set up (no RUN): buildah's network
+# configuration points into the temp directory, so it creates nothing in /etc or /run either.
+export CONTAINERS_REGISTRIES_CONF=$work/registries.conf CONTAINERS_CONF=$work/containers.conf
 : >"$CONTAINERS_REGISTRIES_CONF"
+printf '[network]\nnetwork_backend = "cni"\nnetwork_config_dir = "%s"\n' "$work/cni" >"$CONTAINERS_CONF"
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$work/policy.json"
 bh=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver "${SKIFF_BUILDAH_DRIVER:-vfs}")
 "${bh[@]}" build --quiet --layers --identity-label=false --timestamp "$epoch" \

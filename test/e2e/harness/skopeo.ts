@@ -69,3 +69,10 @@ export async function skopeoInspectRaw(ref: string, creds?: string): Promise<Buf
   // run() decodes as UTF-8; manifests are JSON text, so this round-trips exactly.
   return Buffer.from(r.stdout, "utf8");
 }
+
+/** `skopeo inspect --config REF` (REF with its transport, e.g. `oci-archive:PATH`): the image's config. */
+export async function skopeoImageConfig(ref: string): Promise<Record<string, unknown>> {
+  const { policy, env } = skopeoConfig();
+  const r = await runOk("skopeo", ["--policy", policy, "inspect", "--config", ref], { env, timeoutMs: 60_000 });
+  return JSON.parse(r.stdout) as Record<string, unknown>;
+}
