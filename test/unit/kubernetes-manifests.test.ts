@@ -98,10 +98,17 @@ describe("the Kubernetes manifest", () => {
     expect(m.container.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } });
   });
 
-  test("the grace period outlasts skiff's shutdown timeout", () => {
-    const timeout = Number(flag(m.container.args, "--shutdown-timeout"));
+  test("the grace period outlasts the preStop pause and skiff's shutdown timeout together", () => {
+    const [sleep, seconds, ...more] = m.container.lifecycle.preStop.exec.command;
+    expect([sleep, more]).toEqual(["/bin/sleep", []]);
+    const timeout = serveOptions().shutdownTimeoutSeconds;
     expect(timeout).toBeGreaterThan(0);
-    expect(m.pod.terminationGracePeriodSeconds).toBeGreaterThan(timeout);
+    expect(m.pod.terminationGracePeriodSeconds).toBeGreaterThan(Number(seconds) + timeout);
+  });
+
+  test("/metrics stays on the pod's loopback", () => {
+    expect(serveOptions().metrics?.host).toBe("127.0.0.1");
+    expect(m.container.ports).toHaveLength(1);
   });
 
   test("docs/deploy.md shows the manifest as it is", () => {
