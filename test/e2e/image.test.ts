@@ -110,7 +110,7 @@ beforeAll(async () => {
   const argv = [
     ...(imageConfig.config.Entrypoint as string[]),
     ...(manifest.container.args as string[]),
-    ...["--host", "127.0.0.1", "--port", String(port)],
+    ...["--host", "127.0.0.1", "--port", String(port), "--metrics-address", "127.0.0.1:0"],
   ];
   const r = await ctr(
     [
@@ -199,12 +199,15 @@ describe("the skiff image", () => {
     for (const p of stored) expect(statSync(p).uid, p).toBe(10001);
   }, 180_000);
 
-  test("answers the liveness probe, and stops on SIGTERM within the manifest's grace period", async () => {
+  test("answers the liveness probe, and stops as Kubernetes stops it (preStop, SIGTERM) within the grace period", async () => {
     const live = await fetch(`http://127.0.0.1:${port}${manifest.container.livenessProbe.httpGet.path}`, { signal: AbortSignal.timeout(5_000) });
     expect(live.status).toBe(200);
 
     const grace = Number(manifest.pod.terminationGracePeriodSeconds);
     const t0 = performance.now();
+    const preStop = manifest.container.lifecycle.preStop.exec.command as string[];
+    const hook = await ctr(["task", "exec", "--exec-id", "prestop", ID, ...preStop], grace * 1000);
+    expect(hook.code, `${hook.stdout}\n${hook.stderr}`).toBe(0);
     const kill = await ctr(["task", "kill", "--signal", "SIGTERM", ID], 15_000);
     expect(kill.code, kill.stderr).toBe(0);
     await waitFor("the task to stop", async () => ((await taskStatus()) === "STOPPED" ? true : undefined), { timeoutMs: grace * 1000, intervalMs: 250 });
@@ -213,5 +216,6 @@ describe("the skiff image", () => {
     const deleted = await ctr(["task", "delete", ID], 30_000);
     expect(deleted.code, deleted.stderr).toBe(0);
     expect(deleted.stderr, log()).not.toMatch(/non-zero exit code/);
+    expect(log()).toMatch(/SIGTERM: shutting down/); // node, as the container's PID 1, handled it
   }, 120_000);
 });
