@@ -6,7 +6,7 @@
 # Needs root, debootstrap, buildah, and the checkout's npm dependencies (npm install: tsc).
 # Downloads only from Debian's mirror (the base) and the npm registry (Node, skiff's production
 # dependencies). The base and Node are kept in $SKIFF_IMAGE_CACHE (default ~/.cache/skiff-image):
-# later builds reuse them. buildah works in a temp directory of its own, leaving nothing behind.
+# later builds reuse them. buildah's storage is a temp directory of its own, removed at the end.
 #
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), SOURCE_DATE_EPOCH (the
 # image's timestamps; default the last commit's time, so a rebuild of a commit is the same image).
@@ -31,7 +31,11 @@ case "$(uname -m)" in
   *) echo "build.sh: no Node build for $(uname -m)" >&2; exit 1 ;;
 esac
 version=$(node -p 'require(process.argv[1]).version' "$repo/package.json")
-revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
+if revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null); then
+  git -C "$repo" diff --quiet HEAD -- || revision=$revision-modified  # built with local changes
+else
+  revision=unknown
+fi
 epoch=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 0)}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/skiff-image.XXXXXX")
