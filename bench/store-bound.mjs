@@ -18,7 +18,8 @@ const { values } = parseArgs({
   options: {
     write: { type: "boolean", default: false },
     seconds: { type: "string", default: "4" },
-    rounds: { type: "string", default: "5" },
+    rounds: { type: "string", default: "7" },
+    ranges: { type: "string", default: "4k,64k,1m" },
   },
 });
 const SECONDS = Number(values.seconds);
@@ -28,7 +29,7 @@ const RANGES = [
   ["4k", 4096],
   ["64k", 65536],
   ["1m", 2 ** 20],
-];
+].filter(([label]) => values.ranges.split(",").includes(label));
 const CONNECTIONS = 16;
 requireTools("wrk", "docker-registry", "taskset");
 
@@ -88,8 +89,11 @@ try {
       for (const [name, url] of order) rounds[name].push(runWrk(script, url, { size: SIZE, length, connections: CONNECTIONS, seconds: SECONDS }).rps);
     }
     const [a, b] = [median(rounds.unbounded), median(rounds.bounded)];
+    // The two servers of one round ran back to back: their ratio is the paired comparison, less
+    // exposed to the machine's drift than the ratio of the medians.
+    const ratio = median(rounds.bounded.map((r, i) => r / rounds.unbounded[i]));
     console.error(`${label}: unbounded ${a.toFixed(0)}/s (${rounds.unbounded.map((r) => r.toFixed(0)).join(", ")}), bounded ${b.toFixed(0)}/s (${rounds.bounded.map((r) => r.toFixed(0)).join(", ")})`);
-    rows.push(`| ${label} | ${CONNECTIONS} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${(b / a).toFixed(3)} | ${b >= 0.95 * a ? "met" : "not met"} |`);
+    rows.push(`| ${label} | ${CONNECTIONS} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${ratio.toFixed(3)} | ${ratio >= 0.95 ? "met" : "not met"} |`);
   }
 
   const COUNT = 20_000;
@@ -102,9 +106,11 @@ try {
 Range serving: the same cached ${SIZE / 2 ** 20} MiB random blob from two skiffs on Node, one with no
 bound, one with \`--max-store-size 64g\` (every request pays the bookkeeping: the object's unit marked
 used, held while it is read; nothing is evicted). Random single ranges, ${CONNECTIONS} connections;
-servers on CPU 1, wrk on CPU 0. Goal: the bounded rate within 5 % of the unbounded one.
+servers on CPU 1, wrk on CPU 0. Goal: the bounded rate within 5 % of the unbounded one. The
+rates are the medians of the rounds; the ratio is the median of each round's ratio (the two
+servers of a round run back to back).
 
-| range | conn | no bound req/s | bounded req/s | ratio | goal ≥ 0.95 |
+| range | conn | no bound req/s | bounded req/s | bounded ÷ no bound (median of the rounds' ratios) | goal ≥ 0.95 |
 |---|---:|---:|---:|---:|---|
 ${rows.join("\n")}
 

@@ -36,6 +36,8 @@ interface Unit {
   keys: Map<string, number>;
   bytes: number;
   usedMs: number;
+  /** Which use of the store was its last: the order of eviction (times can tie). */
+  lastUse: number;
 }
 
 /** Evicted units remembered, to count those written again. */
@@ -47,7 +49,7 @@ export class BoundedStore implements ContentStore {
   readonly #maxAgeMs: number | undefined;
   readonly #now: () => number;
   readonly #log: (message: string) => void;
-  /** Evictable units, least recently used first. */
+  /** Evictable units, each with the time it was last used. */
   readonly #units = new Map<string, Unit>();
   /** Sizes of the keys never evicted. */
   readonly #fixed = new Map<string, number>();
@@ -61,6 +63,8 @@ export class BoundedStore implements ContentStore {
   #objects = 0;
   /** Bytes written by uploads not yet committed. */
   #reserved = 0;
+  /** Uses so far (reads and writes of evictable units), counted to order them. */
+  #uses = 0;
   #evictions = 0;
   #evictedBytes = 0;
   #restored = 0;
@@ -76,14 +80,11 @@ export class BoundedStore implements ContentStore {
     this.#now = o.now ?? Date.now;
     this.#log = o.log ?? (() => {});
     if (inner.readSpan) {
-      this.readSpan = async (key, span, into) => {
-        const unit = this.#touch(key);
-        if (unit !== null) this.#hold(unit);
-        try {
-          return await inner.readSpan!(key, span, into);
-        } finally {
-          if (unit !== null) this.#release(unit);
-        }
+      // Not held like a stream: one short read, of what was just made the most recently used, the
+      // last unit an eviction would take. The range fast path comes here: it pays for a touch only.
+      this.readSpan = (key, span, into) => {
+        this.#touch(key);
+        return inner.readSpan!(key, span, into);
       };
     }
     if (inner.getVersioned && inner.putIfVersion) {
@@ -104,10 +105,6 @@ export class BoundedStore implements ContentStore {
     for await (const object of inner.list()) listed.push(object);
     listed.sort((a, b) => a.modifiedMs - b.modifiedMs);
     for (const { key, size, modifiedMs } of listed) store.#add(key, size, modifiedMs);
-    // Most recently written last: the order eviction takes them in.
-    const units = [...store.#units].sort(([, a], [, b]) => a.usedMs - b.usedMs);
-    store.#units.clear();
-    for (const [name, unit] of units) store.#units.set(name, unit);
     await store.#reserve(0, "the store as found at start").catch((err: unknown) => {
       // What can't be evicted (manifests, tags, links) is over the bound: serve anyway, caching less.
       if (!(err instanceof StoreFullError)) throw err;
@@ -199,25 +196,28 @@ export class BoundedStore implements ContentStore {
     if (this.#maxAgeMs === undefined) return 0;
     const before = this.#now() - this.#maxAgeMs;
     const deletes: Promise<void>[] = [];
-    for (const [name, unit] of this.#units) {
-      if (unit.usedMs >= before) break; // least recently used first: the rest are newer
-      if (!this.#busy.has(name)) deletes.push(this.#evict(name, unit));
-    }
+    for (const [name, unit] of this.#units) if (unit.usedMs < before && !this.#busy.has(name)) deletes.push(this.#evict(name, unit));
     await Promise.all(deletes);
     return deletes.length;
   }
 
   /**
-   * Reserves `bytes` for a write, evicting least recently used units until they fit; throws
-   * StoreFullError when they can't. The room is taken at once, before the deletes finish, so two
+   * Reserves `bytes` for a write, evicting least recently used units until they fit and 1 % of the
+   * bound is free besides, so that the next writes need not look for victims again; throws
+   * StoreFullError when they can't fit. The room is taken at once, before the deletes finish, so two
    * writes can't both count on it; the write waits for them, so the disk holds no more than the bound.
    */
   async #reserve(bytes: number, what: string): Promise<void> {
     const excess = () => this.#bytes + this.#reserved + bytes - this.#max;
     const deletes: Promise<void>[] = [];
-    for (const [name, unit] of this.#units) {
-      if (excess() <= 0) break;
-      if (!this.#busy.has(name)) deletes.push(this.#evict(name, unit));
+    if (excess() > 0) {
+      // Sorted only now: a use marks its unit with the time alone, which keeps reads cheap.
+      const victims = [...this.#units].filter(([name]) => !this.#busy.has(name)).sort(([, a], [, b]) => a.lastUse - b.lastUse);
+      const slack = Math.floor(this.#max / 100);
+      for (const [name, unit] of victims) {
+        if (excess() <= -slack) break;
+        deletes.push(this.#evict(name, unit));
+      }
     }
     if (excess() > 0) {
       await Promise.all(deletes);
@@ -250,8 +250,7 @@ export class BoundedStore implements ContentStore {
     const unit = this.#units.get(name);
     if (unit) {
       unit.usedMs = this.#now();
-      this.#units.delete(name);
-      this.#units.set(name, unit);
+      unit.lastUse = ++this.#uses;
     }
     return name;
   }
@@ -286,11 +285,11 @@ export class BoundedStore implements ContentStore {
       this.#fixed.set(key, size);
       return;
     }
-    const unit = this.#units.get(name) ?? { keys: new Map(), bytes: 0, usedMs };
+    const unit = this.#units.get(name) ?? { keys: new Map(), bytes: 0, usedMs, lastUse: 0 };
     unit.keys.set(key, size);
     unit.bytes += size;
     unit.usedMs = Math.max(unit.usedMs, usedMs);
-    this.#units.delete(name);
+    unit.lastUse = ++this.#uses;
     this.#units.set(name, unit);
   }
 
