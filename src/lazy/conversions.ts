@@ -323,11 +323,14 @@ export class Conversions {
    * converter checks against it anyway.
    */
   async layerAgain(name: string, digest: Digest, params: ConvertParams): Promise<void> {
+    const { store, hasher, gunzip, chunkEncoder, stepBytes, blobs, maxLayerBytes } = this.#deps;
+    // Any blob of the repository can be named here: one over the limit is refused before it is fetched.
+    const { size } = (await blobs.cached(name, digest)) ?? (await blobs.upstreamHead(name, digest));
+    if (size > maxLayerBytes) throw new OciError("SIZE_INVALID", `layer ${digest.value} is ${size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
     const open = () => this.#blob(name, digest);
     const mediaType = LAYER_MEDIA_TYPE[sniffCompression(await firstPiece(await open()))];
-    const { store, hasher, gunzip, chunkEncoder, stepBytes } = this.#deps;
     const options = { store, hasher, gunzip, chunkEncoder, params, budget: stepBytes ? { remaining: stepBytes } : undefined };
-    await this.#layerFor(name, { digest, mediaType, open }, options).catch(rethrowAsOci);
+    await this.#layerFor(name, { digest, mediaType, size, open }, options).catch(rethrowAsOci);
   }
 
   /** The image as the converter sees it, read through the verified caches under `name`. */

@@ -171,8 +171,11 @@ export class BoundedStore implements ContentStore {
         await upload.write(chunk);
       },
       commit: async () => {
-        await upload.commit();
-        finish();
+        try {
+          await upload.commit();
+        } finally {
+          finish(); // a failed commit has discarded the upload: callers need not cancel it
+        }
         this.#record(key, written);
       },
       cancel: async () => {

@@ -74,6 +74,28 @@ describe("BoundedStore", () => {
     expect(store.usage().bytes).toBeLessThanOrEqual(1000);
   });
 
+  it("gives back the room and the hold of a write whose commit failed", async () => {
+    const inner = new MemoryStore();
+    let failCommits = true;
+    const flaky = {
+      stat: (key: string) => inner.stat(key),
+      get: (key: string) => inner.get(key),
+      delete: (key: string) => inner.delete(key),
+      list: (prefix?: string) => inner.list(prefix),
+      put: async (key: string) => {
+        const upload = await inner.put(key);
+        return { ...upload, commit: () => (failCommits ? Promise.reject(new Error("disk gone")) : upload.commit()) };
+      },
+    };
+    const store = await BoundedStore.open(flaky, { maxBytes: 1000 });
+    await expect(putBytes(store, blob(1), bytes(600))).rejects.toThrow("disk gone");
+    expect(store.usage().bytes).toBe(0);
+    failCommits = false;
+    await putBytes(store, blob(2), bytes(1000)); // all the room is free again
+    await putBytes(store, blob(3), bytes(1000)); // and blob 2, not held by anything, can go
+    expect(inner.keys()).toEqual([blob(3)]);
+  });
+
   it("keeps a key it was told to keep, stored before or after", async () => {
     const { inner, store } = await bounded(1000);
     await putBytes(store, blob(1), bytes(300));
