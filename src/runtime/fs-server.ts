@@ -8,7 +8,7 @@ import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
 import { BoundedStore } from "../store/bounded.ts";
 import { FsStore } from "../store/fs.ts";
-import { sweepGarbage } from "../store/gc.ts";
+import { garbageSummary, sweepGarbage } from "../store/gc.ts";
 import type { ContentStore } from "../store/store.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
 import { nodeGzip } from "./node-gzip.ts";
@@ -85,7 +85,7 @@ export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamCo
 
 async function sweep(store: ContentStore, graceMs: number, log: (message: string) => void): Promise<void> {
   const garbage = await sweepGarbage(store, { graceMs });
-  if (garbage.length > 0) log(`store: removed ${garbage.length} objects nothing uses (${garbage.reduce((n, g) => n + g.size, 0)} bytes)`);
+  if (garbage.length > 0) log(`store: ${garbageSummary(garbage)}`);
 }
 
 /** The URL of a server listening at `address` (an IPv6 one goes in brackets). */

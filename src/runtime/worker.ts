@@ -13,7 +13,7 @@ import { createApp, type SkiffApp } from "../http/app.ts";
 import { errorResponse } from "../http/errors.ts";
 import { metricsResponse } from "../http/ops.ts";
 import { OciError } from "../oci/errors.ts";
-import { sweepGarbage } from "../store/gc.ts";
+import { garbageSummary, sweepGarbage } from "../store/gc.ts";
 import { R2Store, type R2BucketLike } from "../store/r2.ts";
 import { parseDuration } from "../util/duration.ts";
 import { limitConnections } from "../util/connection-limit.ts";
@@ -48,10 +48,10 @@ export default {
    */
   async scheduled(_controller: unknown, env: WorkerEnv): Promise<void> {
     const text = typeof env.SWEEP_GRACE === "string" && env.SWEEP_GRACE !== "" ? env.SWEEP_GRACE : "1h";
-    const graceMs = parseDuration(text) ?? DEFAULT_SWEEP_GRACE_MS;
-    if (parseDuration(text) === null) console.error(`skiff sweep: SWEEP_GRACE must be a duration like 1h or 3600, got ${JSON.stringify(text)}; using 1h`);
-    const garbage = await sweepGarbage(new R2Store(env.STORE), { graceMs });
-    console.log(`skiff sweep: removed ${garbage.length} objects nothing uses (${garbage.reduce((n, g) => n + g.size, 0)} bytes)`);
+    const parsed = parseDuration(text);
+    if (parsed === null) console.error(`skiff sweep: SWEEP_GRACE must be a duration like 1h or 3600, got ${JSON.stringify(text)}; using 1h`);
+    const garbage = await sweepGarbage(new R2Store(env.STORE), { graceMs: parsed ?? DEFAULT_SWEEP_GRACE_MS });
+    console.log(`skiff sweep: ${garbageSummary(garbage)}`);
   },
 };
 

@@ -78,3 +78,8 @@ export async function sweepGarbage(store: ContentStore, o: SweepOptions = {}): P
   if (!o.dryRun) for (const { key } of garbage) await store.delete(key);
   return garbage;
 }
+
+/** One line for a log: how much a sweep removed. */
+export function garbageSummary(garbage: Garbage[]): string {
+  return `removed ${garbage.length} objects nothing uses (${garbage.reduce((n, g) => n + g.size, 0)} bytes)`;
+}
