@@ -8,8 +8,8 @@ import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
 import { BoundedStore } from "../store/bounded.ts";
 import { FsStore } from "../store/fs.ts";
-import { garbageSummary, sweepGarbage } from "../store/gc.ts";
-import type { ContentStore } from "../store/store.ts";
+import { garbageSummary, sweepGarbage, type Garbage } from "../store/gc.ts";
+import { listAll, type ContentStore, type ListedObject } from "../store/store.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
 import { nodeGzip } from "./node-gzip.ts";
 import type { TlsFiles } from "./tls-pair.ts";
@@ -62,9 +62,14 @@ export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamCo
   const log = opts.log ?? (() => {});
   // No conversion runs yet: whatever a crash left unpublished is garbage now.
   const files = await new FsStore(opts.dataDir).init();
-  await sweep(files, 0, log);
+  // One walk of the store serves both the sweep and the bound's accounting.
+  const listed = await listAll(files);
+  const swept = new Set((await sweep(files, 0, log, listed)).map((g) => g.key));
   await files.removeEmptyDirectories();
-  const store: ContentStore = opts.maxStoreBytes === undefined ? files : await BoundedStore.open(files, { maxBytes: opts.maxStoreBytes, maxAgeMs: opts.maxAgeMs, log });
+  const store: ContentStore =
+    opts.maxStoreBytes === undefined
+      ? files
+      : await BoundedStore.open(files, { maxBytes: opts.maxStoreBytes, maxAgeMs: opts.maxAgeMs, log, listed: listed.filter((o) => !swept.has(o.key)) });
   if (store instanceof BoundedStore) {
     const { bytes, objects } = store.usage();
     log(`store bounded at ${opts.maxStoreBytes} bytes: ${bytes} bytes in ${objects} objects${opts.maxAgeMs === undefined ? "" : `, evicted after ${opts.maxAgeMs / 1000} s unused`}`);
@@ -83,9 +88,10 @@ export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamCo
   return { ...app, stopSweeps: () => clearInterval(timer) };
 }
 
-async function sweep(store: ContentStore, graceMs: number, log: (message: string) => void): Promise<void> {
-  const garbage = await sweepGarbage(store, { graceMs });
+async function sweep(store: ContentStore, graceMs: number, log: (message: string) => void, listed?: ListedObject[]): Promise<Garbage[]> {
+  const garbage = await sweepGarbage(store, { graceMs, listed });
   if (garbage.length > 0) log(`store: ${garbageSummary(garbage)}`);
+  return garbage;
 }
 
 /** The URL of a server listening at `address` (an IPv6 one goes in brackets). */

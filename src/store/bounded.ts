@@ -10,7 +10,7 @@
 // remembers an object without checking for it (the app forgets its in-memory entries on eviction).
 import { onStreamEnd } from "../util/streams.ts";
 import { evictionUnit } from "./keys.ts";
-import { StoreFullError, type ByteSpan, type ContentStore, type ListedObject, type Upload, type Versioned } from "./store.ts";
+import { listAll, StoreFullError, type ByteSpan, type ContentStore, type ListedObject, type Upload, type Versioned } from "./store.ts";
 
 export interface BoundedStoreOptions {
   maxBytes: number;
@@ -18,6 +18,8 @@ export interface BoundedStoreOptions {
   maxAgeMs?: number;
   now?: () => number;
   log?: (message: string) => void;
+  /** The inner store's objects, when the caller has listed them already (at start, for a sweep). */
+  listed?: ListedObject[];
 }
 
 export interface StoreUsage {
@@ -101,8 +103,7 @@ export class BoundedStore implements ContentStore {
   static async open(inner: ContentStore, o: BoundedStoreOptions): Promise<BoundedStore> {
     if (!inner.list) throw new Error("a bounded store needs a store that can list its objects");
     const store = new BoundedStore(inner, o);
-    const listed: ListedObject[] = [];
-    for await (const object of inner.list()) listed.push(object);
+    const listed = o.listed ? [...o.listed] : await listAll(inner);
     listed.sort((a, b) => a.modifiedMs - b.modifiedMs);
     for (const { key, size, modifiedMs } of listed) store.#add(key, size, modifiedMs);
     await store.#reserve(0, "the store as found at start").catch((err: unknown) => {

@@ -23,6 +23,8 @@ export interface SweepOptions {
   /** Leave objects written less than this long ago (a running proxy's sweep). */
   graceMs?: number;
   now?: () => number;
+  /** The store's objects, when the caller has listed them already: the sweep lists none itself. */
+  listed?: Iterable<ListedObject>;
 }
 
 /** Conversion steps untouched this long are abandoned: the next request starts that layer afresh. */
@@ -38,7 +40,7 @@ export async function sweepGarbage(store: ContentStore, o: SweepOptions = {}): P
   const layers = new Map<string, Map<string, ListedObject>>();
   const manifests = new Set<string>();
   const metas: ListedObject[] = [];
-  for await (const object of store.list()) {
+  for await (const object of o.listed ?? store.list()) {
     const layer = LAYER_OBJECT.exec(object.key);
     if (layer) {
       const parts = layers.get(layer[1]!) ?? new Map<string, ListedObject>();

@@ -111,3 +111,11 @@ export async function getJson<T>(store: ContentStore, key: string): Promise<T | 
 export function putJson(store: ContentStore, key: string, value: unknown): Promise<void> {
   return putBytes(store, key, new TextEncoder().encode(JSON.stringify(value)));
 }
+
+/** Every object of a store that can list them (see ContentStore.list), gathered. */
+export async function listAll(store: ContentStore, prefix?: string): Promise<ListedObject[]> {
+  if (!store.list) throw new Error("this store can't list its objects");
+  const listed: ListedObject[] = [];
+  for await (const object of store.list(prefix)) listed.push(object);
+  return listed;
+}

@@ -8,7 +8,7 @@ import { BoundedStore } from "../../src/store/bounded.ts";
 import { FsStore } from "../../src/store/fs.ts";
 import { sweepGarbage, STALE_STEPS_MS } from "../../src/store/gc.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import { getBytes, putBytes, StoreFullError } from "../../src/store/store.ts";
+import { getBytes, listAll, putBytes, StoreFullError } from "../../src/store/store.ts";
 
 const blob = (n: number) => `blobs/sha256/${String(n).padStart(2, "0")}/${String(n).padStart(64, "0")}`;
 const layer = (n: number) => `converted/layers/sha256/aa/${String(n).padStart(64, "a")}/v1-c20-none`;
@@ -117,6 +117,21 @@ describe("BoundedStore", () => {
     const { store } = await bounded(700, { inner });
     expect(inner.keys().sort()).toEqual([blob(2), blob(3)]);
     expect(store.usage().bytes).toBe(600);
+  });
+
+  it("takes a listing already made instead of listing the store again (one walk at start)", async () => {
+    const inner = new MemoryStore();
+    for (let i = 0; i < 3; i++) await putBytes(inner, blob(i), bytes(300));
+    const listed = await listAll(inner);
+    let lists = 0;
+    const counting = Object.assign(Object.create(inner) as MemoryStore, {
+      list: (prefix?: string) => (lists++, inner.list(prefix)),
+    });
+    expect(await sweepGarbage(counting, { listed })).toEqual([]);
+    // The listing given is what the bound counts: one object left out is not in the accounting.
+    const store = await BoundedStore.open(counting, { maxBytes: 10_000, listed: listed.filter((o) => o.key !== blob(2)) });
+    expect(lists).toBe(0);
+    expect(store.usage()).toMatchObject({ bytes: 600, objects: 2 });
   });
 
   it("evicts what went unused past the max age, and counts a unit stored again after its eviction", async () => {
