@@ -3,15 +3,18 @@
 // the digest. The first client is served live with the final bytes held back until that check
 // passes; on a mismatch its response is aborted so it sees an error, never a clean end. When the
 // store can't take the blob (a full disk), that client is still served, verified, and nothing is kept.
+// Where one invocation can't pull a large blob (Workers), a fetch that no client streams is made in
+// steps across requests instead (./blob-steps.ts): each request that wants the blob advances it.
 import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
 import type { Digest } from "../oci/reference.ts";
 import type { RegistryClient } from "../oci/upstreams.ts";
-import { StoreFullError, type ContentStore, type Upload } from "../store/store.ts";
+import { StoreFullError, type ContentStore, type ResumableUploads, type Upload } from "../store/store.ts";
 import { blobKey, blobLinkKey } from "../store/keys.ts";
 import { upstreamError } from "../oci/upstream-errors.ts";
 import { BatchedWriter, coalesce } from "../util/streams.ts";
+import { BlobSteps } from "./blob-steps.ts";
 
 export interface BlobInfo {
   size: number;
@@ -31,8 +34,20 @@ export interface BlobCacheDeps {
   upstream: RegistryClient;
   hasher: HasherFactory;
   metrics: Metrics;
+  /**
+   * Fetch blobs larger than this in steps of about this many bytes, one step per request, when the
+   * store has resumable uploads (R2); whole in one pass otherwise.
+   */
+  stepBytes?: number;
   log?: (message: string) => void;
+  now?: () => number;
 }
+
+/**
+ * How a fetch's caller takes the blob: streamed as it arrives (`true`); only once stored (`false`);
+ * or streamed when the blob is fetched in one pass and only once stored when in steps (`"if-one-pass"`).
+ */
+export type FetchMode = boolean | "if-one-pass";
 
 // Chunks queued for a slow live client before the fetch waits for it; bounds memory per fetch.
 const LIVE_QUEUE_CHUNKS = 16;
@@ -53,8 +68,12 @@ export class BlobCache {
   /** `name@digest` → size, least recently used first. */
   readonly #entitled = new Map<string, BlobInfo>();
 
+  readonly #steps: BlobSteps | null;
+
   constructor(deps: BlobCacheDeps) {
     this.#deps = deps;
+    const { store } = deps;
+    this.#steps = deps.stepBytes && store.multipart ? new BlobSteps({ ...deps, store: store as ContentStore & { multipart: ResumableUploads }, stepBytes: deps.stepBytes }) : null;
   }
 
   /**
@@ -113,12 +132,16 @@ export class BlobCache {
     return { size };
   }
 
-  /** Starts the upstream fetch of a missing blob, or joins the one already running. */
-  fetch(name: string, digest: Digest, live: boolean): Promise<BlobFetch> {
+  /**
+   * Starts the upstream fetch of a missing blob, or joins the one already running. A blob fetched
+   * in steps is never live: `done` settles when this request's step has, and rejects with
+   * BlobPending (503 + Retry-After) until the step that publishes it.
+   */
+  fetch(name: string, digest: Digest, live: FetchMode): Promise<BlobFetch> {
     const key = `${name}@${digest.value}`;
     const running = this.#inflight.get(key);
     if (running) return running.then((f) => ({ size: f.size, live: null, done: f.done }));
-    const started = this.#start(name, digest, live);
+    const started = live === true || !this.#steps ? this.#start(name, digest, live !== false) : this.#startStepped(name, digest, live);
     this.#inflight.set(key, started);
     const forget = () => this.#inflight.delete(key);
     started.then((f) => f.done.then(forget, forget), forget);
@@ -221,6 +244,19 @@ export class BlobCache {
     })();
     done.catch(() => {}); // failures reach whoever awaits; never an unhandled rejection
     return { size, live: pipe?.readable ?? null, done };
+  }
+
+  /** A fetch without a live client: one step when the blob is larger than a step (or a fetch is already under way in steps), else whole. */
+  async #startStepped(name: string, digest: Digest, live: FetchMode): Promise<BlobFetch> {
+    const steps = this.#steps!;
+    const { size } = await this.upstreamHead(name, digest);
+    if (size <= steps.stepBytes && !(await steps.underWay(digest))) return this.#start(name, digest, live !== false);
+    const done = steps.step(name, digest, size).then(async (stored) => {
+      await this.#link(name, digest);
+      return stored;
+    });
+    done.catch(() => {}); // failures reach whoever awaits; never an unhandled rejection
+    return { size, live: null, done };
   }
 
   async #link(name: string, digest: Digest): Promise<void> {

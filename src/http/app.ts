@@ -44,6 +44,8 @@ export interface AppOptions extends Partial<AppSettings> {
   gzip?: Gzip;
   /** The fetch that reaches one upstream (its connection pool, its CA bundle); global fetch by default. */
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
+  /** Fetch larger cold blobs in steps of this many bytes across requests, where the store can (R2; src/cache/blob-steps.ts). */
+  blobStepBytes?: number;
   log?: (message: string) => void;
   now?: () => number;
 }
@@ -77,7 +79,7 @@ export function createApp(opts: AppOptions): SkiffApp {
   const upstreams = new Upstreams(config.upstreams, config.defaultUpstream, (u) => client(u, u.credentials));
   const access = new AccessPolicy(config.access, { hasher, metrics, now: opts.now, clientFor: (route, credentials) => client(route.upstream, credentials) });
 
-  const blobs = new BlobCache({ store, upstream: upstreams, hasher, metrics, log });
+  const blobs = new BlobCache({ store, upstream: upstreams, hasher, metrics, stepBytes: opts.blobStepBytes, log, now: opts.now });
   const manifests = new ManifestCache({
     store,
     upstream: upstreams,

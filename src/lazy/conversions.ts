@@ -13,6 +13,7 @@
 // a node waiting on a cold edge gets the `none` bootstrap as soon as it is made (ImageJob.early).
 import type { ChunkEncoder } from "../convert/chunk-encoder.ts";
 import type { BlobCache } from "../cache/blobs.ts";
+import { BlobPending } from "../cache/blob-steps.ts";
 import { blobKey, imageBootstrapKey, layerBootstrapKey, layerLeaseKey } from "../store/keys.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { Bootstrap } from "../format/decode.ts";
@@ -303,7 +304,8 @@ export class Conversions {
     } catch (caught) {
       // A blob that failed to download, verify or store is what went wrong, whatever the converter made of its bytes.
       const err = (await feed.settle()) ?? caught;
-      if (err instanceof ConversionPaused || err instanceof LeaseLost) {
+      // A layer fetched in steps (./layer-feed.ts) goes on at the next request, as a paused conversion does.
+      if (err instanceof ConversionPaused || err instanceof LeaseLost || err instanceof BlobPending) {
         if (began) metrics.inc("skiff_conversion_steps_total");
         throw new ConversionPending(err.message);
       }

@@ -33,7 +33,8 @@ export class LayerFeed {
   async open(): Promise<ReadableStream<Uint8Array>> {
     if (this.#fetch) throw new Error(`layer ${this.#digest.value} is already being read`);
     if (await this.#blobs.cached(this.#name, this.#digest)) return this.#stored();
-    const fetch = await this.#blobs.fetch(this.#name, this.#digest, true);
+    // Live unless the cache fetches this blob in steps (Workers): then from the store once it is whole.
+    const fetch = await this.#blobs.fetch(this.#name, this.#digest, "if-one-pass");
     if (!fetch.live) return this.#stored();
     this.#fetch = fetch;
     const reader = (this.#reader = fetch.live.getReader());

@@ -1,10 +1,12 @@
 // Cloudflare Workers entry: the shared app over an R2 bucket, configured from the Worker's vars and
 // secrets (docs/deploy.md). One app per isolate, built on its first request; node:crypto hashing and
 // node:zlib gunzip through the nodejs_compat flag (docs/benchmarks.md), at most 6 upstream responses
-// open at once (the platform's limit per invocation), and layer conversion in resumable steps.
+// open at once per invocation (the platform's limit; each request runs in its own async context),
+// and layer conversion and large cold blob fetches in resumable steps.
 // There is no second listener for /metrics: it is served only when the secret METRICS_TOKEN is
 // set, to requests that bear it.
 import type { ExecutionContext } from "hono";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { resolveConfig } from "../config/config.ts";
 import { parseServeSettings, SETTING_NAMES, SettingsError } from "../config/serve-settings.ts";
 import { singleUpstreamConfig } from "../config/single.ts";
@@ -16,6 +18,7 @@ import { OciError } from "../oci/errors.ts";
 import { garbageSummary, sweepGarbage } from "../store/gc.ts";
 import { R2Store, type R2BucketLike } from "../store/r2.ts";
 import { parseDuration } from "../util/duration.ts";
+import { parseSize } from "../util/size.ts";
 import { limitConnections } from "../util/connection-limit.ts";
 import { UPSTREAM_TIMEOUTS, withTimeouts } from "../util/fetch-timeouts.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
@@ -28,6 +31,12 @@ const varOf = (setting: string) => ({ access: "ACCESS_MODE", "allow-host": "ALLO
 // CPU time per invocation is limited, so conversions go in steps: 512m is about 2 s of it without
 // chunk compression, 20 s with deflate-raw; and a request waits less for one (docs/deploy.md).
 const WORKER_DEFAULTS = { "convert-step": "512m", "convert-wait": "25" };
+// A cold blob larger than this is fetched in steps of it, one per request (src/cache/blob-steps.ts):
+// its hash is pure JS, about 0.1 to 0.25 GB/s, so 256m is one to three seconds of CPU time.
+const DEFAULT_BLOB_STEP = "256m";
+
+/** The invocation a piece of work belongs to, for the connection limit: work in waitUntil stays in its request's. */
+const invocation = new AsyncLocalStorage<object>();
 
 let built: { env: WorkerEnv; app: SkiffApp } | { env: WorkerEnv; error: string } | undefined;
 
@@ -38,7 +47,8 @@ export default {
     if (new URL(request.url).pathname === "/metrics" && typeof env.METRICS_TOKEN === "string" && env.METRICS_TOKEN !== "") {
       return bearerMatches(request, env.METRICS_TOKEN) ? metricsResponse(built.app.metrics) : new Response("unauthorized\n", { status: 401, headers: { "WWW-Authenticate": "Bearer" } });
     }
-    return withFixedLength(await built.app.app.fetch(request, env, ctx));
+    const app = built.app.app;
+    return invocation.run({}, async () => withFixedLength(await app.fetch(request, env, ctx)));
   },
 
   /**
@@ -89,8 +99,12 @@ function build(env: WorkerEnv): NonNullable<typeof built> {
   try {
     const { tagTtlSeconds, ...settings } = parseServeSettings(Object.fromEntries(SETTING_NAMES.map((s) => [s, vars(varOf(s))])), WORKER_DEFAULTS);
     const config = resolveConfig(configDocument(vars), { env: strings, defaultTagTtlSeconds: tagTtlSeconds });
-    const upstreamFetch = limitConnections(withTimeouts((input, init) => fetch(input, init), UPSTREAM_TIMEOUTS), 6);
-    const app = createApp({ config, store: new R2Store(env.STORE), hasher: nodeHasher, gunzip: nodeGunzip, gzipBody: "runtime", fetchFor: () => upstreamFetch, ...settings, log: (m) => console.log(m) });
+    const upstreamFetch = limitConnections(withTimeouts((input, init) => fetch(input, init), UPSTREAM_TIMEOUTS), 6, () => invocation.getStore());
+    const blobStep = vars("BLOB_STEP") ?? DEFAULT_BLOB_STEP;
+    const blobStepBytes = parseSize(blobStep);
+    if (blobStepBytes === null || blobStepBytes < 1) throw new Error(`BLOB_STEP must be a size above 0 like 256m or 1g, got ${JSON.stringify(blobStep)}`);
+    const store = new R2Store(env.STORE);
+    const app = createApp({ config, store, hasher: nodeHasher, gunzip: nodeGunzip, gzipBody: "runtime", fetchFor: () => upstreamFetch, blobStepBytes, ...settings, log: (m) => console.log(m) });
     console.log(`skiff ready: upstreams ${config.upstreams.map((u) => `${u.prefix}=${u.url}`).join(" ")}, access ${config.access.mode}`);
     return { env, app };
   } catch (err) {

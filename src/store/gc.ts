@@ -4,7 +4,9 @@
 //     that nobody went on with (its checkpoint older than STALE_STEPS_MS);
 //   - a converted layer's bootstrap without its data (a bootstrap is published after its data, so
 //     only a lost data object leaves one), and the steps of a conversion already published;
-//   - a manifest's `.meta` record without the manifest.
+//   - a manifest's `.meta` record without the manifest;
+//   - the checkpoint and lease of a blob fetch in steps (Workers) that nobody went on with for
+//     STALE_STEPS_MS (R2 itself expires the upload's parts after 7 days), or whose blob is stored.
 // Everything else is in use or may be: a converted layer whose source blob was evicted still serves
 // its data, and repository links are the record of what each repository may see.
 // A running proxy sweeps with a grace period, so that a conversion between two commits is never
@@ -32,6 +34,7 @@ export const STALE_STEPS_MS = 24 * 3600_000;
 
 const LAYER_OBJECT = /^(converted\/layers\/[^/]+\/[^/]+\/[^/]+\/[^/]+)\/(data|bootstrap|steps\/.+)$/;
 const MANIFEST_META = /^(manifests\/.+)\.meta$/;
+const BLOB_FETCH = /^fetches\/([^/]+)\/([0-9a-f]{2})\/([0-9a-f]+)\/(checkpoint|lease)$/;
 
 /** Finds the garbage in `store` and, unless `dryRun`, deletes it; what it found. */
 export async function sweepGarbage(store: ContentStore, o: SweepOptions = {}): Promise<Garbage[]> {
@@ -40,9 +43,16 @@ export async function sweepGarbage(store: ContentStore, o: SweepOptions = {}): P
   const layers = new Map<string, Map<string, ListedObject>>();
   const manifests = new Set<string>();
   const metas: ListedObject[] = [];
+  const blobs = new Set<string>();
+  const fetches: { object: ListedObject; blob: string }[] = [];
   for await (const object of o.listed ?? store.list()) {
     const layer = LAYER_OBJECT.exec(object.key);
-    if (layer) {
+    const fetch = BLOB_FETCH.exec(object.key);
+    if (fetch) {
+      fetches.push({ object, blob: `blobs/${fetch[1]}/${fetch[2]}/${fetch[3]}` });
+    } else if (object.key.startsWith("blobs/")) {
+      blobs.add(object.key);
+    } else if (layer) {
       const parts = layers.get(layer[1]!) ?? new Map<string, ListedObject>();
       parts.set(layer[2]!, object);
       layers.set(layer[1]!, parts);
@@ -74,6 +84,10 @@ export async function sweepGarbage(store: ContentStore, o: SweepOptions = {}): P
     if (checkpoint && now - checkpoint.modifiedMs < STALE_STEPS_MS) continue;
     const why = checkpoint ? "an abandoned conversion in steps" : "an unpublished conversion (a crash before its bootstrap)";
     for (const object of [...(data ? [data] : []), ...steps]) found(object, why);
+  }
+  for (const { object, blob } of fetches) {
+    if (blobs.has(blob)) found(object, "the record of a blob fetch already published");
+    else if (now - object.modifiedMs >= STALE_STEPS_MS) found(object, "an abandoned blob fetch in steps");
   }
   for (const meta of metas) if (!manifests.has(MANIFEST_META.exec(meta.key)![1]!)) found(meta, "a manifest record without its manifest");
 

@@ -24,6 +24,11 @@ export const layerBootstrapKey = (layer: Digest, params: string) => `${converted
 export const layerCheckpointKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/steps/checkpoint`;
 export const layerSegmentKey = (layer: Digest, params: string, fromChunk: number) => `${convertedLayer(layer, params)}/steps/segment-${fromChunk}`;
 export const layerLeaseKey = (layer: Digest, params: string) => `${convertedLayer(layer, params)}/steps/lease`;
+// A blob fetched from the upstream in steps (Workers): where it stopped, and who is fetching it.
+// Not under blobs/, so no reader or eviction mistakes them for a blob.
+const blobFetch = (d: Digest) => `fetches/${d.algorithm}/${d.hex.slice(0, 2)}/${d.hex}`;
+export const blobFetchCheckpointKey = (d: Digest) => `${blobFetch(d)}/checkpoint`;
+export const blobFetchLeaseKey = (d: Digest) => `${blobFetch(d)}/lease`;
 /** `platform` is `os/arch[/variant]`; it becomes one segment with `-` between its parts. */
 export const imageBootstrapKey = (manifest: Digest, params: string, platform: string) =>
   `converted/images/${manifest.algorithm}/${manifest.hex.slice(0, 2)}/${manifest.hex}/${params}/${platform.replaceAll("/", "-")}`;

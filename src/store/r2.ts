@@ -2,7 +2,7 @@
 // multipart upload: parts go up while the caller streams (and hashes), complete() publishes the
 // object in commit() and abort() discards it. An isolate has 128 MB for all its requests, so an
 // upload holds at most one part being filled and one part in flight, never the whole object.
-import { assertValidKey, type ByteSpan, type ContentStore, type ListedObject, type ObjectInfo, type Upload, type Versioned } from "./store.ts";
+import { assertValidKey, type ByteSpan, type ContentStore, type ListedObject, type ObjectInfo, type ResumableUploads, type UploadedPart, type Upload, type Versioned } from "./store.ts";
 
 // The subset of the Workers R2 API used here (names and shapes as in @cloudflare/workers-types),
 // declared structurally so the core needs no Cloudflare dependency.
@@ -36,6 +36,8 @@ export interface R2BucketLike {
   put(key: string, value: Uint8Array, options?: { onlyIf?: { etagMatches?: string; etagDoesNotMatch?: string } }): Promise<R2ObjectLike | null>;
   delete(keys: string | string[]): Promise<void>;
   createMultipartUpload(key: string): Promise<R2MultipartUploadLike>;
+  /** An upload begun earlier, perhaps by another invocation (no request is made). */
+  resumeMultipartUpload?(key: string, uploadId: string): R2MultipartUploadLike;
   list(options: { prefix?: string; cursor?: string; limit?: number }): Promise<R2ObjectsLike>;
 }
 
@@ -60,6 +62,7 @@ export interface R2StoreOptions {
 export class R2Store implements ContentStore {
   readonly #bucket: R2BucketLike;
   readonly #partSize: number;
+  readonly multipart: ResumableUploads | undefined;
 
   constructor(bucket: R2BucketLike, options: R2StoreOptions = {}) {
     const partSize = options.partSize ?? DEFAULT_PART_SIZE;
@@ -68,6 +71,7 @@ export class R2Store implements ContentStore {
     }
     this.#bucket = bucket;
     this.#partSize = partSize;
+    this.multipart = bucket.resumeMultipartUpload ? new R2ResumableUploads(bucket, partSize) : undefined;
   }
 
   /** A page of up to 1,000 objects per call to the bucket, as R2 lists them. */
@@ -125,6 +129,41 @@ export class R2Store implements ContentStore {
     assertValidKey(key);
     const written = await this.#bucket.put(key, bytes, { onlyIf: expected === null ? { etagDoesNotMatch: "*" } : { etagMatches: expected } });
     return written?.etag ?? null;
+  }
+}
+
+/** R2's multipart uploads by id: each call resumes the upload, which costs no request of its own. */
+class R2ResumableUploads implements ResumableUploads {
+  readonly #bucket: R2BucketLike;
+  readonly partSize: number;
+  readonly maxParts = MAX_PARTS;
+
+  constructor(bucket: R2BucketLike, partSize: number) {
+    this.#bucket = bucket;
+    this.partSize = partSize;
+  }
+
+  async begin(key: string): Promise<string> {
+    assertValidKey(key);
+    return (await this.#bucket.createMultipartUpload(key)).uploadId;
+  }
+
+  async putPart(key: string, uploadId: string, partNumber: number, bytes: Uint8Array): Promise<UploadedPart> {
+    const { partNumber: n, etag } = await this.#resume(key, uploadId).uploadPart(partNumber, bytes);
+    return { partNumber: n, etag };
+  }
+
+  async complete(key: string, uploadId: string, parts: UploadedPart[]): Promise<void> {
+    await this.#resume(key, uploadId).complete(parts);
+  }
+
+  async abort(key: string, uploadId: string): Promise<void> {
+    await this.#resume(key, uploadId).abort().catch(() => {}); // gone already, or R2 expires it after 7 days
+  }
+
+  #resume(key: string, uploadId: string): R2MultipartUploadLike {
+    assertValidKey(key);
+    return this.#bucket.resumeMultipartUpload!(key, uploadId);
   }
 }
 

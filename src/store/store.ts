@@ -58,6 +58,29 @@ export interface ContentStore {
   putIfVersion?(key: string, bytes: Uint8Array, expected: string | null): Promise<string | null>;
   /** Every object whose key starts with `prefix` (all when empty), in no particular order. */
   list?(prefix?: string): AsyncIterable<ListedObject>;
+  /** Multipart uploads that outlive the process that began them (R2): a blob fetched in steps across invocations. */
+  multipart?: ResumableUploads;
+}
+
+/** One part of a resumable upload, as completing it names the part. */
+export interface UploadedPart {
+  partNumber: number;
+  etag: string;
+}
+
+/**
+ * An upload named by an id that any process sharing the store can go on with. Nothing is visible
+ * under the key until complete() resolves; parts are numbered from 1, all but the last `partSize` bytes.
+ */
+export interface ResumableUploads {
+  readonly partSize: number;
+  /** The most parts one upload may have. */
+  readonly maxParts: number;
+  begin(key: string): Promise<string>;
+  putPart(key: string, uploadId: string, partNumber: number, bytes: Uint8Array): Promise<UploadedPart>;
+  complete(key: string, uploadId: string, parts: UploadedPart[]): Promise<void>;
+  /** Discards the upload and its parts; an upload already gone is no error. */
+  abort(key: string, uploadId: string): Promise<void>;
 }
 
 /**

@@ -85,6 +85,7 @@ export function createMetrics(): Metrics {
     skiff_stale_served_total: "Tag answers served stale because the upstream was unreachable, failing or rate limited.",
     skiff_conversions_started_total: "Layer conversions started or resumed.",
     skiff_conversion_steps_total: "Layer conversions that paused after a step, to go on at a later request.",
+    skiff_blob_fetch_steps_total: "Steps of cold blob fetches made across requests (Workers: BLOB_STEP) that left the blob to a later request.",
     skiff_conversions_finished_total: "Layer conversions published.",
     skiff_conversions_failed_total: "Layer conversions that failed and published nothing.",
     skiff_conversion_seconds_total: "Seconds spent in layer conversions that finished.",
