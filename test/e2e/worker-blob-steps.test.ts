@@ -21,6 +21,7 @@ let registry: Registry;
 let worker: WorkerSkiff;
 let good: ImageInfo;
 let bad: ImageInfo;
+let lazy: ImageInfo;
 
 beforeAll(async () => {
   registry = await Registry.start({ name: "worker-steps-registry" });
@@ -29,7 +30,9 @@ beforeAll(async () => {
   good = buildImage(layout, { tag: "good", seed: "worker-steps-good", layers: 1, filesPerLayer: 5, fileSize: 4 * MiB });
   bad = buildImage(layout, { tag: "bad", seed: "worker-steps-bad", layers: 1, filesPerLayer: 5, fileSize: 4 * MiB });
   await pushImage(layout, "good", `${registry.hostPort}/e2e/steps:good`);
+  lazy = buildImage(layout, { tag: "lazy", seed: "worker-steps-lazy", layers: 1, filesPerLayer: 5, fileSize: 4 * MiB });
   await pushImage(layout, "bad", `${registry.hostPort}/e2e/steps:bad`);
+  await pushImage(layout, "lazy", `${registry.hostPort}/e2e/steps:lazy`);
   tamper(registry.blobDataPath(bad.layers[0]!.digest));
   worker = await WorkerSkiff.start({ upstream: registry.url, vars: { BLOB_STEP: "8m" } });
 }, 180_000);
@@ -91,6 +94,21 @@ describe("a cold blob fetched in steps by the Worker", () => {
     const keys = await worker.bucketKeys();
     expect(keys).toContain(`blobs/sha256/${hexOf(layer.digest).slice(0, 2)}/${hexOf(layer.digest)}`);
     expect(keys.filter((k) => k.endsWith("/checkpoint") && k.includes(hexOf(layer.digest)))).toEqual([]);
+  }, 300_000);
+
+  test("a bootstrap request answers 202 while its layer is fetched in steps, then the bootstrap", async () => {
+    const layer = lazy.layers[0]!;
+    const url = `${worker.url}/v2/e2e/steps/_skiff/bootstrap/${lazy.manifest.digest}`;
+    let accepted = 0;
+    let last = await transfer(url, {}, 120_000);
+    for (let i = 0; i < 20 && last.status === 202; i++) {
+      accepted++;
+      last = await transfer(url, {}, 120_000);
+    }
+    expect(last.status, `${last.body.toString("utf8").slice(0, 500)}\n${worker.log().slice(-3000)}`).toBe(200);
+    expect(accepted).toBeGreaterThanOrEqual(Math.ceil(layer.size / STEP) - 1);
+    const whole = await transfer(`${worker.url}/v2/e2e/steps/blobs/${layer.digest}`, {}, 120_000);
+    expect(sha256(whole.body)).toBe(layer.digest);
   }, 300_000);
 
   test("a tampered upstream blob ends with the digest error, and nothing is published", async () => {

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { limitConnections } from "../../src/util/connection-limit.ts";
 
 /** A fetch whose responses stream until the test ends them, counting how many are open. */
@@ -58,5 +59,50 @@ describe("limitConnections", () => {
     await expect(limited("http://x/")).rejects.toThrow("fetch failed");
     expect((await limited("http://x/")).status).toBe(204);
     expect((await limited("http://x/")).status).toBe(204);
+  });
+
+  it("with a scope, counts per scope as Workers count per invocation: 6 each, whatever other invocations hold", async () => {
+    const f = fakeFetch();
+    // As src/runtime/worker.ts scopes it: each invocation runs in its own async context.
+    const invocation = new AsyncLocalStorage<object>();
+    const limited = limitConnections(f.fetchImpl, 6, () => invocation.getStore());
+    const started = [0, 0];
+    const run = (i: number) =>
+      invocation.run({}, () =>
+        Array.from({ length: 8 }, async () => {
+          await new Promise((r) => setTimeout(r, 1)); // later work of the same invocation, as in waitUntil
+          const res = await limited("http://x/");
+          started[i]!++;
+          return res;
+        }),
+      );
+    const responses = [...run(0), ...run(1)];
+    await new Promise((r) => setTimeout(r, 20));
+    expect(started).toEqual([6, 6]);
+    expect(f.peak()).toBe(12);
+    f.ends.forEach((end) => end());
+    await Promise.all(responses.slice(0, 6).map(async (r) => (await r).arrayBuffer()));
+    await Promise.all(responses.slice(8, 14).map(async (r) => (await r).arrayBuffer()));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(started).toEqual([8, 8]);
+    f.ends.forEach((end) => end());
+    await Promise.all(responses.map(async (r) => (await r).arrayBuffer().catch(() => null)));
+  });
+
+  it("without a scope, one count for every caller", async () => {
+    const f = fakeFetch();
+    const invocation = new AsyncLocalStorage<object>();
+    const limited = limitConnections(f.fetchImpl, 6);
+    let started = 0;
+    const responses = [0, 1].flatMap(() => invocation.run({}, () => Array.from({ length: 4 }, () => limited("http://x/").then((r) => (started++, r)))));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(started).toBe(6);
+    f.ends.forEach((end) => end());
+    await Promise.all([0, 1, 2, 3, 4, 5].map(async (i) => (await responses[i]!).arrayBuffer()));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(started).toBe(8);
+    f.ends.forEach((end) => end());
+    await Promise.all(responses.map(async (r) => (await r).arrayBuffer().catch(() => null)));
+    expect(f.peak()).toBe(6);
   });
 });
