@@ -209,6 +209,24 @@ describe("sweepGarbage", () => {
     expect(inner.size).toBe(15 - expected.length);
     expect(await sweepGarbage(store, { now: () => now })).toEqual([]);
   });
+
+  it("finds the records of blob fetches in steps that were abandoned or whose blob is stored, not those under way", async () => {
+    const now = 10 * STALE_STEPS_MS;
+    const fetchOf = (n: number) => `fetches/sha256/${String(n).padStart(2, "0")}/${String(n).padStart(64, "0")}`;
+    const { store } = await storeWith(
+      {
+        [blob(1)]: 3 * HOUR,
+        [`${fetchOf(1)}/checkpoint`]: 2 * HOUR, // its blob is stored
+        [`${fetchOf(1)}/lease`]: 2 * HOUR,
+        [`${fetchOf(2)}/checkpoint`]: HOUR, // under way
+        [`${fetchOf(2)}/lease`]: HOUR,
+        [`${fetchOf(3)}/checkpoint`]: STALE_STEPS_MS + HOUR, // abandoned
+      },
+      now,
+    );
+    const found = await sweepGarbage(store, { dryRun: true, now: () => now });
+    expect(found.map((g) => g.key).sort()).toEqual([`${fetchOf(1)}/checkpoint`, `${fetchOf(1)}/lease`, `${fetchOf(3)}/checkpoint`].sort());
+  });
 });
 
 describe("FsStore listing and empty directories", () => {
