@@ -30,7 +30,7 @@ import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, type ContentStore } from "../store/store.ts";
 import { within } from "../util/sleep.ts";
 import { LayerFeed } from "./layer-feed.ts";
-import { Lease, LeaseLost } from "./lease.ts";
+import { Lease, LeaseLost } from "../store/lease.ts";
 
 export interface ConversionsDeps {
   store: ContentStore;

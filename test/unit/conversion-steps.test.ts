@@ -7,7 +7,7 @@ import { layerCheckpointKey, layerLeaseKey } from "../../src/store/keys.ts";
 import { resolveConfig } from "../../src/config/config.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
-import { Lease, LeaseLost } from "../../src/lazy/lease.ts";
+import { Lease, LeaseLost } from "../../src/store/lease.ts";
 import { parseDigest } from "../../src/oci/reference.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { getBytes, type ContentStore } from "../../src/store/store.ts";
