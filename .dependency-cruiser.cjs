@@ -84,5 +84,7 @@ module.exports = {
     // Type-only imports count too: a type from a higher layer is still a dependency on it.
     tsPreCompilationDeps: true,
     tsConfig: { fileName: path.join(__dirname, "tsconfig.json") },
+    // Packages that name their entry points in package.json's "exports" (zstddec/stream).
+    enhancedResolveOptions: { exportsFields: ["exports"], conditionNames: ["import", "types", "default"] },
   },
 };

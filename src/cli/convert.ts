@@ -9,6 +9,7 @@ import { DEFAULT_PARAMS, paramsId, parseChunkSize, type ConvertParams } from "..
 import { nodeHasher } from "../hash/node.ts";
 import { nodeChunkEncoder } from "../runtime/node-chunk-encoder.ts";
 import { nodeGunzip } from "../runtime/node-gunzip.ts";
+import { nodeUnzstd } from "../runtime/node-zstd.ts";
 import { FsStore } from "../store/fs.ts";
 import { parseFlags, UsageError } from "./args.ts";
 import { openLayout } from "./oci-layout.ts";
@@ -65,6 +66,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     store,
     hasher: nodeHasher,
     gunzip: nodeGunzip,
+    unzstd: nodeUnzstd(),
     chunkEncoder: nodeChunkEncoder(),
     params,
     platform: values.platform ?? "linux/amd64",

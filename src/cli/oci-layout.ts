@@ -1,8 +1,6 @@
 // An OCI image layout directory (oci-layout, index.json, blobs/<alg>/<hex>) as an ImageSource.
-import { createReadStream } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable } from "node:stream";
 import type { Descriptor, FetchedManifest, ImageSource } from "../convert/image.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
@@ -55,7 +53,45 @@ export async function openLayout(reference: string): Promise<ImageSource & { des
     root: () => manifest(rootDigest, chosen.mediaType),
     manifest: (d) => manifest(d),
     // Layers are verified by the converter as they stream.
-    // A small chunk-count queue: toWeb would otherwise take the byte highWaterMark as a count.
-    blob: async (d) => Readable.toWeb(createReadStream(blobPath(d), { highWaterMark: 1 << 20 }), { strategy: { highWaterMark: 4 } }) as ReadableStream<Uint8Array>,
+    blob: async (d) => fileStream(blobPath(d)),
   };
+}
+
+/** Bytes read ahead of the converter, in pieces of READ_PIECE. */
+const READ_PIECE = 2 ** 20;
+const READ_AHEAD_PIECES = 4;
+
+/**
+ * A file as a stream of 1 MiB pieces, each read into a buffer of its own on the thread pool. Not
+ * Readable.toWeb, which copies every piece it passes on (docs/benchmarks.md, "Converting layers").
+ */
+async function fileStream(path: string): Promise<ReadableStream<Uint8Array>> {
+  const file = await open(path, "r");
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await file.close();
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const buf = Buffer.allocUnsafe(READ_PIECE); // only the bytes read are passed on
+          const { bytesRead } = await file.read(buf, 0, READ_PIECE, null);
+          if (bytesRead === 0) {
+            await close();
+            controller.close();
+            return;
+          }
+          controller.enqueue(new Uint8Array(buf.buffer, buf.byteOffset, bytesRead));
+        } catch (err) {
+          await close().catch(() => {});
+          controller.error(err);
+        }
+      },
+      cancel: close,
+    },
+    { highWaterMark: READ_AHEAD_PIECES },
+  );
 }

@@ -3,7 +3,7 @@
 // conversion whose cost grows with the layer's expanded size; what is left for the converter
 // (./layer.ts) is the tree, deduplication, encoding and writing.
 import type { HasherFactory } from "../hash/hasher.ts";
-import { decompressLayer, LayerFormatError, type GunzipFactory } from "./decompress.ts";
+import { decompressLayer, LayerFormatError, type LayerDecoders } from "./decompress.ts";
 import { readTar, type TarEntry } from "./tar.ts";
 
 /**
@@ -28,13 +28,13 @@ export interface CutOptions {
 }
 
 /**
- * Cuts the layer read from `compressed` into items; `gunzip` is the runtime's decoder, if any.
+ * Cuts the layer read from `compressed` into items; `decoders` are the runtime's, if any.
  * Leaving the iteration early cancels `compressed`. The caller checks the compressed bytes (digest,
  * size): the end of the items means the decompressor read all of them, its trailer included.
  */
-export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: CutOptions, hasher: HasherFactory, gunzip?: GunzipFactory): AsyncGenerator<CutItem> {
+export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: CutOptions, hasher: HasherFactory, decoders?: LayerDecoders): AsyncGenerator<CutItem> {
   const { chunkSize, maxExpandedBytes } = opts;
-  const decompressed = decompressLayer(compressed, opts.mediaType, gunzip).getReader();
+  const decompressed = decompressLayer(compressed, opts.mediaType, decoders).getReader();
   let expanded = 0;
   // The tar reader stops at the end-of-archive marker; whatever follows (padding, the gzip
   // trailer) must still be read so the digest covers every byte. So it gets a view it can't cancel.

@@ -6,6 +6,11 @@
 // DecompressionStream can't be used as is: Node's stops quietly at trailing bytes that begin with
 // 0x00, but only when they arrive in the same read as the end of the last member. A runtime entry
 // can pass a faster strict gunzip down (on Node, node:zlib: docs/benchmarks.md).
+//
+// zstd is decoded by fzstd (pure JavaScript) unless the runtime entry passes a faster decoder down:
+// node:zlib's zstd where the runtime has it, else libzstd compiled to WebAssembly. Every decoder
+// sees the bytes only after our frame walker has: windows over 128 MiB, dictionaries, truncation
+// and trailing bytes are refused here, the same way whichever decoder runs.
 import { Gunzip } from "fflate";
 import { Decompress as ZstdDecompress } from "fzstd";
 
@@ -50,15 +55,41 @@ export function sniffCompression(head: Uint8Array): LayerCompression {
  */
 export type GunzipFactory = () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>>;
 
-/** The layer's tar stream; gzip goes through `gunzip` when given, else the built-in decoder (fflate). */
-export function decompressLayer(source: ReadableStream<Uint8Array>, mediaType: string, gunzip?: GunzipFactory): ReadableStream<Uint8Array> {
+/**
+ * A synchronous zstd decoder (libzstd in WebAssembly): push() decodes all of `input`, a piece of
+ * the layer, handing output to `emit` as it goes, and throws on corrupt data. The frame walker
+ * keeps each piece to a few blocks, so the output of one push stays about 1 MiB.
+ */
+export interface ZstdPushDecoder {
+  push(input: Uint8Array, emit: (out: Uint8Array) => void): void;
+  /** At the end of the input: throws if the decoder still expects bytes. */
+  end(): void;
+  /** Lets go of the decoder's memory; called once, whatever the outcome. */
+  free(): void;
+}
+
+/** A runtime's zstd decoder: a stream (node:zlib's, like GunzipFactory) or a synchronous one. */
+export type UnzstdFactory =
+  | { kind: "stream"; create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>> }
+  | { kind: "push"; create: () => Promise<ZstdPushDecoder> };
+
+/** The decoders a runtime entry passes down; the built-in ones (fflate, fzstd) otherwise. */
+export interface LayerDecoders {
+  gunzip?: GunzipFactory;
+  unzstd?: UnzstdFactory;
+}
+
+/** The layer's tar stream, decoded by the runtime's decoders where given, else the built-in ones. */
+export function decompressLayer(source: ReadableStream<Uint8Array>, mediaType: string, decoders: LayerDecoders = {}): ReadableStream<Uint8Array> {
   const expected = compressionForMediaType(mediaType);
   if (expected === null) {
     void source.cancel().catch(() => {});
     return errored(new LayerFormatError(`unsupported layer media type ${JSON.stringify(mediaType)}`));
   }
-  if (expected === "gzip" && gunzip) return viaFactory(source, mediaType, gunzip);
-  return viaPushDecoder(source, mediaType, expected);
+  if (expected === "gzip" && decoders.gunzip) return viaFactory(source, mediaType, "gzip", decoders.gunzip);
+  if (expected === "zstd" && decoders.unzstd?.kind === "stream") return viaFactory(source, mediaType, "zstd", decoders.unzstd.create, new ZstdFrameWalker());
+  const push = expected === "zstd" && decoders.unzstd?.kind === "push" ? decoders.unzstd.create : undefined;
+  return viaPushDecoder(source, mediaType, expected, push);
 }
 
 // ---- the decode loop ----------------------------------------------------------------------------
@@ -72,15 +103,28 @@ interface PushDecoder {
   push(input: Uint8Array): number;
   /** Called once at end of input: throws if the data is incomplete. */
   finish(): void;
+  /** Called once when the decoder is done with, however it ended. */
+  close?(): void;
 }
 
 const TARGET_OUTPUT_PER_PUSH = 1024 * 1024;
 /** Fewer, larger pulls: each costs a few promise hops through the stream machinery. */
 const OUTPUT_PER_PULL = 256 * 1024;
 
-function viaPushDecoder(source: ReadableStream<Uint8Array>, mediaType: string, expected: LayerCompression): ReadableStream<Uint8Array> {
+function viaPushDecoder(
+  source: ReadableStream<Uint8Array>,
+  mediaType: string,
+  expected: LayerCompression,
+  createZstd?: () => Promise<ZstdPushDecoder>,
+): ReadableStream<Uint8Array> {
   const reader = source.getReader();
   let decoder: PushDecoder | undefined;
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    decoder?.close?.();
+  };
   let pending: Uint8Array = new Uint8Array(0);
   let emitted = 0;
 
@@ -96,7 +140,8 @@ function viaPushDecoder(source: ReadableStream<Uint8Array>, mediaType: string, e
               emitted += out.length;
               controller.enqueue(out);
             };
-            decoder = expected === "gzip" ? gzipDecoder(emit) : expected === "zstd" ? zstdDecoder(emit) : passthrough(emit);
+            const inner = expected === "zstd" && createZstd ? await createZstd() : undefined;
+            decoder = expected === "gzip" ? gzipDecoder(emit) : expected === "zstd" ? zstdDecoder(emit, inner) : passthrough(emit);
           }
           // Decode one bounded step at a time until enough has come out to be worth a pull.
           emitted = 0;
@@ -105,6 +150,7 @@ function viaPushDecoder(source: ReadableStream<Uint8Array>, mediaType: string, e
               const { done, value } = await reader.read();
               if (done) {
                 decoder.finish();
+                close();
                 controller.close();
                 return;
               }
@@ -114,11 +160,13 @@ function viaPushDecoder(source: ReadableStream<Uint8Array>, mediaType: string, e
             pending = pending.subarray(decoder.push(pending));
           }
         } catch (err) {
+          close();
           void reader.cancel(err).catch(() => {});
           throw err;
         }
       },
       cancel(reason) {
+        close();
         return reader.cancel(reason);
       },
     },
@@ -314,13 +362,17 @@ function isZstdMagic(magic: number): boolean {
   return magic === ZSTD_MAGIC || (magic & 0xfffffff0) >>> 0 === 0x184d2a50; // or a skippable frame
 }
 
-function zstdDecoder(emit: (out: Uint8Array) => void): PushDecoder {
+/** fzstd, or the runtime's `native` decoder when given, behind the frame walker. */
+function zstdDecoder(emit: (out: Uint8Array) => void, native?: ZstdPushDecoder): PushDecoder {
   const frames = new ZstdFrameWalker();
-  const inner = new ZstdDecompress((out) => emit(out));
+  const fzstd = native ? null : new ZstdDecompress((out) => emit(out));
   const run = (input: Uint8Array, final: boolean): void => {
     try {
-      inner.push(input, final);
+      if (fzstd) fzstd.push(input, final);
+      else if (final) native!.end();
+      else native!.push(input, emit);
     } catch (err) {
+      if (err instanceof LayerFormatError) throw err;
       throw zstdCorrupt(err instanceof Error ? err.message : String(err));
     }
   };
@@ -336,10 +388,13 @@ function zstdDecoder(emit: (out: Uint8Array) => void): PushDecoder {
       frames.end();
       run(new Uint8Array(0), true);
     },
+    close() {
+      native?.free();
+    },
   };
 }
 
-function zstdCorrupt(detail: string): LayerFormatError {
+export function zstdCorrupt(detail: string): LayerFormatError {
   return new LayerFormatError(`zstd data is corrupt: ${detail}`);
 }
 
@@ -347,7 +402,7 @@ function zstdCorrupt(detail: string): LayerFormatError {
  * Follows zstd frame and block headers without decoding: vets each frame's window size and
  * dictionary before fzstd sees it, and tells truncation apart from corruption.
  */
-class ZstdFrameWalker {
+export class ZstdFrameWalker {
   private step: "magic" | "skippable-size" | "descriptor" | "frame-header" | "block-header" = "magic";
   private readonly header = new Uint8Array(16);
   private need = 4;
@@ -509,8 +564,18 @@ function errored(err: Error): ReadableStream<Uint8Array> {
   return new ReadableStream<Uint8Array>({ start: (c) => c.error(err) });
 }
 
-/** An injected gunzip: the head is still checked here, and decode errors become LayerFormatErrors. */
-function viaFactory(source: ReadableStream<Uint8Array>, mediaType: string, factory: GunzipFactory): ReadableStream<Uint8Array> {
+/**
+ * An injected stream decoder: the head is still checked here, zstd input is walked frame by frame
+ * before the decoder sees it (`frames`), and decode errors become LayerFormatErrors.
+ */
+function viaFactory(
+  source: ReadableStream<Uint8Array>,
+  mediaType: string,
+  codec: "gzip" | "zstd",
+  factory: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>>,
+  frames?: ZstdFrameWalker,
+): ReadableStream<Uint8Array> {
+  const corrupt = codec === "gzip" ? gzipCorrupt : zstdCorrupt;
   const reader = source.getReader();
   let headChecked = false;
   let sourceFailed = false;
@@ -522,8 +587,9 @@ function viaFactory(source: ReadableStream<Uint8Array>, mediaType: string, facto
             sourceFailed = true;
             throw err;
           });
-          checkMagic("gzip", head, mediaType);
+          checkMagic(codec, head, mediaType);
           headChecked = true;
+          frames?.scan(head, Infinity);
           controller.enqueue(head);
           return;
         }
@@ -531,8 +597,13 @@ function viaFactory(source: ReadableStream<Uint8Array>, mediaType: string, facto
           sourceFailed = true;
           throw err;
         });
-        if (done) controller.close();
-        else controller.enqueue(value);
+        if (done) {
+          frames?.end();
+          controller.close();
+        } else {
+          frames?.scan(value, Infinity);
+          controller.enqueue(value);
+        }
       },
       cancel: (reason) => reader.cancel(reason),
     },
@@ -549,7 +620,7 @@ function viaFactory(source: ReadableStream<Uint8Array>, mediaType: string, facto
           else controller.enqueue(value);
         } catch (err) {
           if (sourceFailed || err instanceof LayerFormatError) throw err;
-          throw gzipCorrupt(err instanceof Error ? err.message : String(err));
+          throw corrupt(err instanceof Error ? err.message : String(err));
         }
       },
       cancel: (reason) => output.cancel(reason),

@@ -8,7 +8,7 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
-import type { GunzipFactory } from "./decompress.ts";
+import type { GunzipFactory, UnzstdFactory } from "./decompress.ts";
 import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
 import type { SkippedEntry } from "./layer-tree.ts";
 import { mergeLayers } from "./merge.ts";
@@ -112,6 +112,7 @@ export interface ConvertImageOptions {
   store: ContentStore;
   hasher: HasherFactory;
   gunzip?: GunzipFactory;
+  unzstd?: UnzstdFactory;
   /** Encodes the chunks (see ConvertLayerOptions). */
   chunkEncoder?: ChunkEncoder;
   params: ConvertParams;

@@ -19,7 +19,7 @@ import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint, type Segment } from "./checkpoint.ts";
 import { codecId } from "../format/codec.ts";
 import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
-import { compressionForMediaType, LayerFormatError, type GunzipFactory } from "./decompress.ts";
+import { compressionForMediaType, LayerFormatError, type GunzipFactory, type UnzstdFactory } from "./decompress.ts";
 import { cutLayer } from "./cut.ts";
 import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
@@ -94,6 +94,8 @@ export interface ConvertLayerOptions {
   hasher: HasherFactory;
   /** The runtime's gzip decoder, when faster than the built-in one (node:zlib). */
   gunzip?: GunzipFactory;
+  /** The runtime's zstd decoder, when faster than the built-in one (node:zlib's, or WebAssembly). */
+  unzstd?: UnzstdFactory;
   params: ConvertParams;
   /** Encodes the chunks (the runtime's, e.g. on worker threads); on this thread by default. */
   chunkEncoder?: ChunkEncoder;
@@ -371,7 +373,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     if (budget && (budget.remaining -= size) <= 0) throw new Pause();
   };
 
-  const cut = cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, opts.gunzip);
+  const cut = cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, { gunzip: opts.gunzip, unzstd: opts.unzstd });
   const maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
   // The chunk list of the file being cut; null while the entry is not a file the tree keeps.
   let file: number[] | null = null;

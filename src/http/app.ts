@@ -9,7 +9,7 @@ import { BlobCache } from "../cache/blobs.ts";
 import { ManifestCache } from "../cache/manifests.ts";
 import type { SkiffConfig, UpstreamConfig } from "../config/config.ts";
 import { DEFAULT_SETTINGS, type AppSettings } from "../config/serve-settings.ts";
-import type { GunzipFactory } from "../convert/decompress.ts";
+import type { GunzipFactory, UnzstdFactory } from "../convert/decompress.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { Conversions } from "../lazy/conversions.ts";
 import { LayerIndex } from "../lazy/layer-index.ts";
@@ -36,6 +36,8 @@ export interface AppOptions extends Partial<AppSettings> {
   hasher: HasherFactory;
   /** The layer gzip decoder for conversions, when the runtime has a faster one than the built-in. */
   gunzip?: GunzipFactory;
+  /** The layer zstd decoder for conversions, when the runtime has a faster one than the built-in (fzstd). */
+  unzstd?: UnzstdFactory;
   /** Chunk encoding for conversions, when the runtime can do it off the converting thread. */
   chunkEncoder?: ChunkEncoder;
   /** How the runtime gzips a bootstrap for a node that takes gzip (src/http/gzip.ts; "stream" by default). */
@@ -90,7 +92,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, unzstd: opts.unzstd, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
   const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
   const layers = new LayerIndex(store);
   if (store instanceof BoundedStore) watchBoundedStore(store, metrics, { blobs, layers }, log);

@@ -23,7 +23,7 @@ import type { Metrics } from "../util/metrics.ts";
 import { convertImage, ImageError, platformManifest, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
-import { LayerFormatError, sniffCompression, type GunzipFactory, type LayerCompression } from "../convert/decompress.ts";
+import { LayerFormatError, sniffCompression, type GunzipFactory, type LayerCompression, type UnzstdFactory } from "../convert/decompress.ts";
 import { TarError } from "../convert/tar.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
@@ -37,6 +37,7 @@ export interface ConversionsDeps {
   hasher: HasherFactory;
   /** The runtime's gzip decoder (the converter's built-in one when absent). */
   gunzip?: GunzipFactory;
+  unzstd?: UnzstdFactory;
   /** The runtime's chunk encoding (on the converting thread when absent). */
   chunkEncoder?: ChunkEncoder;
   metrics: Metrics;
@@ -179,6 +180,7 @@ export class Conversions {
       store: this.#deps.store,
       hasher: this.#deps.hasher,
       gunzip: this.#deps.gunzip,
+      unzstd: this.#deps.unzstd,
       chunkEncoder: this.#deps.chunkEncoder,
       params,
       platform,
@@ -325,13 +327,13 @@ export class Conversions {
    * converter checks against it anyway.
    */
   async layerAgain(name: string, digest: Digest, params: ConvertParams): Promise<void> {
-    const { store, hasher, gunzip, chunkEncoder, stepBytes, blobs, maxLayerBytes } = this.#deps;
+    const { store, hasher, gunzip, unzstd, chunkEncoder, stepBytes, blobs, maxLayerBytes } = this.#deps;
     // Any blob of the repository can be named here: one over the limit is refused before it is fetched.
     const { size } = (await blobs.cached(name, digest)) ?? (await blobs.upstreamHead(name, digest));
     if (size > maxLayerBytes) throw new OciError("SIZE_INVALID", `layer ${digest.value} is ${size} bytes, over this proxy's limit of ${maxLayerBytes}`, { status: 422 });
     const open = () => this.#blob(name, digest);
     const mediaType = LAYER_MEDIA_TYPE[sniffCompression(await firstPiece(await open()))];
-    const options = { store, hasher, gunzip, chunkEncoder, params, budget: stepBytes ? { remaining: stepBytes } : undefined };
+    const options = { store, hasher, gunzip, unzstd, chunkEncoder, params, budget: stepBytes ? { remaining: stepBytes } : undefined };
     await this.#layerFor(name, { digest, mediaType, size, open }, options).catch(rethrowAsOci);
   }
 

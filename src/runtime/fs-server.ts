@@ -11,6 +11,7 @@ import { FsStore } from "../store/fs.ts";
 import { garbageSummary, sweepGarbage, type Garbage } from "../store/gc.ts";
 import { listAll, type ContentStore, type ListedObject } from "../store/store.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
+import { nodeUnzstd } from "./node-zstd.ts";
 import { nodeGzip } from "./node-gzip.ts";
 import type { TlsFiles } from "./tls-pair.ts";
 
@@ -84,7 +85,7 @@ export async function fsApp(opts: ServerOptions, fetchFor: (upstream: UpstreamCo
       await files.removeEmptyDirectories();
     })().catch((err: unknown) => log(`store sweep failed: ${(err as Error).message}`));
   }, SWEEP_EVERY_MS);
-  const app = createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, gzip: nodeGzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
+  const app = createApp({ config: opts.config, store, hasher: nodeHasher, gunzip: nodeGunzip, unzstd: nodeUnzstd(), gzip: nodeGzip, chunkEncoder, fetchFor, ...opts.settings, log: opts.log });
   return { ...app, stopSweeps: () => clearInterval(timer) };
 }
 

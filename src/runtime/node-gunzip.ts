@@ -1,6 +1,8 @@
 // Node's zlib as the layer gunzip: about 3× the portable decoder, and it inflates on a worker
 // thread while the main thread hashes (docs/benchmarks.md). It stays as strict as the portable
-// one: every input byte must belong to a gzip member, so trailing bytes are an error.
+// one: every input byte must belong to a gzip member, so trailing bytes are an error. The same
+// plumbing serves node:zlib's zstd decoder where the runtime has one (./node-zstd.ts).
+import type { Transform } from "node:stream";
 import { createGunzip } from "node:zlib";
 import type { GunzipFactory } from "../convert/decompress.ts";
 
@@ -11,10 +13,16 @@ const INPUT_BATCH = 2 ** 20;
 
 const cancelled = () => new Error("layer read cancelled");
 
-export const nodeGunzip: GunzipFactory = () => {
-  // Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and 256 KiB pieces cost
-  // that hop four times as often (docs/benchmarks.md, "A cold edge against a warm one").
-  const gunzip = createGunzip({ chunkSize: 2 ** 20 });
+/**
+ * Output in pieces of up to 1 MiB: zlib hands each piece to JavaScript, and 256 KiB pieces cost
+ * that hop four times as often (docs/benchmarks.md, "A cold edge against a warm one").
+ */
+export const ZLIB_OUTPUT_PIECE = 2 ** 20;
+
+export const nodeGunzip: GunzipFactory = () => nodeZlibDecoder(createGunzip({ chunkSize: ZLIB_OUTPUT_PIECE }));
+
+/** A node:zlib decoder as a web stream pair that refuses input bytes the decoder did not consume. */
+export function nodeZlibDecoder(gunzip: Transform & { bytesWritten: number }): ReturnType<GunzipFactory> {
   let input: WritableStreamDefaultController | undefined;
   const native = {
     // Not Readable.toWeb: it copies every piece, and on a cold edge that was a third of a gigabyte

@@ -51,7 +51,7 @@ describe.each([
   ["node:zlib", nodeGunzip],
 ] as const)("cutLayer with %s", (_name, gunzip) => {
   it("gives every entry in order, each file's content after it in named chunks of the chunk size", async () => {
-    const items = await collect(cutLayer(streamOf(layer), options(), nodeHasher, gunzip));
+    const items = await collect(cutLayer(streamOf(layer), options(), nodeHasher, { gunzip }));
     const expected: string[] = [];
     for (const entry of entries) {
       expected.push(`entry ${entry.name}${entry.type === "dir" ? "/" : ""}`);
@@ -65,14 +65,14 @@ describe.each([
   });
 
   it("refuses a layer that expands past the limit", async () => {
-    await expect(collect(cutLayer(streamOf(layer), options({ maxExpandedBytes: 8 * 1024 }), nodeHasher, gunzip))).rejects.toThrow(LayerFormatError);
+    await expect(collect(cutLayer(streamOf(layer), options({ maxExpandedBytes: 8 * 1024 }), nodeHasher, { gunzip }))).rejects.toThrow(LayerFormatError);
   });
 
   it("cuts whole chunks into the buffers it is given back", async () => {
     const spare = [new Uint8Array(CHUNK), new Uint8Array(CHUNK)];
     const given = new Set(spare.map((b) => b.buffer));
     let reused = 0;
-    for await (const item of cutLayer(streamOf(layer), options({ spare }), nodeHasher, gunzip)) {
+    for await (const item of cutLayer(streamOf(layer), options({ spare }), nodeHasher, { gunzip })) {
       if ("chunk" in item && given.has(item.chunk.buffer as ArrayBuffer)) reused++;
     }
     expect(reused).toBe(2);
@@ -80,7 +80,7 @@ describe.each([
 
   it("cancels its source when left early", async () => {
     let cancelled = false;
-    for await (const item of cutLayer(streamOf(layer, () => (cancelled = true)), options(), nodeHasher, gunzip)) {
+    for await (const item of cutLayer(streamOf(layer, () => (cancelled = true)), options(), nodeHasher, { gunzip })) {
       expect("entry" in item).toBe(true);
       break;
     }

@@ -3,12 +3,15 @@ import { createHash } from "node:crypto";
 import zlib from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { nodeGunzip } from "../../src/runtime/node-gunzip.ts";
+import { nativeUnzstd, zstdWasmModule } from "../../src/runtime/node-zstd.ts";
+import { wasmUnzstd } from "../../src/runtime/zstd-wasm.ts";
 import {
   compressionForMediaType,
   crc32,
   decompressLayer,
   type GunzipFactory,
   LayerFormatError,
+  type UnzstdFactory,
   sniffCompression,
 } from "../../src/convert/decompress.ts";
 
@@ -65,7 +68,9 @@ async function collect(stream: ReadableStream<Uint8Array>, onChunk?: (c: Uint8Ar
 
 /** The gunzip the decode helpers pass (set per suite below); the built-in decoder when undefined. */
 let gunzip: GunzipFactory | undefined;
-const decode = (bytes: Uint8Array, mediaType: string, sizes?: number[]) => collect(decompressLayer(streamOf(bytes, sizes), mediaType, gunzip));
+/** The zstd decoder the decode helpers pass (set per suite below); fzstd when undefined. */
+let unzstd: UnzstdFactory | undefined;
+const decode = (bytes: Uint8Array, mediaType: string, sizes?: number[]) => collect(decompressLayer(streamOf(bytes, sizes), mediaType, { gunzip, unzstd }));
 
 async function decodeError(bytes: Uint8Array, mediaType: string, sizes?: number[]): Promise<Error> {
   try {
@@ -247,7 +252,7 @@ describe.each(GUNZIPS)("decompressLayer: gzip, %s", (_name, factory) => {
     expect(gz.length).toBeLessThan(50_000);
     let largest = 0;
     // One source chunk holding the whole layer: the decoder must still slice its work.
-    const out = await collect(decompressLayer(streamOf(gz), OCI_GZIP, gunzip), (c) => void (largest = Math.max(largest, c.length)));
+    const out = await collect(decompressLayer(streamOf(gz), OCI_GZIP, { gunzip }), (c) => void (largest = Math.max(largest, c.length)));
     expect(sha256(out)).toBe(sha256(zeros));
     expect(largest).toBeLessThanOrEqual(2 << 20);
   });
@@ -262,7 +267,16 @@ describe("crc32", () => {
   });
 });
 
-describe("decompressLayer: zstd", () => {
+const ZSTDS: [string, UnzstdFactory | null][] = [
+  ["built-in (fzstd)", null],
+  ["libzstd in WebAssembly (zstddec)", wasmUnzstd(zstdWasmModule)],
+  ...(nativeUnzstd() ? [["node:zlib's native zstd", nativeUnzstd()!] as [string, UnzstdFactory]] : []),
+];
+
+describe.each(ZSTDS)("decompressLayer: zstd, %s", (_name, factory) => {
+  beforeAll(() => void (unzstd = factory ?? undefined));
+  afterAll(() => void (unzstd = undefined));
+
   it("decodes a single frame and a multi-block frame fed in awkward chunk sizes", async () => {
     expect(new TextDecoder().decode(await decode(hex(ZSTD_HELLO), OCI_ZSTD, [3]))).toBe("hello zstd world\n");
     const expected = sha256(multiBlockText());
@@ -304,6 +318,23 @@ describe("decompressLayer: zstd", () => {
     expect((await decodeError(new Uint8Array(0), OCI_ZSTD)).message).toBe("zstd data is corrupt: the layer is empty");
   });
 
+  it("refuses corrupt block contents, and frees its decoder when the reader cancels", async () => {
+    const frame = hex(ZSTD_MULTI_BLOCK);
+    const corrupt = frame.slice();
+    for (let i = 20; i < 60; i++) corrupt[i] = 0xa5; // inside the first compressed block
+    const err = await decodeError(corrupt, OCI_ZSTD);
+    expect(err).toBeInstanceOf(LayerFormatError);
+    expect(err.message).toMatch(/^zstd data is corrupt: [^\n]+$/);
+    const reader = decompressLayer(streamOf(frame, [40]), OCI_ZSTD, { unzstd }).getReader();
+    await reader.read();
+    await reader.cancel("enough");
+  });
+
+  it("ends with a skippable frame as the built-in decoder does", async () => {
+    const data = concat(hex(ZSTD_FIRST), skippableFrame(enc("trailing metadata")));
+    expect(new TextDecoder().decode(await decode(data, OCI_ZSTD, [7]))).toBe("first frame\n");
+  });
+
   it.skipIf(!HAVE_ZSTD)("matches the zstd CLI on 8 MiB of mixed content at several levels", async () => {
     const content = mixedContent(8 << 20, 3);
     for (const args of [["-1"], ["-19"], ["--long=24", "-3"]]) {
@@ -315,7 +346,7 @@ describe("decompressLayer: zstd", () => {
     const zeros = new Uint8Array(32 << 20);
     const zst = cli("zstd", ["-q", "-c", "-19"], zeros);
     let largest = 0;
-    const out = await collect(decompressLayer(streamOf(zst), OCI_ZSTD), (c) => void (largest = Math.max(largest, c.length)));
+    const out = await collect(decompressLayer(streamOf(zst), OCI_ZSTD, { unzstd }), (c) => void (largest = Math.max(largest, c.length)));
     expect(sha256(out)).toBe(sha256(zeros));
     expect(largest).toBeLessThanOrEqual(1 << 20);
   });
