@@ -68,7 +68,11 @@ export interface ZstdPushDecoder {
   free(): void;
 }
 
-/** A runtime's zstd decoder: a stream (node:zlib's, like GunzipFactory) or a synchronous one. */
+/**
+ * A runtime's zstd decoder: a stream (node:zlib's, like GunzipFactory) or a synchronous one. A
+ * stream decoder is given one frame: node:zlib's zstd ends at the end of the first frame (on Deno
+ * and workerd at least), so each frame of a layer gets a decoder of its own.
+ */
 export type UnzstdFactory =
   | { kind: "stream"; create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>> }
   | { kind: "push"; create: () => Promise<ZstdPushDecoder> };
@@ -87,7 +91,10 @@ export function decompressLayer(source: ReadableStream<Uint8Array>, mediaType: s
     return errored(new LayerFormatError(`unsupported layer media type ${JSON.stringify(mediaType)}`));
   }
   if (expected === "gzip" && decoders.gunzip) return viaFactory(source, mediaType, "gzip", decoders.gunzip);
-  if (expected === "zstd" && decoders.unzstd?.kind === "stream") return viaFactory(source, mediaType, "zstd", decoders.unzstd.create, new ZstdFrameWalker());
+  if (expected === "zstd" && decoders.unzstd?.kind === "stream") {
+    const create = decoders.unzstd.create;
+    return viaFactory(source, mediaType, "zstd", () => framewise(create), new ZstdFrameWalker());
+  }
   const push = expected === "zstd" && decoders.unzstd?.kind === "push" ? decoders.unzstd.create : undefined;
   return viaPushDecoder(source, mediaType, expected, push);
 }
@@ -412,12 +419,16 @@ export class ZstdFrameWalker {
   private frames = 0;
   private blocks = 0;
 
-  /** Walks `input` up to the end of the `maxBlocks`-th block completed in this call; returns the bytes walked. */
-  scan(input: Uint8Array, maxBlocks: number): number {
+  /**
+   * Walks `input` up to the end of the `maxBlocks`-th block completed in this call, or with
+   * `toFrameEnd` up to the end of the frame it is in; returns the bytes walked.
+   */
+  scan(input: Uint8Array, maxBlocks: number, toFrameEnd = false): number {
     this.blocks = 0;
     let i = 0;
     while (i < input.length) {
       if (this.skip === 0 && this.blocks >= maxBlocks && i > 0) break;
+      if (toFrameEnd && i > 0 && this.atFrameEnd()) break;
       if (this.skip > 0) {
         const n = Math.min(this.skip, input.length - i);
         this.skip -= n;
@@ -436,8 +447,13 @@ export class ZstdFrameWalker {
     return i;
   }
 
+  /** Between frames: a frame (or none) was walked whole, and the next has not begun. */
+  atFrameEnd(): boolean {
+    return this.step === "magic" && this.have === 0 && this.skip === 0;
+  }
+
   end(): void {
-    if (this.step !== "magic" || this.have > 0 || this.skip > 0) {
+    if (!this.atFrameEnd()) {
       const frame = this.step === "magic" && this.skip === 0 ? this.frames + 1 : this.frames;
       throw zstdCorrupt(`unexpected end of data in frame ${frame} (truncated)`);
     }
@@ -558,6 +574,51 @@ async function readHead(reader: ReadableStreamDefaultReader<Uint8Array>, n: numb
     at += p.length;
   }
   return out;
+}
+
+/**
+ * One stream decoder per zstd frame, as one stream: the input is cut at frame ends, and the
+ * frames' outputs follow each other in order (a skippable frame's is empty). The next frame's
+ * decoder may start while the last one's output drains; each holds its own bounded buffers.
+ */
+function framewise(create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>>): ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>> {
+  const walker = new ZstdFrameWalker();
+  const out = new TransformStream<Uint8Array<ArrayBuffer>, Uint8Array<ArrayBuffer>>();
+  let current: WritableStreamDefaultWriter<Uint8Array> | null = null;
+  /** The frames' outputs copied to `out` one after another; fails with the first failure. */
+  let outputs: Promise<void> = Promise.resolve();
+  const endFrame = () => {
+    void current?.close().catch(() => {}); // a failure shows on its readable, piped below
+    current = null;
+  };
+  const writable = new WritableStream<Uint8Array>({
+    async write(chunk) {
+      for (let at = 0; at < chunk.byteLength; ) {
+        const n = walker.scan(chunk.subarray(at), Infinity, true);
+        const piece = chunk.subarray(at, at + n);
+        at += n;
+        if (!current) {
+          const decoder = create();
+          current = decoder.writable.getWriter();
+          outputs = outputs.then(() => decoder.readable.pipeTo(out.writable, { preventClose: true }));
+          // Seen at once, not only when its turn to be copied comes: a write may be waiting on it.
+          outputs.catch((err: unknown) => void current?.abort(err).catch(() => {}));
+        }
+        await current.write(piece);
+        if (walker.atFrameEnd()) endFrame();
+      }
+    },
+    close() {
+      endFrame();
+      void outputs.then(() => out.writable.close()).catch(() => {});
+    },
+    abort(reason) {
+      void current?.abort(reason).catch(() => {});
+      current = null;
+      void out.writable.abort(reason).catch(() => {});
+    },
+  });
+  return { writable, readable: out.readable };
 }
 
 function errored(err: Error): ReadableStream<Uint8Array> {

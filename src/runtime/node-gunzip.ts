@@ -111,7 +111,7 @@ export function nodeZlibDecoder(gunzip: Transform & { bytesWritten: number }): R
   });
   const check = new TransformStream<Uint8Array<ArrayBuffer>, Uint8Array<ArrayBuffer>>({
     flush() {
-      if (gunzip.bytesWritten !== fed) throw new Error(`${fed - gunzip.bytesWritten} bytes after the last gzip member`);
+      if (gunzip.bytesWritten !== fed) throw new Error(`${fed - gunzip.bytesWritten} bytes after the end of the compressed data`);
     },
   });
   void count.readable.pipeTo(native.writable).catch(() => {});

@@ -1,21 +1,10 @@
-// The converter's zstd decoder on Node and Deno: node:zlib's where the runtime has one (Node 22.15
-// and later, Deno 2), on the thread pool like gunzip; else libzstd in WebAssembly (./zstd-wasm.ts)
-// on the converting thread. Either is several times fzstd's speed (docs/benchmarks.md).
-import * as zlib from "node:zlib";
-import type { Transform } from "node:stream";
+// The converter's zstd decoder on Node and Deno: node:zlib's where the runtime has one
+// (./zlib-zstd.ts), else libzstd in WebAssembly (./zstd-wasm.ts) on the converting thread. Either
+// is several times fzstd's speed (docs/benchmarks.md).
 import { ZSTDDecoder } from "zstddec/stream";
 import type { UnzstdFactory } from "../convert/decompress.ts";
-import { nodeZlibDecoder, ZLIB_OUTPUT_PIECE } from "./node-gunzip.ts";
+import { zlibUnzstd } from "./zlib-zstd.ts";
 import { wasmUnzstd } from "./zstd-wasm.ts";
-
-type ZstdDecompress = (options: { chunkSize: number }) => Transform & { bytesWritten: number };
-
-/** node:zlib's zstd decoder, when this runtime has one (older Node does not). */
-export function nativeUnzstd(): UnzstdFactory | undefined {
-  const create = (zlib as unknown as { createZstdDecompress?: ZstdDecompress }).createZstdDecompress;
-  if (typeof create !== "function") return undefined;
-  return { kind: "stream", create: () => nodeZlibDecoder(create({ chunkSize: ZLIB_OUTPUT_PIECE })) };
-}
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 
@@ -38,5 +27,5 @@ export function zstdWasmModule(): Promise<WebAssembly.Module> {
 
 /** The fastest zstd decoder here: native where the runtime has it, else WebAssembly. */
 export function nodeUnzstd(): UnzstdFactory {
-  return nativeUnzstd() ?? wasmUnzstd(zstdWasmModule);
+  return zlibUnzstd() ?? wasmUnzstd(zstdWasmModule);
 }

@@ -1,8 +1,8 @@
 // Cloudflare Workers entry: the shared app over an R2 bucket, configured from the Worker's vars and
 // secrets (docs/deploy.md). One app per isolate, built on its first request; node:crypto hashing and
-// node:zlib gunzip through the nodejs_compat flag (docs/benchmarks.md), at most 6 upstream responses
-// open at once per invocation (the platform's limit; each request runs in its own async context),
-// and layer conversion and large cold blob fetches in resumable steps.
+// node:zlib gunzip and zstd through the nodejs_compat flag (docs/benchmarks.md), at most 6 upstream
+// responses open at once per invocation (the platform's limit; each request runs in its own async
+// context), and layer conversion and large cold blob fetches in resumable steps.
 // There is no second listener for /metrics: it is served only when the secret METRICS_TOKEN is
 // set, to requests that bear it.
 import type { ExecutionContext } from "hono";
@@ -22,6 +22,7 @@ import { parseSize } from "../util/size.ts";
 import { limitConnections } from "../util/connection-limit.ts";
 import { UPSTREAM_TIMEOUTS, withTimeouts } from "../util/fetch-timeouts.ts";
 import { nodeGunzip } from "./node-gunzip.ts";
+import { zlibUnzstd } from "./zlib-zstd.ts";
 
 /** The R2 binding, and the vars and secrets: SKIFF_CONFIG, or UPSTREAM and its own; the settings (varOf). */
 export type WorkerEnv = { STORE: R2BucketLike; [name: string]: unknown };
@@ -104,7 +105,7 @@ function build(env: WorkerEnv): NonNullable<typeof built> {
     const blobStepBytes = parseSize(blobStep);
     if (blobStepBytes === null || blobStepBytes < 1) throw new Error(`BLOB_STEP must be a size above 0 like 256m or 1g, got ${JSON.stringify(blobStep)}`);
     const store = new R2Store(env.STORE);
-    const app = createApp({ config, store, hasher: nodeHasher, gunzip: nodeGunzip, gzipBody: "runtime", fetchFor: () => upstreamFetch, blobStepBytes, ...settings, log: (m) => console.log(m) });
+    const app = createApp({ config, store, hasher: nodeHasher, gunzip: nodeGunzip, unzstd: zlibUnzstd(), gzipBody: "runtime", fetchFor: () => upstreamFetch, blobStepBytes, ...settings, log: (m) => console.log(m) });
     console.log(`skiff ready: upstreams ${config.upstreams.map((u) => `${u.prefix}=${u.url}`).join(" ")}, access ${config.access.mode}`);
     return { env, app };
   } catch (err) {

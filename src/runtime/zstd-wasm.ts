@@ -86,9 +86,10 @@ async function wasmDecoder(module: WebAssembly.Module): Promise<ZstdPushDecoder>
           const produced = words[(outStruct >> 2) + 2]!;
           // A copy: the next call writes over the module's output space.
           if (produced > 0) emit(heap.slice(output, output + produced));
-          // Done with this piece once all of it went in and the output space was not filled.
+          // Done with this piece once all of it went in and the output space was not filled, or the
+          // frame ended with it: another call would begin waiting for a next frame's header.
           const taken = words[(inStruct >> 2) + 2]!;
-          if (taken >= n && produced < OUTPUT_PIECE) break;
+          if (taken >= n && (produced < OUTPUT_PIECE || ret === 0)) break;
           // libzstd takes input or gives output on every call that does not fail; never spin.
           if (taken === consumed && produced === 0) throw new Error("zstd decoder made no progress");
         }

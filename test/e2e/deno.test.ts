@@ -1,7 +1,7 @@
 // skiff on Deno (deno.json's tasks) against a real Distribution registry: skopeo and containerd pull
 // through it exactly what they get elsewhere, a ≥ 1 GiB layer streams with bounded memory, and the
-// lazy API answers byte for byte what skiff on Node answers for the same image and takes
-// learned-prefetch reports.
+// lazy API answers byte for byte what skiff on Node answers for the same image (zstd layers too,
+// through Deno's own decoder) and takes learned-prefetch reports.
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -20,6 +20,7 @@ import { DENO_BIN, REPO_ROOT, Skiff } from "./harness/skiff.ts";
 import { skopeoCopy } from "./harness/skopeo.ts";
 import { teardown } from "./harness/teardown.ts";
 import { tempDir } from "./harness/workdir.ts";
+import { pushZstdImages, zstdConversions } from "./harness/zstd-images.ts";
 
 const GiB = 1024 * 1024 * 1024;
 const MiB = 1024 * 1024;
@@ -197,6 +198,18 @@ describe("skiff on Deno", () => {
     expect(r.before).toBeNull();
     expect(r.after).toEqual([r.chunks.at(-1), r.chunks[0], r.chunks[1]]);
   }, 60_000);
+
+  test("zstd layers: Deno's decoder (node:zlib's) converts them to Node's bootstrap and data, and refuses a truncated one alike", async () => {
+    await pushZstdImages(registry, "e2e/zstd");
+    const [fromNode, fromDeno] = await Promise.all([node, deno].map((s) => zstdConversions(s, "e2e/zstd")));
+    expect(fromNode!.status, fromNode!.problem).toBe(200);
+    expect(fromDeno!.status, fromDeno!.problem).toBe(200);
+    expect(fromDeno!.bootstrap.equals(fromNode!.bootstrap)).toBe(true);
+    expect(fromNode!.data).toHaveLength(2);
+    fromNode!.data.forEach((data, i) => expect(fromDeno!.data[i]!.equals(data), `data blob ${i}`).toBe(true));
+    expect(fromNode!.refusal).toEqual({ status: 422, code: "MANIFEST_INVALID" });
+    expect(fromDeno!.refusal).toEqual(fromNode!.refusal);
+  }, 120_000);
 
   test("a gzip layer with a trailing zero byte is refused on Deno as on Node (422, nothing converted)", async () => {
     const layer = gzLayer([dir("t"), file("t/data", prng.bytes(100_000))]);

@@ -1,7 +1,8 @@
 // The Worker entry in workerd (the deployment bundle in Miniflare, local R2) in front of a real
 // Distribution registry: skopeo and ctr pull through it, a cold blob is verified into R2 and served
 // from there, and the lazy API gives the same bootstrap and chunks as the Node proxy, also when a
-// small CONVERT_STEP makes every layer take many requests, and learned-prefetch reports are merged in R2.
+// small CONVERT_STEP makes every layer take many requests, and zstd layers convert alike through
+// workerd's own decoder; learned-prefetch reports are merged in R2.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Registry } from "./harness/registry.ts";
 import { Skiff } from "./harness/skiff.ts";
@@ -13,6 +14,7 @@ import { compareTrees } from "./harness/files.ts";
 import { transfer } from "./harness/http.ts";
 import { learnedRoundTrip } from "./harness/learned.ts";
 import { tempDir } from "./harness/workdir.ts";
+import { pushZstdImages, zstdConversions } from "./harness/zstd-images.ts";
 import { teardown } from "./harness/teardown.ts";
 
 let registry: Registry;
@@ -104,6 +106,23 @@ describe("skiff in workerd with R2", () => {
       const b = await transfer(`${node.url}${data}`, { headers: range });
       expect(a.status).toBe(206);
       expect(a.body.equals(b.body)).toBe(true);
+    } finally {
+      await node.stop();
+    }
+  }, 300_000);
+
+  test("zstd layers: workerd's decoder (node:zlib's) converts them to the Node proxy's bootstrap and data, and refuses a truncated one alike", async () => {
+    await pushZstdImages(registry, "e2e/zstd");
+    const node = await Skiff.start({ upstream: registry.url });
+    try {
+      const [fromNode, fromWorker] = await Promise.all([node, worker].map((s) => zstdConversions(s, "e2e/zstd")));
+      expect(fromNode!.status, fromNode!.problem).toBe(200);
+      expect(fromWorker!.status, fromWorker!.problem).toBe(200);
+      expect(fromWorker!.bootstrap.equals(fromNode!.bootstrap)).toBe(true);
+      expect(fromNode!.data).toHaveLength(2);
+      fromNode!.data.forEach((data, i) => expect(fromWorker!.data[i]!.equals(data), `data blob ${i}`).toBe(true));
+      expect(fromNode!.refusal).toEqual({ status: 422, code: "MANIFEST_INVALID" });
+      expect(fromWorker!.refusal).toEqual(fromNode!.refusal);
     } finally {
       await node.stop();
     }
