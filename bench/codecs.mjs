@@ -16,6 +16,9 @@ import { deflateSync, Gunzip, inflateSync } from "fflate";
 import { decodeChunk, DEFLATE_LEVEL, encodeChunk } from "../dist/src/format/codec.js";
 import { zlibInflateRaw } from "../dist/node-agent/src/zlib-inflate.js";
 import { decompressLayer } from "../dist/src/convert/decompress.js";
+import { zstdWasmModule } from "../dist/src/runtime/node-zstd.js";
+import { zlibUnzstd } from "../dist/src/runtime/zlib-zstd.js";
+import { wasmUnzstd } from "../dist/src/runtime/zstd-wasm.js";
 import { median, replaceSection } from "./report.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -175,14 +178,24 @@ async function gunzipSection(gzFile, total) {
   return rows;
 }
 
+const ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd";
+
 async function zstdSection(zstFile, total) {
   const zst = fs.readFileSync(zstFile);
   const chunks = chunksOf(new Uint8Array(zst.buffer, zst.byteOffset, zst.length), SOURCE_CHUNK);
   const rows = await compare(total, [
     [
       "skiff `decompressLayer` (fzstd)",
-      async () => expectBytes(await drain(decompressLayer(webStream(chunks), "application/vnd.oci.image.layer.v1.tar+zstd")), total, "fzstd"),
+      async () => expectBytes(await drain(decompressLayer(webStream(chunks), ZSTD_LAYER)), total, "fzstd"),
     ],
+    [
+      "skiff `decompressLayer`, libzstd in WebAssembly (zstddec) injected",
+      async () => expectBytes(await drain(decompressLayer(webStream(chunks), ZSTD_LAYER, { unzstd: wasmUnzstd(zstdWasmModule) })), total, "WebAssembly zstd"),
+    ],
+    // Node 22.15 and later, Deno and workerd have it; this Node may not.
+    ...(zlibUnzstd()
+      ? [["skiff `decompressLayer`, node:zlib's zstd injected", async () => expectBytes(await drain(decompressLayer(webStream(chunks), ZSTD_LAYER, { unzstd: zlibUnzstd() })), total, "node:zlib zstd")]]
+      : []),
     [
       "`zstd -dc` (CLI, reference)",
       () => {
@@ -384,7 +397,7 @@ function conclusions({ gunzip, zstd, decode, encode, hash }) {
     "**What skiff uses, and why.**",
     "",
     `- *gzip layers*: the built-in decoder is fflate's streaming Gunzip plus skiff's own CRC-32 and size check of every member (fflate checks neither), on every runtime, so a layer is accepted or refused the same way everywhere. Node's DecompressionStream and node:zlib stop quietly at trailing bytes that begin with 0x00 when they come in the same read as the end of the last member, so their verdict would depend on how the network cut the stream. On Node, node:zlib with 256 KiB output chunks and a check that it consumed every input byte is strict and ${x(zlibInjected, builtIn)} faster than the built-in (${fmt(zlibInjected)} vs ${fmt(builtIn)} MB/s; it inflates on the libuv pool, beside the hashing): the runtime entries pass it as the \`gunzip\` option (\`nodeGunzip\`, src/runtime/node-gunzip.ts). DecompressionStream (${fmt(stream)} MB/s) pushes 16 KiB pieces through Node's web-stream adapter and is not worth injecting on Node.`,
-    `- *zstd layers*: fzstd (${fmt(get(zstd, "fzstd"))} MB/s; the CLI, for scale, ${fmt(get(zstd, "zstd -dc"))}). skiff reads every frame header before fzstd does: windows above 128 MiB and dictionary frames are refused, skippable frames are skipped, and fzstd is fed a few blocks at a time so output stays ≤ 1 MiB per step. fzstd does not verify content checksums; the layer digest covers the bytes.`,
+    `- *zstd layers*: node:zlib's decoder where the runtime has one (Node 22.15 and later, Deno, workerd: \`zlibUnzstd\`, src/runtime/zlib-zstd.ts${zlibUnzstd() ? `, ${fmt(get(zstd, "node:zlib's zstd"))} MB/s here` : ", not this Node"}), one decoder per frame since it ends at a frame's end; else libzstd's streaming decoder in WebAssembly (zstddec's module, src/runtime/zstd-wasm.ts: ${fmt(get(zstd, "WebAssembly"))} MB/s, ${x(get(zstd, "WebAssembly"), get(zstd, "fzstd"))} fzstd's ${fmt(get(zstd, "fzstd"))}); fzstd only where neither is given. The CLI, for scale: ${fmt(get(zstd, "zstd -dc"))}. skiff reads every frame header before any decoder does: windows above 128 MiB and dictionary frames are refused, truncation and trailing bytes are named the same way whichever decoder runs, and the synchronous decoders are fed a few blocks at a time so output stays ≤ 1 MiB per step.`,
     `- *Chunk encode*: fflate \`deflateSync\` level ${DEFLATE_LEVEL}, the same bytes on every runtime (a test pins them). Level 1 is ${x(l1mixed, l6mixed)} (mixed) and ${x(l1text, l6text)} (text) faster than level 6, which stores ${l6stored} instead of ${l1stored} of mixed content and ${l6storedText} instead of ${l1storedText} of text. Conversion sits in front of an image's first pull and Workers bill CPU time, while lazy fetching already avoids most transfer, so speed wins.`,
     `- *Chunk decode*: fflate \`inflateSync\` into a buffer of the expected size, as fast as or faster than DecompressionStream one chunk at a time here (at ${decodeFaster.join(", ") || "none of the sizes"} in this run) and steadier under load. DecompressionStream inflates on the libuv pool, so it could only pay off with several chunks decoding at once. The Node agent, which inflates every chunk a cold start reads, injects node:zlib's \`inflateRawSync\` instead (node-agent/src/zlib-inflate.ts): ${x(zlibAt1m, fflateAt1m)} the built-in at 1 MiB chunks (${fmt(zlibAt1m)} vs ${fmt(fflateAt1m)} MB/s). It inflates a chunk larger than 16 KiB into one output buffer of its size, where node:zlib's default is 16 KiB buffers joined at the end: ${x(sizedAt256k, defaultAt256k)} the default at 256 KiB chunks (${fmt(sizedAt256k)} vs ${fmt(defaultAt256k)} MB/s); smaller chunks are inflated as by default.`,
     `- *sha256*: node:crypto on Node (${fmt(get(hash, "node:crypto"))} MB/s). For a whole 1 MiB chunk, \`crypto.subtle.digest\` (${fmt(get(hash, "subtle"))} MB/s) is ${x(get(hash, "subtle"), get(hash, "noble"))} the pure-JS @noble/hashes, which should stay the fallback for incremental hashing only.`,
