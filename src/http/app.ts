@@ -54,7 +54,7 @@ export interface AppOptions extends Partial<AppSettings> {
 
 export interface SkiffApp {
   app: Hono;
-  /** Answers a cached blob's single ranges as `app` would, for an entry that can write plain answers. */
+  /** Answers a cached blob's single ranges and warm lazy data and chunk reads as `app` would, for an entry that can write plain answers. */
   shortcut: RangeShortcut;
   /** Counters, served by the entry on a listener of their own (./ops.ts), not by `app`. */
   metrics: Metrics;
@@ -148,5 +148,5 @@ export function createApp(opts: AppOptions): SkiffApp {
     return errorResponse(oci, c.req.method);
   });
 
-  return { app, shortcut: rangeShortcut({ store, upstreams, access, blobs, metrics }), metrics, upstreams, health };
+  return { app, shortcut: rangeShortcut({ store, upstreams, access, blobs, layers, metrics }), metrics, upstreams, health };
 }

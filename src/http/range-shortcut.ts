@@ -1,4 +1,5 @@
-// A shortcut for the request a warm mirror answers most: one byte range of a blob it has cached.
+// A shortcut for the requests a warm mirror answers most: one byte range of a blob it has cached,
+// and the lazy API's reads of converted layers (one range of a data blob, a chunk: lazy-shortcut.ts).
 // A runtime entry may offer each request here first and give it to the app when the shortcut
 // declines. What the shortcut answers is exactly what the app would answer (the same access
 // decision, headers, body and metrics) without web Request/Response objects or routing, which
@@ -11,6 +12,7 @@ import { isValidRepositoryName, parseDigest, splitRegistryPath, type Digest } fr
 import type { UpstreamConfig, UpstreamRoute } from "../config/config.ts";
 import type { Upstreams } from "../oci/upstreams.ts";
 import type { ContentStore } from "../store/store.ts";
+import type { LayerIndex } from "../lazy/layer-index.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
 import { errorAnswer } from "./errors.ts";
 import { OciError } from "../oci/errors.ts";
@@ -18,6 +20,8 @@ import type { Metrics } from "../util/metrics.ts";
 import { contentRange, parseRange } from "./range.ts";
 import { singleRangeHeaders, SMALL_BODY } from "./ranged.ts";
 import { storedBlob, type CacheScope } from "./registry.ts";
+import type { PlainAnswer } from "./plain-answer.ts";
+import { lazyAnswers, parseLazyTarget, type LazyTarget } from "./lazy-shortcut.ts";
 
 /** A request as the shortcut reads it: `target` is the request target (path and query) as sent. */
 export interface ShortcutRequest extends RequestHead {
@@ -25,19 +29,14 @@ export interface ShortcutRequest extends RequestHead {
   target: string;
 }
 
-export interface PlainAnswer {
-  status: number;
-  headers: Record<string, string>;
-  body: Uint8Array | null;
-  /** Called by the entry once the body is written out, so that its memory can be reused. */
-  written?: () => void;
-}
+export type { PlainAnswer } from "./plain-answer.ts";
 
 export interface ShortcutDeps {
   store: ContentStore;
   upstreams: Upstreams<UpstreamConfig>;
   access: AccessPolicy;
   blobs: BlobCache;
+  layers: LayerIndex;
   metrics: Metrics;
 }
 
@@ -46,6 +45,7 @@ export type RangeShortcut = (request: ShortcutRequest) => Promise<PlainAnswer | 
 
 /** What a blob URL means, worked out once: lazy clients ask for ranges of the same few blobs. */
 interface BlobTarget {
+  kind: "blobs";
   route: UpstreamRoute;
   digest: Digest;
   /** The 206 headers but the range's own, by cache scope, made on first use. */
@@ -56,20 +56,21 @@ const API_VERSION = { "Docker-Distribution-API-Version": "registry/2.0" };
 const REMEMBERED_TARGETS = 1024;
 
 export function rangeShortcut(deps: ShortcutDeps): RangeShortcut {
-  const targets = new Map<string, BlobTarget>();
+  const targets = new Map<string, BlobTarget | LazyTarget>();
   const buffers = new BufferPool();
   const countHit = deps.metrics.counter("skiff_cache_hits_total", { kind: "blob" });
   const countBytes = deps.metrics.counter("skiff_served_bytes_total", { kind: "blob" });
   const count206 = deps.metrics.counter("skiff_http_requests_total", { kind: "blobs", method: "GET", status: "206" });
+  const lazy = lazyAnswers(deps, buffers);
 
   return async (request) => {
     const { headers } = request;
     if (request.method !== "GET" || !deps.store.readSpan) return;
-    // One range and no conditions.
+    // At most one range, and no conditions.
     const rangeHeader = headers.get("range");
-    if (rangeHeader === null || rangeHeader.includes(",") || headers.get("if-range") !== null || headers.get("if-none-match") !== null) return;
-    const target = blobTarget(request.target);
-    if (!target) return;
+    if (rangeHeader?.includes(",") || headers.get("if-range") !== null || headers.get("if-none-match") !== null) return;
+    const target = targetOf(request.target);
+    if (!target || (target.kind === "blobs" && rangeHeader === null)) return;
 
     let shareable: boolean;
     try {
@@ -77,13 +78,14 @@ export function rangeShortcut(deps: ShortcutDeps): RangeShortcut {
     } catch (err) {
       if (!(err instanceof OciError)) return;
       deps.access.record(err);
-      return answered(errorAnswer(err));
+      return answered(target.kind, errorAnswer(err));
     }
+    if (target.kind === "lazy") return lazy(target, rangeHeader, shareable ? "public" : "private", () => deps.access.record());
 
     // Only a blob whose entitlement is in memory: anything that needs a lookup goes the long way.
     const info = deps.blobs.remembered(target.route.repository, target.digest);
     if (!info) return;
-    const wanted = parseRange(rangeHeader, info.size);
+    const wanted = parseRange(rangeHeader!, info.size);
     if (wanted.kind !== "ranges" || wanted.ranges.length !== 1) return;
     const range = wanted.ranges[0]!;
     const length = range.end - range.start + 1;
@@ -103,8 +105,8 @@ export function rangeShortcut(deps: ShortcutDeps): RangeShortcut {
     return { status: 206, headers: answer, body, written: () => buffers.give(buffer) };
   };
 
-  /** The blob a request target names, the way the app routes it; null for anything else. */
-  function blobTarget(requestTarget: string): BlobTarget | null {
+  /** The blob or lazy read a request target names, the way the app routes it; null for anything else. */
+  function targetOf(requestTarget: string): BlobTarget | LazyTarget | null {
     const target = targets.get(requestTarget) ?? parseTarget(requestTarget);
     if (target && !targets.has(requestTarget)) {
       if (targets.size >= REMEMBERED_TARGETS) targets.delete(targets.keys().next().value!);
@@ -113,22 +115,27 @@ export function rangeShortcut(deps: ShortcutDeps): RangeShortcut {
     return target;
   }
 
-  function parseTarget(requestTarget: string): BlobTarget | null {
-    // A query, an escape or the lazy API is the app's to read.
-    if (!requestTarget.startsWith("/v2/") || /[?%#]|\/_skiff\//.test(requestTarget)) return null;
+  function parseTarget(requestTarget: string): BlobTarget | LazyTarget | null {
+    // A query or an escape is the app's to read.
+    if (!requestTarget.startsWith("/v2/") || /[?%#]/.test(requestTarget)) return null;
+    if (requestTarget.includes("/_skiff/")) return parseLazyTarget(requestTarget.slice(4), routeOf);
     const path = splitRegistryPath(requestTarget.slice(4));
     if (!path || path.kind !== "blobs" || !isValidRepositoryName(path.name)) return null;
     const digest = parseDigest(path.rest);
-    if (!digest) return null;
+    const route = digest && routeOf(path.name);
+    return route ? { kind: "blobs", route, digest, headers: {} } : null;
+  }
+
+  function routeOf(name: string): UpstreamRoute | null {
     try {
-      return { route: deps.upstreams.route(path.name, undefined), digest, headers: {} };
+      return deps.upstreams.route(name, undefined);
     } catch {
       return null; // no upstream serves the name: the app says so
     }
   }
 
-  function answered(answer: PlainAnswer): PlainAnswer {
-    deps.metrics.inc("skiff_http_requests_total", { kind: "blobs", method: "GET", status: String(answer.status) });
+  function answered(kind: "blobs" | "lazy", answer: PlainAnswer): PlainAnswer {
+    deps.metrics.inc("skiff_http_requests_total", { kind, method: "GET", status: String(answer.status) });
     answer.headers = { ...answer.headers, ...API_VERSION };
     return answer;
   }

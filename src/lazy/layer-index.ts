@@ -30,12 +30,8 @@ export class LayerIndex {
   /** The published conversion of a layer, or null when there is none (yet). */
   async get(layer: Digest, params: string): Promise<ConvertedLayerIndex | null> {
     const key = layerBootstrapKey(layer, params);
-    const hit = this.#entries.get(key);
-    if (hit) {
-      this.#entries.delete(key); // re-insert: most recently used last
-      this.#entries.set(key, hit);
-      return hit;
-    }
+    const hit = this.#used(key);
+    if (hit) return hit;
     const bytes = await getBytes(this.#store, key);
     if (!bytes) return null;
     const bootstrap = Bootstrap.decode(bytes);
@@ -54,6 +50,19 @@ export class LayerIndex {
     this.#entries.set(key, entry);
     if (this.#entries.size > this.#capacity) this.#entries.delete(this.#entries.keys().next().value!);
     return entry;
+  }
+
+  /** `get` from memory only, without reading the store: null when the layer is not decoded here. */
+  remembered(layer: Digest, params: string): ConvertedLayerIndex | null {
+    return this.#used(layerBootstrapKey(layer, params));
+  }
+
+  #used(key: string): ConvertedLayerIndex | null {
+    const hit = this.#entries.get(key);
+    if (!hit) return null;
+    this.#entries.delete(key); // re-insert: most recently used last
+    this.#entries.set(key, hit);
+    return hit;
   }
 
   /** The store lost `key` (evicted): a layer bootstrap kept here is looked up afresh next time. */
