@@ -1,6 +1,6 @@
-// Node's request listener: cached blob ranges are offered to the app's shortcut first, which writes
-// them without building a web Response; everything else, and whatever it declines, goes to the app
-// through @hono/node-server. The same listener serves HTTP/1.1 (node:http) and HTTP/2 (node:http2's
+// Node's request listener: cached blob ranges and warm lazy data and chunk reads are offered to the
+// app's shortcut first, which writes them without building a web Response; everything else, and
+// whatever it declines, goes to the app through @hono/node-server. The same listener serves HTTP/1.1 (node:http) and HTTP/2 (node:http2's
 // compatibility API, for `--tls-cert`), whose request names its host in `:authority`.
 import { getRequestListener } from "@hono/node-server";
 import type { IncomingMessage, ServerResponse } from "node:http";

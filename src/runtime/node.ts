@@ -1,6 +1,6 @@
 // Node entry (`skiff serve`): the shared app on node:http over the filesystem store (fs-server.ts),
-// cached blob ranges answered by the shortcut first (node-shortcut.ts), an undici connection pool
-// per upstream, and chunks deflated on worker threads (node-chunk-encoder.ts). With `tls`, https
+// cached blob ranges and warm lazy reads answered by the shortcut first (node-shortcut.ts), an
+// undici connection pool per upstream, and chunks deflated on worker threads (node-chunk-encoder.ts). With `tls`, https
 // with HTTP/2 (node-tls.ts), the certificate reloaded when it changes (tls-reload.ts). /metrics on a
 // plain-http listener of its own (src/http/ops.ts); both stop gracefully (node-drain.ts).
 import { getRequestListener } from "@hono/node-server";
