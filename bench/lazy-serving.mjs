@@ -12,7 +12,7 @@
 // Goal (issue 22): data-blob ranges ≥ 0.5× nginx's requests/s at 1 MiB.
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { parseArgs } from "node:util";
@@ -34,6 +34,8 @@ const ROUNDS = Number(values.rounds);
 const CONNECTIONS = values.connections.split(",").map(Number);
 requireTools("wrk", "nginx", "docker-registry", "skopeo", "taskset");
 
+const load = () => loadavg().map((l) => l.toFixed(1)).join(" / ");
+const loadAtStart = load();
 const dir = mkdtempSync(join(tmpdir(), "skiff-bench-lazy-serving-"));
 const servers = [];
 const stopAll = async () => {
@@ -159,6 +161,7 @@ try {
   const goal = rows.filter((r) => r.startsWith("| data blob, 1m ranges | skiff bench ranges |"));
 
   const body = `Machine: ${machine()}. Command: \`npm run bench:lazy-serving -- --write\` (median of ${ROUNDS} rounds of ${SECONDS} s per cell, the two servers taking turns; servers on CPU 1, load generators on CPU 0).
+Load average (1 / 5 / 15 min) at the start of the run: ${loadAtStart}; at the end: ${load()}, on ${cpus().length} cores (above the core count, other work competed with the benchmark).
 
 The layer: Debian stable (debootstrap minbase) with python3 and python3-numpy, one gzip layer of
 ${(layer.gz.byteLength / 1e6).toFixed(0)} MB, converted by skiff on Node (\`${params}\`, ${(convertSeconds).toFixed(1)} s from a cold edge) into a data blob of
