@@ -9,6 +9,8 @@
 //     on nginx) with wrk;
 //   - every chunk's extent by range of the data blob, as nodes read it, with `skiff bench ranges
 //     --pattern` (bench:lazy's warm chunk serving).
+// With `--baseline PATH/bin/skiff.js` (another build, e.g. from before a change), that skiff is measured
+// too, in front of the same registry and warmed alike.
 // Goal (issue 22): data-blob ranges ≥ 0.5× nginx's requests/s at 1 MiB.
 import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -27,6 +29,7 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "4" },
     rounds: { type: "string", default: "3" },
     connections: { type: "string", default: "1,16" },
+    baseline: { type: "string" },
   },
 });
 const SECONDS = Number(values.seconds);
@@ -86,6 +89,11 @@ try {
   execSkopeo(["copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests", `oci:${layout}:bench`, `docker://${new URL(registry.base).host}/bench/py:1`]);
   const skiff = await startSkiff("node", dir, registry.base, { args: ["--convert-wait", "600"] });
   servers.push(skiff);
+  const baseline = values.baseline ? await startSkiff("node", dir, registry.base, { name: "baseline", args: ["--convert-wait", "600"], bin: values.baseline }) : null;
+  if (baseline) {
+    servers.push(baseline);
+    await bootstrapWithCodec(`${baseline.base}/v2/bench/py/_skiff/bootstrap/1`, "none");
+  }
   const convertSeconds = await bootstrapWithCodec(`${skiff.base}/v2/bench/py/_skiff/bootstrap/1`, "none");
   const image = await fetch(`${skiff.base}/v2/bench/py/_skiff/bootstrap/1?codec=none`);
   const params = image.headers.get("skiff-params");
@@ -126,7 +134,9 @@ try {
 
   const rangeScript = writeWrkScript(dir);
   const chunkScript = writeChunkScript(listFile);
-  const targets = { nginx: { base: nginx.base, data: `${nginx.base}/data`, chunks: "/chunks/" }, skiff: { base: skiff.base, data: `${skiff.base}${lazyBase}/data`, chunks: `${lazyBase}/chunks/` } };
+  const lazyTarget = (server) => ({ base: server.base, data: `${server.base}${lazyBase}/data`, chunks: `${lazyBase}/chunks/` });
+  const targets = { nginx: { base: nginx.base, data: `${nginx.base}/data`, chunks: "/chunks/" }, skiff: lazyTarget(skiff), ...(baseline ? { baseline: lazyTarget(baseline) } : {}) };
+  const names = Object.keys(targets);
   // Warm both (page cache, skiff's layer index and entitlement) before any measured run.
   for (const t of Object.values(targets)) {
     checked(runSkiffBench(t.data, { sizeFlag: "1m", connections: 4, seconds: 1 }), `warm-up ${t.data}`);
@@ -147,20 +157,23 @@ try {
   }
   const rows = [];
   for (const cell of cells) {
-    const runs = { nginx: [], skiff: [] };
+    const runs = Object.fromEntries(names.map((name) => [name, []]));
     for (let round = 0; round < ROUNDS; round++) {
-      const order = round % 2 === 0 ? ["nginx", "skiff"] : ["skiff", "nginx"];
+      // Each round starts with another server, so a drift over time hits them alike.
+      const order = names.map((_, i) => names[(i + round) % names.length]);
       for (const name of order) runs[name].push(cell.run(targets[name]));
     }
     const rps = (name) => median(runs[name].map((r) => r.rps));
     const p99 = (name) => median(runs[name].map((r) => r.p99));
     const ratio = median(runs.skiff.map((r, i) => r.rps / runs.nginx[i].rps));
-    console.error(`${cell.what}, ${cell.c} conn, ${cell.tool}: nginx ${rps("nginx").toFixed(0)}/s, skiff ${rps("skiff").toFixed(0)}/s (${ratio.toFixed(2)}×)`);
-    rows.push(`| ${cell.what} | ${cell.tool} | ${cell.c} | ${rps("nginx").toFixed(0)} (${p99("nginx").toFixed(2)}) | ${rps("skiff").toFixed(0)} (${p99("skiff").toFixed(2)}) | ${ratio.toFixed(2)} |`);
+    const cellOf = (name) => `${rps(name).toFixed(0)} (${p99(name).toFixed(2)})`;
+    const before = baseline ? ` | ${cellOf("baseline")} | ${median(runs.skiff.map((r, i) => r.rps / runs.baseline[i].rps)).toFixed(2)}` : "";
+    console.error(`${cell.what}, ${cell.c} conn, ${cell.tool}: nginx ${rps("nginx").toFixed(0)}/s, skiff ${rps("skiff").toFixed(0)}/s (${ratio.toFixed(2)}×)${baseline ? `, baseline ${rps("baseline").toFixed(0)}/s` : ""}`);
+    rows.push(`| ${cell.what} | ${cell.tool} | ${cell.c} | ${cellOf("nginx")} | ${cellOf("skiff")} | ${ratio.toFixed(2)}${before} |`);
   }
   const goal = rows.filter((r) => r.startsWith("| data blob, 1m ranges | skiff bench ranges |"));
 
-  const body = `Machine: ${machine()}. Command: \`npm run bench:lazy-serving -- --write\` (median of ${ROUNDS} rounds of ${SECONDS} s per cell, the two servers taking turns; servers on CPU 1, load generators on CPU 0).
+  const body = `Machine: ${machine()}. Command: \`npm run bench:lazy-serving -- --write${values.baseline ? " --baseline <build before>/bin/skiff.js" : ""}\` (median of ${ROUNDS} rounds of ${SECONDS} s per cell, the servers taking turns; servers on CPU 1, load generators on CPU 0).
 Load average (1 / 5 / 15 min) at the start of the run: ${loadAtStart}; at the end: ${load()}, on ${cpus().length} cores (above the core count, other work competed with the benchmark).
 
 The layer: Debian stable (debootstrap minbase) with python3 and python3-numpy, one gzip layer of
@@ -172,11 +185,11 @@ and "chunks by range" asks for every chunk's extent of the data blob in turn, as
 mount does. \`skiff bench ranges\` checks every answer (status, \`Content-Range\`, length); it is
 slower than wrk as a client (bench:serving), so its ratios lean towards 1.
 
-| request | load generator | conn | nginx req/s (p99 ms) | skiff node req/s (p99 ms) | skiff ÷ nginx (median of the rounds' ratios) |
-|---|---|---:|---:|---:|---:|
+| request | load generator | conn | nginx req/s (p99 ms) | skiff node req/s (p99 ms) | skiff ÷ nginx (median of the rounds' ratios) |${baseline ? " baseline build req/s (p99 ms) | skiff ÷ baseline |" : ""}
+|---|---|---:|---:|---:|---:|${baseline ? "---:|---:|" : ""}
 ${rows.join("\n")}
 
-Goal: data-blob ranges ≥ 0.5× nginx's req/s at 1 MiB with \`skiff bench ranges\`: ${goal.map((r) => `${r.split("|")[3].trim()} connection(s) ${Number(r.split("|").at(-2)) >= 0.5 ? "met" : "not met"} (${r.split("|").at(-2).trim()}×)`).join(", ")}.`;
+Goal: data-blob ranges ≥ 0.5× nginx's req/s at 1 MiB with \`skiff bench ranges\`: ${goal.map((r) => `${r.split("|")[3].trim()} connection(s) ${Number(r.split("|")[6]) >= 0.5 ? "met" : "not met"} (${r.split("|")[6].trim()}×)`).join(", ")}.${baseline ? "\n\nThe baseline build: another build of skiff, given with `--baseline` (e.g. from before a change), warmed alike." : ""}`;
   console.log(body);
   if (values.write) replaceSection(join(root, "docs", "benchmarks.md"), "lazy-serving", "Lazy-route serving against nginx", body);
 } finally {

@@ -141,9 +141,10 @@ export async function pushBlob(registryBase, name, bytes, digest) {
 /**
  * skiff in front of `upstream` on one runtime: "node", "deno" or "workerd". `name` tells apart the
  * store directories of several on one runtime; `args` are more `skiff serve` flags (Node and Deno).
+ * `bin` is bin/skiff.js of the build to run on Node (this tree's by default).
  * `metricsBase` is where /metrics is served (node and deno: a listener of its own; none on workerd).
  */
-export async function startSkiff(runtime, dir, upstream, { name = runtime, args = [] } = {}) {
+export async function startSkiff(runtime, dir, upstream, { name = runtime, args = [], bin = join(root, "bin", "skiff.js") } = {}) {
   const port = await freePort();
   const metricsPort = await freePort();
   const data = join(dir, `skiff-${name}`);
@@ -151,7 +152,7 @@ export async function startSkiff(runtime, dir, upstream, { name = runtime, args 
   const serveArgs = ["--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--metrics-address", `127.0.0.1:${metricsPort}`, ...args];
   let server;
   if (runtime === "node") {
-    server = pinned(process.execPath, [join(root, "bin", "skiff.js"), "serve", ...serveArgs]);
+    server = pinned(process.execPath, [bin, "serve", ...serveArgs]);
   } else if (runtime === "deno") {
     server = pinned(join(root, "node_modules", ".bin", "deno"), ["task", "serve", ...serveArgs], { cwd: root });
   } else {
