@@ -1,0 +1,104 @@
+// `skiff convert` of one layer, this build against another, taking turns each round:
+//   node bench/convert-ab.mjs --baseline DIR [--layer debian|big] [--rounds 5]
+// DIR holds the other build (its bin/ and dist/, and node_modules). `debian` is the gzip layer
+// bench/debian-layer.mjs caches (bench:convert builds it); `big` is a 1 GiB tar of incompressible
+// files, generated here. Prints wall time, CPU seconds (user + system) and peak RSS of each round
+// and their medians, under GNU time; for the Debian layer, `gzip -dc | sha256sum` of it too. Everything but the cached layer goes under the OS temp directory.
+import { execFileSync, spawnSync } from "node:child_process";
+import { createCipheriv, createHash } from "node:crypto";
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { median } from "./report.mjs";
+import { benchCacheDir } from "./lazy-mount.mjs";
+
+const { values } = parseArgs({ options: { baseline: { type: "string" }, layer: { type: "string", default: "debian" }, rounds: { type: "string", default: "5" } } });
+if (!values.baseline) throw new Error("--baseline DIR (another build: bin/, dist/, node_modules) is required");
+const builds = [
+  { name: "baseline", skiff: join(resolve(values.baseline), "bin", "skiff.js") },
+  { name: "this", skiff: fileURLToPath(new URL("../bin/skiff.js", import.meta.url)) },
+];
+const work = mkdtempSync(join(tmpdir(), "skiff-convert-ab-"));
+
+/** An OCI layout with one image of one layer (moved in), tagged `bench`. */
+function layout(dir, layerPath, mediaType) {
+  const blobs = join(dir, "blobs", "sha256");
+  mkdirSync(blobs, { recursive: true });
+  const hex = execFileSync("sha256sum", [layerPath]).toString().split(" ")[0];
+  execFileSync("mv", [layerPath, join(blobs, hex)]);
+  const put = (obj) => {
+    const bytes = Buffer.from(JSON.stringify(obj));
+    const h = createHash("sha256").update(bytes).digest("hex");
+    writeFileSync(join(blobs, h), bytes);
+    return { digest: `sha256:${h}`, size: bytes.length };
+  };
+  const config = put({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} });
+  const manifest = put({
+    schemaVersion: 2,
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config },
+    layers: [{ mediaType, digest: `sha256:${hex}`, size: statSync(join(blobs, hex)).size }],
+  });
+  writeFileSync(join(dir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
+  writeFileSync(join(dir, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: manifest.mediaType, ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }] }));
+  return dir;
+}
+
+function bigLayer() {
+  const tree = join(work, "big");
+  mkdirSync(tree);
+  for (let i = 0; i < 4; i++) {
+    const key = createHash("sha256").update(`big/${i}`).digest().subarray(0, 16);
+    const cipher = createCipheriv("aes-128-ctr", key, Buffer.alloc(16));
+    const fd = openSync(join(tree, `part${i}`), "w");
+    const zeros = Buffer.alloc(1 << 20);
+    for (let n = 0; n < 256; n++) writeSync(fd, cipher.update(zeros));
+    closeSync(fd);
+  }
+  const tar = join(work, "big.tar");
+  execFileSync("tar", ["-C", tree, "--sort=name", "--mtime=@0", "-cf", tar, "."]);
+  rmSync(tree, { recursive: true });
+  return layout(join(work, "big-layout"), tar, "application/vnd.oci.image.layer.v1.tar");
+}
+
+function debianLayer() {
+  const gz = join(benchCacheDir, "debian-python3.tar.gz");
+  if (!existsSync(gz)) throw new Error(`${gz} is missing: run \`node bench/convert.mjs --only debian\` once to build it`);
+  const copy = join(work, "debian.tar.gz");
+  copyFileSync(gz, copy);
+  return layout(join(work, "debian-layout"), copy, "application/vnd.oci.image.layer.v1.tar+gzip");
+}
+
+const source = values.layer === "big" ? bigLayer() : debianLayer();
+const out = join(work, "out");
+// The bar of issue 22 for a gzip layer, timed in the same rounds.
+if (values.layer !== "big") {
+  const blobs = join(source, "blobs", "sha256");
+  const layerBlob = join(blobs, execFileSync("bash", ["-c", `ls -S ${blobs} | head -1`], { encoding: "utf8" }).trim());
+  builds.push({ name: "gzip -dc | sha256sum", command: ["bash", "-c", `gzip -dc ${layerBlob} | sha256sum >/dev/null`] });
+}
+const runs = builds.map(() => []);
+try {
+  for (let round = 0; round < Number(values.rounds); round++) {
+    // Who goes first alternates, so a noisy moment does not always land on the same build.
+    const order = round % 2 === 0 ? builds.map((_, i) => i) : builds.map((_, i) => i).reverse();
+    for (const i of order) {
+      rmSync(out, { recursive: true, force: true });
+      const command = builds[i].command ?? ["node", builds[i].skiff, "convert", `${source}:bench`, "--out", out];
+      const r = spawnSync("/usr/bin/time", ["-f", "%e %U %S %M", ...command], { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`${builds[i].name} failed:\n${r.stderr}`);
+      const [wall, user, sys, rssKiB] = r.stderr.trim().split("\n").pop().split(" ").map(Number);
+      const row = { wall, cpu: user + sys, rssMiB: rssKiB / 1024 };
+      runs[i].push(row);
+      console.log(`round ${round + 1} ${builds[i].name.padEnd(20)} wall ${wall.toFixed(2)} s  cpu ${row.cpu.toFixed(2)} s  rss ${row.rssMiB.toFixed(0)} MiB`);
+    }
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+for (const [i, b] of builds.entries()) {
+  const m = (f) => median(runs[i].map(f));
+  console.log(`median ${b.name.padEnd(20)} wall ${m((r) => r.wall).toFixed(2)} s  cpu ${m((r) => r.cpu).toFixed(2)} s  rss ${m((r) => r.rssMiB).toFixed(0)} MiB  (${runs[i].length} rounds)`);
+}
