@@ -153,7 +153,7 @@ export async function convertImage(source: ImageSource, opts: ConvertImageOption
 
 function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntry[] } {
   const { model, skipped } = mergeLayers(
-    layers.map((l) => l.model ?? l.bootstrap.toModel()),
+    layers.map((l) => l.bootstrap.toModel()),
     platform,
   );
   return { bytes: encodeBootstrap(model), skipped };

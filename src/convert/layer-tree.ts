@@ -2,7 +2,8 @@
 // (`.wh.NAME`), opaque directories (`.wh..wh..opq`), directories the layer only implies, and
 // hardlinks to files of lower layers. Paths are taken lexically: an entry is never placed through a
 // symlink, and names that would leave the root are refused, so no tree built here can point outside.
-import { baseNode, isValidName, newDir, type FsNode, type NodeType } from "../format/model.ts";
+import { isValidName } from "../format/model.ts";
+import { KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK_REF, KIND_SYMLINK, KIND_WHITEOUT, TreeTable } from "../format/tree-table.ts";
 import type { TarEntry } from "./tar.ts";
 
 const WHITEOUT_PREFIX = ".wh.";
@@ -35,140 +36,161 @@ export function pathComponents(path: string): string[] | null {
 }
 
 export class LayerTree {
-  readonly root: FsNode = newDir({ implicit: true });
+  /** Inode 0 is the root. Kept in columns, not objects: a layer may have hundreds of thousands of entries. */
+  readonly table = new TreeTable();
   readonly skipped: SkippedEntry[] = [];
   entries = 0;
 
-  /** The parent directory for `parts`, creating implied directories; null if a non-directory is in the way. */
-  #parent(parts: string[], path: string): FsNode | null {
-    let dir = this.root;
-    for (const part of parts.slice(0, -1)) {
-      let next = dir.children!.get(part);
-      if (next?.type === "whiteout") {
+  /** The parent directory for `parts`, creating implied directories; -1 if a non-directory is in the way. */
+  #parent(parts: string[], path: string): number {
+    const t = this.table;
+    let dir = 0;
+    for (let i = 0; i < parts.length - 1; i++) {
+      const part = parts[i]!;
+      const name = t.names.intern(part);
+      let next = t.child(dir, name);
+      const kind = next === -1 ? 0 : t.kind(next);
+      if (kind === KIND_WHITEOUT) {
         // Deleted below and recreated here as a directory: the new one hides the old.
-        next = newDir({ implicit: true, opaque: true });
-        dir.children!.set(part, next);
-      } else if (!next) {
-        next = newDir({ implicit: true });
-        dir.children!.set(part, next);
-      } else if (next.type !== "dir") {
+        next = newDir(t, true);
+        t.setOpaque(next, true);
+        t.link(dir, name, next);
+      } else if (next === -1) {
+        next = newDir(t, true);
+        t.link(dir, name, next);
+      } else if (kind !== KIND_DIR) {
         this.skipped.push({ path, reason: `parent ${part} is not a directory` });
-        return null;
+        return -1;
       }
       dir = next;
     }
     return dir;
   }
 
-  /** Adds one entry. For regular files, returns the node whose `chunks` and `size` the caller fills. */
-  add(entry: TarEntry): FsNode | null {
+  /** Adds one entry. For regular files, returns the inode whose chunks and size the caller fills; else -1. */
+  add(entry: TarEntry): number {
     this.entries++;
+    const t = this.table;
     const parts = pathComponents(entry.path);
     if (parts === null) {
       this.skipped.push({ path: entry.path, reason: "path leaves the root (..)" });
-      return null;
+      return -1;
     }
     if (parts.length > MAX_DEPTH) {
       this.skipped.push({ path: `${entry.path.slice(0, 200)}…`, reason: `deeper than ${MAX_DEPTH} directories` });
-      return null;
+      return -1;
     }
     if (parts.length === 0) {
       // `./` describes the root itself.
-      if (entry.type === "dir") Object.assign(this.root, metadata(entry), { implicit: false });
-      return null;
+      if (entry.type === "dir") {
+        t.setMetadata(0, metadata(entry));
+        t.setImplicit(0, false);
+      }
+      return -1;
     }
-    const name = parts[parts.length - 1]!;
-    if (parts.some((p, i) => p.startsWith(AUFS_META_PREFIX) && !(p === OPAQUE_MARKER && i === parts.length - 1))) return null;
+    const last = parts[parts.length - 1]!;
+    if (parts.some((p, i) => p.startsWith(AUFS_META_PREFIX) && !(p === OPAQUE_MARKER && i === parts.length - 1))) return -1;
     // Every component, not just the last: a directory implied by the path gets its name from it.
     if (!parts.every(isValidName)) {
       this.skipped.push({ path: `${entry.path.slice(0, 1000)}${entry.path.length > 1000 ? "…" : ""}`, reason: "invalid name" });
-      return null;
+      return -1;
     }
     const parent = this.#parent(parts, entry.path);
-    if (!parent) return null;
-    const siblings = parent.children!;
+    if (parent === -1) return -1;
 
-    if (name === OPAQUE_MARKER) {
-      parent.opaque = true;
-      return null;
+    if (last === OPAQUE_MARKER) {
+      t.setOpaque(parent, true);
+      return -1;
     }
-    if (name.startsWith(WHITEOUT_PREFIX)) {
-      const hidden = name.slice(WHITEOUT_PREFIX.length);
+    if (last.startsWith(WHITEOUT_PREFIX)) {
+      const hidden = last.slice(WHITEOUT_PREFIX.length);
       if (!isValidName(hidden)) {
         this.skipped.push({ path: entry.path, reason: "whiteout of an invalid name" });
-        return null;
+        return -1;
       }
-      const existing = siblings.get(hidden);
+      const name = t.names.intern(hidden);
+      const existing = t.child(parent, name);
       // A whiteout only hides lower layers; what this layer itself puts there stays.
-      if (existing?.type === "dir") existing.opaque = true;
-      else if (!existing) siblings.set(hidden, baseNode("whiteout", 0));
-      return null;
+      if (existing !== -1 && t.kind(existing) === KIND_DIR) t.setOpaque(existing, true);
+      else if (existing === -1) t.link(parent, name, t.newInode(KIND_WHITEOUT, 0));
+      return -1;
     }
 
-    const existing = siblings.get(name);
+    const name = t.names.intern(last);
+    const existing = t.child(parent, name);
+    const existingKind = existing === -1 ? 0 : t.kind(existing);
     if (entry.type === "dir") {
-      if (existing?.type === "dir") {
-        Object.assign(existing, metadata(entry), { implicit: false });
+      if (existingKind === KIND_DIR) {
+        t.setMetadata(existing, metadata(entry));
+        t.setImplicit(existing, false);
       } else {
-        siblings.set(name, newDir({ ...metadata(entry), opaque: existing?.type === "whiteout" }));
+        const dir = newDir(t, false);
+        t.setMetadata(dir, metadata(entry));
+        t.setOpaque(dir, existingKind === KIND_WHITEOUT);
+        t.link(parent, name, dir);
       }
-      return null;
+      return -1;
     }
 
     if (entry.type === "hardlink") {
       const targetParts = pathComponents(entry.linkName);
       if (targetParts === null || targetParts.length === 0) {
         this.skipped.push({ path: entry.path, reason: `hardlink target ${JSON.stringify(entry.linkName)} leaves the root` });
-        return null;
+        return -1;
       }
       const target = this.#find(targetParts);
-      if (target && (target.type === "dir" || target.type === "whiteout")) {
+      if (target !== -1 && (t.kind(target) === KIND_DIR || t.kind(target) === KIND_WHITEOUT)) {
         this.skipped.push({ path: entry.path, reason: "hardlink to a directory or a deleted file" });
-        return null;
+        return -1;
       }
-      if (target === existing && target) return null; // a link to itself changes nothing
-      if (target) {
-        siblings.set(name, target);
+      if (target === existing && target !== -1) return -1; // a link to itself changes nothing
+      if (target !== -1) {
+        t.link(parent, name, target);
       } else {
         // Not in this layer: a file of a lower layer, found when the layers are merged.
-        const ref = { ...baseNode("hardlink-ref", 0), target: targetParts.join("/") };
-        ref.size = new TextEncoder().encode(ref.target).length;
-        siblings.set(name, ref);
+        const ref = t.newInode(KIND_HARDLINK_REF, 0);
+        t.setTarget(ref, targetParts.join("/"));
+        t.link(parent, name, ref);
       }
-      return null;
+      return -1;
     }
 
-    const node: FsNode = { ...baseNode(nodeType(entry.type), entry.mode & 0o7777), ...metadata(entry) };
-    if (entry.type === "symlink") {
-      if (entry.linkName === "") {
-        this.skipped.push({ path: entry.path, reason: "symlink without a target" });
-        return null;
-      }
-      node.target = entry.linkName;
-      node.size = new TextEncoder().encode(entry.linkName).length;
+    if (entry.type === "symlink" && entry.linkName === "") {
+      this.skipped.push({ path: entry.path, reason: "symlink without a target" });
+      return -1;
     }
-    if (entry.type === "char" || entry.type === "block") {
-      node.devMajor = entry.devMajor;
-      node.devMinor = entry.devMinor;
-    }
-    siblings.set(name, node);
-    return entry.type === "file" ? node : null;
+    const node = t.newInode(KINDS[entry.type], entry.mode);
+    t.setMetadata(node, metadata(entry));
+    if (entry.type === "symlink") t.setTarget(node, entry.linkName);
+    if (entry.type === "char" || entry.type === "block") t.setDevice(node, entry.devMajor, entry.devMinor);
+    if (entry.type === "file") t.beginChunks(node);
+    t.link(parent, name, node);
+    return entry.type === "file" ? node : -1;
   }
 
-  #find(parts: string[]): FsNode | null {
-    let node: FsNode | undefined = this.root;
+  /** The inode at `parts`, or -1. */
+  #find(parts: string[]): number {
+    const t = this.table;
+    let node = 0;
     for (const part of parts) {
-      if (node?.type !== "dir") return null;
-      node = node.children!.get(part);
+      if (t.kind(node) !== KIND_DIR) return -1;
+      const name = t.names.lookup(part);
+      if (name === -1) return -1;
+      node = t.child(node, name);
+      if (node === -1) return -1;
     }
-    return node ?? null;
+    return node;
   }
 }
 
-function metadata(entry: TarEntry): Pick<FsNode, "perm" | "uid" | "gid" | "mtime" | "mtimeNsec" | "xattrs"> {
-  return { perm: entry.mode & 0o7777, uid: entry.uid, gid: entry.gid, mtime: entry.mtime, mtimeNsec: entry.mtimeNsec, xattrs: new Map(entry.xattrs) };
+const KINDS: Record<Exclude<TarEntry["type"], "dir" | "hardlink">, number> = { file: KIND_FILE, symlink: KIND_SYMLINK, char: KIND_CHAR, block: KIND_BLOCK, fifo: KIND_FIFO };
+
+function newDir(t: TreeTable, implicit: boolean): number {
+  const dir = t.newInode(KIND_DIR, 0o755);
+  if (implicit) t.setImplicit(dir, true);
+  return dir;
 }
 
-function nodeType(t: TarEntry["type"]): NodeType {
-  return t === "hardlink" ? "file" : t;
+function metadata(entry: TarEntry) {
+  return { perm: entry.mode & 0o7777, uid: entry.uid, gid: entry.gid, mtime: entry.mtime, mtimeNsec: entry.mtimeNsec, xattrs: entry.xattrs };
 }

@@ -10,10 +10,11 @@
 // wrote as a segment; the next replays the layer to that point and goes on; the last joins the
 // segments into the data blob. The result is the same bytes as one pass.
 import { layerBootstrapKey, layerCheckpointKey, layerDataKey, layerSegmentKey } from "../store/keys.ts";
-import { encodeBootstrap } from "../format/encode.ts";
+import { encodeTable, type LayerTables } from "../format/encode-table.ts";
 import { Bootstrap } from "../format/decode.ts";
-import type { BootstrapModel, ChunkRecord } from "../format/model.ts";
-import { fromHex, toHex, type HasherFactory } from "../hash/hasher.ts";
+import type { ChunkRecord } from "../format/model.ts";
+import { ChunkTable } from "../format/tree-table.ts";
+import { fromHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint, type Segment } from "./checkpoint.ts";
@@ -61,11 +62,6 @@ export interface ConvertedLayer {
   dataKey: string;
   /** False when the store already held this conversion. */
   converted: boolean;
-  /**
-   * The tree as this call converted it (absent for a stored conversion): an image merges it as it
-   * is, rather than rebuilding it from the bootstrap just encoded.
-   */
-  model?: BootstrapModel;
   stats?: LayerStats;
 }
 
@@ -122,9 +118,10 @@ export interface ConvertLayerOptions {
 export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
 
 /**
- * The file tree is held in memory while a layer converts, about 1.2 KiB per entry, and an empty
- * file costs 512 bytes of tar that gzip shrinks to about 7: a 7 MB layer of a million empty files
- * takes 1.2 GiB and 35 s (docs/reliability.md). The largest real layers hold a few hundred thousand.
+ * The file tree is held in memory while a layer converts (src/format/tree-table.ts: about 250 bytes
+ * per entry at the peak, bootstrap included: docs/benchmarks.md), and an empty file costs 512 bytes
+ * of tar that gzip shrinks to about 7: a 7 MB layer of a million empty files takes 250 MB. The
+ * largest real layers hold a few hundred thousand.
  */
 export const DEFAULT_MAX_ENTRIES = 1_000_000;
 
@@ -170,7 +167,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   const upload = await store.put(segmentKey(segment.from));
   // Most chunks are small files' only chunk: they reach the store in batches.
   const batched = new BatchedWriter((bytes) => upload.write(bytes), WRITE_BATCH_BYTES);
-  let outcome: Awaited<ReturnType<typeof streamLayer>>;
+  let outcome: StreamOutcome | null;
   // The bootstrap, when its model is complete already, encoded while the data blob goes to disk.
   let encoded: Uint8Array | null = null;
   try {
@@ -182,7 +179,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await opts.guard?.();
     const committed = upload.commit();
     try {
-      if ("model" in outcome && !from) encoded = encodeBootstrap(outcome.model);
+      if ("tables" in outcome && !from) encoded = encodeTable(outcome.tables);
     } finally {
       // Settled before anything can cancel the upload under its commit.
       await committed;
@@ -203,19 +200,22 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, records, ordinals, segments }));
     throw new ConversionPaused(layer.digest.value, ordinals.length, segments.reduce((sum, s) => sum + s.size, 0));
   }
-  const { model, stats } = outcome;
+  const { tables, stats } = outcome;
+  outcome = null;
   if (from) {
-    model.blobs[0]!.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size }))).catch(async (err: unknown) => {
+    tables.blob.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size }))).catch(async (err: unknown) => {
       // Segments that don't add up can't be joined by trying again: start over.
       if (err instanceof CheckpointError) await dropSteps();
       throw err;
     });
   }
-  const bytes = encoded ?? encodeBootstrap(model);
+  const bytes = encoded ?? encodeTable(tables);
+  // The tables are garbage from here on: the bootstrap alone is kept.
+  tables.tree = tables.chunks = null as never;
   await opts.guard?.();
   await putBytes(store, bootstrapKey, bytes);
   if (opts.budget) await dropFinishedSteps(segments);
-  return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, model, stats };
+  return { bootstrap: Bootstrap.decode(bytes), bootstrapKey, dataKey, converted: true, stats };
 }
 
 async function loadCheckpoint(store: ContentStore, key: string, layer: string, params: string): Promise<Checkpoint | null> {
@@ -266,7 +266,7 @@ async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, data
   return fromHex(hash.hex());
 }
 
-type StreamOutcome = { model: BootstrapModel; stats: LayerStats } | { paused: { records: ChunkRecord[]; ordinals: Uint32Array } };
+type StreamOutcome = { tables: LayerTables; stats: LayerStats } | { paused: { records: ChunkRecord[]; ordinals: Uint32Array } };
 
 /** Thrown inside the chunk loop when the step's budget is spent; never leaves streamLayer. */
 class Pause {}
@@ -291,12 +291,12 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   );
 
   const dataHash = hasher("sha256");
-  const chunks: ChunkRecord[] = from ? [...from.records] : [];
-  const known = new Map<string, number>(chunks.map((r, i) => [toHex(r.digest), i]));
-  const last = chunks.at(-1);
-  let storedOffset = last ? last.storedOffset + last.storedSize : 0;
-  let uncompressedOffset = last ? last.uncompressedOffset + last.size : 0;
+  // Chunk records in columns, found again by digest: an object and a hex string per chunk cost
+  // more than the rest of an entry (tree-table.ts).
+  const chunks = new ChunkTable();
+  for (const r of from?.records ?? []) chunks.add(r);
   const tree = new LayerTree();
+  const table = tree.table;
   // Chunks up to the checkpoint are replayed: their records are known, only the tree is rebuilt.
   const replayed = from?.ordinals ?? new Uint32Array(0);
   // Every chunk's record index, kept only when the conversion may pause and need a checkpoint.
@@ -305,12 +305,11 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
 
   const replayChunk = (data: Uint8Array): number => {
     const index = replayed[ordinal++]!;
-    const record = chunks[index]!;
-    if (record.size !== data.byteLength) throw new CheckpointError(`chunk ${ordinal - 1} is ${data.byteLength} bytes in the layer, ${record.size} in the checkpoint`);
+    if (chunks.size(index) !== data.byteLength) throw new CheckpointError(`chunk ${ordinal - 1} is ${data.byteLength} bytes in the layer, ${chunks.size(index)} in the checkpoint`);
     stats.chunks++;
     if (index === stats.uniqueChunks) {
       stats.uniqueChunks++;
-      stats.bytesStored += record.storedSize;
+      stats.bytesStored += chunks.storedSize(index);
     } else {
       stats.bytesDeduplicated += data.byteLength;
     }
@@ -322,30 +321,26 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // index given to its file, in the order it was cut, so the blob and records are the same bytes
   // whatever the encoder and however many chunks it has in flight.
   const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
-  const pending: { result: Promise<EncodedChunk>; hex: string; size: number; file: number[]; slot: number }[] = [];
+  const pending: { result: Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
   // Whole-chunk buffers written and hashed, for the cutter to cut into again.
   const spare: Uint8Array[] = [];
 
   /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */
   const settleOldest = async (): Promise<void> => {
-    const { result, hex, size, file, slot } = pending.shift()!;
+    const { result, hex, size, slot } = pending.shift()!;
     const { stored, compressed } = await result;
-    let index = known.get(hex);
-    if (index !== undefined) {
+    const digest = fromHex(hex);
+    let index = chunks.find(digest);
+    if (index !== -1) {
       stats.bytesDeduplicated += size;
     } else {
       dataHash.update(stored);
       await write(stored);
-      const record: ChunkRecord = { digest: fromHex(hex), blob: 0, compressed, storedOffset, storedSize: stored.byteLength, size, uncompressedOffset };
-      storedOffset += stored.byteLength;
-      uncompressedOffset += size;
+      index = chunks.add({ digest, compressed, storedOffset: chunks.storedEnd, storedSize: stored.byteLength, size, uncompressedOffset: chunks.uncompressedEnd });
       stats.bytesStored += stored.byteLength;
       stats.uniqueChunks++;
-      chunks.push(record);
-      index = chunks.length - 1;
-      known.set(hex, index);
     }
-    file[slot] = index;
+    table.chunkRefs.set(slot, index);
     ordinals?.push(index);
     // Written (the store copies what it keeps) and hashed: a whole chunk's buffer is cut into again.
     if (stored.byteLength === chunkSize && stored.buffer.byteLength === chunkSize && spare.length < inFlight) spare.push(stored);
@@ -354,10 +349,10 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     while (pending.length > 0) await settleOldest();
   };
 
-  /** Takes a chunk of `file`: the encoder takes `data` over. */
-  const addChunk = async (data: Uint8Array, hex: string, file: number[]): Promise<void> => {
+  /** Takes a chunk of the file inode `file`: the encoder takes `data` over. */
+  const addChunk = async (data: Uint8Array, hex: string, file: number): Promise<void> => {
     if (ordinal < replayed.length) {
-      file.push(replayChunk(data));
+      table.chunkRefs.set(table.addChunkRef(file), replayChunk(data));
       return;
     }
     ordinal++;
@@ -367,36 +362,34 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     const result = encoder.encode(data, params.codec);
     // Awaited in order by settleOldest; one that fails while older ones are awaited must not go unhandled.
     result.catch(() => {});
-    pending.push({ result, hex, size, file, slot: file.length });
-    file.push(-1);
+    pending.push({ result, hex, size, slot: table.addChunkRef(file) });
     if (pending.length >= inFlight) await settleOldest();
     if (budget && (budget.remaining -= size) <= 0) throw new Pause();
   };
 
   const cut = cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, { gunzip: opts.gunzip, unzstd: opts.unzstd });
   const maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
-  // The chunk list of the file being cut; null while the entry is not a file the tree keeps.
-  let file: number[] | null = null;
+  // The inode of the file being cut; -1 while the entry is not a file the tree keeps.
+  let file = -1;
   try {
     // Leaving this loop early (a pause, an error) stops the cutter and cancels the source.
     for await (const item of cut) {
       if ("chunk" in item) {
         // A chunk of a file the tree leaves out is dropped.
-        if (file) await addChunk(item.chunk, item.hex, file);
+        if (file !== -1) await addChunk(item.chunk, item.hex, file);
         continue;
       }
       if (tree.entries >= maxEntries) throw new LayerFormatError(`layer ${layer.digest.value} has more than ${maxEntries} entries, this converter's limit`);
-      const node = tree.add(item.entry);
-      file = node?.chunks ?? null;
-      if (!node) continue;
+      file = tree.add(item.entry);
+      if (file === -1) continue;
       stats.files++;
-      node.size = item.entry.size;
+      table.setSize(file, item.entry.size);
       stats.bytesContent += item.entry.size;
     }
   } catch (err) {
     if (!(err instanceof Pause)) throw err;
     await drain();
-    return { paused: { records: chunks, ordinals: Uint32Array.from(ordinals!) } };
+    return { paused: { records: chunks.records(), ordinals: Uint32Array.from(ordinals!) } };
   }
   await drain();
   if (ordinal < replayed.length) throw new CheckpointError(`the layer has ${ordinal} chunks, the checkpoint ${replayed.length}`);
@@ -408,15 +401,16 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
 
   stats.entries = tree.entries;
   stats.skipped = tree.skipped;
+  // Nothing is looked up any more: the lookups' memory is room for the bootstrap.
+  table.seal();
+  chunks.seal();
   // After a checkpoint, dataHash saw only this step's segment: the caller hashes the joined blob.
-  const model: BootstrapModel = {
-    kind: "layer",
+  const tables: LayerTables = {
     codec: codecId(params.codec),
     chunkShift: params.chunkShift,
-    platform: "",
-    blobs: [{ dataDigest: fromHex(dataHash.hex()), storedSize: storedOffset, layerDigest: layer.digest.value }],
+    blob: { dataDigest: fromHex(dataHash.hex()), storedSize: chunks.storedEnd, layerDigest: layer.digest.value },
+    tree: table,
     chunks,
-    root: tree.root,
   };
-  return { model, stats };
+  return { tables, stats };
 }

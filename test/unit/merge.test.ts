@@ -9,7 +9,9 @@ import { mergeLayers } from "../../src/convert/merge.ts";
 import type { TarEntry } from "../../src/convert/tar.ts";
 import { Bootstrap, encodeBootstrap } from "../../src/format/index.ts";
 import { imageOfOneLayer } from "../../src/format/encode.ts";
-import type { BootstrapModel, ChunkRecord } from "../../src/format/model.ts";
+import type { BootstrapModel } from "../../src/format/model.ts";
+import { encodeTable } from "../../src/format/encode-table.ts";
+import { ChunkTable, treeToNodes } from "../../src/format/tree-table.ts";
 
 const sha = (s: string) => new Uint8Array(createHash("sha256").update(s).digest());
 
@@ -35,32 +37,43 @@ function entry(s: Spec): TarEntry {
   };
 }
 
-/** A layer as converted, its bootstrap and its tree; each file's content becomes one chunk in the layer's single blob. */
+/**
+ * A layer as converted, its bootstrap and its tree; each file's content becomes one chunk in the
+ * layer's single blob. The bootstrap is the converter's (encodeTable), and must be what the FsNode
+ * encoder writes for the same tree.
+ */
 function converted(n: number, specs: Spec[]): { bootstrap: Bootstrap; model: BootstrapModel } {
   const tree = new LayerTree();
-  const chunks: ChunkRecord[] = [];
+  const chunks = new ChunkTable();
   let offset = 0;
   for (const s of specs) {
     const node = tree.add(entry(s));
     const content = s.content ?? "";
-    if (node && content.length) {
-      chunks.push({ digest: sha(content), blob: 0, compressed: false, storedOffset: offset, storedSize: content.length, size: content.length, uncompressedOffset: offset });
-      node.chunks = [chunks.length - 1];
-      node.size = content.length;
-      offset += content.length;
+    if (node !== -1 && content.length) {
+      const digest = sha(content);
+      let index = chunks.find(digest);
+      if (index === -1) {
+        index = chunks.add({ digest, compressed: false, storedOffset: offset, storedSize: content.length, size: content.length, uncompressedOffset: offset });
+        offset += content.length;
+      }
+      tree.table.chunkRefs.set(tree.table.addChunkRef(node), index);
+      tree.table.setSize(node, content.length);
     }
   }
   expect(tree.skipped).toEqual([]);
+  const blob = { dataDigest: sha(`blob ${n}`), storedSize: offset, layerDigest: `sha256:${String(n).repeat(64)}` };
+  const bytes = encodeTable({ codec: 0, chunkShift: 16, blob, tree: tree.table, chunks });
   const model: BootstrapModel = {
     kind: "layer",
     codec: 0,
     chunkShift: 16,
     platform: "",
-    blobs: [{ dataDigest: sha(`blob ${n}`), storedSize: offset, layerDigest: `sha256:${String(n).repeat(64)}` }],
-    chunks,
-    root: tree.root,
+    blobs: [blob],
+    chunks: chunks.records(),
+    root: treeToNodes(tree.table),
   };
-  return { bootstrap: Bootstrap.decode(encodeBootstrap(model)), model };
+  expect(Buffer.from(encodeBootstrap(model)).equals(bytes)).toBe(true);
+  return { bootstrap: Bootstrap.decode(bytes), model };
 }
 
 /** A layer bootstrap, as stored. */
