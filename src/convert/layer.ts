@@ -125,6 +125,21 @@ export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
  */
 export const DEFAULT_MAX_ENTRIES = 1_000_000;
 
+/**
+ * What converting holds per tar entry at its peak, when the bootstrap has just been encoded beside
+ * the tree: about 205 bytes measured on node_modules-like layers (bench:entry-memory), plus the
+ * encoder's working arrays (28 bytes per inode), rounded up.
+ */
+export const PEAK_BYTES_PER_ENTRY = 250;
+
+/** What a conversion holds whatever the layer: chunks in flight, stream and upload buffers. */
+export const CONVERSION_BASE_BYTES = 32 * 2 ** 20;
+
+/** The most tar entries a conversion fits into `memoryBytes` (a Worker's 128 MB), in thousands. */
+export function entryLimitForMemory(memoryBytes: number): number {
+  return Math.max(1000, Math.floor((memoryBytes - CONVERSION_BASE_BYTES) / PEAK_BYTES_PER_ENTRY / 1000) * 1000);
+}
+
 /** Data blob bytes gathered into one store write. */
 const WRITE_BATCH_BYTES = 2 ** 20;
 

@@ -12,6 +12,7 @@ import { parseServeSettings, SETTING_NAMES, SettingsError } from "../config/serv
 import { singleUpstreamConfig } from "../config/single.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
+import { entryLimitForMemory } from "../convert/layer.ts";
 import { errorResponse } from "../http/errors.ts";
 import { metricsResponse } from "../http/ops.ts";
 import { OciError } from "../oci/errors.ts";
@@ -31,7 +32,12 @@ export type WorkerEnv = { STORE: R2BucketLike; [name: string]: unknown };
 const varOf = (setting: string) => ({ access: "ACCESS_MODE", "allow-host": "ALLOW_HOSTS", config: "SKIFF_CONFIG" })[setting] ?? setting.toUpperCase().replaceAll("-", "_");
 // CPU time per invocation is limited, so conversions go in steps: 512m is about 2 s of it without
 // chunk compression, 20 s with deflate-raw; and a request waits less for one (docs/deploy.md).
-const WORKER_DEFAULTS = { "convert-step": "512m", "convert-wait": "25" };
+/**
+ * A Worker isolate's memory. A layer's tree is held while it converts: MAX_LAYER_ENTRIES defaults to
+ * what fits in it (402,000), so a larger layer is refused with an OCI error instead of ending the isolate.
+ */
+const WORKER_MEMORY_BYTES = 128 * 2 ** 20;
+const WORKER_DEFAULTS = { "convert-step": "512m", "convert-wait": "25", "max-layer-entries": String(entryLimitForMemory(WORKER_MEMORY_BYTES)) };
 // A cold blob larger than this is fetched in steps of it, one per request (src/cache/blob-steps.ts):
 // its hash is pure JS, about 0.1 to 0.25 GB/s, so 256m is one to three seconds of CPU time.
 const DEFAULT_BLOB_STEP = "256m";

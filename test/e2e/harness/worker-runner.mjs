@@ -10,7 +10,7 @@
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
 
-const { config, script, port, persistDir, vars = {} } = JSON.parse(process.argv[2] ?? "{}");
+const { config, script, port, persistDir, vars = {}, inspectorPort } = JSON.parse(process.argv[2] ?? "{}");
 if (!config || !script || !port || !persistDir) throw new Error("usage: worker-runner.mjs '{\"config\", \"script\", \"port\", \"persistDir\", \"vars\"}'");
 
 // Wrangler's own Miniflare (a dependency of wrangler), so workerd is the one wrangler would run.
@@ -103,6 +103,8 @@ const mf = new Miniflare({
   defaultPersistRoot: persistDir,
   // Request lines and warnings, as wrangler dev logs them.
   log: new Log(LogLevel.INFO),
+  // The V8 inspector, when asked for (the harness reads the Worker's heap through it).
+  ...(inspectorPort ? { inspectorPort } : {}),
 });
 
 let stopping = false;

@@ -5,6 +5,7 @@
 // loopback request per chunk the Worker fetches, which made large pulls crawl and fail.
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { createRequire } from "node:module";
 import type { ChildProcess } from "node:child_process";
 import { REPO_ROOT } from "./skiff.ts";
 import { tempDir } from "./workdir.ts";
@@ -16,6 +17,25 @@ export interface WorkerOptions {
   vars?: Record<string, string>;
   /** Where the local R2 bucket lives; a fresh temp dir by default. */
   persistDir?: string;
+  /** Open workerd's V8 inspector, for heapSampler(). */
+  inspect?: boolean;
+}
+
+/** What heapSampler uses of a `ws` WebSocket. */
+interface InspectorSocket {
+  once(event: "open" | "error", listener: (err?: unknown) => void): void;
+  on(event: "message", listener: (data: unknown) => void): void;
+  send(text: string): void;
+  close(): void;
+}
+
+/** The largest V8 heap a sampler saw: objects and array buffers, garbage not yet collected included. */
+export interface HeapPeak {
+  /** V8 heap in use (usedSize), at the sample where heap and buffers added up to most. */
+  used: number;
+  /** ArrayBuffer backing stores at that sample (backingStorageSize). */
+  backing: number;
+  samples: number;
 }
 
 const WRANGLER = join(REPO_ROOT, "node_modules", ".bin", "wrangler");
@@ -62,7 +82,8 @@ export class WorkerSkiff {
     // Strings, as `wrangler dev --var NAME:value` gives them; they replace wrangler.toml's [vars].
     // METRICS_TOKEN: the Worker serves /metrics only to requests that bear it (metricsText()).
     const vars = { METRICS_TOKEN, ...(o.upstream ? { UPSTREAM: o.upstream } : {}), ...o.vars };
-    const spec = { config: CONFIG, script, port, persistDir, vars };
+    const inspectorPort = o.inspect ? await freePort() : undefined;
+    const spec = { config: CONFIG, script, port, persistDir, vars, inspectorPort };
     const out = openSync(logPath, "a");
     let child: ChildProcess;
     try {
@@ -83,6 +104,7 @@ export class WorkerSkiff {
     child.once("exit", () => process.off("exit", killGroup));
     const url = `http://127.0.0.1:${port}`;
     const w = new WorkerSkiff(child, url, persistDir, logPath);
+    w.inspectorPort = inspectorPort;
     try {
       await waitFor(
         `the Worker on ${url}`,
@@ -99,6 +121,57 @@ export class WorkerSkiff {
       throw err;
     }
     return w;
+  }
+
+  private inspectorPort: number | undefined;
+
+  /**
+   * Samples the skiff Worker's V8 heap every `intervalMs` through workerd's inspector
+   * (Runtime.getHeapUsage) until stop(): the peak of heap plus array buffers, garbage included, so
+   * an upper bound of what the isolate needed. Needs `inspect: true`.
+   */
+  async heapSampler(intervalMs = 100): Promise<{ stop(): Promise<HeapPeak> }> {
+    if (!this.inspectorPort) throw new Error("start the Worker with inspect: true");
+    const targets = (await (await fetch(`http://127.0.0.1:${this.inspectorPort}/json`)).json()) as { title?: string; webSocketDebuggerUrl?: string }[];
+    const target = targets.find((t) => t.title?.includes("skiff") && t.webSocketDebuggerUrl) ?? targets.find((t) => t.webSocketDebuggerUrl && !t.title?.includes("local-r2-tools"));
+    if (!target?.webSocketDebuggerUrl) throw new Error(`no inspector target for the Worker: ${JSON.stringify(targets)}`);
+    // ws comes with Miniflare (which speaks to workerd's inspector with it); Node 20 has no WebSocket.
+    const WebSocket = createRequire(createRequire(import.meta.url).resolve("miniflare"))("ws") as new (url: string) => InspectorSocket;
+    const socket = new WebSocket(target.webSocketDebuggerUrl);
+    await new Promise<void>((resolve, reject) => {
+      socket.once("open", () => resolve());
+      socket.once("error", reject);
+    });
+    let id = 0;
+    const waiting = new Map<number, (result: Record<string, number>) => void>();
+    socket.on("message", (data: unknown) => {
+      const m = JSON.parse(String(data)) as { id?: number; result?: Record<string, number> };
+      if (m.id !== undefined) waiting.get(m.id)?.(m.result ?? {});
+      if (m.id !== undefined) waiting.delete(m.id);
+    });
+    const call = (method: string) =>
+      new Promise<Record<string, number>>((resolve) => {
+        waiting.set(++id, resolve);
+        socket.send(JSON.stringify({ id, method }));
+      });
+    const peak: HeapPeak = { used: 0, backing: 0, samples: 0 };
+    let running = true;
+    const loop = (async () => {
+      while (running) {
+        const u = await call("Runtime.getHeapUsage");
+        peak.samples++;
+        if ((u.usedSize ?? 0) + (u.backingStorageSize ?? 0) > peak.used + peak.backing) Object.assign(peak, { used: u.usedSize ?? 0, backing: u.backingStorageSize ?? 0 });
+        await new Promise((r) => setTimeout(r, intervalMs));
+      }
+    })();
+    return {
+      async stop() {
+        running = false;
+        await loop;
+        socket.close();
+        return peak;
+      },
+    };
   }
 
   get hostPort(): string {

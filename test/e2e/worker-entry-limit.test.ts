@@ -1,0 +1,120 @@
+// Layers of hundreds of thousands of files through the Worker in workerd. The Worker's default
+// MAX_LAYER_ENTRIES follows from its 128 MB (entryLimitForMemory): a node_modules-like layer of
+// 300,000 files (340,000 tar entries) converts, and workerd's peak memory while it does is logged;
+// a layer just over the limit is refused with the OCI error the Node proxy gives over
+// --max-layer-entries (422 MANIFEST_INVALID), and the Worker goes on serving — not an ended isolate.
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { Registry } from "./harness/registry.ts";
+import { WorkerSkiff } from "./harness/worker.ts";
+import { MT, OciLayout, pushImage } from "./harness/images.ts";
+import { transfer, ociErrorCodes, type Transfer } from "./harness/http.ts";
+import { tempDir } from "./harness/workdir.ts";
+import { teardown } from "./harness/teardown.ts";
+import { writeNodeModulesLayer } from "../../bench/entry-memory-layer.mjs";
+import { entryLimitForMemory } from "../../src/convert/layer.ts";
+import { Bootstrap } from "../../src/format/decode.ts";
+
+const LIMIT = entryLimitForMemory(128 * 2 ** 20);
+const TEN_MINUTES = 600_000;
+const MiB = 2 ** 20;
+
+let registry: Registry;
+let worker: WorkerSkiff;
+const manifests: Record<string, { digest: string; entries: number }> = {};
+
+/** A one-layer image of a node_modules-like layer of `files` files, pushed as e2e/modules:`tag`. */
+async function pushModules(tag: string, files: number): Promise<void> {
+  const layout = new OciLayout(tempDir(`entry-limit-${tag}`));
+  const path = join(layout.dir, "layer.tar.gz");
+  const layer = writeNodeModulesLayer(path, files);
+  renameSync(path, layout.blobPath(layer.digest));
+  const config = layout.writeBlob(Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} })), MT.config);
+  const manifest = layout.writeBlob(
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.manifest, config, layers: [{ mediaType: MT.layerGzip, digest: layer.digest, size: layer.size }] })),
+    MT.manifest,
+  );
+  layout.tag(tag, manifest);
+  await pushImage(layout, tag, `${registry.hostPort}/e2e/modules:${tag}`, { timeoutMs: TEN_MINUTES });
+  rmSync(layout.dir, { recursive: true, force: true });
+  manifests[tag] = { digest: manifest.digest, entries: layer.entries };
+}
+
+/**
+ * A GET, sent again (up to twice) when the connection is found closed: after a long request workerd
+ * may close the kept-alive connection just as the client reuses it. A Worker that died would refuse
+ * the new connections as well.
+ */
+async function get(url: string): Promise<Transfer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await transfer(url, {}, TEN_MINUTES);
+    } catch (err) {
+      if (attempt === 3) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
+/** The image bootstrap, asked again while the Worker answers 202 (converting). */
+async function bootstrap(tag: string): Promise<Transfer> {
+  const url = `${worker.url}/v2/e2e/modules/_skiff/bootstrap/${manifests[tag]!.digest}`;
+  let res = await get(url);
+  for (let i = 0; i < 120 && res.status === 202; i++) {
+    await new Promise((r) => setTimeout(r, 1000));
+    res = await get(url);
+  }
+  return res;
+}
+
+beforeAll(async () => {
+  registry = await Registry.start({ name: "worker-entry-limit-registry" });
+  await pushModules("fits", 300_000);
+  // Just over the limit: a few more files than the limit's entries (directories come on top).
+  await pushModules("over", LIMIT);
+  worker = await WorkerSkiff.start({ upstream: registry.url, inspect: true });
+}, TEN_MINUTES);
+
+afterAll(async () => {
+  await worker?.stop();
+  await registry?.stop();
+  await teardown();
+}, 120_000);
+
+describe("a Worker's entry limit", () => {
+  test(`a layer of 300,000 files converts in workerd, under the limit of ${LIMIT} entries`, async () => {
+    expect(manifests.fits!.entries).toBeLessThan(LIMIT);
+    worker.resetWorkerdVmHWM();
+    const sampler = await worker.heapSampler();
+    const started = Date.now();
+    const res = await bootstrap("fits");
+    const heap = await sampler.stop();
+    expect(res.status, res.body.toString("utf8").slice(0, 500)).toBe(200);
+    const b = Bootstrap.decode(res.body);
+    // The root and every directory and file; the tar's entries repeat a few scope directories.
+    expect(b.inodeCount).toBeGreaterThan(300_000);
+    expect(b.lookup("/node_modules")).not.toBeNull();
+    const seconds = (Date.now() - started) / 1000;
+    console.log(
+      `worker entry limit: ${manifests.fits!.entries} entries converted in ${seconds.toFixed(1)} s; the Worker's peak V8 heap ${((heap.used + heap.backing) / MiB).toFixed(1)} MiB ` +
+        `(${(heap.used / MiB).toFixed(1)} MiB heap + ${(heap.backing / MiB).toFixed(1)} MiB array buffers, garbage included, ${heap.samples} samples); workerd VmHWM ${(worker.workerdVmHWMBytes() / MiB).toFixed(0)} MiB`,
+    );
+    expect(heap.samples).toBeGreaterThan(10);
+    // Within a Worker's 128 MB: heap and array buffers together, not yet collected garbage included.
+    expect(heap.used + heap.backing).toBeLessThan(128 * MiB);
+  }, TEN_MINUTES);
+
+  test("a layer over the limit is refused with 422 MANIFEST_INVALID, and the Worker goes on serving", async () => {
+    expect(manifests.over!.entries).toBeGreaterThan(LIMIT);
+    const res = await bootstrap("over");
+    expect(res.status, res.body.toString("utf8").slice(0, 500)).toBe(422);
+    expect(ociErrorCodes(res)).toEqual(["MANIFEST_INVALID"]);
+    expect(res.body.toString("utf8")).toContain(`has more than ${LIMIT} entries`);
+    // Asked again: the same refusal, from a Worker that is still there.
+    const again = await bootstrap("over");
+    expect(again.status).toBe(422);
+    expect((await get(`${worker.url}/v2/`)).status).toBe(200);
+    expect(worker.log()).not.toMatch(/out of memory|exceeded memory|isolate.*(terminated|killed)/i);
+  }, TEN_MINUTES);
+});
