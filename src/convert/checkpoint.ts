@@ -8,14 +8,14 @@
 //   "SKCK" | u32 version = 1 | u32 header length | header JSON
 //   records × 64 bytes: sha256[32] storedOffset f64 storedSize u32 size u32 uncompressedOffset f64 compressed u8 pad[7]
 //   ordinals × u32: the record index of each chunk cut so far
-import type { ChunkRecord } from "../format/model.ts";
+import { ChunkTable } from "../format/tree-table.ts";
 
 export interface Checkpoint {
   /** `sha256:…` of the layer, and the conversion parameters id: a checkpoint is for one conversion only. */
   layer: string;
   params: string;
-  /** Unique chunks stored so far, in storage order. */
-  records: ChunkRecord[];
+  /** Unique chunks stored so far, in storage order (in columns: a layer may have hundreds of thousands). */
+  chunks: ChunkTable;
   /** For each chunk cut so far (its ordinal), the index of its record. */
   ordinals: Uint32Array;
   /** The data segments committed so far, one per step; together they are the data blob's first bytes. */
@@ -35,8 +35,9 @@ const RECORD_BYTES = 64;
 export class CheckpointError extends Error {}
 
 export function encodeCheckpoint(cp: Checkpoint): Uint8Array {
-  const header = new TextEncoder().encode(JSON.stringify({ layer: cp.layer, params: cp.params, records: cp.records.length, ordinals: cp.ordinals.length, segments: cp.segments }));
-  const size = 12 + header.byteLength + cp.records.length * RECORD_BYTES + cp.ordinals.length * 4;
+  const { chunks } = cp;
+  const header = new TextEncoder().encode(JSON.stringify({ layer: cp.layer, params: cp.params, records: chunks.count, ordinals: cp.ordinals.length, segments: cp.segments }));
+  const size = 12 + header.byteLength + chunks.count * RECORD_BYTES + cp.ordinals.length * 4;
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
   out.set(MAGIC, 0);
@@ -44,13 +45,18 @@ export function encodeCheckpoint(cp: Checkpoint): Uint8Array {
   view.setUint32(8, header.byteLength, true);
   out.set(header, 12);
   let at = 12 + header.byteLength;
-  for (const r of cp.records) {
-    out.set(r.digest, at);
-    view.setFloat64(at + 32, r.storedOffset, true);
-    view.setUint32(at + 40, r.storedSize, true);
-    view.setUint32(at + 44, r.size, true);
-    view.setFloat64(at + 48, r.uncompressedOffset, true);
-    out[at + 56] = r.compressed ? 1 : 0;
+  let storedOffset = 0;
+  let uncompressedOffset = 0;
+  for (let i = 0; i < chunks.count; i++) {
+    const [page, from] = chunks.digest(i);
+    out.set(page.subarray(from, from + 32), at);
+    view.setFloat64(at + 32, storedOffset, true);
+    view.setUint32(at + 40, chunks.storedSize(i), true);
+    view.setUint32(at + 44, chunks.size(i), true);
+    view.setFloat64(at + 48, uncompressedOffset, true);
+    out[at + 56] = chunks.compressed(i) ? 1 : 0;
+    storedOffset += chunks.storedSize(i);
+    uncompressedOffset += chunks.size(i);
     at += RECORD_BYTES;
   }
   for (const i of cp.ordinals) {
@@ -87,14 +93,11 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
   });
   if (bytes.byteLength !== 12 + headerLength + nRecords * RECORD_BYTES + nOrdinals * 4) fail("wrong length");
 
-  const records: ChunkRecord[] = [];
+  const chunks = new ChunkTable();
   let at = 12 + headerLength;
-  let storedEnd = 0;
-  let uncompressedEnd = 0;
   for (let i = 0; i < nRecords; i++, at += RECORD_BYTES) {
-    const r: ChunkRecord = {
-      digest: bytes.slice(at, at + 32),
-      blob: 0,
+    const r = {
+      digest: bytes.subarray(at, at + 32),
       storedOffset: view.getFloat64(at + 32, true),
       storedSize: view.getUint32(at + 40, true),
       size: view.getUint32(at + 44, true),
@@ -102,12 +105,11 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
       compressed: bytes[at + 56] === 1,
     };
     // Records are laid end to end in both address spaces, exactly as the converter stores them.
-    if (r.storedOffset !== storedEnd || r.uncompressedOffset !== uncompressedEnd || r.size === 0) fail(`record ${i} out of place`);
-    storedEnd += r.storedSize;
-    uncompressedEnd += r.size;
-    records.push(r);
+    if (r.storedOffset !== chunks.storedEnd || r.uncompressedOffset !== chunks.uncompressedEnd || r.size === 0) fail(`record ${i} out of place`);
+    if (chunks.find(r.digest) !== -1) fail(`record ${i} repeats a chunk`);
+    chunks.add(r);
   }
-  if (segments.reduce((sum, s) => sum + s.size, 0) !== storedEnd) fail("segments do not add up to the stored chunks");
+  if (segments.reduce((sum, s) => sum + s.size, 0) !== chunks.storedEnd) fail("segments do not add up to the stored chunks");
   // A record first appears at the ordinal where it was stored, so every ordinal names a record
   // already stored or the next one.
   const ordinals = new Uint32Array(nOrdinals);
@@ -119,5 +121,5 @@ export function decodeCheckpoint(bytes: Uint8Array): Checkpoint {
     ordinals[i] = index;
   }
   if (seen !== nRecords) fail("records that no chunk uses");
-  return { layer: header.layer as string, params: header.params as string, records, ordinals, segments };
+  return { layer: header.layer as string, params: header.params as string, chunks, ordinals, segments };
 }

@@ -12,7 +12,6 @@
 import { layerBootstrapKey, layerCheckpointKey, layerDataKey, layerSegmentKey } from "../store/keys.ts";
 import { encodeTable, type LayerTables } from "../format/encode-table.ts";
 import { Bootstrap } from "../format/decode.ts";
-import type { ChunkRecord } from "../format/model.ts";
 import { ChunkTable } from "../format/tree-table.ts";
 import { fromHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
@@ -211,8 +210,8 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
 
   const segments = [...(from?.segments ?? []), segment];
   if ("paused" in outcome) {
-    const { records, ordinals } = outcome.paused;
-    await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, records, ordinals, segments }));
+    const { chunks, ordinals } = outcome.paused;
+    await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, chunks, ordinals, segments }));
     throw new ConversionPaused(layer.digest.value, ordinals.length, segments.reduce((sum, s) => sum + s.size, 0));
   }
   const { tables, stats } = outcome;
@@ -281,7 +280,7 @@ async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, data
   return fromHex(hash.hex());
 }
 
-type StreamOutcome = { tables: LayerTables; stats: LayerStats } | { paused: { records: ChunkRecord[]; ordinals: Uint32Array } };
+type StreamOutcome = { tables: LayerTables; stats: LayerStats } | { paused: { chunks: ChunkTable; ordinals: Uint32Array } };
 
 /** Thrown inside the chunk loop when the step's budget is spent; never leaves streamLayer. */
 class Pause {}
@@ -308,8 +307,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   const dataHash = hasher("sha256");
   // Chunk records in columns, found again by digest: an object and a hex string per chunk cost
   // more than the rest of an entry (tree-table.ts).
-  const chunks = new ChunkTable();
-  for (const r of from?.records ?? []) chunks.add(r);
+  const chunks = from?.chunks ?? new ChunkTable();
   const tree = new LayerTree();
   const table = tree.table;
   // Chunks up to the checkpoint are replayed: their records are known, only the tree is rebuilt.
@@ -404,7 +402,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   } catch (err) {
     if (!(err instanceof Pause)) throw err;
     await drain();
-    return { paused: { records: chunks.records(), ordinals: Uint32Array.from(ordinals!) } };
+    return { paused: { chunks, ordinals: Uint32Array.from(ordinals!) } };
   }
   await drain();
   if (ordinal < replayed.length) throw new CheckpointError(`the layer has ${ordinal} chunks, the checkpoint ${replayed.length}`);

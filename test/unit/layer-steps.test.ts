@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint } from "../../src/convert/checkpoint.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertLayerOptions, type LayerSource } from "../../src/convert/layer.ts";
 import { paramsId, type ConvertParams } from "../../src/format/params.ts";
+import { ChunkTable } from "../../src/format/tree-table.ts";
 import { layerBootstrapKey, layerCheckpointKey, layerDataKey } from "../../src/store/keys.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { LayerFormatError } from "../../src/convert/decompress.ts";
@@ -168,11 +169,13 @@ describe("conversion in resumable steps", () => {
     const opts = { store, hasher: nodeHasher, params };
     for (let i = 0; i < 3; i++) await expect(convertLayer(layer, { ...opts, budget: { remaining: 2 * CHUNK } })).rejects.toThrow(ConversionPaused);
     const key = layerCheckpointKey(layer.digest, id);
-    const cp = decodeCheckpoint((await getBytes(store, key))!);
+    const bytes = (await getBytes(store, key))!;
+    const cp = decodeCheckpoint(bytes);
     // Claims a chunk size the layer does not have: the replay notices.
-    cp.records[0]!.size -= 1;
-    cp.records.slice(1).forEach((r) => (r.uncompressedOffset -= 1));
-    await putBytes(store, key, encodeCheckpoint(cp));
+    editRecord(bytes, 0, 44, "u32", (v) => v - 1);
+    for (let i = 1; i < cp.chunks.count; i++) editRecord(bytes, i, 48, "f64", (v) => v - 1);
+    expect(decodeCheckpoint(bytes).chunks.size(0)).toBe(cp.chunks.size(0) - 1);
+    await putBytes(store, key, bytes);
     await expect(convertLayer(layer, { ...opts, budget: { remaining: 2 * CHUNK } })).rejects.toThrow(CheckpointError);
     expect(await getBytes(store, key)).toBeNull();
     await convertInSteps(layer, opts, 2 * CHUNK);
@@ -268,13 +271,16 @@ describe("a conversion stopped at any point", () => {
 
 describe("checkpoint encoding", () => {
   const record = (i: number, size = 10) => ({ digest: new Uint8Array(32).fill(i), blob: 0, compressed: i % 2 === 1, storedOffset: i * 8, storedSize: 8, size, uncompressedOffset: i * size });
-  const valid = { layer: `sha256:${"a".repeat(64)}`, params: "v1-c16-none", records: [record(0), record(1)], ordinals: Uint32Array.from([0, 0, 1, 0]), segments: [{ from: 0, size: 10 }, { from: 2, size: 6 }] };
+  const records = [record(0), record(1)];
+  const chunks = new ChunkTable();
+  for (const r of records) chunks.add(r);
+  const valid = { layer: `sha256:${"a".repeat(64)}`, params: "v1-c16-none", chunks, ordinals: Uint32Array.from([0, 0, 1, 0]), segments: [{ from: 0, size: 10 }, { from: 2, size: 6 }] };
 
   it("round-trips", () => {
     const back = decodeCheckpoint(encodeCheckpoint(valid));
     expect(back.layer).toBe(valid.layer);
     expect(back.params).toBe(valid.params);
-    expect(back.records).toEqual(valid.records);
+    expect(back.chunks.records()).toEqual(records);
     expect([...back.ordinals]).toEqual([...valid.ordinals]);
     expect(back.segments).toEqual(valid.segments);
   });
@@ -286,7 +292,8 @@ describe("checkpoint encoding", () => {
     ["a record no chunk uses", () => encodeCheckpoint({ ...valid, ordinals: Uint32Array.from([0, 0]) })],
     ["segments not adding up", () => encodeCheckpoint({ ...valid, segments: [{ from: 0, size: 10 }] })],
     ["segments out of order", () => encodeCheckpoint({ ...valid, segments: [{ from: 0, size: 10 }, { from: 0, size: 6 }] })],
-    ["records out of place", () => encodeCheckpoint({ ...valid, records: [record(0), { ...record(1), storedOffset: 9 }] })],
+    ["records out of place", (b: Uint8Array) => editRecord(b, 1, 32, "f64", () => 9)],
+    ["a record twice", (b: Uint8Array) => b.copyWithin(recordAt(b, 1), recordAt(b, 0), recordAt(b, 0) + 32)],
   ])("refuses %s", (_, damage) => {
     let bytes = encodeCheckpoint(valid);
     const changed = damage(bytes);
@@ -294,3 +301,17 @@ describe("checkpoint encoding", () => {
     expect(() => decodeCheckpoint(bytes)).toThrow(CheckpointError);
   });
 });
+
+/** Where record `i` of an encoded checkpoint starts. */
+function recordAt(bytes: Uint8Array, i: number): number {
+  return 12 + new DataView(bytes.buffer, bytes.byteOffset).getUint32(8, true) + i * 64;
+}
+
+/** Changes one field of record `i` in an encoded checkpoint, in place. */
+function editRecord(bytes: Uint8Array, i: number, field: number, type: "u32" | "f64", change: (v: number) => number): Uint8Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  const at = recordAt(bytes, i) + field;
+  if (type === "u32") view.setUint32(at, change(view.getUint32(at, true)), true);
+  else view.setFloat64(at, change(view.getFloat64(at, true)), true);
+  return bytes;
+}
