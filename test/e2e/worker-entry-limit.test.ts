@@ -97,12 +97,13 @@ describe("a Worker's entry limit", () => {
     expect(b.lookup("/node_modules")).not.toBeNull();
     const seconds = (Date.now() - started) / 1000;
     console.log(
-      `worker entry limit: ${manifests.fits!.entries} entries converted in ${seconds.toFixed(1)} s; the Worker's peak V8 heap ${((heap.used + heap.backing) / MiB).toFixed(1)} MiB ` +
-        `(${(heap.used / MiB).toFixed(1)} MiB heap + ${(heap.backing / MiB).toFixed(1)} MiB array buffers, garbage included, ${heap.samples} samples); workerd VmHWM ${(worker.workerdVmHWMBytes() / MiB).toFixed(0)} MiB`,
+      `worker entry limit: ${manifests.fits!.entries} entries converted in ${seconds.toFixed(1)} s; the Worker's V8 heap and array buffers at most ${(heap.withGarbage / MiB).toFixed(1)} MiB, ` +
+        `garbage not yet collected included (${heap.samples} samples through the inspector); workerd VmHWM ${(worker.workerdVmHWMBytes() / MiB).toFixed(0)} MiB`,
     );
     expect(heap.samples).toBeGreaterThan(10);
-    // Within a Worker's 128 MB: heap and array buffers together, not yet collected garbage included.
-    expect(heap.used + heap.backing).toBeLessThan(128 * MiB);
+    // Garbage included, so only a bound that the tree of objects before (880 bytes per entry, 290 MiB
+    // alive for this layer on Node) would break; the live figure is test/e2e/entry-memory.test.ts's.
+    expect(heap.withGarbage).toBeLessThan(160 * MiB);
   }, TEN_MINUTES);
 
   test("a layer over the limit is refused with 422 MANIFEST_INVALID, and the Worker goes on serving", async () => {
