@@ -63,7 +63,7 @@ Options:
   --max-expanded-size SIZE  largest a layer may expand to when converted; a decompression bomb
                             is refused once past it (default ${DEFAULT_MAX_EXPANDED_BYTES / 2 ** 30}g)
   --max-layer-entries N     most files a layer may hold to be converted; its tree is kept in
-                            memory, about 250 bytes a file (default ${DEFAULT_MAX_ENTRIES})
+                            memory, about 260 bytes a file (default ${DEFAULT_MAX_ENTRIES})
   --convert-wait SECONDS    how long a bootstrap request waits for a conversion before the
                             answer 202 + Retry-After (default ${SERVE_DEFAULTS["convert-wait"]})
   --convert-step SIZE       convert at most SIZE of layer content per bootstrap request; the

@@ -117,19 +117,19 @@ export interface ConvertLayerOptions {
 export const DEFAULT_MAX_EXPANDED_BYTES = 64 * 2 ** 30;
 
 /**
- * The file tree is held in memory while a layer converts (src/format/tree-table.ts: about 250 bytes
+ * The file tree is held in memory while a layer converts (src/format/tree-table.ts: about 260 bytes
  * per entry at the peak, bootstrap included: docs/benchmarks.md), and an empty file costs 512 bytes
- * of tar that gzip shrinks to about 7: a 7 MB layer of a million empty files takes 250 MB. The
+ * of tar that gzip shrinks to about 7: a 7 MB layer of a million empty files takes 260 MB. The
  * largest real layers hold a few hundred thousand.
  */
 export const DEFAULT_MAX_ENTRIES = 1_000_000;
 
 /**
  * What converting holds per tar entry at its peak, when the bootstrap has just been encoded beside
- * the tree: about 205 bytes measured on node_modules-like layers (bench:entry-memory), plus the
- * encoder's working arrays (28 bytes per inode), rounded up.
+ * the tree: 205 to 230 bytes measured on node_modules-like layers (bench:entry-memory), plus the
+ * encoder's working arrays (about 28 bytes per inode).
  */
-export const PEAK_BYTES_PER_ENTRY = 250;
+export const PEAK_BYTES_PER_ENTRY = 260;
 
 /** What a conversion holds whatever the layer: chunks in flight, stream and upload buffers. */
 export const CONVERSION_BASE_BYTES = 32 * 2 ** 20;

@@ -34,7 +34,7 @@ const varOf = (setting: string) => ({ access: "ACCESS_MODE", "allow-host": "ALLO
 // chunk compression, 20 s with deflate-raw; and a request waits less for one (docs/deploy.md).
 /**
  * A Worker isolate's memory. A layer's tree is held while it converts: MAX_LAYER_ENTRIES defaults to
- * what fits in it (402,000), so a larger layer is refused with an OCI error instead of ending the isolate.
+ * what fits in it (387,000), so a larger layer is refused with an OCI error instead of ending the isolate.
  */
 const WORKER_MEMORY_BYTES = 128 * 2 ** 20;
 const WORKER_DEFAULTS = { "convert-step": "512m", "convert-wait": "25", "max-layer-entries": String(entryLimitForMemory(WORKER_MEMORY_BYTES)) };

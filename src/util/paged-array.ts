@@ -48,11 +48,6 @@ export class PagedArray<T extends Typed> {
   slot(i: number): [page: T, at: number] {
     return [this.#pages[i >>> PAGE_SHIFT]!, (i & MASK) * this.stride];
   }
-
-  /** Gives the memory of whole pages below element `i` back (they read as missing afterwards). */
-  release(below: number): void {
-    for (let p = 0; p < below >>> PAGE_SHIFT; p++) this.#pages[p] = undefined as unknown as T;
-  }
 }
 
 export const u32Column = () => new PagedArray((n) => new Uint32Array(n));
