@@ -130,7 +130,7 @@ async function gunzipSection(gzFile, total) {
   const gz = fs.readFileSync(gzFile);
   const chunks = chunksOf(new Uint8Array(gz.buffer, gz.byteOffset, gz.length), SOURCE_CHUNK);
   const layerType = "application/vnd.oci.image.layer.v1.tar+gzip";
-  const skiff = async (hash, gunzip) => expectBytes(await drain(decompressLayer(webStream(chunks), layerType, gunzip), hash), total, "decompressLayer");
+  const skiff = async (hash, gunzip) => expectBytes(await drain(decompressLayer(webStream(chunks), layerType, { gunzip }), hash), total, "decompressLayer");
   const injected = (factory) => (hash) => skiff(hash, factory);
   const withStream = injected(() => new DecompressionStream("gzip"));
   const withZlib = injected(nodeGunzip);
