@@ -96,7 +96,9 @@ export async function convertCommand(argv: string[]): Promise<number> {
 
   const converted = result.layers.filter((l) => l.converted);
   const sum = (f: (s: NonNullable<(typeof converted)[number]["stats"]>) => number) => converted.reduce((n, l) => n + f(l.stats!), 0);
-  const skipped = [...converted.flatMap((l) => l.stats!.skipped), ...result.skipped];
+  const skipped = [...converted.map((l) => l.stats!.skipped), result.skipped];
+  const skippedCount = skipped.reduce((n, s) => n + s.count, 0);
+  const someSkipped = skipped.flatMap((s) => s.kept).slice(0, 10);
   const lines = [
     `converted ${source.describe} (${result.image.platform}) into ${values.out} in ${((Date.now() - started) / 1000).toFixed(1)} s`,
     `  layers     ${layerCount} (${converted.length} converted, ${layerCount - converted.length} already in ${values.out})`,
@@ -105,10 +107,10 @@ export async function convertCommand(argv: string[]): Promise<number> {
     `  bytes      ${formatBytes(sum((s) => s.bytesIn))} read, ${formatBytes(sum((s) => s.bytesContent))} of file content, ${formatBytes(sum((s) => s.bytesStored))} stored, ${formatBytes(sum((s) => s.bytesDeduplicated))} deduplicated`,
     `  bootstrap  ${formatBytes(result.bootstrap.bytes.byteLength)} (${result.bootstrapKey})`,
   ];
-  if (skipped.length) {
-    lines.push(`  skipped    ${skipped.length} entries:`);
-    for (const s of skipped.slice(0, 10)) lines.push(`             ${s.path}: ${s.reason}`);
-    if (skipped.length > 10) lines.push(`             … and ${skipped.length - 10} more`);
+  if (skippedCount) {
+    lines.push(`  skipped    ${skippedCount} entries:`);
+    for (const s of someSkipped) lines.push(`             ${s.path}: ${s.reason}`);
+    if (skippedCount > someSkipped.length) lines.push(`             … and ${skippedCount - someSkipped.length} more`);
   }
   console.log(lines.join("\n"));
   return 0;

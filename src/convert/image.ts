@@ -10,7 +10,7 @@ import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
 import type { GunzipFactory, UnzstdFactory } from "./decompress.ts";
 import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
-import type { SkippedEntry } from "./layer-tree.ts";
+import { SkippedEntries } from "./layer-tree.ts";
 import { mergeLayers } from "./merge.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 
@@ -131,7 +131,7 @@ export interface ConvertedImage {
   bootstrap: Bootstrap;
   bootstrapKey: string;
   layers: ConvertedLayer[];
-  skipped: SkippedEntry[];
+  skipped: SkippedEntries;
 }
 
 export async function convertImage(source: ImageSource, opts: ConvertImageOptions): Promise<ConvertedImage> {
@@ -143,15 +143,15 @@ export async function convertImage(source: ImageSource, opts: ConvertImageOption
     layers.push(await (opts.layerConverter ?? convertLayer)({ ...layer, open: () => source.blob(layer.digest) }, opts));
   }
   const stored = await getBytes(opts.store, bootstrapKey);
-  if (stored) return { image, bootstrap: Bootstrap.decode(stored), bootstrapKey, layers, skipped: [] };
+  if (stored) return { image, bootstrap: Bootstrap.decode(stored), bootstrapKey, layers, skipped: new SkippedEntries() };
   // One layer that a merge would not change (most single-layer base images) is its own image.
   const alone = layers.length === 1 ? imageOfOneLayer(layers[0]!.bootstrap, image.platform) : null;
-  const { bytes, skipped } = alone ? { bytes: alone, skipped: [] } : mergeAndEncode(layers, image.platform);
+  const { bytes, skipped } = alone ? { bytes: alone, skipped: new SkippedEntries() } : mergeAndEncode(layers, image.platform);
   await putBytes(opts.store, bootstrapKey, bytes);
   return { image, bootstrap: Bootstrap.decode(bytes), bootstrapKey, layers, skipped };
 }
 
-function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntry[] } {
+function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntries } {
   const { model, skipped } = mergeLayers(
     layers.map((l) => l.bootstrap.toModel()),
     platform,

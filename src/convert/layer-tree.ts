@@ -17,6 +17,25 @@ export interface SkippedEntry {
   reason: string;
 }
 
+/** Skipped entries reported by path; past them only counted. */
+export const SKIPPED_KEPT = 100;
+/** The longest path a report keeps: a PAX path may be a megabyte. */
+const SKIPPED_PATH_CHARS = 1000;
+
+/**
+ * The entries left out: every one counted, the first SKIPPED_KEPT kept for the report, so a layer of
+ * hundreds of thousands of bad names costs no more memory than a few.
+ */
+export class SkippedEntries {
+  readonly kept: SkippedEntry[] = [];
+  count = 0;
+
+  add(path: string, reason: string): void {
+    this.count++;
+    if (this.kept.length < SKIPPED_KEPT) this.kept.push({ path: path.length > SKIPPED_PATH_CHARS ? `${path.slice(0, SKIPPED_PATH_CHARS)}…` : path, reason });
+  }
+}
+
 /**
  * Entries nested deeper than this are left out. A tar path may be a megabyte long (PAX), and the
  * tree is encoded, merged and walked recursively: 20,000 levels overflowed the stack. Linux's
@@ -38,7 +57,7 @@ export function pathComponents(path: string): string[] | null {
 export class LayerTree {
   /** Inode 0 is the root. Kept in columns, not objects: a layer may have hundreds of thousands of entries. */
   readonly table = new TreeTable();
-  readonly skipped: SkippedEntry[] = [];
+  readonly skipped = new SkippedEntries();
   entries = 0;
 
   /** The parent directory for `parts`, creating implied directories; -1 if a non-directory is in the way. */
@@ -59,7 +78,7 @@ export class LayerTree {
         next = newDir(t, true);
         t.link(dir, name, next);
       } else if (kind !== KIND_DIR) {
-        this.skipped.push({ path, reason: `parent ${part} is not a directory` });
+        this.skipped.add(path, `parent ${part} is not a directory`);
         return -1;
       }
       dir = next;
@@ -73,11 +92,11 @@ export class LayerTree {
     const t = this.table;
     const parts = pathComponents(entry.path);
     if (parts === null) {
-      this.skipped.push({ path: entry.path, reason: "path leaves the root (..)" });
+      this.skipped.add(entry.path, "path leaves the root (..)");
       return -1;
     }
     if (parts.length > MAX_DEPTH) {
-      this.skipped.push({ path: `${entry.path.slice(0, 200)}…`, reason: `deeper than ${MAX_DEPTH} directories` });
+      this.skipped.add(entry.path, `deeper than ${MAX_DEPTH} directories`);
       return -1;
     }
     if (parts.length === 0) {
@@ -92,7 +111,7 @@ export class LayerTree {
     if (parts.some((p, i) => p.startsWith(AUFS_META_PREFIX) && !(p === OPAQUE_MARKER && i === parts.length - 1))) return -1;
     // Every component, not just the last: a directory implied by the path gets its name from it.
     if (!parts.every(isValidName)) {
-      this.skipped.push({ path: `${entry.path.slice(0, 1000)}${entry.path.length > 1000 ? "…" : ""}`, reason: "invalid name" });
+      this.skipped.add(entry.path, "invalid name");
       return -1;
     }
     const parent = this.#parent(parts, entry.path);
@@ -105,7 +124,7 @@ export class LayerTree {
     if (last.startsWith(WHITEOUT_PREFIX)) {
       const hidden = last.slice(WHITEOUT_PREFIX.length);
       if (!isValidName(hidden)) {
-        this.skipped.push({ path: entry.path, reason: "whiteout of an invalid name" });
+        this.skipped.add(entry.path, "whiteout of an invalid name");
         return -1;
       }
       const name = t.names.intern(hidden);
@@ -135,12 +154,12 @@ export class LayerTree {
     if (entry.type === "hardlink") {
       const targetParts = pathComponents(entry.linkName);
       if (targetParts === null || targetParts.length === 0) {
-        this.skipped.push({ path: entry.path, reason: `hardlink target ${JSON.stringify(entry.linkName)} leaves the root` });
+        this.skipped.add(entry.path, `hardlink target ${JSON.stringify(entry.linkName)} leaves the root`);
         return -1;
       }
       const target = this.#find(targetParts);
       if (target !== -1 && (t.kind(target) === KIND_DIR || t.kind(target) === KIND_WHITEOUT)) {
-        this.skipped.push({ path: entry.path, reason: "hardlink to a directory or a deleted file" });
+        this.skipped.add(entry.path, "hardlink to a directory or a deleted file");
         return -1;
       }
       if (target === existing && target !== -1) return -1; // a link to itself changes nothing
@@ -156,7 +175,7 @@ export class LayerTree {
     }
 
     if (entry.type === "symlink" && entry.linkName === "") {
-      this.skipped.push({ path: entry.path, reason: "symlink without a target" });
+      this.skipped.add(entry.path, "symlink without a target");
       return -1;
     }
     const node = t.newInode(KINDS[entry.type], entry.mode);

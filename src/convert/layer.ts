@@ -21,7 +21,7 @@ import { codecId } from "../format/codec.ts";
 import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
 import { compressionForMediaType, LayerFormatError, type GunzipFactory, type UnzstdFactory } from "./decompress.ts";
 import { cutLayer } from "./cut.ts";
-import { LayerTree, type SkippedEntry } from "./layer-tree.ts";
+import { LayerTree, SkippedEntries } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { TarError } from "./tar.ts";
 import { BatchedWriter } from "../util/streams.ts";
@@ -52,7 +52,7 @@ export interface LayerStats {
   uniqueChunks: number;
   /** Content bytes not stored again because an identical chunk was already in the layer. */
   bytesDeduplicated: number;
-  skipped: SkippedEntry[];
+  skipped: SkippedEntries;
 }
 
 export interface ConvertedLayer {
@@ -288,7 +288,7 @@ class Pause {}
 async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array) => Promise<void>): Promise<StreamOutcome> {
   const { hasher, params, budget } = opts;
   const chunkSize = 2 ** params.chunkShift;
-  const stats: LayerStats = { entries: 0, files: 0, bytesIn: 0, bytesContent: 0, bytesStored: 0, chunks: 0, uniqueChunks: 0, bytesDeduplicated: 0, skipped: [] };
+  const stats: LayerStats = { entries: 0, files: 0, bytesIn: 0, bytesContent: 0, bytesStored: 0, chunks: 0, uniqueChunks: 0, bytesDeduplicated: 0, skipped: new SkippedEntries() };
 
   // The layer digest is computed over the compressed bytes exactly as they arrive, unless the source checks it.
   const layerHash = layer.checked ? null : hasher(layer.digest.algorithm);

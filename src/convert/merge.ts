@@ -2,12 +2,12 @@
 // tar extracting the layers in order with whiteout rules) would present. Layer i's data blob becomes
 // blob i of the image; chunk records are concatenated, so merging never touches chunk data.
 import { newDir, type BootstrapModel, type ChunkRecord, type FsNode } from "../format/model.ts";
-import { pathComponents, type SkippedEntry } from "./layer-tree.ts";
+import { pathComponents, SkippedEntries } from "./layer-tree.ts";
 
 export interface MergeResult {
   model: BootstrapModel;
   /** Hardlinks whose target no lower layer had. */
-  skipped: SkippedEntry[];
+  skipped: SkippedEntries;
 }
 
 /** `layers` are the layers' trees: a fresh conversion's own, or a stored bootstrap's `toModel()`. */
@@ -21,7 +21,7 @@ export function mergeLayers(layers: BootstrapModel[], platform: string): MergeRe
   const root = newDir();
   const chunks: ChunkRecord[] = [];
   const blobs: BootstrapModel["blobs"] = [];
-  const skipped: SkippedEntry[] = [];
+  const skipped = new SkippedEntries();
 
   layers.forEach((model, blobIndex) => {
     if (model.blobs.length !== 1) throw new Error("a layer bootstrap has exactly one data blob");
@@ -60,7 +60,7 @@ export function mergeLayers(layers: BootstrapModel[], platform: string): MergeRe
         } else if (s.type === "hardlink-ref") {
           const target = find(root, s.target!);
           if (target && target.type !== "dir") children.set(name, target);
-          else skipped.push({ path: childPath, reason: `hardlink target /${s.target} is not a file in a lower layer` });
+          else skipped.add(childPath, `hardlink target /${s.target} is not a file in a lower layer`);
         } else {
           children.set(name, copy(s));
         }

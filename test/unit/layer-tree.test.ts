@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { gzipSync } from "node:zlib";
 import { convertLayer } from "../../src/convert/layer.ts";
-import { LayerTree, MAX_DEPTH, pathComponents } from "../../src/convert/layer-tree.ts";
+import { LayerTree, MAX_DEPTH, pathComponents, SKIPPED_KEPT } from "../../src/convert/layer-tree.ts";
 import type { TarEntry } from "../../src/convert/tar.ts";
 import { treeToNodes } from "../../src/format/tree-table.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
@@ -39,7 +39,7 @@ describe("layer tree", () => {
   it("leaves out entries with .. and entries placed through a symlink, and reports both", () => {
     const tree = build([entry("../evil"), entry("link", "symlink", { linkName: "/etc" }), entry("link/passwd"), entry("ok")]);
     expect([...rootOf(tree).children!.keys()].sort()).toEqual(["link", "ok"]);
-    expect(tree.skipped.map((s) => s.path)).toEqual(["../evil", "link/passwd"]);
+    expect(tree.skipped.kept.map((s) => s.path)).toEqual(["../evil", "link/passwd"]);
   });
 
   it("turns .wh.NAME into a whiteout and .wh..wh..opq into an opaque directory", () => {
@@ -59,7 +59,7 @@ describe("layer tree", () => {
   it("drops AUFS bookkeeping entries entirely", () => {
     const tree = build([entry(".wh..wh.plnk/", "dir"), entry(".wh..wh.plnk/123.456"), entry(".wh..wh.aufs"), entry("real")]);
     expect([...rootOf(tree).children!.keys()]).toEqual(["real"]);
-    expect(tree.skipped).toEqual([]);
+    expect(tree.skipped.count).toBe(0);
   });
 
   it("shares one node between a file and its hardlink, and keeps links to lower layers as references", () => {
@@ -93,13 +93,23 @@ describe("hostile depth", () => {
 
   it(`leaves out entries nested deeper than ${MAX_DEPTH} directories; 20,000 levels convert instead of overflowing the stack`, async () => {
     const tree = build([entry(`${"d/".repeat(MAX_DEPTH - 1)}ok`), entry(`${"d/".repeat(MAX_DEPTH)}too-deep`)]);
-    expect(tree.skipped.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
+    expect(tree.skipped.kept.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
 
     const gz = gzipSync(Buffer.concat([...paxFile(`${"a/".repeat(20_000)}deep`, "deep\n"), ...paxFile("top", "top\n"), Buffer.alloc(1024)]));
     const layer = { digest: parseDigest(sha256(gz))!, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", size: gz.length, open: async () => new Blob([gz]).stream() };
     const converted = await convertLayer(layer, { store: new MemoryStore(), hasher: nodeHasher, params: { chunkShift: 16, codec: "none" } });
     expect([...converted.bootstrap.walk()].map((e) => e.path)).toEqual(["/", "/top"]);
-    expect(converted.stats?.skipped.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
+    expect(converted.stats?.skipped.kept.map((s) => s.reason)).toEqual([`deeper than ${MAX_DEPTH} directories`]);
+  });
+
+  it("counts every entry it leaves out but keeps only the first reports, each path cut short", async () => {
+    const tree = new LayerTree();
+    const long = `${"x/".repeat(3000)}../out`;
+    for (let i = 0; i < 5 * SKIPPED_KEPT; i++) tree.add(entry(i === 0 ? long : `../evil${i}`));
+    expect(tree.skipped.count).toBe(5 * SKIPPED_KEPT);
+    expect(tree.skipped.kept).toHaveLength(SKIPPED_KEPT);
+    expect(tree.skipped.kept[0]!.path).toHaveLength(1001);
+    expect(tree.skipped.kept.at(-1)!.path).toBe(`../evil${SKIPPED_KEPT - 1}`);
   });
 
   it("leaves out entries with a directory name over 255 bytes; before, the encoder threw a plain Error (an internal error at the proxy)", async () => {
@@ -110,6 +120,6 @@ describe("hostile depth", () => {
     const layer = { digest: parseDigest(sha256(gz))!, mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", size: gz.length, open: async () => new Blob([gz]).stream() };
     const converted = await convertLayer(layer, { store: new MemoryStore(), hasher: nodeHasher, params: { chunkShift: 16, codec: "none" } });
     expect([...converted.bootstrap.walk()].map((e) => e.path)).toEqual(["/", "/a", "/a/ok"]);
-    expect(converted.stats?.skipped.map((s) => s.reason)).toEqual(["invalid name", "invalid name", "invalid name"]);
+    expect(converted.stats?.skipped.kept.map((s) => s.reason)).toEqual(["invalid name", "invalid name", "invalid name"]);
   });
 });
