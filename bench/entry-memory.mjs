@@ -74,7 +74,7 @@ try {
       `**Per entry: ${slope.toFixed(0)} bytes** (least-squares slope of the peak live heap against the entries), above a fixed base of ${(intercept / MiB).toFixed(1)} MiB.`,
       "",
       `${largest.entries.toLocaleString("en")} entries under \`node --max-old-space-size=128\`: ${limitedText}.`,
-      ...(workerd ? ["", `The same layer through the Worker in workerd (one-layer image pulled from a local registry, bootstrap asked for): ${workerd.text}.`] : []),
+      ...(workerd ? ["", `The same layer through the Worker in workerd (a one-layer image in a local registry, the layer's own bootstrap asked for; the image's bootstrap, a merge, is refused on Workers at this size: docs/reliability.md): ${workerd.text}.`] : []),
     ].join("\n");
     replaceSection(join(root, "docs", "benchmarks.md"), "entry-memory", "Memory per tar entry", body);
   }

@@ -8,8 +8,8 @@ import type { HasherFactory } from "../hash/hasher.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { readAll } from "../util/streams.ts";
-import type { GunzipFactory, UnzstdFactory } from "./decompress.ts";
-import { convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
+import { LayerFormatError, type GunzipFactory, type UnzstdFactory } from "./decompress.ts";
+import { CONVERSION_BASE_BYTES, convertLayer, type ConvertedLayer, type ConvertLayerOptions, type LayerSource, type StepBudget } from "./layer.ts";
 import { SkippedEntries } from "./layer-tree.ts";
 import { mergeLayers } from "./merge.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
@@ -124,6 +124,24 @@ export interface ConvertImageOptions {
   budget?: StepBudget;
   /** Converts (or finds) one layer; the proxy passes a single-flight wrapper around convertLayer. */
   layerConverter?: (layer: LayerSource, opts: ConvertLayerOptions) => Promise<ConvertedLayer>;
+  /**
+   * Most inodes an image's layers may hold together when they have to be merged: the merge holds
+   * every layer's tree as objects (MERGE_BYTES_PER_ENTRY each), unlike a layer's conversion. No
+   * limit when absent; a Worker sets it from its memory (mergeLimitForMemory).
+   */
+  maxMergedEntries?: number;
+}
+
+/**
+ * What merging holds per inode of the layers: their trees as objects, the merged tree, and the
+ * decoded and encoded bootstraps. Measured 1,131 to 1,221 bytes over the layers' bootstraps, which
+ * take about 190 more (bench/merge-memory.mjs: two node_modules-like layers, 112,639 inodes).
+ */
+export const MERGE_BYTES_PER_ENTRY = 1300;
+
+/** The most inodes an image merge fits into `memoryBytes` beside what a conversion holds anyway, in thousands. */
+export function mergeLimitForMemory(memoryBytes: number): number {
+  return Math.max(1000, Math.floor((memoryBytes - CONVERSION_BASE_BYTES) / MERGE_BYTES_PER_ENTRY / 1000) * 1000);
 }
 
 export interface ConvertedImage {
@@ -146,9 +164,17 @@ export async function convertImage(source: ImageSource, opts: ConvertImageOption
   if (stored) return { image, bootstrap: Bootstrap.decode(stored), bootstrapKey, layers, skipped: new SkippedEntries() };
   // One layer that a merge would not change (most single-layer base images) is its own image.
   const alone = layers.length === 1 ? imageOfOneLayer(layers[0]!.bootstrap, image.platform) : null;
+  if (!alone) checkMergeSize(layers, opts.maxMergedEntries);
   const { bytes, skipped } = alone ? { bytes: alone, skipped: new SkippedEntries() } : mergeAndEncode(layers, image.platform);
   await putBytes(opts.store, bootstrapKey, bytes);
   return { image, bootstrap: Bootstrap.decode(bytes), bootstrapKey, layers, skipped };
+}
+
+/** Refuses, as a bad layer is refused, an image whose merge would not fit the memory the limit stands for. */
+function checkMergeSize(layers: ConvertedLayer[], max: number | undefined): void {
+  if (max === undefined) return;
+  const inodes = layers.reduce((n, l) => n + l.bootstrap.inodeCount, 0);
+  if (inodes > max) throw new LayerFormatError(`its ${layers.length} layers hold ${inodes} entries together, more than the ${max} this converter can merge`);
 }
 
 function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntries } {

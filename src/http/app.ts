@@ -48,6 +48,8 @@ export interface AppOptions extends Partial<AppSettings> {
   fetchFor?: (upstream: UpstreamConfig) => typeof fetch;
   /** Fetch larger cold blobs in steps of this many bytes across requests, where the store can (R2; src/cache/blob-steps.ts). */
   blobStepBytes?: number;
+  /** Refuse images whose layers hold more inodes than this together when they must be merged (a Worker's memory). */
+  maxMergedEntries?: number;
   log?: (message: string) => void;
   now?: () => number;
 }
@@ -92,7 +94,7 @@ export function createApp(opts: AppOptions): SkiffApp {
     now: opts.now,
     log,
   });
-  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, unzstd: opts.unzstd, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
+  const conversions = new Conversions({ store, hasher, gunzip: opts.gunzip, unzstd: opts.unzstd, chunkEncoder: opts.chunkEncoder, metrics, blobs, manifests, maxLayerBytes: opts.maxLayerBytes ?? DEFAULT_SETTINGS.maxLayerBytes, maxExpandedBytes: opts.maxExpandedBytes, maxLayerEntries: opts.maxLayerEntries, maxMergedEntries: opts.maxMergedEntries, stepBytes: opts.convertStepBytes, noneFirst: opts.noneFirst ?? true, log, now: opts.now });
   const defaultPlatform = opts.defaultPlatform ?? DEFAULT_SETTINGS.defaultPlatform;
   const layers = new LayerIndex(store);
   if (store instanceof BoundedStore) watchBoundedStore(store, metrics, { blobs, layers }, log);

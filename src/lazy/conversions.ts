@@ -49,6 +49,8 @@ export interface ConversionsDeps {
   maxExpandedBytes?: number;
   /** Layers with more tar entries than this are refused (default: the converter's). */
   maxLayerEntries?: number;
+  /** Images whose layers, to be merged, hold more inodes than this together are refused (no limit by default). */
+  maxMergedEntries?: number;
   /** Convert in steps of this many content bytes per request (one pass when absent). */
   stepBytes?: number;
   /** How long another process waits before taking over a layer whose converter went silent. */
@@ -184,6 +186,7 @@ export class Conversions {
       chunkEncoder: this.#deps.chunkEncoder,
       params,
       platform,
+      maxMergedEntries: this.#deps.maxMergedEntries,
       // One budget for the whole request, however many layers it reaches.
       budget: this.#deps.stepBytes ? { remaining: this.#deps.stepBytes } : undefined,
     };

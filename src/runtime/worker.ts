@@ -12,6 +12,7 @@ import { parseServeSettings, SETTING_NAMES, SettingsError } from "../config/serv
 import { singleUpstreamConfig } from "../config/single.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { createApp, type SkiffApp } from "../http/app.ts";
+import { mergeLimitForMemory } from "../convert/image.ts";
 import { entryLimitForMemory } from "../convert/layer.ts";
 import { errorResponse } from "../http/errors.ts";
 import { metricsResponse } from "../http/ops.ts";
@@ -34,7 +35,8 @@ const varOf = (setting: string) => ({ access: "ACCESS_MODE", "allow-host": "ALLO
 // chunk compression, 20 s with deflate-raw; and a request waits less for one (docs/deploy.md).
 /**
  * A Worker isolate's memory. A layer's tree is held while it converts: MAX_LAYER_ENTRIES defaults to
- * what fits in it (387,000), so a larger layer is refused with an OCI error instead of ending the isolate.
+ * what fits in it (387,000), so a larger layer is refused with an OCI error instead of ending the
+ * isolate; so is an image whose layers hold too many entries together to merge (77,000).
  */
 const WORKER_MEMORY_BYTES = 128 * 2 ** 20;
 const WORKER_DEFAULTS = { "convert-step": "512m", "convert-wait": "25", "max-layer-entries": String(entryLimitForMemory(WORKER_MEMORY_BYTES)) };
@@ -111,7 +113,7 @@ function build(env: WorkerEnv): NonNullable<typeof built> {
     const blobStepBytes = parseSize(blobStep);
     if (blobStepBytes === null || blobStepBytes < 1) throw new Error(`BLOB_STEP must be a size above 0 like 256m or 1g, got ${JSON.stringify(blobStep)}`);
     const store = new R2Store(env.STORE);
-    const app = createApp({ config, store, hasher: nodeHasher, gunzip: nodeGunzip, unzstd: zlibUnzstd(), gzipBody: "runtime", fetchFor: () => upstreamFetch, blobStepBytes, ...settings, log: (m) => console.log(m) });
+    const app = createApp({ config, store, hasher: nodeHasher, gunzip: nodeGunzip, unzstd: zlibUnzstd(), gzipBody: "runtime", fetchFor: () => upstreamFetch, blobStepBytes, maxMergedEntries: mergeLimitForMemory(WORKER_MEMORY_BYTES), ...settings, log: (m) => console.log(m) });
     console.log(`skiff ready: upstreams ${config.upstreams.map((u) => `${u.prefix}=${u.url}`).join(" ")}, access ${config.access.mode}`);
     return { env, app };
   } catch (err) {

@@ -1,8 +1,10 @@
 // Layers of hundreds of thousands of files through the Worker in workerd. The Worker's default
 // MAX_LAYER_ENTRIES follows from its 128 MB (entryLimitForMemory): a node_modules-like layer of
-// 300,000 files (340,000 tar entries) converts, and the Worker's heap while it does is logged;
+// 300,000 files (340,000 tar entries) converts, and the Worker's heap while it does is logged, but its
+// image, whose merge would not fit, is refused with 422 (mergeLimitForMemory);
 // a layer just over the limit is refused with the OCI error the Node proxy gives over
 // --max-layer-entries (422 MANIFEST_INVALID), and the Worker goes on serving — not an ended isolate.
+// So is an image of two layers that are too many entries together to merge.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
@@ -13,32 +15,38 @@ import { transfer, ociErrorCodes, type Transfer } from "./harness/http.ts";
 import { tempDir } from "./harness/workdir.ts";
 import { teardown } from "./harness/teardown.ts";
 import { writeNodeModulesLayer } from "../../bench/entry-memory-layer.mjs";
+import { mergeLimitForMemory } from "../../src/convert/image.ts";
 import { entryLimitForMemory } from "../../src/convert/layer.ts";
 import { Bootstrap } from "../../src/format/decode.ts";
 
 const LIMIT = entryLimitForMemory(128 * 2 ** 20);
+const MERGE_LIMIT = mergeLimitForMemory(128 * 2 ** 20);
 const TEN_MINUTES = 600_000;
 const MiB = 2 ** 20;
 
 let registry: Registry;
 let worker: WorkerSkiff;
-const manifests: Record<string, { digest: string; entries: number }> = {};
+const manifests: Record<string, { digest: string; entries: number; layers: string[] }> = {};
 
-/** A one-layer image of a node_modules-like layer of `files` files, pushed as e2e/modules:`tag`. */
-async function pushModules(tag: string, files: number): Promise<void> {
+/** An image of node_modules-like layers of `files` files each, pushed as e2e/modules:`tag`. */
+async function pushModules(tag: string, ...files: number[]): Promise<void> {
   const layout = new OciLayout(tempDir(`entry-limit-${tag}`));
-  const path = join(layout.dir, "layer.tar.gz");
-  const layer = writeNodeModulesLayer(path, files);
-  renameSync(path, layout.blobPath(layer.digest));
+  const layers = files.map((n, i) => {
+    const path = join(layout.dir, `layer-${i}.tar.gz`);
+    // Another file count per layer: layers of the same content would be one blob.
+    const layer = writeNodeModulesLayer(path, n + i);
+    renameSync(path, layout.blobPath(layer.digest));
+    return layer;
+  });
   const config = layout.writeBlob(Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} })), MT.config);
   const manifest = layout.writeBlob(
-    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.manifest, config, layers: [{ mediaType: MT.layerGzip, digest: layer.digest, size: layer.size }] })),
+    Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.manifest, config, layers: layers.map((l) => ({ mediaType: MT.layerGzip, digest: l.digest, size: l.size })) })),
     MT.manifest,
   );
   layout.tag(tag, manifest);
   await pushImage(layout, tag, `${registry.hostPort}/e2e/modules:${tag}`, { timeoutMs: TEN_MINUTES });
   rmSync(layout.dir, { recursive: true, force: true });
-  manifests[tag] = { digest: manifest.digest, entries: layer.entries };
+  manifests[tag] = { digest: manifest.digest, entries: layers.reduce((n, l) => n + l.entries, 0), layers: layers.map((l) => l.digest) };
 }
 
 /**
@@ -58,10 +66,19 @@ async function get(url: string): Promise<Transfer> {
 }
 
 /** The image bootstrap, asked again while the Worker answers 202 (converting). */
-async function bootstrap(tag: string): Promise<Transfer> {
-  const url = `${worker.url}/v2/e2e/modules/_skiff/bootstrap/${manifests[tag]!.digest}`;
+function bootstrap(tag: string): Promise<Transfer> {
+  return untilConverted(`${worker.url}/v2/e2e/modules/_skiff/bootstrap/${manifests[tag]!.digest}`);
+}
+
+/** The first layer's own bootstrap (no merge), asked again while the Worker converts it. */
+function layerBootstrap(tag: string): Promise<Transfer> {
+  return untilConverted(`${worker.url}/v2/e2e/modules/_skiff/layers/${manifests[tag]!.layers[0]}/v1-c20-none/bootstrap`);
+}
+
+/** A GET asked again while the answer is 202 or 503 + Retry-After (converting). */
+async function untilConverted(url: string): Promise<Transfer> {
   let res = await get(url);
-  for (let i = 0; i < 120 && res.status === 202; i++) {
+  for (let i = 0; i < 120 && (res.status === 202 || (res.status === 503 && res.headers.has("retry-after"))); i++) {
     await new Promise((r) => setTimeout(r, 1000));
     res = await get(url);
   }
@@ -73,6 +90,8 @@ beforeAll(async () => {
   await pushModules("fits", 300_000);
   // Just over the limit: a few more files than the limit's entries (directories come on top).
   await pushModules("over", LIMIT);
+  // Two layers, each far under the layer limit, that together are more than a merge fits.
+  await pushModules("two", MERGE_LIMIT / 2, MERGE_LIMIT / 2);
   worker = await WorkerSkiff.start({ upstream: registry.url, inspect: true });
 }, TEN_MINUTES);
 
@@ -83,12 +102,12 @@ afterAll(async () => {
 }, 120_000);
 
 describe("a Worker's entry limit", () => {
-  test(`a layer of 300,000 files converts in workerd, under the limit of ${LIMIT} entries`, async () => {
+  test(`a layer of 300,000 files converts in workerd, under the limit of ${LIMIT} entries; its image, which needs a merge, is refused with 422`, async () => {
     expect(manifests.fits!.entries).toBeLessThan(LIMIT);
     worker.resetWorkerdVmHWM();
     const sampler = await worker.heapSampler();
     const started = Date.now();
-    const res = await bootstrap("fits");
+    const res = await layerBootstrap("fits");
     const heap = await sampler.stop();
     expect(res.status, res.body.toString("utf8").slice(0, 500)).toBe(200);
     const b = Bootstrap.decode(res.body);
@@ -103,6 +122,11 @@ describe("a Worker's entry limit", () => {
     // Reported, not bounded: workerd runs here without the platform's memory limit, so V8 leaves
     // garbage as it likes (115 to 325 MiB seen). What is alive is bounded by test/e2e/entry-memory.test.ts.
     expect(heap.samples).toBeGreaterThan(0);
+    // The layer has directories only implied by its paths (the root, here), so its image is a merge
+    // of one layer, which would hold about 1.3 KB an entry: more than a Worker has.
+    const image = await bootstrap("fits");
+    expect(image.status, image.body.toString("utf8").slice(0, 500)).toBe(422);
+    expect(image.body.toString("utf8")).toContain(`more than the ${MERGE_LIMIT} this converter can merge`);
   }, TEN_MINUTES);
 
   test("a layer over the limit is refused with 422 MANIFEST_INVALID, and the Worker goes on serving", async () => {
@@ -116,5 +140,14 @@ describe("a Worker's entry limit", () => {
     expect(again.status).toBe(422);
     expect((await get(`${worker.url}/v2/`)).status).toBe(200);
     expect(worker.log()).not.toMatch(/out of memory|exceeded memory|isolate.*(terminated|killed)/i);
+  }, TEN_MINUTES);
+
+  test("an image whose layers together are more than a merge fits is refused with 422, each layer converted", async () => {
+    expect(manifests.two!.entries).toBeGreaterThan(MERGE_LIMIT);
+    const res = await bootstrap("two");
+    expect(res.status, res.body.toString("utf8").slice(0, 500)).toBe(422);
+    expect(ociErrorCodes(res)).toEqual(["MANIFEST_INVALID"]);
+    expect(res.body.toString("utf8")).toContain(`more than the ${MERGE_LIMIT} this converter can merge`);
+    expect((await get(`${worker.url}/v2/`)).status).toBe(200);
   }, TEN_MINUTES);
 });
