@@ -59,10 +59,32 @@ class IdHash {
   }
 }
 
-function hashBytes(bytes: Uint8Array, start: number, end: number): number {
-  let h = 0x811c9dc5;
-  for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+/**
+ * A random seed for one table's hashes. Names, paths and chunk contents come from whoever pushed the
+ * image: unseeded, they could be chosen to collide, and every insert would probe the same run of
+ * slots (a layer's conversion quadratic in its entries). Drawn per table, as a Worker may not draw
+ * random numbers at module scope.
+ */
+function randomSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0]!;
+}
+
+/** murmur3's finaliser over `h` and the seed: every output bit depends on every input bit. */
+function mix(h: number, seed: number): number {
+  h = (h ^ seed) >>> 0;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
   return h >>> 0;
+}
+
+/** FNV-1a from a seeded basis, mixed: bytes that collide under one seed need not under another. */
+function hashBytes(bytes: Uint8Array, start: number, end: number, seed: number): number {
+  let h = 0x811c9dc5 ^ seed;
+  for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+  return mix(h, seed);
 }
 
 /** Distinct byte strings (names, link targets, xattr names), each stored once in one growing buffer. */
@@ -71,6 +93,7 @@ export class NameArena {
   #used = 0;
   readonly #starts = u32Column();
   readonly #hash = new IdHash();
+  readonly #seed = randomSeed();
   readonly #encoder = new TextEncoder();
   #scratch = new Uint8Array(1024);
 
@@ -139,7 +162,7 @@ export class NameArena {
   #find(n: number, add: boolean): number {
     const scratch = this.#scratch;
     const bytes = () => this.#bytes;
-    const s = this.#hash.probe(hashBytes(scratch, 0, n), (id) => {
+    const s = this.#hash.probe(hashBytes(scratch, 0, n, this.#seed), (id) => {
       if (this.length(id) !== n) return false;
       const b = bytes();
       const at = this.start(id);
@@ -157,7 +180,7 @@ export class NameArena {
     this.#bytes.set(scratch.subarray(0, n), this.#used);
     const id = this.#starts.push(this.#used);
     this.#used += n;
-    this.#hash.fill(s, id, (i) => hashBytes(this.#bytes, this.start(i), this.start(i) + this.length(i)));
+    this.#hash.fill(s, id, (i) => hashBytes(this.#bytes, this.start(i), this.start(i) + this.length(i), this.#seed));
     return id;
   }
 }
@@ -185,6 +208,7 @@ export class TreeTable {
   readonly #name = u32Column();
   readonly #child = u32Column();
   readonly #entries = new IdHash();
+  readonly #seed = randomSeed();
   /** Every file's chunk record indexes, each file's contiguous, in the order they were cut. */
   readonly chunkRefs = u32Column();
   /** Extended attributes of the few inodes that have any: name id → value. */
@@ -301,7 +325,7 @@ export class TreeTable {
   }
 
   #entryHash(parent: number, name: number): number {
-    return (Math.imul(parent, 0x9e3779b1) ^ Math.imul(name + 1, 0x85ebca77)) >>> 0;
+    return mix(Math.imul(parent, 0x9e3779b1) ^ Math.imul(name + 1, 0x85ebca77), this.#seed);
   }
 
   #entrySlot(parent: number, name: number): number {
@@ -352,14 +376,16 @@ export class ChunkTable {
   readonly #size = u32Column();
   readonly #compressed = new PagedArray((n) => new Uint8Array(n));
   readonly #hash = new IdHash();
+  readonly #seed = randomSeed();
 
   get count(): number {
     return this.#size.length;
   }
 
   #hashOf(page: Uint8Array, at: number): number {
-    // A sha256 is uniformly distributed: its first four bytes are hash enough.
-    return (page[at]! | (page[at + 1]! << 8) | (page[at + 2]! << 16) | (page[at + 3]! << 24)) >>> 0;
+    // A sha256 is uniformly distributed, but a pusher can grind contents whose digests share low
+    // bits: four bytes, mixed with the seed, spread them again.
+    return mix(page[at]! | (page[at + 1]! << 8) | (page[at + 2]! << 16) | (page[at + 3]! << 24), this.#seed);
   }
 
   #slot(digest: Uint8Array): number {
