@@ -70,8 +70,8 @@ export interface ZstdPushDecoder {
 
 /**
  * A runtime's zstd decoder: a stream (node:zlib's, like GunzipFactory) or a synchronous one. A
- * stream decoder is given one frame: node:zlib's zstd ends at the end of the first frame (on Deno
- * and workerd at least), so each frame of a layer gets a decoder of its own.
+ * stream decoder is given one frame, maybe a skippable one: node:zlib's zstd ends at the end of the
+ * first frame (on Deno and workerd at least), so each frame of a layer gets a decoder of its own.
  */
 export type UnzstdFactory =
   | { kind: "stream"; create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>> }
