@@ -13,7 +13,7 @@ import { Bootstrap } from "../../src/format/decode.ts";
 import { toHex } from "../../src/hash/hasher.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
-import type { PlainAnswer } from "../../src/http/range-shortcut.ts";
+import { counters, delta, lower } from "./shortcut-compare.ts";
 import { FsStore } from "../../src/store/fs.ts";
 import { layerDataKey } from "../../src/store/keys.ts";
 import { parseDigest } from "../../src/oci/reference.ts";
@@ -90,20 +90,6 @@ async function setup(access?: Record<string, unknown>, codec = "none") {
   };
 }
 
-const lower = (headers: PlainAnswer["headers"]) => Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-
-/** Every counter's value, by series, from the Prometheus text. */
-function counters(text: string): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const line of text.split("\n")) if (line && !line.startsWith("#")) values.set(line.slice(0, line.lastIndexOf(" ")), Number(line.slice(line.lastIndexOf(" ") + 1)));
-  return values;
-}
-
-function delta(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [series, value] of after) if (value !== (before.get(series) ?? 0)) out[series] = value - (before.get(series) ?? 0);
-  return out;
-}
 
 /** A multipart answer with its random boundary replaced, so that two of them compare. */
 function sameBoundary<T extends Answer>(answer: T): T {

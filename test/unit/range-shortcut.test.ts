@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { resolveConfig } from "../../src/config/config.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { createApp } from "../../src/http/app.ts";
-import type { PlainAnswer } from "../../src/http/range-shortcut.ts";
+import { counters, delta, lower } from "./shortcut-compare.ts";
 import { FsStore } from "../../src/store/fs.ts";
 import { BufferPool } from "../../src/util/buffer-pool.ts";
 import { bytesOf, FakeRegistry, nodeSkiffWithBlob, rawGet } from "./fakes.ts";
@@ -46,20 +46,6 @@ async function setup(access?: Record<string, unknown>) {
   return { skiff, store, blob, digest, path, viaApp, viaShortcut };
 }
 
-const lower = (headers: PlainAnswer["headers"]) => Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-
-/** Every counter's value, by series, from the Prometheus text. */
-function counters(text: string): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const line of text.split("\n")) if (line && !line.startsWith("#")) values.set(line.slice(0, line.lastIndexOf(" ")), Number(line.slice(line.lastIndexOf(" ") + 1)));
-  return values;
-}
-
-function delta(before: Map<string, number>, after: Map<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [series, value] of after) if (value !== (before.get(series) ?? 0)) out[series] = value - (before.get(series) ?? 0);
-  return out;
-}
 
 describe("range shortcut", () => {
   it("answers single ranges of a cached blob as the app does: status, headers, body and counters", async () => {
