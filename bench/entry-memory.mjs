@@ -74,7 +74,7 @@ try {
       `**Per entry: ${slope.toFixed(0)} bytes** (least-squares slope of the peak live heap against the entries), above a fixed base of ${(intercept / MiB).toFixed(1)} MiB.`,
       "",
       `${largest.entries.toLocaleString("en")} entries under \`node --max-old-space-size=128\`: ${limitedText}.`,
-      ...(workerd ? ["", `The same layer through the Worker in workerd (a one-layer image in a local registry, the layer's own bootstrap asked for; the image's bootstrap, a merge, is refused on Workers at this size: docs/reliability.md): ${workerd.text}.`] : []),
+      ...(workerd ? ["", `The same layer through the Worker in workerd, with V8's heap limited to 128 MB (\`--max-old-space-size=128\` in workerd's config; over it workerd ends): a one-layer image in a local registry, the layer's bootstrap asked for, then the image's (the layer's bytes without a merge): ${workerd.text}.`] : []),
     ].join("\n");
     replaceSection(join(root, "docs", "benchmarks.md"), "entry-memory", "Memory per tar entry", body);
   }

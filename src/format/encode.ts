@@ -247,15 +247,20 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
   return out;
 }
 
+/** Layer flags that one layer's merge over an empty root drops without changing the tree. */
+const UNMERGED_FLAGS = L.FLAG_IMPLICIT | L.FLAG_OPAQUE;
+
 /**
  * The image bootstrap of an image made of this one layer, without merging and encoding again:
- * the layer's bytes with an image header and the platform appended to the string table. Byte for
- * byte what `encodeBootstrap(mergeLayers([layer], platform))` gives, since the encoder puts the
- * platform last. Null when a merge would change the tree: the layer has whiteouts, opaque or
- * implicit directories, or links to files of other layers.
+ * the layer's bytes with an image header, its inodes' flags cleared and the platform appended to
+ * the string table. Byte for byte what `encodeBootstrap(mergeLayers([layer], platform))` gives,
+ * since the encoder puts the platform last. Implicit and opaque directories are no reason to merge:
+ * over an empty root, an implicit directory gets the attributes it already has (0755, root, mtime
+ * 0) and an opaque one hides nothing. Null when a merge would change the tree: the layer has
+ * whiteouts, or links to files of other layers.
  */
 export function imageOfOneLayer(layer: Bootstrap, platform: string): Uint8Array | null {
-  if (layer.kind !== "layer" || layer.layerFlags !== 0 || layer.blobCount !== 1) return null;
+  if (layer.kind !== "layer" || (layer.layerFlags & ~UNMERGED_FLAGS) !== 0 || layer.blobCount !== 1) return null;
   const text = new TextEncoder().encode(platform);
   const out = new Uint8Array(layer.bytes.length + text.length);
   out.set(layer.bytes);
@@ -266,5 +271,9 @@ export function imageOfOneLayer(layer: Bootstrap, platform: string): Uint8Array 
   view.setUint32(L.H.stringsSize, stringsSize + text.length, true);
   view.setUint32(L.H.platformOffset, stringsSize, true);
   view.setUint32(L.H.platformLength, text.length, true);
+  if (layer.layerFlags !== 0) {
+    const { inodes } = L.sectionOffsets(L.readCounts(view));
+    for (let i = 0; i < layer.inodeCount; i++) view.setUint32(inodes + i * L.INODE_RECORD_SIZE + 36, 0, true); // the flags field
+  }
   return out;
 }

@@ -236,7 +236,7 @@ describe("merging layers", () => {
     expect(paths(image)).toEqual(["/", "/cfg", "/cfg/new"]);
   });
 
-  it("writes a lone layer without layer flags as its image directly, and merges one that has them", () => {
+  it("writes a lone layer as its image directly unless it has whiteouts or links to lower layers, and merges one that has them", () => {
     const plain: Spec[] = [
       { path: "./", type: "dir", mode: 0o750, mtime: 77 },
       { path: "etc/", type: "dir" },
@@ -247,13 +247,23 @@ describe("merging layers", () => {
       { path: "dev/null", type: "char", devMajor: 1, devMinor: 3 },
     ];
     expect(merge(plain).alone).not.toBeNull();
+    // Flags a merge over an empty root drops without changing the tree: merge() checks the bytes.
+    const unchanged: [string, Spec[]][] = [
+      ["implicit root", plain.slice(1)],
+      ["implicit directories", [...plain, { path: "a/b/c", content: "c" }, { path: "a/b/d/", type: "dir", mode: 0o700 }]],
+      ["opaque directory", [...plain, { path: "etc/.wh..wh..opq" }]],
+      ["opaque root", [...plain, { path: ".wh..wh..opq" }]],
+    ];
+    for (const [what, specs] of unchanged) {
+      const { alone, image } = merge(specs);
+      expect(alone, what).not.toBeNull();
+      expect(image.layerFlags, what).toBe(0);
+    }
     // Each of these makes the merged tree differ from the layer's.
     const changed: [string, Spec[]][] = [
-      ["implicit root", plain.slice(1)],
-      ["implicit directory", [...plain, { path: "a/b/c", content: "c" }]],
       ["whiteout", [...plain, { path: "etc/.wh.motd" }]],
-      ["opaque directory", [...plain, { path: "etc/.wh..wh..opq" }]],
       ["hardlink to a lower layer", [...plain, { path: "etc/lower", type: "hardlink", linkName: "usr/lib/x" }]],
+      ["whiteout beside implicit directories", [...plain.slice(1), { path: "a/b/c", content: "c" }, { path: "a/.wh.x" }]],
     ];
     for (const [what, specs] of changed) expect(merge(specs).alone, what).toBeNull();
   });

@@ -5,12 +5,13 @@
 // per chunk of an outbound fetch body) to wrangler's Node process as a separate loopback request.
 // Here the Worker's outbound fetch goes from workerd straight to the upstream.
 //   node worker-runner.mjs '{"config": …, "script": …, "port": …, "persistDir": …, "vars": {…}}'
+// With "v8Flags": […], workerd runs with those V8 flags (workerd-v8-flags.sh), e.g. a heap limit.
 // A second Worker, local-r2-tools, shares the bucket (LOCAL_R2_TOOLS below).
 // Prints "ready <url>" when serving; stops on SIGTERM or SIGINT.
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
 
-const { config, script, port, persistDir, vars = {}, inspectorPort } = JSON.parse(process.argv[2] ?? "{}");
+const { config, script, port, persistDir, vars = {}, inspectorPort, v8Flags } = JSON.parse(process.argv[2] ?? "{}");
 if (!config || !script || !port || !persistDir) throw new Error("usage: worker-runner.mjs '{\"config\", \"script\", \"port\", \"persistDir\", \"vars\"}'");
 
 // Wrangler's own Miniflare (a dependency of wrangler), so workerd is the one wrangler would run.
@@ -18,6 +19,14 @@ const require = createRequire(import.meta.url);
 const wranglerPath = require.resolve("wrangler");
 const { unstable_getMiniflareWorkerOptions } = require(wranglerPath);
 const { Miniflare, Log, LogLevel } = createRequire(wranglerPath)("miniflare");
+
+if (v8Flags?.length) {
+  // Miniflare runs whatever MINIFLARE_WORKERD_PATH names as workerd, with the environment given here.
+  const miniflarePath = createRequire(wranglerPath).resolve("miniflare");
+  process.env.SKIFF_WORKERD = process.env.MINIFLARE_WORKERD_PATH ?? createRequire(miniflarePath)("workerd").default;
+  process.env.SKIFF_WORKERD_V8_FLAGS = JSON.stringify(v8Flags);
+  process.env.MINIFLARE_WORKERD_PATH = new URL("workerd-v8-flags.sh", import.meta.url).pathname;
+}
 
 // Miniflare's local R2 serves a multipart object (as skiff's R2Store writes anything over one part)
 // by piping its parts one after another into one stream (#assembleMultipartValue in its R2 bucket

@@ -19,6 +19,13 @@ export interface WorkerOptions {
   persistDir?: string;
   /** Open workerd's V8 inspector, for heapSampler(). */
   inspect?: boolean;
+  /**
+   * The V8 heap limit workerd gives every isolate, in MB (`--max-old-space-size`), as the platform
+   * limits a Worker's memory; workerd run locally has none. Over it, workerd ends with a fatal error.
+   */
+  heapLimitMb?: number;
+  /** A module to run instead of skiff's bundle, with the same config (for tests of this harness). */
+  script?: string;
 }
 
 /** What heapSampler uses of a `ws` WebSocket. */
@@ -75,7 +82,7 @@ export class WorkerSkiff {
   }
 
   static async start(o: WorkerOptions = {}): Promise<WorkerSkiff> {
-    const script = await bundle();
+    const script = o.script ?? (await bundle());
     const dir = tempDir("worker");
     const persistDir = o.persistDir ?? join(dir, "state");
     const logPath = join(dir, "worker.log");
@@ -84,7 +91,8 @@ export class WorkerSkiff {
     // METRICS_TOKEN: the Worker serves /metrics only to requests that bear it (metricsText()).
     const vars = { METRICS_TOKEN, ...(o.upstream ? { UPSTREAM: o.upstream } : {}), ...o.vars };
     const inspectorPort = o.inspect ? await freePort() : undefined;
-    const spec = { config: CONFIG, script, port, persistDir, vars, inspectorPort };
+    const v8Flags = o.heapLimitMb ? [`--max-old-space-size=${o.heapLimitMb}`] : undefined;
+    const spec = { config: CONFIG, script, port, persistDir, vars, inspectorPort, v8Flags };
     const out = openSync(logPath, "a");
     let child: ChildProcess;
     try {
