@@ -2,6 +2,7 @@
 // deterministically: packages (some scoped, some nested under another package's node_modules) with
 // package.json, README.md, LICENSE, index.js and a lib/ of modules. Every file's bytes are its own
 // (its path is in them), so every file is a chunk of its own, as in a real node_modules.
+// Everything is under `root` (default node_modules), so layers with other roots share no path.
 // Returns { entries, files, digest, size } of the layer (entries: tar entries, directories included).
 import { createHash } from "node:crypto";
 import { closeSync, openSync, writeSync } from "node:fs";
@@ -39,7 +40,7 @@ function header(path, type, size) {
   return h;
 }
 
-export function writeNodeModulesLayer(path, files) {
+export function writeNodeModulesLayer(path, files, root = "node_modules") {
   const fd = openSync(path, "w");
   const digest = createHash("sha256");
   let size = 0;
@@ -93,10 +94,11 @@ export function writeNodeModulesLayer(path, files) {
     for (let i = 0; i < modules && made < files; i++) file(`${p}/lib/${MODULES[i % MODULES.length]}${i >= MODULES.length ? `-${i}` : ""}.js`);
     return p;
   };
-  dir("node_modules");
+  const parts = root.split("/");
+  parts.forEach((_, i) => dir(parts.slice(0, i + 1).join("/")));
   let n = 0;
   while (made < files) {
-    const p = pkg("node_modules", n++);
+    const p = pkg(root, n++);
     // Every fourth package carries its own node_modules with a few nested packages.
     if (rand(4) === 0 && made < files) {
       dir(`${p}/node_modules`);

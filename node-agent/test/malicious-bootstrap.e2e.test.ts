@@ -292,8 +292,10 @@ describe("a crafted bootstrap that mounts fails only the affected reads", () => 
     const odd = craftImage(FILES, 16, "deflate-raw", (root) => {
       const hello = root.children!.get("etc")!.children!.get("hello")!;
       hello.mtime = 2 ** 60;
-      hello.xattrs.set("user.big", new Uint8Array(MiB).fill(0x41));
-      hello.xattrs.set("user.small", Buffer.from("ok"));
+      hello.xattrs = new Map([
+        ["user.big", new Uint8Array(MiB).fill(0x41)],
+        ["user.small", Buffer.from("ok")],
+      ]);
     });
     proxy.reset(odd);
     const agent = await startAgent();

@@ -126,18 +126,20 @@ export interface ConvertImageOptions {
   layerConverter?: (layer: LayerSource, opts: ConvertLayerOptions) => Promise<ConvertedLayer>;
   /**
    * Most inodes an image's layers may hold together when they have to be merged: the merge holds
-   * every layer's tree as objects (MERGE_BYTES_PER_ENTRY each), unlike a layer's conversion. No
+   * the image's tree as objects (MERGE_BYTES_PER_ENTRY each), unlike a layer's conversion. No
    * limit when absent; a Worker sets it from its memory (mergeLimitForMemory).
    */
   maxMergedEntries?: number;
 }
 
 /**
- * What merging holds per inode of the layers: their trees as objects, the merged tree, and the
- * decoded and encoded bootstraps. Measured 1,131 to 1,221 bytes over the layers' bootstraps, which
- * take about 190 more (bench/merge-memory.mjs: two node_modules-like layers, 112,639 inodes).
+ * What merging holds per inode of the layers at its peak, everything included: the layers'
+ * bootstraps, the image's tree as objects, one layer's decoded directories, and the encoder's arrays
+ * while it writes the image. Measured 847 to 853 bytes with bench/merge-memory.mjs, on two
+ * node_modules-like layers under different roots (so the image holds every inode of both) of
+ * 112,641 and 225,255 inodes together.
  */
-export const MERGE_BYTES_PER_ENTRY = 1300;
+export const MERGE_BYTES_PER_ENTRY = 900;
 
 /** The most inodes an image merge fits into `memoryBytes` beside what a conversion holds anyway, in thousands. */
 export function mergeLimitForMemory(memoryBytes: number): number {
@@ -178,8 +180,11 @@ function checkMergeSize(layers: ConvertedLayer[], max: number | undefined): void
 }
 
 function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntries } {
+  // Each layer's tree is decoded only when the merge comes to it (mergeLayers).
   const { model, skipped } = mergeLayers(
-    layers.map((l) => l.bootstrap.toModel()),
+    (function* () {
+      for (const l of layers) yield l.bootstrap.toModel();
+    })(),
     platform,
   );
   return { bytes: encodeBootstrap(model), skipped };

@@ -10,36 +10,40 @@ export interface MergeResult {
   skipped: SkippedEntries;
 }
 
-/** `layers` are the layers' trees: a fresh conversion's own, or a stored bootstrap's `toModel()`. */
-export function mergeLayers(layers: BootstrapModel[], platform: string): MergeResult {
-  if (layers.length === 0) throw new Error("an image needs at least one layer");
-  const first = layers[0]!;
-  for (const l of layers) {
-    if (l.kind !== "layer") throw new Error("only layer bootstraps can be merged");
-    if (l.codec !== first.codec || l.chunkShift !== first.chunkShift) throw new Error("layers were converted with different parameters");
-  }
+/**
+ * `layers` are the layers' trees, bottom first: a fresh conversion's own, or a stored bootstrap's
+ * `toModel()`. The merge takes them over: their files and chunk records become the image's (chunk
+ * indexes and blob numbers rewritten in place) rather than copies, and an iterable that makes each
+ * model when asked (image.ts decodes one layer at a time) lets each layer's directories go once it is
+ * applied. So the merge holds the image's tree and one layer's directories, not every layer twice.
+ */
+export function mergeLayers(layers: Iterable<BootstrapModel>, platform: string): MergeResult {
   const root = newDir();
   const chunks: ChunkRecord[] = [];
   const blobs: BootstrapModel["blobs"] = [];
   const skipped = new SkippedEntries();
+  let params: { codec: number; chunkShift: number } | undefined;
 
-  layers.forEach((model, blobIndex) => {
+  for (const model of layers) {
+    if (model.kind !== "layer") throw new Error("only layer bootstraps can be merged");
+    params ??= { codec: model.codec, chunkShift: model.chunkShift };
+    if (model.codec !== params.codec || model.chunkShift !== params.chunkShift) throw new Error("layers were converted with different parameters");
     if (model.blobs.length !== 1) throw new Error("a layer bootstrap has exactly one data blob");
+    const blobIndex = blobs.length;
     blobs.push(model.blobs[0]!);
     const chunkBase = chunks.length;
-    for (const c of model.chunks) chunks.push({ ...c, blob: blobIndex });
-    // One image node per layer node, so hardlinks inside the layer stay one inode.
-    const copies = new Map<FsNode, FsNode>();
-    const copy = (src: FsNode): FsNode => {
-      let node = copies.get(src);
-      if (!node) {
-        node = { ...src, xattrs: new Map(src.xattrs), chunks: src.chunks.map((c) => c + chunkBase) };
-        delete node.children;
-        delete node.opaque;
-        delete node.implicit;
-        copies.set(src, node);
+    for (const c of model.chunks) {
+      c.blob = blobIndex;
+      chunks.push(c);
+    }
+    // A file is taken over once, whatever its number of names: hardlinks inside the layer stay one inode.
+    const taken = new Set<FsNode>();
+    const take = (src: FsNode): FsNode => {
+      if (chunkBase > 0 && !taken.has(src)) {
+        taken.add(src);
+        for (let k = 0; k < src.chunks.length; k++) src.chunks[k]! += chunkBase;
       }
-      return node;
+      return src;
     };
 
     const apply = (dst: FsNode, src: FsNode, path: string) => {
@@ -62,15 +66,16 @@ export function mergeLayers(layers: BootstrapModel[], platform: string): MergeRe
           if (target && target.type !== "dir") children.set(name, target);
           else skipped.add(childPath, `hardlink target /${s.target} is not a file in a lower layer`);
         } else {
-          children.set(name, copy(s));
+          children.set(name, take(s));
         }
       }
     };
     if (!model.root.implicit) setMetadata(root, model.root);
     apply(root, model.root, "");
-  });
+  }
+  if (!params) throw new Error("an image needs at least one layer");
 
-  return { model: { kind: "image", codec: first.codec, chunkShift: first.chunkShift, platform, blobs, chunks, root }, skipped };
+  return { model: { kind: "image", codec: params.codec, chunkShift: params.chunkShift, platform, blobs, chunks, root }, skipped };
 }
 
 function setMetadata(dst: FsNode, src: FsNode): void {

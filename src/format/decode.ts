@@ -36,6 +36,9 @@ export interface DirEntry {
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 // The OCI descriptor digest grammar (`algorithm:encoded`): no `/`, `.` runs, `%`, `?` or `#`.
+/** The extended attributes of every model node that has none (toModel): one map, not one each. */
+const NO_XATTRS: ReadonlyMap<string, Uint8Array> = new Map();
+
 const LAYER_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 export class Bootstrap {
@@ -298,7 +301,7 @@ export class Bootstrap {
     if (i < 0 || i >= this.#counts.chunkCount) throw new RangeError(`no chunk ${i}`);
     const o = this.#at.chunks + i * L.CHUNK_RECORD_SIZE;
     return {
-      digest: this.bytes.slice(o, o + 32),
+      digest: this.bytes.subarray(o, o + 32),
       blob: this.#u32(o + 32),
       compressed: (this.#u32(o + 36) & L.CHUNK_COMPRESSED) !== 0,
       storedOffset: this.#u64(o + 40),
@@ -457,9 +460,10 @@ export class Bootstrap {
 
   /** Rebuilds the in-memory tree (for merging layers into an image). */
   toModel(): BootstrapModel {
-    const nodes = new Map<number, FsNode>();
+    // By inode number: a hardlinked file is one node under each of its names.
+    const nodes: (FsNode | undefined)[] = new Array(this.inodeCount);
     const build = (i: number): FsNode => {
-      const known = nodes.get(i);
+      const known = nodes[i];
       if (known) return known;
       const ino = this.inode(i);
       const node: FsNode = {
@@ -472,13 +476,13 @@ export class Bootstrap {
         size: ino.size,
         devMajor: ino.devMajor,
         devMinor: ino.devMinor,
-        xattrs: this.xattrs(i),
+        xattrs: this.#xattrStart[i] === -1 ? NO_XATTRS : this.xattrs(i),
         chunks: this.chunkIndexes(i),
       };
       if (ino.flags & L.FLAG_OPAQUE) node.opaque = true;
       if (ino.flags & L.FLAG_IMPLICIT) node.implicit = true;
       if (ino.type === "symlink" || ino.type === "hardlink-ref") node.target = this.readlink(i);
-      nodes.set(i, node);
+      nodes[i] = node;
       if (ino.type === "dir") {
         node.children = new Map();
         for (const e of this.readdir(i)) node.children.set(e.name, build(e.inode));

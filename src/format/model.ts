@@ -17,7 +17,8 @@ export interface FsNode {
   target?: string;
   devMajor: number;
   devMinor: number;
-  xattrs: Map<string, Uint8Array>;
+  /** Read-only: nodes without extended attributes may share one empty map (Bootstrap.toModel). */
+  xattrs: ReadonlyMap<string, Uint8Array>;
   /** Regular files: indexes into the bootstrap's chunk table, in file order. */
   chunks: number[];
   /** Directories: entries by name. */

@@ -481,8 +481,9 @@ export function treeToNodes(tree: TreeTable): FsNode {
     let n = nodes.get(i);
     if (n) return n;
     const kind = tree.kind(i);
-    n = { type: NODE_TYPES[kind]!, perm: tree.perm(i), uid: tree.uid(i), gid: tree.gid(i), mtime: tree.mtime(i), mtimeNsec: tree.mtimeNsec(i), size: 0, devMajor: 0, devMinor: 0, xattrs: new Map(), chunks: [] };
-    for (const [k, v] of tree.xattrs.get(i) ?? []) n.xattrs.set(text(k), v);
+    const xattrs = new Map<string, Uint8Array>();
+    for (const [k, v] of tree.xattrs.get(i) ?? []) xattrs.set(text(k), v);
+    n = { type: NODE_TYPES[kind]!, perm: tree.perm(i), uid: tree.uid(i), gid: tree.gid(i), mtime: tree.mtime(i), mtimeNsec: tree.mtimeNsec(i), size: 0, devMajor: 0, devMinor: 0, xattrs, chunks: [] };
     if (kind === KIND_DIR) {
       n.children = new Map();
       n.opaque = tree.opaque(i);

@@ -32,13 +32,16 @@ let registry: Registry;
 let worker: WorkerSkiff;
 const manifests: Record<string, { digest: string; entries: number; layers: string[] }> = {};
 
-/** An image of node_modules-like layers of `files` files each, pushed as e2e/modules:`tag`. */
-async function pushModules(tag: string, ...files: number[]): Promise<void> {
+/**
+ * An image of node_modules-like layers of `files` files each, pushed as e2e/modules:`tag`; each layer
+ * under its own root when `roots` are given (no shared paths: the merged tree holds them all).
+ */
+async function pushModules(tag: string, files: number[], roots?: string[]): Promise<void> {
   const layout = new OciLayout(tempDir(`entry-limit-${tag}`));
   const layers = files.map((n, i) => {
     const path = join(layout.dir, `layer-${i}.tar.gz`);
     // Another file count per layer: layers of the same content would be one blob.
-    const layer = writeNodeModulesLayer(path, n + i);
+    const layer = writeNodeModulesLayer(path, n + i, roots?.[i]);
     renameSync(path, layout.blobPath(layer.digest));
     return layer;
   });
@@ -91,11 +94,14 @@ async function untilConverted(url: string): Promise<Transfer> {
 
 beforeAll(async () => {
   registry = await Registry.start({ name: "worker-entry-limit-registry" });
-  await pushModules("fits", 300_000);
+  await pushModules("fits", [300_000]);
   // Just over the limit: a few more files than the limit's entries (directories come on top).
-  await pushModules("over", LIMIT);
+  await pushModules("over", [LIMIT]);
   // Two layers, each far under the layer limit, that together are more than a merge fits.
-  await pushModules("two", MERGE_LIMIT / 2, MERGE_LIMIT / 2);
+  await pushModules("two", [MERGE_LIMIT / 2, MERGE_LIMIT / 2]);
+  // Two layers that share no path, together just under it (about 1.13 entries a file).
+  const underFiles = Math.floor(MERGE_LIMIT / 2 / 1.15);
+  await pushModules("merges", [underFiles, underFiles], ["node_modules", "srv/app/node_modules"]);
   worker = await WorkerSkiff.start({ upstream: registry.url, inspect: true, heapLimitMb: HEAP_LIMIT_MB });
 }, TEN_MINUTES);
 
@@ -144,6 +150,22 @@ describe("a Worker's entry limit", () => {
     expect(again.status).toBe(422);
     expect((await get(`${worker.url}/v2/`)).status).toBe(200);
     expect(worker.log()).not.toMatch(/out of memory|exceeded memory|isolate.*(terminated|killed)/i);
+  }, TEN_MINUTES);
+
+  test(`an image of two layers of ${MERGE_LIMIT} entries or fewer together merges in workerd within a ${HEAP_LIMIT_MB} MB heap`, async () => {
+    expect(manifests.merges!.entries).toBeLessThanOrEqual(MERGE_LIMIT);
+    expect(manifests.merges!.entries).toBeGreaterThan(MERGE_LIMIT * 0.95);
+    const started = Date.now();
+    const res = await bootstrap("merges");
+    expect(res.status, res.body.toString("utf8").slice(0, 500)).toBe(200);
+    const image = Bootstrap.decode(res.body);
+    expect(image.blobCount).toBe(2);
+    // Every inode of both layers, but for the one root they share.
+    expect(image.inodeCount).toBeGreaterThan(manifests.merges!.entries * 0.99);
+    expect(image.lookup("/node_modules")).not.toBeNull();
+    expect(image.lookup("/srv/app/node_modules")).not.toBeNull();
+    console.log(`worker merge: ${image.inodeCount} inodes merged from 2 layers in ${((Date.now() - started) / 1000).toFixed(1)} s with a ${HEAP_LIMIT_MB} MB V8 heap limit`);
+    expect(worker.log()).not.toMatch(/heap limit|out of memory|fatal/i);
   }, TEN_MINUTES);
 
   test("an image whose layers together are more than a merge fits is refused with 422, each layer converted", async () => {

@@ -38,8 +38,10 @@ function sampleModel(): BootstrapModel {
   const chunks = chunkTable([100, CHUNK, 10, 7]);
   const total = chunks.reduce((n, c) => n + c.size, 0);
   const sh = fileNode([0], 100, { perm: 0o755, uid: 0, gid: 0, mtime: 1_700_000_000, mtimeNsec: 123_456_789 });
-  sh.xattrs.set("user.comment", utf8("hello"));
-  sh.xattrs.set("security.capability", new Uint8Array([1, 0, 0, 2, 0, 0xff, 0, 0]));
+  sh.xattrs = new Map([
+    ["user.comment", utf8("hello")],
+    ["security.capability", new Uint8Array([1, 0, 0, 2, 0, 0xff, 0, 0])],
+  ]);
   const bin = newDir();
   bin.children!.set("sh", sh);
   bin.children!.set("sh-again", sh); // hardlink: the same node under two names
