@@ -1,9 +1,10 @@
 // `skiff convert` of one layer, this build against another, taking turns each round:
-//   node bench/convert-ab.mjs --baseline DIR [--layer debian|big] [--rounds 5]
+//   node bench/convert-ab.mjs --baseline DIR [--layer debian|debian-zstd|big] [--rounds 5]
 // DIR holds the other build (its bin/ and dist/, and node_modules). `debian` is the gzip layer
-// bench/debian-layer.mjs caches (bench:convert builds it); `big` is a 1 GiB tar of incompressible
-// files, generated here. Prints wall time, CPU seconds (user + system) and peak RSS of each round
-// and their medians, under GNU time; for the Debian layer, `gzip -dc | sha256sum` of it too. Everything but the cached layer goes under the OS temp directory.
+// bench/debian-layer.mjs caches (bench:convert builds it), `debian-zstd` a `zstd -3` copy of its tar
+// made here; `big` is a 1 GiB tar of incompressible files, generated here. Prints wall time, CPU
+// seconds (user + system) and peak RSS of each round and their medians, under GNU time; for the
+// Debian layer, `gzip -dc | sha256sum` (or `zstd -dc | sha256sum`) of it too. Everything but the cached layer goes under the OS temp directory.
 import { execFileSync, spawnSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
@@ -71,13 +72,22 @@ function debianLayer() {
   return layout(join(work, "debian-layout"), copy, "application/vnd.oci.image.layer.v1.tar+gzip");
 }
 
-const source = values.layer === "big" ? bigLayer() : debianLayer();
+function debianZstdLayer() {
+  const tar = join(benchCacheDir, "debian-python3.tar");
+  if (!existsSync(tar)) throw new Error(`${tar} is missing: run \`node bench/convert.mjs --only debian\` once to build it`);
+  const zst = join(work, "debian.tar.zst");
+  execFileSync("zstd", ["-3", "-q", "-T1", tar, "-o", zst]);
+  return layout(join(work, "debian-zstd-layout"), zst, "application/vnd.oci.image.layer.v1.tar+zstd");
+}
+
+const source = values.layer === "big" ? bigLayer() : values.layer === "debian-zstd" ? debianZstdLayer() : debianLayer();
 const out = join(work, "out");
 // The bar of issue 22 for a gzip layer, timed in the same rounds.
 if (values.layer !== "big") {
   const blobs = join(source, "blobs", "sha256");
   const layerBlob = join(blobs, execFileSync("bash", ["-c", `ls -S ${blobs} | head -1`], { encoding: "utf8" }).trim());
-  builds.push({ name: "gzip -dc | sha256sum", command: ["bash", "-c", `gzip -dc ${layerBlob} | sha256sum >/dev/null`] });
+  const tool = values.layer === "debian-zstd" ? "zstd" : "gzip";
+  builds.push({ name: `${tool} -dc | sha256sum`, command: ["bash", "-c", `${tool} -dc ${layerBlob} | sha256sum >/dev/null`] });
 }
 const runs = builds.map(() => []);
 try {

@@ -21,8 +21,9 @@ export interface CutOptions {
   /** Refuse a layer whose uncompressed tar grows past this many bytes. */
   maxExpandedBytes: number;
   /**
-   * Whole-chunk buffers the consumer is done with, cut into again: a fresh megabyte per chunk was
-   * that much more garbage, and collecting it was a fifth of a conversion.
+   * Chunk buffers the consumer is done with, cut into again: a fresh megabyte per chunk was that
+   * much more garbage, and collecting it was a fifth of a conversion. With a pool, a file's last,
+   * partial chunk is handed on as a view of its chunk buffer too, for the consumer to give back.
    */
   spare?: Uint8Array[];
 }
@@ -59,8 +60,9 @@ export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: Cu
 
   let finished = false;
   try {
-    // A full chunk is handed on in its own buffer and a new one is taken; a file's last, partial
-    // chunk is copied out, so small files don't each hold a whole chunk's buffer.
+    // A full chunk is handed on in its own buffer and a new one is taken. So is a file's last,
+    // partial chunk when the consumer gives buffers back; without a pool it is copied out, so that
+    // small files don't each hold a whole chunk's buffer.
     const take = () => opts.spare?.pop() ?? new Uint8Array(chunkSize);
     let buffer = take();
     for await (const entry of readTar(tarInput)) {
@@ -81,7 +83,13 @@ export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: Cu
           }
         }
       }
-      if (filled > 0) yield named(buffer.slice(0, filled));
+      if (filled > 0 && opts.spare) {
+        const last = buffer.subarray(0, filled);
+        buffer = take();
+        yield named(last);
+      } else if (filled > 0) {
+        yield named(buffer.slice(0, filled));
+      }
     }
     for (;;) {
       const { done } = await decompressed.read();

@@ -334,13 +334,19 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // index given to its file, in the order it was cut, so the blob and records are the same bytes
   // whatever the encoder and however many chunks it has in flight.
   const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
-  const pending: { result: Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
-  // Whole-chunk buffers written and hashed, for the cutter to cut into again.
+  const pending: { data: Uint8Array; result: Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
+  // Chunk buffers written and hashed, for the cutter to cut into again.
   const spare: Uint8Array[] = [];
+  /** Gives `bytes`' buffer back to the cutter if it is one of its chunk buffers and still ours. */
+  const giveBack = (bytes: Uint8Array): boolean => {
+    const whole = bytes.buffer.byteLength === chunkSize && bytes.byteOffset === 0 && bytes.buffer instanceof ArrayBuffer;
+    if (whole && spare.length < inFlight) spare.push(bytes.byteLength === chunkSize ? bytes : new Uint8Array(bytes.buffer));
+    return whole;
+  };
 
   /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */
   const settleOldest = async (): Promise<void> => {
-    const { result, hex, size, slot } = pending.shift()!;
+    const { data, result, hex, size, slot } = pending.shift()!;
     const { stored, compressed } = await result;
     const digest = fromHex(hex);
     let index = chunks.find(digest);
@@ -355,8 +361,9 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     }
     table.chunkRefs.set(slot, index);
     ordinals?.push(index);
-    // Written (the store copies what it keeps) and hashed: a whole chunk's buffer is cut into again.
-    if (stored.byteLength === chunkSize && stored.buffer.byteLength === chunkSize && spare.length < inFlight) spare.push(stored);
+    // Written (the store copies what it keeps) and hashed: the cutter's buffer is cut into again. An
+    // encoder on another thread took a whole chunk's buffer (detached here) and may have sent it back.
+    if (!giveBack(data)) giveBack(stored);
   };
   const drain = async (): Promise<void> => {
     while (pending.length > 0) await settleOldest();
@@ -375,7 +382,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     const result = encoder.encode(data, params.codec);
     // Awaited in order by settleOldest; one that fails while older ones are awaited must not go unhandled.
     result.catch(() => {});
-    pending.push({ result, hex, size, slot: table.addChunkRef(file) });
+    pending.push({ data, result, hex, size, slot: table.addChunkRef(file) });
     if (pending.length >= inFlight) await settleOldest();
     if (budget && (budget.remaining -= size) <= 0) throw new Pause();
   };
