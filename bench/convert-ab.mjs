@@ -7,13 +7,14 @@
 // Debian layer, `gzip -dc | sha256sum` (or `zstd -dc | sha256sum`) of it too. Everything but the cached layer goes under the OS temp directory.
 import { execFileSync, spawnSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { median } from "./report.mjs";
 import { benchCacheDir } from "./lazy-mount.mjs";
+import { layoutOfLayerFile } from "./oci-layout.mjs";
 
 const { values } = parseArgs({ options: { baseline: { type: "string" }, layer: { type: "string", default: "debian" }, rounds: { type: "string", default: "5" } } });
 if (!values.baseline) throw new Error("--baseline DIR (another build: bin/, dist/, node_modules) is required");
@@ -22,30 +23,6 @@ const builds = [
   { name: "this", skiff: fileURLToPath(new URL("../bin/skiff.js", import.meta.url)) },
 ];
 const work = mkdtempSync(join(tmpdir(), "skiff-convert-ab-"));
-
-/** An OCI layout with one image of one layer (moved in), tagged `bench`. */
-function layout(dir, layerPath, mediaType) {
-  const blobs = join(dir, "blobs", "sha256");
-  mkdirSync(blobs, { recursive: true });
-  const hex = execFileSync("sha256sum", [layerPath]).toString().split(" ")[0];
-  execFileSync("mv", [layerPath, join(blobs, hex)]);
-  const put = (obj) => {
-    const bytes = Buffer.from(JSON.stringify(obj));
-    const h = createHash("sha256").update(bytes).digest("hex");
-    writeFileSync(join(blobs, h), bytes);
-    return { digest: `sha256:${h}`, size: bytes.length };
-  };
-  const config = put({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} });
-  const manifest = put({
-    schemaVersion: 2,
-    mediaType: "application/vnd.oci.image.manifest.v1+json",
-    config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config },
-    layers: [{ mediaType, digest: `sha256:${hex}`, size: statSync(join(blobs, hex)).size }],
-  });
-  writeFileSync(join(dir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
-  writeFileSync(join(dir, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: manifest.mediaType, ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }] }));
-  return dir;
-}
 
 function bigLayer() {
   const tree = join(work, "big");
@@ -61,7 +38,7 @@ function bigLayer() {
   const tar = join(work, "big.tar");
   execFileSync("tar", ["-C", tree, "--sort=name", "--mtime=@0", "-cf", tar, "."]);
   rmSync(tree, { recursive: true });
-  return layout(join(work, "big-layout"), tar, "application/vnd.oci.image.layer.v1.tar");
+  return layoutOfLayerFile(join(work, "big-layout"), tar, "application/vnd.oci.image.layer.v1.tar");
 }
 
 function debianLayer() {
@@ -69,7 +46,7 @@ function debianLayer() {
   if (!existsSync(gz)) throw new Error(`${gz} is missing: run \`node bench/convert.mjs --only debian\` once to build it`);
   const copy = join(work, "debian.tar.gz");
   copyFileSync(gz, copy);
-  return layout(join(work, "debian-layout"), copy, "application/vnd.oci.image.layer.v1.tar+gzip");
+  return layoutOfLayerFile(join(work, "debian-layout"), copy, "application/vnd.oci.image.layer.v1.tar+gzip");
 }
 
 function debianZstdLayer() {
@@ -77,15 +54,15 @@ function debianZstdLayer() {
   if (!existsSync(tar)) throw new Error(`${tar} is missing: run \`node bench/convert.mjs --only debian\` once to build it`);
   const zst = join(work, "debian.tar.zst");
   execFileSync("zstd", ["-3", "-q", "-T1", tar, "-o", zst]);
-  return layout(join(work, "debian-zstd-layout"), zst, "application/vnd.oci.image.layer.v1.tar+zstd");
+  return layoutOfLayerFile(join(work, "debian-zstd-layout"), zst, "application/vnd.oci.image.layer.v1.tar+zstd");
 }
 
-const source = values.layer === "big" ? bigLayer() : values.layer === "debian-zstd" ? debianZstdLayer() : debianLayer();
+// The layer's blob in its layout; the layout is the directory above blobs/sha256/.
+const layerBlob = values.layer === "big" ? bigLayer() : values.layer === "debian-zstd" ? debianZstdLayer() : debianLayer();
+const source = dirname(dirname(dirname(layerBlob)));
 const out = join(work, "out");
 // The bar of issue 22 for a gzip layer, timed in the same rounds.
 if (values.layer !== "big") {
-  const blobs = join(source, "blobs", "sha256");
-  const layerBlob = join(blobs, execFileSync("bash", ["-c", `ls -S ${blobs} | head -1`], { encoding: "utf8" }).trim());
   const tool = values.layer === "debian-zstd" ? "zstd" : "gzip";
   builds.push({ name: `${tool} -dc | sha256sum`, command: ["bash", "-c", `${tool} -dc ${layerBlob} | sha256sum >/dev/null`] });
 }

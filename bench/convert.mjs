@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import { machine, median, replaceSection } from "./report.mjs";
 import { benchCacheDir, PYTHON_PACKAGES } from "./lazy-mount.mjs";
 import { debianLayer } from "./debian-layer.mjs";
+import { layoutOfLayerFile } from "./oci-layout.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const skiff = join(root, "bin", "skiff.js");
@@ -71,36 +72,6 @@ function sha256File(path) {
   return createHash("sha256").update(readFileSync(path)).digest("hex");
 }
 
-/** Writes an OCI image layout holding one image with one layer, tagged `bench`. */
-function layoutWithLayer(layoutDir, layerPath, mediaType) {
-  const blobs = join(layoutDir, "blobs", "sha256");
-  mkdirSync(blobs, { recursive: true });
-  const layerHex = execFileSync("sha256sum", [layerPath]).toString().split(" ")[0];
-  execFileSync("mv", [layerPath, join(blobs, layerHex)]);
-  const put = (obj) => {
-    const bytes = Buffer.from(JSON.stringify(obj));
-    const hex = createHash("sha256").update(bytes).digest("hex");
-    writeFileSync(join(blobs, hex), bytes);
-    return { digest: `sha256:${hex}`, size: bytes.length };
-  };
-  const config = put({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: [] }, config: {} });
-  const manifest = put({
-    schemaVersion: 2,
-    mediaType: "application/vnd.oci.image.manifest.v1+json",
-    config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config },
-    layers: [{ mediaType, digest: `sha256:${layerHex}`, size: statSync(join(blobs, layerHex)).size }],
-  });
-  writeFileSync(join(layoutDir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
-  writeFileSync(
-    join(layoutDir, "index.json"),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }],
-    }),
-  );
-  return join(blobs, layerHex);
-}
-
 /** Runs a shell command under GNU time: wall seconds and peak RSS in KiB. */
 function timed(command) {
   const r = spawnSync("/usr/bin/time", ["-f", "%e %M", "bash", "-c", `${command} >/dev/null`], { encoding: "utf8" });
@@ -134,8 +105,8 @@ async function realisticLayer() {
   const zstLayout = join(work, "debian-zst");
   const gzCopy = join(work, "debian.tar.gz");
   execFileSync("cp", [layer.gzFile, gzCopy]);
-  const gzBlob = layoutWithLayer(gzLayout, gzCopy, "application/vnd.oci.image.layer.v1.tar+gzip");
-  const zstBlob = layoutWithLayer(zstLayout, zst, "application/vnd.oci.image.layer.v1.tar+zstd");
+  const gzBlob = layoutOfLayerFile(gzLayout, gzCopy, "application/vnd.oci.image.layer.v1.tar+gzip");
+  const zstBlob = layoutOfLayerFile(zstLayout, zst, "application/vnd.oci.image.layer.v1.tar+zstd");
   const outDir = join(work, "out-debian");
   const fresh = () => rmSync(outDir, { recursive: true, force: true });
   // The rows take turns in each round, so a noisy moment does not land on one of them only.
@@ -180,7 +151,7 @@ try {
   execFileSync("bash", ["-c", `tar -C ${tree} --sort=name --mtime=@0 --owner=0 --group=0 -cf - . | gzip -6 > ${gz}`]);
   rmSync(tree, { recursive: true });
   const layout = join(work, "layout");
-  const layer = layoutWithLayer(layout, gz, "application/vnd.oci.image.layer.v1.tar+gzip");
+  const layer = layoutOfLayerFile(layout, gz, "application/vnd.oci.image.layer.v1.tar+gzip");
   const size = statSync(layer).size;
   const outDir = join(work, "out");
   const fresh = () => rmSync(outDir, { recursive: true, force: true });
@@ -214,7 +185,7 @@ try {
   execFileSync("tar", ["-C", bigTree, "--sort=name", "--mtime=@0", "-cf", bigTar, "."]);
   rmSync(bigTree, { recursive: true });
   const bigLayout = join(work, "big-layout");
-  const bigLayer = layoutWithLayer(bigLayout, bigTar, "application/vnd.oci.image.layer.v1.tar");
+  const bigLayer = layoutOfLayerFile(bigLayout, bigTar, "application/vnd.oci.image.layer.v1.tar");
   const big = measure(`node ${skiff} convert ${bigLayout}:bench --out ${outDir}`, fresh);
   out.push(
     `### Peak RSS converting a ${(statSync(bigLayer).size / 2 ** 30).toFixed(2)} GiB layer`,
@@ -243,7 +214,7 @@ try {
   execFileSync("tar", ["-C", smallTree, "--sort=name", "--mtime=@0", "-cf", smallTar, "."]);
   rmSync(smallTree, { recursive: true });
   const smallLayout = join(work, "small-layout");
-  layoutWithLayer(smallLayout, smallTar, "application/vnd.oci.image.layer.v1.tar");
+  layoutOfLayerFile(smallLayout, smallTar, "application/vnd.oci.image.layer.v1.tar");
   fresh();
   execFileSync("node", [skiff, "convert", `${smallLayout}:bench`, "--out", outDir]);
   const image = JSON.parse(readFileSync(join(outDir, "image.json"), "utf8"));

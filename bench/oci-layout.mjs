@@ -1,33 +1,41 @@
-// An OCI image layout of gzip layers, tagged `bench`, for the benchmarks to push with skopeo.
+// OCI image layouts of one image, tagged `bench`, for the benchmarks to push with skopeo or convert.
 // `diffIds` (sha256 of each uncompressed layer) let containerd unpack it; skiff does not need them.
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-export function writeLayout(dir, layers, diffIds = []) {
-  const blobs = join(dir, "blobs", "sha256");
-  mkdirSync(blobs, { recursive: true });
-  const put = (bytes) => {
-    const hex = createHash("sha256").update(bytes).digest("hex");
-    writeFileSync(join(blobs, hex), bytes);
-    return { digest: `sha256:${hex}`, size: bytes.length };
-  };
-  const config = put(Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: diffIds }, config: {} })));
-  const manifest = put(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: "application/vnd.oci.image.manifest.v1+json",
-        config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config },
-        layers: layers.map((l) => ({ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", ...put(l) })),
-      }),
-    ),
-  );
+const MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+
+/** Writes `bytes` into the layout's blobs by their digest: the descriptor's digest and size. */
+function putBlob(dir, bytes) {
+  const hex = createHash("sha256").update(bytes).digest("hex");
+  writeFileSync(join(dir, "blobs", "sha256", hex), bytes);
+  return { digest: `sha256:${hex}`, size: bytes.length };
+}
+
+/** The config, manifest and index of an image of `layers` (descriptors of blobs in the layout). */
+function writeImage(dir, layers, diffIds) {
+  const config = putBlob(dir, Buffer.from(JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: diffIds }, config: {} })));
+  const manifest = putBlob(dir, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST, config: { mediaType: "application/vnd.oci.image.config.v1+json", ...config }, layers })));
   writeFileSync(join(dir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
-  writeFileSync(
-    join(dir, "index.json"),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: "application/vnd.oci.image.manifest.v1+json", ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }] }),
-  );
+  writeFileSync(join(dir, "index.json"), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MANIFEST, ...manifest, annotations: { "org.opencontainers.image.ref.name": "bench" } }] }));
+}
+
+/** A layout of gzip layers given as bytes. */
+export function writeLayout(dir, layers, diffIds = []) {
+  mkdirSync(join(dir, "blobs", "sha256"), { recursive: true });
+  writeImage(dir, layers.map((l) => ({ mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", ...putBlob(dir, l) })), diffIds);
+}
+
+/** A layout of one layer whose file is moved in (hashed by sha256sum, not read into memory); returns the blob's path. */
+export function layoutOfLayerFile(dir, layerPath, mediaType) {
+  mkdirSync(join(dir, "blobs", "sha256"), { recursive: true });
+  const hex = execFileSync("sha256sum", [layerPath], { encoding: "utf8" }).split(" ")[0];
+  const blob = join(dir, "blobs", "sha256", hex);
+  renameSync(layerPath, blob);
+  writeImage(dir, [{ mediaType, digest: `sha256:${hex}`, size: statSync(blob).size }], []);
+  return blob;
 }
 
 /** One regular file as ustar: its 512-byte header, then `body` padded to a whole block. */

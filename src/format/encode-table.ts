@@ -118,20 +118,7 @@ export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTabl
   const u32 = (o: number, v: number) => view.setUint32(o, v, true);
   const u64 = (o: number, v: number) => view.setBigUint64(o, BigInt(v), true);
 
-  out.set(L.MAGIC, L.H.magic);
-  view.setUint16(L.H.version, L.FORMAT_VERSION, true);
-  out[L.H.kind] = L.KIND_LAYER;
-  out[L.H.codec] = codec;
-  out[L.H.chunkShift] = chunkShift;
-  u32(L.H.blobCount, 1);
-  u32(L.H.inodeCount, inodeCount);
-  u32(L.H.direntCount, direntCount);
-  u32(L.H.chunkCount, counts.chunkCount);
-  u32(L.H.chunkRefCount, chunkRefCount);
-  u32(L.H.xattrCount, xattrCount);
-  u32(L.H.stringsSize, stringsSize);
-  u32(L.H.platformOffset, platformAt);
-  u32(L.H.platformLength, 0);
+  L.writeHeader(out, { ...counts, kind: L.KIND_LAYER, codec, chunkShift, platformOffset: platformAt, platformLength: 0 });
 
   out.set(blob.dataDigest, at.blobs);
   u64(at.blobs + 32, blob.storedSize);

@@ -143,20 +143,14 @@ export function encodeBootstrap(model: BootstrapModel): Uint8Array {
   const u32 = (o: number, v: number) => view.setUint32(o, v, true);
   const u64 = (o: number, v: number) => view.setBigUint64(o, BigInt(v), true);
 
-  out.set(L.MAGIC, L.H.magic);
-  view.setUint16(L.H.version, L.FORMAT_VERSION, true);
-  out[L.H.kind] = model.kind === "layer" ? L.KIND_LAYER : L.KIND_IMAGE;
-  out[L.H.codec] = model.codec;
-  out[L.H.chunkShift] = model.chunkShift;
-  u32(L.H.blobCount, counts.blobCount);
-  u32(L.H.inodeCount, counts.inodeCount);
-  u32(L.H.direntCount, counts.direntCount);
-  u32(L.H.chunkCount, counts.chunkCount);
-  u32(L.H.chunkRefCount, counts.chunkRefCount);
-  u32(L.H.xattrCount, counts.xattrCount);
-  u32(L.H.stringsSize, counts.stringsSize);
-  u32(L.H.platformOffset, platform.offset);
-  u32(L.H.platformLength, platform.length);
+  L.writeHeader(out, {
+    ...counts,
+    kind: model.kind === "layer" ? L.KIND_LAYER : L.KIND_IMAGE,
+    codec: model.codec,
+    chunkShift: model.chunkShift,
+    platformOffset: platform.offset,
+    platformLength: platform.length,
+  });
 
   model.blobs.forEach((b, i) => {
     const o = at.blobs + i * L.BLOB_RECORD_SIZE;

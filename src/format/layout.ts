@@ -105,6 +105,34 @@ export function readCounts(header: DataView): Counts {
   };
 }
 
+export interface Header extends Counts {
+  kind: typeof KIND_LAYER | typeof KIND_IMAGE;
+  codec: number;
+  chunkShift: number;
+  platformOffset: number;
+  platformLength: number;
+}
+
+/** Writes the header (magic and version included) at the start of `out`. */
+export function writeHeader(out: Uint8Array, h: Header): void {
+  const view = new DataView(out.buffer, out.byteOffset, HEADER_SIZE);
+  const u32 = (o: number, v: number) => view.setUint32(o, v, true);
+  out.set(MAGIC, H.magic);
+  view.setUint16(H.version, FORMAT_VERSION, true);
+  out[H.kind] = h.kind;
+  out[H.codec] = h.codec;
+  out[H.chunkShift] = h.chunkShift;
+  u32(H.blobCount, h.blobCount);
+  u32(H.inodeCount, h.inodeCount);
+  u32(H.direntCount, h.direntCount);
+  u32(H.chunkCount, h.chunkCount);
+  u32(H.chunkRefCount, h.chunkRefCount);
+  u32(H.xattrCount, h.xattrCount);
+  u32(H.stringsSize, h.stringsSize);
+  u32(H.platformOffset, h.platformOffset);
+  u32(H.platformLength, h.platformLength);
+}
+
 /** Where each section starts, given the counts in the header; `end` is the exact total size. */
 export function sectionOffsets(c: Counts): SectionOffsets {
   const blobs = HEADER_SIZE;
