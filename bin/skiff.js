@@ -4,12 +4,15 @@ import { spawnSync } from "node:child_process";
 
 // `skiff convert` streams a layer through 1 MiB buffers held by short-lived views: with a 1 MiB
 // semi-space they are freed at the next scavenge instead of piling up until a full collection,
-// which keeps its peak memory about 35 MiB lower at the same CPU (docs/benchmarks.md, "Converting
-// layers"). V8 sizes its heap when the process starts, so convert starts itself again with the
-// flag. The server keeps V8's default: there a small semi-space cost about a tenth of its requests/s.
-const SEMI_SPACE = "--max-semi-space-size=1";
+// which keeps its peak memory about 35 MiB lower at the same CPU; and with `gc` exposed it
+// collects the ones that outlived a scavenge every 200 ms (src/cli/convert.ts), about 25 MiB more,
+// and deflate-raw's encoder threads collect before each chunk (src/runtime/node-chunk-encoder.ts)
+// (docs/benchmarks.md, "Converting layers"). V8 sizes its heap when the process starts, so convert
+// starts itself again with the flags. The server keeps V8's default: there a small semi-space cost
+// about a tenth of its requests/s.
+const CONVERT_FLAGS = ["--max-semi-space-size=1", "--expose-gc"];
 if (process.argv[2] === "convert" && !process.execArgv.some((arg) => arg.startsWith("--max-semi-space-size"))) {
-  const child = spawnSync(process.execPath, [...process.execArgv, SEMI_SPACE, ...process.argv.slice(1)], { stdio: "inherit" });
+  const child = spawnSync(process.execPath, [...process.execArgv, ...CONVERT_FLAGS, ...process.argv.slice(1)], { stdio: "inherit" });
   if (child.signal) process.kill(process.pid, child.signal);
   process.exit(child.status ?? 1);
 }

@@ -30,6 +30,24 @@ Options:
   --codec CODEC        per-chunk codec: none or deflate-raw (default none)
   -h, --help           show this help`;
 
+/** How often a conversion collects garbage when it can (collectWhileConverting). */
+const COLLECT_MS = 200;
+
+/**
+ * A full garbage collection every COLLECT_MS while converting, when bin/skiff.js gave the process
+ * `gc` (--expose-gc). The converter's megabyte pieces (reads, decompressed output) that outlived a
+ * young-generation collection are freed only by a full one, and V8 starts those by how much memory
+ * outside its heap grew since the last: tens of megabytes of dead pieces, a fifth of the peak RSS
+ * (docs/benchmarks.md, "Converting layers"). A collection of a heap this small takes milliseconds.
+ */
+function collectWhileConverting(): () => void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (typeof gc !== "function") return () => {};
+  const timer = setInterval(gc, COLLECT_MS);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
 export async function convertCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
@@ -62,6 +80,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
   let layerSize = 0;
   let layerRead = 0;
   const started = Date.now();
+  const stopCollecting = collectWhileConverting();
   const result = await convertImage(source, {
     store,
     hasher: nodeHasher,
@@ -80,7 +99,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
       layerRead += n;
       progress.update(`layer ${layerIndex + 1} ${bar(layerSize ? layerRead / layerSize : 0)} ${formatBytes(layerRead)} of ${formatBytes(layerSize)}`);
     },
-  });
+  }).finally(stopCollecting);
   layerCount = result.layers.length;
   progress.done();
 
