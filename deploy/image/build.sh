@@ -12,7 +12,7 @@
 # image's timestamps; default the last commit's time, so a rebuild of a commit is the same image).
 set -euo pipefail
 
-NODE_VERSION=24.22.3   # the npm registry's node-linux-<arch> package: Node's official build
+NODE_VERSION=22.23.5   # the npm registry's node-linux-<arch> package: Node's official build
 SUITE=bookworm
 SKIFF_UID=10001
 
