@@ -35,10 +35,9 @@ export interface DirEntry {
 }
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
-// The OCI descriptor digest grammar (`algorithm:encoded`): no `/`, `.` runs, `%`, `?` or `#`.
 /** The extended attributes of every model node that has none (toModel): one map, not one each. */
 const NO_XATTRS: ReadonlyMap<string, Uint8Array> = new Map();
-
+// The OCI descriptor digest grammar (`algorithm:encoded`): no `/`, `.` runs, `%`, `?` or `#`.
 const LAYER_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 export class Bootstrap {
@@ -50,7 +49,7 @@ export class Bootstrap {
   readonly inodeCount: number;
   readonly chunkCount: number;
   readonly blobCount: number;
-  /** Every layer flag (L.FLAG_*) some inode carries: 0 for an image, and for a layer a merge would not change. */
+  /** Every layer flag (L.FLAG_*) some inode carries: 0 for an image (imageOfOneLayer reads it). */
   readonly layerFlags: number;
   readonly #view: DataView;
   readonly #at: L.SectionOffsets;
