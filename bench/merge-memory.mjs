@@ -1,7 +1,8 @@
 // Heap an image merge holds per inode of its layers (the basis of the Worker's merge limit,
-// MERGE_BYTES_PER_ENTRY in src/convert/image.ts): two node_modules-like layers (bench/entry-memory-layer.mjs)
-// under different roots, so that the image holds every inode of both, are converted, then their bootstraps are merged and encoded as convertImage does, the live heap
-// (V8 heap and array buffers) measured after a full collection with everything held.
+// MERGE_BYTES_PER_ENTRY in src/convert/image.ts): two node_modules-like layers
+// (bench/entry-memory-layer.mjs) under different roots, so that the image holds every inode of both,
+// are converted, then their bootstraps are merged and encoded as convertImage does, the live heap
+// (V8 heap and array buffers) measured after full collections with everything held.
 //   npm run bench:merge-memory [-- FILES_PER_LAYER]     (default 50000)
 import { createReadStream, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
