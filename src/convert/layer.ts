@@ -373,6 +373,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   const addChunk = async (data: Uint8Array, hex: string, file: number): Promise<void> => {
     if (ordinal < replayed.length) {
       table.chunkRefs.set(table.addChunkRef(file), replayChunk(data));
+      // Only its size was needed: the buffer goes back to the cutter, or each replayed file would take a new one.
+      giveBack(data);
       return;
     }
     ordinal++;
