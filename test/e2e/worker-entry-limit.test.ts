@@ -5,7 +5,8 @@
 // which is the layer's bootstrap without a merge (its only layer flags are implicit directories);
 // a layer just over the limit is refused with the OCI error the Node proxy gives over
 // --max-layer-entries (422 MANIFEST_INVALID), and the Worker goes on serving — not an ended isolate.
-// So is an image of two layers that are too many entries together to merge (mergeLimitForMemory).
+// So is an image of two layers that are too many entries together to merge (mergeLimitForMemory),
+// while two layers just under that limit, sharing no path, merge within the heap.
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
