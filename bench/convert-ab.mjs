@@ -1,5 +1,5 @@
 // `skiff convert` of one layer, this build against another, taking turns each round:
-//   node bench/convert-ab.mjs --baseline DIR [--layer debian|debian-zstd|big] [--rounds 5]
+//   node bench/convert-ab.mjs --baseline DIR [--layer debian|debian-zstd|big] [--codec none|deflate-raw] [--rounds 5]
 // DIR holds the other build (its bin/ and dist/, and node_modules). `debian` is the gzip layer
 // bench/debian-layer.mjs caches (bench:convert builds it), `debian-zstd` a `zstd -3` copy of its tar
 // made here; `big` is a 1 GiB tar of incompressible files, generated here. Prints wall time, CPU
@@ -16,7 +16,7 @@ import { median } from "./report.mjs";
 import { benchCacheDir } from "./lazy-mount.mjs";
 import { layoutOfLayerFile } from "./oci-layout.mjs";
 
-const { values } = parseArgs({ options: { baseline: { type: "string" }, layer: { type: "string", default: "debian" }, rounds: { type: "string", default: "5" } } });
+const { values } = parseArgs({ options: { baseline: { type: "string" }, layer: { type: "string", default: "debian" }, codec: { type: "string", default: "none" }, rounds: { type: "string", default: "5" } } });
 if (!values.baseline) throw new Error("--baseline DIR (another build: bin/, dist/, node_modules) is required");
 const builds = [
   { name: "baseline", skiff: join(resolve(values.baseline), "bin", "skiff.js") },
@@ -73,7 +73,7 @@ try {
     const order = round % 2 === 0 ? builds.map((_, i) => i) : builds.map((_, i) => i).reverse();
     for (const i of order) {
       rmSync(out, { recursive: true, force: true });
-      const command = builds[i].command ?? ["node", builds[i].skiff, "convert", `${source}:bench`, "--out", out];
+      const command = builds[i].command ?? ["node", builds[i].skiff, "convert", `${source}:bench`, "--out", out, "--codec", values.codec];
       const r = spawnSync("/usr/bin/time", ["-f", "%e %U %S %M", ...command], { encoding: "utf8" });
       if (r.status !== 0) throw new Error(`${builds[i].name} failed:\n${r.stderr}`);
       const [wall, user, sys, rssKiB] = r.stderr.trim().split("\n").pop().split(" ").map(Number);

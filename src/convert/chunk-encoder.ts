@@ -10,12 +10,17 @@ export interface EncodedChunk {
   stored: Uint8Array;
   /** Whether `stored` is encoded (the chunk record's flag). */
   compressed: boolean;
+  /**
+   * The chunk as it was handed in, back from an encoder that moved its buffer to another thread and
+   * stored something else: the converter cuts into that buffer again.
+   */
+  returned?: Uint8Array;
 }
 
 export interface ChunkEncoder {
   /** How many chunks the converter may have in flight at once; 1 encodes each before cutting the next. */
   readonly window: number;
-  /** Encodes `data`, which it takes over: the caller must not touch its bytes afterwards. */
+  /** Encodes `data`, which it takes over with the whole buffer it views: the caller must not touch that buffer afterwards. */
   encode(data: Uint8Array, codec: ChunkCodec): Promise<EncodedChunk>;
 }
 

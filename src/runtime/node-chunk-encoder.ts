@@ -31,7 +31,9 @@ parentPort.on("message", ({ id, data, codec }) => {
     } else if (codec !== "none") {
       throw new Error("unknown chunk codec " + codec);
     }
-    parentPort.postMessage({ id, stored, compressed: stored !== data }, [stored.buffer]);
+    // The chunk's buffer goes back either way, for the converter to cut into again.
+    const compressed = stored !== data;
+    parentPort.postMessage({ id, stored, compressed, returned: compressed ? data : undefined }, compressed ? [stored.buffer, data.buffer] : [data.buffer]);
   } catch (err) {
     parentPort.postMessage({ id, error: String(err && err.message ? err.message : err) });
   }
@@ -50,6 +52,7 @@ interface Reply {
   id: number;
   stored?: Uint8Array;
   compressed?: boolean;
+  returned?: Uint8Array;
   error?: string;
 }
 
@@ -69,7 +72,7 @@ class Lane {
       // pending work is this job would exit under it.
       if (this.jobs.size === 0) this.worker.unref();
       if (reply.error !== undefined) job.reject(new Error(`chunk encoder: ${reply.error}`));
-      else job.resolve({ stored: reply.stored!, compressed: reply.compressed! });
+      else job.resolve({ stored: reply.stored!, compressed: reply.compressed!, returned: reply.returned });
     });
     const fail = (err: Error) => {
       onGone(this);
@@ -83,9 +86,9 @@ class Lane {
   send(id: number, data: Uint8Array, codec: ChunkCodec, job: Job): void {
     if (this.jobs.size === 0) this.worker.ref();
     this.jobs.set(id, job);
-    // The buffer moves to the worker when the chunk is all of it; a view into a larger one is copied.
-    const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
-    const own = whole ? data : data.slice();
+    // The chunk's buffer moves to the worker, which sends it back (ChunkEncoder.encode takes the
+    // buffer over). Shared memory can't move, so it is copied.
+    const own = data.buffer instanceof ArrayBuffer ? data : data.slice();
     this.worker.postMessage({ id, data: own, codec }, [own.buffer as ArrayBuffer]);
   }
 }

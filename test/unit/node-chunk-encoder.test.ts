@@ -75,9 +75,25 @@ describe("node chunk encoder", () => {
       expect(got.compressed).toBe(expected.compressed);
       expect(Buffer.from(got.stored).equals(Buffer.from(expected.stored))).toBe(true);
     }
-    // A view into a larger buffer is copied, not taken: the rest of the buffer stays usable.
-    await pool.encode(backing.subarray(0, 10), codec);
-    expect(backing.byteLength).toBe(3 * CHUNK);
+  });
+
+  it("takes a chunk's whole buffer to its thread and hands it back with the encoded bytes", async () => {
+    const buffer = text(1, 3 * CHUNK);
+    const before = buffer.slice();
+    const got = await pool.encode(buffer.subarray(0, CHUNK), "deflate-raw");
+    expect(got.compressed).toBe(true);
+    // Moved, not copied: detached here, and back whole, as it was, for the converter to cut into again.
+    expect(buffer.byteLength).toBe(0);
+    expect(got.returned!.byteOffset).toBe(0);
+    expect(got.returned!.byteLength).toBe(CHUNK);
+    expect(Buffer.from(got.returned!.buffer).equals(before)).toBe(true);
+    // Stored as it is (incompressible): `stored` is the chunk's own view, back on this thread.
+    const random = new Prng("back").bytes(2 * CHUNK);
+    const plain = await pool.encode(random.subarray(CHUNK), "deflate-raw");
+    expect(plain.compressed).toBe(false);
+    expect(plain.stored.byteOffset).toBe(CHUNK);
+    expect(plain.stored.buffer.byteLength).toBe(2 * CHUNK);
+    expect(plain.returned).toBeUndefined();
   });
 
   it("rejects an unknown codec", async () => {
