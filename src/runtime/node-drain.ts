@@ -3,6 +3,7 @@
 import { createServer, type Server as HttpServer } from "node:http";
 import type { Server } from "node:net";
 import { within } from "../util/sleep.ts";
+import { answerClientError } from "./node-client-error.ts";
 import type { NodeRequestListener } from "./node-tls.ts";
 
 /** A listener's server and how it stops. */
@@ -24,6 +25,7 @@ const DRAIN_KEEP_ALIVE_MS = 1_000;
 /** A plain-http server for `listener`. */
 export function httpServer(listener: NodeRequestListener): Stoppable & { server: HttpServer } {
   const server = createServer(listener);
+  server.on("clientError", answerClientError);
   return {
     server,
     close: () => {

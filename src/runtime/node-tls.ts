@@ -7,6 +7,7 @@ import { createSecureServer, type Http2ServerRequest, type Http2ServerResponse, 
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server, type Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
+import { answerClientError } from "./node-client-error.ts";
 import type { TlsPair } from "./tls-pair.ts";
 
 export type NodeRequestListener = (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => void;
@@ -48,6 +49,7 @@ export function tlsServer(pair: TlsPair, listener: NodeRequestListener): TlsServ
     }
     listener(req, res);
   });
+  secure.on("clientError", answerClientError);
   // node:http's own keep-alive timeout, which the HTTP/1.1 side of an http2 server leaves unset (never).
   Object.assign(secure, { keepAliveTimeout: HTTP1_KEEP_ALIVE_MS });
   secure.on("secureConnection", (socket: TLSSocket) => {

@@ -20,9 +20,10 @@ afterAll(async () => {
 });
 
 describe("hostile requests", () => {
-  it("a header block over Node's limit gets 431, and the next request is served", async () => {
+  it("a header block over Node's limit gets 431 with an OCI error, and the next request is served", async () => {
     const huge = await rawGet(url, ["X-Filler", "a".repeat(64 * 1024)]);
     expect(huge.status).toBe(431);
+    expect(JSON.parse(huge.body.toString())).toEqual({ errors: [{ code: "UNSUPPORTED", message: "request header fields too large" }] });
     expect((await rawGet(url, ["Range", "bytes=0-9"])).status).toBe(206);
   });
 
@@ -50,7 +51,11 @@ describe("hostile requests", () => {
     const fields = (n: number) => Array.from({ length: n }, (_, i) => [`X-F${i}`, "v"]).flat();
     const many = await rawGet(url, [...fields(1000), "Range", "bytes=5-14"]);
     expect(many.status).toBe(431);
-    expect(JSON.parse(many.body.toString())).toEqual({ errors: [{ code: "UNSUPPORTED", message: "more than 500 header fields" }] });
+    // Node 20 hands such a request over with the first 1,000 fields (refused past 500 by skiff);
+    // Node 22 and later refuse it in the parser.
+    const [error] = (JSON.parse(many.body.toString()) as { errors: { code: string; message: string }[] }).errors;
+    expect(error!.code).toBe("UNSUPPORTED");
+    expect(error!.message).toMatch(/^(more than 500 header fields|request header fields too large)$/);
     const fine = await rawGet(url, [...fields(400), "Range", "bytes=5-14"]);
     expect(fine.status).toBe(206);
     expect(fine.body.equals(Buffer.from(BLOB.subarray(5, 15)))).toBe(true);
@@ -68,6 +73,8 @@ describe("hostile requests", () => {
       s.on("error", reject);
     });
     expect(answer.split("\r\n")[0]).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer).toMatch(/\r\nContent-Type: application\/json; charset=utf-8\r\n/);
+    expect(JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4))).toEqual({ errors: [{ code: "UNSUPPORTED", message: "malformed HTTP request" }] });
     expect((await rawGet(url, ["Range", "bytes=0-0"])).status).toBe(206);
   });
 });

@@ -8,6 +8,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "
 import { connect as http2Connect } from "node:http2";
 import { request as httpsRequest } from "node:https";
 import type { AddressInfo } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -100,6 +101,20 @@ describe("the Node entry's listener on the TLS port", () => {
     expect(answer.status).toBe(206);
     expect(answer.body.equals(Buffer.from(blob.subarray(5, 10)))).toBe(true);
     expect(seen).toEqual([{ url: `${origin}${path}`, answered: true }]);
+  });
+
+  it("answers a request it cannot parse, over HTTP/1.1 on TLS, with an OCI error", async () => {
+    const { cert } = await readTlsPair(files);
+    const { port } = new URL(origin);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = tlsConnect({ host: "127.0.0.1", port: Number(port), ca: cert, ALPNProtocols: ["http/1.1"] }, () => socket.write("GET /v2/ \u0000BAD HTTP/1.1\r\nHost: x\r\n\r\n"));
+      let text = "";
+      socket.on("data", (d: Buffer) => (text += d));
+      socket.on("end", () => resolve(text));
+      socket.on("error", reject);
+    });
+    expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+    expect(JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4))).toEqual({ errors: [{ code: "UNSUPPORTED", message: "malformed HTTP request" }] });
   });
 });
 
