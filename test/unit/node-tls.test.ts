@@ -1,8 +1,8 @@
 // Node's https port (src/runtime/node-tls.ts) with the entry's listener (node-shortcut.ts): warm
 // ranges are still answered by the shortcut over HTTP/2 and over HTTP/1.1 on TLS, which sees the
-// request's https origin (a challenge's realm is built from it); and the reload watcher
-// (tls-reload.ts) takes a pair once both files have held still, keeping the old one when the new
-// one is bad.
+// request's https origin (a challenge's realm is built from it), and a request it cannot parse gets
+// an OCI error; and the reload watcher (tls-reload.ts) takes a pair once both files have held still,
+// keeping the old one when the new one is bad.
 import { execFileSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as http2Connect } from "node:http2";
