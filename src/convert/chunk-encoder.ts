@@ -10,11 +10,6 @@ export interface EncodedChunk {
   stored: Uint8Array;
   /** Whether `stored` is encoded (the chunk record's flag). */
   compressed: boolean;
-  /**
-   * The chunk as it was handed in, back from an encoder that moved its buffer to another thread and
-   * stored something else: the converter cuts into that buffer again.
-   */
-  returned?: Uint8Array;
 }
 
 export interface ChunkEncoder {

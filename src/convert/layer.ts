@@ -347,7 +347,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */
   const settleOldest = async (): Promise<void> => {
     const { data, result, hex, size, slot } = pending.shift()!;
-    const { stored, compressed, returned } = await result;
+    const { stored, compressed } = await result;
     const digest = fromHex(hex);
     let index = chunks.find(digest);
     if (index !== -1) {
@@ -362,8 +362,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     table.chunkRefs.set(slot, index);
     ordinals?.push(index);
     // Written (the store copies what it keeps) and hashed: the cutter's buffer is cut into again. An
-    // encoder on another thread took it (detached here) and sent it back, as `stored` or beside it.
-    if (!giveBack(data)) giveBack(returned ?? stored);
+    // encoder on another thread took it (detached here) and sent it back holding `stored`.
+    if (!giveBack(data)) giveBack(stored);
   };
   const drain = async (): Promise<void> => {
     while (pending.length > 0) await settleOldest();

@@ -27,13 +27,16 @@ parentPort.on("message", ({ id, data, codec }) => {
     let stored = data;
     if (codec === "deflate-raw") {
       const encoded = deflateSync(data, { level: workerData.level });
-      if (encoded.byteLength < data.byteLength) stored = encoded;
+      // Into the chunk's own buffer, which goes back for the converter to cut into again; fflate's
+      // array stays here, for this thread's next collection, not the converting thread's.
+      if (encoded.byteLength < data.byteLength) {
+        stored = data.subarray(0, encoded.byteLength);
+        stored.set(encoded);
+      }
     } else if (codec !== "none") {
       throw new Error("unknown chunk codec " + codec);
     }
-    // The chunk's buffer goes back either way, for the converter to cut into again.
-    const compressed = stored !== data;
-    parentPort.postMessage({ id, stored, compressed, returned: compressed ? data : undefined }, compressed ? [stored.buffer, data.buffer] : [data.buffer]);
+    parentPort.postMessage({ id, stored, compressed: stored !== data }, [stored.buffer]);
   } catch (err) {
     parentPort.postMessage({ id, error: String(err && err.message ? err.message : err) });
   }
@@ -52,7 +55,6 @@ interface Reply {
   id: number;
   stored?: Uint8Array;
   compressed?: boolean;
-  returned?: Uint8Array;
   error?: string;
 }
 
@@ -72,7 +74,7 @@ class Lane {
       // pending work is this job would exit under it.
       if (this.jobs.size === 0) this.worker.unref();
       if (reply.error !== undefined) job.reject(new Error(`chunk encoder: ${reply.error}`));
-      else job.resolve({ stored: reply.stored!, compressed: reply.compressed!, returned: reply.returned });
+      else job.resolve({ stored: reply.stored!, compressed: reply.compressed! });
     });
     const fail = (err: Error) => {
       onGone(this);
@@ -86,8 +88,8 @@ class Lane {
   send(id: number, data: Uint8Array, codec: ChunkCodec, job: Job): void {
     if (this.jobs.size === 0) this.worker.ref();
     this.jobs.set(id, job);
-    // The chunk's buffer moves to the worker, which sends it back (ChunkEncoder.encode takes the
-    // buffer over). Shared memory can't move, so it is copied.
+    // The chunk's buffer moves to the worker, which sends it back holding the stored bytes
+    // (ChunkEncoder.encode takes the buffer over). Shared memory can't move, so it is copied.
     const own = data.buffer instanceof ArrayBuffer ? data : data.slice();
     this.worker.postMessage({ id, data: own, codec }, [own.buffer as ArrayBuffer]);
   }
