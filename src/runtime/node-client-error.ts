@@ -20,6 +20,6 @@ export function answerClientError(err: Error & { code?: string }, socket: Duplex
   if (err.code === "ECONNRESET" || !socket.writable || answering) return void socket.destroy();
   const [status, reason, message] = ANSWERS[err.code ?? ""] ?? MALFORMED;
   const answer = errorAnswer(new OciError("UNSUPPORTED", message, { status }));
-  const head = Object.entries(answer.headers).map(([name, value]) => `${name}: ${value}\r\n`).join("");
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\n${head}Connection: close\r\n\r\n${new TextDecoder().decode(answer.body!)}`);
+  const fields = Object.entries(answer.headers).map(([name, value]) => `${name}: ${value}\r\n`).join("");
+  socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 ${status} ${reason}\r\n${fields}Connection: close\r\n\r\n`), answer.body!]));
 }
