@@ -194,6 +194,8 @@ describe("skiff snapshotter over gRPC", () => {
     // Each lazy layer is a FUSE mount of the mounts daemon.
     const fuseMounts = readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(join(dir, "root", "snapshots")) && l.includes("fuse"));
     expect(fuseMounts.length).toBe(2);
+    // The daemon was started with one malloc arena (its FUSE threads' memory, mounts-client.ts).
+    expect(readFileSync(`/proc/${snapshotter.daemonPid()}/environ`, "utf8").split("\0")).toContain(`MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? "1"}`);
     // The unpacker left no extract snapshot behind.
     expect((await list(["name~=extract"])).length).toBe(0);
 

@@ -55,7 +55,11 @@ export class MountsClient {
   }
 
   async #start(): Promise<void> {
-    const pid = spawnDetached(this.#o.daemonArgs, this.#o.logFile);
+    // One malloc arena (glibc; others ignore it) unless the environment chooses: each FUSE thread
+    // that allocates would otherwise keep an arena of its own, about 20 MiB more for the daemon
+    // with 60 mounts, for no gain in time (docs/benchmarks.md, "Node memory").
+    const env: Record<string, string> = process.env.MALLOC_ARENA_MAX === undefined ? { MALLOC_ARENA_MAX: "1" } : {};
+    const pid = spawnDetached(this.#o.daemonArgs, this.#o.logFile, env);
     this.#o.log(`started the mounts daemon (pid ${pid})`);
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
