@@ -126,6 +126,8 @@ async function realisticLayer() {
       { name: `\`skiff convert\` of the gzip layer, the image's Node ${version}`, command: `${node} ${skiff} convert ${gzLayout}:bench --out ${outDir}`, ref: 0, before: fresh, goal: "≤ 1.3×" },
       { name: `\`skiff convert\` of the zstd layer, the image's Node ${version}`, command: `${node} ${skiff} convert ${zstLayout}:bench --out ${outDir}`, ref: 2, before: fresh, goal: "≤ 1.5×" },
     );
+  } else {
+    console.error(`bench:convert: the image's Node could not be had, its rows are left out: ${imageNode.stderr.trim()}`);
   }
   const runs = rows.map(() => []);
   for (let round = 0; round < RUNS; round++) {
