@@ -109,23 +109,25 @@ async function realisticLayer() {
   const zstBlob = layoutOfLayerFile(zstLayout, zst, "application/vnd.oci.image.layer.v1.tar+zstd");
   const outDir = join(work, "out-debian");
   const fresh = () => rmSync(outDir, { recursive: true, force: true });
+  // `skiff convert` of the gzip or zstd layer by the Node at `node`, named `who`, beside its CLI row.
+  const convertRow = (node, who, format) => {
+    const [layout, ref, goal] = format === "gzip" ? [gzLayout, 0, "≤ 1.3×"] : [zstLayout, 2, "≤ 1.5×"];
+    return { name: `\`skiff convert\` of the ${format} layer, ${who}`, command: `${node} ${skiff} convert ${layout}:bench --out ${outDir}`, ref, before: fresh, goal };
+  };
   // The rows take turns in each round, so a noisy moment does not land on one of them only.
   const rows = [
     { name: "`gzip -dc layer.tar.gz \\| sha256sum`", command: `gzip -dc ${gzBlob} | sha256sum`, ref: 0 },
-    { name: `\`skiff convert\` of the gzip layer, Node ${process.version}`, command: `${process.execPath} ${skiff} convert ${gzLayout}:bench --out ${outDir}`, ref: 0, before: fresh, goal: "≤ 1.3×" },
+    convertRow(process.execPath, `Node ${process.version}`, "gzip"),
     { name: "`zstd -dc layer.tar.zst \\| sha256sum`", command: `zstd -dc ${zstBlob} | sha256sum`, ref: 2 },
-    { name: `\`skiff convert\` of the zstd layer, Node ${process.version}`, command: `${process.execPath} ${skiff} convert ${zstLayout}:bench --out ${outDir}`, ref: 2, before: fresh, goal: "≤ 1.5×" },
+    convertRow(process.execPath, `Node ${process.version}`, "zstd"),
   ];
   // The same conversions on the container image's Node, which has node:zlib's zstd (off the
   // converting thread), where this machine's Node may decode zstd in WebAssembly on it.
   const imageNode = spawnSync(join(root, "deploy", "image", "node-binary.sh"), { encoding: "utf8" });
   if (imageNode.status === 0) {
     const node = imageNode.stdout.trim();
-    const version = execFileSync(node, ["--version"], { encoding: "utf8" }).trim();
-    rows.push(
-      { name: `\`skiff convert\` of the gzip layer, the image's Node ${version}`, command: `${node} ${skiff} convert ${gzLayout}:bench --out ${outDir}`, ref: 0, before: fresh, goal: "≤ 1.3×" },
-      { name: `\`skiff convert\` of the zstd layer, the image's Node ${version}`, command: `${node} ${skiff} convert ${zstLayout}:bench --out ${outDir}`, ref: 2, before: fresh, goal: "≤ 1.5×" },
-    );
+    const who = `the image's Node ${execFileSync(node, ["--version"], { encoding: "utf8" }).trim()}`;
+    rows.push(convertRow(node, who, "gzip"), convertRow(node, who, "zstd"));
   } else {
     console.error(`bench:convert: the image's Node could not be had, its rows are left out: ${imageNode.stderr.trim()}`);
   }
