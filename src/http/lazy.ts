@@ -13,6 +13,7 @@ import { MANIFEST_MEDIA_TYPES } from "../cache/manifests.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertParams } from "../format/params.ts";
 import { CHUNK_CODECS } from "../format/codec.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
+import type { Bootstrap } from "../format/decode.ts";
 import { parsePlatform } from "../convert/image.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { ConversionPending, type Conversions, type ImageBootstrap } from "../lazy/conversions.ts";
@@ -97,6 +98,9 @@ export function lazyHandler(deps: LazyDeps) {
       keepRunning(c, job.result);
       return converting();
     }
+    // The bootstrap may be stored, or converted, for another repository with the same manifest
+    // bytes: its tree is shown to `name` only if `name` may see every layer, as the layer routes do.
+    await entitledToLayers(name, waited.bootstrap);
     // An early `none` answer stands in while the requested codec converts: nothing may cache it.
     const early = paramsId(waited.params) !== paramsId(params);
     if (!early) return serveBootstrap(c, waited, byDigest ? "immutable" : "no-cache", cacheScope);
@@ -112,6 +116,11 @@ export function lazyHandler(deps: LazyDeps) {
       return res;
     }
     return new Response(onStreamEnd(res.body, job.earlySent), res);
+  }
+
+  async function entitledToLayers(name: string, bootstrap: Bootstrap): Promise<void> {
+    const layers = Array.from({ length: bootstrap.blobCount }, (_, i) => parseDigest(bootstrap.blob(i).layerDigest)!);
+    await Promise.all(layers.map((layer) => deps.blobs.entitled(name, layer)));
   }
 
   function converting(): Response {

@@ -186,6 +186,32 @@ describe("a cold edge converts while it downloads", () => {
     }
   });
 
+  it("shows a stored image bootstrap to another repository with the same manifest only if it has every layer", async () => {
+    const { registry, layers, digests } = image("stored-scope");
+    const app = proxy(registry, new WatchedStore()).app;
+    const first = await app.request(bootstrapUrl("?chunk-size=64k"));
+    expect(first.status, await first.clone().text()).toBe(200);
+    // The same manifest bytes in two more repositories: one has both layers, one lacks the second.
+    const [whole, partial] = ["lib/whole", "lib/partial"];
+    registry.addImage(whole, "v1", layers);
+    registry.addImage(partial, "v1", layers);
+    registry.removeBlob(partial, digests[1]!);
+    const url = (repo: string) => `http://skiff.test/v2/${repo}/_skiff/bootstrap/v1?chunk-size=64k`;
+    const refused = await app.request(url(partial));
+    expect(refused.status).toBe(404);
+    expect(((await refused.json()) as { errors: { code: string }[] }).errors[0]!.code).toBe("BLOB_UNKNOWN");
+    const shown = await app.request(url(whole));
+    expect(shown.status, await shown.clone().text()).toBe(200);
+    expect(Buffer.from(await shown.arrayBuffer()).equals(Buffer.from(await first.arrayBuffer()))).toBe(true);
+    // Asked about with a HEAD under each name, never downloaded again; the first repository is not asked.
+    for (const repo of [whole, partial]) expect(registry.count(`${repo}/blobs/${digests[1]}`, "HEAD")).toBe(1);
+    for (const repo of [whole, partial]) for (const d of digests) expect(registry.count(`${repo}/blobs/${d}`, "GET")).toBe(0);
+    for (const d of digests) expect(registry.count(`${REPO}/blobs/${d}`, "HEAD")).toBe(0);
+    // Confirmed once: asking again costs the upstream nothing.
+    expect((await app.request(url(whole))).status).toBe(200);
+    expect(registry.count(`${whole}/blobs/${digests[1]}`, "HEAD")).toBe(1);
+  });
+
   it("asks for a lone manifest's first layer beside its config, not after it; a warm edge asks for neither", async () => {
     const { registry, digests } = image("cold-config");
     const app = proxy(registry, new WatchedStore(), true).app;
