@@ -2,7 +2,7 @@
 // conversion), merge the layer bootstraps and publish the image bootstrap last.
 import type { ChunkEncoder } from "./chunk-encoder.ts";
 import { imageBootstrapKey } from "../store/keys.ts";
-import { encodeBootstrap, imageOfOneLayer } from "../format/encode.ts";
+import { imageOfOneLayer } from "../format/encode.ts";
 import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
@@ -167,7 +167,7 @@ export async function convertImage(source: ImageSource, opts: ConvertImageOption
   // One layer that a merge would not change (most single-layer base images) is its own image.
   const alone = layers.length === 1 ? imageOfOneLayer(layers[0]!.bootstrap, image.platform) : null;
   if (!alone) checkMergeSize(layers, opts.maxMergedEntries);
-  const { bytes, skipped } = alone ? { bytes: alone, skipped: new SkippedEntries() } : mergeAndEncode(layers, image.platform);
+  const { bytes, skipped } = alone ? { bytes: alone, skipped: new SkippedEntries() } : mergeLayers(layers.map((l) => l.bootstrap), image.platform);
   await putBytes(opts.store, bootstrapKey, bytes);
   return { image, bootstrap: Bootstrap.decode(bytes), bootstrapKey, layers, skipped };
 }
@@ -179,16 +179,6 @@ function checkMergeSize(layers: ConvertedLayer[], max: number | undefined): void
   if (inodes > max) throw new LayerFormatError(`its ${layers.length} layers hold ${inodes} entries together, more than the ${max} this converter can merge`);
 }
 
-function mergeAndEncode(layers: ConvertedLayer[], platform: string): { bytes: Uint8Array; skipped: SkippedEntries } {
-  // Each layer's tree is decoded only when the merge comes to it (mergeLayers).
-  const { model, skipped } = mergeLayers(
-    (function* () {
-      for (const l of layers) yield l.bootstrap.toModel();
-    })(),
-    platform,
-  );
-  return { bytes: encodeBootstrap(model), skipped };
-}
 
 async function configPlatform(source: ImageSource, config: Descriptor | undefined): Promise<string | null> {
   if (!config || typeof config.digest !== "string") return null;

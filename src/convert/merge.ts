@@ -1,97 +1,147 @@
 // Merges layer bootstraps, bottom first, into one image bootstrap — the rootfs OverlayFS (or GNU
 // tar extracting the layers in order with whiteout rules) would present. Layer i's data blob becomes
 // blob i of the image; chunk records are concatenated, so merging never touches chunk data.
-import { newDir, type BootstrapModel, type ChunkRecord, type FsNode } from "../format/model.ts";
+//
+// The image's tree is built in a TreeTable (tree-table.ts), columns of numbers as a layer's
+// conversion builds, not an object per entry, and the chunk records are copied from the layers'
+// bootstraps as the image is written: so a Worker merges images about as large as the layers it
+// converts. A whiteout removes an entry; an opaque directory gets a new, empty inode under its name,
+// which leaves what it held unreachable, and the encoder writes only what the root reaches.
+import type { Bootstrap } from "../format/decode.ts";
+import { encodeTree, writeChunkRecord } from "../format/encode-table.ts";
+import * as L from "../format/layout.ts";
+import type { NodeType } from "../format/model.ts";
+import { KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_SYMLINK, TreeTable } from "../format/tree-table.ts";
 import { pathComponents, SkippedEntries } from "./layer-tree.ts";
 
 export interface MergeResult {
-  model: BootstrapModel;
+  /** The image bootstrap. */
+  bytes: Uint8Array;
   /** Hardlinks whose target no lower layer had. */
   skipped: SkippedEntries;
 }
 
-/**
- * `layers` are the layers' trees, bottom first: a fresh conversion's own, or a stored bootstrap's
- * `toModel()`. The merge takes them over: their files and chunk records become the image's (chunk
- * indexes and blob numbers rewritten in place) rather than copies, and an iterable that makes each
- * model when asked (image.ts decodes one layer at a time) lets each layer's directories go once it is
- * applied. So the merge holds the image's tree and one layer's directories, not every layer twice.
- */
-export function mergeLayers(layers: Iterable<BootstrapModel>, platform: string): MergeResult {
-  const root = newDir();
-  const chunks: ChunkRecord[] = [];
-  const blobs: BootstrapModel["blobs"] = [];
+const KINDS: Partial<Record<NodeType, number>> = { file: KIND_FILE, symlink: KIND_SYMLINK, char: KIND_CHAR, block: KIND_BLOCK, fifo: KIND_FIFO };
+
+/** `layers` are layer bootstraps, bottom first. */
+export function mergeLayers(layers: readonly Bootstrap[], platform: string): MergeResult {
+  const first = layers[0];
+  if (!first) throw new Error("an image needs at least one layer");
+  const tree = new TreeTable();
+  tree.setImplicit(0, false);
   const skipped = new SkippedEntries();
-  let params: { codec: number; chunkShift: number } | undefined;
-
-  for (const model of layers) {
-    if (model.kind !== "layer") throw new Error("only layer bootstraps can be merged");
-    params ??= { codec: model.codec, chunkShift: model.chunkShift };
-    if (model.codec !== params.codec || model.chunkShift !== params.chunkShift) throw new Error("layers were converted with different parameters");
-    if (model.blobs.length !== 1) throw new Error("a layer bootstrap has exactly one data blob");
-    const blobIndex = blobs.length;
-    blobs.push(model.blobs[0]!);
-    const chunkBase = chunks.length;
-    for (const c of model.chunks) {
-      c.blob = blobIndex;
-      chunks.push(c);
-    }
-    // A file is taken over once, whatever its number of names: hardlinks inside the layer stay one inode.
-    const taken = new Set<FsNode>();
-    const take = (src: FsNode): FsNode => {
-      if (chunkBase > 0 && !taken.has(src)) {
-        taken.add(src);
-        for (let k = 0; k < src.chunks.length; k++) src.chunks[k]! += chunkBase;
-      }
-      return src;
-    };
-
-    const apply = (dst: FsNode, src: FsNode, path: string) => {
-      const children = dst.children!;
-      if (src.opaque) children.clear();
-      for (const [name, s] of src.children!) if (s.type === "whiteout") children.delete(name);
-      for (const [name, s] of src.children!) {
-        const childPath = `${path}/${name}`;
-        if (s.type === "whiteout") continue;
-        if (s.type === "dir") {
-          let d = children.get(name);
-          if (d?.type !== "dir") {
-            d = newDir();
-            children.set(name, d);
-          }
-          if (!s.implicit) setMetadata(d, s);
-          apply(d, s, childPath);
-        } else if (s.type === "hardlink-ref") {
-          const target = find(root, s.target!);
-          if (target && target.type !== "dir") children.set(name, target);
-          else skipped.add(childPath, `hardlink target /${s.target} is not a file in a lower layer`);
-        } else {
-          children.set(name, take(s));
+  let chunkBase = 0;
+  for (const layer of layers) {
+    if (layer.kind !== "layer") throw new Error("only layer bootstraps can be merged");
+    if (layer.codec !== first.codec || layer.chunkShift !== first.chunkShift) throw new Error("layers were converted with different parameters");
+    if (layer.blobCount !== 1) throw new Error("a layer bootstrap has exactly one data blob");
+    applyLayer(tree, layer, chunkBase, skipped);
+    chunkBase += layer.chunkCount;
+  }
+  const chunks = {
+    count: chunkBase,
+    write(out: Uint8Array, view: DataView, at: number) {
+      let o = at;
+      layers.forEach((layer, blob) => {
+        for (let i = 0; i < layer.chunkCount; i++, o += L.CHUNK_RECORD_SIZE) {
+          const r = layer.chunk(i);
+          writeChunkRecord(out, view, o, r.digest, { ...r, blob });
         }
+      });
+    },
+  };
+  tree.seal();
+  const blobs = layers.map((l) => l.blob(0));
+  return { bytes: encodeTree({ kind: L.KIND_IMAGE, codec: first.codec, chunkShift: first.chunkShift, blobs, platform, tree, chunks }), skipped };
+}
+
+/** Lays one layer over the image's tree; its chunk `i` is the image's `chunkBase + i`. */
+function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skipped: SkippedEntries): void {
+  // The image's inode of each of the layer's files, made once whatever its number of names:
+  // hardlinks inside the layer stay one inode.
+  const taken = new Int32Array(layer.inodeCount).fill(-1);
+  const take = (src: number): number => {
+    if (taken[src] !== -1) return taken[src]!;
+    const ino = layer.inode(src);
+    const node = tree.newInode(KINDS[ino.type]!, ino.mode);
+    setMetadata(tree, node, layer, src);
+    if (ino.type === "file") {
+      tree.setSize(node, ino.size);
+      tree.beginChunks(node);
+      for (const c of layer.chunkIndexes(src)) tree.chunkRefs.set(tree.addChunkRef(node), chunkBase + c);
+    } else if (ino.type === "symlink") {
+      tree.setTarget(node, layer.readlink(src));
+    } else if (ino.type === "char" || ino.type === "block") {
+      tree.setDevice(node, ino.devMajor, ino.devMinor);
+    }
+    return (taken[src] = node);
+  };
+
+  /** Applies the layer's directory `src` to the image's `dst`, named `name` in `parent` (-1 for the root). */
+  const apply = (dst: number, src: number, parent: number, name: number, path: string): void => {
+    if (layer.inode(src).flags & L.FLAG_OPAQUE) dst = emptied(tree, dst, parent, name);
+    const entries = layer.readdir(src);
+    for (const e of entries) {
+      if (layer.inode(e.inode).type !== "whiteout") continue;
+      const id = tree.names.lookup(e.name);
+      if (id !== -1) tree.unlink(dst, id);
+    }
+    for (const e of entries) {
+      const ino = layer.inode(e.inode);
+      const id = tree.names.intern(e.name);
+      const childPath = `${path}/${e.name}`;
+      if (ino.type === "whiteout") continue;
+      if (ino.type === "dir") {
+        let d = tree.child(dst, id);
+        if (d === -1 || tree.kind(d) !== KIND_DIR) {
+          d = tree.newInode(KIND_DIR, 0o755);
+          tree.link(dst, id, d);
+        }
+        if (!(ino.flags & L.FLAG_IMPLICIT)) setMetadata(tree, d, layer, e.inode);
+        apply(d, e.inode, dst, id, childPath);
+      } else if (ino.type === "hardlink-ref") {
+        const target = find(tree, layer.readlink(e.inode));
+        if (target !== -1 && tree.kind(target) !== KIND_DIR) tree.link(dst, id, target);
+        else skipped.add(childPath, `hardlink target /${layer.readlink(e.inode)} is not a file in a lower layer`);
+      } else {
+        tree.link(dst, id, take(e.inode));
       }
-    };
-    if (!model.root.implicit) setMetadata(root, model.root);
-    apply(root, model.root, "");
+    }
+  };
+  if (!(layer.inode(0).flags & L.FLAG_IMPLICIT)) setMetadata(tree, 0, layer, 0);
+  apply(0, 0, -1, -1, "");
+}
+
+/**
+ * `dir` with nothing under it: a new inode with its attributes, named as it was, so that what it
+ * held is no longer reachable. The root keeps its inode (0): its entries are removed one by one.
+ */
+function emptied(tree: TreeTable, dir: number, parent: number, name: number): number {
+  if (parent === -1) {
+    for (let e = 0; e < tree.entryCount; e++) if (tree.entryParent(e) === 0) tree.unlink(0, tree.entryName(e));
+    return dir;
   }
-  if (!params) throw new Error("an image needs at least one layer");
-
-  return { model: { kind: "image", codec: params.codec, chunkShift: params.chunkShift, platform, blobs, chunks, root }, skipped };
+  const fresh = tree.newInode(KIND_DIR, tree.perm(dir));
+  tree.setMetadata(fresh, { perm: tree.perm(dir), uid: tree.uid(dir), gid: tree.gid(dir), mtime: tree.mtime(dir), mtimeNsec: tree.mtimeNsec(dir), xattrs: new Map() });
+  const xattrs = tree.xattrs.get(dir);
+  if (xattrs) tree.xattrs.set(fresh, xattrs);
+  tree.link(parent, name, fresh);
+  return fresh;
 }
 
-function setMetadata(dst: FsNode, src: FsNode): void {
-  dst.perm = src.perm;
-  dst.uid = src.uid;
-  dst.gid = src.gid;
-  dst.mtime = src.mtime;
-  dst.mtimeNsec = src.mtimeNsec;
-  dst.xattrs = new Map(src.xattrs);
+function setMetadata(tree: TreeTable, node: number, layer: Bootstrap, src: number): void {
+  const ino = layer.inode(src);
+  tree.setMetadata(node, { perm: ino.mode, uid: ino.uid, gid: ino.gid, mtime: ino.mtime, mtimeNsec: ino.mtimeNsec, xattrs: layer.xattrs(src) });
 }
 
-function find(root: FsNode, path: string): FsNode | null {
-  let node: FsNode | undefined = root;
+/** The image's inode at `path` (not the root), or -1. */
+function find(tree: TreeTable, path: string): number {
+  let node = 0;
   for (const part of pathComponents(path) ?? []) {
-    if (node?.type !== "dir") return null;
-    node = node.children!.get(part);
+    if (tree.kind(node) !== KIND_DIR) return -1;
+    const id = tree.names.lookup(part);
+    node = id === -1 ? -1 : tree.child(node, id);
+    if (node === -1) return -1;
   }
-  return node && node !== root ? node : null;
+  return node === 0 ? -1 : node;
 }

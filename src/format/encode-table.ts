@@ -1,11 +1,11 @@
-// Writes a layer's TreeTable and ChunkTable (tree-table.ts) as format version 1 bytes: the same
-// bytes encodeBootstrap (encode.ts) writes for the equal FsNode tree — inodes numbered depth first
-// over name-sorted directories, strings in the order the records first use them, each distinct one
-// once, the platform last. Only typed arrays are made on the way, a few bytes per inode, so the
-// peak stays close to the table plus the bootstrap itself.
+// Writes a TreeTable (tree-table.ts) as format version 1 bytes: a layer's with its ChunkTable, or an
+// image's that merge.ts built. The same bytes encodeBootstrap (encode.ts) writes for the equal FsNode
+// tree: inodes numbered depth first over name-sorted directories, strings in the order the records
+// first use them, each distinct one once, the platform last. Only typed arrays are made on the way,
+// a few bytes per inode, so the peak stays close to the table plus the bootstrap itself.
 import * as L from "./layout.ts";
-import type { BlobRef } from "./model.ts";
-import { KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK_REF, KIND_SYMLINK, KIND_WHITEOUT, type ChunkTable, type TreeTable } from "./tree-table.ts";
+import type { BlobRef, ChunkRecord } from "./model.ts";
+import { KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK_REF, KIND_SYMLINK, KIND_WHITEOUT, REMOVED, type ChunkTable, type TreeTable } from "./tree-table.ts";
 
 const TYPE_BITS: number[] = [];
 TYPE_BITS[KIND_FILE] = L.S_IFREG;
@@ -25,21 +25,40 @@ export interface LayerTables {
   chunks: ChunkTable;
 }
 
+/** The chunk table of a bootstrap: how many records, and how to write them at `at`. */
+export interface ChunkRecords {
+  count: number;
+  write(out: Uint8Array, view: DataView, at: number): void;
+}
+
 /** A layer bootstrap (kind layer, one blob, no platform) of the tables. */
 export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTables): Uint8Array {
+  return encodeTree({ kind: L.KIND_LAYER, codec, chunkShift, blobs: [blob], platform: "", tree, chunks: layerChunkRecords(chunks) });
+}
+
+/**
+ * A bootstrap of `tree` from its root (inodes no entry reaches, and removed entries, are left
+ * out), with these blobs and chunk records: a layer's, or an image's that merge.ts made.
+ */
+export function encodeTree({ kind, codec, chunkShift, blobs, platform, tree, chunks }: { kind: typeof L.KIND_LAYER | typeof L.KIND_IMAGE; codec: number; chunkShift: number; blobs: BlobRef[]; platform: string; tree: TreeTable; chunks: ChunkRecords }): Uint8Array {
   if (chunkShift < L.MIN_CHUNK_SHIFT || chunkShift > L.MAX_CHUNK_SHIFT) throw new Error(`chunk size 2^${chunkShift} out of range`);
-  if (blob.dataDigest.length !== 32) throw new Error("blob digest must be 32 bytes");
+  for (const blob of blobs) if (blob.dataDigest.length !== 32) throw new Error("blob digest must be 32 bytes");
   const names = tree.names;
   const nodeCount = tree.inodeCount;
   const entryCount = tree.entryCount;
 
   // Each directory's entries, grouped by parent (counting sort), then sorted by name bytes.
   const firstEntry = new Uint32Array(nodeCount + 1);
-  for (let e = 0; e < entryCount; e++) firstEntry[tree.entryParent(e) + 1]!++;
+  let liveEntries = 0;
+  for (let e = 0; e < entryCount; e++) {
+    if (tree.entryChild(e) === REMOVED) continue;
+    firstEntry[tree.entryParent(e) + 1]!++;
+    liveEntries++;
+  }
   for (let i = 0; i < nodeCount; i++) firstEntry[i + 1]! += firstEntry[i]!;
-  const byParent = new Uint32Array(entryCount);
+  const byParent = new Uint32Array(liveEntries);
   const fill = firstEntry.slice(0, nodeCount);
-  for (let e = 0; e < entryCount; e++) byParent[fill[tree.entryParent(e)]!++] = e;
+  for (let e = 0; e < entryCount; e++) if (tree.entryChild(e) !== REMOVED) byParent[fill[tree.entryParent(e)]!++] = e;
   const byName = (x: number, y: number) => names.compare(tree.entryName(x), tree.entryName(y));
   for (let i = 0; i < nodeCount; i++) {
     if (firstEntry[i + 1]! - firstEntry[i]! > 1) byParent.subarray(firstEntry[i]!, firstEntry[i + 1]!).sort(byName);
@@ -82,13 +101,20 @@ export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTabl
     }
     return stringAt[id]!;
   };
-  const layerText = new TextEncoder().encode(blob.layerDigest);
-  const layerAt = stringsSize;
-  // The layer digest comes first; a name with the same text (a tar may have one) uses it.
-  stringsSize += layerText.length;
-  pieces.push(layerText);
-  const layerId = names.lookupBytes(layerText);
-  if (layerId !== -1) stringAt[layerId] = layerAt;
+  // The layer digests come first, each text once; a name with the same text (a tar may have one) uses it.
+  const encoder = new TextEncoder();
+  const layerAt = new Map<string, number>();
+  const layerLength: number[] = [];
+  for (const blob of blobs) {
+    const layerText = encoder.encode(blob.layerDigest);
+    layerLength.push(layerText.length);
+    if (layerAt.has(blob.layerDigest)) continue;
+    layerAt.set(blob.layerDigest, stringsSize);
+    const layerId = names.lookupBytes(layerText);
+    if (layerId !== -1) stringAt[layerId] = stringsSize;
+    stringsSize += layerText.length;
+    pieces.push(layerText);
+  }
   const xattrKeys = new Map<number, number[]>();
   const valueAt: number[] = []; // in the order the xattr records are written
   for (let n = 0; n < inodeCount; n++) {
@@ -109,21 +135,28 @@ export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTabl
       }
     }
   }
-  const platformAt = stringsSize; // a layer's platform is empty
+  // Last, and never shared (a layer's is empty): see imageOfOneLayer.
+  const platformText = encoder.encode(platform);
+  const platformAt = stringsSize;
+  stringsSize += platformText.length;
+  pieces.push(platformText);
 
-  const counts: L.Counts = { blobCount: 1, inodeCount, direntCount, chunkCount: chunks.count, chunkRefCount, xattrCount, stringsSize };
+  const counts: L.Counts = { blobCount: blobs.length, inodeCount, direntCount, chunkCount: chunks.count, chunkRefCount, xattrCount, stringsSize };
   const at = L.sectionOffsets(counts);
   const out = new Uint8Array(at.end);
   const view = new DataView(out.buffer);
   const u32 = (o: number, v: number) => view.setUint32(o, v, true);
   const u64 = (o: number, v: number) => view.setBigUint64(o, BigInt(v), true);
 
-  L.writeHeader(out, { ...counts, kind: L.KIND_LAYER, codec, chunkShift, platformOffset: platformAt, platformLength: 0 });
+  L.writeHeader(out, { ...counts, kind, codec, chunkShift, platformOffset: platformAt, platformLength: platformText.length });
 
-  out.set(blob.dataDigest, at.blobs);
-  u64(at.blobs + 32, blob.storedSize);
-  u32(at.blobs + 40, layerAt);
-  u32(at.blobs + 44, layerText.length);
+  blobs.forEach((blob, i) => {
+    const o = at.blobs + i * L.BLOB_RECORD_SIZE;
+    out.set(blob.dataDigest, o);
+    u64(o + 32, blob.storedSize);
+    u32(o + 40, layerAt.get(blob.layerDigest)!);
+    u32(o + 44, layerLength[i]!);
+  });
 
   let dirent = 0;
   let chunkRef = 0;
@@ -199,21 +232,7 @@ export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTabl
     }
   }
 
-  let storedOffset = 0;
-  let uncompressedOffset = 0;
-  for (let i = 0; i < chunks.count; i++) {
-    const o = at.chunks + i * L.CHUNK_RECORD_SIZE;
-    const [page, from] = chunks.digest(i);
-    out.set(page.subarray(from, from + 32), o);
-    u32(o + 32, 0);
-    u32(o + 36, chunks.compressed(i) ? L.CHUNK_COMPRESSED : 0);
-    u64(o + 40, storedOffset);
-    u32(o + 48, chunks.storedSize(i));
-    u32(o + 52, chunks.size(i));
-    u64(o + 56, uncompressedOffset);
-    storedOffset += chunks.storedSize(i);
-    uncompressedOffset += chunks.size(i);
-  }
+  chunks.write(out, view, at.chunks);
 
   let s = at.strings;
   const arena = names.bytes;
@@ -229,4 +248,32 @@ export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTabl
     }
   }
   return out;
+}
+
+/** A layer's chunk records: blob 0, laid end to end. */
+function layerChunkRecords(chunks: ChunkTable): ChunkRecords {
+  return {
+    count: chunks.count,
+    write(out, view, at) {
+      let storedOffset = 0;
+      let uncompressedOffset = 0;
+      for (let i = 0; i < chunks.count; i++) {
+        const [page, from] = chunks.digest(i);
+        writeChunkRecord(out, view, at + i * L.CHUNK_RECORD_SIZE, page.subarray(from, from + 32), { blob: 0, compressed: chunks.compressed(i), storedOffset, storedSize: chunks.storedSize(i), size: chunks.size(i), uncompressedOffset });
+        storedOffset += chunks.storedSize(i);
+        uncompressedOffset += chunks.size(i);
+      }
+    },
+  };
+}
+
+/** One chunk record at `o`. */
+export function writeChunkRecord(out: Uint8Array, view: DataView, o: number, digest: Uint8Array, r: Omit<ChunkRecord, "digest">): void {
+  out.set(digest, o);
+  view.setUint32(o + 32, r.blob, true);
+  view.setUint32(o + 36, r.compressed ? L.CHUNK_COMPRESSED : 0, true);
+  view.setBigUint64(o + 40, BigInt(r.storedOffset), true);
+  view.setUint32(o + 48, r.storedSize, true);
+  view.setUint32(o + 52, r.size, true);
+  view.setBigUint64(o + 56, BigInt(r.uncompressedOffset), true);
 }

@@ -185,10 +185,13 @@ export class NameArena {
   }
 }
 
+/** The child of an entry that was removed (a whiteout, when layers are merged): it names nothing. */
+export const REMOVED = 0xffffffff;
+
 /**
  * Inodes and directory entries. Inode 0 is the root directory. A directory entry names a child
  * inode under a parent; a hardlink is a second entry naming the same inode. An entry's child may be
- * replaced (a later tar entry of the same path), never removed.
+ * replaced (a later tar entry of the same path), or removed (its child set to REMOVED).
  */
 export class TreeTable {
   readonly names = new NameArena();
@@ -335,7 +338,14 @@ export class TreeTable {
   /** The inode named `name` in directory `parent`, or -1. */
   child(parent: number, name: number): number {
     const e = this.#entries.slots[this.#entrySlot(parent, name)]!;
-    return e === 0 ? -1 : this.#child.get(e - 1);
+    const child = e === 0 ? REMOVED : this.#child.get(e - 1);
+    return child === REMOVED ? -1 : child;
+  }
+
+  /** Removes `parent`'s entry `name`, if it has one. */
+  unlink(parent: number, name: number): void {
+    const e = this.#entries.slots[this.#entrySlot(parent, name)]!;
+    if (e !== 0) this.#child.set(e - 1, REMOVED);
   }
 
   /** Names `child` in `parent` as `name`, replacing what the name named before. */
@@ -358,6 +368,7 @@ export class TreeTable {
   entryName(e: number): number {
     return this.#name.get(e);
   }
+  /** The entry's inode, or REMOVED. */
   entryChild(e: number): number {
     return this.#child.get(e);
   }
@@ -502,6 +513,6 @@ export function treeToNodes(tree: TreeTable): FsNode {
     return n;
   };
   for (let i = 0; i < tree.inodeCount; i++) node(i);
-  for (let e = 0; e < tree.entryCount; e++) node(tree.entryParent(e)).children!.set(text(tree.entryName(e)), node(tree.entryChild(e)));
+  for (let e = 0; e < tree.entryCount; e++) if (tree.entryChild(e) !== REMOVED) node(tree.entryParent(e)).children!.set(text(tree.entryName(e)), node(tree.entryChild(e)));
   return node(0);
 }
