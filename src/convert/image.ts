@@ -126,20 +126,20 @@ export interface ConvertImageOptions {
   layerConverter?: (layer: LayerSource, opts: ConvertLayerOptions) => Promise<ConvertedLayer>;
   /**
    * Most inodes an image's layers may hold together when they have to be merged: the merge holds
-   * the image's tree as objects (MERGE_BYTES_PER_ENTRY each), unlike a layer's conversion. No
-   * limit when absent; a Worker sets it from its memory (mergeLimitForMemory).
+   * the layers' bootstraps beside the image's (MERGE_BYTES_PER_ENTRY in all). No limit when
+   * absent; a Worker sets it from its memory (mergeLimitForMemory).
    */
   maxMergedEntries?: number;
 }
 
 /**
  * What merging holds per inode of the layers at its peak, everything included: the layers'
- * bootstraps, the image's tree as objects, one layer's decoded directories, and the encoder's arrays
- * while it writes the image. Measured 847 to 853 bytes with bench/merge-memory.mjs, on two
- * node_modules-like layers under different roots (so the image holds every inode of both) of
- * 112,641 and 225,255 inodes together.
+ * bootstraps (about 140 bytes), the image's tree in columns (about 60), the image bootstrap (about
+ * 175) and the encoder's arrays while it writes it (about 28). bench/merge-memory.mjs measured 309
+ * to 322 bytes without those arrays, on two node_modules-like layers under different roots (so
+ * the image holds every inode of both) of 112,641 to 337,927 inodes together.
  */
-export const MERGE_BYTES_PER_ENTRY = 900;
+export const MERGE_BYTES_PER_ENTRY = 360;
 
 /** The most inodes an image merge fits into `memoryBytes` beside what a conversion holds anyway, in thousands. */
 export function mergeLimitForMemory(memoryBytes: number): number {

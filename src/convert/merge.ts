@@ -25,6 +25,18 @@ const KINDS: Partial<Record<NodeType, number>> = { file: KIND_FILE, symlink: KIN
 
 /** `layers` are layer bootstraps, bottom first. */
 export function mergeLayers(layers: readonly Bootstrap[], platform: string): MergeResult {
+  const merged = mergeTrees(layers);
+  return { bytes: encodeMerged(merged, platform), skipped: merged.skipped };
+}
+
+/** The image's tree before it is written (mergeLayers' first half; bench:merge-memory weighs each). */
+export interface MergedTree {
+  tree: TreeTable;
+  layers: readonly Bootstrap[];
+  skipped: SkippedEntries;
+}
+
+export function mergeTrees(layers: readonly Bootstrap[]): MergedTree {
   const first = layers[0];
   if (!first) throw new Error("an image needs at least one layer");
   const tree = new TreeTable();
@@ -38,8 +50,16 @@ export function mergeLayers(layers: readonly Bootstrap[], platform: string): Mer
     applyLayer(tree, layer, chunkBase, skipped);
     chunkBase += layer.chunkCount;
   }
+  // Nothing is looked up any more: the lookups' memory is room for the image bootstrap.
+  tree.seal();
+  return { tree, layers, skipped };
+}
+
+/** The image bootstrap: the tree, and the layers' chunk records one layer after another, each naming its layer's blob. */
+export function encodeMerged({ tree, layers }: MergedTree, platform: string): Uint8Array {
+  const first = layers[0]!;
   const chunks = {
-    count: chunkBase,
+    count: layers.reduce((n, l) => n + l.chunkCount, 0),
     write(out: Uint8Array, view: DataView, at: number) {
       let o = at;
       layers.forEach((layer, blob) => {
@@ -50,9 +70,8 @@ export function mergeLayers(layers: readonly Bootstrap[], platform: string): Mer
       });
     },
   };
-  tree.seal();
   const blobs = layers.map((l) => l.blob(0));
-  return { bytes: encodeTree({ kind: L.KIND_IMAGE, codec: first.codec, chunkShift: first.chunkShift, blobs, platform, tree, chunks }), skipped };
+  return encodeTree({ kind: L.KIND_IMAGE, codec: first.codec, chunkShift: first.chunkShift, blobs, platform, tree, chunks });
 }
 
 /** Lays one layer over the image's tree; its chunk `i` is the image's `chunkBase + i`. */

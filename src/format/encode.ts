@@ -247,7 +247,7 @@ const UNMERGED_FLAGS = L.FLAG_IMPLICIT | L.FLAG_OPAQUE;
 /**
  * The image bootstrap of an image made of this one layer, without merging and encoding again:
  * the layer's bytes with an image header, its inodes' flags cleared and the platform appended to
- * the string table. Byte for byte what `encodeBootstrap(mergeLayers([layer], platform))` gives,
+ * the string table. Byte for byte what `mergeLayers([layer], platform)` (merge.ts) gives,
  * since the encoder puts the platform last. Implicit and opaque directories are no reason to merge:
  * over an empty root, an implicit directory gets the attributes it already has (0755, root, mtime
  * 0) and an opaque one hides nothing. Null when a merge would change the tree: the layer has
