@@ -78,7 +78,15 @@ export interface PrefetchPhase {
   quietMs: number;
   /** A guess at what the reads will need (a learned or recorded list), paced by them (list-pace.ts). */
   followsReads?: boolean;
+  /**
+   * Stops before the cache would hold more than CACHE_FILL_SHARE of its size: a layer filled in
+   * the background must not evict what containers have read for what they might.
+   */
+  withinCacheRoom?: boolean;
 }
+
+/** How full a phase `withinCacheRoom` may leave the cache. */
+export const CACHE_FILL_SHARE = 0.9;
 
 // A proxy that fails this many batches in a row is down for now; reads will say so themselves.
 const MAX_FAILED_BATCHES_IN_A_ROW = 3;
@@ -116,6 +124,10 @@ export class Prefetcher {
   #pace: ListPace | undefined;
   /** Whether another phase follows the running one. */
   #phaseAfter = false;
+  /** Whether the running phase stops short of filling the cache. */
+  #withinCacheRoom = false;
+  /** Stored bytes of the batches in flight, not in the cache yet. */
+  #fetchingBytes = 0;
   #inFlight = 0;
 
   /** A phase's chunks are all fetched before the next phase starts (a replayed list before `all`); repeats are fetched once. */
@@ -142,6 +154,7 @@ export class Prefetcher {
       this.#phaseAfter = i < this.#phases.length - 1;
       this.#order = phase.chunks;
       this.#quietMs = phase.quietMs;
+      this.#withinCacheRoom = phase.withinCacheRoom ?? false;
       this.#cursor = 0;
       this.#pace = phase.followsReads ? new ListPace(phase.chunks) : undefined;
       await Promise.all(Array.from({ length: this.#concurrency }, () => this.#worker(began)));
@@ -229,14 +242,21 @@ export class Prefetcher {
     if (batch.length === 0) return false;
     batch.forEach((c, i) => pace?.took(indexes[i]!, c.record.storedSize));
     const bytes = batch.reduce((sum, c) => sum + c.record.storedSize, 0);
-    if (this.#rate) {
-      // Reserved before the wait, so that concurrent workers share one budget.
-      this.#reserved += bytes;
-      await this.#sleepUntil(began + ((this.#reserved - bytes) / this.#rate) * 1000);
-      if (this.#stopped) return false;
-      await this.#foreground.idle(this.#quietMs); // a read may have come in while this one waited
+    if (this.#withinCacheRoom && this.#cache.stats.bytes + this.#fetchingBytes + bytes > this.#cache.maxBytes * CACHE_FILL_SHARE) {
+      this.#log(`prefetch stops: the chunk cache would be more than ${Math.round(CACHE_FILL_SHARE * 100)} % full`);
+      this.#cursor = this.#order.length; // the phase ends: no worker takes another batch from it
+      return false;
     }
+    // Counted at once, as the rate's reservation below: the other worker checks the room meanwhile.
+    this.#fetchingBytes += bytes;
     try {
+      if (this.#rate) {
+        // Reserved before the wait, so that concurrent workers share one budget.
+        this.#reserved += bytes;
+        await this.#sleepUntil(began + ((this.#reserved - bytes) / this.#rate) * 1000);
+        if (this.#stopped) return false;
+        await this.#foreground.idle(this.#quietMs); // a read may have come in while this one waited
+      }
       // Each chunk to the cache as it arrives: from then on the cache answers reads with it.
       const writes: Promise<void>[] = [];
       await this.#fetcher.fetchChunks(batch, (hex, data) => writes.push(this.#cache.put(hex, data, { verified: true }).catch(() => undefined)));
@@ -251,6 +271,8 @@ export class Prefetcher {
         this.#stopped = true;
         this.#log(`prefetch stopped after ${MAX_FAILED_BATCHES_IN_A_ROW} failed requests in a row: ${(err as Error).message}`);
       }
+    } finally {
+      this.#fetchingBytes -= bytes;
     }
     return true;
   }

@@ -218,4 +218,19 @@ describe("Prefetcher", () => {
     expect(batches).toHaveLength(3);
     expect(logs).toEqual([expect.stringMatching(/prefetch stopped after 3 failed requests in a row: proxy down/)]);
   });
+
+  test("a phase within the cache's room (a layer filled in the background) stops before the cache passes 90 % of its size, and says so once", async () => {
+    // Chunks of 12 bytes (14 by their records, which the check counts for those in flight) in a
+    // cache of 64: four fit under 57.6 bytes, a fifth would not (48 cached + 14).
+    const cache = await ChunkCache.open(tempDir("prefetch-cache"), { maxBytes: 64 });
+    const { batches, fetcher } = fakeFetcher();
+    const logs: string[] = [];
+    const p = new Prefetcher(image(), cache, fetcher, always, [{ chunks: all, quietMs: 0, withinCacheRoom: true }], { batchBytes: 14, concurrency: 2, log: (m) => logs.push(m) });
+    p.start();
+    for (let i = 0; i < 200 && !p.stats.done; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(p.stats).toMatchObject({ done: true, chunks: 4, failed: 0 });
+    expect(batches.flatMap((b) => b.chunks)).toEqual([0, 1, 2, 3]);
+    expect(cache.stats).toMatchObject({ bytes: 48, evictions: 0 });
+    expect(logs).toEqual(["prefetch stops: the chunk cache would be more than 90 % full"]);
+  });
 });

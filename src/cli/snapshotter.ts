@@ -42,6 +42,10 @@ Options:
                        when a program or library is first read, don't fetch what the loader reads
                        next (its end, its segments that are not code, the libraries it loads) in
                        the background
+  --fill-layers        once an image's container has paused its reads for 5 s, fetch the rest of
+                       its lazy layers in the background (reads go first; only while the chunk
+                       cache is under 90 % full): the node then runs it without the proxy, as
+                       after a full pull (default: only what is read, and its prefetch)
   --fuse-relay         relay every FUSE request through the FUSE keeper, as on kernels before 6.9
                        (default there): on newer ones the mounts daemon reads its connections
                        itself and the keeper only holds copies, for the case the daemon dies
@@ -67,6 +71,7 @@ const flags = {
   "http-proxy": { type: "string" },
   "no-learned-prefetch": { type: "boolean" },
   "no-program-prefetch": { type: "boolean" },
+  "fill-layers": { type: "boolean" },
   "fuse-relay": { type: "boolean" },
   // Internal: this process is the mounts daemon the snapshotter started, or the FUSE keeper the
   // mounts daemon started.
@@ -98,6 +103,7 @@ export async function snapshotterCommand(argv: string[]): Promise<number> {
     convertTimeoutMs: integerFlag(values["convert-timeout"], "convert-timeout", 60, 1, 3600) * 1000,
     learnedPrefetch: values["no-learned-prefetch"] !== true,
     programPrefetch: values["no-program-prefetch"] !== true,
+    fillLayers: values["fill-layers"] === true,
     direct: values["fuse-relay"] ? false : undefined,
     codec: values.codec ?? AGENT_DEFAULT_CODEC,
     chunkSize: values["chunk-size"],

@@ -11,6 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { request as httpRequest } from "node:http";
+import { connect as connectTcp, createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -252,6 +253,47 @@ describe("skiff snapshotter over gRPC", () => {
     // the holder becomes the keeper and unmounts the layers, and both end.
     expect(other.stoppedByKill).toBe(false);
     expect(other.mountsLeftAtStop).toEqual([]);
+  }, 120_000);
+
+  test("--fill-layers: once the container's reads pause the rest of its layers is fetched, and the node runs it without the proxy; without it, a read the proxy can't serve fails with EIO", async () => {
+    // Two more nodes, each reaching the proxy through a relay the test cuts: a proxy gone for them.
+    // The relays run on this thread, so every read through them here is asynchronous.
+    const nodes = await Promise.all(
+      [["--fill-layers"], []].map(async (extra) => {
+        const relay = await cuttableRelay(skiff.url);
+        const node = await SnapshotterProcess.start(relay.url, ["--timeout", "3", "--no-learned-prefetch", ...extra]);
+        return { relay, node, client: connectTo(node), rootfs: join(node.dir, "rootfs-fill") };
+      }),
+    );
+    const [filled, lazy] = nodes as [(typeof nodes)[0], (typeof nodes)[0]];
+    try {
+      for (const [i, n] of nodes.entries()) {
+        const top = await prepareLazily(n.client.call, n.client.list);
+        mountOverlay((await n.client.call("Prepare", { key: `k8s.io/3${i}/container`, parent: top.name })).mounts as Mount[], n.rootfs);
+        expect(await readFile(join(n.rootfs, "etc/keep"), "utf8")).toBe("kept\n"); // the container's start
+      }
+      const done = await waitFor("the filling node's layers to be fetched whole", async () => {
+        const status = await daemonStatus(filled.node);
+        return status.mounts.length === 2 && status.mounts.every((m) => m.prefetchDone) ? status : undefined;
+      }, { timeoutMs: 60_000, intervalMs: 250 });
+      expect(done.mounts.reduce((a, m) => a + m.prefetchedChunks, 0)).toBeGreaterThan(0);
+      expect((await daemonStatus(lazy.node)).mounts.every((m) => m.prefetchedChunks === 0)).toBe(true);
+      for (const n of nodes) await n.relay.cut();
+      // The filling node reads every file from its own cache.
+      expect((await readFile(join(filled.rootfs, "big.bin"))).equals(bigBytes)).toBe(true);
+      for (const [i, bytes] of lateBytes.entries()) expect((await readFile(join(filled.rootfs, `late${i}.bin`))).equals(bytes)).toBe(true);
+      expect(await readFile(join(filled.rootfs, "opq/new"), "utf8")).toBe("new\n");
+      // The other fails a read it had not made before, within its --timeout.
+      const failed = await readFile(join(lazy.rootfs, "late2.bin")).then(() => undefined, (err: NodeJS.ErrnoException) => err);
+      expect(failed?.code).toBe("EIO");
+    } finally {
+      for (const n of nodes) {
+        execFileSync("umount", [n.rootfs]);
+        n.client.close();
+        await n.node.stop();
+        await n.relay.cut();
+      }
+    }
   }, 120_000);
 
   test("a layer the proxy can't serve (unknown repository) falls back to an ordinary snapshot", async () => {
@@ -535,4 +577,27 @@ async function prepareLazily(call: Call, list: (filters: string[]) => Promise<In
   const [top] = await list([`labels."${TARGET}"==${chain1},parent=="${base!.name}"`]);
   expect(top).toMatchObject({ kind: "COMMITTED", parent: base!.name });
   return top!;
+}
+
+/** A TCP relay to `target` that the test can cut: the nodes behind it lose their proxy at once. */
+async function cuttableRelay(target: string): Promise<{ url: string; cut(): Promise<void> }> {
+  const { hostname, port } = new URL(target);
+  const sockets = new Set<Socket>();
+  const server = createNetServer((client) => {
+    const upstream = connectTcp(Number(port), hostname);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("error", () => undefined);
+      socket.on("close", () => (client.destroy(), upstream.destroy(), sockets.delete(socket)));
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    cut: async () => {
+      for (const socket of sockets) socket.destroy();
+      if (server.listening) await new Promise((resolve) => server.close(resolve));
+    },
+  };
 }

@@ -18,7 +18,7 @@ export interface MountsClientOptions {
 export interface DaemonStatus {
   pid: number;
   cache: { bytes: number; maxBytes: number; entries: number; hits: number; misses: number; evictions: number };
-  mounts: { image: string; layer: string; bytesFetched: number; fetches: number; fetchMs: number; errors: number; cacheHits: number; prefetchedChunks: number }[];
+  mounts: { image: string; layer: string; bytesFetched: number; fetches: number; fetchMs: number; errors: number; cacheHits: number; prefetchedChunks: number; prefetchDone: boolean }[];
 }
 
 const START_TIMEOUT_MS = 15_000;

@@ -30,9 +30,9 @@ import { isKeeperSocket, KEEPER_THREADS } from "../fuse/keeper.ts";
 import { isAbsent, KeeperLink } from "../fuse/keeper-link.ts";
 import { readRequests, type RequestReader } from "../fuse/request-reader.ts";
 import { chunkHex, FirstReads, learnedReads, type LearnedReadsSource } from "../learned-reads.ts";
-import { chunksIn } from "../prefetch-list.ts";
+import { allChunks, chunksIn } from "../prefetch-list.ts";
 import { AUTO_NEARBY, LayerGroup, LazyReader, PROGRAM_PREFETCH_BYTES } from "../lazy-reader.ts";
-import { LayersForeground, Prefetcher } from "../prefetcher.ts";
+import { LayersForeground, Prefetcher, type PrefetchPhase } from "../prefetcher.ts";
 import { recoverStaleMount } from "../mount-image-lazily.ts";
 import { proxyHttp, type ProxyHttpOptions } from "../proxy-http.ts";
 import { RecentChunks } from "../recent-chunks.ts";
@@ -65,6 +65,8 @@ export interface MountsDaemonOptions extends ProxyHttpOptions {
   learnedPrefetch?: boolean;
   /** Program prefetch (default on): see lazy-reader.ts. */
   programPrefetch?: boolean;
+  /** Fetch the rest of each lazy layer once its image's reads have paused (default off): see FILL_AFTER_QUIET_MS. */
+  fillLayers?: boolean;
   keeperSocket: string;
   /** argv (after node) that starts the FUSE keeper. */
   keeperArgs: string[];
@@ -105,6 +107,13 @@ const closeOwn = (own: OwnConnection) => {
 };
 
 const TABLE = "mounts.json";
+/**
+ * With fillLayers, a layer's chunks not yet cached are fetched once its image's reads have paused
+ * this long (as a start that ends is judged for learned reports), in the order they are stored,
+ * each batch after such a pause, and only while the chunk cache has room (prefetcher.ts): the node
+ * then runs the layer without the proxy, as after a full pull, and the start is not slowed.
+ */
+const FILL_AFTER_QUIET_MS = 5_000;
 const { EIO } = constants.errno;
 /** How long a daemon whose keeper went away spends reporting first reads before it exits. */
 const LOST_REPORT_MS = 3_000;
@@ -233,16 +242,23 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   for (const link of links) for (const h of link.held) held.set(h.mountpoint, { id: h.id, link });
   let lastId = Math.max(0, ...[...held.values()].map((h) => h.id));
 
-  // Per image (its layers mounted in this daemon's life): the learned list, what its start reads
-  // first, and its layers' reads as one foreground for their prefetch.
-  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads; foreground: LayersForeground }>();
+  // Per image (its layers mounted in this daemon's life): its layers' reads as one foreground for
+  // their prefetch, and, when learning, the learned list and what its start reads first.
+  const foregrounds = new Map<string, LayersForeground>();
+  const foregroundOf = (spec: LayerMountSpec) => {
+    const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest ?? spec.layerDigest}`;
+    let foreground = foregrounds.get(key);
+    if (!foreground) foregrounds.set(key, (foreground = new LayersForeground()));
+    return foreground;
+  };
+  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads }>();
   const learningFor = (spec: LayerMountSpec) => {
     if (o.learnedPrefetch === false || !spec.manifestDigest) return undefined;
     const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest} ${spec.params}`;
     let entry = learning.get(key);
     if (!entry) {
       const source: LearnedReadsSource = { proxy: spec.proxy, name: spec.name, ns: spec.ns, manifestDigest: spec.manifestDigest, params: spec.params, fetchImpl: http.fetch, log: o.log };
-      entry = { list: learnedReads(source), firstReads: new FirstReads(source), foreground: new LayersForeground() };
+      entry = { list: learnedReads(source), firstReads: new FirstReads(source) };
       learning.set(key, entry);
     }
     return entry;
@@ -274,17 +290,25 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       onChunkRead: learned && ((i) => (learned.firstReads.saw(chunkHex(bootstrap, i)), m.prefetcher?.sawRead(i))),
     });
     const session = new ImageSession({ bootstrap, reader, view: "overlay-layer", readTimeoutMs: o.timeoutMs });
-    const m: Mounted = { id, spec, link, session, reader, fetcher, foreground: learned?.foreground, layers };
-    learned?.foreground.add(reader);
+    const foreground = foregroundOf(spec);
+    const m: Mounted = { id, spec, link, session, reader, fetcher, foreground, layers };
+    foreground.add(reader);
     layers?.add(reader);
     byId.set(id, m);
     mounted.set(spec.mountpoint, m);
-    // This layer's share of the learned list, fetched behind the container's own reads.
-    void learned?.list.then((hexes) => {
+    // This layer's share of the learned list, fetched behind the container's own reads; then, with
+    // fillLayers, the rest of the layer.
+    void (learned?.list ?? Promise.resolve([])).then((hexes) => {
+      if (byId.get(id) !== m) return;
+      const phases: PrefetchPhase[] = [];
       const chunks = chunksIn(bootstrap, hexes);
-      if (chunks.length === 0 || byId.get(id) !== m) return;
-      reader.followLearnedList(() => m.prefetcher?.offTrack ?? true);
-      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, learned.foreground, [{ chunks, quietMs: 0, followsReads: true }], { log: o.log });
+      if (chunks.length > 0) {
+        reader.followLearnedList(() => m.prefetcher?.offTrack ?? true);
+        phases.push({ chunks, quietMs: 0, followsReads: true });
+      }
+      if (o.fillLayers) phases.push({ chunks: allChunks(bootstrap), quietMs: FILL_AFTER_QUIET_MS, withinCacheRoom: true });
+      if (phases.length === 0) return;
+      m.prefetcher = new Prefetcher(bootstrap, cache, fetcher, foreground, phases, { log: o.log });
       m.prefetcher.start();
     });
     return m;
@@ -369,6 +393,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
       errors: fetcher.stats.errors,
       cacheHits: reader.stats.cacheHits,
       prefetchedChunks: prefetcher?.stats.chunks ?? 0,
+      prefetchDone: prefetcher?.stats.done ?? false,
     })),
   });
 

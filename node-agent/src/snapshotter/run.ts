@@ -28,6 +28,8 @@ export interface SnapshotterOptions extends ProxyHttpOptions {
   learnedPrefetch?: boolean;
   /** Program prefetch (see lazy-reader.ts); default on. */
   programPrefetch?: boolean;
+  /** Fetch the rest of each lazy layer once its image's reads pause (see mounts-daemon.ts); default off. */
+  fillLayers?: boolean;
   /** The mounts daemon reads its FUSE connections itself (default: where the kernel and a shell allow it; see mounts-daemon.ts). */
   direct?: boolean;
   codec?: string;
