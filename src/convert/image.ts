@@ -182,7 +182,6 @@ function checkMergeSize(layers: ConvertedLayer[], max: number | undefined): void
   if (inodes > max) throw new LayerFormatError(`its ${layers.length} layers hold ${inodes} entries together, more than the ${max} this converter can merge`);
 }
 
-
 async function configPlatform(source: ImageSource, config: Descriptor | undefined): Promise<string | null> {
   if (!config || typeof config.digest !== "string") return null;
   const bytes = await readAll(await source.blob(requireDigest(config.digest)), 4 << 20);

@@ -107,9 +107,8 @@ function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skippe
     }
     for (const e of entries) {
       const ino = layer.inode(e.inode);
-      const id = tree.names.intern(e.name);
-      const childPath = `${path}/${e.name}`;
       if (ino.type === "whiteout") continue;
+      const id = tree.names.intern(e.name);
       if (ino.type === "dir") {
         let d = tree.child(dst, id);
         if (d === -1 || tree.kind(d) !== KIND_DIR) {
@@ -117,11 +116,11 @@ function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skippe
           tree.link(dst, id, d);
         }
         if (!(ino.flags & L.FLAG_IMPLICIT)) setMetadata(tree, d, layer, e.inode);
-        apply(d, e.inode, dst, id, childPath);
+        apply(d, e.inode, dst, id, `${path}/${e.name}`);
       } else if (ino.type === "hardlink-ref") {
         const target = find(tree, layer.readlink(e.inode));
         if (target !== -1 && tree.kind(target) !== KIND_DIR) tree.link(dst, id, target);
-        else skipped.add(childPath, `hardlink target /${layer.readlink(e.inode)} is not a file in a lower layer`);
+        else skipped.add(`${path}/${e.name}`, `hardlink target /${layer.readlink(e.inode)} is not a file in a lower layer`);
       } else {
         tree.link(dst, id, take(e.inode));
       }
