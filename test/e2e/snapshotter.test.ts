@@ -277,6 +277,8 @@ describe("skiff snapshotter over gRPC", () => {
         return status.mounts.length === 2 && status.mounts.every((m) => m.prefetchDone) ? status : undefined;
       }, { timeoutMs: 60_000, intervalMs: 250 });
       expect(done.mounts.reduce((a, m) => a + m.prefetchedChunks, 0)).toBeGreaterThan(0);
+      const metrics = parseMetrics(await (await fetch(`http://${filled.node.metricsAddress}/metrics`)).text());
+      expect(metrics.find((m) => m.name === "skiff_snapshotter_prefetch_done_layers")?.value).toBe(2);
       expect((await daemonStatus(lazy.node)).mounts.every((m) => m.prefetchedChunks === 0)).toBe(true);
       for (const n of nodes) await n.relay.cut();
       // The filling node reads every file from its own cache.

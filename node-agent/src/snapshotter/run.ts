@@ -121,11 +121,14 @@ async function metricsText(metrics: Metrics, snapshotter: Snapshotter, mounts: M
       `skiff_snapshotter_chunk_cache_max_bytes ${c.maxBytes}`,
       `skiff_snapshotter_chunk_cache_evictions_total ${c.evictions}`,
     );
-    // Per image: its mounted layers, bytes fetched, cache hits and fetch latency (a summary's sum and count).
-    const byImage = new Map<string, { mounts: number; bytes: number; hits: number; errors: number; fetches: number; ms: number }>();
+    // Per image: its mounted layers, bytes fetched, cache hits, fetch latency (a summary's sum and
+    // count), and what background prefetch did.
+    const byImage = new Map<string, { mounts: number; bytes: number; hits: number; errors: number; fetches: number; ms: number; prefetched: number; prefetchDone: number }>();
     for (const m of status.mounts) {
-      const t = byImage.get(m.image) ?? { mounts: 0, bytes: 0, hits: 0, errors: 0, fetches: 0, ms: 0 };
+      const t = byImage.get(m.image) ?? { mounts: 0, bytes: 0, hits: 0, errors: 0, fetches: 0, ms: 0, prefetched: 0, prefetchDone: 0 };
       t.mounts++;
+      t.prefetched += m.prefetchedChunks;
+      if (m.prefetchDone) t.prefetchDone++;
       t.bytes += m.bytesFetched;
       t.hits += m.cacheHits;
       t.errors += m.errors;
@@ -140,6 +143,8 @@ async function metricsText(metrics: Metrics, snapshotter: Snapshotter, mounts: M
       ["skiff_snapshotter_fetch_errors_total", "counter", (t) => t.errors],
       ["skiff_snapshotter_fetch_seconds_count", "counter", (t) => t.fetches],
       ["skiff_snapshotter_fetch_seconds_sum", "counter", (t) => t.ms / 1000],
+      ["skiff_snapshotter_prefetched_chunks_total", "counter", (t) => t.prefetched],
+      ["skiff_snapshotter_prefetch_done_layers", "gauge", (t) => t.prefetchDone],
     ];
     for (const [name, type, value] of series) {
       lines.push(`# TYPE ${name} ${type}`);
