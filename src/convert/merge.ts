@@ -65,7 +65,7 @@ export function encodeMerged({ tree, layers }: MergedTree, platform: string): Ui
       layers.forEach((layer, blob) => {
         for (let i = 0; i < layer.chunkCount; i++, o += L.CHUNK_RECORD_SIZE) {
           const r = layer.chunk(i);
-          writeChunkRecord(out, view, o, r.digest, { ...r, blob });
+          writeChunkRecord(out, view, o, r.digest, blob, r.compressed, r.storedOffset, r.storedSize, r.size, r.uncompressedOffset);
         }
       });
     },

@@ -4,7 +4,7 @@
 // first use them, each distinct one once, the platform last. Only typed arrays are made on the way,
 // a few bytes per inode, so the peak stays close to the table plus the bootstrap itself.
 import * as L from "./layout.ts";
-import type { BlobRef, ChunkRecord } from "./model.ts";
+import type { BlobRef } from "./model.ts";
 import { KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK_REF, KIND_SYMLINK, KIND_WHITEOUT, REMOVED, type ChunkTable, type TreeTable } from "./tree-table.ts";
 
 const TYPE_BITS: number[] = [];
@@ -259,7 +259,7 @@ function layerChunkRecords(chunks: ChunkTable): ChunkRecords {
       let uncompressedOffset = 0;
       for (let i = 0; i < chunks.count; i++) {
         const [page, from] = chunks.digest(i);
-        writeChunkRecord(out, view, at + i * L.CHUNK_RECORD_SIZE, page.subarray(from, from + 32), { blob: 0, compressed: chunks.compressed(i), storedOffset, storedSize: chunks.storedSize(i), size: chunks.size(i), uncompressedOffset });
+        writeChunkRecord(out, view, at + i * L.CHUNK_RECORD_SIZE, page.subarray(from, from + 32), 0, chunks.compressed(i), storedOffset, chunks.storedSize(i), chunks.size(i), uncompressedOffset);
         storedOffset += chunks.storedSize(i);
         uncompressedOffset += chunks.size(i);
       }
@@ -267,13 +267,13 @@ function layerChunkRecords(chunks: ChunkTable): ChunkRecords {
   };
 }
 
-/** One chunk record at `o`. */
-export function writeChunkRecord(out: Uint8Array, view: DataView, o: number, digest: Uint8Array, r: Omit<ChunkRecord, "digest">): void {
+/** One chunk record at `o` (the fields of a ChunkRecord, without an object per record). */
+export function writeChunkRecord(out: Uint8Array, view: DataView, o: number, digest: Uint8Array, blob: number, compressed: boolean, storedOffset: number, storedSize: number, size: number, uncompressedOffset: number): void {
   out.set(digest, o);
-  view.setUint32(o + 32, r.blob, true);
-  view.setUint32(o + 36, r.compressed ? L.CHUNK_COMPRESSED : 0, true);
-  view.setBigUint64(o + 40, BigInt(r.storedOffset), true);
-  view.setUint32(o + 48, r.storedSize, true);
-  view.setUint32(o + 52, r.size, true);
-  view.setBigUint64(o + 56, BigInt(r.uncompressedOffset), true);
+  view.setUint32(o + 32, blob, true);
+  view.setUint32(o + 36, compressed ? L.CHUNK_COMPRESSED : 0, true);
+  view.setBigUint64(o + 40, BigInt(storedOffset), true);
+  view.setUint32(o + 48, storedSize, true);
+  view.setUint32(o + 52, size, true);
+  view.setBigUint64(o + 56, BigInt(uncompressedOffset), true);
 }

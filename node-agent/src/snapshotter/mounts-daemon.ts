@@ -87,7 +87,7 @@ interface Mounted {
   fetcher: ChunkFetcher;
   prefetcher?: Prefetcher;
   /** The image's reads across its layers, which this layer's prefetch lets go first. */
-  foreground?: LayersForeground;
+  foreground: LayersForeground;
   /** The image's layers, where this layer's program prefetch finds libraries it does not hold. */
   layers?: LayerGroup;
 }
@@ -146,7 +146,7 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const forget = async (m: Mounted) => {
     byId.delete(m.id);
     if (mounted.get(m.spec.mountpoint) === m) mounted.delete(m.spec.mountpoint);
-    m.foreground?.delete(m.reader);
+    m.foreground.delete(m.reader);
     m.layers?.delete(m.reader);
     await m.prefetcher?.stop();
     if (m.own) await closeOwn(m.own);
