@@ -138,11 +138,11 @@ export interface ConvertImageOptions {
  * 175) and the encoder's arrays while it writes it (about 28). bench/merge-memory.mjs measured 309
  * to 322 bytes without those arrays, on two node_modules-like layers under different roots (so
  * the image holds every inode of both) of 112,641 to 337,927 inodes together. The rest is room for
- * what the layers' conversions left for the collector, when they ran just before: in workerd, the
- * heap sampled with its garbage reached 123.7 MiB for 218,410 inodes at this figure's limit, and
- * 156.1 MiB for 273,211 at 360 bytes' (test/e2e/worker-entry-limit.test.ts).
+ * what the layers' conversions, run just before, left for the collector: in workerd, the heap
+ * sampled with its garbage reached 123.7 and 159.6 MiB in two runs for 218,410 inodes (a limit of
+ * 450 bytes an inode), so the limit follows from the larger (test/e2e/worker-entry-limit.test.ts).
  */
-export const MERGE_BYTES_PER_ENTRY = 450;
+export const MERGE_BYTES_PER_ENTRY = 575;
 
 /** The most inodes an image merge fits into `memoryBytes` beside what a conversion holds anyway, in thousands. */
 export function mergeLimitForMemory(memoryBytes: number): number {
