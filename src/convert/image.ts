@@ -136,13 +136,13 @@ export interface ConvertImageOptions {
  * What merging holds per inode of the layers at its peak, everything included: the layers'
  * bootstraps (about 140 bytes), the image's tree in columns (about 60), the image bootstrap (about
  * 175) and the encoder's arrays while it writes it (about 28). bench/merge-memory.mjs measured 309
- * to 322 bytes without those arrays, on two node_modules-like layers under different roots (so
- * the image holds every inode of both) of 112,641 to 337,927 inodes together. The rest is room for
- * what the layers' conversions, run just before, left for the collector: in workerd, the heap
- * sampled with its garbage reached 123.7 and 159.6 MiB in two runs for 218,410 inodes (a limit of
- * 450 bytes an inode), so the limit follows from the larger (test/e2e/worker-entry-limit.test.ts).
+ * to 322 bytes without those arrays, live, on two node_modules-like layers under different roots
+ * (so the image holds every inode of both) of 112,641 to 337,927 inodes together; the rest is a
+ * margin for garbage the merge makes as it goes. What workerd's heap samples show beside the live
+ * figure is garbage the layers' conversions left, mostly array buffers V8 had not freed yet, and
+ * it does not follow the merge's size (docs/reliability.md).
  */
-export const MERGE_BYTES_PER_ENTRY = 575;
+export const MERGE_BYTES_PER_ENTRY = 450;
 
 /** The most inodes an image merge fits into `memoryBytes` beside what a conversion holds anyway, in thousands. */
 export function mergeLimitForMemory(memoryBytes: number): number {

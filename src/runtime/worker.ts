@@ -36,7 +36,7 @@ const varOf = (setting: string) => ({ access: "ACCESS_MODE", "allow-host": "ALLO
 /**
  * A Worker isolate's memory. A layer's tree is held while it converts: MAX_LAYER_ENTRIES defaults to
  * what fits in it (387,000), so a larger layer is refused with an OCI error instead of ending the
- * isolate; so is an image whose layers hold too many entries together to merge (175,000).
+ * isolate; so is an image whose layers hold too many entries together to merge (223,000).
  */
 const WORKER_MEMORY_BYTES = 128 * 2 ** 20;
 const WORKER_DEFAULTS = { "convert-step": "512m", "convert-wait": "25", "max-layer-entries": String(entryLimitForMemory(WORKER_MEMORY_BYTES)) };

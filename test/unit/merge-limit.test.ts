@@ -47,7 +47,7 @@ describe("the merge limit", () => {
   });
 
   it("follows from a memory budget, in thousands", () => {
-    expect(mergeLimitForMemory(128 * 2 ** 20)).toBe(175_000);
+    expect(mergeLimitForMemory(128 * 2 ** 20)).toBe(223_000);
     expect(mergeLimitForMemory(16 * 2 ** 20)).toBe(1000);
   });
 });
