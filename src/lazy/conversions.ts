@@ -219,13 +219,14 @@ export class Conversions {
     // A conversion made for another repository (stored, or still running for one) is shared
     // only once this repository is confirmed to have the layer too. One this call converts, or one
     // running for this repository, downloads the layer under this name, which confirms it: a HEAD
-    // would only cost a round trip.
+    // would only cost a round trip. A confirmation is stored as a link, so the image bootstrap's own
+    // check (http/lazy.ts) and later requests need no second HEAD.
     const running = this.#layers.get(layerJobKey(layer, opts));
     const joins = running !== undefined && this.#repositoryOf.get(running.job) !== name;
-    if (joins) await this.#deps.blobs.upstreamHead(name, layer.digest);
+    if (joins) await this.#deps.blobs.entitled(name, layer.digest);
     const converted = await this.#layer(name, layer, opts);
     // Found stored rather than converted: not downloaded here, so confirmed before it is used.
-    if (!joins && !converted.converted) await this.#deps.blobs.upstreamHead(name, layer.digest);
+    if (!joins && !converted.converted) await this.#deps.blobs.entitled(name, layer.digest);
     return converted;
   }
 

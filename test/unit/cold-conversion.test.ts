@@ -212,6 +212,27 @@ describe("a cold edge converts while it downloads", () => {
     expect(registry.count(`${whole}/blobs/${digests[1]}`, "HEAD")).toBe(1);
   });
 
+  it("confirms a stored layer conversion for another repository with one HEAD, once", async () => {
+    const { registry, layers, digests } = image("stored-layers");
+    const store = new WatchedStore();
+    const app = proxy(registry, store).app;
+    expect((await app.request(bootstrapUrl("?chunk-size=64k"))).status).toBe(200);
+    // Another image of the same layers in the other order: a new image bootstrap, merged from the
+    // stored layer conversions. The blobs were evicted, so only the upstream can confirm the layers.
+    const other = "lib/reordered";
+    registry.addImage(other, "v1", [layers[1]!, layers[0]!]);
+    for (const d of digests) await store.delete(blobKey(parseDigest(d)!));
+    const url = `http://skiff.test/v2/${other}/_skiff/bootstrap/v1?chunk-size=64k`;
+    for (let round = 0; round < 2; round++) {
+      const res = await app.request(url);
+      expect(res.status, await res.clone().text()).toBe(200);
+    }
+    for (const d of digests) {
+      expect(registry.count(`${other}/blobs/${d}`, "HEAD")).toBe(1);
+      expect(registry.count(`${other}/blobs/${d}`, "GET")).toBe(0);
+    }
+  });
+
   it("asks for a lone manifest's first layer beside its config, not after it; a warm edge asks for neither", async () => {
     const { registry, digests } = image("cold-config");
     const app = proxy(registry, new WatchedStore(), true).app;
