@@ -298,6 +298,27 @@ describe("skiff snapshotter over gRPC", () => {
     }
   }, 120_000);
 
+  test("an image's layers removed: the mounts daemon keeps nothing of the image", async () => {
+    const node = await SnapshotterProcess.start(skiff.url, []);
+    const c = connectTo(node);
+    try {
+      const top = await prepareLazily(c.call, c.list);
+      const served = await daemonStatus(node);
+      expect(served.mounts.length).toBe(2);
+      expect(served.images).toEqual({ served: 1, learning: 1 });
+      // As containerd removes an image's snapshots: top layer first.
+      await c.call("Remove", { key: top.name });
+      expect((await daemonStatus(node)).images).toEqual({ served: 1, learning: 1 });
+      for (const base of await c.list()) await c.call("Remove", { key: base.name });
+      const after = await daemonStatus(node);
+      expect(after.mounts).toEqual([]);
+      expect(after.images).toEqual({ served: 0, learning: 0 });
+    } finally {
+      c.close();
+      await node.stop();
+    }
+  }, 60_000);
+
   test("a layer the proxy can't serve (unknown repository) falls back to an ordinary snapshot", async () => {
     const labels = {
       [TARGET]: "sha256:" + "ab".repeat(32),

@@ -18,6 +18,7 @@ export interface MountsClientOptions {
 export interface DaemonStatus {
   pid: number;
   cache: { bytes: number; maxBytes: number; entries: number; hits: number; misses: number; evictions: number };
+  images: { served: number; learning: number };
   mounts: { image: string; layer: string; bytesFetched: number; fetches: number; fetchMs: number; errors: number; cacheHits: number; prefetchedChunks: number; prefetchDone: boolean }[];
 }
 

@@ -142,12 +142,50 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
     handle(req, res).catch((err) => reply(res, 500, { error: errorMessage(err) }));
   });
   const byId = new Map<number, Mounted>();
+  // Per image with layers mounted: its layers' reads as one foreground for their prefetch, and,
+  // when learning, the learned list and what its start reads first. Dropped with the image's last
+  // layer (forget): a daemon runs for months, through many images.
+  const imageKey = (spec: LayerMountSpec) => `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest ?? spec.layerDigest}`;
+  const learningKey = (spec: LayerMountSpec) => `${imageKey(spec)} ${spec.params}`;
+  const foregrounds = new Map<string, LayersForeground>();
+  const foregroundOf = (spec: LayerMountSpec) => {
+    const key = imageKey(spec);
+    let foreground = foregrounds.get(key);
+    if (!foreground) foregrounds.set(key, (foreground = new LayersForeground()));
+    return foreground;
+  };
+  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads }>();
+  const learningFor = (spec: LayerMountSpec) => {
+    if (o.learnedPrefetch === false || !spec.manifestDigest) return undefined;
+    const key = learningKey(spec);
+    let entry = learning.get(key);
+    if (!entry) {
+      const source: LearnedReadsSource = { proxy: spec.proxy, name: spec.name, ns: spec.ns, manifestDigest: spec.manifestDigest, params: spec.params, fetchImpl: http.fetch, log: o.log };
+      entry = { list: learnedReads(source), firstReads: new FirstReads(source) };
+      learning.set(key, entry);
+    }
+    return entry;
+  };
+  const reportFirstReads = () => Promise.all([...learning.values()].map((e) => e.firstReads.report()));
+  /** Drops what this daemon keeps for `spec`'s image once no layer of it is served. */
+  const forgetImage = (spec: LayerMountSpec) => {
+    const served = [...byId.values()].map((m) => m.spec);
+    if (!served.some((other) => imageKey(other) === imageKey(spec))) foregrounds.delete(imageKey(spec));
+    const entry = learning.get(learningKey(spec));
+    if (entry && !served.some((other) => learningKey(other) === learningKey(spec))) {
+      // What the start read so far is reported now rather than never.
+      void entry.firstReads.report();
+      learning.delete(learningKey(spec));
+    }
+  };
+
   /** A layer no longer served: out of the tables and its image's foreground, its prefetch stopped. */
   const forget = async (m: Mounted) => {
     byId.delete(m.id);
     if (mounted.get(m.spec.mountpoint) === m) mounted.delete(m.spec.mountpoint);
     m.foreground.delete(m.reader);
     m.layers?.delete(m.reader);
+    forgetImage(m.spec);
     await m.prefetcher?.stop();
     if (m.own) await closeOwn(m.own);
   };
@@ -242,34 +280,11 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   for (const link of links) for (const h of link.held) held.set(h.mountpoint, { id: h.id, link });
   let lastId = Math.max(0, ...[...held.values()].map((h) => h.id));
 
-  // Per image (its layers mounted in this daemon's life): its layers' reads as one foreground for
-  // their prefetch, and, when learning, the learned list and what its start reads first.
-  const foregrounds = new Map<string, LayersForeground>();
-  const foregroundOf = (spec: LayerMountSpec) => {
-    const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest ?? spec.layerDigest}`;
-    let foreground = foregrounds.get(key);
-    if (!foreground) foregrounds.set(key, (foreground = new LayersForeground()));
-    return foreground;
-  };
-  const learning = new Map<string, { list: Promise<string[]>; firstReads: FirstReads }>();
-  const learningFor = (spec: LayerMountSpec) => {
-    if (o.learnedPrefetch === false || !spec.manifestDigest) return undefined;
-    const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest} ${spec.params}`;
-    let entry = learning.get(key);
-    if (!entry) {
-      const source: LearnedReadsSource = { proxy: spec.proxy, name: spec.name, ns: spec.ns, manifestDigest: spec.manifestDigest, params: spec.params, fetchImpl: http.fetch, log: o.log };
-      entry = { list: learnedReads(source), firstReads: new FirstReads(source) };
-      learning.set(key, entry);
-    }
-    return entry;
-  };
-  const reportFirstReads = () => Promise.all([...learning.values()].map((e) => e.firstReads.report()));
-
   // The layers of each image, in the order they were mounted (lowest first, as containerd prepares them).
   const layerGroups = new Map<string, LayerGroup>();
   const layersOf = (spec: LayerMountSpec) => {
     if (!spec.manifestDigest) return undefined;
-    const key = `${spec.proxy} ${spec.ns ?? ""}/${spec.name}@${spec.manifestDigest}`;
+    const key = imageKey(spec);
     let group = layerGroups.get(key);
     if (!group) layerGroups.set(key, (group = new LayerGroup(() => layerGroups.delete(key))));
     return group;
@@ -384,6 +399,8 @@ export async function runMountsDaemon(o: MountsDaemonOptions): Promise<{ close()
   const status = () => ({
     pid: process.pid,
     cache: cache.stats,
+    // Images with a layer served, and those of them still learning what their start reads.
+    images: { served: foregrounds.size, learning: learning.size },
     mounts: [...mounted.values()].map(({ spec, fetcher, reader, prefetcher }) => ({
       image: spec.image,
       layer: spec.layerDigest,
