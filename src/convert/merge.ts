@@ -7,7 +7,7 @@
 // bootstraps as the image is written: so a Worker merges images about as large as the layers it
 // converts. A whiteout removes an entry; an opaque directory gets a new, empty inode under its name,
 // which leaves what it held unreachable, and the encoder writes only what the root reaches.
-import type { Bootstrap } from "../format/decode.ts";
+import type { Bootstrap, Inode } from "../format/decode.ts";
 import { encodeTree, writeChunkRecord } from "../format/encode-table.ts";
 import * as L from "../format/layout.ts";
 import type { NodeType } from "../format/model.ts";
@@ -79,11 +79,10 @@ function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skippe
   // The image's inode of each of the layer's files, made once whatever its number of names:
   // hardlinks inside the layer stay one inode.
   const taken = new Int32Array(layer.inodeCount).fill(-1);
-  const take = (src: number): number => {
+  const take = (src: number, ino: Inode): number => {
     if (taken[src] !== -1) return taken[src]!;
-    const ino = layer.inode(src);
     const node = tree.newInode(KINDS[ino.type]!, ino.mode);
-    setMetadata(tree, node, layer, src);
+    setMetadata(tree, node, layer, ino);
     if (ino.type === "file") {
       tree.setSize(node, ino.size);
       tree.beginChunks(node);
@@ -100,13 +99,15 @@ function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skippe
   const apply = (dst: number, src: number, parent: number, name: number, path: string): void => {
     if (layer.inode(src).flags & L.FLAG_OPAQUE) dst = emptied(tree, dst, parent, name);
     const entries = layer.readdir(src);
-    for (const e of entries) {
-      if (layer.inode(e.inode).type !== "whiteout") continue;
+    // Decoded once for both passes: whiteouts first, then what the layer adds.
+    const inodes = entries.map((e) => layer.inode(e.inode));
+    entries.forEach((e, i) => {
+      if (inodes[i]!.type !== "whiteout") return;
       const id = tree.names.lookup(e.name);
       if (id !== -1) tree.unlink(dst, id);
-    }
-    for (const e of entries) {
-      const ino = layer.inode(e.inode);
+    });
+    for (const [i, e] of entries.entries()) {
+      const ino = inodes[i]!;
       if (ino.type === "whiteout") continue;
       const id = tree.names.intern(e.name);
       if (ino.type === "dir") {
@@ -115,18 +116,19 @@ function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skippe
           d = tree.newInode(KIND_DIR, 0o755);
           tree.link(dst, id, d);
         }
-        if (!(ino.flags & L.FLAG_IMPLICIT)) setMetadata(tree, d, layer, e.inode);
+        if (!(ino.flags & L.FLAG_IMPLICIT)) setMetadata(tree, d, layer, ino);
         apply(d, e.inode, dst, id, `${path}/${e.name}`);
       } else if (ino.type === "hardlink-ref") {
         const target = find(tree, layer.readlink(e.inode));
         if (target !== -1 && tree.kind(target) !== KIND_DIR) tree.link(dst, id, target);
         else skipped.add(`${path}/${e.name}`, `hardlink target /${layer.readlink(e.inode)} is not a file in a lower layer`);
       } else {
-        tree.link(dst, id, take(e.inode));
+        tree.link(dst, id, take(e.inode, ino));
       }
     }
   };
-  if (!(layer.inode(0).flags & L.FLAG_IMPLICIT)) setMetadata(tree, 0, layer, 0);
+  const root = layer.inode(0);
+  if (!(root.flags & L.FLAG_IMPLICIT)) setMetadata(tree, 0, layer, root);
   apply(0, 0, -1, -1, "");
 }
 
@@ -147,9 +149,8 @@ function emptied(tree: TreeTable, dir: number, parent: number, name: number): nu
   return fresh;
 }
 
-function setMetadata(tree: TreeTable, node: number, layer: Bootstrap, src: number): void {
-  const ino = layer.inode(src);
-  tree.setMetadata(node, { perm: ino.mode, uid: ino.uid, gid: ino.gid, mtime: ino.mtime, mtimeNsec: ino.mtimeNsec, xattrs: layer.xattrs(src) });
+function setMetadata(tree: TreeTable, node: number, layer: Bootstrap, ino: Inode): void {
+  tree.setMetadata(node, { perm: ino.mode, uid: ino.uid, gid: ino.gid, mtime: ino.mtime, mtimeNsec: ino.mtimeNsec, xattrs: layer.xattrs(ino.index) });
 }
 
 /** The image's inode at `path` (not the root), or -1. */
