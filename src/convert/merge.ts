@@ -99,15 +99,15 @@ function applyLayer(tree: TreeTable, layer: Bootstrap, chunkBase: number, skippe
   const apply = (dst: number, src: number, parent: number, name: number, path: string): void => {
     if (layer.inode(src).flags & L.FLAG_OPAQUE) dst = emptied(tree, dst, parent, name);
     const entries = layer.readdir(src);
-    // Decoded once for both passes: whiteouts first, then what the layer adds.
-    const inodes = entries.map((e) => layer.inode(e.inode));
-    entries.forEach((e, i) => {
-      if (inodes[i]!.type !== "whiteout") return;
+    // Whiteouts first. Each pass decodes the inodes it needs again rather than holding them: a
+    // directory may have a hundred thousand entries, and a Worker merges within its memory.
+    for (const e of entries) {
+      if (layer.inode(e.inode).type !== "whiteout") continue;
       const id = tree.names.lookup(e.name);
       if (id !== -1) tree.unlink(dst, id);
-    });
-    for (const [i, e] of entries.entries()) {
-      const ino = inodes[i]!;
+    }
+    for (const e of entries) {
+      const ino = layer.inode(e.inode);
       if (ino.type === "whiteout") continue;
       const id = tree.names.intern(e.name);
       if (ino.type === "dir") {
