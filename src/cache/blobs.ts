@@ -209,6 +209,7 @@ export class BlobCache {
             if (upload) await batched!.write(value);
           } catch (err) {
             storeFailed(err);
+            await batched!.settle();
             await upload!.cancel();
             upload = null;
           }
@@ -235,6 +236,7 @@ export class BlobCache {
         if (storeError !== null) throw storeError;
         return total;
       } catch (err) {
+        await batched?.settle();
         await upload?.cancel();
         reader.cancel().catch(() => {});
         writer?.abort(err).catch(() => {});

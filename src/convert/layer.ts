@@ -199,6 +199,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
       await committed;
     }
   } catch (err) {
+    await batched.settle();
     await upload.cancel();
     // A checkpoint that does not fit the layer, or steps over bytes that can never convert (not a
     // layer, or not the layer its digest names), are dropped with their segments: the next attempt
@@ -361,7 +362,7 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     }
     table.chunkRefs.set(slot, index);
     ordinals?.push(index);
-    // Written (the store copies what it keeps) and hashed: the cutter's buffer is cut into again. An
+    // Copied into the writer's batch and hashed: the cutter's buffer is cut into again. An
     // encoder on another thread took it (detached here) and sent it back holding `stored`.
     if (!giveBack(data)) giveBack(stored);
   };

@@ -120,30 +120,70 @@ export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
 }
 
 /**
- * Gathers small writes into pieces of up to `size` bytes before they reach `sink`: a store write
- * costs about as much for 1 KiB as for 1 MiB, and most files of a layer are a few KiB. Bytes given
- * to `write` may be reused once it resolves; `flush` writes what is gathered.
+ * Gathers writes into pieces of `size` bytes before they reach `sink` (the last may be shorter):
+ * a store write costs about as much for 1 KiB as for 1 MiB, and most files of a layer are a few
+ * KiB. The pieces are written one after another while the caller goes on, up to `depth` pieces
+ * gathered or being written: a conversion's thread waited for the store a tenth of its time
+ * (docs/benchmarks.md, "Converting layers"). Bytes given to `write` are copied, and may be reused
+ * once it resolves. A failed sink write fails the next `write` or `flush`, and no later piece is
+ * written; `flush` writes what is gathered and waits for every write.
  */
 export class BatchedWriter {
   readonly #sink: (bytes: Uint8Array) => Promise<void>;
-  readonly #batch: Uint8Array;
+  readonly #size: number;
+  readonly #depth: number;
+  #buffer: Uint8Array;
   #filled = 0;
+  /** Pieces handed to the sink, oldest first, each with its write (which waits for the one before). */
+  readonly #queued: { buffer: Uint8Array; written: Promise<void> }[] = [];
+  /** Buffers whose pieces are written, to gather into again. */
+  readonly #free: Uint8Array[] = [];
 
-  constructor(sink: (bytes: Uint8Array) => Promise<void>, size: number) {
+  constructor(sink: (bytes: Uint8Array) => Promise<void>, size: number, depth = 2) {
     this.#sink = sink;
-    this.#batch = new Uint8Array(size);
+    this.#size = size;
+    this.#depth = Math.max(1, depth);
+    this.#buffer = new Uint8Array(size);
   }
 
   async write(bytes: Uint8Array): Promise<void> {
-    if (this.#filled + bytes.byteLength > this.#batch.byteLength) await this.flush();
-    if (bytes.byteLength >= this.#batch.byteLength) return this.#sink(bytes);
-    this.#batch.set(bytes, this.#filled);
-    this.#filled += bytes.byteLength;
+    for (let at = 0; at < bytes.byteLength; ) {
+      const n = Math.min(bytes.byteLength - at, this.#size - this.#filled);
+      this.#buffer.set(n === bytes.byteLength ? bytes : bytes.subarray(at, at + n), this.#filled);
+      this.#filled += n;
+      at += n;
+      if (this.#filled === this.#size) await this.#send();
+    }
   }
 
   async flush(): Promise<void> {
-    if (this.#filled === 0) return;
-    await this.#sink(this.#batch.subarray(0, this.#filled));
+    if (this.#filled > 0) await this.#send();
+    while (this.#queued.length > 0) await this.#reclaim();
+  }
+
+  /** Waits for the writes in progress, whatever their outcome: before the sink is cancelled. */
+  async settle(): Promise<void> {
+    await this.#queued.at(-1)?.written.catch(() => {});
+  }
+
+  /** Queues the gathered piece behind the others and goes on into a free buffer, waiting for one if none is. */
+  async #send(): Promise<void> {
+    const piece = this.#buffer.subarray(0, this.#filled);
+    const before = this.#queued.at(-1)?.written ?? Promise.resolve();
+    const written = before.then(() => this.#sink(piece));
+    // Its failure is the next call's; until then it must not count as unhandled.
+    written.catch(() => {});
+    this.#queued.push({ buffer: this.#buffer, written });
     this.#filled = 0;
+    if (this.#free.length === 0 && this.#queued.length >= this.#depth) await this.#reclaim();
+    this.#buffer = this.#free.pop() ?? new Uint8Array(this.#size);
+  }
+
+  /** Waits for the oldest queued piece to be written, and frees its buffer. */
+  async #reclaim(): Promise<void> {
+    const oldest = this.#queued[0]!;
+    await oldest.written;
+    this.#queued.shift();
+    this.#free.push(oldest.buffer);
   }
 }

@@ -65,7 +65,7 @@ describe("coalesce", () => {
 });
 
 describe("BatchedWriter", () => {
-  it("gathers small writes into pieces of at most the batch size, passes a large one through, keeps the order, and copies what it holds", async () => {
+  it("gathers writes into pieces of the batch size, keeps the order, and copies what it holds", async () => {
     const pieces: Uint8Array[] = [];
     const writer = new BatchedWriter(async (bytes) => void pieces.push(bytes.slice()), 8);
     const input = [[1, 2, 3], [4, 5, 6], [7, 8, 9], Array.from({ length: 10 }, (_, i) => 10 + i), [20]].map((a) => Uint8Array.from(a));
@@ -74,8 +74,52 @@ describe("BatchedWriter", () => {
       bytes.fill(0); // the caller may reuse its bytes once the write resolved
     }
     await writer.flush();
-    expect(pieces.map((p) => Array.from(p))).toEqual([[1, 2, 3, 4, 5, 6], [7, 8, 9], Array.from({ length: 10 }, (_, i) => 10 + i), [20]]);
+    const all = Array.from({ length: 20 }, (_, i) => i + 1);
+    expect(pieces.map((p) => Array.from(p))).toEqual([all.slice(0, 8), all.slice(8, 16), all.slice(16)]);
     await writer.flush();
-    expect(pieces).toHaveLength(4);
+    expect(pieces).toHaveLength(3);
+  });
+
+  it("goes on while a piece is written, one write at a time, and waits when every buffer is taken", async () => {
+    const started: number[][] = [];
+    const finish: (() => void)[] = [];
+    let writing = 0;
+    let most = 0;
+    const writer = new BatchedWriter(async (bytes) => {
+      started.push(Array.from(bytes));
+      most = Math.max(most, ++writing);
+      await new Promise<void>((resolve) => finish.push(resolve));
+      writing--;
+    }, 2);
+    // The first piece goes to the sink and the write returns without waiting for it.
+    await writer.write(Uint8Array.of(1, 2));
+    expect(started).toEqual([[1, 2]]);
+    // The second is gathered into the other buffer; with both taken, the write waits for the first.
+    let third = false;
+    const second = writer.write(Uint8Array.of(3, 4)).then(() => (third = true));
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(third).toBe(false);
+    expect(started).toEqual([[1, 2]]);
+    finish.shift()!();
+    await second;
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    expect(started).toEqual([[1, 2], [3, 4]]);
+    const flushed = writer.flush();
+    finish.shift()!();
+    await flushed;
+    expect(most).toBe(1);
+  });
+
+  it("fails the next write or flush with a failed write's error, and writes nothing after it", async () => {
+    const written: number[][] = [];
+    const writer = new BatchedWriter(async (bytes) => {
+      if (bytes[0] === 1) throw new Error("store full");
+      written.push(Array.from(bytes));
+    }, 2);
+    await writer.write(Uint8Array.of(1, 2));
+    await expect(writer.write(Uint8Array.of(3, 4, 5, 6))).rejects.toThrow("store full");
+    await expect(writer.flush()).rejects.toThrow("store full");
+    await writer.settle();
+    expect(written).toEqual([]);
   });
 });
