@@ -18,6 +18,11 @@ export function cpuSeconds(pid) {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
+/** Minor page faults of process `pid` so far (fault-ins of fresh memory; /proc/PID/stat). */
+export function minorFaults(pid) {
+  return Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[7]);
+}
+
 /** The middle value; of an even count, the upper of the two middle ones (always a measured run). */
 export function median(values) {
   const sorted = [...values].sort((a, b) => a - b);

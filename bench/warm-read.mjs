@@ -34,6 +34,7 @@ try {
   const nodeArgs = values["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", values["cpu-prof"]] : [];
   const r = await warmReads({ edgeUrl: edge.url, tarFile: layer.tarFile, work, cleanups, rounds: Number(values.rounds), nodeArgs, ceiling: !values["no-ceiling"], find: !values["no-find"] });
   console.log(`sequential read of ${(r.fileBytes / 1e6).toFixed(0)} MB: mount ${r.mountMBps.toFixed(0)} MB/s (rounds: ${r.mountRunsMBps.join(", ")})` + (r.localMBps ? `, local ${r.localMBps.toFixed(0)} MB/s, fuse-native ${r.ceilingMBps.toFixed(0)} MB/s` : ""));
+  console.log(`the agent in each read: ${r.agentRuns.map((a) => `${a.faults} page faults, ${a.cpuS.toFixed(2)} s CPU`).join("; ")}`);
   if (r.mountFindS !== undefined) console.log(`find + stat of ${r.entries} entries: mount ${r.mountFindS.toFixed(2)} s` + (r.localFindS ? `, local ${r.localFindS.toFixed(2)} s, fuse-native ${r.ceilingFindS.toFixed(2)} s` : ""));
   console.log(`load average at the end: ${load(loadavg())}`);
 } finally {

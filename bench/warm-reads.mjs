@@ -6,7 +6,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { finishMount } from "./lazy-mount.mjs";
-import { median } from "./report.mjs";
+import { cpuSeconds, median, minorFaults } from "./report.mjs";
 import { root } from "./servers.mjs";
 
 /** Polls of the mount's stats for prefetchDone, 500 ms apart: 300 s at most. */
@@ -15,7 +15,8 @@ const PREFETCH_POLLS = 600;
 /**
  * Mounts `${edgeUrl}/bench/py:1` with `--prefetch all` under `work` and waits for the prefetch,
  * extracts `tarFile` beside it, and times `rounds` runs of each measurement (medians):
- * `{ fileBytes, mountMBps, localMBps, ceilingMBps, mountFindS, localFindS, ceilingFindS, entries, mountRunsMBps }`.
+ * `{ fileBytes, mountMBps, localMBps, ceilingMBps, mountFindS, localFindS, ceilingFindS, entries, mountRunsMBps,
+ * agentRuns }` (agentRuns: the agent's minor page faults and CPU seconds in each read).
  * `nodeArgs` go to the agent's node (e.g. `--cpu-prof`); `ceiling: false` skips fuse-native and
  * local disk, `find: false` the walks. Stops are pushed onto `cleanups`; the mount is stopped before returning.
  */
@@ -56,11 +57,22 @@ export async function warmReads({ edgeUrl, tarFile, work, cleanups, rounds: coun
   const findOf = (base) => rounds(`find '${base}' -printf '%s %m %u\\n' > /dev/null`);
   const entries = Number(execFileSync("sh", ["-c", `find '${local}' | wc -l`], { encoding: "utf8" }).trim());
   const fileBytes = Number(size);
-  const mountRuns = runs(`cat '${join(mnt, path)}' > /dev/null`);
+  // The agent's page faults and CPU time in each read: the first read of a process also starts
+  // the read workers and touches the chunk slab for the first time (docs/benchmarks.md).
+  const agentCounters = () => ({ faults: minorFaults(agent.pid), cpuS: cpuSeconds(agent.pid) });
+  const mountRuns = [];
+  const agentRuns = [];
+  for (let i = 0; i < count; i++) {
+    const before = agentCounters();
+    mountRuns.push(timed(`cat '${join(mnt, path)}' > /dev/null`));
+    const after = agentCounters();
+    agentRuns.push({ faults: after.faults - before.faults, cpuS: after.cpuS - before.cpuS });
+  }
   const result = {
     fileBytes,
     mountMBps: fileBytes / 1e6 / median(mountRuns),
     mountRunsMBps: mountRuns.map((s) => Math.round(fileBytes / 1e6 / s)),
+    agentRuns,
     mountFindS: withFind ? findOf(mnt) : undefined,
     entries,
   };
