@@ -185,9 +185,9 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   // The bootstrap, when its model is complete already, encoded while the data blob goes to disk.
   let encoded: Uint8Array | null = null;
   try {
-    outcome = await streamLayer(layer, opts, from, async (bytes) => {
+    outcome = await streamLayer(layer, opts, from, async (bytes, release) => {
       segment.size += bytes.byteLength;
-      await batched.write(bytes);
+      await batched.write(bytes, release);
     });
     await batched.flush();
     await opts.guard?.();
@@ -286,7 +286,8 @@ type StreamOutcome = { tables: LayerTables; stats: LayerStats } | { paused: { ch
 /** Thrown inside the chunk loop when the step's budget is spent; never leaves streamLayer. */
 class Pause {}
 
-async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array) => Promise<void>): Promise<StreamOutcome> {
+/** `write` calls `release` once it is done with the bytes (BatchedWriter). */
+async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array, release: () => void) => Promise<void>): Promise<StreamOutcome> {
   const { hasher, params, budget } = opts;
   const chunkSize = 2 ** params.chunkShift;
   const stats: LayerStats = { entries: 0, files: 0, bytesIn: 0, bytesContent: 0, bytesStored: 0, chunks: 0, uniqueChunks: 0, bytesDeduplicated: 0, skipped: new SkippedEntries() };
@@ -336,12 +337,14 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // whatever the encoder and however many chunks it has in flight.
   const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
   const pending: { data: Uint8Array; result: Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
-  // Chunk buffers written and hashed, for the cutter to cut into again.
+  // Chunk buffers written and hashed, for the cutter to cut into again: as many as can be in
+  // flight, and those the writer holds (one being written, one waiting).
   const spare: Uint8Array[] = [];
+  const maxSpare = inFlight + 2;
   /** Gives `bytes`' buffer back to the cutter if it is one of its chunk buffers and still ours. */
   const giveBack = (bytes: Uint8Array): boolean => {
     const whole = bytes.buffer.byteLength === chunkSize && bytes.byteOffset === 0 && bytes.buffer instanceof ArrayBuffer;
-    if (whole && spare.length < inFlight) spare.push(bytes.byteLength === chunkSize ? bytes : new Uint8Array(bytes.buffer));
+    if (whole && spare.length < maxSpare) spare.push(bytes.byteLength === chunkSize ? bytes : new Uint8Array(bytes.buffer));
     return whole;
   };
 
@@ -349,22 +352,23 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   const settleOldest = async (): Promise<void> => {
     const { data, result, hex, size, slot } = pending.shift()!;
     const { stored, compressed } = await result;
+    // Once hashed and written (or copied by the writer), the cutter's buffer is cut into again. An
+    // encoder on another thread took it (detached here) and sent it back holding `stored`.
+    const release = () => void (giveBack(data) || giveBack(stored));
     const digest = fromHex(hex);
     let index = chunks.find(digest);
     if (index !== -1) {
       stats.bytesDeduplicated += size;
+      release();
     } else {
       dataHash.update(stored);
-      await write(stored);
+      await write(stored, release);
       index = chunks.add({ digest, compressed, storedOffset: chunks.storedEnd, storedSize: stored.byteLength, size, uncompressedOffset: chunks.uncompressedEnd });
       stats.bytesStored += stored.byteLength;
       stats.uniqueChunks++;
     }
     table.chunkRefs.set(slot, index);
     ordinals?.push(index);
-    // Copied into the writer's batch and hashed: the cutter's buffer is cut into again. An
-    // encoder on another thread took it (detached here) and sent it back holding `stored`.
-    if (!giveBack(data)) giveBack(stored);
   };
   const drain = async (): Promise<void> => {
     while (pending.length > 0) await settleOldest();

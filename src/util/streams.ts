@@ -120,13 +120,15 @@ export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
 }
 
 /**
- * Gathers writes into pieces of `size` bytes before they reach `sink` (the last may be shorter):
- * a store write costs about as much for 1 KiB as for 1 MiB, and most files of a layer are a few
- * KiB. The pieces are written one after another while the caller goes on, up to `depth` pieces
- * gathered or being written: a conversion's thread waited for the store a tenth of its time
- * (docs/benchmarks.md, "Converting layers"). Bytes given to `write` are copied, and may be reused
- * once it resolves. A failed sink write fails the next `write` or `flush`, and no later piece is
- * written; `flush` writes what is gathered and waits for every write.
+ * Gathers writes into pieces of `size` bytes before they reach `sink`: a store write costs about as
+ * much for 1 KiB as for 1 MiB, and most files of a layer are a few KiB. The pieces are written one
+ * after another while the caller goes on, one being written and at most `depth` - 1 more waiting
+ * (a conversion's thread waited for the store a tenth of its time: docs/benchmarks.md, "Converting
+ * layers"). Bytes given to `write` are copied, and may be reused once it resolves, unless they are
+ * given with `release`: then the writer calls it once it is done with them, at once when it copied
+ * them, after their write when they make a piece of at least `size` bytes, which is written as it
+ * is, not copied (not at all if a write failed). A failed sink write fails the next `write` or
+ * `flush`, and nothing after it is written; `flush` writes what is gathered and waits for every write.
  */
 export class BatchedWriter {
   readonly #sink: (bytes: Uint8Array) => Promise<void>;
@@ -134,9 +136,9 @@ export class BatchedWriter {
   readonly #depth: number;
   #buffer: Uint8Array;
   #filled = 0;
-  /** Pieces handed to the sink, oldest first, each with its write (which waits for the one before). */
-  readonly #queued: { buffer: Uint8Array; written: Promise<void> }[] = [];
-  /** Buffers whose pieces are written, to gather into again. */
+  /** Pieces handed to the sink, oldest first, each with its write (which waits for the one before) and its buffer if it is ours. */
+  readonly #queued: { written: Promise<void>; buffer: Uint8Array | null }[] = [];
+  /** Our buffers whose pieces are written, to gather into again. */
   readonly #free: Uint8Array[] = [];
 
   constructor(sink: (bytes: Uint8Array) => Promise<void>, size: number, depth = 2) {
@@ -146,7 +148,11 @@ export class BatchedWriter {
     this.#buffer = new Uint8Array(size);
   }
 
-  async write(bytes: Uint8Array): Promise<void> {
+  async write(bytes: Uint8Array, release?: () => void): Promise<void> {
+    if (release && bytes.byteLength >= this.#size) {
+      if (this.#filled > 0) await this.#send();
+      return this.#queue(bytes, null, release);
+    }
     for (let at = 0; at < bytes.byteLength; ) {
       const n = Math.min(bytes.byteLength - at, this.#size - this.#filled);
       this.#buffer.set(n === bytes.byteLength ? bytes : bytes.subarray(at, at + n), this.#filled);
@@ -154,6 +160,7 @@ export class BatchedWriter {
       at += n;
       if (this.#filled === this.#size) await this.#send();
     }
+    release?.();
   }
 
   async flush(): Promise<void> {
@@ -161,29 +168,34 @@ export class BatchedWriter {
     while (this.#queued.length > 0) await this.#reclaim();
   }
 
-  /** Waits for the writes in progress, whatever their outcome: before the sink is cancelled. */
+  /** Waits for the writes in progress, if any, whatever their outcome: before the sink is cancelled. */
   async settle(): Promise<void> {
     await this.#queued.at(-1)?.written.catch(() => {});
   }
 
-  /** Queues the gathered piece behind the others and goes on into a free buffer, waiting for one if none is. */
+  /** Queues what is gathered, and gathers on into a buffer of ours that is written, or a new one. */
   async #send(): Promise<void> {
-    const piece = this.#buffer.subarray(0, this.#filled);
-    const before = this.#queued.at(-1)?.written ?? Promise.resolve();
-    const written = before.then(() => this.#sink(piece));
-    // Its failure is the next call's; until then it must not count as unhandled.
-    written.catch(() => {});
-    this.#queued.push({ buffer: this.#buffer, written });
+    const filled = this.#filled;
     this.#filled = 0;
-    if (this.#free.length === 0 && this.#queued.length >= this.#depth) await this.#reclaim();
+    await this.#queue(this.#buffer.subarray(0, filled), this.#buffer);
     this.#buffer = this.#free.pop() ?? new Uint8Array(this.#size);
   }
 
-  /** Waits for the oldest queued piece to be written, and frees its buffer. */
+  /** Writes `piece` after the pieces queued before it, then waits while too many are queued. */
+  async #queue(piece: Uint8Array, buffer: Uint8Array | null, release?: () => void): Promise<void> {
+    const before = this.#queued.at(-1)?.written ?? Promise.resolve();
+    const written = before.then(() => this.#sink(piece));
+    // A failure is the next call's; until then it must not count as unhandled.
+    written.then(release, () => {});
+    this.#queued.push({ written, buffer });
+    while (this.#queued.length >= this.#depth) await this.#reclaim();
+  }
+
+  /** Waits for the oldest queued piece to be written, and frees its buffer if it is ours. */
   async #reclaim(): Promise<void> {
     const oldest = this.#queued[0]!;
     await oldest.written;
     this.#queued.shift();
-    this.#free.push(oldest.buffer);
+    if (oldest.buffer) this.#free.push(oldest.buffer);
   }
 }

@@ -110,6 +110,31 @@ describe("BatchedWriter", () => {
     expect(most).toBe(1);
   });
 
+  it("writes a whole piece given with release as it is, and releases it after its write; copies and releases a smaller one at once", async () => {
+    const sunk: Uint8Array[] = [];
+    const finish: (() => void)[] = [];
+    const writer = new BatchedWriter(async (bytes) => {
+      sunk.push(bytes);
+      await new Promise<void>((resolve) => finish.push(resolve));
+    }, 4);
+    const released: string[] = [];
+    const small = Uint8Array.of(1, 2);
+    await writer.write(small, () => released.push("small"));
+    expect(released).toEqual(["small"]);
+    const whole = Uint8Array.of(3, 4, 5, 6, 7);
+    const writing = writer.write(whole, () => released.push("whole"));
+    // What was gathered goes first, then the whole piece itself, not a copy.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    expect(sunk.map((b) => Array.from(b))).toEqual([[1, 2]]);
+    finish.shift()!();
+    await writing;
+    expect(sunk[1]).toBe(whole);
+    expect(released).toEqual(["small"]);
+    finish.shift()!();
+    await writer.flush();
+    expect(released).toEqual(["small", "whole"]);
+  });
+
   it("fails the next write or flush with a failed write's error, and writes nothing after it", async () => {
     const written: number[][] = [];
     const writer = new BatchedWriter(async (bytes) => {
