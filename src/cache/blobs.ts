@@ -214,8 +214,14 @@ export class BlobCache {
             upload = null;
           }
           if (storeError !== null && clientGone) throw storeError;
+          // Only the bytes that complete the blob wait for the digest check; of a blob whose size
+          // was not announced, each piece waits for the next. A piece held back until more came
+          // kept a client of a stalled upstream from getting the first 256 KiB when they came in
+          // one piece.
           if (held) await send(held);
-          held = value;
+          held = null;
+          if (size === null || total === size) held = value;
+          else await send(value);
         }
         if (size !== null && total !== size) throw new OciError("UNAVAILABLE", `upstream sent ${total} of ${size} bytes for ${digest.value}`);
         if (h.hex() !== digest.hex) {

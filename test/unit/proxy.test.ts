@@ -165,6 +165,36 @@ describe("blobs: fetching, single flight and ranges", () => {
     expect(t.upstream.requests[0]!.headers.get("accept-encoding")).toBe("identity");
   });
 
+  it("passes each piece on as it comes, but the one that completes the blob only once it is verified", async () => {
+    const t = setup();
+    const data = bytesOf(300_000, 7);
+    const digest = sha256(data);
+    let sendRest!: () => void;
+    const rest = new Promise<void>((resolve) => (sendRest = resolve));
+    // One large piece, then nothing until the test says so: a stalled upstream.
+    t.upstream.override = () => {
+      let step = 0;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(c) {
+          if (step++ === 0) return c.enqueue(data.slice(0, 200_000));
+          await rest;
+          c.enqueue(data.slice(200_000));
+          c.close();
+        },
+      });
+      return new Response(body, { headers: { "Content-Length": String(data.byteLength) } });
+    };
+    const res = await t.request(`/v2/lib/app/blobs/${digest}`);
+    const reader = res.body!.getReader();
+    const early = await Promise.race([reader.read(), new Promise<null>((resolve) => setTimeout(resolve, 2000, null))]);
+    expect(early?.value && same(early.value, data.subarray(0, 200_000))).toBe(true);
+    sendRest();
+    // The rest, verified, to a clean end.
+    const after: Uint8Array[] = [];
+    for (let r = await reader.read(); !r.done; r = await reader.read()) after.push(r.value);
+    expect(same(Buffer.concat(after), data.subarray(200_000))).toBe(true);
+  });
+
   it("a cached blob removed from the store behind the proxy's back is fetched again by the request that finds it gone", async () => {
     const t = setup();
     const data = bytesOf(20_000, 4);
