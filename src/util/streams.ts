@@ -122,9 +122,9 @@ export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
 /**
  * Gathers writes into pieces of `size` bytes before they reach `sink`: a store write costs about as
  * much for 1 KiB as for 1 MiB, and most files of a layer are a few KiB. The pieces are written one
- * after another while the caller goes on, one being written and at most `depth` - 1 more waiting
- * (a conversion's thread waited for the store a tenth of its time: docs/benchmarks.md, "Converting
- * layers"). Bytes given to `write` are copied, and may be reused once it resolves, unless they are
+ * at a time while the caller goes on, with at most `depth` pieces in hand: the one being gathered
+ * and those queued for the sink (a conversion's thread waited for the store a tenth of its time:
+ * docs/benchmarks.md, "Converting layers"). Bytes given to `write` are copied, and may be reused once it resolves, unless they are
  * given with `release`: then the writer calls it once it is done with them, at once when it copied
  * them, after their write when they make a piece of at least `size` bytes, which is written as it
  * is, not copied (not at all if a write failed). A failed sink write fails the next `write` or
