@@ -119,21 +119,23 @@ export function bytesStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
   });
 }
 
+/** Pieces a BatchedWriter holds at most: the one being gathered and one queued for the sink. */
+const PIECES_IN_HAND = 2;
+
 /**
  * Gathers writes into pieces of `size` bytes before they reach `sink`: a store write costs about as
  * much for 1 KiB as for 1 MiB, and most files of a layer are a few KiB. The pieces are written one
- * at a time while the caller goes on, with at most `depth` pieces in hand: the one being gathered
- * and those queued for the sink (a conversion's thread waited for the store a tenth of its time:
- * docs/benchmarks.md, "Converting layers"). Bytes given to `write` are copied, and may be reused once it resolves, unless they are
- * given with `release`: then the writer calls it once it is done with them, at once when it copied
- * them, after their write when they make a piece of at least `size` bytes, which is written as it
- * is, not copied (not at all if a write failed). A failed sink write fails the next `write` or
- * `flush`, and nothing after it is written; `flush` writes what is gathered and waits for every write.
+ * at a time while the caller goes on (a conversion's thread waited for the store a tenth of its
+ * time: docs/benchmarks.md, "Converting layers"). Bytes given to `write` are copied, and may be
+ * reused once it resolves, unless they are given with `release`: then the writer calls it once it
+ * is done with them, at once when it copied them, after their write when they make a piece of at
+ * least `size` bytes, which is written as it is, not copied (not at all if a write failed). A failed
+ * sink write fails the next `write` or `flush`, and nothing after it is written; `flush` writes what
+ * is gathered and waits for every write.
  */
 export class BatchedWriter {
   readonly #sink: (bytes: Uint8Array) => Promise<void>;
   readonly #size: number;
-  readonly #depth: number;
   #buffer: Uint8Array;
   #filled = 0;
   /** Pieces handed to the sink, oldest first, each with its write (which waits for the one before) and its buffer if it is ours. */
@@ -141,10 +143,9 @@ export class BatchedWriter {
   /** Our buffers whose pieces are written, to gather into again. */
   readonly #free: Uint8Array[] = [];
 
-  constructor(sink: (bytes: Uint8Array) => Promise<void>, size: number, depth = 2) {
+  constructor(sink: (bytes: Uint8Array) => Promise<void>, size: number) {
     this.#sink = sink;
     this.#size = size;
-    this.#depth = Math.max(1, depth);
     this.#buffer = new Uint8Array(size);
   }
 
@@ -188,7 +189,7 @@ export class BatchedWriter {
     // A failure is the next call's; until then it must not count as unhandled.
     written.then(release, () => {});
     this.#queued.push({ written, buffer });
-    while (this.#queued.length >= this.#depth) await this.#reclaim();
+    while (this.#queued.length >= PIECES_IN_HAND) await this.#reclaim();
   }
 
   /** Waits for the oldest queued piece to be written, and frees its buffer if it is ours. */
