@@ -12,15 +12,21 @@ export function machine() {
 
 const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
 
+/** The fields of /proc/PID/stat after the command name, which may hold spaces and ")": state is [0]. */
+export function statFields(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(") ") + 2).split(" ");
+}
+
 /** CPU seconds (user + system) process `pid` has used so far, from /proc. */
 export function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  const fields = statFields(pid);
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
-/** Minor page faults of process `pid` so far (fault-ins of fresh memory; /proc/PID/stat). */
+/** Minor page faults of process `pid` so far (fault-ins of fresh memory). */
 export function minorFaults(pid) {
-  return Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[7]);
+  return Number(statFields(pid)[7]);
 }
 
 /** The middle value; of an even count, the upper of the two middle ones (always a measured run). */

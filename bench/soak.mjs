@@ -22,7 +22,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs, promisify } from "node:util";
 import { gzipSync, inflateRawSync } from "node:zlib";
-import { machine, median, replaceSection } from "./report.mjs";
+import { cpuSeconds, machine, median, replaceSection } from "./report.mjs";
 import { pushBlob, requireTools, root, startRegistry, startSkiff } from "./servers.mjs";
 
 const HELP = `Usage: node bench/soak.mjs [options]      (npm run bench:soak -- [options])
@@ -169,15 +169,12 @@ function isMounted(path) {
   return readFileSync("/proc/self/mounts", "utf8").split("\n").some((line) => line.split(" ")[1] === path);
 }
 
-/** CPU time a process has used, in seconds (utime + stime of /proc/PID/stat). */
-const ticksPerSecond = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }));
-function cpuSeconds(pid) {
+/** CPU seconds a process has used (report.mjs), or NaN once it is gone. */
+function cpuSecondsOrNaN(pid) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+    return cpuSeconds(pid);
   } catch {
-    return NaN; // the process is gone
+    return NaN;
   }
 }
 
@@ -508,7 +505,7 @@ try {
 
   note(`load for ${clock(opts.durationMs)} (warm-up ${clock(opts.warmupMs)}), sampling every ${opts.sampleMs / 1000} s; skiff is pid ${skiff.child.pid}`);
   t0 = Date.now();
-  const cpuAtStart = cpuSeconds(skiff.child.pid);
+  const cpuAtStart = cpuSecondsOrNaN(skiff.child.pid);
   takeSample();
   const sampler = setInterval(takeSample, opts.sampleMs);
   cleanups.push(async () => clearInterval(sampler));
@@ -526,7 +523,7 @@ try {
   ending.abort();
   clearInterval(sampler);
   takeSample();
-  const skiffCpu = cpuSeconds(skiff.child.pid) - cpuAtStart;
+  const skiffCpu = cpuSecondsOrNaN(skiff.child.pid) - cpuAtStart;
   // Let the rounds in flight finish (each is bounded by its timeouts), so none is counted as failed.
   await Promise.all(loops);
   if (interrupted) throw new Error("interrupted");

@@ -10,6 +10,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { statFields } from "./report.mjs";
 
 const root = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const MiB = 1024 * 1024;
@@ -46,8 +47,7 @@ function groupRss(pgid) {
   const sum = { node: 0, workerd: 0 };
   for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]) !== pgid) continue;
+      if (Number(statFields(pid)[2]) !== pgid) continue;
       const rss = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
       sum[readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "workerd" ? "workerd" : "node"] += rss;
     } catch {

@@ -215,9 +215,8 @@ export class BlobCache {
           }
           if (storeError !== null && clientGone) throw storeError;
           // Only the bytes that complete the blob wait for the digest check; of a blob whose size
-          // was not announced, each piece waits for the next. A piece held back until more came
-          // kept a client of a stalled upstream from getting the first 256 KiB when they came in
-          // one piece.
+          // was not announced, each piece waits for the next. Holding every piece back until the
+          // next came left the client of an upstream that stalls after one large piece with nothing.
           if (held) await send(held);
           held = null;
           if (size === null || total === size) held = value;
