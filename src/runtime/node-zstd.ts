@@ -1,10 +1,11 @@
 // The converter's zstd decoder on Node and Deno: node:zlib's where the runtime has one
-// (./zlib-zstd.ts), else libzstd in WebAssembly (./zstd-wasm.ts) on the converting thread. Either
-// is several times fzstd's speed (docs/benchmarks.md).
+// (./zlib-zstd.ts), else libzstd in WebAssembly (./zstd-wasm.ts) on a worker thread
+// (./zstd-thread.ts). Either decodes beside the converting thread, at several times fzstd's speed
+// (docs/benchmarks.md).
 import { ZSTDDecoder } from "zstddec/stream";
 import type { UnzstdFactory } from "../convert/decompress.ts";
 import { zlibUnzstd } from "./zlib-zstd.ts";
-import { wasmUnzstd } from "./zstd-wasm.ts";
+import { threadUnzstd } from "./zstd-thread.ts";
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 
@@ -25,7 +26,7 @@ export function zstdWasmModule(): Promise<WebAssembly.Module> {
   return compiled;
 }
 
-/** The fastest zstd decoder here: native where the runtime has it, else WebAssembly. */
+/** The fastest zstd decoder here: native where the runtime has it, else WebAssembly on a worker thread. */
 export function nodeUnzstd(): UnzstdFactory {
-  return zlibUnzstd() ?? wasmUnzstd(zstdWasmModule);
+  return zlibUnzstd() ?? threadUnzstd(zstdWasmModule);
 }

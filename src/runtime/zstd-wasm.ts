@@ -9,7 +9,7 @@
 // no window over 128 MiB, no dictionary, nothing after the last frame.
 import type { UnzstdFactory, ZstdPushDecoder } from "../convert/decompress.ts";
 
-interface ZstdExports {
+export interface ZstdExports {
   memory: WebAssembly.Memory;
   malloc(size: number): number;
   free(ptr: number): void;
@@ -24,7 +24,6 @@ const INPUT_PIECE = 256 * 1024;
 const OUTPUT_PIECE = 1024 * 1024;
 
 /** libzstd's error codes (size_t, here 32 bits) are the last 120 values; their names, as libzstd words them. */
-const ZSTD_ERROR_FLOOR = 2 ** 32 - 120;
 const ZSTD_ERRORS: Record<number, string> = {
   10: "unknown frame descriptor",
   12: "version not supported",
@@ -38,29 +37,71 @@ const ZSTD_ERRORS: Record<number, string> = {
   64: "allocation error: not enough memory",
 };
 
+/** ZSTD_ERRORS as a JavaScript literal, for the worker's source (./zstd-thread.ts). */
+export const ZSTD_ERRORS_SOURCE = JSON.stringify(ZSTD_ERRORS);
+
+/** One decoder's module instance and its buffers in the module's memory, and where its input stands. */
+export interface ZstdSession {
+  z: ZstdExports;
+  dctx: number;
+  /** Input space (INPUT_PIECE bytes) and output space (OUTPUT_PIECE bytes). */
+  input: number;
+  output: number;
+  /** ZSTD_inBuffer and ZSTD_outBuffer: { pointer, size, pos }, three 32-bit words each. */
+  inStruct: number;
+  outStruct: number;
+  outSize: number;
+  /** Bytes in the input space, and how many of them libzstd has taken. */
+  inLen: number;
+  inPos: number;
+}
+
+/** A decoder session in `instance`, a new instance of the module. Self-contained, like zstdStep. */
+export function openZstdSession(instance: WebAssembly.Instance, inSize: number, outSize: number): ZstdSession {
+  const z = instance.exports as unknown as ZstdExports;
+  const session = { z, dctx: z.ZSTD_createDCtx(), input: z.malloc(inSize), output: z.malloc(outSize), inStruct: z.malloc(12), outStruct: z.malloc(12), outSize, inLen: 0, inPos: 0 };
+  if (!session.dctx || !session.input || !session.output || !session.inStruct || !session.outStruct) throw new Error("zstd decoder: out of WebAssembly memory");
+  return session;
+}
+
+/** What the module asks of its host: to be told of memory growth (the views are made afresh anyway). */
+export const ZSTD_IMPORTS = { env: { emscripten_notify_memory_growth() {} } };
+
+/**
+ * One ZSTD_decompressStream call over the input space's untaken bytes into the whole output
+ * space. `ret` is 0 once a frame is whole, else a hint of the bytes still expected. It names nothing
+ * outside itself (the error names come as an argument), so the worker runs its source as it is.
+ */
+export function zstdStep(s: ZstdSession, errors: Record<number, string>): { produced: number; taken: number; ret: number } {
+  // Views made afresh: the module's memory may have grown since the last call.
+  const before = new Uint32Array(s.z.memory.buffer);
+  before.set([s.input, s.inLen, s.inPos], s.inStruct >> 2);
+  before.set([s.output, s.outSize, 0], s.outStruct >> 2);
+  const ret = s.z.ZSTD_decompressStream(s.dctx, s.outStruct, s.inStruct) >>> 0;
+  if (ret >= 2 ** 32 - 120) {
+    const code = 2 ** 32 - ret;
+    throw new Error(errors[code] ?? "libzstd error " + code);
+  }
+  const after = new Uint32Array(s.z.memory.buffer);
+  const produced = after[(s.outStruct >> 2) + 2]!;
+  const taken = after[(s.inStruct >> 2) + 2]!;
+  // libzstd takes input or gives output on every call that does not fail; never spin. (With all
+  // input taken, a call that finds no more output to flush is the end of that input.)
+  if (produced === 0 && taken === s.inPos && taken < s.inLen) throw new Error("zstd decoder made no progress");
+  return { produced, taken, ret };
+}
+
+/** zstdStep's and openZstdSession's source, for the worker. */
+export const zstdStepSource = zstdStep.toString();
+export const openZstdSessionSource = openZstdSession.toString();
+
 export function wasmUnzstd(loadModule: () => Promise<WebAssembly.Module>): UnzstdFactory {
   return { kind: "push", create: async () => wasmDecoder(await loadModule()) };
 }
 
 async function wasmDecoder(module: WebAssembly.Module): Promise<ZstdPushDecoder> {
-  // The module tells of memory growth; the views below are re-made whenever the buffer changed.
-  const instance = await WebAssembly.instantiate(module, { env: { emscripten_notify_memory_growth: () => {} } });
-  const z = instance.exports as unknown as ZstdExports;
-  let heap = new Uint8Array(z.memory.buffer);
-  let words = new Uint32Array(z.memory.buffer);
-  const views = () => {
-    if (heap.buffer !== z.memory.buffer) {
-      heap = new Uint8Array(z.memory.buffer);
-      words = new Uint32Array(z.memory.buffer);
-    }
-  };
-  const dctx = z.ZSTD_createDCtx();
-  const input = z.malloc(INPUT_PIECE);
-  const output = z.malloc(OUTPUT_PIECE);
-  // ZSTD_inBuffer and ZSTD_outBuffer: { pointer, size, pos }, three 32-bit words each.
-  const inStruct = z.malloc(12);
-  const outStruct = z.malloc(12);
-  if (!dctx || !input || !output || !inStruct || !outStruct) throw new Error("zstd decoder: out of WebAssembly memory");
+  const session = openZstdSession(await WebAssembly.instantiate(module, ZSTD_IMPORTS), INPUT_PIECE, OUTPUT_PIECE);
+  const { z, input, output } = session;
   /** What the last call returned: 0 once a frame is whole, else a hint of the bytes still expected. */
   let expecting = 0;
   let freed = false;
@@ -69,29 +110,19 @@ async function wasmDecoder(module: WebAssembly.Module): Promise<ZstdPushDecoder>
     push(bytes, emit) {
       for (let at = 0; at < bytes.byteLength; ) {
         const n = Math.min(INPUT_PIECE, bytes.byteLength - at);
-        views();
-        heap.set(bytes.subarray(at, at + n), input);
+        new Uint8Array(z.memory.buffer).set(bytes.subarray(at, at + n), input);
         at += n;
-        words.set([input, n, 0], inStruct >> 2);
+        session.inLen = n;
+        session.inPos = 0;
         for (;;) {
-          const consumed = words[(inStruct >> 2) + 2]!;
-          words.set([output, OUTPUT_PIECE, 0], outStruct >> 2);
-          const ret = z.ZSTD_decompressStream(dctx, outStruct, inStruct) >>> 0;
-          if (ret >= ZSTD_ERROR_FLOOR) {
-            const code = 2 ** 32 - ret;
-            throw new Error(ZSTD_ERRORS[code] ?? `libzstd error ${code}`);
-          }
+          const { produced, taken, ret } = zstdStep(session, ZSTD_ERRORS);
           expecting = ret;
-          views();
-          const produced = words[(outStruct >> 2) + 2]!;
+          session.inPos = taken;
           // A copy: the next call writes over the module's output space.
-          if (produced > 0) emit(heap.slice(output, output + produced));
+          if (produced > 0) emit(new Uint8Array(z.memory.buffer).slice(output, output + produced));
           // Done with this piece once all of it went in and the output space was not filled, or the
           // frame ended with it: another call would begin waiting for a next frame's header.
-          const taken = words[(inStruct >> 2) + 2]!;
           if (taken >= n && (produced < OUTPUT_PIECE || ret === 0)) break;
-          // libzstd takes input or gives output on every call that does not fail; never spin.
-          if (taken === consumed && produced === 0) throw new Error("zstd decoder made no progress");
         }
       }
     },
@@ -101,7 +132,7 @@ async function wasmDecoder(module: WebAssembly.Module): Promise<ZstdPushDecoder>
     free() {
       if (freed) return;
       freed = true;
-      z.ZSTD_freeDCtx(dctx);
+      z.ZSTD_freeDCtx(session.dctx);
     },
   };
 }

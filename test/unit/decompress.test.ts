@@ -6,6 +6,7 @@ import { nodeGunzip } from "../../src/runtime/node-gunzip.ts";
 import { zstdWasmModule } from "../../src/runtime/node-zstd.ts";
 import { zlibUnzstd } from "../../src/runtime/zlib-zstd.ts";
 import { wasmUnzstd } from "../../src/runtime/zstd-wasm.ts";
+import { threadUnzstd } from "../../src/runtime/zstd-thread.ts";
 import {
   compressionForMediaType,
   crc32,
@@ -300,6 +301,7 @@ const oneFrameStreams: UnzstdFactory = {
 const ZSTDS: [string, UnzstdFactory | null][] = [
   ["built-in (fzstd)", null],
   ["libzstd in WebAssembly (zstddec)", wasmUnzstd(zstdWasmModule)],
+  ["libzstd in WebAssembly on a worker thread", threadUnzstd(zstdWasmModule)],
   ["a stream decoder per frame (one-frame decoders, as node:zlib's)", oneFrameStreams],
   ...(zlibUnzstd() ? [["node:zlib's native zstd", zlibUnzstd()!] as [string, UnzstdFactory]] : []),
 ];
@@ -380,6 +382,47 @@ describe.each(ZSTDS)("decompressLayer: zstd, %s", (_name, factory) => {
     const out = await collect(decompressLayer(streamOf(zst), OCI_ZSTD, { unzstd }), (c) => void (largest = Math.max(largest, c.length)));
     expect(sha256(out)).toBe(sha256(zeros));
     expect(largest).toBeLessThanOrEqual(1 << 20);
+  });
+});
+
+describe("decompressLayer: zstd on a worker thread", () => {
+  const onWorker = threadUnzstd(zstdWasmModule);
+
+  it.skipIf(!HAVE_ZSTD)("decodes no further than its reader's credit, and takes no more input than that needs", async () => {
+    const content = mixedContent(64 << 20, 5);
+    const zst = cli("zstd", ["-q", "-c", "-1"], content);
+    let pulled = 0;
+    let at = 0;
+    const source = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (at >= zst.length) return controller.close();
+        const piece = zst.slice(at, at + 65536);
+        at += piece.length;
+        pulled += piece.length;
+        controller.enqueue(piece);
+      },
+    });
+    const reader = decompressLayer(source, OCI_ZSTD, { unzstd: onWorker }).getReader();
+    const first = await reader.read();
+    expect(first.value!.length).toBeGreaterThan(0);
+    // However long the reader waits, the worker stops at its credit and the writer at its room.
+    let before = -1;
+    for (let i = 0; i < 50 && pulled !== before; i++) {
+      before = pulled;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(pulled).toBe(before);
+    expect(pulled).toBeLessThan(zst.length / 2);
+    // Then it goes on to the same bytes.
+    const rest = await collect(new ReadableStream({ pull: async (c) => { const r = await reader.read(); if (r.done) c.close(); else c.enqueue(r.value); } }));
+    expect(sha256(concat(first.value!, rest))).toBe(sha256(content));
+  });
+
+  it("decodes several layers at once, each to its own bytes", async () => {
+    const texts = ["first frame\n", "second frame\n", "hello zstd world\n"];
+    const layers = [hex(ZSTD_FIRST), hex(ZSTD_SECOND_NO_CHECKSUM), hex(ZSTD_HELLO)];
+    const decoded = await Promise.all(layers.map((bytes) => collect(decompressLayer(streamOf(bytes, [3]), OCI_ZSTD, { unzstd: onWorker }))));
+    expect(decoded.map((b) => new TextDecoder().decode(b))).toEqual(texts);
   });
 });
 
