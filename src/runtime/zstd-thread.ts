@@ -9,7 +9,7 @@
 // up megabytes faster than the converter takes them.
 import { Worker } from "node:worker_threads";
 import type { UnzstdFactory } from "../convert/decompress.ts";
-import { openZstdSessionSource, ZSTD_ERRORS_SOURCE, zstdStepSource } from "./zstd-wasm.ts";
+import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, zstdStepSource } from "./zstd-wasm.ts";
 
 /** Compressed bytes sent to the worker and not yet taken, before a write waits. */
 const INPUT_AHEAD = 2 ** 20;
@@ -28,7 +28,7 @@ const { parentPort } = require("node:worker_threads");
 const ZSTD_ERRORS = ${ZSTD_ERRORS_SOURCE};
 const zstdStep = ${zstdStepSource};
 const openZstdSession = ${openZstdSessionSource};
-const INPUT_PIECE = 256 * 1024, OUTPUT_PIECE = 1024 * 1024;
+const INPUT_PIECE = ${INPUT_PIECE}, OUTPUT_PIECE = ${OUTPUT_PIECE};
 const sessions = new Map();
 
 // A finished session's instance, its memory and buffers, for the next: layers of many frames

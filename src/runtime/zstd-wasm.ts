@@ -9,7 +9,7 @@
 // no window over 128 MiB, no dictionary, nothing after the last frame.
 import type { UnzstdFactory, ZstdPushDecoder } from "../convert/decompress.ts";
 
-export interface ZstdExports {
+interface ZstdExports {
   memory: WebAssembly.Memory;
   malloc(size: number): number;
   free(ptr: number): void;
@@ -19,9 +19,9 @@ export interface ZstdExports {
 }
 
 /** Compressed bytes copied into the module per call. */
-const INPUT_PIECE = 256 * 1024;
+export const INPUT_PIECE = 256 * 1024;
 /** Output space per call: the frame walker hands over about 1 MiB of output at a time. */
-const OUTPUT_PIECE = 1024 * 1024;
+export const OUTPUT_PIECE = 1024 * 1024;
 
 /** libzstd's error codes (size_t, here 32 bits) are the last 120 values; their names, as libzstd words them. */
 const ZSTD_ERRORS: Record<number, string> = {
@@ -41,10 +41,10 @@ const ZSTD_ERRORS: Record<number, string> = {
 export const ZSTD_ERRORS_SOURCE = JSON.stringify(ZSTD_ERRORS);
 
 /** One decoder's module instance and its buffers in the module's memory, and where its input stands. */
-export interface ZstdSession {
+interface ZstdSession {
   z: ZstdExports;
   dctx: number;
-  /** Input space (INPUT_PIECE bytes) and output space (OUTPUT_PIECE bytes). */
+  /** Where the input space and the output space (outSize bytes) are in the module's memory. */
   input: number;
   output: number;
   /** ZSTD_inBuffer and ZSTD_outBuffer: { pointer, size, pos }, three 32-bit words each. */
@@ -57,7 +57,7 @@ export interface ZstdSession {
 }
 
 /** A decoder session in `instance`, a new instance of the module. Self-contained, like zstdStep. */
-export function openZstdSession(instance: WebAssembly.Instance, inSize: number, outSize: number): ZstdSession {
+function openZstdSession(instance: WebAssembly.Instance, inSize: number, outSize: number): ZstdSession {
   const z = instance.exports as unknown as ZstdExports;
   const session = { z, dctx: z.ZSTD_createDCtx(), input: z.malloc(inSize), output: z.malloc(outSize), inStruct: z.malloc(12), outStruct: z.malloc(12), outSize, inLen: 0, inPos: 0 };
   if (!session.dctx || !session.input || !session.output || !session.inStruct || !session.outStruct) throw new Error("zstd decoder: out of WebAssembly memory");
@@ -65,14 +65,14 @@ export function openZstdSession(instance: WebAssembly.Instance, inSize: number, 
 }
 
 /** What the module asks of its host: to be told of memory growth (the views are made afresh anyway). */
-export const ZSTD_IMPORTS = { env: { emscripten_notify_memory_growth() {} } };
+const ZSTD_IMPORTS = { env: { emscripten_notify_memory_growth() {} } };
 
 /**
  * One ZSTD_decompressStream call over the input space's untaken bytes into the whole output
  * space. `ret` is 0 once a frame is whole, else a hint of the bytes still expected. It names nothing
  * outside itself (the error names come as an argument), so the worker runs its source as it is.
  */
-export function zstdStep(s: ZstdSession, errors: Record<number, string>): { produced: number; taken: number; ret: number } {
+function zstdStep(s: ZstdSession, errors: Record<number, string>): { produced: number; taken: number; ret: number } {
   // Views made afresh: the module's memory may have grown since the last call.
   const before = new Uint32Array(s.z.memory.buffer);
   before.set([s.input, s.inLen, s.inPos], s.inStruct >> 2);
