@@ -221,6 +221,8 @@ function decodeOnWorker(loadModule: () => Promise<WebAssembly.Module>): Readable
   };
   const started = (async () => {
     const module = await loadModule();
+    // Cancelled while the module loaded: no session to open.
+    if (failure) throw failure;
     const w = theWorker();
     clearTimeout(idleTimer);
     if (sessions.size === 0) w.ref();
@@ -240,14 +242,16 @@ function decodeOnWorker(loadModule: () => Promise<WebAssembly.Module>): Readable
     w.postMessage({ id, open: true, module });
     return w;
   })();
+  started.catch(() => {}); // each pull and write that awaits it reports it
   /** Tells the worker, unless the session has ended. */
   const post = (w: Worker, message: object, transfer?: ArrayBuffer[]) => {
     if (sessions.has(id)) w.postMessage({ id, ...message }, transfer);
   };
   const cancel = (reason: unknown) => {
-    const w = worker;
-    if (w && sessions.has(id)) w.postMessage({ id, cancel: true });
-    leave(reason instanceof Error ? reason : new Error(String(reason ?? "zstd decoding cancelled")));
+    const err = reason instanceof Error ? reason : new Error(String(reason ?? "zstd decoding cancelled"));
+    if (worker && sessions.has(id)) worker.postMessage({ id, cancel: true });
+    failure ??= err;
+    leave(err);
   };
 
   return {
