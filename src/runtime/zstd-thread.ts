@@ -220,9 +220,19 @@ function decodeOnWorker(loadModule: () => Promise<WebAssembly.Module>): Readable
     endWaiter?.();
   };
   const started = (async () => {
-    const module = await loadModule();
-    // Cancelled while the module loaded: no session to open.
-    if (failure) throw failure;
+    // The worker starts (about 40 ms) while the module compiles (about 30 ms, once per process).
+    theWorker();
+    clearTimeout(idleTimer);
+    let module: WebAssembly.Module;
+    try {
+      module = await loadModule();
+      // Cancelled meanwhile: no session to open.
+      if (failure) throw failure;
+    } catch (err) {
+      if (sessions.size === 0) idleWorker();
+      throw err;
+    }
+    // The same worker, unless it ended meanwhile.
     const w = theWorker();
     clearTimeout(idleTimer);
     if (sessions.size === 0) w.ref();
