@@ -13,7 +13,7 @@
 // VmRSS of skiff and of the agents is sampled throughout; see `judge` for when memory is "flat".
 // Exits 1 on any failed request or wrong byte, or on growth. Needs root (FUSE), docker-registry,
 // skopeo and fuse3, and `npm run build`.
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash, randomBytes, randomInt } from "node:crypto";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
