@@ -9,7 +9,7 @@
 // up megabytes faster than the converter takes them.
 import { Worker } from "node:worker_threads";
 import type { UnzstdFactory } from "../convert/decompress.ts";
-import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, zstdStepSource } from "./zstd-wasm.ts";
+import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, zstdImportsSource, zstdStepSource } from "./zstd-wasm.ts";
 
 /** Compressed bytes sent to the worker and not yet taken, before a write waits. */
 const INPUT_AHEAD = 2 ** 20;
@@ -22,12 +22,14 @@ const INPUT_AHEAD = 2 ** 20;
 const OUTPUT_AHEAD = 2 ** 20;
 
 // The worker's source, evaluated as CommonJS (a file next to this one would not exist when the
-// TypeScript sources run directly, as in the tests). The decode step is zstd-wasm.ts's own.
+// TypeScript sources run directly, as in the tests). The decode step, the session's setup and the
+// module's imports are zstd-wasm.ts's own.
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const ZSTD_ERRORS = ${ZSTD_ERRORS_SOURCE};
 const zstdStep = ${zstdStepSource};
 const openZstdSession = ${openZstdSessionSource};
+const zstdImports = ${zstdImportsSource};
 const INPUT_PIECE = ${INPUT_PIECE}, OUTPUT_PIECE = ${OUTPUT_PIECE};
 const sessions = new Map();
 
@@ -37,7 +39,7 @@ const sessions = new Map();
 let idle = null;
 
 function open(id, module) {
-  const core = idle || openZstdSession(new WebAssembly.Instance(module, { env: { emscripten_notify_memory_growth() {} } }), INPUT_PIECE, OUTPUT_PIECE);
+  const core = idle || openZstdSession(new WebAssembly.Instance(module, zstdImports()), INPUT_PIECE, OUTPUT_PIECE);
   idle = null;
   if (!core.dctx && !(core.dctx = core.z.ZSTD_createDCtx())) throw new Error("zstd decoder: out of WebAssembly memory");
   sessions.set(id, Object.assign(core, { id, inLen: 0, inPos: 0, pieces: [], piece: null, at: 0, expecting: 0, credit: 0, ended: false, drained: true }));

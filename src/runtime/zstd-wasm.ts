@@ -65,7 +65,9 @@ function openZstdSession(instance: WebAssembly.Instance, inSize: number, outSize
 }
 
 /** What the module asks of its host: to be told of memory growth (the views are made afresh anyway). */
-const ZSTD_IMPORTS = { env: { emscripten_notify_memory_growth() {} } };
+function zstdImports(): WebAssembly.Imports {
+  return { env: { emscripten_notify_memory_growth() {} } };
+}
 
 /**
  * One ZSTD_decompressStream call over the input space's untaken bytes into the whole output
@@ -91,16 +93,17 @@ function zstdStep(s: ZstdSession, errors: Record<number, string>): { produced: n
   return { produced, taken, ret };
 }
 
-/** zstdStep's and openZstdSession's source, for the worker. */
+/** zstdStep's, openZstdSession's and zstdImports' source, for the worker. */
 export const zstdStepSource = zstdStep.toString();
 export const openZstdSessionSource = openZstdSession.toString();
+export const zstdImportsSource = zstdImports.toString();
 
 export function wasmUnzstd(loadModule: () => Promise<WebAssembly.Module>): UnzstdFactory {
   return { kind: "push", create: async () => wasmDecoder(await loadModule()) };
 }
 
 async function wasmDecoder(module: WebAssembly.Module): Promise<ZstdPushDecoder> {
-  const session = openZstdSession(await WebAssembly.instantiate(module, ZSTD_IMPORTS), INPUT_PIECE, OUTPUT_PIECE);
+  const session = openZstdSession(await WebAssembly.instantiate(module, zstdImports()), INPUT_PIECE, OUTPUT_PIECE);
   const { z, input, output } = session;
   /** What the last call returned: 0 once a frame is whole, else a hint of the bytes still expected. */
   let expecting = 0;
