@@ -271,6 +271,22 @@ describe("crc32", () => {
   });
 });
 
+describe("zstdWasmModule", () => {
+  it("compiles zstddec's module with fetch hidden for that call only", async () => {
+    const fetch = globalThis.fetch;
+    let calls = 0;
+    globalThis.fetch = (async (...args: Parameters<typeof fetch>) => (calls++, fetch(...args))) as typeof fetch;
+    const counted = globalThis.fetch;
+    try {
+      expect(await zstdWasmModule()).toBeInstanceOf(WebAssembly.Module);
+      expect(calls).toBe(0);
+      expect(globalThis.fetch).toBe(counted);
+    } finally {
+      globalThis.fetch = fetch;
+    }
+  });
+});
+
 /**
  * A stream decoder that takes one frame, as node:zlib's zstd does (it ends at the first frame's end
  * on Deno and workerd): libzstd in WebAssembly behind a check that no second frame reaches it.
