@@ -1,11 +1,14 @@
-// libzstd's streaming decoder (ZSTD_decompressStream) compiled to WebAssembly, as the converter's
-// zstd decoder: several times fzstd's speed (docs/benchmarks.md, "Decompression, compression and
-// hashing"). Any runtime can use it given the compiled module; how the module is had is the
-// runtime's business (compiled from bytes on Node; Workers forbid that and must import a .wasm).
-// The module is the one zstddec ships: it exports malloc, free and libzstd's decompression API.
+// libzstd's streaming decoder (ZSTD_decompressStream) compiled to WebAssembly: several times
+// fzstd's speed (docs/benchmarks.md, "Decompression, compression and hashing"). This file holds the
+// decode step and a session's setup, which Node's worker-thread decoder runs as source
+// (./zstd-thread.ts, Node before 22.15), and the same step as a decoder on the calling thread
+// (`wasmUnzstd`: what bench:codecs measures and the tests compare; a runtime without worker
+// threads could pass it). How the module is had is the runtime's business (compiled from bytes on
+// Node; Workers forbid that, and have node:zlib's zstd). The module is the one zstddec ships: it
+// exports malloc, free and libzstd's decompression API.
 //
-// Each decoder instantiates the module afresh, so its memory (up to the largest window it met)
-// goes with it. The frame walker in src/convert/decompress.ts has vetted every byte pushed here:
+// The decoder here instantiates the module afresh, so its memory (up to the largest window it met)
+// goes with it; the worker keeps a finished session's instance for its next frame. The frame walker in src/convert/decompress.ts has vetted every byte pushed here:
 // no window over 128 MiB, no dictionary, nothing after the last frame.
 import type { UnzstdFactory, ZstdPushDecoder } from "../convert/decompress.ts";
 
