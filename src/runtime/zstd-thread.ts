@@ -9,7 +9,7 @@
 // up megabytes faster than the converter takes them.
 import { Worker } from "node:worker_threads";
 import type { UnzstdFactory } from "../convert/decompress.ts";
-import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, zstdImportsSource, zstdStepSource } from "./zstd-wasm.ts";
+import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, ZSTD_TRUNCATED, zstdImportsSource, zstdStepSource } from "./zstd-wasm.ts";
 
 /** Compressed bytes sent to the worker and not yet taken, before a write waits. */
 const INPUT_AHEAD = 2 ** 20;
@@ -99,7 +99,7 @@ function run(s) {
     if (s.ended && !s.piece && s.pieces.length === 0 && s.inPos === s.inLen && s.drained) {
       const truncated = s.expecting !== 0;
       close(s);
-      parentPort.postMessage({ id: s.id, error: truncated ? "unexpected end of data (truncated)" : undefined, done: true });
+      parentPort.postMessage({ id: s.id, error: truncated ? ${JSON.stringify(ZSTD_TRUNCATED)} : undefined, done: true });
     }
   } catch (err) {
     fail(s, err);

@@ -43,6 +43,9 @@ const ZSTD_ERRORS: Record<number, string> = {
 /** ZSTD_ERRORS as a JavaScript literal, for the worker's source (./zstd-thread.ts). */
 export const ZSTD_ERRORS_SOURCE = JSON.stringify(ZSTD_ERRORS);
 
+/** Input ended inside a frame: the message both decoders give. */
+export const ZSTD_TRUNCATED = "unexpected end of data (truncated)";
+
 /** One decoder's module instance and its buffers in the module's memory, and where its input stands. */
 interface ZstdSession {
   z: ZstdExports;
@@ -133,7 +136,7 @@ async function wasmDecoder(module: WebAssembly.Module): Promise<ZstdPushDecoder>
       }
     },
     end() {
-      if (expecting !== 0) throw new Error("unexpected end of data (truncated)");
+      if (expecting !== 0) throw new Error(ZSTD_TRUNCATED);
     },
     free() {
       if (freed) return;
