@@ -18,9 +18,11 @@ import { layoutOfLayerFile } from "./oci-layout.mjs";
 
 const { values } = parseArgs({ options: { baseline: { type: "string" }, layer: { type: "string", default: "debian" }, codec: { type: "string", default: "none" }, rounds: { type: "string", default: "5" } } });
 if (!values.baseline) throw new Error("--baseline DIR (another build: bin/, dist/, node_modules) is required");
+// Each build's command as npm installs it: bin/skiff, or bin/skiff.js under node in builds before it.
+const skiffCommand = (dir) => (existsSync(join(dir, "bin", "skiff")) ? [join(dir, "bin", "skiff")] : ["node", join(dir, "bin", "skiff.js")]);
 const builds = [
-  { name: "baseline", skiff: join(resolve(values.baseline), "bin", "skiff.js") },
-  { name: "this", skiff: fileURLToPath(new URL("../bin/skiff.js", import.meta.url)) },
+  { name: "baseline", skiff: skiffCommand(resolve(values.baseline)) },
+  { name: "this", skiff: skiffCommand(fileURLToPath(new URL("..", import.meta.url))) },
 ];
 const work = mkdtempSync(join(tmpdir(), "skiff-convert-ab-"));
 
@@ -73,7 +75,7 @@ try {
     const order = round % 2 === 0 ? builds.map((_, i) => i) : builds.map((_, i) => i).reverse();
     for (const i of order) {
       rmSync(out, { recursive: true, force: true });
-      const command = builds[i].command ?? ["node", builds[i].skiff, "convert", `${source}:bench`, "--out", out, "--codec", values.codec];
+      const command = builds[i].command ?? [...builds[i].skiff, "convert", `${source}:bench`, "--out", out, "--codec", values.codec];
       const r = spawnSync("/usr/bin/time", ["-f", "%e %U %S %M", ...command], { encoding: "utf8" });
       if (r.status !== 0) throw new Error(`${builds[i].name} failed:\n${r.stderr}`);
       const [wall, user, sys, rssKiB] = r.stderr.trim().split("\n").pop().split(" ").map(Number);

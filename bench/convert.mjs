@@ -19,7 +19,8 @@ import { debianLayer } from "./debian-layer.mjs";
 import { layoutOfLayerFile } from "./oci-layout.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
-const skiff = join(root, "bin", "skiff.js");
+// The command npm installs (bin/skiff), which starts Node once with convert's settings.
+const skiff = join(root, "bin", "skiff");
 const work = mkdtempSync(join(tmpdir(), "skiff-bench-convert-"));
 const RUNS = 3;
 /** The Debian layer's rows, whose ratios are goals: more rounds, since this machine's speed drifts. */
@@ -114,7 +115,7 @@ async function realisticLayer() {
   // `skiff convert` of the gzip or zstd layer by the Node at `node`, named `who`, beside its CLI row.
   const convertRow = (node, who, format) => {
     const [layout, ref, goal] = format === "gzip" ? [gzLayout, 0, "≤ 1.3×"] : [zstLayout, 2, "≤ 1.5×"];
-    return { name: `\`skiff convert\` of the ${format} layer, ${who}`, command: `${node} ${skiff} convert ${layout}:bench --out ${outDir}`, ref, before: fresh, goal };
+    return { name: `\`skiff convert\` of the ${format} layer, ${who}`, command: `SKIFF_NODE=${node} ${skiff} convert ${layout}:bench --out ${outDir}`, ref, before: fresh, goal };
   };
   // The rows take turns in each round, so a noisy moment does not land on one of them only.
   const rows = [
@@ -180,8 +181,8 @@ try {
   const outDir = join(work, "out");
   const fresh = () => rmSync(outDir, { recursive: true, force: true });
   const reference = measure(`gzip -dc ${layer} | sha256sum`);
-  const none = measure(`node ${skiff} convert ${layout}:bench --out ${outDir} --codec none`, fresh);
-  const deflate = measure(`node ${skiff} convert ${layout}:bench --out ${outDir} --codec deflate-raw`, fresh);
+  const none = measure(`${skiff} convert ${layout}:bench --out ${outDir} --codec none`, fresh);
+  const deflate = measure(`${skiff} convert ${layout}:bench --out ${outDir} --codec deflate-raw`, fresh);
   out.push(
     `### Converting a ${(size / 1e6).toFixed(0)} MB gzip layer (${t.files} files, ${(t.bytes / 1e6).toFixed(0)} MB of content, half incompressible)`,
     "",
@@ -210,7 +211,7 @@ try {
   rmSync(bigTree, { recursive: true });
   const bigLayout = join(work, "big-layout");
   const bigLayer = layoutOfLayerFile(bigLayout, bigTar, "application/vnd.oci.image.layer.v1.tar");
-  const big = measure(`node ${skiff} convert ${bigLayout}:bench --out ${outDir}`, fresh);
+  const big = measure(`${skiff} convert ${bigLayout}:bench --out ${outDir}`, fresh);
   out.push(
     `### Peak RSS converting a ${(statSync(bigLayer).size / 2 ** 30).toFixed(2)} GiB layer`,
     "",
@@ -240,7 +241,7 @@ try {
   const smallLayout = join(work, "small-layout");
   layoutOfLayerFile(smallLayout, smallTar, "application/vnd.oci.image.layer.v1.tar");
   fresh();
-  execFileSync("node", [skiff, "convert", `${smallLayout}:bench`, "--out", outDir]);
+  execFileSync(skiff, ["convert", `${smallLayout}:bench`, "--out", outDir]);
   const image = JSON.parse(readFileSync(join(outDir, "image.json"), "utf8"));
   const bootstrapPath = join(outDir, image.bootstrap);
   const bootstrapSize = statSync(bootstrapPath).size;

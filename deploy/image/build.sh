@@ -77,7 +77,7 @@ app=$work/context/skiff
 mkdir -p "$app/bin"
 (cd "$repo" && npx --no-install tsc -p tsconfig.build.json --outDir "$work/dist" --sourceMap false)
 mkdir -p "$app/dist" && cp -R "$work/dist/src" "$app/dist/src"
-cp "$repo/bin/skiff.js" "$app/bin/"
+cp "$repo/bin/skiff" "$repo/bin/skiff.js" "$app/bin/"
 cp "$repo/package.json" "$repo/package-lock.json" "$app/"
 mkdir -p "$app/node-agent" && cp "$repo/node-agent/package.json" "$app/node-agent/"  # the lockfile names it
 (cd "$app" && npm ci --omit=dev --ignore-scripts --workspaces=false --no-audit --no-fund --loglevel=error >/dev/null)

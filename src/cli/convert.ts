@@ -39,7 +39,7 @@ const COLLECT_MS = 200;
 const COLLECT_MS_ENCODING = 100;
 
 /**
- * A full garbage collection every `everyMs` while converting, when bin/skiff.js gave the process
+ * A full garbage collection every `everyMs` while converting, when bin/skiff gave the process
  * `gc` (--expose-gc). The converter's megabyte pieces (reads, decompressed output) that outlived a
  * young-generation collection are freed only by a full one, and V8 starts those by how much memory
  * outside its heap grew since the last: tens of megabytes of dead pieces, a fifth of the peak RSS

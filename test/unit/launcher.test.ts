@@ -1,0 +1,54 @@
+// bin/skiff, the command npm installs: which Node settings each command starts with. A stand-in
+// `node` (SKIFF_NODE) prints what it was started with instead of running skiff.
+import { spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+const launcher = resolve("bin", "skiff");
+const script = resolve("bin", "skiff.js");
+const dir = mkdtempSync(join(tmpdir(), "skiff-launcher-"));
+const fakeNode = join(dir, "node");
+writeFileSync(fakeNode, '#!/bin/sh\nprintf "%s\\n" "arena=${MALLOC_ARENA_MAX-unset}" "$@"\n');
+chmodSync(fakeNode, 0o755);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The stand-in's report: the arena setting, then its arguments one per line. */
+function started(command: string, args: string[], env: Record<string, string> = {}): string[] {
+  const { MALLOC_ARENA_MAX: _, ...inherited } = process.env;
+  const r = spawnSync(command, args, { encoding: "utf8", env: { ...inherited, SKIFF_NODE: fakeNode, ...env } });
+  expect(r.stderr).toBe("");
+  expect(r.status).toBe(0);
+  return r.stdout.trimEnd().split("\n");
+}
+
+describe("bin/skiff", () => {
+  it("starts convert with a 2 MiB semi-space, gc exposed and one malloc arena", () => {
+    expect(started(launcher, ["convert", "./layout:v1", "--out", "a dir"])).toEqual([
+      "arena=1",
+      "--max-semi-space-size=2",
+      "--expose-gc",
+      script,
+      "convert",
+      "./layout:v1",
+      "--out",
+      "a dir",
+    ]);
+  });
+
+  it("keeps an arena count the caller set", () => {
+    expect(started(launcher, ["convert", "x"], { MALLOC_ARENA_MAX: "4" })[0]).toBe("arena=4");
+  });
+
+  it("starts every other command with Node's defaults", () => {
+    expect(started(launcher, ["serve", "--port", "0"])).toEqual(["arena=unset", script, "serve", "--port", "0"]);
+    expect(started(launcher, [])).toEqual(["arena=unset", script]);
+  });
+
+  it("finds bin/skiff.js through the link npm makes", () => {
+    const link = join(dir, "skiff");
+    symlinkSync(launcher, link);
+    expect(started(link, ["convert", "x"]).slice(1, 4)).toEqual(["--max-semi-space-size=2", "--expose-gc", script]);
+  });
+});
