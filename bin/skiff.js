@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 if (process.argv[2] === "convert" && !process.execArgv.some((arg) => arg.startsWith("--max-semi-space-size"))) {
   const launcher = fileURLToPath(new URL("skiff", import.meta.url));
   const child = spawnSync("/bin/sh", [launcher, ...process.argv.slice(2)], { stdio: "inherit", env: { ...process.env, SKIFF_NODE: process.execPath } });
+  if (child.error) process.stderr.write(`skiff: cannot start ${launcher}: ${child.error.message}\n`);
   if (child.signal) process.kill(process.pid, child.signal);
   process.exit(child.status ?? 1);
 }
