@@ -4,7 +4,8 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 // `skiff convert` needs settings Node takes only when it starts (bin/skiff, the command npm
-// installs, gives them). Started here without them, convert goes through bin/skiff, on this Node.
+// installs, gives them). Started here without them, convert goes through bin/skiff, on this Node;
+// Node's own options given to this process do not reach that one.
 if (process.argv[2] === "convert" && !process.execArgv.some((arg) => arg.startsWith("--max-semi-space-size"))) {
   const launcher = fileURLToPath(new URL("skiff", import.meta.url));
   const child = spawnSync("/bin/sh", [launcher, ...process.argv.slice(2)], { stdio: "inherit", env: { ...process.env, SKIFF_NODE: process.execPath } });
