@@ -1,7 +1,8 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
+import type { Worker as NodeWorker } from "node:worker_threads";
 import zlib from "node:zlib";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { nodeGunzip } from "../../src/runtime/node-gunzip.ts";
 import { zstdWasmModule } from "../../src/runtime/node-zstd.ts";
 import { zlibUnzstd } from "../../src/runtime/zlib-zstd.ts";
@@ -18,6 +19,20 @@ import {
   ZstdFrameWalker,
   type ZstdPushDecoder,
 } from "../../src/convert/decompress.ts";
+
+// Every worker thread the code under test starts, kept so that a test can end one (the zstd worker
+// dying mid-layer). The workers are the real ones.
+const started: NodeWorker[] = [];
+vi.mock("node:worker_threads", async (original) => {
+  const real = await original<typeof import("node:worker_threads")>();
+  class KeptWorker extends real.Worker {
+    constructor(...args: ConstructorParameters<typeof real.Worker>) {
+      super(...args);
+      started.push(this);
+    }
+  }
+  return { ...real, Worker: KeptWorker };
+});
 
 const OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
 const OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -432,6 +447,33 @@ describe("decompressLayer: zstd on a worker thread", () => {
     // Then it goes on to the same bytes.
     const rest = await collect(new ReadableStream({ pull: async (c) => { const r = await reader.read(); if (r.done) c.close(); else c.enqueue(r.value); } }));
     expect(sha256(concat(first.value!, rest))).toBe(sha256(content));
+  });
+
+  it.skipIf(!HAVE_ZSTD)("fails the layer being decoded when the worker ends, and the next layer decodes on a new worker", async () => {
+    const content = mixedContent(48 << 20, 9);
+    const zst = cli("zstd", ["-q", "-c", "-1"], content);
+    const reader = decompressLayer(streamOf(zst, [65536]), OCI_ZSTD, { unzstd: onWorker }).getReader();
+    const first = await reader.read();
+    expect(first.value!.length).toBeGreaterThan(0);
+    const before = started.length;
+    await started.at(-1)!.terminate();
+
+    // Bounded: read until the reader fails or ends; it must not end with all the bytes.
+    let got = first.value!.length;
+    const failure = await (async () => {
+      for (let i = 0; i < 1000; i++) {
+        const r = await reader.read();
+        if (r.done) return null;
+        got += r.value.length;
+      }
+      return null;
+    })().catch((err: Error) => err);
+    expect(failure).toBeInstanceOf(Error);
+    expect(failure!.message).toMatch(/zstd worker exited/);
+    expect(got).toBeLessThan(content.length);
+
+    expect(sha256(await collect(decompressLayer(streamOf(zst, [65536]), OCI_ZSTD, { unzstd: onWorker })))).toBe(sha256(content));
+    expect(started.length).toBe(before + 1);
   });
 
   it("decodes several layers at once, each to its own bytes", async () => {
