@@ -8,8 +8,9 @@
 // exports malloc, free and libzstd's decompression API.
 //
 // The decoder here instantiates the module afresh, so its memory (up to the largest window it met)
-// goes with it; the worker keeps a finished session's instance for its next frame. The frame walker in src/convert/decompress.ts has vetted every byte pushed here:
-// no window over 128 MiB, no dictionary, nothing after the last frame.
+// goes with it; the worker keeps a finished session's instance for its next frame. The frame
+// walker in src/convert/decompress.ts has vetted every byte pushed here: no window over 128 MiB,
+// no dictionary, nothing after the last frame.
 import type { UnzstdFactory, ZstdPushDecoder } from "../convert/decompress.ts";
 
 interface ZstdExports {
