@@ -8,7 +8,8 @@
 // Where CPU time per invocation is limited (Workers), the conversion can go in steps: each stops at
 // a chunk boundary once its budget is spent, leaving a checkpoint (./checkpoint.ts) and the data it
 // wrote as a segment; the next replays the layer to that point and goes on; the last joins the
-// segments into the data blob. The result is the same bytes as one pass.
+// segments into the data blob. The result is the same bytes as one pass. The data blob's digest is
+// that of the chunk table (format/encode-table.ts), so neither path hashes the blob itself.
 import { layerBootstrapKey, layerCheckpointKey, layerDataKey, layerSegmentKey } from "../store/keys.ts";
 import { encodeTable, type LayerTables } from "../format/encode-table.ts";
 import { Bootstrap } from "../format/decode.ts";
@@ -182,7 +183,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   // Most chunks are small files' only chunk: they reach the store in batches.
   const batched = new BatchedWriter((bytes) => upload.write(bytes), WRITE_BATCH_BYTES);
   let outcome: StreamOutcome | null;
-  // The bootstrap, when its model is complete already, encoded while the data blob goes to disk.
+  // The bootstrap, encoded while the data blob goes to disk.
   let encoded: Uint8Array | null = null;
   try {
     outcome = await streamLayer(layer, opts, from, async (bytes, release) => {
@@ -193,7 +194,7 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await opts.guard?.();
     const committed = upload.commit();
     try {
-      if ("tables" in outcome && !from) encoded = encodeTable(outcome.tables);
+      if ("tables" in outcome) encoded = encodeTable(outcome.tables, opts.hasher);
     } finally {
       // Settled before anything can cancel the upload under its commit.
       await committed;
@@ -215,18 +216,17 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
     await putBytes(store, checkpointKey, encodeCheckpoint({ layer: layer.digest.value, params: id, chunks, ordinals, segments }));
     throw new ConversionPaused(layer.digest.value, ordinals.length, segments.reduce((sum, s) => sum + s.size, 0));
   }
-  const { tables, stats } = outcome;
+  const { stats } = outcome;
+  // The tables are garbage from here on: the bootstrap alone is kept.
   outcome = null;
+  const bytes = encoded!;
   if (from) {
-    tables.blob.dataDigest = await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size }))).catch(async (err: unknown) => {
+    await joinSegments(store, opts, dataKey, segments.map((s) => ({ key: segmentKey(s.from), size: s.size }))).catch(async (err: unknown) => {
       // Segments that don't add up can't be joined by trying again: start over.
       if (err instanceof CheckpointError) await dropSteps();
       throw err;
     });
   }
-  const bytes = encoded ?? encodeTable(tables);
-  // The tables are garbage from here on: the bootstrap alone is kept.
-  tables.tree = tables.chunks = null as never;
   await opts.guard?.();
   await putBytes(store, bootstrapKey, bytes);
   if (opts.budget) await dropFinishedSteps(segments);
@@ -246,9 +246,8 @@ async function loadCheckpoint(store: ContentStore, key: string, layer: string, p
   return null;
 }
 
-/** Writes the segments one after another as the data blob, and returns its sha256. */
-async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, dataKey: string, segments: { key: string; size: number }[]): Promise<Uint8Array> {
-  const hash = opts.hasher("sha256");
+/** Writes the segments one after another as the data blob. */
+async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, dataKey: string, segments: { key: string; size: number }[]): Promise<void> {
   const upload = await store.put(dataKey);
   try {
     for (const { key, size } of segments) {
@@ -267,7 +266,6 @@ async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, data
           await reader.cancel();
           break;
         }
-        hash.update(value);
         await upload.write(value);
       }
       if (got !== size) throw new CheckpointError(`conversion segment ${key} has ${got > size ? "more" : got} bytes, not ${size}`);
@@ -278,7 +276,6 @@ async function joinSegments(store: ContentStore, opts: ConvertLayerOptions, data
     await upload.cancel();
     throw err;
   }
-  return fromHex(hash.hex());
 }
 
 type StreamOutcome = { tables: LayerTables; stats: LayerStats } | { paused: { chunks: ChunkTable; ordinals: Uint32Array } };
@@ -306,7 +303,6 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     }),
   );
 
-  const dataHash = hasher("sha256");
   // Chunk records in columns, found again by digest: an object and a hex string per chunk cost
   // more than the rest of an entry (tree-table.ts).
   const chunks = from?.chunks ?? new ChunkTable();
@@ -361,7 +357,6 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
       stats.bytesDeduplicated += size;
       release();
     } else {
-      dataHash.update(stored);
       await write(stored, release);
       index = chunks.add({ digest, compressed, storedOffset: chunks.storedEnd, storedSize: stored.byteLength, size, uncompressedOffset: chunks.uncompressedEnd });
       stats.bytesStored += stored.byteLength;
@@ -431,11 +426,10 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // Nothing is looked up any more: the lookups' memory is room for the bootstrap.
   table.seal();
   chunks.seal();
-  // After a checkpoint, dataHash saw only this step's segment: the caller hashes the joined blob.
   const tables: LayerTables = {
     codec: codecId(params.codec),
     chunkShift: params.chunkShift,
-    blob: { dataDigest: fromHex(dataHash.hex()), storedSize: chunks.storedEnd, layerDigest: layer.digest.value },
+    blob: { storedSize: chunks.storedEnd, layerDigest: layer.digest.value },
     tree: table,
     chunks,
   };

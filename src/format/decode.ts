@@ -270,6 +270,11 @@ export class Bootstrap {
     };
   }
 
+  /** The chunk table's bytes, in place: a layer bootstrap's data digest is their sha256 (encode-table.ts). */
+  chunkTable(): Uint8Array {
+    return this.bytes.subarray(this.#at.chunks, this.#at.chunks + this.#counts.chunkCount * L.CHUNK_RECORD_SIZE);
+  }
+
   inode(i: number): Inode {
     if (i < 0 || i >= this.#counts.inodeCount) throw new RangeError(`no inode ${i}`);
     const o = this.#at.inodes + i * L.INODE_RECORD_SIZE;

@@ -4,6 +4,7 @@
 // first use them, each distinct one once, the platform last. Only typed arrays are made on the way,
 // a few bytes per inode, so the peak stays close to the table plus the bootstrap itself.
 import * as L from "./layout.ts";
+import { fromHex, hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import type { BlobRef } from "./model.ts";
 import { KIND_BLOCK, KIND_CHAR, KIND_DIR, KIND_FIFO, KIND_FILE, KIND_HARDLINK_REF, KIND_SYMLINK, KIND_WHITEOUT, REMOVED, type ChunkTable, type TreeTable } from "./tree-table.ts";
 
@@ -20,7 +21,8 @@ TYPE_BITS[KIND_HARDLINK_REF] = L.S_IFREG;
 export interface LayerTables {
   codec: number;
   chunkShift: number;
-  blob: BlobRef;
+  /** The data digest follows from the chunk table: encodeTable writes it. */
+  blob: Omit<BlobRef, "dataDigest">;
   tree: TreeTable;
   chunks: ChunkTable;
 }
@@ -31,9 +33,22 @@ export interface ChunkRecords {
   write(out: Uint8Array, view: DataView, at: number): void;
 }
 
-/** A layer bootstrap (kind layer, one blob, no platform) of the tables. */
-export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTables): Uint8Array {
-  return encodeTree({ kind: L.KIND_LAYER, codec, chunkShift, blobs: [blob], platform: "", tree, chunks: layerChunkRecords(chunks) });
+/** A layer bootstrap (kind layer, one blob, no platform) of the tables, with its blob's data digest. */
+export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTables, hasher: HasherFactory): Uint8Array {
+  const out = encodeTree({ kind: L.KIND_LAYER, codec, chunkShift, blobs: [{ ...blob, dataDigest: new Uint8Array(32) }], platform: "", tree, chunks: layerChunkRecords(chunks) });
+  const at = L.sectionOffsets(L.readCounts(new DataView(out.buffer)));
+  out.set(dataDigest(out.subarray(at.chunks, at.chunks + chunks.count * L.CHUNK_RECORD_SIZE), hasher), at.blobs);
+  return out;
+}
+
+/**
+ * A data blob's digest: the sha256 of its layer bootstrap's chunk table (docs/format.md). The
+ * records name each stored chunk by the digest of its content, its place, size and codec flag, and
+ * the codec's output is fixed (codec.ts), so they determine the blob's bytes: a second sha256 over
+ * the whole blob, as long as the layer's content, would add nothing but a third of the hashing.
+ */
+export function dataDigest(chunkTable: Uint8Array, hasher: HasherFactory): Uint8Array {
+  return fromHex(hashBytes(hasher, "sha256", chunkTable));
 }
 
 /**

@@ -30,7 +30,10 @@ export interface FsNode {
 }
 
 export interface BlobRef {
-  /** sha256 of the data blob as stored. */
+  /**
+   * The data blob's identity: the sha256 of its layer bootstrap's chunk table (docs/format.md,
+   * dataDigest in encode-table.ts); in bootstraps written before 2026-12-07, of its stored bytes.
+   */
   dataDigest: Uint8Array;
   storedSize: number;
   /** The layer this data blob was converted from (`sha256:…`). */

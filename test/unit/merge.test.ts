@@ -14,6 +14,7 @@ import { Bootstrap, encodeBootstrap } from "../../src/format/index.ts";
 import { imageOfOneLayer } from "../../src/format/encode.ts";
 import type { BootstrapModel } from "../../src/format/model.ts";
 import { encodeTable } from "../../src/format/encode-table.ts";
+import { nodeHasher } from "../../src/hash/node.ts";
 import { ChunkTable, treeToNodes } from "../../src/format/tree-table.ts";
 
 const sha = (s: string) => new Uint8Array(createHash("sha256").update(s).digest());
@@ -64,8 +65,8 @@ function converted(n: number, specs: Spec[], strict = true): { bootstrap: Bootst
     }
   }
   if (strict) expect(tree.skipped.count).toBe(0);
-  const blob = { dataDigest: sha(`blob ${n}`), storedSize: offset, layerDigest: `sha256:${String(n).repeat(64)}` };
-  const bytes = encodeTable({ codec: 0, chunkShift: 16, blob, tree: tree.table, chunks });
+  const bytes = encodeTable({ codec: 0, chunkShift: 16, blob: { storedSize: offset, layerDigest: `sha256:${String(n).repeat(64)}` }, tree: tree.table, chunks }, nodeHasher);
+  const blob = Bootstrap.decode(bytes).blob(0);
   const model: BootstrapModel = {
     kind: "layer",
     codec: 0,
