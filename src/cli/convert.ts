@@ -3,7 +3,7 @@
 // in DIR/image.json for `skiff inspect` and `skiff extract`.
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CHUNK_CODECS } from "../format/codec.ts";
+import { CHUNK_CODECS } from "../format/chunk-codec.ts";
 import { convertImage } from "../convert/image.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, type ConvertParams } from "../format/params.ts";
 import { nodeHasher } from "../hash/node.ts";

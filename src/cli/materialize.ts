@@ -9,7 +9,7 @@ import { constants } from "node:fs";
 import { access, link, lchown, lstat, lutimes, mkdir, open, realpath, symlink, chmod, type FileHandle } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
-import { codecFromId } from "../format/codec.ts";
+import { codecFromId } from "../format/chunk-codec.ts";
 import type { Bootstrap, Inode } from "../format/decode.ts";
 import { isValidName } from "../format/model.ts";
 import { readVerifiedChunk, type ReadStored } from "./stored-chunks.ts";

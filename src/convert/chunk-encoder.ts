@@ -3,7 +3,7 @@
 // threads: src/runtime/node-chunk-encoder.ts), which on a cold edge is most of a deflate-raw
 // conversion's CPU. Whatever does it must give the same bytes as `encodeStored` here: converted
 // blobs are content-addressed.
-import { encodeChunk, type ChunkCodec } from "../format/codec.ts";
+import type { ChunkCodec } from "../format/chunk-codec.ts";
 
 export interface EncodedChunk {
   /** The bytes to store: the encoded chunk, or the chunk itself when encoding did not make it smaller. */
@@ -19,9 +19,13 @@ export interface ChunkEncoder {
   encode(data: Uint8Array, codec: ChunkCodec): Promise<EncodedChunk>;
 }
 
-/** The stored form of a chunk: incompressible chunks are stored as they are. */
-export function encodeStored(codec: ChunkCodec, data: Uint8Array): { stored: Uint8Array; compressed: boolean } {
-  const encoded = codec === "none" ? data : encodeChunk(codec, data);
+/**
+ * The stored form of a chunk: incompressible chunks are stored as they are. The encoder (fflate) is
+ * loaded by the first chunk that needs it: a conversion to `none` never does.
+ */
+export async function encodeStored(codec: ChunkCodec, data: Uint8Array): Promise<EncodedChunk> {
+  if (codec === "none") return { stored: data, compressed: false };
+  const encoded = (await import("../format/codec.ts")).encodeChunk(codec, data);
   const compressed = encoded.byteLength < data.byteLength;
   return { stored: compressed ? encoded : data, compressed };
 }
@@ -29,5 +33,5 @@ export function encodeStored(codec: ChunkCodec, data: Uint8Array): { stored: Uin
 /** Encodes on the calling thread, one chunk at a time: every runtime's default. */
 export const inlineChunkEncoder: ChunkEncoder = {
   window: 1,
-  encode: async (data, codec) => encodeStored(codec, data),
+  encode: (data, codec) => encodeStored(codec, data),
 };

@@ -11,8 +11,11 @@
 // node:zlib's zstd where the runtime has it, else libzstd compiled to WebAssembly. Every decoder
 // sees the bytes only after our frame walker has: windows over 128 MiB, dictionaries, truncation
 // and trailing bytes are refused here, the same way whichever decoder runs.
-import { Gunzip } from "fflate";
-import { Decompress as ZstdDecompress } from "fzstd";
+//
+// fflate and fzstd are imported when a layer first needs them: where the runtime's decoders do the
+// work (Node), loading them took 20 ms of every process start.
+import type { Gunzip } from "fflate";
+import type { Decompress as ZstdDecompress } from "fzstd";
 
 export type LayerCompression = "gzip" | "zstd" | "none";
 
@@ -147,8 +150,9 @@ function viaPushDecoder(
               emitted += out.length;
               controller.enqueue(out);
             };
-            const inner = expected === "zstd" && createZstd ? await createZstd() : undefined;
-            decoder = expected === "gzip" ? gzipDecoder(emit) : expected === "zstd" ? zstdDecoder(emit, inner) : passthrough(emit);
+            if (expected === "gzip") decoder = gzipDecoder(emit, (await import("fflate")).Gunzip);
+            else if (expected === "zstd") decoder = zstdDecoder(emit, createZstd ? await createZstd() : (await import("fzstd")).Decompress);
+            else decoder = passthrough(emit);
           }
           // Decode one bounded step at a time until enough has come out to be worth a pull.
           emitted = 0;
@@ -208,7 +212,7 @@ const DEFLATE_MAX_RATIO = 1032;
  * missing trailer, so each member's output is checked here against the 8-byte trailer that
  * precedes the next member (onmember gives its offset) or ends the input.
  */
-function gzipDecoder(emit: (out: Uint8Array) => void): PushDecoder {
+function gzipDecoder(emit: (out: Uint8Array) => void, Inflater: typeof Gunzip): PushDecoder {
   const history = new InputHistory(GZIP_HISTORY);
   let member = 1;
   let memberStart = 0;
@@ -221,7 +225,7 @@ function gzipDecoder(emit: (out: Uint8Array) => void): PushDecoder {
     const t = history.bytesAt(at, 8);
     return t !== null && readU32(t, 0) === crc && readU32(t, 4) === size;
   };
-  const inflater = new Gunzip((out) => {
+  const inflater = new Inflater((out) => {
     crc = crc32(crc, out);
     size = (size + out.length) >>> 0;
     emitted += out.length;
@@ -369,10 +373,11 @@ function isZstdMagic(magic: number): boolean {
   return magic === ZSTD_MAGIC || (magic & 0xfffffff0) >>> 0 === 0x184d2a50; // or a skippable frame
 }
 
-/** fzstd, or the runtime's `native` decoder when given, behind the frame walker. */
-function zstdDecoder(emit: (out: Uint8Array) => void, native?: ZstdPushDecoder): PushDecoder {
+/** The runtime's decoder, or fzstd, behind the frame walker. */
+function zstdDecoder(emit: (out: Uint8Array) => void, decoder: ZstdPushDecoder | typeof ZstdDecompress): PushDecoder {
   const frames = new ZstdFrameWalker();
-  const fzstd = native ? null : new ZstdDecompress((out) => emit(out));
+  const native = typeof decoder === "function" ? null : decoder;
+  const fzstd = typeof decoder === "function" ? new decoder((out) => emit(out)) : null;
   const run = (input: Uint8Array, final: boolean): void => {
     try {
       if (fzstd) fzstd.push(input, final);

@@ -18,7 +18,7 @@ import { fromHex, type HasherFactory } from "../hash/hasher.ts";
 import type { Digest } from "../oci/reference.ts";
 import { getBytes, putBytes, type ContentStore } from "../store/store.ts";
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint, type Segment } from "./checkpoint.ts";
-import { codecId } from "../format/codec.ts";
+import { codecId } from "../format/chunk-codec.ts";
 import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
 import { compressionForMediaType, LayerFormatError, type GunzipFactory, type UnzstdFactory } from "./decompress.ts";
 import { cutLayer } from "./cut.ts";

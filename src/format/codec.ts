@@ -5,17 +5,9 @@
 // converts to the same blob on Node, Deno and Workers), so it is fflate at a fixed level rather than
 // CompressionStream, whose output depends on the platform's zlib.
 import { deflateSync, inflateSync } from "fflate";
-import { decodeChunkWith, type ChunkCodec, type InflateRaw } from "./chunk-codec.ts";
+import { decodeChunkWith, DEFLATE_LEVEL, type ChunkCodec, type InflateRaw } from "./chunk-codec.ts";
 
-export { CHUNK_CODECS, codecFromId, codecId, type ChunkCodec, type InflateRaw } from "./chunk-codec.ts";
-
-/**
- * The deflate level of every chunk; changing it changes every converted blob. Level 1 encodes
- * 2–2.6× faster than 6 on compressible data for 5–20% more stored bytes: conversion sits in front
- * of an image's first pull, and lazy fetching already saves far more transfer than the ratio
- * would (docs/benchmarks.md).
- */
-export const DEFLATE_LEVEL = 1;
+export { CHUNK_CODECS, codecFromId, codecId, DEFLATE_LEVEL, type ChunkCodec, type InflateRaw } from "./chunk-codec.ts";
 
 /** "none" returns `data` itself; deflate-raw returns new bytes. */
 export function encodeChunk(codec: ChunkCodec, data: Uint8Array): Uint8Array {

@@ -4,7 +4,7 @@
 // answered here; a conversion to run, a link to confirm upstream, a vanished data blob and every
 // error but the access decision's are the app's (the shortcut then declines, having counted nothing).
 import type { BlobCache } from "../cache/blobs.ts";
-import { CHUNK_CODECS, type ChunkCodec } from "../format/codec.ts";
+import { CHUNK_CODECS, type ChunkCodec } from "../format/chunk-codec.ts";
 import { parseParamsId } from "../format/params.ts";
 import type { ConvertedLayerIndex, LayerIndex } from "../lazy/layer-index.ts";
 import type { UpstreamRoute } from "../config/config.ts";

@@ -11,7 +11,7 @@ import type { BlobCache } from "../cache/blobs.ts";
 import type { Manifest, ManifestCache } from "../cache/manifests.ts";
 import { MANIFEST_MEDIA_TYPES } from "../cache/manifests.ts";
 import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertParams } from "../format/params.ts";
-import { CHUNK_CODECS } from "../format/codec.ts";
+import { CHUNK_CODECS } from "../format/chunk-codec.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import type { Bootstrap } from "../format/decode.ts";
 import { parsePlatform } from "../convert/image.ts";

@@ -7,7 +7,7 @@ import { availableParallelism } from "node:os";
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
 import type { ChunkEncoder, EncodedChunk } from "../convert/chunk-encoder.ts";
-import { DEFLATE_LEVEL, type ChunkCodec } from "../format/codec.ts";
+import { DEFLATE_LEVEL, type ChunkCodec } from "../format/chunk-codec.ts";
 
 // The worker's source, evaluated as CommonJS (a file next to this one would not exist when the
 // TypeScript sources run directly, as in the tests). fflate's path and the level come in workerData.

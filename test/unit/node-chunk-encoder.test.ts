@@ -70,7 +70,7 @@ describe("node chunk encoder", () => {
     const backing = text(1, 3 * CHUNK);
     const inputs = [text(0, CHUNK), new Prng("x").bytes(CHUNK), new Uint8Array(0), text(2, 10), backing.subarray(100, 100 + CHUNK)];
     for (const data of inputs) {
-      const expected = encodeStored(codec, data);
+      const expected = await encodeStored(codec, data);
       const got = await pool.encode(new Uint8Array(data), codec);
       expect(got.compressed).toBe(expected.compressed);
       expect(Buffer.from(got.stored).equals(Buffer.from(expected.stored))).toBe(true);
@@ -79,7 +79,7 @@ describe("node chunk encoder", () => {
 
   it("takes a chunk's whole buffer to its thread and hands it back holding the stored bytes", async () => {
     const buffer = text(1, 3 * CHUNK);
-    const expected = encodeStored("deflate-raw", buffer.subarray(0, CHUNK));
+    const expected = await encodeStored("deflate-raw", buffer.subarray(0, CHUNK));
     const got = await pool.encode(buffer.subarray(0, CHUNK), "deflate-raw");
     expect(got.compressed).toBe(true);
     // Moved, not copied: detached here, and back whole with the deflated bytes at the chunk's place,
