@@ -331,7 +331,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // Chunks handed to the encoder and not yet written, oldest first. Each is written, and its record
   // index given to its file, in the order it was cut, so the blob and records are the same bytes
   // whatever the encoder and however many chunks it has in flight.
-  const inFlight = Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
+  // With codec none there is nothing to wait for: one chunk at a time, and fewer buffers.
+  const inFlight = params.codec === "none" ? 1 : Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
   const pending: { data: Uint8Array; result: Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
   // Chunk buffers written and hashed, for the cutter to cut into again: as many as can be in
   // flight, and those the writer holds (one being written, one waiting).
