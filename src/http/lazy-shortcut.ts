@@ -119,7 +119,7 @@ export function lazyAnswers(deps: LazyShortcutDeps, buffers: BufferPool) {
 
   /** The part of the layer's data blob the target names, with its validator; null for an unknown chunk. */
   function regionOf(layer: ConvertedLayerIndex, target: LazyTarget): { offset: number; length: number; etag: string } | null {
-    if (!target.chunk) return { offset: 0, length: layer.dataSize, etag: `"sha256:${layer.dataDigest}"` };
+    if (!target.chunk) return { offset: 0, length: layer.dataSize, etag: layer.dataETag };
     const record = layer.chunk(target.chunk.hex);
     // The form in the URL must be the one stored: a chunk kept raw in a deflate layer is `.none`.
     if (!record || (record.compressed ? target.codec : "none") !== target.chunk.form) return null;

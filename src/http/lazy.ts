@@ -158,7 +158,7 @@ export function lazyHandler(deps: LazyDeps) {
     const layer = await convertedLayer(c, name, layerRef, paramsRef);
     const served = await serveRanged(c.req.raw, {
       size: layer.dataSize,
-      etag: `"sha256:${layer.dataDigest}"`,
+      etag: layer.dataETag,
       contentType: "application/octet-stream",
       headers: { "Cache-Control": `${cacheScope}, ${IMMUTABLE}` },
       ...storedRegion(deps.store, layer.dataKey, { offset: 0, length: layer.dataSize }, () => vanished(layer)),

@@ -11,8 +11,11 @@ export interface ConvertedLayerIndex {
   bootstrap: Bootstrap;
   bootstrapKey: string;
   dataKey: string;
-  /** sha256 hex of the data blob, its strong validator. */
-  dataDigest: string;
+  /**
+   * The data blob's strong validator: its data digest (docs/format.md), which names its bytes but
+   * is not their sha256, so not spelled like the body digests other ETags of the API are.
+   */
+  dataETag: string;
   dataSize: number;
   chunk(hex: string): ChunkRecord | null;
 }
@@ -40,7 +43,7 @@ export class LayerIndex {
       bootstrap,
       bootstrapKey: key,
       dataKey: layerDataKey(layer, params),
-      dataDigest: toHex(blob.dataDigest),
+      dataETag: `"data:${toHex(blob.dataDigest)}"`,
       dataSize: blob.storedSize,
       chunk: (hex) => {
         const i = bootstrap.chunkIndexOf(hex);

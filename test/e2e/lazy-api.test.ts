@@ -397,7 +397,7 @@ describe("chunks and data blobs", () => {
         expect(whole.body.length).toBe(info.storedSize);
         const layerBootstrap = Bootstrap.decode((await get(`${layerUrl(proxy, "e2e/app", info.layerDigest, params)}/bootstrap`)).body);
         await expectDataBlob(layerBootstrap, whole.body, info.dataDigest);
-        expect(whole.headers.get("etag")).toBe(`"sha256:${toHex(info.dataDigest)}"`);
+        expect(whole.headers.get("etag")).toBe(`"data:${toHex(info.dataDigest)}"`);
         expect(whole.headers.get("cache-control")).toBe(IMMUTABLE);
         expect(whole.headers.get("accept-ranges")).toBe("bytes");
       }
