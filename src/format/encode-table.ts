@@ -33,22 +33,19 @@ export interface ChunkRecords {
   write(out: Uint8Array, view: DataView, at: number): void;
 }
 
-/** A layer bootstrap (kind layer, one blob, no platform) of the tables, with its blob's data digest. */
+/**
+ * A layer bootstrap (kind layer, one blob, no platform) of the tables. Its blob's data digest is the
+ * sha256 of its chunk table (docs/format.md), written once the table is: the records name each
+ * stored chunk by the digest of its content, its place, size and codec flag, and the codec's output
+ * is fixed (codec.ts), so they determine the blob's bytes; a second sha256 over the whole blob, as
+ * long as the layer's content, would add nothing but a third of the hashing.
+ */
 export function encodeTable({ codec, chunkShift, blob, tree, chunks }: LayerTables, hasher: HasherFactory): Uint8Array {
   const out = encodeTree({ kind: L.KIND_LAYER, codec, chunkShift, blobs: [{ ...blob, dataDigest: new Uint8Array(32) }], platform: "", tree, chunks: layerChunkRecords(chunks) });
   const at = L.sectionOffsets(L.readCounts(new DataView(out.buffer)));
-  out.set(dataDigest(out.subarray(at.chunks, at.chunks + chunks.count * L.CHUNK_RECORD_SIZE), hasher), at.blobs);
+  const chunkTable = out.subarray(at.chunks, at.chunks + chunks.count * L.CHUNK_RECORD_SIZE);
+  out.set(fromHex(hashBytes(hasher, "sha256", chunkTable)), at.blobs);
   return out;
-}
-
-/**
- * A data blob's digest: the sha256 of its layer bootstrap's chunk table (docs/format.md). The
- * records name each stored chunk by the digest of its content, its place, size and codec flag, and
- * the codec's output is fixed (codec.ts), so they determine the blob's bytes: a second sha256 over
- * the whole blob, as long as the layer's content, would add nothing but a third of the hashing.
- */
-export function dataDigest(chunkTable: Uint8Array, hasher: HasherFactory): Uint8Array {
-  return fromHex(hashBytes(hasher, "sha256", chunkTable));
 }
 
 /**

@@ -32,7 +32,7 @@ export interface FsNode {
 export interface BlobRef {
   /**
    * The data blob's identity: the sha256 of its layer bootstrap's chunk table (docs/format.md,
-   * dataDigest in encode-table.ts); in bootstraps written before 2026-12-07, of its stored bytes.
+   * encodeTable in encode-table.ts); in bootstraps written before 2026-12-07, of its stored bytes.
    */
   dataDigest: Uint8Array;
   storedSize: number;

@@ -89,7 +89,6 @@ async function get(url: string, headers: Record<string, string> = {}): Promise<G
 const bootstrapUrl = (s: Skiff, name: string, ref: string, query = "") => `${s.url}/v2/${name}/_skiff/bootstrap/${ref}${query}`;
 const layerUrl = (s: Skiff, name: string, layer: string, params: string) => `${s.url}/v2/${name}/_skiff/layers/${layer}/${params}`;
 
-/** The OCI error of a response: status and first error's code and message. */
 /**
  * `body` is the data blob `layer` describes: the data digest is the sha256 of its chunk table, and
  * its chunks, laid end to end, decode to the content their records name.
@@ -107,6 +106,7 @@ async function expectDataBlob(layer: Bootstrap, body: Buffer, dataDigest: Uint8A
   expect(end).toBe(body.length);
 }
 
+/** The OCI error of a response: status and first error's code and message. */
 function ociError(r: Got): { status: number; code: string; message: string } {
   expect(r.headers.get("content-type")).toMatch(/^application\/json/);
   const parsed = JSON.parse(r.body.toString("utf8")) as { errors: { code: string; message: string }[] };
