@@ -198,13 +198,14 @@ export class WorkerSkiff {
 
   /**
    * Rewrites local R2's object `key` as a single part (worker-runner.mjs says why): read from the
-   * bucket then streams with backpressure, as from R2 itself.
+   * bucket then streams with backpressure, as from R2 itself. A 1 GiB object took about 45 s alone
+   * and once more than 300 s in the whole suite.
    */
-  async storeAsSinglePart(key: string): Promise<void> {
+  async storeAsSinglePart(key: string, timeoutMs = 600_000): Promise<void> {
     const res = await fetch(`${this.url}/single-part?key=${encodeURIComponent(key)}`, {
       method: "POST",
       headers: { "MF-Route-Override": "local-r2-tools" },
-      signal: AbortSignal.timeout(300_000),
+      signal: AbortSignal.timeout(timeoutMs),
     });
     const text = await res.text();
     if (!res.ok) throw new Error(`rewriting ${key} as one part: HTTP ${res.status}: ${text.slice(0, 500)}`);
