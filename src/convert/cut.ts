@@ -65,7 +65,10 @@ export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: Cu
     // small files don't each hold a whole chunk's buffer.
     const take = () => opts.spare?.pop() ?? new Uint8Array(chunkSize);
     let buffer = take();
-    for await (const entry of readTar(tarInput)) {
+    // Every body piece is copied into chunk buffers before the next is read, so the decoder may
+    // write over the pieces the tar reader is done with.
+    const release = decoders?.unzstd?.kind === "stream" ? decoders.unzstd.recycle : undefined;
+    for await (const entry of readTar(tarInput, { release })) {
       yield { entry };
       if (entry.type !== "file") continue;
       let filled = 0;

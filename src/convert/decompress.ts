@@ -77,7 +77,12 @@ export interface ZstdPushDecoder {
  * first frame (on Deno and workerd at least), so each frame of a layer gets a decoder of its own.
  */
 export type UnzstdFactory =
-  | { kind: "stream"; create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>> }
+  | {
+      kind: "stream";
+      create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>>;
+      /** Takes back a piece of output its reader is done with, to write over; ignores pieces it did not make. */
+      recycle?: (piece: Uint8Array) => void;
+    }
   | { kind: "push"; create: () => Promise<ZstdPushDecoder> };
 
 /** The decoders a runtime entry passes down; the built-in ones (fflate, fzstd) otherwise. */

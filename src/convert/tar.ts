@@ -44,6 +44,11 @@ export interface TarReaderOptions {
   maxPaxHeaderBytes?: number;
   /** Largest accepted GNU long name / long link body (default 64 KiB). */
   maxLongNameBytes?: number;
+  /**
+   * Called with each piece the source delivered once the reader has moved past it, for its
+   * producer to write over. Only for a caller that is done with every body piece before it reads on.
+   */
+  release?: (piece: Uint8Array) => void;
 }
 
 const BLOCK = 512;
@@ -61,7 +66,7 @@ export function readTar(source: ReadableStream<Uint8Array>, options: TarReaderOp
     pax: options.maxPaxHeaderBytes ?? 1024 * 1024,
     longName: options.maxLongNameBytes ?? 64 * 1024,
   };
-  return readEntries(source, limits);
+  return readEntries(source, limits, options.release);
 }
 
 interface Limits {
@@ -86,6 +91,7 @@ function fail(what: string, at: Place): never {
 
 class ByteSource {
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #release: ((piece: Uint8Array) => void) | undefined;
   #chunk: Uint8Array = EMPTY;
   #pos = 0;
   #ended = false;
@@ -93,14 +99,18 @@ class ByteSource {
   /** Bytes consumed from the start of the archive. */
   offset = 0;
 
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>) {
+  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, release?: (piece: Uint8Array) => void) {
     this.#reader = reader;
+    this.#release = release;
   }
 
   /** Makes unread bytes available; false at end of stream. */
   async #fill(): Promise<boolean> {
     while (this.#pos >= this.#chunk.byteLength) {
       if (this.#ended) return false;
+      // Every view of it handed out is used by now (TarReaderOptions.release).
+      if (this.#chunk !== EMPTY) this.#release?.(this.#chunk);
+      this.#chunk = EMPTY;
       const { done, value } = await this.#reader.read();
       if (done) {
         this.#ended = true;
@@ -369,8 +379,8 @@ interface BodyState {
   taken: boolean;
 }
 
-async function* readEntries(source: ReadableStream<Uint8Array>, limits: Limits): AsyncGenerator<TarEntryWithBody> {
-  const input = new ByteSource(source.getReader());
+async function* readEntries(source: ReadableStream<Uint8Array>, limits: Limits, release?: (piece: Uint8Array) => void): AsyncGenerator<TarEntryWithBody> {
+  const input = new ByteSource(source.getReader(), release);
   const globals: PaxRecords = new Map();
   let finished = false;
   let failure: unknown = undefined;

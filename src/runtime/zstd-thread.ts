@@ -6,7 +6,8 @@
 // Flow is bounded both ways. Compressed bytes: a write waits while more than INPUT_AHEAD bytes
 // sent are not yet taken by the decoder. Output: the worker decodes only as far as the reader has
 // given it credit, OUTPUT_AHEAD bytes beyond what it has read, so a zero-filled layer cannot pile
-// up megabytes faster than the converter takes them.
+// up megabytes faster than the converter takes them. Output pieces the reader is done with come
+// back with the credit (recycle) and are written over, instead of a fresh megabyte per piece.
 import { Worker } from "node:worker_threads";
 import type { UnzstdFactory } from "../convert/decompress.ts";
 import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, ZSTD_TRUNCATED, zstdImportsSource, zstdStepSource } from "./zstd-wasm.ts";
@@ -32,6 +33,8 @@ const openZstdSession = ${openZstdSessionSource};
 const zstdImports = ${zstdImportsSource};
 const INPUT_PIECE = ${INPUT_PIECE}, OUTPUT_PIECE = ${OUTPUT_PIECE};
 const sessions = new Map();
+// Output buffers the converting thread gave back, to copy the next pieces into.
+const spareOutputs = [];
 
 // A finished session's instance, its memory and buffers, for the next: layers of many frames
 // (zstd:chunked) would otherwise instantiate the module for each. Its memory stays at the largest
@@ -91,7 +94,9 @@ function run(s) {
       // More output may wait inside libzstd when the output space came back full.
       s.drained = produced < OUTPUT_PIECE || ret === 0;
       if (produced > 0) {
-        const out = new Uint8Array(s.z.memory.buffer).slice(s.output, s.output + produced);
+        // Each piece in a whole piece's buffer, so that any piece given back holds the next one.
+        const out = new Uint8Array(spareOutputs.pop() || new ArrayBuffer(OUTPUT_PIECE), 0, produced);
+        out.set(new Uint8Array(s.z.memory.buffer, s.output, produced));
         s.credit -= produced;
         parentPort.postMessage({ id: s.id, out }, [out.buffer]);
       }
@@ -107,6 +112,7 @@ function run(s) {
 }
 
 parentPort.on("message", (m) => {
+  if (m.buffers) spareOutputs.push(...m.buffers);
   if (m.open) {
     try { open(m.id, m.module); } catch (err) { parentPort.postMessage({ id: m.id, error: String(err.message || err) }); }
     return;
@@ -156,6 +162,7 @@ function theWorker(): Worker {
   w.on("message", (m: { id: number; out?: Uint8Array<ArrayBuffer>; took?: number; buffer?: ArrayBuffer; error?: string; done?: boolean }) => {
     if (m.buffer && spareInputs.length < SPARE_INPUTS) spareInputs.push(m.buffer);
     const session = sessions.get(m.id);
+    if (m.out) madeHere.add(m.out.buffer);
     if (m.out) session?.onOut(m.out);
     else if (m.took !== undefined) session?.onTook(m.took);
     else if (m.done || m.error !== undefined) session?.onEnd(m.error);
@@ -190,9 +197,27 @@ function inputCopy(piece: Uint8Array): Uint8Array<ArrayBuffer> {
   return copy;
 }
 
+/** Output buffers the worker made, while the converting thread holds them. */
+const madeHere = new WeakSet<ArrayBuffer>();
+/** Output buffers given back (recycle), to go to the worker with the next credit. */
+const spareOutputs: ArrayBuffer[] = [];
+/** Enough for the pieces between the reader and the worker (OUTPUT_AHEAD) and a few in flight. */
+const SPARE_OUTPUTS = 4;
+
+/**
+ * Takes back a piece of output the reader is done with: the worker writes a later piece into it.
+ * A piece of a buffer the worker did not make is left alone.
+ */
+function recycle(piece: Uint8Array): void {
+  const buffer = piece.buffer;
+  if (!(buffer instanceof ArrayBuffer) || !madeHere.has(buffer) || spareOutputs.length >= SPARE_OUTPUTS) return;
+  madeHere.delete(buffer);
+  spareOutputs.push(buffer);
+}
+
 /** libzstd on a worker thread, given the compiled module (./node-zstd.ts compiles it once). */
 export function threadUnzstd(loadModule: () => Promise<WebAssembly.Module>): UnzstdFactory {
-  return { kind: "stream", create: () => decodeOnWorker(loadModule) };
+  return { kind: "stream", create: () => decodeOnWorker(loadModule), recycle };
 }
 
 function decodeOnWorker(loadModule: () => Promise<WebAssembly.Module>): ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>> {
@@ -276,7 +301,8 @@ function decodeOnWorker(loadModule: () => Promise<WebAssembly.Module>): Readable
           const more = (output.desiredSize ?? 0) - coming;
           if (more <= 0) return;
           coming += more;
-          post(w, { credit: more });
+          const buffers = sessions.has(id) ? spareOutputs.splice(0) : [];
+          post(w, { credit: more, buffers }, buffers);
         },
         cancel,
       },

@@ -449,6 +449,31 @@ describe("decompressLayer: zstd on a worker thread", () => {
     expect(sha256(concat(first.value!, rest))).toBe(sha256(content));
   });
 
+  it.skipIf(!HAVE_ZSTD)("writes later pieces into the pieces given back, and leaves buffers it did not make alone", async () => {
+    const recycle = (onWorker as Extract<UnzstdFactory, { kind: "stream" }>).recycle!;
+    const content = mixedContent(24 << 20, 11);
+    const zst = cli("zstd", ["-q", "-c", "-1"], content);
+    const foreign = new Uint8Array(1 << 20);
+    const offset = new Uint8Array(2 << 20).subarray(1 << 20);
+    const given: Uint8Array[] = [];
+    const hash = createHash("sha256");
+    const reader = decompressLayer(streamOf(zst, [65536]), OCI_ZSTD, { unzstd: onWorker }).getReader();
+    for (let i = 0; i < 10_000; i++) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      hash.update(value);
+      recycle(value);
+      given.push(value);
+      recycle(foreign);
+      recycle(offset);
+    }
+    expect(hash.digest("hex")).toBe(sha256(content));
+    // Taken back: moved to the worker with a later credit, so detached here.
+    const taken = given.filter((piece) => piece.byteLength === 0).length;
+    expect(taken).toBeGreaterThan(given.length / 2);
+    expect([foreign.byteLength, offset.byteLength]).toEqual([1 << 20, 1 << 20]);
+  });
+
   it.skipIf(!HAVE_ZSTD)("fails the layer being decoded when the worker ends, and the next layer decodes on a new worker", async () => {
     const content = mixedContent(48 << 20, 9);
     const zst = cli("zstd", ["-q", "-c", "-1"], content);

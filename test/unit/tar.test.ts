@@ -594,6 +594,31 @@ describe("archive ends and streaming", () => {
     expect(await collect(streamOf(END))).toEqual([]);
   });
 
+  it("hands each piece back once it has moved past it, never one a body piece still comes from", async () => {
+    const archive = concat(
+      pax([["path", "long/" + "p".repeat(200)], ["SCHILY.xattr.user.k", "v"]]),
+      entry({ name: "ignored" }, randomBytes(3000)),
+      entry({ name: "dir/", type: "5" }),
+      entry({ name: "small" }, "s"),
+      END,
+    );
+    for (const size of [7, 512, 700, 4096]) {
+      const released = new Set<ArrayBufferLike>();
+      let delivered = 0;
+      const counting = streamOf(archive, size).pipeThrough(new TransformStream({ transform: (piece, c) => void (delivered++, c.enqueue(piece)) }));
+      const bodies: Uint8Array[] = [];
+      for await (const e of readTar(counting, { release: (piece) => void released.add(piece.buffer) })) {
+        for await (const piece of e.body()) {
+          expect(released.has(piece.buffer), `chunk size ${size}`).toBe(false);
+          bodies.push(piece.slice());
+        }
+      }
+      expect(Buffer.concat(bodies).byteLength).toBe(3001);
+      // All but the last piece, and the last one too once the end is read past it.
+      expect(released.size, `chunk size ${size}`).toBeGreaterThanOrEqual(delivered - 1);
+    }
+  });
+
   it("rejects a lone zero block followed by another header", async () => {
     await expectTarError(collect(streamOf(concat(entry({ name: "a" }), new Uint8Array(512), entry({ name: "b" }), END))), /lone zero block.*offset 512\)/);
   });
