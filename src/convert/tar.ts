@@ -220,35 +220,36 @@ function decodeName(bytes: Uint8Array, what: string, from: string, at: Place): s
  * GNU base-256 (high bit of the first byte set; the next bit is the sign).
  */
 function numeric(block: Uint8Array, start: number, length: number, name: string, at: Place, signed = false): number {
-  const bytes = block.subarray(start, start + length);
-  const first = bytes[0]!;
+  // Read in place: a view per field was most of a header's garbage.
+  const end = start + length;
+  const first = block[start]!;
   if (first & 0x80) {
     if (first & 0x40) {
       // Only times may be negative (before 1970): a two's-complement number after the marker bit.
       if (!signed) fail(`negative base-256 ${name}`, at);
       let value = BigInt(first & 0x7f);
-      for (let i = 1; i < bytes.byteLength; i++) value = (value << 8n) | BigInt(bytes[i]!);
-      const signedValue = value - (1n << BigInt(7 + 8 * (bytes.byteLength - 1)));
+      for (let i = start + 1; i < end; i++) value = (value << 8n) | BigInt(block[i]!);
+      const signedValue = value - (1n << BigInt(7 + 8 * (length - 1)));
       if (signedValue < BigInt(Number.MIN_SAFE_INTEGER)) fail(`base-256 ${name} too small`, at);
       return Number(signedValue);
     }
     let value = first & 0x3f;
-    for (let i = 1; i < bytes.byteLength; i++) {
-      value = value * 256 + bytes[i]!;
+    for (let i = start + 1; i < end; i++) {
+      value = value * 256 + block[i]!;
       if (value > Number.MAX_SAFE_INTEGER) fail(`base-256 ${name} too large`, at);
     }
     return value;
   }
-  let i = 0;
-  while (i < bytes.byteLength && (bytes[i] === 0x20 || bytes[i] === 0)) i++;
+  let i = start;
+  while (i < end && (block[i] === 0x20 || block[i] === 0)) i++;
   let value = 0;
-  for (; i < bytes.byteLength; i++) {
-    const c = bytes[i]!;
+  for (; i < end; i++) {
+    const c = block[i]!;
     if (c < 0x30 || c > 0x37) break;
     value = value * 8 + (c - 0x30);
   }
-  for (; i < bytes.byteLength; i++) {
-    if (bytes[i] !== 0x20 && bytes[i] !== 0) fail(`invalid octal ${name} ${JSON.stringify(utf8Lenient.decode(bytes))}`, at);
+  for (; i < end; i++) {
+    if (block[i] !== 0x20 && block[i] !== 0) fail(`invalid octal ${name} ${JSON.stringify(utf8Lenient.decode(block.subarray(start, end)))}`, at);
   }
   return value;
 }
@@ -479,8 +480,8 @@ async function readHeader(
         // 'g': applies to all later entries; an empty value removes the global record
         const records = parsePax(await readSpecial(input, size, limits.pax, "PAX extended header", at), at);
         if (flag === 0x78) {
-          local ??= new Map();
-          for (const [k, v] of records) local.set(k, v);
+          if (local === null) local = records;
+          else for (const [k, v] of records) local.set(k, v);
           pendingMeta = true;
         } else {
           for (const [k, v] of records) {
@@ -508,6 +509,7 @@ async function readHeader(
 /** Local records override globals; an empty local value restores the header field. */
 function mergePax(globals: PaxRecords, local: PaxRecords | null): PaxRecords {
   if (!local) return globals;
+  if (globals.size === 0) return local;
   const merged = new Map(globals);
   for (const [k, v] of local) merged.set(k, v);
   return merged;
@@ -532,7 +534,8 @@ function buildEntry(
   at.path = path;
   if (path === "") fail("entry has an empty name", at);
 
-  const sparse = [...pax.keys()].some((k) => k.startsWith("GNU.sparse."));
+  let sparse = false;
+  for (const key of pax.keys()) sparse ||= key.startsWith("GNU.sparse.");
   if (flag === 0x53 /* 'S' */ || sparse) {
     const real = paxString(pax, "GNU.sparse.name", at) ?? path;
     fail(`sparse files are not supported: ${JSON.stringify(real)}`, at);
