@@ -126,7 +126,8 @@ class ByteSource {
 
   /** Up to `max` bytes as a view of the current chunk; null at end of stream. */
   async readSome(max: number): Promise<Uint8Array | null> {
-    if (!(await this.#fill())) return null;
+    // Awaited only when the chunk is used up: an await per call was a good part of the reader's time.
+    if (this.#pos >= this.#chunk.byteLength && !(await this.#fill())) return null;
     const n = Math.min(max, this.#chunk.byteLength - this.#pos);
     const out = this.#chunk.subarray(this.#pos, this.#pos + n);
     this.#pos += n;
@@ -151,7 +152,7 @@ class ByteSource {
    * "partial" if the stream ended inside the block.
    */
   async readBlock(): Promise<Uint8Array | null | "partial"> {
-    if (!(await this.#fill())) return null;
+    if (this.#pos >= this.#chunk.byteLength && !(await this.#fill())) return null;
     if (this.#chunk.byteLength - this.#pos >= BLOCK) {
       const view = this.#chunk.subarray(this.#pos, this.#pos + BLOCK);
       this.#pos += BLOCK;
