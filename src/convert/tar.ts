@@ -126,7 +126,7 @@ class ByteSource {
 
   /** Up to `max` bytes as a view of the current chunk; null at end of stream. */
   async readSome(max: number): Promise<Uint8Array | null> {
-    // Awaited only when the chunk is used up: an await per call was a good part of the reader's time.
+    // Awaited only when the chunk is used up, not for bytes already here.
     if (this.#pos >= this.#chunk.byteLength && !(await this.#fill())) return null;
     const n = Math.min(max, this.#chunk.byteLength - this.#pos);
     const out = this.#chunk.subarray(this.#pos, this.#pos + n);
