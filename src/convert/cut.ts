@@ -2,7 +2,7 @@
 // `chunkSize` bytes (a file's last one shorter), each named by its sha256. This is the part of a
 // conversion whose cost grows with the layer's expanded size; what is left for the converter
 // (./layer.ts) is the tree, deduplication, encoding and writing.
-import type { HasherFactory } from "../hash/hasher.ts";
+import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { decompressLayer, LayerFormatError, type LayerDecoders } from "./decompress.ts";
 import { readTar, type TarEntry } from "./tar.ts";
 
@@ -52,11 +52,7 @@ export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: Cu
       controller.enqueue(value);
     },
   });
-  const named = (chunk: Uint8Array): CutItem => {
-    const h = hasher("sha256");
-    h.update(chunk);
-    return { chunk, hex: h.hex() };
-  };
+  const named = (chunk: Uint8Array): CutItem => ({ chunk, hex: hashBytes(hasher, "sha256", chunk) });
 
   let finished = false;
   try {

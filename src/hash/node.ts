@@ -1,11 +1,19 @@
-// Native incremental hasher for Node (and Deno's node:crypto); several times faster than pure JS.
-import { createHash } from "node:crypto";
+// Native incremental hasher for Node (and Deno's and workerd's node:crypto); several times faster
+// than pure JS.
+import * as nodeCrypto from "node:crypto";
 import type { Hasher, HasherFactory } from "./hasher.ts";
 
-export const nodeHasher: HasherFactory = (algorithm): Hasher => {
-  const h = createHash(algorithm);
-  return {
-    update: (data) => void h.update(data),
-    hex: () => h.digest("hex"),
-  };
-};
+// One-shot crypto.hash: about 1 µs per small buffer against 3 µs through a Hash object (Node 20.12
+// and later, Deno; looked up, as another runtime's node:crypto may lack it).
+const oneShot = typeof nodeCrypto.hash === "function" ? nodeCrypto.hash : undefined;
+
+export const nodeHasher: HasherFactory = Object.assign(
+  (algorithm: Parameters<HasherFactory>[0]): Hasher => {
+    const h = nodeCrypto.createHash(algorithm);
+    return {
+      update: (data) => void h.update(data),
+      hex: () => h.digest("hex"),
+    };
+  },
+  { digestHex: oneShot && ((algorithm: string, data: Uint8Array) => oneShot(algorithm, data, "hex")) },
+);

@@ -74,6 +74,24 @@ describe("hashBytes and toHex", () => {
     expect(hashBytes(nobleHasher, "sha512", enc("abc"))).toBe(VECTORS[0]!.sha512);
   });
 
+  it("takes the factory's one-shot digest when it has one, hashing only the view's bytes", () => {
+    expect(nodeHasher.digestHex, "Node's one-shot crypto.hash").toBeTypeOf("function");
+    const whole = bytesOf(4096, 3);
+    const view = whole.subarray(1000, 3000);
+    for (const algorithm of ALGORITHMS) {
+      const h = nodeHasher(algorithm);
+      h.update(view.slice());
+      expect(nodeHasher.digestHex!(algorithm, view), algorithm).toBe(h.hex());
+      expect(nodeHasher.digestHex!(algorithm, enc("abc")), algorithm).toBe(VECTORS[0]![algorithm]);
+    }
+    let calls = 0;
+    const counting: HasherFactory = Object.assign((algorithm: HashAlgorithm) => nobleHasher(algorithm), {
+      digestHex: (algorithm: HashAlgorithm, data: Uint8Array) => (calls++, hashBytes(nobleHasher, algorithm, data)),
+    });
+    expect(hashBytes(counting, "sha256", enc("abc"))).toBe(VECTORS[0]!.sha256);
+    expect(calls).toBe(1);
+  });
+
   it("toHex writes two lowercase digits per byte", () => {
     expect(toHex(new Uint8Array([0, 1, 0x0f, 0x10, 0xab, 0xff]))).toBe("00010f10abff");
     expect(toHex(new Uint8Array(0))).toBe("");
