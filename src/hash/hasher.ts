@@ -26,10 +26,19 @@ export function toHex(bytes: Uint8Array): string {
   return out;
 }
 
+/** Each character code's value as a lowercase hex digit, or -1: a conversion looks up every chunk's digest. */
+const HEX_VALUES = Int8Array.from({ length: 128 }, (_, c) => (c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : -1));
+
+/** The bytes of lowercase hex; anything else (odd length, uppercase, other characters) is refused. */
 export function fromHex(hex: string): Uint8Array {
-  if (!/^(?:[0-9a-f]{2})*$/.test(hex)) throw new Error("invalid hex");
+  if (hex.length % 2 !== 0) throw new Error("invalid hex");
   const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  for (let i = 0; i < out.length; i++) {
+    const high = HEX_VALUES[hex.charCodeAt(2 * i)] ?? -1;
+    const low = HEX_VALUES[hex.charCodeAt(2 * i + 1)] ?? -1;
+    if ((high | low) < 0) throw new Error("invalid hex");
+    out[i] = (high << 4) | low;
+  }
   return out;
 }
 

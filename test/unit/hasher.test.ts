@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { hashBytes, toHex, type HashAlgorithm, type HasherFactory } from "../../src/hash/hasher.ts";
+import { fromHex, hashBytes, toHex, type HashAlgorithm, type HasherFactory } from "../../src/hash/hasher.ts";
 import { nobleHasher } from "../../src/hash/noble.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { bytesOf } from "./fakes.ts";
@@ -95,5 +95,12 @@ describe("hashBytes and toHex", () => {
   it("toHex writes two lowercase digits per byte", () => {
     expect(toHex(new Uint8Array([0, 1, 0x0f, 0x10, 0xab, 0xff]))).toBe("00010f10abff");
     expect(toHex(new Uint8Array(0))).toBe("");
+  });
+
+  it("fromHex reads back what toHex writes, and refuses anything but lowercase hex pairs", () => {
+    const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+    expect(fromHex(toHex(all))).toEqual(all);
+    expect(fromHex("")).toEqual(new Uint8Array(0));
+    for (const bad of ["a", "abc", "AB", "0g", "g0", " 0", "0/", ":0", "`0", "0\u0100", "é0"]) expect(() => fromHex(bad), JSON.stringify(bad)).toThrow("invalid hex");
   });
 });
