@@ -186,9 +186,9 @@ export async function convertLayer(layer: LayerSource, opts: ConvertLayerOptions
   // The bootstrap, encoded while the data blob goes to disk.
   let encoded: Uint8Array | null = null;
   try {
-    outcome = await streamLayer(layer, opts, from, async (bytes, release) => {
+    outcome = await streamLayer(layer, opts, from, (bytes, release) => {
       segment.size += bytes.byteLength;
-      await batched.write(bytes, release);
+      return batched.write(bytes, release);
     });
     await batched.flush();
     await opts.guard?.();
@@ -283,8 +283,12 @@ type StreamOutcome = { tables: LayerTables; stats: LayerStats } | { paused: { ch
 /** Thrown inside the chunk loop when the step's budget is spent; never leaves streamLayer. */
 class Pause {}
 
-/** `write` calls `release` once it is done with the bytes (BatchedWriter). */
-async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array, release: () => void) => Promise<void>): Promise<StreamOutcome> {
+/**
+ * `write` calls `release` once it is done with the bytes (BatchedWriter); it returns a promise only
+ * when there is something to wait for. So does each step of a chunk below: most chunks of a layer
+ * are small files' only chunk, and a promise or two for each was most of a conversion's garbage.
+ */
+async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array, release: () => void) => Promise<void> | undefined): Promise<StreamOutcome> {
   const { hasher, params, budget } = opts;
   const chunkSize = 2 ** params.chunkShift;
   const stats: LayerStats = { entries: 0, files: 0, bytesIn: 0, bytesContent: 0, bytesStored: 0, chunks: 0, uniqueChunks: 0, bytesDeduplicated: 0, skipped: new SkippedEntries() };
@@ -333,7 +337,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   // whatever the encoder and however many chunks it has in flight.
   // With codec none there is nothing to wait for: one chunk at a time, and fewer buffers.
   const inFlight = params.codec === "none" ? 1 : Math.max(1, Math.min(encoder.window, Math.floor(MAX_IN_FLIGHT_BYTES / chunkSize)));
-  const pending: { data: Uint8Array; result: Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
+  // A chunk's result is at hand when nothing encodes it (codec none).
+  const pending: { data: Uint8Array; result: EncodedChunk | Promise<EncodedChunk>; hex: string; size: number; slot: number }[] = [];
   // Chunk buffers written and hashed, for the cutter to cut into again: as many as can be in
   // flight, and those the writer holds (one being written, one waiting).
   const spare: Uint8Array[] = [];
@@ -346,32 +351,43 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
   };
 
   /** Writes the oldest chunk in flight, or finds it already in the layer, and gives its file the record index. */
-  const settleOldest = async (): Promise<void> => {
-    const { data, result, hex, size, slot } = pending.shift()!;
-    const { stored, compressed } = await result;
+  const settleOldest = (): Promise<void> | undefined => {
+    const oldest = pending.shift()!;
+    const { result } = oldest;
+    return result instanceof Promise ? result.then((encoded) => settle(oldest, encoded)) : settle(oldest, result);
+  };
+  const settle = ({ data, hex, size, slot }: (typeof pending)[number], { stored, compressed }: EncodedChunk): Promise<void> | undefined => {
+    const refer = (index: number) => {
+      table.chunkRefs.set(slot, index);
+      ordinals?.push(index);
+    };
     // Once hashed and written (or copied by the writer), the cutter's buffer is cut into again. An
     // encoder on another thread took it (detached here) and sent it back holding `stored`.
     const release = () => void (giveBack(data) || giveBack(stored));
     const digest = fromHex(hex);
-    let index = chunks.find(digest);
+    const index = chunks.find(digest);
     if (index !== -1) {
       stats.bytesDeduplicated += size;
       release();
-    } else {
-      await write(stored, release);
-      index = chunks.add({ digest, compressed, storedOffset: chunks.storedEnd, storedSize: stored.byteLength, size, uncompressedOffset: chunks.uncompressedEnd });
+      refer(index);
+      return undefined;
+    }
+    const add = () => {
+      refer(chunks.add({ digest, compressed, storedOffset: chunks.storedEnd, storedSize: stored.byteLength, size, uncompressedOffset: chunks.uncompressedEnd }));
       stats.bytesStored += stored.byteLength;
       stats.uniqueChunks++;
-    }
-    table.chunkRefs.set(slot, index);
-    ordinals?.push(index);
+    };
+    const written = write(stored, release);
+    if (written) return written.then(add);
+    add();
+    return undefined;
   };
   const drain = async (): Promise<void> => {
     while (pending.length > 0) await settleOldest();
   };
 
-  /** Takes a chunk of the file inode `file`: the encoder takes `data` over. */
-  const addChunk = async (data: Uint8Array, hex: string, file: number): Promise<void> => {
+  /** Takes a chunk of the file inode `file`: the encoder takes `data` over. A promise when it must be waited for. */
+  const addChunk = (data: Uint8Array, hex: string, file: number): Promise<void> | undefined => {
     if (ordinal < replayed.length) {
       table.chunkRefs.set(table.addChunkRef(file), replayChunk(data));
       // Only its size was needed: the buffer goes back to the cutter, or each replayed file would take a new one.
@@ -382,12 +398,17 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     stats.chunks++;
     // Read before the encoder takes `data` over: its buffer may move to another thread.
     const size = data.byteLength;
-    const result = encoder.encode(data, params.codec);
+    const result = params.codec === "none" ? { stored: data, compressed: false } : encoder.encode(data, params.codec);
     // Awaited in order by settleOldest; one that fails while older ones are awaited must not go unhandled.
-    result.catch(() => {});
+    if (result instanceof Promise) result.catch(() => {});
     pending.push({ data, result, hex, size, slot: table.addChunkRef(file) });
-    if (pending.length >= inFlight) await settleOldest();
-    if (budget && (budget.remaining -= size) <= 0) throw new Pause();
+    const spend = () => {
+      if (budget && (budget.remaining -= size) <= 0) throw new Pause();
+    };
+    const settled = pending.length >= inFlight ? settleOldest() : undefined;
+    if (settled) return settled.then(spend);
+    spend();
+    return undefined;
   };
 
   const cut = cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, { gunzip: opts.gunzip, unzstd: opts.unzstd });
@@ -399,7 +420,8 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     for await (const item of cut) {
       if ("chunk" in item) {
         // A chunk of a file the tree leaves out is dropped.
-        if (file !== -1) await addChunk(item.chunk, item.hex, file);
+        const added = file === -1 ? undefined : addChunk(item.chunk, item.hex, file);
+        if (added) await added;
         continue;
       }
       if (tree.entries >= maxEntries) throw new LayerFormatError(`layer ${layer.digest.value} has more than ${maxEntries} entries, this converter's limit`);

@@ -96,7 +96,7 @@ describe("BatchedWriter", () => {
     expect(started).toEqual([[1, 2]]);
     // The second is gathered into the other buffer; with both taken, the write waits for the first.
     let third = false;
-    const second = writer.write(Uint8Array.of(3, 4)).then(() => (third = true));
+    const second = Promise.resolve(writer.write(Uint8Array.of(3, 4))).then(() => (third = true));
     await new Promise((resolve) => setTimeout(resolve, 10));
     expect(third).toBe(false);
     expect(started).toEqual([[1, 2]]);
