@@ -80,6 +80,20 @@ describe("BatchedWriter", () => {
     expect(pieces).toHaveLength(3);
   });
 
+  it("returns no promise for a write that only gathers, and one for a write that fills a piece", async () => {
+    const pieces: number[][] = [];
+    const writer = new BatchedWriter(async (bytes) => void pieces.push(Array.from(bytes)), 4);
+    let released = 0;
+    expect(writer.write(Uint8Array.of(1, 2), () => released++)).toBeUndefined();
+    expect(released, "copied, so released at once").toBe(1);
+    expect(writer.write(Uint8Array.of(3))).toBeUndefined();
+    const filling = writer.write(Uint8Array.of(4, 5));
+    expect(filling).toBeInstanceOf(Promise);
+    await filling;
+    await writer.flush();
+    expect(pieces).toEqual([[1, 2, 3, 4], [5]]);
+  });
+
   it("goes on while a piece is written, one write at a time, and waits when every buffer is taken", async () => {
     const started: number[][] = [];
     const finish: (() => void)[] = [];
