@@ -286,7 +286,8 @@ class Pause {}
 /**
  * `write` calls `release` once it is done with the bytes (BatchedWriter); it returns a promise only
  * when there is something to wait for. So does each step of a chunk below: most chunks of a layer
- * are small files' only chunk, and a promise or two for each was most of a conversion's garbage.
+ * are small files' only chunk, and their promises were a sixth of the garbage of converting a
+ * layer of 100,000 small files (docs/benchmarks.md, "Per-chunk costs").
  */
 async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: Checkpoint | null, write: (bytes: Uint8Array, release: () => void) => Promise<void> | undefined): Promise<StreamOutcome> {
   const { hasher, params, budget } = opts;

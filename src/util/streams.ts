@@ -151,7 +151,7 @@ export class BatchedWriter {
 
   /**
    * Nothing to wait for (undefined) when the bytes only went into the piece being gathered, which
-   * is most writes: a promise for each of a layer's 100,000 small files was most of its garbage.
+   * is most writes: a converter writes each small file's chunk, and makes no promise for it.
    */
   write(bytes: Uint8Array, release?: () => void): Promise<void> | undefined {
     if (this.#filled + bytes.byteLength < this.#size) {
