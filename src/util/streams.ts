@@ -127,11 +127,11 @@ const PIECES_IN_HAND = 2;
  * much for 1 KiB as for 1 MiB, and most files of a layer are a few KiB. The pieces are written one
  * at a time while the caller goes on (a conversion's thread waited for the store a tenth of its
  * time: docs/benchmarks.md, "Converting layers"). Bytes given to `write` are copied, and may be
- * reused once it resolves, unless they are given with `release`: then the writer calls it once it
- * is done with them, at once when it copied them, after their write when they make a piece of at
- * least `size` bytes, which is written as it is, not copied (not at all if a write failed). A failed
- * sink write fails the next `write` or `flush`, and nothing after it is written; `flush` writes what
- * is gathered and waits for every write.
+ * reused once it has returned nothing or its promise has resolved, unless they are given with
+ * `release`: then the writer calls it once it is done with them, at once when it copied them, after
+ * their write when they make a piece of at least `size` bytes, which is written as it is, not
+ * copied (not at all if a write failed). A failed sink write fails the next `write` or `flush`, and
+ * nothing after it is written; `flush` writes what is gathered and waits for every write.
  */
 export class BatchedWriter {
   readonly #sink: (bytes: Uint8Array) => Promise<void>;
