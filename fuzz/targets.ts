@@ -9,7 +9,7 @@ import { parseRange } from "../src/http/range.ts";
 import { parseAuthorization } from "../src/access/authorization.ts";
 import { parseChallenges } from "../src/oci/challenge.ts";
 import { parseDigest, parseImageReference } from "../src/oci/reference.ts";
-import { readTar, TarError } from "../src/convert/tar.ts";
+import { TarError, TarParser } from "../src/convert/tar.ts";
 import { convertLayer } from "../src/convert/layer.ts";
 import { nodeHasher } from "../src/hash/node.ts";
 import { MemoryStore } from "../src/store/memory.ts";
@@ -47,12 +47,6 @@ function stream(input: Uint8Array): ReadableStream<Uint8Array> {
   });
 }
 
-async function drain(body: AsyncIterable<Uint8Array>): Promise<number> {
-  let n = 0;
-  for await (const part of body) n += part.length;
-  return n;
-}
-
 async function drainStream(body: ReadableStream<Uint8Array>): Promise<number> {
   const reader = body.getReader();
   let n = 0;
@@ -63,7 +57,13 @@ async function drainStream(body: ReadableStream<Uint8Array>): Promise<number> {
 /** Every entry, its names, xattrs and body, as the converter reads them. */
 async function readAllEntries(source: ReadableStream<Uint8Array>): Promise<number> {
   let n = 0;
-  for await (const entry of readTar(source)) n += entry.path.length + entry.linkName.length + entry.xattrs.size + (await drain(entry.body()));
+  const parser = new TarParser({
+    entry: (entry) => void (n += entry.path.length + entry.linkName.length + entry.xattrs.size),
+    body: (bytes) => void (n += bytes.length),
+  });
+  const reader = source.getReader();
+  for (let r = await reader.read(); !r.done; r = await reader.read()) if (!parser.finished) parser.push(r.value);
+  parser.end();
   return n;
 }
 

@@ -4,14 +4,18 @@
 // (./layer.ts) is the tree, deduplication, encoding and writing.
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { decompressLayer, LayerFormatError, type LayerDecoders } from "./decompress.ts";
-import { readTar, type TarEntry } from "./tar.ts";
+import { TarParser, type TarEntry } from "./tar.ts";
 
 /**
- * One entry, then (for a regular file) its chunks in order. A file entry's chunks follow it before
- * the next entry; other entries have none. Chunks are cut from every regular file: the converter
- * ignores those of an entry its tree leaves out.
+ * Where the cutter hands what it cuts. A regular file's chunks follow its entry, in order, before
+ * the next entry; other entries have none. Chunks are cut from every regular file: the sink ignores
+ * those of an entry it leaves out. A call that returns a promise is waited for before cutting on.
  */
-export type CutItem = { entry: TarEntry } | { chunk: Uint8Array; hex: string };
+export interface CutSink {
+  entry(entry: TarEntry): Promise<void> | undefined;
+  /** The next chunk, named by its sha256 in hex; the sink owns its buffer. */
+  chunk(bytes: Uint8Array, hex: string): Promise<void> | undefined;
+}
 
 export interface CutOptions {
   /** The layer's digest, for messages. */
@@ -29,71 +33,74 @@ export interface CutOptions {
 }
 
 /**
- * Cuts the layer read from `compressed` into items; `decoders` are the runtime's, if any.
- * Leaving the iteration early cancels `compressed`. The caller checks the compressed bytes (digest,
- * size): the end of the items means the decompressor read all of them, its trailer included.
+ * Cuts the layer read from `compressed` into `sink`; `decoders` are the runtime's, if any. Settles
+ * once the whole layer is read, its decompressor's trailer included: the caller checks the
+ * compressed bytes (digest, size). An error, the sink's too, cancels `compressed`.
+ *
+ * Each decompressed piece is parsed and cut synchronously, up to where the sink asks to wait: a
+ * layer of small files is mostly headers and one-chunk files, and a promise for each of them was
+ * most of what cutting one cost (docs/benchmarks.md, "Per-chunk costs").
  */
-export async function* cutLayer(compressed: ReadableStream<Uint8Array>, opts: CutOptions, hasher: HasherFactory, decoders?: LayerDecoders): AsyncGenerator<CutItem> {
+export async function cutLayer(compressed: ReadableStream<Uint8Array>, opts: CutOptions, hasher: HasherFactory, sink: CutSink, decoders?: LayerDecoders): Promise<void> {
   const { chunkSize, maxExpandedBytes } = opts;
-  const decompressed = decompressLayer(compressed, opts.mediaType, decoders).getReader();
-  let expanded = 0;
-  // The tar reader stops at the end-of-archive marker; whatever follows (padding, the gzip
-  // trailer) must still be read so the digest covers every byte. So it gets a view it can't cancel.
-  const tarInput = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const { done, value } = await decompressed.read();
-      if (done) return controller.close();
-      expanded += value.byteLength;
-      // Converting costs time in the expanded size: a decompression bomb stops here, not at its end.
-      if (expanded > maxExpandedBytes) {
-        void decompressed.cancel().catch(() => {});
-        throw new LayerFormatError(`layer ${opts.layer} expands past ${maxExpandedBytes} bytes, this converter's limit`);
+  // A full chunk is handed on in its own buffer and a new one is taken. So is a file's last,
+  // partial chunk when the consumer gives buffers back; without a pool it is copied out, so that
+  // small files don't each hold a whole chunk's buffer.
+  const take = () => opts.spare?.pop() ?? new Uint8Array(chunkSize);
+  let buffer = take();
+  let filled = 0;
+  /** Bytes of the current file not yet cut. */
+  let fileLeft = 0;
+  const named = (bytes: Uint8Array) => sink.chunk(bytes, hashBytes(hasher, "sha256", bytes));
+  const body = (bytes: Uint8Array): Promise<void> | undefined => {
+    for (let at = 0; at < bytes.byteLength; ) {
+      const n = Math.min(bytes.byteLength - at, chunkSize - filled);
+      buffer.set(n === bytes.byteLength ? bytes : bytes.subarray(at, at + n), filled);
+      at += n;
+      filled += n;
+      fileLeft -= n;
+      if (filled === chunkSize) {
+        const full = buffer;
+        buffer = take();
+        filled = 0;
+        const waiting = named(full);
+        // The parser keeps `bytes` as they are until what is returned settles.
+        if (waiting) return at < bytes.byteLength ? waiting.then(() => body(bytes.subarray(at))) : waiting;
       }
-      controller.enqueue(value);
+    }
+    if (fileLeft > 0 || filled === 0) return undefined;
+    const last = opts.spare ? buffer.subarray(0, filled) : buffer.slice(0, filled);
+    if (opts.spare) buffer = take();
+    filled = 0;
+    return named(last);
+  };
+  const parser = new TarParser({
+    entry: (entry) => {
+      fileLeft = entry.type === "file" ? entry.size : 0;
+      return sink.entry(entry);
     },
+    body,
   });
-  const named = (chunk: Uint8Array): CutItem => ({ chunk, hex: hashBytes(hasher, "sha256", chunk) });
 
+  const decompressed = decompressLayer(compressed, opts.mediaType, decoders).getReader();
+  // Pieces the parser is done with, for the decoder to write over: every body piece is copied
+  // into chunk buffers before the parser settles.
+  const release = decoders?.unzstd?.kind === "stream" ? decoders.unzstd.recycle : undefined;
+  let expanded = 0;
   let finished = false;
   try {
-    // A full chunk is handed on in its own buffer and a new one is taken. So is a file's last,
-    // partial chunk when the consumer gives buffers back; without a pool it is copied out, so that
-    // small files don't each hold a whole chunk's buffer.
-    const take = () => opts.spare?.pop() ?? new Uint8Array(chunkSize);
-    let buffer = take();
-    // Every body piece is copied into chunk buffers before the next is read, so the decoder may
-    // write over the pieces the tar reader is done with.
-    const release = decoders?.unzstd?.kind === "stream" ? decoders.unzstd.recycle : undefined;
-    for await (const entry of readTar(tarInput, { release })) {
-      yield { entry };
-      if (entry.type !== "file") continue;
-      let filled = 0;
-      for await (let piece of entry.body()) {
-        while (piece.byteLength > 0) {
-          const n = Math.min(piece.byteLength, chunkSize - filled);
-          buffer.set(piece.subarray(0, n), filled);
-          filled += n;
-          piece = piece.subarray(n);
-          if (filled === chunkSize) {
-            const full = buffer;
-            buffer = take();
-            filled = 0;
-            yield named(full);
-          }
-        }
-      }
-      if (filled > 0 && opts.spare) {
-        const last = buffer.subarray(0, filled);
-        buffer = take();
-        yield named(last);
-      } else if (filled > 0) {
-        yield named(buffer.slice(0, filled));
-      }
-    }
     for (;;) {
-      const { done } = await decompressed.read();
+      const { done, value } = await decompressed.read();
       if (done) break;
+      expanded += value.byteLength;
+      // Converting costs time in the expanded size: a decompression bomb stops here, not at its end.
+      if (expanded > maxExpandedBytes) throw new LayerFormatError(`layer ${opts.layer} expands past ${maxExpandedBytes} bytes, this converter's limit`);
+      // What follows the end marker (padding, more zero blocks) is read all the same, so the
+      // decompressor checks its trailer and the digest covers every byte.
+      if (!parser.finished) await parser.push(value);
+      release?.(value);
     }
+    parser.end();
     finished = true;
   } finally {
     if (!finished) await decompressed.cancel().catch(() => {});

@@ -21,7 +21,7 @@ import { CheckpointError, decodeCheckpoint, encodeCheckpoint, type Checkpoint, t
 import { codecId } from "../format/chunk-codec.ts";
 import { inlineChunkEncoder, type ChunkEncoder, type EncodedChunk } from "./chunk-encoder.ts";
 import { compressionForMediaType, LayerFormatError, type GunzipFactory, type UnzstdFactory } from "./decompress.ts";
-import { cutLayer } from "./cut.ts";
+import { cutLayer, type CutSink } from "./cut.ts";
 import { LayerTree, SkippedEntries } from "./layer-tree.ts";
 import { paramsId, type ConvertParams } from "../format/params.ts";
 import { TarError } from "./tar.ts";
@@ -412,26 +412,25 @@ async function streamLayer(layer: LayerSource, opts: ConvertLayerOptions, from: 
     return undefined;
   };
 
-  const cut = cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, { gunzip: opts.gunzip, unzstd: opts.unzstd });
   const maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
   // The inode of the file being cut; -1 while the entry is not a file the tree keeps.
   let file = -1;
-  try {
-    // Leaving this loop early (a pause, an error) stops the cutter and cancels the source.
-    for await (const item of cut) {
-      if ("chunk" in item) {
-        // A chunk of a file the tree leaves out is dropped.
-        const added = file === -1 ? undefined : addChunk(item.chunk, item.hex, file);
-        if (added) await added;
-        continue;
-      }
+  const sink: CutSink = {
+    entry: (entry) => {
       if (tree.entries >= maxEntries) throw new LayerFormatError(`layer ${layer.digest.value} has more than ${maxEntries} entries, this converter's limit`);
-      file = tree.add(item.entry);
-      if (file === -1) continue;
+      file = tree.add(entry);
+      if (file === -1) return undefined;
       stats.files++;
-      table.setSize(file, item.entry.size);
-      stats.bytesContent += item.entry.size;
-    }
+      table.setSize(file, entry.size);
+      stats.bytesContent += entry.size;
+      return undefined;
+    },
+    // A chunk of a file the tree leaves out is dropped.
+    chunk: (data, hex) => (file === -1 ? void giveBack(data) : addChunk(data, hex, file)),
+  };
+  try {
+    // A pause or an error stops the cutter, which cancels the source.
+    await cutLayer(tapped, { layer: layer.digest.value, mediaType: layer.mediaType, chunkSize, maxExpandedBytes: opts.maxExpandedBytes ?? DEFAULT_MAX_EXPANDED_BYTES, spare }, hasher, sink, { gunzip: opts.gunzip, unzstd: opts.unzstd });
   } catch (err) {
     if (!(err instanceof Pause)) throw err;
     await drain();

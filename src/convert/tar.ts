@@ -1,6 +1,6 @@
-// Streaming tar reader for OCI layers: ustar, v7, GNU (long names, base-256 numbers) and PAX
-// (local and global extended headers). It holds one header block plus the chunk the source last
-// delivered, so memory stays flat however large the layer or its files are. Entry semantics follow
+// Streaming tar parser for OCI layers: ustar, v7, GNU (long names, base-256 numbers) and PAX
+// (local and global extended headers). It is fed pieces and holds none of them, so memory stays
+// flat however large the layer or its files are. Entry semantics follow
 // Go's archive/tar where tar implementations disagree, because that is what containerd and Docker
 // use to unpack the same layers.
 
@@ -30,49 +30,31 @@ export interface TarEntry {
   xattrs: Map<string, Uint8Array>;
 }
 
-export interface TarEntryWithBody extends TarEntry {
-  /** Yields exactly `size` bytes in whatever chunk sizes arrive; may be called at most once, before the next entry. */
-  body(): AsyncIterable<Uint8Array>;
+/**
+ * Where the parser hands what it reads. A call that returns a promise pauses the parser until it
+ * settles; the bytes given stay valid until then, and not after.
+ */
+export interface TarSink {
+  /** The next entry, PAX and GNU long names resolved; a file's body follows in `body` calls. */
+  entry(entry: TarEntry): Promise<void> | undefined;
+  /** The next bytes of the current file's body, in whatever pieces the input arrived. */
+  body(bytes: Uint8Array): Promise<void> | undefined;
 }
 
 export class TarError extends Error {
   override name = "TarError";
 }
 
-export interface TarReaderOptions {
+export interface TarParserOptions {
   /** Largest accepted PAX extended header body (default 1 MiB). */
   maxPaxHeaderBytes?: number;
   /** Largest accepted GNU long name / long link body (default 64 KiB). */
   maxLongNameBytes?: number;
-  /**
-   * Called with each piece the source delivered once the reader has moved past it, for its
-   * producer to write over. Only for a caller that is done with every body piece before it reads on.
-   */
-  release?: (piece: Uint8Array) => void;
 }
 
 const BLOCK = 512;
-const EMPTY = new Uint8Array(0);
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const utf8Lenient = new TextDecoder("utf-8");
-
-/**
- * Reads entries one at a time. Each entry's body must be read (or is skipped automatically) before
- * the next entry. After the end-of-archive marker the rest of the source is read and discarded, so a
- * decompressor upstream still checks its trailer; leaving early (break, error) cancels the source.
- */
-export function readTar(source: ReadableStream<Uint8Array>, options: TarReaderOptions = {}): AsyncIterable<TarEntryWithBody> {
-  const limits = {
-    pax: options.maxPaxHeaderBytes ?? 1024 * 1024,
-    longName: options.maxLongNameBytes ?? 64 * 1024,
-  };
-  return readEntries(source, limits, options.release);
-}
-
-interface Limits {
-  pax: number;
-  longName: number;
-}
 
 /** Where an error happened, for one-line messages. */
 interface Place {
@@ -84,114 +66,6 @@ interface Place {
 function fail(what: string, at: Place): never {
   const entry = at.path === undefined ? `entry ${at.index}` : `entry ${at.index} ${JSON.stringify(at.path)}`;
   throw new TarError(`tar: ${what} (${entry}, archive offset ${at.offset})`);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Byte source: exact reads over arbitrary chunking, with views into incoming chunks where possible.
-
-class ByteSource {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  readonly #release: ((piece: Uint8Array) => void) | undefined;
-  #chunk: Uint8Array = EMPTY;
-  #pos = 0;
-  #ended = false;
-  readonly #scratch = new Uint8Array(BLOCK);
-  /** Bytes consumed from the start of the archive. */
-  offset = 0;
-
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, release?: (piece: Uint8Array) => void) {
-    this.#reader = reader;
-    this.#release = release;
-  }
-
-  /** Makes unread bytes available; false at end of stream. */
-  async #fill(): Promise<boolean> {
-    while (this.#pos >= this.#chunk.byteLength) {
-      if (this.#ended) return false;
-      // Every view of it handed out is used by now (TarReaderOptions.release).
-      if (this.#chunk !== EMPTY) this.#release?.(this.#chunk);
-      this.#chunk = EMPTY;
-      const { done, value } = await this.#reader.read();
-      if (done) {
-        this.#ended = true;
-        this.#chunk = EMPTY;
-        this.#pos = 0;
-        return false;
-      }
-      this.#chunk = value;
-      this.#pos = 0;
-    }
-    return true;
-  }
-
-  /** Up to `max` bytes as a view of the current chunk; null at end of stream. */
-  async readSome(max: number): Promise<Uint8Array | null> {
-    // Awaited only when the chunk is used up, not for bytes already here.
-    if (this.#pos >= this.#chunk.byteLength && !(await this.#fill())) return null;
-    const n = Math.min(max, this.#chunk.byteLength - this.#pos);
-    const out = this.#chunk.subarray(this.#pos, this.#pos + n);
-    this.#pos += n;
-    this.offset += n;
-    return out;
-  }
-
-  /** Fills `dst` completely; returns how many bytes it got (fewer only at end of stream). */
-  async readInto(dst: Uint8Array): Promise<number> {
-    let got = 0;
-    while (got < dst.byteLength) {
-      const piece = await this.readSome(dst.byteLength - got);
-      if (piece === null) break;
-      dst.set(piece, got);
-      got += piece.byteLength;
-    }
-    return got;
-  }
-
-  /**
-   * The next 512-byte block, valid only until the next read; null at a clean end of stream,
-   * "partial" if the stream ended inside the block.
-   */
-  async readBlock(): Promise<Uint8Array | null | "partial"> {
-    if (this.#pos >= this.#chunk.byteLength && !(await this.#fill())) return null;
-    if (this.#chunk.byteLength - this.#pos >= BLOCK) {
-      const view = this.#chunk.subarray(this.#pos, this.#pos + BLOCK);
-      this.#pos += BLOCK;
-      this.offset += BLOCK;
-      return view;
-    }
-    const got = await this.readInto(this.#scratch);
-    return got === BLOCK ? this.#scratch : "partial";
-  }
-
-  /** Discards `n` bytes; false if the stream ended first. */
-  async skip(n: number): Promise<boolean> {
-    while (n > 0) {
-      const piece = await this.readSome(n);
-      if (piece === null) return false;
-      n -= piece.byteLength;
-    }
-    return true;
-  }
-
-  /** Reads and discards everything left. */
-  async drain(): Promise<void> {
-    this.#chunk = EMPTY;
-    this.#pos = 0;
-    while (!this.#ended) {
-      const { done } = await this.#reader.read();
-      if (done) this.#ended = true;
-    }
-    this.#reader.releaseLock();
-  }
-
-  async cancel(reason: unknown): Promise<void> {
-    this.#chunk = EMPTY;
-    try {
-      await this.#reader.cancel(reason);
-    } catch {
-      // The source already failed; its own error is the one that matters.
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,136 +249,260 @@ function describeFlag(flag: number): string {
   return flag >= 0x21 && flag <= 0x7e ? `'${String.fromCharCode(flag)}'` : `0x${flag.toString(16).padStart(2, "0")}`;
 }
 
-interface BodyState {
-  remaining: number;
-  live: boolean;
-  taken: boolean;
-}
-
-async function* readEntries(source: ReadableStream<Uint8Array>, limits: Limits, release?: (piece: Uint8Array) => void): AsyncGenerator<TarEntryWithBody> {
-  const input = new ByteSource(source.getReader(), release);
-  const globals: PaxRecords = new Map();
-  let finished = false;
-  let failure: unknown = undefined;
-  let index = 0;
-  try {
-    for (;;) {
-      const next = await readHeader(input, globals, limits, index);
-      if (next === null) break;
-      const { entry, dataSize } = next;
-      const state: BodyState = { remaining: entry.type === "file" ? entry.size : 0, live: true, taken: false };
-      const place: Place = { offset: input.offset, index, path: entry.path };
-      const body = (): AsyncIterable<Uint8Array> => {
-        if (state.taken) throw new TarError(`tar: body of ${JSON.stringify(entry.path)} was already read`);
-        if (!state.live) throw new TarError(`tar: body of ${JSON.stringify(entry.path)} requested after moving to the next entry`);
-        state.taken = true;
-        return bodyOf(input, state, place);
-      };
-      yield Object.assign(entry, { body });
-      state.live = false;
-      const rest = dataSize - (entry.type === "file" ? entry.size - state.remaining : 0);
-      if (!(await input.skip(rest + padding(dataSize)))) fail("truncated archive: stream ended inside an entry's data", { ...place, offset: input.offset });
-      index++;
-    }
-    finished = true;
-    await input.drain();
-  } catch (err) {
-    failure = err;
-    throw err;
-  } finally {
-    // Reached on errors and when the caller stops iterating early: the rest of the layer is unwanted.
-    if (!finished) await input.cancel(failure ?? new TarError("tar: reader closed before the end of the archive"));
-  }
-}
-
 function padding(size: number): number {
   return (BLOCK - (size % BLOCK)) % BLOCK;
 }
 
-async function* bodyOf(input: ByteSource, state: BodyState, at: Place): AsyncGenerator<Uint8Array> {
-  while (state.remaining > 0) {
-    const piece = await input.readSome(state.remaining);
-    if (piece === null) fail("truncated archive: stream ended inside a file body", { ...at, offset: input.offset });
-    state.remaining -= piece.byteLength;
-    yield piece;
-    if (!state.live && state.remaining > 0) {
-      throw new TarError(`tar: body of ${JSON.stringify(at.path)} read after moving to the next entry`);
-    }
-  }
-}
+const EMPTY = new Uint8Array(0);
 
-/** Reads a metadata entry's body whole (bounded by `limit`), then its padding. */
-async function readSpecial(input: ByteSource, size: number, limit: number, what: string, at: Place): Promise<Uint8Array> {
-  if (size > limit) fail(`${what} of ${size} bytes exceeds the limit of ${limit}`, at);
-  const data = new Uint8Array(size);
-  if ((await input.readInto(data)) < size || !(await input.skip(padding(size)))) {
-    fail(`truncated archive: stream ended inside a ${what}`, { ...at, offset: input.offset });
-  }
-  return data;
-}
+/** What the bytes at the parser's position are. */
+type Part = "header" | "second zero block" | "metadata" | "body" | "skip" | "end";
 
 /**
- * Reads headers up to and including the next real entry, absorbing PAX and GNU long-name headers.
- * Returns null at the end of the archive. `dataSize` is how many data bytes follow the header.
+ * A tar parser fed whatever pieces the source delivers: it works through each piece synchronously,
+ * and waits only where its sink asks it to. It keeps the pieces of a header block or a metadata
+ * entry (PAX, GNU long names) that spans pieces, nothing else: bodies go to the sink as views.
+ * Headers of the usual 512-byte-aligned pieces are read in place.
  */
-async function readHeader(
-  input: ByteSource,
-  globals: PaxRecords,
-  limits: Limits,
-  index: number,
-): Promise<{ entry: TarEntry; dataSize: number } | null> {
-  let local: PaxRecords | null = null;
-  let longName: Uint8Array | null = null;
-  let longLink: Uint8Array | null = null;
-  let pendingMeta = false;
-  for (;;) {
-    const at: Place = { offset: input.offset, index };
-    const block = await input.readBlock();
-    if (block === "partial") fail("truncated archive: stream ended inside a header", at);
-    if (block === null) {
-      if (pendingMeta) fail("truncated archive: stream ended after an extended header", at);
-      return null; // many layers end without the zero blocks
+export class TarParser {
+  readonly #sink: TarSink;
+  readonly #maxPax: number;
+  readonly #maxLongName: number;
+  #part: Part = "header";
+  /** A block split between pieces, gathered. */
+  readonly #block = new Uint8Array(BLOCK);
+  #blockFill = 0;
+  /** Where the block being read begins in the archive. */
+  #blockAt = 0;
+  /** Bytes left of the body or of what is skipped; the padding after a body. */
+  #left = 0;
+  #padding = 0;
+  /** What is being skipped, for messages. */
+  #skipping = "";
+  /** A metadata entry's data, gathered: its type flag, where its header began, and how much is here. */
+  #metadata: Uint8Array = EMPTY;
+  #metadataFill = 0;
+  #metadataFlag = 0;
+  #metadataAt: Place = { offset: 0, index: 0 };
+  readonly #globals: PaxRecords = new Map();
+  #local: PaxRecords | null = null;
+  #longName: Uint8Array | null = null;
+  #longLink: Uint8Array | null = null;
+  /** An extended header or long name waits for its entry. */
+  #pendingMeta = false;
+  /** The next entry's index. */
+  #index = 0;
+  /** The entry whose data is being read, for messages. */
+  #entryAt: Place = { offset: 0, index: 0 };
+  /** The piece being parsed, the position in it, and the archive offset it begins at. */
+  #piece: Uint8Array = EMPTY;
+  #pos = 0;
+  #base = 0;
+
+  constructor(sink: TarSink, options: TarParserOptions = {}) {
+    this.#sink = sink;
+    this.#maxPax = options.maxPaxHeaderBytes ?? 1024 * 1024;
+    this.#maxLongName = options.maxLongNameBytes ?? 64 * 1024;
+  }
+
+  /** The end-of-archive marker is read: whatever follows is ignored. */
+  get finished(): boolean {
+    return this.#part === "end";
+  }
+
+  /**
+   * Parses `piece`. A promise when the sink paused the parser: it settles once the whole piece is
+   * parsed, and the piece must stay as it is until then. After an error (a TarError, or one the
+   * sink threw or rejected with) the parser is not to be used again.
+   */
+  push(piece: Uint8Array): Promise<void> | undefined {
+    this.#piece = piece;
+    this.#pos = 0;
+    const paused = this.#run();
+    return paused && this.#resume(paused);
+  }
+
+  /** The source ended: an error unless between entries, or after the end marker. */
+  end(): void {
+    const here: Place = { ...this.#entryAt, offset: this.#base + this.#pos };
+    switch (this.#part) {
+      case "header":
+        if (this.#blockFill > 0) fail("truncated archive: stream ended inside a header", { offset: this.#blockAt, index: this.#index });
+        // Many layers end without the end marker.
+        if (this.#pendingMeta) fail("truncated archive: stream ended after an extended header", { offset: here.offset, index: this.#index });
+        return;
+      case "second zero block":
+        if (this.#blockFill > 0) fail("truncated archive: stream ended inside a header", { offset: this.#blockAt, index: this.#index });
+        return;
+      case "body":
+        return fail("truncated archive: stream ended inside a file body", here);
+      case "metadata":
+        return fail(`truncated archive: stream ended inside a ${metadataName(this.#metadataFlag)}`, { ...this.#metadataAt, offset: here.offset });
+      case "skip":
+        return fail(`truncated archive: stream ended inside ${this.#skipping}`, here);
+      case "end":
+        return;
     }
+  }
+
+  async #resume(paused: Promise<void>): Promise<void> {
+    for (let waiting: Promise<void> | undefined = paused; waiting; waiting = this.#run()) await waiting;
+  }
+
+  /** Parses on from the position until the piece is used up, or the sink pauses. */
+  #run(): Promise<void> | undefined {
+    const piece = this.#piece;
+    while (this.#pos < piece.byteLength) {
+      let paused: Promise<void> | undefined;
+      switch (this.#part) {
+        case "header":
+          paused = this.#header();
+          break;
+        case "body": {
+          const n = Math.min(this.#left, piece.byteLength - this.#pos);
+          const bytes = piece.subarray(this.#pos, this.#pos + n);
+          this.#pos += n;
+          if ((this.#left -= n) === 0) this.#skip(this.#padding, "an entry's data");
+          paused = this.#sink.body(bytes);
+          break;
+        }
+        case "skip": {
+          const n = Math.min(this.#left, piece.byteLength - this.#pos);
+          this.#pos += n;
+          if ((this.#left -= n) === 0) this.#part = "header";
+          break;
+        }
+        case "metadata": {
+          const n = Math.min(this.#metadata.byteLength - this.#metadataFill, piece.byteLength - this.#pos);
+          this.#metadata.set(piece.subarray(this.#pos, this.#pos + n), this.#metadataFill);
+          this.#metadataFill += n;
+          this.#pos += n;
+          if (this.#metadataFill === this.#metadata.byteLength) this.#endMetadata();
+          break;
+        }
+        case "second zero block": {
+          const block = this.#takeBlock();
+          if (block === null) break;
+          if (!isZeroBlock(block)) fail("lone zero block followed by a header", { offset: this.#blockAt - BLOCK, index: this.#index });
+          this.#part = "end";
+          break;
+        }
+        case "end":
+          this.#pos = piece.byteLength;
+          break;
+      }
+      if (paused) return paused;
+    }
+    this.#base += piece.byteLength;
+    this.#piece = EMPTY;
+    this.#pos = 0;
+    return undefined;
+  }
+
+  /** The next block: a view of the piece when it holds all of it, else gathered; null until whole. */
+  #takeBlock(): Uint8Array | null {
+    const piece = this.#piece;
+    if (this.#blockFill === 0) {
+      this.#blockAt = this.#base + this.#pos;
+      if (piece.byteLength - this.#pos >= BLOCK) {
+        this.#pos += BLOCK;
+        return piece.subarray(this.#pos - BLOCK, this.#pos);
+      }
+    }
+    const n = Math.min(BLOCK - this.#blockFill, piece.byteLength - this.#pos);
+    this.#block.set(piece.subarray(this.#pos, this.#pos + n), this.#blockFill);
+    this.#blockFill += n;
+    this.#pos += n;
+    if (this.#blockFill < BLOCK) return null;
+    this.#blockFill = 0;
+    return this.#block;
+  }
+
+  /** A header: an entry for the sink, or a metadata entry for the next. */
+  #header(): Promise<void> | undefined {
+    const block = this.#takeBlock();
+    if (block === null) return undefined;
+    const at: Place = { offset: this.#blockAt, index: this.#index };
     if (isZeroBlock(block)) {
-      if (pendingMeta) fail("extended header not followed by an entry", at);
-      const second = await input.readBlock();
-      if (second === null || (second !== "partial" && isZeroBlock(second))) return null;
-      if (second === "partial") fail("truncated archive: stream ended inside a header", { ...at, offset: at.offset + BLOCK });
-      fail("lone zero block followed by a header", at);
+      if (this.#pendingMeta) fail("extended header not followed by an entry", at);
+      this.#part = "second zero block";
+      return undefined;
     }
     verifyChecksum(block, at);
     const flag = block[156]!;
     const size = numeric(block, 124, 12, "size", at);
-    switch (flag) {
-      case 0x78: // 'x': applies to the next entry; later records win
-      case 0x67: {
-        // 'g': applies to all later entries; an empty value removes the global record
-        const records = parsePax(await readSpecial(input, size, limits.pax, "PAX extended header", at), at);
-        if (flag === 0x78) {
-          if (local === null) local = records;
-          else for (const [k, v] of records) local.set(k, v);
-          pendingMeta = true;
-        } else {
-          for (const [k, v] of records) {
-            if (v.byteLength === 0) globals.delete(k);
-            else globals.set(k, v.slice());
-          }
-        }
-        continue;
-      }
-      case 0x4c: // 'L' GNU long name
-      case 0x4b: {
-        // 'K' GNU long link
-        const what = flag === 0x4c ? "GNU long name" : "GNU long link name";
-        const name = cString(await readSpecial(input, size, limits.longName, what, at));
-        if (flag === 0x4c) longName = name;
-        else longLink = name;
-        pendingMeta = true;
-        continue;
-      }
+    if (flag === 0x78 || flag === 0x67 || flag === 0x4c || flag === 0x4b) {
+      this.#beginMetadata(flag, size, at);
+      return undefined;
     }
-    return buildEntry(block, flag, size, mergePax(globals, local), longName, longLink, at);
+    const { entry, dataSize } = buildEntry(block, flag, size, mergePax(this.#globals, this.#local), this.#longName, this.#longLink, at);
+    this.#local = this.#longName = this.#longLink = null;
+    this.#pendingMeta = false;
+    this.#entryAt = { offset: 0, index: this.#index++, path: entry.path };
+    // Like Go's archive/tar, only a regular file's data is its body (buildEntry).
+    if (entry.type === "file" && entry.size > 0) {
+      this.#part = "body";
+      this.#left = entry.size;
+      this.#padding = padding(dataSize);
+    } else {
+      this.#skip(dataSize + padding(dataSize), "an entry's data");
+    }
+    return this.#sink.entry(entry);
   }
+
+  #skip(n: number, what: string): void {
+    this.#part = n === 0 ? "header" : "skip";
+    this.#left = n;
+    this.#skipping = what;
+  }
+
+  /** A PAX extended header ('x' for the next entry, 'g' for all later ones) or a GNU long name ('L') or link ('K'). */
+  #beginMetadata(flag: number, size: number, at: Place): void {
+    const limit = flag === 0x78 || flag === 0x67 ? this.#maxPax : this.#maxLongName;
+    if (size > limit) fail(`${metadataName(flag)} of ${size} bytes exceeds the limit of ${limit}`, at);
+    this.#part = "metadata";
+    this.#metadata = new Uint8Array(size);
+    this.#metadataFill = 0;
+    this.#metadataFlag = flag;
+    this.#metadataAt = at;
+    if (size === 0) this.#endMetadata();
+  }
+
+  #endMetadata(): void {
+    const [flag, data, at] = [this.#metadataFlag, this.#metadata, this.#metadataAt];
+    this.#metadata = EMPTY;
+    this.#entryAt = { offset: 0, index: this.#index };
+    this.#skip(padding(data.byteLength), `a ${metadataName(flag)}`);
+    switch (flag) {
+      case 0x78: {
+        // Later records win.
+        const records = parsePax(data, at);
+        if (this.#local === null) this.#local = records;
+        else for (const [k, v] of records) this.#local.set(k, v);
+        this.#pendingMeta = true;
+        return;
+      }
+      case 0x67:
+        // An empty value removes the global record.
+        for (const [k, v] of parsePax(data, at)) {
+          if (v.byteLength === 0) this.#globals.delete(k);
+          else this.#globals.set(k, v);
+        }
+        return;
+      case 0x4c:
+        this.#longName = cString(data);
+        this.#pendingMeta = true;
+        return;
+      case 0x4b:
+        this.#longLink = cString(data);
+        this.#pendingMeta = true;
+        return;
+    }
+  }
+}
+
+function metadataName(flag: number): string {
+  return flag === 0x4c ? "GNU long name" : flag === 0x4b ? "GNU long link name" : "PAX extended header";
 }
 
 /** Local records override globals; an empty local value restores the header field. */

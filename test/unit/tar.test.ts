@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readTar, TarError, type TarEntry, type TarReaderOptions } from "../../src/convert/tar.ts";
+import { TarError, TarParser, type TarEntry, type TarParserOptions, type TarSink } from "../../src/convert/tar.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: feeding bytes, collecting entries, building headers by hand.
@@ -35,19 +35,38 @@ function streamOf(bytes: Uint8Array, size = Infinity, stats = { pulled: 0, cance
 
 type Collected = TarEntry & { body: Buffer };
 
-async function collect(source: ReadableStream<Uint8Array>, options?: TarReaderOptions): Promise<Collected[]> {
-  const out: Collected[] = [];
-  for await (const entry of readTar(source, options)) {
-    const parts: Uint8Array[] = [];
-    for await (const piece of entry.body()) parts.push(piece);
-    const { body: _, ...fields } = entry;
-    out.push({ ...fields, body: Buffer.concat(parts) });
+/** Parses the source's pieces as they come, as the cutter does; its errors cancel the source. */
+async function parse(source: ReadableStream<Uint8Array>, sink: TarSink, options?: TarParserOptions): Promise<TarParser> {
+  const parser = new TarParser(sink, options);
+  const reader = source.getReader();
+  try {
+    for (let r = await reader.read(); !r.done; r = await reader.read()) if (!parser.finished) await parser.push(r.value);
+    parser.end();
+  } catch (err) {
+    await reader.cancel(err).catch(() => {});
+    throw err;
   }
+  return parser;
+}
+
+async function collect(source: ReadableStream<Uint8Array>, options?: TarParserOptions): Promise<Collected[]> {
+  const out: Collected[] = [];
+  let parts: Uint8Array[] = [];
+  const finish = () => {
+    if (out.length > 0) out[out.length - 1]!.body = Buffer.concat(parts);
+    parts = [];
+  };
+  const sink: TarSink = {
+    entry: (entry) => void (finish(), out.push({ ...entry, body: Buffer.alloc(0) })),
+    body: (bytes) => void parts.push(bytes.slice()),
+  };
+  await parse(source, sink, options);
+  finish();
   return out;
 }
 
 /** Reads `bytes` in every awkward chunking and checks they all agree. */
-async function readEveryWay(bytes: Uint8Array, options?: TarReaderOptions): Promise<Collected[]> {
+async function readEveryWay(bytes: Uint8Array, options?: TarParserOptions): Promise<Collected[]> {
   const reference = await collect(streamOf(bytes), options);
   for (const size of CHUNK_SIZES) expect(await collect(streamOf(bytes, size), options), `chunk size ${size}`).toEqual(reference);
   return reference;
@@ -594,28 +613,50 @@ describe("archive ends and streaming", () => {
     expect(await collect(streamOf(END))).toEqual([]);
   });
 
-  it("hands each piece back once it has moved past it, never one a body piece still comes from", async () => {
-    const archive = concat(
-      pax([["path", "long/" + "p".repeat(200)], ["SCHILY.xattr.user.k", "v"]]),
-      entry({ name: "ignored" }, randomBytes(3000)),
-      entry({ name: "dir/", type: "5" }),
-      entry({ name: "small" }, "s"),
-      END,
-    );
-    for (const size of [7, 512, 700, 4096]) {
-      const released = new Set<ArrayBufferLike>();
-      let delivered = 0;
-      const counting = streamOf(archive, size).pipeThrough(new TransformStream({ transform: (piece, c) => void (delivered++, c.enqueue(piece)) }));
+  it("pauses while the sink waits, and parses on where it stopped", async () => {
+    const archive = concat(entry({ name: "a" }, randomBytes(3000)), entry({ name: "dir/", type: "5" }), entry({ name: "b" }, "bb"), END);
+    // Not 1-byte pieces: a turn of the event loop for each of 3,000 body bytes is slow to no purpose.
+    for (const size of CHUNK_SIZES.slice(1)) {
+      const events: string[] = [];
+      let waiting = 0;
+      // Every call waits a turn: nothing may reach the sink while an earlier call is unsettled.
+      const pause = (what: string) => {
+        expect(waiting, what).toBe(0);
+        events.push(what);
+        waiting++;
+        return new Promise<void>((resolve) => setTimeout(() => void (waiting--, resolve()), 0));
+      };
       const bodies: Uint8Array[] = [];
-      for await (const e of readTar(counting, { release: (piece) => void released.add(piece.buffer) })) {
-        for await (const piece of e.body()) {
-          expect(released.has(piece.buffer), `chunk size ${size}`).toBe(false);
-          bodies.push(piece.slice());
-        }
-      }
-      expect(Buffer.concat(bodies).byteLength).toBe(3001);
-      // All but the last piece, and the last one too once the end is read past it.
-      expect(released.size, `chunk size ${size}`).toBeGreaterThanOrEqual(delivered - 1);
+      await parse(streamOf(archive, size), {
+        entry: (e) => pause(`entry ${e.path}`),
+        body: (bytes) => {
+          const copy = bytes.slice();
+          bodies.push(copy);
+          return pause(`body ${copy.byteLength}`).then(() => expect(bytes, "the piece is kept while paused").toEqual(copy));
+        },
+      });
+      expect(events.filter((e) => e.startsWith("entry")), `chunk size ${size}`).toEqual(["entry a", "entry dir/", "entry b"]);
+      expect(Buffer.concat(bodies).byteLength).toBe(3002);
+    }
+  });
+
+  it("passes a sink's error through unchanged, thrown or rejected, and stops", async () => {
+    const boom = new Error("sink failed");
+    for (const how of ["throw", "reject"]) {
+      const seen: string[] = [];
+      const failing: TarSink = {
+        entry: (e) => {
+          seen.push(e.path);
+          if (e.path !== "b") return undefined;
+          if (how === "throw") throw boom;
+          return Promise.reject(boom);
+        },
+        body: () => undefined,
+      };
+      const stats = { pulled: 0, cancelled: false };
+      await expect(parse(streamOf(concat(two, entry({ name: "c" }), END), 512, stats), failing)).rejects.toBe(boom);
+      expect(seen).toEqual(["a", "b"]);
+      expect(stats.cancelled).toBe(true);
     }
   });
 
@@ -628,112 +669,37 @@ describe("archive ends and streaming", () => {
       const bytes = two.subarray(0, cut);
       await expectTarError(collect(streamOf(bytes, 7)), /truncated archive/);
     }
-    // Truncation is also reported when the caller skips the bodies.
-    const skipping = async () => {
-      for await (const _ of readTar(streamOf(two.subarray(0, 700)))) void _;
-    };
-    await expectTarError(skipping(), /truncated archive: stream ended inside an entry's data.*"a"/);
+    await expectTarError(collect(streamOf(two.subarray(0, 700))), /truncated archive: stream ended inside a file body.*"a", archive offset 700\)/);
+    await expectTarError(collect(streamOf(two.subarray(0, 1200))), /truncated archive: stream ended inside an entry's data.*"a", archive offset 1200\)/);
+    const dirWithData = concat(header({ name: "old/", size: octal(1000, 12) }), new Uint8Array(600));
+    await expectTarError(collect(streamOf(dirWithData)), /truncated archive: stream ended inside an entry's data.*"old\/"/);
   });
 
-  it("skips bodies the caller does not read, fully or partly", async () => {
-    const big = randomBytes(5000);
-    const archive = concat(entry({ name: "skipped" }, big), entry({ name: "partial" }, big), entry({ name: "read" }, "tail"), END);
-    for (const size of CHUNK_SIZES) {
-      const seen: string[] = [];
-      for await (const e of readTar(streamOf(archive, size))) {
-        seen.push(e.path);
-        if (e.path === "partial") {
-          for await (const piece of e.body()) {
-            expect(piece.byteLength).toBeGreaterThan(0);
-            break;
-          }
-        }
-        if (e.path === "read") {
-          const parts: Uint8Array[] = [];
-          for await (const p of e.body()) parts.push(p);
-          expect(Buffer.concat(parts).toString()).toBe("tail");
-        }
-      }
-      expect(seen).toEqual(["skipped", "partial", "read"]);
-    }
-  });
-
-  it("allows body() once and only before the next entry", async () => {
-    const iterator = readTar(streamOf(concat(entry({ name: "a" }, "aaaa"), entry({ name: "b" }, "bb"), END)))[Symbol.asyncIterator]();
-    const a = (await iterator.next()).value!;
-    const first = a.body();
-    expect(() => a.body()).toThrow(/body of "a" was already read/);
-    const parts: Uint8Array[] = [];
-    for await (const p of first) parts.push(p);
-    expect(Buffer.concat(parts).toString()).toBe("aaaa");
-    expect((await iterator.next()).value!.path).toBe("b");
-
-    const c = readTar(streamOf(concat(entry({ name: "x" }, "x".repeat(2000)), entry({ name: "y" }), END), 100))[Symbol.asyncIterator]();
-    const x = (await c.next()).value!;
-    const started = x.body()[Symbol.asyncIterator]();
-    await started.next(); // one piece read, then the caller moves on
-    expect((await c.next()).value!.path).toBe("y");
-    expect(() => x.body()).toThrow(TarError);
-    await expectTarError(started.next(), /read after moving to the next entry/);
-    const d = readTar(streamOf(concat(entry({ name: "x" }, "x"), entry({ name: "y" }), END)))[Symbol.asyncIterator]();
-    const unread = (await d.next()).value!;
-    await d.next();
-    expect(() => unread.body()).toThrow(/requested after moving to the next entry/);
-  });
-
-  it("yields bodies as views of the incoming chunks, without copying", async () => {
+  it("hands bodies on as views of the pieces pushed, without copying", async () => {
     const archive = concat(entry({ name: "a" }, randomBytes(3000)), END);
-    const chunks: Uint8Array[] = [];
-    const source = new ReadableStream<Uint8Array>({
-      start(c) {
-        for (let i = 0; i < archive.byteLength; i += 1000) {
-          const chunk = archive.slice(i, i + 1000);
-          chunks.push(chunk);
-          c.enqueue(chunk);
-        }
-        c.close();
-      },
-    });
-    for await (const e of readTar(source)) {
-      const pieces: Uint8Array[] = [];
-      for await (const p of e.body()) pieces.push(p);
-      expect(pieces.map((p) => p.byteLength)).toEqual([488, 1000, 1000, 512]);
-      for (const p of pieces) expect(chunks.some((c) => c.buffer === p.buffer)).toBe(true);
-    }
+    const pieces: Uint8Array[] = [];
+    for (let i = 0; i < archive.byteLength; i += 1000) pieces.push(archive.slice(i, i + 1000));
+    const bodies: Uint8Array[] = [];
+    const parser = new TarParser({ entry: () => undefined, body: (bytes) => void bodies.push(bytes) });
+    for (const piece of pieces) expect(parser.push(piece)).toBeUndefined();
+    parser.end();
+    expect(bodies.map((p) => p.byteLength)).toEqual([488, 1000, 1000, 512]);
+    for (const p of bodies) expect(pieces.some((c) => c.buffer === p.buffer)).toBe(true);
   });
 
-  it("drains what follows the end marker, and cancels the source when the caller stops early", async () => {
-    const trailing = concat(two, END, new Uint8Array(9216), enc.encode("junk after the end"));
-    const stats = { pulled: 0, cancelled: false };
-    const source = streamOf(trailing, 1000, stats);
-    expect(names(await collect(source))).toEqual(["a", "b"]);
-    expect(stats.pulled).toBe(trailing.byteLength);
-    expect(source.locked).toBe(false);
-
-    const early = { pulled: 0, cancelled: false };
-    for await (const e of readTar(streamOf(concat(two, END), 512, early))) {
-      expect(e.path).toBe("a");
-      break;
-    }
-    expect(early.cancelled).toBe(true);
-    expect(early.pulled).toBeLessThan(two.byteLength);
-  });
-
-  it("passes a source error through unchanged and cancels on its own errors", async () => {
-    const boom = new Error("gunzip failed");
-    let sent = false;
-    const failing = new ReadableStream<Uint8Array>({
-      pull(c) {
-        if (!sent) {
-          sent = true;
-          c.enqueue(entry({ name: "a" }, "A".repeat(600)).subarray(0, 700));
-        } else c.error(boom);
-      },
-    });
-    await expect(collect(failing)).rejects.toBe(boom);
-    const stats = { pulled: 0, cancelled: false };
-    await expectTarError(collect(streamOf(concat(entry({ name: "a", checksum: "bad" }), END), 512, stats)), /checksum/);
-    expect(stats.cancelled).toBe(true);
+  it("is finished at the end marker and ignores what follows it", async () => {
+    const parser = new TarParser({ entry: () => undefined, body: () => undefined });
+    parser.push(concat(two, END.subarray(0, 700)));
+    expect(parser.finished).toBe(false);
+    parser.push(concat(END.subarray(700), new Uint8Array(9216), enc.encode("junk after the end")));
+    expect(parser.finished).toBe(true);
+    parser.push(enc.encode("more junk"));
+    expect(() => parser.end()).not.toThrow();
+    const early = new TarParser({ entry: () => undefined, body: () => undefined });
+    early.push(two);
+    early.push(new Uint8Array(512));
+    expect(early.finished).toBe(false);
+    expect(() => early.end()).not.toThrow();
   });
 
   it("streams a 200 MB archive with flat memory, bodies byte-exact", { timeout: 180_000 }, async () => {
@@ -777,21 +743,31 @@ describe("archive ends and streaming", () => {
     const baseline = usage();
     let peak = 0;
     const got: Array<{ size: number; bytes: number; sha: string }> = [];
-    for await (const e of readTar(source)) {
-      const hash = createHash("sha256");
-      let bytes = 0;
-      let sinceCheck = 0;
-      for await (const piece of e.body()) {
+    let hash = createHash("sha256");
+    let current: { size: number; bytes: number; sha: string } | null = null;
+    let sinceCheck = 0;
+    const done = () => {
+      if (current) got.push({ ...current, sha: hash.digest("hex") });
+    };
+    await parse(source, {
+      entry: (e) => {
+        done();
+        hash = createHash("sha256");
+        current = { size: e.size, bytes: 0, sha: "" };
+        return undefined;
+      },
+      body: (piece) => {
         hash.update(piece);
-        bytes += piece.byteLength;
+        current!.bytes += piece.byteLength;
         sinceCheck += piece.byteLength;
         if (sinceCheck > 16 * 1024 * 1024) {
           sinceCheck = 0;
           peak = Math.max(peak, usage() - baseline);
         }
-      }
-      got.push({ size: e.size, bytes, sha: hash.digest("hex") });
-    }
+        return undefined;
+      },
+    });
+    done();
     expect(got).toEqual(sizes.map((size, i) => ({ size, bytes: size, sha: expected[i] })));
     expect(peak).toBeLessThan(64 * 1024 * 1024);
   });
