@@ -15,12 +15,12 @@ import { INPUT_PIECE, OUTPUT_PIECE, openZstdSessionSource, ZSTD_ERRORS_SOURCE, Z
 /** Compressed bytes sent to the worker and not yet taken, before a write waits. */
 const INPUT_AHEAD = 2 ** 20;
 /**
- * Decoded bytes the worker may send beyond what the reader has read: one output piece. With 2 or
- * 4 MiB the Debian zstd layer converted no faster (1.65 and 1.60 s against 1.67 and 1.65 s), but
- * peaked at 148 to 164 MiB against 133 to 139: pieces that wait longer outlive young collections
- * (docs/benchmarks.md).
+ * Decoded bytes the worker may send beyond what the reader has read: four output pieces. Since the
+ * tar parser works through a piece at once and hands it back, they no longer pile up: the Debian
+ * zstd layer converted 4 % sooner than with one piece, peaking 4 MiB higher (docs/benchmarks.md,
+ * "Per-entry costs"). Before it, more pieces ahead peaked 10 to 25 MiB higher for no gain.
  */
-const OUTPUT_AHEAD = 2 ** 20;
+const OUTPUT_AHEAD = 4 * OUTPUT_PIECE;
 
 // The worker's source, evaluated as CommonJS (a file next to this one would not exist when the
 // TypeScript sources run directly, as in the tests). The decode step, the session's setup and the
@@ -202,7 +202,7 @@ const madeHere = new WeakSet<ArrayBuffer>();
 /** Output buffers given back (recycle), to go to the worker with the next credit. */
 const spareOutputs: ArrayBuffer[] = [];
 /** Enough for the pieces between the reader and the worker (OUTPUT_AHEAD) and a few in flight. */
-const SPARE_OUTPUTS = 4;
+const SPARE_OUTPUTS = OUTPUT_AHEAD / OUTPUT_PIECE + 2;
 
 /**
  * Takes back a piece of output the reader is done with: the worker writes a later piece into it.
