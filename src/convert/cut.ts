@@ -38,8 +38,8 @@ export interface CutOptions {
  * compressed bytes (digest, size). An error, the sink's too, cancels `compressed`.
  *
  * Each decompressed piece is parsed and cut synchronously, up to where the sink asks to wait: a
- * layer of small files is mostly headers and one-chunk files, and a promise for each of them was
- * most of what cutting one cost (docs/benchmarks.md, "Per-chunk costs").
+ * layer of small files is mostly headers and one-chunk files, which were each a few async-generator
+ * steps before (docs/benchmarks.md, "Per-entry costs").
  */
 export async function cutLayer(compressed: ReadableStream<Uint8Array>, opts: CutOptions, hasher: HasherFactory, sink: CutSink, decoders?: LayerDecoders): Promise<void> {
   const { chunkSize, maxExpandedBytes } = opts;

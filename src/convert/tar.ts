@@ -1,8 +1,8 @@
 // Streaming tar parser for OCI layers: ustar, v7, GNU (long names, base-256 numbers) and PAX
-// (local and global extended headers). It is fed pieces and holds none of them, so memory stays
-// flat however large the layer or its files are. Entry semantics follow
-// Go's archive/tar where tar implementations disagree, because that is what containerd and Docker
-// use to unpack the same layers.
+// (local and global extended headers). It is fed pieces and keeps none of them, only copies of
+// headers and metadata entries, so memory stays flat however large the layer or its files are.
+// Entry semantics follow Go's archive/tar where tar implementations disagree, because that is what
+// containerd and Docker use to unpack the same layers.
 
 export type TarEntryType = "file" | "dir" | "symlink" | "hardlink" | "char" | "block" | "fifo";
 
@@ -260,9 +260,9 @@ type Part = "header" | "second zero block" | "metadata" | "body" | "skip" | "end
 
 /**
  * A tar parser fed whatever pieces the source delivers: it works through each piece synchronously,
- * and waits only where its sink asks it to. It keeps the pieces of a header block or a metadata
- * entry (PAX, GNU long names) that spans pieces, nothing else: bodies go to the sink as views.
- * Headers of the usual 512-byte-aligned pieces are read in place.
+ * and waits only where its sink asks it to. Bodies go to the sink as views of the pieces, and
+ * headers are read in place; a header split between pieces, and a metadata entry's data (PAX, GNU
+ * long names, kept until its entry), are copied.
  */
 export class TarParser {
   readonly #sink: TarSink;
