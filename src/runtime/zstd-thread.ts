@@ -17,8 +17,9 @@ const INPUT_AHEAD = 2 ** 20;
 /**
  * Decoded bytes the worker may send beyond what the reader has read: four output pieces. Since the
  * tar parser works through a piece at once and hands it back, they no longer pile up: the Debian
- * zstd layer converted 4 % sooner than with one piece, peaking 4 MiB higher (docs/benchmarks.md,
- * "Per-entry costs"). Before it, more pieces ahead peaked 10 to 25 MiB higher for no gain.
+ * zstd layer converted 2 to 3 % sooner than with one piece, peaking 3 to 4 MiB higher
+ * (docs/benchmarks.md, "Per-entry costs"). Before it, more pieces ahead peaked 10 to 25 MiB higher
+ * for no gain.
  */
 const OUTPUT_AHEAD = 4 * OUTPUT_PIECE;
 
