@@ -1,7 +1,7 @@
 // `skiff inspect`: what an image (or layer) bootstrap holds — a summary and an `ls -l`-like
 // listing, or everything as one JSON document for scripts and tests.
 import { CHUNK_CODECS, codecFromId } from "../format/chunk-codec.ts";
-import { parsePlatform } from "../convert/image.ts";
+import { parsePlatform } from "../convert/image-source.ts";
 import { parseChunkSize } from "../format/params.ts";
 import type { Bootstrap, Inode } from "../format/decode.ts";
 import { FORMAT_VERSION } from "../format/layout.ts";

@@ -1,7 +1,7 @@
 // An OCI image layout directory (oci-layout, index.json, blobs/<alg>/<hex>) as an ImageSource.
 import { open, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Descriptor, FetchedManifest, ImageSource } from "../convert/image.ts";
+import type { Descriptor, FetchedManifest, ImageSource } from "../convert/image-source.ts";
 import { nodeHasher } from "../hash/node.ts";
 import { parseDigest, type Digest } from "../oci/reference.ts";
 import { UsageError } from "./args.ts";

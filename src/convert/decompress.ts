@@ -76,14 +76,21 @@ export interface ZstdPushDecoder {
  * stream decoder is given one frame, maybe a skippable one: node:zlib's zstd ends at the end of the
  * first frame (on Deno and workerd at least), so each frame of a layer gets a decoder of its own.
  */
-export type UnzstdFactory =
+export type UnzstdFactory = (
   | {
       kind: "stream";
       create: () => ReadableWritablePair<Uint8Array, Uint8Array<ArrayBuffer>>;
       /** Takes back a piece of output its reader is done with, to write over; ignores pieces it did not make. */
       recycle?: (piece: Uint8Array) => void;
     }
-  | { kind: "push"; create: () => Promise<ZstdPushDecoder> };
+  | { kind: "push"; create: () => Promise<ZstdPushDecoder> }
+) & {
+  /**
+   * Starts what the first decoder will need (a thread, a compiled module) for a caller that knows
+   * a zstd layer is coming; it ends again unused after a while.
+   */
+  prepare?: () => void;
+};
 
 /** The decoders a runtime entry passes down; the built-in ones (fflate, fzstd) otherwise. */
 export interface LayerDecoders {

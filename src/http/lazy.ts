@@ -14,7 +14,7 @@ import { DEFAULT_PARAMS, paramsId, parseChunkSize, parseParamsId, type ConvertPa
 import { CHUNK_CODECS } from "../format/chunk-codec.ts";
 import { BOOTSTRAP_MEDIA_TYPE } from "../format/layout.ts";
 import type { Bootstrap } from "../format/decode.ts";
-import { parsePlatform } from "../convert/image.ts";
+import { parsePlatform } from "../convert/image-source.ts";
 import { hashBytes, type HasherFactory } from "../hash/hasher.ts";
 import { ConversionPending, type Conversions, type ImageBootstrap } from "../lazy/conversions.ts";
 import type { ConvertedLayerIndex, LayerIndex } from "../lazy/layer-index.ts";

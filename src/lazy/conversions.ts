@@ -20,7 +20,8 @@ import { Bootstrap } from "../format/decode.ts";
 import type { HasherFactory } from "../hash/hasher.ts";
 import { OciError } from "../oci/errors.ts";
 import type { Metrics } from "../util/metrics.ts";
-import { convertImage, ImageError, platformManifest, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image.ts";
+import { convertImage } from "../convert/image.ts";
+import { ImageError, platformManifest, resolveImage, type ImageSource, type ResolvedImage } from "../convert/image-source.ts";
 import { ConversionPaused, convertLayer, LayerDigestError, type ConvertedLayer, type ConvertLayerOptions, type LayerSource } from "../convert/layer.ts";
 import { CheckpointError } from "../convert/checkpoint.ts";
 import { LayerFormatError, sniffCompression, type GunzipFactory, type LayerCompression, type UnzstdFactory } from "../convert/decompress.ts";
@@ -202,7 +203,7 @@ export class Conversions {
         job.offerEarly(await this.image(name, root, platform, { ...params, codec: "none" }).result);
         await within(EARLY_ANSWER_MS, job.sent);
       }
-      const converted = await convertImage(source, { ...options, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
+      const converted = await convertImage(source, { ...options, image, layerConverter: (layer, opts) => this.#layerFor(name, layer, opts) }).catch(rethrowAsOci);
       return { bootstrap: converted.bootstrap, manifestDigest: image.manifestDigest, platform: image.platform, params };
     } finally {
       const started = await early;

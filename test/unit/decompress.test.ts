@@ -501,6 +501,23 @@ describe("decompressLayer: zstd on a worker thread", () => {
     expect(started.length).toBe(before + 1);
   });
 
+  it("starts its worker on prepare(), and the first layer decodes on that worker", async () => {
+    // Whatever worker earlier tests left idle ends first, so that prepare() has one to start.
+    await started.at(-1)?.terminate();
+    const before = started.length;
+    onWorker.prepare!();
+    onWorker.prepare!();
+    expect(started.length).toBe(before + 1);
+    expect(new TextDecoder().decode(await collect(decompressLayer(streamOf(hex(ZSTD_HELLO), [3]), OCI_ZSTD, { unzstd: onWorker })))).toBe("hello zstd world\n");
+    expect(started.length).toBe(before + 1);
+  });
+
+  it("reports a module that failed to load to the first layer after prepare(), not to the process", async () => {
+    const broken = threadUnzstd(() => Promise.reject(new Error("no module here")));
+    broken.prepare!();
+    await expect(collect(decompressLayer(streamOf(hex(ZSTD_HELLO), [3]), OCI_ZSTD, { unzstd: broken }))).rejects.toThrow(/no module here/);
+  });
+
   it("decodes several layers at once, each to its own bytes", async () => {
     const texts = ["first frame\n", "second frame\n", "hello zstd world\n"];
     const layers = [hex(ZSTD_FIRST), hex(ZSTD_SECOND_NO_CHECKSUM), hex(ZSTD_HELLO)];

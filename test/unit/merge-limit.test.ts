@@ -3,7 +3,8 @@
 // layer has been converted by then, and an image under the limit merges as before.
 import { gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
-import { convertImage, mergeLimitForMemory, type ImageSource } from "../../src/convert/image.ts";
+import { convertImage, mergeLimitForMemory } from "../../src/convert/image.ts";
+import type { ImageSource } from "../../src/convert/image-source.ts";
 import { LayerFormatError } from "../../src/convert/decompress.ts";
 import { nodeHasher } from "../../src/hash/node.ts";
 import { parseDigest, type Digest } from "../../src/oci/reference.ts";
