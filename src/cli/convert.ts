@@ -37,15 +37,14 @@ const COLLECT_MS = 200;
 const COLLECT_MS_ENCODING = 100;
 
 /**
- * A full garbage collection every `everyMs` while converting, when bin/skiff gave the process
- * `gc` (--expose-gc). The converter's megabyte pieces (reads, decompressed output) that outlived a
+ * A full garbage collection every `everyMs` while converting, where the runtime gives a way to
+ * start one (tuneForConversion). The converter's megabyte pieces (reads, decompressed output) that outlived a
  * young-generation collection are freed only by a full one, and V8 starts those by how much memory
  * outside its heap grew since the last: tens of megabytes of dead pieces, a fifth of the peak RSS
  * (docs/benchmarks.md, "Converting layers"). A collection of a heap this small takes milliseconds.
  */
-function collectWhileConverting(everyMs: number): () => void {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (typeof gc !== "function") return () => {};
+function collectWhileConverting(gc: (() => void) | undefined, everyMs: number): () => void {
+  if (!gc) return () => {};
   const timer = setInterval(gc, everyMs);
   timer.unref();
   return () => clearInterval(timer);
@@ -84,12 +83,14 @@ export async function convertCommand(argv: string[]): Promise<number> {
   // converted about 1.5 % sooner (docs/benchmarks.md, "Converting layers").
   const unzstd = nodeUnzstd();
   if (image.layers.some((l) => compressionForMediaType(l.mediaType) === "zstd")) unzstd.prepare?.();
-  const [{ convertImage }, { nodeChunkEncoder }, { nodeGunzip }, { FsStore }] = await Promise.all([
+  const [{ convertImage }, { nodeChunkEncoder }, { nodeGunzip }, { FsStore }, { tuneForConversion }] = await Promise.all([
     import("../convert/image.ts"),
     import("../runtime/node-chunk-encoder.ts"),
     import("../runtime/node-gunzip.ts"),
     import("../store/fs.ts"),
+    import("../runtime/node-conversion-settings.ts"),
   ]);
+  const gc = tuneForConversion();
   const store = await new FsStore(values.out).init();
   const progress = new Progress();
   let layerIndex = 0;
@@ -97,7 +98,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
   let layerSize = 0;
   let layerRead = 0;
   const started = Date.now();
-  const stopCollecting = collectWhileConverting(params.codec === "none" ? COLLECT_MS : COLLECT_MS_ENCODING);
+  const stopCollecting = collectWhileConverting(gc, params.codec === "none" ? COLLECT_MS : COLLECT_MS_ENCODING);
   const result = await convertImage(source, {
     store,
     hasher: nodeHasher,
