@@ -8,7 +8,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { debianLayer } from "./debian-layer.mjs";
 import { writeLayout } from "./oci-layout.mjs";
-import { freePort, root, startRegistry, waitUrl } from "./servers.mjs";
+import { freePort, root, serveEnv, startRegistry, waitUrl } from "./servers.mjs";
 
 /** Where the benchmarks keep what they build once (the Debian image, the stargz snapshotter). */
 export const benchCacheDir = join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "skiff-bench");
@@ -33,7 +33,7 @@ export async function serveSkiff(upstream, data, cleanups, bin = join(root, "bin
   const port = await freePort();
   // No metrics listener (edges run side by side); a baseline build from before --metrics-address has none anyway.
   const metricsOff = bin === join(root, "bin", "skiff.js") ? ["--metrics-address", "off"] : [];
-  const child = spawn(process.execPath, [bin, "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600", ...metricsOff], { stdio: ["ignore", "ignore", "inherit"] });
+  const child = spawn(process.execPath, [bin, "serve", "--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600", ...metricsOff], { stdio: ["ignore", "ignore", "inherit"], env: serveEnv() });
   await waitUrl(`http://127.0.0.1:${port}/v2/`, child);
   const stop = () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGTERM"))));
   cleanups.push(stop);

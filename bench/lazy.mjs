@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 import { writeLayout } from "./oci-layout.mjs";
 import { machine, replaceSection } from "./report.mjs";
+import { serveEnv } from "./servers.mjs";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const work = mkdtempSync(join(tmpdir(), "skiff-bench-lazy-"));
@@ -41,8 +42,8 @@ async function waitFor(url, timeoutMs = 20_000) {
   throw new Error(`${url} did not come up`);
 }
 
-function start(command, args, stderr = "inherit") {
-  const child = spawn(command, args, { stdio: ["ignore", "ignore", stderr] });
+function start(command, args, stderr = "inherit", env = process.env) {
+  const child = spawn(command, args, { stdio: ["ignore", "ignore", stderr], env });
   children.push(child);
   return child;
 }
@@ -69,7 +70,7 @@ function gzipLayer(seed, megabytes) {
 
 async function startSkiff(upstream, data) {
   const port = await freePort();
-  const child = start("node", [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600", "--metrics-address", "off"], "ignore");
+  const child = start("node", [join(root, "bin", "skiff.js"), "serve", "--upstream", upstream, "--host", "127.0.0.1", "--port", String(port), "--data", data, "--convert-wait", "600", "--metrics-address", "off"], "ignore", serveEnv());
   await waitFor(`http://127.0.0.1:${port}/v2/`);
   return { child, url: `http://127.0.0.1:${port}` };
 }

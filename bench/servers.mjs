@@ -144,6 +144,11 @@ export async function pushBlob(registryBase, name, bytes, digest) {
  * `bin` is bin/skiff.js of the build to run on Node (this tree's by default).
  * `metricsBase` is where /metrics is served (node and deno: a listener of its own; none on workerd).
  */
+/** The environment of `skiff serve` as bin/skiff and the container image start it: one malloc arena. */
+export function serveEnv() {
+  return { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? "1" };
+}
+
 export async function startSkiff(runtime, dir, upstream, { name = runtime, args = [], bin = join(root, "bin", "skiff.js") } = {}) {
   const port = await freePort();
   const metricsPort = await freePort();
@@ -152,7 +157,7 @@ export async function startSkiff(runtime, dir, upstream, { name = runtime, args 
   const serveArgs = ["--upstream", upstream, "--upstream-public", "--host", "127.0.0.1", "--port", String(port), "--data", data, "--metrics-address", `127.0.0.1:${metricsPort}`, ...args];
   let server;
   if (runtime === "node") {
-    server = pinned(process.execPath, [bin, "serve", ...serveArgs]);
+    server = pinned(process.execPath, [bin, "serve", ...serveArgs], { env: serveEnv() });
   } else if (runtime === "deno") {
     server = pinned(join(root, "node_modules", ".bin", "deno"), ["task", "serve", ...serveArgs], { cwd: root });
   } else {

@@ -156,12 +156,14 @@ afterAll(async () => {
 }, 120_000);
 
 describe("the skiff image", () => {
-  test("is built with the documented settings: non-root user, entrypoint, store volume, port, labels", () => {
+  test("is built with the documented settings: non-root user, entrypoint, store volume, port, one malloc arena, labels", () => {
     const c = imageConfig.config;
     expect(c.User).toBe("10001:10001");
     expect(c.Entrypoint).toEqual(["/usr/local/bin/node", "/opt/skiff/bin/skiff.js", "serve", "--data", "/var/lib/skiff", "--host", "0.0.0.0", "--port", "8080"]);
     expect(Object.keys(c.Volumes ?? {})).toEqual(["/var/lib/skiff"]);
     expect(Object.keys(c.ExposedPorts ?? {})).toEqual(["8080/tcp"]);
+    // One malloc arena for the server, as bin/skiff gives `skiff serve`.
+    expect(c.Env).toContain("MALLOC_ARENA_MAX=1");
     expect(c.Labels).toMatchObject({ "org.opencontainers.image.title": "skiff", "org.opencontainers.image.version": version });
     // Base, Node, skiff: one layer each; nothing was run to make them.
     expect(imageConfig.rootfs.diff_ids).toHaveLength(3);

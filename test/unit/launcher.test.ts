@@ -40,16 +40,18 @@ describe("bin/skiff", () => {
     expect(started(launcher, ["convert", "x"], { MALLOC_MMAP_THRESHOLD_: "131072", MALLOC_TRIM_THRESHOLD_: "0" })[0]).toBe("arena=1 mmap=131072 trim=0 ca=unset");
   });
 
-  it("starts every other command with Node's defaults", () => {
+  it("starts serve with one malloc arena only, and every other command with the defaults", () => {
     const defaults = "arena=unset mmap=unset trim=unset ca=unset";
-    expect(started(launcher, ["serve", "--port", "0"])).toEqual([defaults, script, "serve", "--port", "0"]);
+    expect(started(launcher, ["serve", "--port", "0"])).toEqual(["arena=1 mmap=unset trim=unset ca=unset", script, "serve", "--port", "0"]);
+    expect(started(launcher, ["serve"], { MALLOC_ARENA_MAX: "8" })[0]).toBe("arena=8 mmap=unset trim=unset ca=unset");
+    expect(started(launcher, ["mount", "x"])).toEqual([defaults, script, "mount", "x"]);
     expect(started(launcher, [])).toEqual([defaults, script]);
   });
 
   it("starts convert without the extra CA file, which Node 20 would parse at start, and every other command with it", () => {
     const ca = { NODE_EXTRA_CA_CERTS: "/etc/ssl/private-ca.pem" };
     expect(started(launcher, ["convert", "x"], ca)[0]).toBe("arena=1 mmap=33554432 trim=67108864 ca=unset");
-    expect(started(launcher, ["serve"], ca)[0]).toBe("arena=unset mmap=unset trim=unset ca=/etc/ssl/private-ca.pem");
+    expect(started(launcher, ["serve"], ca)[0]).toBe("arena=1 mmap=unset trim=unset ca=/etc/ssl/private-ca.pem");
     expect(started(launcher, ["mount", "x"], ca)[0]).toBe("arena=unset mmap=unset trim=unset ca=/etc/ssl/private-ca.pem");
   });
 
