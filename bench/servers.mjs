@@ -138,17 +138,17 @@ export async function pushBlob(registryBase, name, bytes, digest) {
   return `${registryBase}/v2/${name}/blobs/${digest}`;
 }
 
+/** The environment of `skiff serve` as bin/skiff and the container image start it: one malloc arena. */
+export function serveEnv() {
+  return { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? "1" };
+}
+
 /**
  * skiff in front of `upstream` on one runtime: "node", "deno" or "workerd". `name` tells apart the
  * store directories of several on one runtime; `args` are more `skiff serve` flags (Node and Deno).
  * `bin` is bin/skiff.js of the build to run on Node (this tree's by default).
  * `metricsBase` is where /metrics is served (node and deno: a listener of its own; none on workerd).
  */
-/** The environment of `skiff serve` as bin/skiff and the container image start it: one malloc arena. */
-export function serveEnv() {
-  return { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? "1" };
-}
-
 export async function startSkiff(runtime, dir, upstream, { name = runtime, args = [], bin = join(root, "bin", "skiff.js") } = {}) {
   const port = await freePort();
   const metricsPort = await freePort();

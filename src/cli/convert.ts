@@ -38,10 +38,11 @@ const COLLECT_MS_ENCODING = 100;
 
 /**
  * A full garbage collection every `everyMs` while converting, where the runtime gives a way to
- * start one (tuneForConversion). The converter's megabyte pieces (reads, decompressed output) that outlived a
- * young-generation collection are freed only by a full one, and V8 starts those by how much memory
- * outside its heap grew since the last: tens of megabytes of dead pieces, a fifth of the peak RSS
- * (docs/benchmarks.md, "Converting layers"). A collection of a heap this small takes milliseconds.
+ * start one (tuneForConversion). The converter's megabyte pieces (reads, decompressed output) that
+ * outlived a young-generation collection are freed only by a full one, and V8 starts those by how
+ * much memory outside its heap grew since the last: tens of megabytes of dead pieces, a fifth of
+ * the peak RSS (docs/benchmarks.md, "Converting layers"). A collection of a heap this small takes
+ * milliseconds.
  */
 function collectWhileConverting(gc: (() => void) | undefined, everyMs: number): () => void {
   if (!gc) return () => {};
