@@ -179,7 +179,7 @@ try {
   const goal = rows.filter((r) => r.startsWith("| data blob, 1m ranges | skiff bench ranges |"));
 
   const body = `Machine: ${machine()}. Command: \`npm run bench:lazy-serving -- --write${values.baseline ? " --baseline <build before>/bin/skiff.js" : ""}\` (median of ${ROUNDS} rounds of ${SECONDS} s per cell, the servers taking turns; servers on CPU 1, load generators on CPU 0).
-Load average (1 / 5 / 15 min) at the start of the run: ${loadAtStart}; at the end: ${load()}, on ${cpus().length} cores (above the core count, other work competed with the benchmark).
+Load average (1 / 5 / 15 min) at the start of the run: ${loadAtStart}; at the end: ${load()}, on ${cpus().length} cores (a load above the core count means other work competed with the benchmark).
 
 The layer: Debian stable (debootstrap minbase) with python3 and python3-numpy, one gzip layer of
 ${(layer.gz.byteLength / 1e6).toFixed(0)} MB, converted by skiff on Node (\`${params}\`, ${(convertSeconds).toFixed(1)} s from a cold edge) into a data blob of
