@@ -12,7 +12,7 @@ import { opsHandler } from "../http/ops.ts";
 import { fsApp, serverUrl, type RunningServer, type ServerOptions } from "./fs-server.ts";
 import { nodeChunkEncoder } from "./node-chunk-encoder.ts";
 import { counted, httpServer, stopWithin } from "./node-drain.ts";
-import { raiseInterruptBudget } from "./node-conversion-settings.ts";
+import { tuneForServing } from "./node-conversion-settings.ts";
 import { nodeListener } from "./node-shortcut.ts";
 import { tlsServer } from "./node-tls.ts";
 import { readTlsPair } from "./tls-pair.ts";
@@ -22,7 +22,7 @@ export type { RunningServer, ServerOptions };
 
 export async function startNodeServer(opts: ServerOptions): Promise<RunningServer> {
   // Set now that the modules are loaded: given at start, any V8 flag costs Node its shipped code cache.
-  raiseInterruptBudget();
+  tuneForServing();
   // A certificate that can't be served stops the start before anything else is set up.
   const pair = opts.tls && (await readTlsPair(opts.tls));
   // One connection pool per upstream, trusting its CA bundle when it has one. bodyTimeout is the
