@@ -48,7 +48,13 @@ export function tuneForConversion(): (() => void) | undefined {
  */
 export function tuneForServing(): void {
   raiseInterruptBudget();
-  setFlagsFromString(`--heap-growing-percent=${SERVER_HEAP_GROWING_PERCENT}`);
+  if (!givenAtStart("heap-growing-percent")) setFlagsFromString(`--heap-growing-percent=${SERVER_HEAP_GROWING_PERCENT}`);
+}
+
+/** Whether Node was started with V8 flag `name` (either spelling): the operator's value stays. */
+function givenAtStart(name: string): boolean {
+  const spellings = [`--${name}`, `--${name.replaceAll("-", "_")}`];
+  return process.execArgv.some((arg) => spellings.some((flag) => arg === flag || arg.startsWith(`${flag}=`)));
 }
 
 /** Old generation growth after a full collection, in percent of what is live: a factor of 4. */
